@@ -1,0 +1,2 @@
+//! Phalanx load generator (grows with the load-generator issue).
+fn main() {}

@@ -1,0 +1,391 @@
+//! `RaftGroup`: one node's state machine for one Raft group, and its role transitions.
+//!
+//! The group is driven by four inputs — `step` (a message), `tick_to` (time), proposals
+//! and `advance` (persistence acknowledged) — and produces numbered `Ready`s. It never
+//! performs IO, reads a clock or draws unseeded randomness. The behaviour is split by
+//! concern across the sibling modules (`election`, `step_leader`, `step_follower`,
+//! `replication`, `read_index`, `snapshot`, `proposal`, `ready`, `tick`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use phalanx_proto::{HardState, RaftMessage, raft_message::Body};
+
+use super::config::Config;
+use super::log::RaftLog;
+use super::membership::ConfHistory;
+use super::progress::Progress;
+use super::read_index::ReadIndexState;
+use super::ready::ReadyTracker;
+use super::rng::{SeededRng, mix_seed};
+use super::snapshot::IncomingSnapshot;
+use super::two_step::TwoStep;
+use super::types::{GroupId, Membership, NodeId, RestoreState, Role, Snapshot, SnapshotMeta, SoftState};
+
+/// Counters of noteworthy events, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Messages rejected as bad peer input (wrong address, protocol violations).
+    pub rejected_messages: u64,
+    /// Elections this node started (real elections, not PreVote rounds).
+    pub elections_started: u64,
+    /// Times this node became leader.
+    pub became_leader: u64,
+    /// Snapshots sent to followers that needed entries below the floor (`SnapshotRequired`).
+    pub snapshots_sent: u64,
+    /// Append rejections received from followers whose log did not match (`LogMismatch`).
+    pub log_mismatches: u64,
+}
+
+/// One node's Raft state machine for one group.
+#[derive(Debug)]
+pub struct RaftGroup {
+    pub(super) cfg: Config,
+    pub(super) term: u64,
+    pub(super) vote: NodeId,
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+    pub(super) log: RaftLog,
+    pub(super) conf: ConfHistory,
+    /// Leader only: every other member's replication progress.
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    /// Candidate / pre-candidate: votes received.
+    pub(super) votes: BTreeMap<NodeId, bool>,
+    /// Logical time in ticks.
+    pub(super) now: u64,
+    pub(super) election_deadline: u64,
+    pub(super) heartbeat_deadline: u64,
+    pub(super) check_quorum_deadline: u64,
+    /// Tick at which this node last heard from a leader of its term (for the vote lease).
+    pub(super) leader_contact: Option<u64>,
+    /// Leader only: a leadership transfer in progress (target, deadline).
+    pub(super) transfer: Option<(NodeId, u64)>,
+    pub(super) heartbeats_suspended: bool,
+    pub(super) rng: SeededRng,
+    pub(super) reads: ReadIndexState,
+    pub(super) two_step: TwoStep,
+    /// Index of the last applied checkpoint entry (the compaction limit).
+    pub(super) last_checkpoint: u64,
+    /// The latest local snapshot, sent to followers that need entries below the floor.
+    pub(super) snapshot: Option<Snapshot>,
+    /// Follower: a snapshot received from the leader, to hand to the shell in the next Ready.
+    pub(super) snapshot_to_install: Option<Snapshot>,
+    pub(super) incoming_snapshot: Option<IncomingSnapshot>,
+    /// Prefix compaction to hand to storage in the next Ready.
+    pub(super) compact_to: Option<u64>,
+    pub(super) msgs: Vec<RaftMessage>,
+    pub(super) msgs_after_persist: Vec<RaftMessage>,
+    pub(super) ready: ReadyTracker,
+    pub(super) stats: GroupStats,
+}
+
+impl RaftGroup {
+    /// Starts (or restarts) a group from what storage recovered. Errors name what is
+    /// inconsistent in `restore` (e.g. a commit index beyond the log).
+    pub fn new(cfg: Config, restore: RestoreState) -> Result<Self, String> {
+        cfg.validate()?;
+        let RestoreState { hard_state, floor, entries, snapshot, initial_membership } = restore;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != floor.0 + 1 + i as u64 {
+                return Err(format!(
+                    "restored entries are not contiguous at position {i} (index {})",
+                    e.index
+                ));
+            }
+        }
+        let last = floor.0 + entries.len() as u64;
+        let (applied, base, pending) = match &snapshot {
+            Some(s) => {
+                if s.index < floor.0 {
+                    return Err(format!(
+                        "snapshot index {} is below the compaction floor {}",
+                        s.index, floor.0
+                    ));
+                }
+                if s.index > last && last > floor.0 {
+                    return Err(format!("snapshot index {} is past the last entry {last}", s.index));
+                }
+                (s.index, s.membership.clone(), s.pending_two_step.clone())
+            }
+            None if floor.0 > 0 => return Err(format!("log compacted to {} but no snapshot", floor.0)),
+            None => (0, initial_membership, Vec::new()),
+        };
+        let commit = hard_state.commit.max(applied);
+        let log = if snapshot.as_ref().is_some_and(|s| s.index > last) {
+            // The snapshot is newer than the whole log: start the log at the snapshot.
+            let s = snapshot.as_ref().expect("checked above");
+            RaftLog::restored((s.index, s.term), Vec::new(), s.index, s.index)
+        } else {
+            if commit > last {
+                return Err(format!("commit index {commit} is past the last entry {last}"));
+            }
+            RaftLog::restored(floor, entries, commit, applied)
+        };
+        let mut conf = ConfHistory::new(base);
+        // Entries at or below the snapshot index are reflected in its membership already.
+        let above: Vec<_> = log.entries().filter(|e| e.index > applied).cloned().collect();
+        conf.on_append(&above);
+        let seed = mix_seed(&[cfg.seed, cfg.id, cfg.group]);
+        let mut g = RaftGroup {
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            conf,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            now: 0,
+            election_deadline: 0,
+            heartbeat_deadline: 0,
+            check_quorum_deadline: 0,
+            leader_contact: None,
+            transfer: None,
+            heartbeats_suspended: false,
+            rng: SeededRng::new(seed),
+            reads: ReadIndexState::default(),
+            two_step: TwoStep::from_entries(&pending),
+            last_checkpoint: 0,
+            snapshot: None,
+            snapshot_to_install: None,
+            incoming_snapshot: None,
+            compact_to: None,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            ready: ReadyTracker::new(hard_state),
+            stats: GroupStats::default(),
+            cfg,
+        };
+        g.reset_election_deadline();
+        Ok(g)
+    }
+
+    /// Attaches the local state machine snapshot recovered from disk, so the group can send it
+    /// to followers that need entries below the floor. `meta` must match the restore state.
+    pub fn set_restored_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
+    // ----- accessors -----
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The group's id.
+    #[must_use]
+    pub fn group_id(&self) -> GroupId {
+        self.cfg.group
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Current term.
+    #[must_use]
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Vote cast in the current term (0 for none).
+    #[must_use]
+    pub fn vote(&self) -> NodeId {
+        self.vote
+    }
+
+    /// Current role.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Leader known for the current term.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Whether this node is leader.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// The log.
+    #[must_use]
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// The configuration in force (latest in the log).
+    #[must_use]
+    pub fn membership(&self) -> &Membership {
+        self.conf.current()
+    }
+
+    /// Role, leader and term.
+    #[must_use]
+    pub fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, leader: self.leader, term: self.term }
+    }
+
+    /// Term, vote and commit index as they stand (not necessarily persisted yet).
+    #[must_use]
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed() }
+    }
+
+    /// Leader only: a follower's replication progress.
+    #[must_use]
+    pub fn progress(&self, id: NodeId) -> Option<&Progress> {
+        self.progress.get(&id)
+    }
+
+    /// Leader only: how many entries `id` lags behind the leader's last index.
+    #[must_use]
+    pub fn follower_lag(&self, id: NodeId) -> Option<u64> {
+        if id == self.cfg.id && self.is_leader() {
+            return Some(self.log.last_index() - self.log.persisted());
+        }
+        self.progress.get(&id).map(|p| self.log.last_index().saturating_sub(p.matched))
+    }
+
+    /// Logical time in ticks.
+    #[must_use]
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Event counters.
+    #[must_use]
+    pub fn stats(&self) -> &GroupStats {
+        &self.stats
+    }
+
+    /// Index of the last applied checkpoint.
+    #[must_use]
+    pub fn last_checkpoint(&self) -> u64 {
+        self.last_checkpoint
+    }
+
+    /// The latest local snapshot's metadata.
+    #[must_use]
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref().map(|s| &s.meta)
+    }
+
+    /// Whether this node may campaign: it is a voter in the configuration in force.
+    #[must_use]
+    pub fn promotable(&self) -> bool {
+        self.conf.current().voters.contains(&self.cfg.id)
+    }
+
+    /// Voters of the configuration in force.
+    pub(super) fn voters(&self) -> BTreeSet<NodeId> {
+        self.conf.current().voters.clone()
+    }
+
+    // ----- messages -----
+
+    /// Queues a message that may leave at once.
+    pub(super) fn send(&mut self, to: NodeId, body: Body) {
+        let m = RaftMessage { group: self.cfg.group, from: self.cfg.id, to, body: Some(body) };
+        self.msgs.push(m);
+    }
+
+    /// Queues a message that may leave only once this turn's state is durable (vote grants,
+    /// append acknowledgements, snapshot installation).
+    pub(super) fn send_after_persist(&mut self, to: NodeId, body: Body) {
+        let m = RaftMessage { group: self.cfg.group, from: self.cfg.id, to, body: Some(body) };
+        self.msgs_after_persist.push(m);
+    }
+
+    // ----- role transitions -----
+
+    pub(super) fn reset_election_deadline(&mut self) {
+        let timeout = self.rng.range(self.cfg.election_ticks_min, self.cfg.election_ticks_max);
+        self.election_deadline = self.now + timeout;
+    }
+
+    /// State common to every transition: adopt `term` (clearing the vote if it is new),
+    /// forget the leader, votes, transfers and per-follower progress.
+    fn reset(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.vote = 0;
+            self.fail_forwarded_reads();
+        }
+        self.leader = None;
+        self.votes.clear();
+        self.transfer = None;
+        self.progress.clear();
+        self.heartbeats_suspended = false;
+        self.reset_election_deadline();
+    }
+
+    /// Becomes a follower in `term`, following `leader` if known.
+    pub(super) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        let was_leader = self.role == Role::Leader;
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        if leader.is_some() {
+            self.leader_contact = Some(self.now);
+        }
+        if was_leader {
+            self.fail_leader_reads();
+        }
+    }
+
+    pub(super) fn become_pre_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "a leader never pre-campaigns");
+        // A PreVote round changes neither term nor vote (§9.6): only the role.
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.reset_election_deadline();
+    }
+
+    pub(super) fn become_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "a leader never campaigns");
+        self.reset(self.term + 1);
+        self.vote = self.cfg.id;
+        self.role = Role::Candidate;
+        self.stats.elections_started += 1;
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        assert!(matches!(self.role, Role::Candidate), "only a candidate becomes leader");
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.leader_contact = Some(self.now);
+        self.stats.became_leader += 1;
+        let last = self.log.last_index();
+        let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();
+        for m in members {
+            self.progress.insert(m, Progress::new(last));
+        }
+        self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks;
+        self.check_quorum_deadline = self.now + self.cfg.election_ticks_min;
+        self.reads.on_become_leader();
+        // §5.4.2 / §8: a leader commits entries of earlier terms only by committing one of its
+        // own, so it appends an empty entry at once.
+        self.append_noop();
+    }
+}
+
+impl RaftGroup {
+    /// Re-arms the timers relative to the current time (used when a group joins a running
+    /// container whose clock is ahead of zero).
+    pub(super) fn reset_timers_from_now(&mut self) {
+        self.reset_election_deadline();
+        self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks;
+        self.check_quorum_deadline = self.now + self.cfg.election_ticks_min;
+    }
+}

@@ -1,0 +1,383 @@
+//! The in-memory view of one group's replicated log.
+//!
+//! The log holds every entry above the compaction floor. It tracks four positions:
+//! `committed` (known committed), `persisted` (durable locally, acknowledged by the shell),
+//! `unstable_from` (first entry not yet handed to storage in a `Ready`), and the applied
+//! positions (`apply_handed` handed to the shell, `applied` acknowledged).
+//!
+//! Invariants (checked by `debug_check`): floor ≤ applied ≤ apply_handed ≤ committed ≤
+//! last_index; entries are contiguous from floor + 1.
+
+use std::collections::VecDeque;
+
+use phalanx_proto::LogEntry;
+
+/// One group's log above the compaction floor.
+#[derive(Clone, Debug, Default)]
+pub struct RaftLog {
+    floor_index: u64,
+    floor_term: u64,
+    entries: VecDeque<LogEntry>,
+    committed: u64,
+    persisted: u64,
+    unstable_from: u64,
+    apply_handed: u64,
+    applied: u64,
+}
+
+impl RaftLog {
+    /// A log recovered from storage: everything given is already durable.
+    #[must_use]
+    pub fn restored(floor: (u64, u64), entries: Vec<LogEntry>, committed: u64, applied: u64) -> Self {
+        let last = floor.0 + entries.len() as u64;
+        RaftLog {
+            floor_index: floor.0,
+            floor_term: floor.1,
+            entries: entries.into(),
+            committed,
+            persisted: last,
+            unstable_from: last + 1,
+            apply_handed: applied,
+            applied,
+        }
+    }
+
+    /// Index of the last discarded entry (0 when nothing was compacted).
+    #[must_use]
+    pub fn floor_index(&self) -> u64 {
+        self.floor_index
+    }
+
+    /// Index of the first entry held.
+    #[must_use]
+    pub fn first_index(&self) -> u64 {
+        self.floor_index + 1
+    }
+
+    /// Index of the last entry (the floor when the log is empty).
+    #[must_use]
+    pub fn last_index(&self) -> u64 {
+        self.floor_index + self.entries.len() as u64
+    }
+
+    /// Term of the last entry (the floor's term when the log is empty).
+    #[must_use]
+    pub fn last_term(&self) -> u64 {
+        self.entries.back().map_or(self.floor_term, |e| e.term)
+    }
+
+    /// Highest committed index.
+    #[must_use]
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Highest index durable locally.
+    #[must_use]
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// Highest index whose application the shell acknowledged.
+    #[must_use]
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Highest committed index handed to the shell for applying.
+    #[must_use]
+    pub fn apply_handed(&self) -> u64 {
+        self.apply_handed
+    }
+
+    /// Term of the entry at `index`: `None` when it is below the floor or past the end.
+    #[must_use]
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.floor_index {
+            return Some(self.floor_term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    /// The entry at `index`, if held.
+    #[must_use]
+    pub fn entry(&self, index: u64) -> Option<&LogEntry> {
+        if index <= self.floor_index {
+            return None;
+        }
+        self.entries.get((index - self.floor_index - 1) as usize)
+    }
+
+    /// Whether the entry at `index` has term `term` (the Log Matching check).
+    #[must_use]
+    pub fn match_term(&self, index: u64, term: u64) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Whether a log ending at (`last_index`, `last_term`) is at least as up-to-date as this
+    /// one (§5.4.1: compare last terms, then lengths).
+    #[must_use]
+    pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// The largest index `j <= index` whose term is `<= term`, with that term; `(j, 0)` when
+    /// the answer lies below the floor. Used on both sides of the conflict hint: the follower
+    /// answers with it, the leader jumps with it, so backtracking takes one round per term
+    /// instead of one per entry.
+    #[must_use]
+    pub fn find_conflict_by_term(&self, index: u64, term: u64) -> (u64, u64) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t <= term => return (i, t),
+                Some(_) if i > self.floor_index => i -= 1,
+                _ => return (i, 0),
+            }
+        }
+    }
+
+    /// Up to `max_entries` entries from `lo` (inclusive) on, stopping once `max_bytes` is
+    /// reached (at least one entry is returned when `lo` is held).
+    #[must_use]
+    pub fn slice(&self, lo: u64, max_entries: usize, max_bytes: usize) -> Vec<LogEntry> {
+        let mut out = Vec::new();
+        if lo <= self.floor_index {
+            return out;
+        }
+        let mut bytes = 0usize;
+        let start = (lo - self.floor_index - 1) as usize;
+        for e in self.entries.iter().skip(start).take(max_entries) {
+            bytes += e.approx_size();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// Appends entries that continue the log (leader path). Panics if they do not: the leader
+    /// assigns indexes itself, so a gap is a bug.
+    pub fn append(&mut self, entries: impl IntoIterator<Item = LogEntry>) {
+        for e in entries {
+            assert_eq!(e.index, self.last_index() + 1, "leader append must be contiguous");
+            self.entries.push_back(e);
+        }
+    }
+
+    /// The index of the first of `entries` that is not already in the log with the same term,
+    /// or `None` if every one is present.
+    #[must_use]
+    pub fn find_conflict(&self, entries: &[LogEntry]) -> Option<u64> {
+        entries.iter().find(|e| !self.match_term(e.index, e.term)).map(|e| e.index)
+    }
+
+    /// Replaces everything from `entries[0].index` on with `entries` (follower path, after the
+    /// caller checked that the first one continues or overwrites the log and is above commit).
+    pub fn truncate_and_append(&mut self, entries: &[LogEntry]) {
+        let Some(first) = entries.first() else { return };
+        let from = first.index;
+        assert!(from > self.floor_index && from <= self.last_index() + 1, "append must continue the log");
+        assert!(from > self.committed, "committed entries are never overwritten");
+        self.entries.truncate((from - self.floor_index - 1) as usize);
+        self.persisted = self.persisted.min(from - 1);
+        self.unstable_from = self.unstable_from.min(from);
+        self.entries.extend(entries.iter().cloned());
+    }
+
+    /// Raises the commit index to `index` (never lowers it).
+    pub fn commit_to(&mut self, index: u64) {
+        if index > self.committed {
+            assert!(index <= self.last_index(), "commit {index} beyond last index {}", self.last_index());
+            self.committed = index;
+        }
+    }
+
+    /// Entries not yet handed to storage; marks them handed.
+    pub fn take_unstable(&mut self) -> Vec<LogEntry> {
+        let last = self.last_index();
+        if self.unstable_from > last {
+            return Vec::new();
+        }
+        let start = (self.unstable_from - self.floor_index - 1) as usize;
+        let out: Vec<LogEntry> = self.entries.iter().skip(start).cloned().collect();
+        self.unstable_from = last + 1;
+        out
+    }
+
+    /// Whether entries wait to be handed to storage.
+    #[must_use]
+    pub fn has_unstable(&self) -> bool {
+        self.unstable_from <= self.last_index()
+    }
+
+    /// Storage acknowledged entries up to (`index`, `term`). Writes are identified by term and
+    /// index: if the entry was overwritten since, the acknowledgement says nothing about the
+    /// current log and is ignored.
+    pub fn stable_to(&mut self, index: u64, term: u64) {
+        if index > self.persisted && self.match_term(index, term) {
+            self.persisted = index;
+        }
+    }
+
+    /// Up to `max` committed entries not yet handed for applying; marks them handed.
+    pub fn take_committed(&mut self, max: usize) -> Vec<LogEntry> {
+        let lo = self.apply_handed + 1;
+        if lo > self.committed {
+            return Vec::new();
+        }
+        let n = ((self.committed - self.apply_handed) as usize).min(max);
+        let start = (lo - self.floor_index - 1) as usize;
+        let out: Vec<LogEntry> = self.entries.iter().skip(start).take(n).cloned().collect();
+        self.apply_handed += out.len() as u64;
+        out
+    }
+
+    /// Whether committed entries wait to be handed for applying.
+    #[must_use]
+    pub fn has_committed_to_apply(&self) -> bool {
+        self.apply_handed < self.committed
+    }
+
+    /// The shell acknowledged applying everything up to `index`.
+    pub fn applied_to(&mut self, index: u64) {
+        debug_assert!(index <= self.apply_handed);
+        self.applied = self.applied.max(index);
+    }
+
+    /// Discards entries up to and including `index` (which must be applied).
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.floor_index {
+            return;
+        }
+        assert!(index <= self.applied, "compacting unapplied entries");
+        let term = self.term(index).expect("index between floor and applied is held");
+        let n = (index - self.floor_index) as usize;
+        self.entries.drain(..n);
+        self.floor_index = index;
+        self.floor_term = term;
+        self.unstable_from = self.unstable_from.max(index + 1);
+    }
+
+    /// Installs a snapshot covering up to (`index`, `term`): keeps the suffix if the log holds
+    /// that entry (§7: "if existing log entry has same index and term as snapshot's last
+    /// included entry, retain log entries following it"), else discards the whole log.
+    pub fn restore_snapshot(&mut self, index: u64, term: u64) {
+        if self.match_term(index, term) && index >= self.floor_index {
+            let n = (index - self.floor_index) as usize;
+            self.entries.drain(..n);
+        } else {
+            self.entries.clear();
+            self.persisted = self.persisted.min(index);
+        }
+        self.floor_index = index;
+        self.floor_term = term;
+        self.unstable_from = self.unstable_from.max(index + 1);
+        self.committed = self.committed.max(index);
+        self.apply_handed = self.apply_handed.max(index);
+    }
+
+    /// Checks the position invariants; used by tests and debug builds.
+    pub fn debug_check(&self) {
+        debug_assert!(self.applied <= self.apply_handed, "applied > apply_handed");
+        debug_assert!(self.apply_handed <= self.committed, "apply_handed > committed");
+        debug_assert!(self.committed <= self.last_index(), "committed > last");
+        debug_assert!(self.floor_index <= self.apply_handed, "floor > apply_handed");
+    }
+
+    /// All entries held, oldest first (for tests and checkers).
+    pub fn entries(&self) -> impl Iterator<Item = &LogEntry> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(index: u64, term: u64) -> LogEntry {
+        LogEntry { index, term, ..Default::default() }
+    }
+
+    fn log_with(terms: &[u64]) -> RaftLog {
+        let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
+        RaftLog::restored((0, 0), entries, 0, 0)
+    }
+
+    #[test]
+    fn terms_and_bounds() {
+        let l = log_with(&[1, 1, 2]);
+        assert_eq!(l.last_index(), 3);
+        assert_eq!(l.last_term(), 2);
+        assert_eq!(l.term(0), Some(0));
+        assert_eq!(l.term(2), Some(1));
+        assert_eq!(l.term(4), None);
+    }
+
+    #[test]
+    fn up_to_date_compares_term_then_length() {
+        let l = log_with(&[1, 2]);
+        assert!(l.is_up_to_date(1, 3));
+        assert!(l.is_up_to_date(2, 2));
+        assert!(!l.is_up_to_date(1, 2));
+        assert!(!l.is_up_to_date(5, 1));
+    }
+
+    #[test]
+    fn conflict_by_term_skips_whole_terms() {
+        let l = log_with(&[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]);
+        assert_eq!(l.find_conflict_by_term(10, 3), (3, 1));
+        assert_eq!(l.find_conflict_by_term(10, 5), (7, 5));
+        assert_eq!(l.find_conflict_by_term(20, 6), (10, 6));
+        assert_eq!(l.find_conflict_by_term(10, 0), (0, 0));
+    }
+
+    #[test]
+    fn truncate_and_append_adjusts_positions() {
+        let mut l = log_with(&[1, 1, 1]);
+        l.stable_to(3, 1);
+        assert_eq!(l.persisted(), 3);
+        l.truncate_and_append(&[e(2, 2), e(3, 2)]);
+        assert_eq!(l.persisted(), 1);
+        assert_eq!(l.take_unstable().len(), 2);
+        assert_eq!(l.term(3), Some(2));
+        // A stale acknowledgement for the overwritten entry must not count.
+        l.stable_to(3, 1);
+        assert_eq!(l.persisted(), 1);
+        l.stable_to(3, 2);
+        assert_eq!(l.persisted(), 3);
+    }
+
+    #[test]
+    fn compaction_and_snapshot_restore() {
+        let mut l = log_with(&[1, 1, 2, 2]);
+        l.commit_to(3);
+        let _ = l.take_committed(10);
+        l.applied_to(3);
+        l.compact(2);
+        assert_eq!(l.first_index(), 3);
+        assert_eq!(l.term(2), Some(1));
+        assert_eq!(l.term(1), None);
+        // Snapshot matching an entry keeps the suffix.
+        l.restore_snapshot(3, 2);
+        assert_eq!(l.last_index(), 4);
+        // Snapshot not matching discards everything.
+        l.restore_snapshot(9, 7);
+        assert_eq!(l.last_index(), 9);
+        assert_eq!(l.last_term(), 7);
+        assert_eq!(l.committed(), 9);
+    }
+
+    #[test]
+    fn slice_respects_byte_limit_but_returns_one() {
+        let mut l = log_with(&[]);
+        for i in 1..=5 {
+            l.append([LogEntry { index: i, term: 1, payload: vec![0u8; 100].into(), ..Default::default() }]);
+        }
+        assert_eq!(l.slice(1, 10, 1).len(), 1);
+        assert_eq!(l.slice(1, 10, 300).len(), 2);
+        assert_eq!(l.slice(1, 3, usize::MAX).len(), 3);
+        assert!(l.slice(6, 10, usize::MAX).is_empty());
+    }
+}

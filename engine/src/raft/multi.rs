@@ -1,0 +1,232 @@
+//! `MultiRaft`: the groups of one shard, driven together.
+//!
+//! It routes messages to groups, keeps time for all of them while touching only those with
+//! a deadline due (a timer heap keyed by each group's `next_deadline`), and merges the
+//! Readies of every group that has work into one `MultiReady` — one WAL batch and one frame
+//! per peer for the whole shard.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use phalanx_proto::RaftMessage;
+
+use super::config::Config;
+use super::group::RaftGroup;
+use super::ready::Ready;
+use super::status::Status;
+use super::types::{GroupId, RestoreState};
+
+/// A deterministic hasher: iteration order must not depend on a random seed, or simulator
+/// runs would not replay.
+type DetHashMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+struct Slot {
+    group: RaftGroup,
+    /// The deadline this group has in the timer heap (`u64::MAX`: none).
+    scheduled: u64,
+    /// Touched since its last Ready: may have output, and its deadline may have moved.
+    dirty: bool,
+}
+
+/// The merged output of every group with work.
+#[derive(Debug, Default)]
+pub struct MultiReady {
+    /// Sequence number for `MultiRaft::advance`.
+    pub number: u64,
+    /// Each group's Ready.
+    pub groups: Vec<(GroupId, Ready)>,
+}
+
+/// Every group of one shard.
+#[derive(Default)]
+pub struct MultiRaft {
+    groups: DetHashMap<GroupId, Slot>,
+    now: u64,
+    timers: BinaryHeap<Reverse<(u64, GroupId)>>,
+    dirty: Vec<GroupId>,
+    next_number: u64,
+    outstanding: VecDeque<(u64, Vec<(GroupId, u64)>)>,
+    unknown_group_messages: u64,
+}
+
+impl MultiRaft {
+    /// An empty container at tick 0.
+    #[must_use]
+    pub fn new() -> Self {
+        MultiRaft { next_number: 1, ..Default::default() }
+    }
+
+    /// Current time in ticks.
+    #[must_use]
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Number of groups.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there are no groups.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Messages dropped because they named a group this shard does not hold.
+    #[must_use]
+    pub fn unknown_group_messages(&self) -> u64 {
+        self.unknown_group_messages
+    }
+
+    /// Adds (or restarts) a group. Fails if the group exists or the restore state is
+    /// inconsistent.
+    pub fn add_group(&mut self, cfg: Config, restore: RestoreState) -> Result<(), String> {
+        let gid = cfg.group;
+        if self.groups.contains_key(&gid) {
+            return Err(format!("group {gid} already exists"));
+        }
+        let mut group = RaftGroup::new(cfg, restore)?;
+        group.tick_to(self.now);
+        // The group's clock starts now: its election deadline is relative to it.
+        group.reset_timers_from_now();
+        self.groups.insert(gid, Slot { group, scheduled: u64::MAX, dirty: false });
+        self.touch(gid);
+        Ok(())
+    }
+
+    /// Removes a group, returning it.
+    pub fn remove_group(&mut self, gid: GroupId) -> Option<RaftGroup> {
+        self.dirty.retain(|g| *g != gid);
+        self.groups.remove(&gid).map(|s| s.group)
+    }
+
+    /// A group, read-only.
+    #[must_use]
+    pub fn group(&self, gid: GroupId) -> Option<&RaftGroup> {
+        self.groups.get(&gid).map(|s| &s.group)
+    }
+
+    /// Ids of every group (in no particular but deterministic order).
+    pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// Runs `f` on a group (brought up to the current time first) and schedules whatever it
+    /// changed. `None` if the group does not exist.
+    pub fn update<R>(&mut self, gid: GroupId, f: impl FnOnce(&mut RaftGroup) -> R) -> Option<R> {
+        let now = self.now;
+        let slot = self.groups.get_mut(&gid)?;
+        slot.group.tick_to(now);
+        let r = f(&mut slot.group);
+        self.touch(gid);
+        Some(r)
+    }
+
+    /// Routes a message to its group.
+    pub fn step(&mut self, m: RaftMessage) -> Result<(), Status> {
+        let gid = m.group;
+        match self.update(gid, |g| g.step(m)) {
+            Some(r) => r,
+            None => {
+                self.unknown_group_messages += 1;
+                Err(Status::InvalidRequest)
+            }
+        }
+    }
+
+    fn touch(&mut self, gid: GroupId) {
+        if let Some(slot) = self.groups.get_mut(&gid)
+            && !slot.dirty
+        {
+            slot.dirty = true;
+            self.dirty.push(gid);
+        }
+    }
+
+    fn reschedule(timers: &mut BinaryHeap<Reverse<(u64, GroupId)>>, gid: GroupId, slot: &mut Slot) {
+        let d = slot.group.next_deadline();
+        if d < slot.scheduled {
+            // A later deadline needs no new heap entry: the earlier one pops, finds nothing
+            // due, and reschedules. Only an earlier one must be pushed.
+            slot.scheduled = d;
+            timers.push(Reverse((d, gid)));
+        }
+    }
+
+    /// Advances time by one tick; only groups with a deadline due are touched.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        for gid in self.dirty.clone() {
+            if let Some(slot) = self.groups.get_mut(&gid) {
+                Self::reschedule(&mut self.timers, gid, slot);
+            }
+        }
+        while let Some(Reverse((t, gid))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.groups.get_mut(&gid) else { continue };
+            if slot.scheduled != t {
+                continue; // superseded by an earlier entry already handled
+            }
+            slot.scheduled = u64::MAX;
+            slot.group.tick_to(now);
+            Self::reschedule(&mut self.timers, gid, slot);
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(gid);
+            }
+        }
+    }
+
+    /// Collects the Readies of every group touched since the last call.
+    pub fn ready(&mut self) -> Option<MultiReady> {
+        let mut out = Vec::new();
+        let mut numbers = Vec::new();
+        let mut still_dirty = Vec::new();
+        for gid in std::mem::take(&mut self.dirty) {
+            let Some(slot) = self.groups.get_mut(&gid) else { continue };
+            Self::reschedule(&mut self.timers, gid, slot);
+            if let Some(r) = slot.group.ready() {
+                numbers.push((gid, r.number));
+                out.push((gid, r));
+            }
+            // A Ready bounded by the apply limit leaves more behind.
+            if slot.group.has_ready() {
+                still_dirty.push(gid);
+            } else {
+                slot.dirty = false;
+            }
+        }
+        self.dirty = still_dirty;
+        if out.is_empty() {
+            return None;
+        }
+        let number = self.next_number;
+        self.next_number += 1;
+        self.outstanding.push_back((number, numbers));
+        Some(MultiReady { number, groups: out })
+    }
+
+    /// Acknowledges every MultiReady up to `number`.
+    pub fn advance(&mut self, number: u64) {
+        while self.outstanding.front().is_some_and(|(n, _)| *n <= number) {
+            let Some((_, list)) = self.outstanding.pop_front() else { break };
+            for (gid, rn) in list {
+                if let Some(slot) = self.groups.get_mut(&gid) {
+                    slot.group.advance(rn);
+                    if !slot.dirty {
+                        slot.dirty = true;
+                        self.dirty.push(gid);
+                    }
+                }
+            }
+        }
+    }
+}

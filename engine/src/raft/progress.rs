@@ -1,0 +1,187 @@
+//! The leader's view of each follower's log (§5.3 nextIndex / matchIndex, extended with the
+//! flow-control states of etcd's raft): probe while searching for the match point, replicate
+//! (pipelined, bounded window) once found, snapshot while a snapshot is being sent.
+
+use std::collections::VecDeque;
+
+/// How the leader currently sends to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Searching for the last matching index: one append in flight at a time.
+    Probe,
+    /// Match point known: appends are pipelined up to the in-flight window.
+    Replicate,
+    /// The follower needs entries below the compaction floor: a snapshot is being sent.
+    Snapshot,
+}
+
+/// Replication progress of one follower (or learner).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to be replicated (durably) on the follower.
+    pub matched: u64,
+    /// Next index to send.
+    pub next: u64,
+    /// Flow-control state.
+    pub state: ProgressState,
+    /// In probe state: an append is outstanding, wait for its answer (or a heartbeat answer).
+    pub probe_sent: bool,
+    /// Last index of each append in flight (replicate state), oldest first.
+    pub inflight: VecDeque<u64>,
+    /// In snapshot state: index of the snapshot being sent.
+    pub snapshot_index: u64,
+    /// In snapshot state: byte offset of the next chunk to send.
+    pub snapshot_offset: u64,
+    /// Heard from the follower since the last CheckQuorum round.
+    pub recent_active: bool,
+    /// Highest ReadIndex context the follower has acknowledged in this term.
+    pub read_ack: u64,
+}
+
+impl Progress {
+    /// A fresh progress for a leader whose last index is `last_index`: optimistic `next`,
+    /// unknown match, probing.
+    #[must_use]
+    pub fn new(last_index: u64) -> Self {
+        Progress {
+            matched: 0,
+            next: last_index + 1,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            snapshot_index: 0,
+            snapshot_offset: 0,
+            recent_active: false,
+            read_ack: 0,
+        }
+    }
+
+    /// Whether the leader must hold back appends to this follower now.
+    #[must_use]
+    pub fn is_paused(&self, window: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflight.len() >= window,
+            ProgressState::Snapshot => true,
+        }
+    }
+
+    /// Switches to probing from just after the match point.
+    pub fn become_probe(&mut self) {
+        if self.state == ProgressState::Snapshot {
+            // Resume right after the snapshot (or the match, if it is further along).
+            self.next = self.matched.max(self.snapshot_index) + 1;
+        } else {
+            self.next = self.matched + 1;
+        }
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.snapshot_index = 0;
+        self.snapshot_offset = 0;
+    }
+
+    /// Switches to pipelined replication after the match point.
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next = self.matched + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Switches to sending snapshot `index` from its first byte.
+    pub fn become_snapshot(&mut self, index: u64) {
+        self.state = ProgressState::Snapshot;
+        self.snapshot_index = index;
+        self.snapshot_offset = 0;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Records that an append ending at `last` was sent.
+    pub fn sent_append(&mut self, last: u64, had_entries: bool) {
+        match self.state {
+            ProgressState::Replicate if had_entries => {
+                self.next = last + 1;
+                self.inflight.push_back(last);
+            }
+            ProgressState::Probe => self.probe_sent = true,
+            _ => {}
+        }
+    }
+
+    /// The follower acknowledged entries up to `index`. Returns whether that was news.
+    pub fn maybe_update(&mut self, index: u64) -> bool {
+        let updated = index > self.matched;
+        if updated {
+            self.matched = index;
+            self.probe_sent = false;
+        }
+        self.next = self.next.max(index + 1);
+        while self.inflight.front().is_some_and(|&i| i <= index) {
+            self.inflight.pop_front();
+        }
+        updated
+    }
+
+    /// The follower rejected an append at `rejected` (its prev index), and the leader computed
+    /// `probe_hint` as the next index to probe at. Returns false when the rejection is stale
+    /// (answers an append sent before a later success or probe).
+    pub fn maybe_decrease_to(&mut self, rejected: u64, probe_hint: u64) -> bool {
+        if self.state == ProgressState::Replicate {
+            if rejected <= self.matched {
+                return false;
+            }
+            self.become_probe();
+            return true;
+        }
+        if self.next == 0 || self.next - 1 != rejected {
+            return false;
+        }
+        self.next = rejected.min(probe_hint + 1).max(self.matched + 1);
+        self.probe_sent = false;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_window_pauses_and_frees() {
+        let mut p = Progress::new(10);
+        p.matched = 10;
+        p.become_replicate();
+        p.sent_append(12, true);
+        p.sent_append(14, true);
+        assert!(p.is_paused(2));
+        assert!(p.maybe_update(12));
+        assert!(!p.is_paused(2));
+        assert_eq!(p.next, 15);
+    }
+
+    #[test]
+    fn probe_rejection_uses_hint_and_ignores_stale() {
+        let mut p = Progress::new(10);
+        assert_eq!(p.next, 11);
+        p.sent_append(10, true);
+        assert!(p.is_paused(8));
+        assert!(!p.maybe_decrease_to(7, 3), "stale: we probed at 10, not 7");
+        assert!(p.maybe_decrease_to(10, 3));
+        assert_eq!(p.next, 4);
+        assert!(!p.is_paused(8));
+    }
+
+    #[test]
+    fn replicate_rejection_falls_back_to_probe() {
+        let mut p = Progress::new(10);
+        p.matched = 5;
+        p.become_replicate();
+        p.sent_append(9, true);
+        assert!(!p.maybe_decrease_to(5, 0), "rejection at or below match is stale");
+        assert!(p.maybe_decrease_to(9, 0));
+        assert_eq!(p.state, ProgressState::Probe);
+        assert_eq!(p.next, 6);
+    }
+}

@@ -1,0 +1,204 @@
+//! The leader's write API: proposals (auto-commit, two-step, system), commit and rollback
+//! markers, checkpoints, membership changes, and the leadership controls (transfer, step
+//! down, heartbeat suspension).
+
+use phalanx_proto::{ConfChange, EntryKind, LogEntry, Message, TimeoutNow, raft_message::Body};
+
+use super::group::RaftGroup;
+use super::membership::apply_change;
+use super::status::Status;
+use super::types::{NodeId, Proposal, ProposalKind, Proposed, Role};
+use crate::hlc::{Ticket, ticket_of};
+
+impl RaftGroup {
+    /// Appends a proposal's entries (one per payload) and starts replicating them. The
+    /// proposal succeeds when the entry at `last_index` is committed with the returned term.
+    pub fn propose(&mut self, p: Proposal) -> Result<Proposed, Status> {
+        if p.payloads.is_empty() {
+            return Err(Status::InvalidRequest);
+        }
+        let kind = match p.kind {
+            ProposalKind::AutoCommit => EntryKind::Normal,
+            ProposalKind::TwoStep => EntryKind::Proposed,
+            ProposalKind::System => EntryKind::System,
+        };
+        self.check_can_propose(p.payloads.len())?;
+        let ticket = Some(p.ticket.into());
+        let first = self.log.last_index() + 1;
+        let entries: Vec<LogEntry> = p
+            .payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| LogEntry {
+                term: self.term,
+                index: first + i as u64,
+                kind: kind as i32,
+                log_type: p.log_type.clone(),
+                payload,
+                ticket,
+            })
+            .collect();
+        Ok(self.append_proposal(entries))
+    }
+
+    /// Proposes the commit marker of a two-step proposal: once it commits, the proposal's
+    /// entries are delivered to the state machine. `ProposalNotFound` if no two-step proposal
+    /// with `ticket` is known (committed and unresolved, or still in flight).
+    pub fn commit_logs(&mut self, ticket: Ticket) -> Result<Proposed, Status> {
+        self.propose_marker(ticket, EntryKind::CommitMarker)
+    }
+
+    /// Proposes the rollback marker of a two-step proposal: its entries are never delivered.
+    pub fn rollback_logs(&mut self, ticket: Ticket) -> Result<Proposed, Status> {
+        self.propose_marker(ticket, EntryKind::RollbackMarker)
+    }
+
+    fn propose_marker(&mut self, ticket: Ticket, kind: EntryKind) -> Result<Proposed, Status> {
+        self.check_can_propose(1)?;
+        if !self.two_step.is_pending(&ticket) && !self.has_unapplied_two_step(ticket) {
+            return Err(Status::ProposalNotFound);
+        }
+        Ok(self.append_one(kind, ticket, bytes::Bytes::new()))
+    }
+
+    /// Whether a two-step entry with `ticket` is in the log but not yet handed for applying.
+    fn has_unapplied_two_step(&self, ticket: Ticket) -> bool {
+        let from = self.log.apply_handed() + 1;
+        (from..=self.log.last_index()).any(|i| {
+            self.log.entry(i).is_some_and(|e| e.kind == EntryKind::Proposed as i32 && ticket_of(e) == ticket)
+        })
+    }
+
+    /// Proposes a checkpoint: once applied, entries below it may be compacted.
+    pub fn propose_checkpoint(&mut self, ticket: Ticket) -> Result<Proposed, Status> {
+        self.check_can_propose(1)?;
+        Ok(self.append_one(EntryKind::Checkpoint, ticket, bytes::Bytes::new()))
+    }
+
+    /// Proposes a single-server membership change. Refused with `ActiveProposal` while the
+    /// previous change is uncommitted or before the leader committed an entry of its term,
+    /// `InsufficientVoters` if no voter would remain, `InvalidRequest` if it changes nothing.
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<Proposed, Status> {
+        self.check_can_propose(1)?;
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            return Err(Status::ActiveProposal);
+        }
+        if self.conf.last_change_index() > self.log.committed() {
+            return Err(Status::ActiveProposal);
+        }
+        apply_change(self.conf.current(), &cc)?;
+        let payload = cc.encode_to_vec().into();
+        Ok(self.append_one(EntryKind::ConfChange, Ticket::default(), payload))
+    }
+
+    fn append_one(&mut self, kind: EntryKind, ticket: Ticket, payload: bytes::Bytes) -> Proposed {
+        let e = LogEntry {
+            term: self.term,
+            index: self.log.last_index() + 1,
+            kind: kind as i32,
+            log_type: String::new(),
+            payload,
+            ticket: (!ticket.is_zero()).then(|| ticket.into()),
+        };
+        self.append_proposal(vec![e])
+    }
+
+    fn append_proposal(&mut self, entries: Vec<LogEntry>) -> Proposed {
+        let first_index = entries[0].index;
+        let last_index = first_index + entries.len() as u64 - 1;
+        self.append_entries(entries);
+        Proposed { term: self.term, first_index, last_index }
+    }
+
+    fn check_can_propose(&self, n: usize) -> Result<(), Status> {
+        if self.role != Role::Leader {
+            return Err(Status::NodeIsNotLeader);
+        }
+        if self.transfer.is_some() {
+            // Entries appended now could be lost to the new leader's log; refuse briefly.
+            return Err(Status::Busy);
+        }
+        let uncommitted = (self.log.last_index() - self.log.committed()) as usize;
+        if uncommitted + n > self.cfg.max_uncommitted_entries {
+            return Err(Status::Busy);
+        }
+        Ok(())
+    }
+
+    /// Starts handing leadership to `target` (§3.10): once its log is caught up it receives
+    /// TimeoutNow and campaigns at once. Proposals are refused (`Busy`) until the transfer
+    /// completes or times out after an election timeout.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), Status> {
+        if self.role != Role::Leader {
+            return Err(Status::NodeIsNotLeader);
+        }
+        if target == self.cfg.id {
+            return Ok(());
+        }
+        if !self.conf.current().voters.contains(&target) {
+            return Err(Status::InvalidRequest);
+        }
+        if let Some((t, _)) = self.transfer {
+            if t == target {
+                return Ok(());
+            }
+            return Err(Status::ActiveProposal);
+        }
+        self.transfer = Some((target, self.now + self.cfg.election_ticks_min));
+        let caught_up = self.progress.get(&target).is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send(target, Body::TimeoutNow(TimeoutNow { term: self.term }));
+        } else {
+            self.send_appends(target, true);
+        }
+        Ok(())
+    }
+
+    /// Gives up leadership: hands it to the most up-to-date voter if one is caught up, and
+    /// becomes a follower at once either way.
+    pub fn step_down(&mut self) -> Result<(), Status> {
+        if self.role != Role::Leader {
+            return Err(Status::NodeIsNotLeader);
+        }
+        let last = self.log.last_index();
+        let voters = self.voters();
+        let best = self
+            .progress
+            .iter()
+            .filter(|(id, p)| voters.contains(id) && p.matched == last)
+            .map(|(id, _)| *id)
+            .next();
+        if let Some(to) = best {
+            self.send(to, Body::TimeoutNow(TimeoutNow { term: self.term }));
+        }
+        let term = self.term;
+        self.become_follower(term, None);
+        Ok(())
+    }
+
+    /// Stops the leader's periodic heartbeats for this group (followers will time out and
+    /// elect someone else unless heartbeats resume). Appends still flow.
+    pub fn suspend_heartbeats(&mut self) -> Result<(), Status> {
+        if self.role != Role::Leader {
+            return Err(Status::NodeIsNotLeader);
+        }
+        self.heartbeats_suspended = true;
+        Ok(())
+    }
+
+    /// Resumes periodic heartbeats.
+    pub fn resume_heartbeats(&mut self) -> Result<(), Status> {
+        if self.role != Role::Leader {
+            return Err(Status::NodeIsNotLeader);
+        }
+        self.heartbeats_suspended = false;
+        self.heartbeat_deadline = self.now;
+        Ok(())
+    }
+
+    /// Starts an election now (PreVote first when enabled), as if the election timer fired.
+    /// Used to bootstrap a group quickly and by tests.
+    pub fn campaign(&mut self) {
+        self.hup(false);
+    }
+}

@@ -1,0 +1,198 @@
+//! Linearizable reads without writing to the log: ReadIndex (§6.4). The leader records its
+//! commit index, confirms it is still leader with a heartbeat round acknowledged by a quorum,
+//! and answers with that index; the caller serves the read once it has applied it. A new
+//! leader first commits an entry of its term, so its commit index covers every entry
+//! committed before it took over.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use phalanx_proto::{ReadIndexRequest, ReadIndexResponse, raft_message::Body};
+
+use super::group::RaftGroup;
+use super::quorum::committed_value;
+use super::status::Status;
+use super::types::{NodeId, ReadState, Role};
+
+/// Who asked for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Requester {
+    /// The local shell, with its request id.
+    Local(u64),
+    /// A follower, with the id it chose.
+    Remote(NodeId, u64),
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    /// Heartbeat context that must be acknowledged by a quorum.
+    seq: u64,
+    /// Commit index at registration: the read point.
+    index: u64,
+    who: Requester,
+}
+
+/// ReadIndex bookkeeping for one group.
+#[derive(Clone, Debug, Default)]
+pub struct ReadIndexState {
+    /// Leader: last heartbeat context issued in this term.
+    ctx_seq: u64,
+    /// Leader: whether an entry of this term is committed yet.
+    committed_in_term: bool,
+    /// Leader: reads waiting for a quorum of acknowledgements.
+    pending: VecDeque<PendingRead>,
+    /// Leader: reads that arrived before the first commit of the term.
+    waiting: VecDeque<Requester>,
+    /// Leader: a heartbeat round must go out for newly registered reads.
+    needs_broadcast: bool,
+    /// Follower: request ids forwarded to the leader and not answered yet.
+    forwarded: BTreeSet<u64>,
+    /// Answers for the local shell, handed out in the next Ready.
+    pub(super) out: Vec<ReadState>,
+}
+
+impl ReadIndexState {
+    /// The heartbeat context to send now.
+    pub(super) fn current_ctx(&self) -> u64 {
+        self.ctx_seq
+    }
+
+    pub(super) fn on_become_leader(&mut self) {
+        self.ctx_seq = 0;
+        self.committed_in_term = false;
+        self.needs_broadcast = false;
+    }
+
+    pub(super) fn on_commit_in_term(&mut self) {
+        self.committed_in_term = true;
+    }
+
+    /// Whether a heartbeat round is owed to pending reads.
+    pub(super) fn needs_broadcast(&self) -> bool {
+        self.needs_broadcast
+    }
+
+    fn queued(&self) -> usize {
+        self.pending.len() + self.waiting.len()
+    }
+}
+
+impl RaftGroup {
+    /// Asks for a linearizable read point. The answer arrives as a `ReadState` with
+    /// `request_id` in a later Ready: the index to wait for, or why the read failed. A
+    /// follower forwards the request to its leader.
+    pub fn read_index(&mut self, request_id: u64) -> Result<(), Status> {
+        if self.role == Role::Leader {
+            return self.leader_read(Requester::Local(request_id));
+        }
+        let Some(leader) = self.leader else { return Err(Status::NodeIsNotLeader) };
+        if self.reads.forwarded.len() >= self.cfg.max_pending_reads {
+            return Err(Status::Busy);
+        }
+        self.reads.forwarded.insert(request_id);
+        self.send(leader, Body::ReadIndexRequest(ReadIndexRequest { term: self.term, request_id }));
+        Ok(())
+    }
+
+    fn leader_read(&mut self, who: Requester) -> Result<(), Status> {
+        if self.reads.queued() >= self.cfg.max_pending_reads {
+            return Err(Status::Busy);
+        }
+        if !self.reads.committed_in_term {
+            self.reads.waiting.push_back(who);
+            return Ok(());
+        }
+        self.register_read(who);
+        Ok(())
+    }
+
+    fn register_read(&mut self, who: Requester) {
+        self.reads.ctx_seq += 1;
+        let seq = self.reads.ctx_seq;
+        let index = self.log.committed();
+        self.reads.pending.push_back(PendingRead { seq, index, who });
+        // Reads registered in one turn share one heartbeat round, sent when the Ready is
+        // built.
+        self.reads.needs_broadcast = true;
+        // A single voter confirms itself.
+        self.release_confirmed_reads();
+    }
+
+    /// Sends the heartbeat round owed to newly registered reads.
+    pub(super) fn flush_read_broadcast(&mut self) {
+        if self.reads.needs_broadcast {
+            self.reads.needs_broadcast = false;
+            if self.role == Role::Leader && !self.reads.pending.is_empty() {
+                self.bcast_heartbeat();
+            }
+        }
+    }
+
+    /// Leader: after the first commit of the term, reads that waited for it can start.
+    pub(super) fn release_waiting_reads(&mut self) {
+        while let Some(who) = self.reads.waiting.pop_front() {
+            self.register_read(who);
+        }
+    }
+
+    /// Leader: answers every read whose heartbeat context a quorum has acknowledged.
+    pub(super) fn release_confirmed_reads(&mut self) {
+        let me = self.cfg.id;
+        let voters = self.voters();
+        let acked = committed_value(&voters, |v| {
+            if v == me { u64::MAX } else { self.progress.get(&v).map_or(0, |p| p.read_ack) }
+        });
+        while self.reads.pending.front().is_some_and(|r| r.seq <= acked) {
+            let Some(r) = self.reads.pending.pop_front() else { break };
+            self.answer_read(r.who, Ok(r.index));
+        }
+    }
+
+    fn answer_read(&mut self, who: Requester, result: Result<u64, Status>) {
+        match who {
+            Requester::Local(request_id) => self.reads.out.push(ReadState { request_id, result }),
+            Requester::Remote(to, request_id) => {
+                let resp = ReadIndexResponse {
+                    term: self.term,
+                    request_id,
+                    read_index: *result.as_ref().unwrap_or(&0),
+                    ok: result.is_ok(),
+                };
+                self.send(to, Body::ReadIndexResponse(resp));
+            }
+        }
+    }
+
+    /// Leader stepping down: every read it holds fails so callers retry elsewhere.
+    pub(super) fn fail_leader_reads(&mut self) {
+        let mut all: Vec<Requester> = self.reads.pending.drain(..).map(|r| r.who).collect();
+        all.extend(self.reads.waiting.drain(..));
+        self.reads.needs_broadcast = false;
+        for who in all {
+            self.answer_read(who, Err(Status::NodeIsNotLeader));
+        }
+    }
+
+    /// Follower whose term changed: reads forwarded to the old leader may never be answered;
+    /// fail them so callers retry.
+    pub(super) fn fail_forwarded_reads(&mut self) {
+        for request_id in std::mem::take(&mut self.reads.forwarded) {
+            self.reads.out.push(ReadState { request_id, result: Err(Status::NodeIsNotLeader) });
+        }
+    }
+
+    pub(super) fn handle_read_index_request(&mut self, from: NodeId, request_id: u64) {
+        let who = Requester::Remote(from, request_id);
+        let outcome =
+            if self.role == Role::Leader { self.leader_read(who) } else { Err(Status::NodeIsNotLeader) };
+        if let Err(e) = outcome {
+            self.answer_read(who, Err(e));
+        }
+    }
+
+    pub(super) fn handle_read_index_response(&mut self, resp: ReadIndexResponse) {
+        if self.reads.forwarded.remove(&resp.request_id) {
+            let result = if resp.ok { Ok(resp.read_index) } else { Err(Status::NodeIsNotLeader) };
+            self.reads.out.push(ReadState { request_id: resp.request_id, result });
+        }
+    }
+}

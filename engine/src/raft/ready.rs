@@ -1,0 +1,193 @@
+//! The output side of the core: numbered `Ready`s and their acknowledgement.
+//!
+//! A `Ready` says what the shell must do, in this order:
+//! 1. send `messages` (at once, even before persisting: the leader's appends, heartbeats);
+//! 2. persist: `snapshot` (install it), then `entries` (replacing any stored entries at
+//!    or after the first one's index), then `hard_state`, then `compact_to`;
+//! 3. after that is durable, send `persisted_messages` (vote grants, append
+//!    acknowledgements — §5: a node answers only from durable state);
+//! 4. restore the state machine from `snapshot` if any, apply `deliveries` to it, and track
+//!    `committed_entries` (every committed entry, for completing callers' proposals);
+//! 5. call `advance(number)`. Acknowledging Ready *n* acknowledges every Ready before it,
+//!    so a shell may pipeline several and acknowledge the last.
+
+use std::collections::VecDeque;
+
+use phalanx_proto::{EntryKind, HardState, LogEntry, RaftMessage};
+
+use super::group::RaftGroup;
+use super::types::{ReadState, Role, Snapshot, SoftState};
+
+/// Everything the shell must act on after feeding the core some input.
+#[derive(Clone, Debug, Default)]
+pub struct Ready {
+    /// Sequence number; pass it to `advance` once the Ready is handled.
+    pub number: u64,
+    /// Role, leader or term changed since the last Ready.
+    pub soft_state: Option<SoftState>,
+    /// Term, vote or commit changed: persist atomically with `entries`.
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: persist it (discarding stored entries up to its
+    /// index, or all of them if the stored log does not hold its last entry) and restore the
+    /// state machine from it before applying anything else.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to persist. Stored entries at or after `entries[0].index` are replaced.
+    pub entries: Vec<LogEntry>,
+    /// Discard stored entries up to and including this index (after the snapshot that covers
+    /// them is durable).
+    pub compact_to: Option<u64>,
+    /// Messages that may be sent immediately.
+    pub messages: Vec<RaftMessage>,
+    /// Messages that may be sent only after this Ready's state is durable.
+    pub persisted_messages: Vec<RaftMessage>,
+    /// Newly committed entries, in log order (every kind, for completing proposals).
+    pub committed_entries: Vec<LogEntry>,
+    /// What the state machine must see, in order: committed user entries, two-step entries
+    /// released by their commit marker, checkpoints. No-ops, membership changes and markers
+    /// are consumed by the core.
+    pub deliveries: Vec<LogEntry>,
+    /// Answers to `read_index` calls.
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.compact_to.is_none()
+            && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
+            && self.committed_entries.is_empty()
+            && self.read_states.is_empty()
+    }
+}
+
+/// What an unacknowledged Ready asked the shell to persist.
+#[derive(Clone, Debug)]
+struct Record {
+    number: u64,
+    last_entry: Option<(u64, u64)>,
+    snapshot: Option<(u64, u64)>,
+    hard_state: Option<HardState>,
+    applied_to: u64,
+}
+
+/// Numbering and bookkeeping of Readies.
+#[derive(Clone, Debug)]
+pub struct ReadyTracker {
+    next_number: u64,
+    outstanding: VecDeque<Record>,
+    last_hard_state: HardState,
+    last_soft_state: Option<SoftState>,
+}
+
+impl ReadyTracker {
+    pub(super) fn new(persisted: HardState) -> Self {
+        ReadyTracker {
+            next_number: 1,
+            outstanding: VecDeque::new(),
+            last_hard_state: persisted,
+            last_soft_state: None,
+        }
+    }
+
+    /// Whether a Ready was handed out and not acknowledged yet.
+    pub(super) fn has_outstanding(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+}
+
+impl RaftGroup {
+    /// Whether `ready` would return something.
+    #[must_use]
+    pub fn has_ready(&self) -> bool {
+        Some(self.soft_state()) != self.ready.last_soft_state
+            || self.hard_state() != self.ready.last_hard_state
+            || self.snapshot_to_install.is_some()
+            || self.log.has_unstable()
+            || self.compact_to.is_some()
+            || !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.log.has_committed_to_apply()
+            || !self.reads.out.is_empty()
+            || self.reads.needs_broadcast()
+    }
+
+    /// Collects everything to persist, send and apply since the last Ready, or `None`.
+    pub fn ready(&mut self) -> Option<Ready> {
+        self.flush_read_broadcast();
+        if !self.has_ready() {
+            return None;
+        }
+        let soft = self.soft_state();
+        let soft_state = (Some(soft) != self.ready.last_soft_state).then_some(soft);
+        self.ready.last_soft_state = Some(soft);
+        let snapshot = self.snapshot_to_install.take();
+        let entries = self.log.take_unstable();
+        let committed_entries = self.log.take_committed(self.cfg.max_apply_entries_per_ready);
+        let mut deliveries = Vec::with_capacity(committed_entries.len());
+        for e in &committed_entries {
+            if e.kind == EntryKind::Checkpoint as i32 {
+                self.last_checkpoint = e.index;
+            }
+            self.two_step.on_committed(e, &mut deliveries);
+        }
+        // Every entry up to the commit index is in the log and so is persisted with this
+        // Ready or an earlier one: recording the commit index now never points past the
+        // durable log after a crash.
+        let hs = self.hard_state();
+        let hard_state = (hs != self.ready.last_hard_state).then_some(hs);
+        self.ready.last_hard_state = hs;
+        let number = self.ready.next_number;
+        self.ready.next_number += 1;
+        self.ready.outstanding.push_back(Record {
+            number,
+            last_entry: entries.last().map(|e| (e.index, e.term)),
+            snapshot: snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)),
+            hard_state,
+            applied_to: self.log.apply_handed(),
+        });
+        Some(Ready {
+            number,
+            soft_state,
+            hard_state,
+            snapshot,
+            entries,
+            compact_to: self.compact_to.take(),
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            committed_entries,
+            deliveries,
+            read_states: std::mem::take(&mut self.reads.out),
+        })
+    }
+
+    /// The shell persisted, sent and applied everything in Readies up to `number`.
+    pub fn advance(&mut self, number: u64) {
+        let mut self_vote = false;
+        while self.ready.outstanding.front().is_some_and(|r| r.number <= number) {
+            let Some(r) = self.ready.outstanding.pop_front() else { break };
+            if let Some((i, t)) = r.snapshot {
+                self.log.stable_to(i, t);
+            }
+            if let Some((i, t)) = r.last_entry {
+                self.log.stable_to(i, t);
+            }
+            self.log.applied_to(r.applied_to);
+            if let Some(hs) = r.hard_state {
+                self_vote |= hs.term == self.term && hs.vote == self.cfg.id;
+            }
+        }
+        if self_vote {
+            self.on_self_vote_persisted();
+        }
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.bcast_append();
+        }
+        self.log.debug_check();
+    }
+}

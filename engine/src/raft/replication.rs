@@ -1,0 +1,137 @@
+//! The leader's sending side of replication (§5.3): appends with flow control, commitment by
+//! quorum of the current term (§5.4.2), and the entry it appends on election.
+
+use phalanx_proto::{AppendEntriesRequest, EntryKind, LogEntry, raft_message::Body};
+
+use super::group::RaftGroup;
+use super::progress::ProgressState;
+use super::quorum::committed_value;
+use super::types::{NodeId, Role};
+
+impl RaftGroup {
+    /// Sends `to` the next append if flow control allows. With `send_if_empty`, an append
+    /// with no entries still goes out (to carry a new commit index). Returns whether entries
+    /// were sent in replicate state, so callers can loop to fill the pipelining window.
+    pub(super) fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        let window = self.cfg.max_inflight_appends;
+        let Some(pr) = self.progress.get(&to) else { return false };
+        if pr.is_paused(window) {
+            return false;
+        }
+        if pr.next <= self.log.floor_index() {
+            // The entries it needs are compacted away: SnapshotRequired.
+            self.start_snapshot(to);
+            return false;
+        }
+        let next = pr.next;
+        let prev = next - 1;
+        let Some(prev_term) = self.log.term(prev) else {
+            // `next` is past our log (a stale optimistic guess): probe from our end.
+            let last = self.log.last_index();
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.next = last + 1;
+            }
+            return false;
+        };
+        let is_probe = pr.state == ProgressState::Probe;
+        let entries = self.log.slice(next, self.cfg.max_entries_per_append, self.cfg.max_bytes_per_append);
+        if entries.is_empty() && !is_probe && !send_if_empty {
+            return false;
+        }
+        let had_entries = !entries.is_empty();
+        let last = prev + entries.len() as u64;
+        let req = AppendEntriesRequest {
+            term: self.term,
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: self.log.committed(),
+        };
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.sent_append(last, had_entries);
+        }
+        self.send(to, Body::AppendRequest(req));
+        had_entries && !is_probe
+    }
+
+    /// Sends `to` everything it is missing, filling its pipelining window.
+    pub(super) fn send_appends(&mut self, to: NodeId, send_if_empty: bool) {
+        let mut first = send_if_empty;
+        while self.send_append(to, first) {
+            first = false;
+        }
+    }
+
+    /// Sends every follower what it is missing, or at least the new commit index.
+    pub(super) fn bcast_append(&mut self) {
+        let targets: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in targets {
+            self.send_appends(to, true);
+        }
+    }
+
+    /// Advances the commit index to the highest index a majority of voters holds, if that
+    /// entry is from the current term (§5.4.2: earlier terms' entries are committed only
+    /// indirectly). Returns whether it advanced.
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        let me = self.cfg.id;
+        let persisted = self.log.persisted();
+        let voters = self.voters();
+        let quorum = committed_value(&voters, |v| {
+            if v == me { persisted } else { self.progress.get(&v).map_or(0, |p| p.matched) }
+        })
+        .min(self.log.last_index());
+        if quorum <= self.log.committed() || self.log.term(quorum) != Some(self.term) {
+            return false;
+        }
+        self.log.commit_to(quorum);
+        self.on_leader_commit_advanced();
+        true
+    }
+
+    /// Follow-ups of a commit advance on the leader: reads that waited for the first commit
+    /// of the term, and stepping down once a configuration removing us is committed.
+    fn on_leader_commit_advanced(&mut self) {
+        self.reads.on_commit_in_term();
+        self.release_waiting_reads();
+        let removed = !self.conf.current().voters.contains(&self.cfg.id);
+        if removed && self.log.committed() >= self.conf.last_change_index() {
+            // §4.2.2: a leader not in the new configuration steps down once it is committed.
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    /// The empty entry of a new term (§8), so the leader can commit and serve reads.
+    pub(super) fn append_noop(&mut self) {
+        let e = LogEntry {
+            term: self.term,
+            index: self.log.last_index() + 1,
+            kind: EntryKind::Noop as i32,
+            ..Default::default()
+        };
+        self.append_entries(vec![e]);
+    }
+
+    /// Appends entries as leader and replicates them.
+    pub(super) fn append_entries(&mut self, entries: Vec<LogEntry>) {
+        self.conf.on_append(&entries);
+        let new_members: Vec<NodeId> = self
+            .conf
+            .current()
+            .members()
+            .filter(|&m| m != self.cfg.id && !self.progress.contains_key(&m))
+            .collect();
+        self.log.append(entries);
+        let last = self.log.last_index();
+        for m in new_members {
+            self.progress.insert(m, super::progress::Progress::new(last.saturating_sub(1)));
+        }
+        let cur = self.conf.current().clone();
+        self.progress.retain(|id, _| cur.contains(*id));
+        self.bcast_append();
+    }
+}

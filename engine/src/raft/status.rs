@@ -1,0 +1,107 @@
+//! Operation statuses: the expected outcomes callers must handle.
+//!
+//! These mirror the reference's `RaftOperationStatus` plus the statuses Phalanx adds
+//! (`PartitionMoved`, `Busy`, `InsufficientVoters`, `InvalidRequest`). They are *expected*
+//! outcomes, returned as values; broken invariants panic and storage failures are fatal.
+
+use std::fmt;
+
+/// The outcome of a Raft operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Operation completed successfully.
+    Success,
+    /// Operation failed with an internal error.
+    Errored,
+    /// The local node is not the leader for the requested partition.
+    NodeIsNotLeader,
+    /// A request came from a leader with an old term.
+    LeaderInOldTerm,
+    /// A leader was already elected for the term.
+    LeaderAlreadyElected,
+    /// A follower received logs from a node other than the leader it knows for the term.
+    LogsFromAnotherLeader,
+    /// Another proposal (e.g. a membership change or a leadership transfer) is still active.
+    ActiveProposal,
+    /// The supplied proposal ticket was not found.
+    ProposalNotFound,
+    /// The proposal did not complete in time.
+    ProposalTimeout,
+    /// Replication failed before commit (e.g. the entry was overwritten by a new leader).
+    ReplicationFailed,
+    /// Asynchronous work is still in progress.
+    Pending,
+    /// A follower rejected an append because it does not hold the anchoring previous entry.
+    LogMismatch,
+    /// A follower needs entries below the leader's compaction floor: a snapshot is required.
+    SnapshotRequired,
+    /// The partition was moved (split, merged or reassigned); re-read the partition map.
+    PartitionMoved,
+    /// A bounded queue is full; retry later.
+    Busy,
+    /// A membership change would leave the group with no voters.
+    InsufficientVoters,
+    /// The request is malformed or not allowed (e.g. removing a node that is not a member).
+    InvalidRequest,
+}
+
+impl Status {
+    /// Whether this status means success.
+    #[must_use]
+    pub fn is_success(self) -> bool {
+        self == Status::Success
+    }
+
+    /// The status's name as the reference spells it (`NodeIsNotLeader`, ...).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Success => "Success",
+            Status::Errored => "Errored",
+            Status::NodeIsNotLeader => "NodeIsNotLeader",
+            Status::LeaderInOldTerm => "LeaderInOldTerm",
+            Status::LeaderAlreadyElected => "LeaderAlreadyElected",
+            Status::LogsFromAnotherLeader => "LogsFromAnotherLeader",
+            Status::ActiveProposal => "ActiveProposal",
+            Status::ProposalNotFound => "ProposalNotFound",
+            Status::ProposalTimeout => "ProposalTimeout",
+            Status::ReplicationFailed => "ReplicationFailed",
+            Status::Pending => "Pending",
+            Status::LogMismatch => "LogMismatch",
+            Status::SnapshotRequired => "SnapshotRequired",
+            Status::PartitionMoved => "PartitionMoved",
+            Status::Busy => "Busy",
+            Status::InsufficientVoters => "InsufficientVoters",
+            Status::InvalidRequest => "InvalidRequest",
+        }
+    }
+
+    /// Every status, for exhaustive tables (metrics, docs).
+    pub const ALL: [Status; 17] = [
+        Status::Success,
+        Status::Errored,
+        Status::NodeIsNotLeader,
+        Status::LeaderInOldTerm,
+        Status::LeaderAlreadyElected,
+        Status::LogsFromAnotherLeader,
+        Status::ActiveProposal,
+        Status::ProposalNotFound,
+        Status::ProposalTimeout,
+        Status::ReplicationFailed,
+        Status::Pending,
+        Status::LogMismatch,
+        Status::SnapshotRequired,
+        Status::PartitionMoved,
+        Status::Busy,
+        Status::InsufficientVoters,
+        Status::InvalidRequest,
+    ];
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::error::Error for Status {}

@@ -1,0 +1,127 @@
+//! `step`: validating an incoming message, applying the term rules (§5.1: a higher term
+//! makes us a follower, a lower term is stale), and dispatching by role.
+
+use phalanx_proto::{HeartbeatResponse, RaftMessage, VoteResponse, raft_message::Body};
+
+use super::group::RaftGroup;
+use super::status::Status;
+use super::types::Role;
+
+/// The term a message carries.
+fn body_term(b: &Body) -> u64 {
+    match b {
+        Body::VoteRequest(m) => m.term,
+        Body::VoteResponse(m) => m.term,
+        Body::AppendRequest(m) => m.term,
+        Body::AppendResponse(m) => m.term,
+        Body::Heartbeat(m) => m.term,
+        Body::HeartbeatResponse(m) => m.term,
+        Body::Snapshot(m) => m.term,
+        Body::SnapshotResponse(m) => m.term,
+        Body::TimeoutNow(m) => m.term,
+        Body::ReadIndexRequest(m) => m.term,
+        Body::ReadIndexResponse(m) => m.term,
+    }
+}
+
+impl RaftGroup {
+    /// Feeds one message from a peer. Messages that are not addressed to this group and node,
+    /// or that break the protocol, are rejected with `InvalidRequest` (or the status naming
+    /// the violation) and counted; they never panic the node.
+    pub fn step(&mut self, m: RaftMessage) -> Result<(), Status> {
+        let RaftMessage { group, from, to, body } = m;
+        let Some(body) = body else { return self.reject(Status::InvalidRequest) };
+        if group != self.cfg.group || to != self.cfg.id || from == 0 || from == self.cfg.id {
+            return self.reject(Status::InvalidRequest);
+        }
+        // ReadIndex traffic does not move terms: a confirmation from any leader that proved
+        // its leadership after the request was sent is a valid read point.
+        match body {
+            Body::ReadIndexRequest(r) => {
+                self.handle_read_index_request(from, r.request_id);
+                return Ok(());
+            }
+            Body::ReadIndexResponse(r) => {
+                self.handle_read_index_response(r);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let term = body_term(&body);
+        if term > self.term {
+            match &body {
+                Body::VoteRequest(req) => {
+                    if !req.leader_transfer && self.in_lease() {
+                        // We heard from a live leader within the minimum election timeout:
+                        // ignore, so a partitioned or removed server cannot depose it.
+                        return Ok(());
+                    }
+                    if !req.pre_vote {
+                        self.become_follower(term, None);
+                    }
+                }
+                // A granted PreVote answers in the term the pre-candidate would campaign in;
+                // it is not a sign that the cluster moved on.
+                Body::VoteResponse(resp) if resp.pre_vote && resp.granted => {}
+                Body::AppendRequest(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                    self.become_follower(term, Some(from));
+                }
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.term {
+            match &body {
+                Body::AppendRequest(_) | Body::Heartbeat(_) if self.cfg.check_quorum || self.cfg.pre_vote => {
+                    // A stale leader (e.g. after a partition healed) would otherwise never
+                    // learn the new term: with PreVote and the lease we ignore its votes, so
+                    // tell it directly.
+                    self.send(
+                        from,
+                        Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: 0 }),
+                    );
+                }
+                Body::VoteRequest(req) if req.pre_vote => {
+                    self.send(
+                        from,
+                        Body::VoteResponse(VoteResponse { term: self.term, granted: false, pre_vote: true }),
+                    );
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        match body {
+            Body::VoteRequest(req) => {
+                self.handle_vote_request(from, req);
+                Ok(())
+            }
+            body => match self.role {
+                Role::Leader => self.step_leader(from, body),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(from, body),
+                Role::Follower => self.step_follower(from, body),
+            },
+        }
+    }
+
+    /// Counts and returns a rejection of bad peer input.
+    pub(super) fn reject(&mut self, status: Status) -> Result<(), Status> {
+        self.stats.rejected_messages += 1;
+        Err(status)
+    }
+
+    fn step_candidate(&mut self, from: u64, body: Body) -> Result<(), Status> {
+        match body {
+            Body::VoteResponse(resp) => {
+                self.handle_vote_response(from, resp);
+                Ok(())
+            }
+            // A leader exists in our term (§5.2): it won; follow it.
+            Body::AppendRequest(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                let term = self.term;
+                self.become_follower(term, Some(from));
+                self.step_follower(from, body)
+            }
+            _ => Ok(()),
+        }
+    }
+}

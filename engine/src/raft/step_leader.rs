@@ -1,0 +1,91 @@
+//! The leader's handling of follower answers: progress updates, backtracking with the
+//! conflict hint, commitment, ReadIndex confirmations, snapshot progress and the
+//! leadership-transfer handoff.
+
+use phalanx_proto::{AppendEntriesResponse, HeartbeatResponse, TimeoutNow, raft_message::Body};
+
+use super::group::RaftGroup;
+use super::progress::ProgressState;
+use super::status::Status;
+use super::types::NodeId;
+
+impl RaftGroup {
+    pub(super) fn step_leader(&mut self, from: NodeId, body: Body) -> Result<(), Status> {
+        match body {
+            Body::AppendResponse(resp) => self.handle_append_response(from, resp),
+            Body::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
+            Body::SnapshotResponse(resp) => self.handle_snapshot_response(from, resp),
+            // Another leader in our own term cannot exist (§5.2 Election Safety).
+            Body::AppendRequest(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                return self.reject(Status::LeaderAlreadyElected);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, resp: AppendEntriesResponse) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if resp.success {
+            if pr.maybe_update(resp.match_index) {
+                match pr.state {
+                    ProgressState::Probe => pr.become_replicate(),
+                    ProgressState::Snapshot if pr.matched >= pr.snapshot_index => pr.become_probe(),
+                    _ => {}
+                }
+                if self.maybe_commit() {
+                    self.bcast_append();
+                }
+                self.maybe_send_timeout_now(from);
+            }
+            // The window may have room again.
+            self.send_appends(from, false);
+            return;
+        }
+        self.stats.log_mismatches += 1;
+        // Backtrack with the follower's hint: jump to the last index where our term is no
+        // greater than the follower's term at its hinted index.
+        let probe = if resp.conflict_term > 0 {
+            self.log.find_conflict_by_term(resp.conflict_index, resp.conflict_term).0
+        } else {
+            resp.conflict_index
+        };
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        if pr.maybe_decrease_to(resp.match_index, probe) {
+            self.send_appends(from, false);
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if resp.read_ctx > pr.read_ack {
+            pr.read_ack = resp.read_ctx;
+        }
+        let state = pr.state;
+        if state == ProgressState::Probe {
+            // The follower is reachable: let the probe go out again (the last one may be lost).
+            pr.probe_sent = false;
+        }
+        let lagging = pr.matched < self.log.last_index();
+        if resp.read_ctx > 0 {
+            self.release_confirmed_reads();
+        }
+        match state {
+            ProgressState::Snapshot => self.send_snapshot_chunk(from),
+            _ if lagging => self.send_appends(from, false),
+            _ => {}
+        }
+    }
+
+    /// Hands over leadership once the transfer target has caught up.
+    pub(super) fn maybe_send_timeout_now(&mut self, to: NodeId) {
+        if let Some((target, _)) = self.transfer
+            && target == to
+            && self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index())
+        {
+            self.send(to, Body::TimeoutNow(TimeoutNow { term: self.term }));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Time. The group keeps absolute deadlines (in ticks) instead of elapsed counters, so a
+//! container can skip groups with nothing due (`next_deadline`) and tick only active ones.
+
+use phalanx_proto::raft_message::Body;
+
+use super::group::RaftGroup;
+use super::types::Role;
+
+impl RaftGroup {
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        self.tick_to(self.now + 1);
+    }
+
+    /// Advances time to `now` (ticks), firing every deadline that is due. Time never goes
+    /// backwards: an earlier `now` is ignored.
+    pub fn tick_to(&mut self, now: u64) {
+        if now <= self.now {
+            return;
+        }
+        self.now = now;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_deadline <= now {
+            if self.promotable() {
+                self.hup(false);
+            } else {
+                // Learners and removed nodes never campaign; just re-arm.
+                self.reset_election_deadline();
+            }
+        }
+    }
+
+    /// The next tick at which `tick_to` would do something, so containers can sleep until
+    /// then. `u64::MAX` when nothing is scheduled.
+    #[must_use]
+    pub fn next_deadline(&self) -> u64 {
+        match self.role {
+            Role::Leader => {
+                let mut d = self.check_quorum_deadline;
+                if !self.heartbeats_suspended {
+                    d = d.min(self.heartbeat_deadline);
+                }
+                if let Some((_, t)) = self.transfer {
+                    d = d.min(t);
+                }
+                d
+            }
+            _ if self.promotable() => self.election_deadline,
+            _ => u64::MAX,
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        let now = self.now;
+        if self.heartbeat_deadline <= now {
+            self.heartbeat_deadline = now + self.cfg.heartbeat_ticks;
+            if !self.heartbeats_suspended {
+                self.bcast_heartbeat();
+            }
+        }
+        if self.check_quorum_deadline <= now {
+            self.check_quorum_deadline = now + self.cfg.election_ticks_min;
+            if self.cfg.check_quorum && !self.quorum_recently_active() {
+                // §6.2 / CheckQuorum: a leader that cannot reach a quorum steps down so clients
+                // retry elsewhere instead of waiting on it.
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+            for p in self.progress.values_mut() {
+                p.recent_active = false;
+            }
+        }
+        if let Some((target, deadline)) = self.transfer
+            && deadline <= now
+        {
+            // The target did not take over within an election timeout: give up so the
+            // leader accepts proposals again.
+            let _ = target;
+            self.transfer = None;
+        }
+    }
+
+    /// Whether a quorum of voters (counting this node if it votes) was heard from since the
+    /// last check.
+    fn quorum_recently_active(&self) -> bool {
+        let voters = self.voters();
+        let active = voters
+            .iter()
+            .filter(|&&v| v == self.cfg.id || self.progress.get(&v).is_some_and(|p| p.recent_active))
+            .count();
+        active >= super::quorum::majority(voters.len())
+    }
+
+    /// Broadcasts heartbeats carrying the commit index and the latest ReadIndex context.
+    pub(super) fn bcast_heartbeat(&mut self) {
+        let ctx = self.reads.current_ctx();
+        let targets: Vec<u64> = self.progress.keys().copied().collect();
+        for to in targets {
+            self.send_heartbeat(to, ctx);
+        }
+    }
+
+    /// Sends one heartbeat. The commit index is clamped to what the follower is known to
+    /// hold, so a follower never commits an entry it may not have in the leader's form.
+    pub(super) fn send_heartbeat(&mut self, to: u64, ctx: u64) {
+        let Some(p) = self.progress.get(&to) else { return };
+        let commit = self.log.committed().min(p.matched);
+        let hb = phalanx_proto::Heartbeat { term: self.term, commit, read_ctx: ctx };
+        self.send(to, Body::Heartbeat(hb));
+    }
+}

@@ -1,0 +1,16 @@
+//! Compiles `proto/**/*.proto` with protox (a pure-Rust protobuf compiler), so building
+//! Phalanx never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/phalanx/v1/raft.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    prost_build::Config::new()
+        // Payloads are shared between the log, the WAL batch and outgoing frames: `Bytes`
+        // makes those copies reference counts instead of memcpy.
+        .bytes(["."])
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Phalanx storage (WAL shards). Under construction in the storage issue.

@@ -1,0 +1,1 @@
+//! Phalanx test support.
