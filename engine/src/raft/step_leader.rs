@@ -74,7 +74,10 @@ impl RaftGroup {
         }
         match state {
             ProgressState::Snapshot => self.send_snapshot_chunk(from),
-            _ if lagging => self.send_appends(from, false),
+            // Send even an empty append: in replicate state `next` may already be past our
+            // last index with every append in flight lost, and only an append's answer (a
+            // success, or a rejection that drops us back to probing) resumes replication.
+            _ if lagging => self.send_appends(from, true),
             _ => {}
         }
     }
