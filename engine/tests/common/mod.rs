@@ -299,6 +299,42 @@ impl Cluster {
         }
     }
 
+    /// A cluster with no nodes yet (add them with [`Cluster::add_restored`]).
+    #[must_use]
+    pub fn empty() -> Self {
+        Self::with_membership(Membership::default(), &[], defaults)
+    }
+
+    /// Adds node `id` restarted with `log` in `term` (no vote, commit 0), of a group of
+    /// `voters`.
+    pub fn add_with_log(
+        &mut self,
+        id: NodeId,
+        voters: &[NodeId],
+        term: u64,
+        log: Vec<LogEntry>,
+        tweak: impl Fn(&mut Config),
+    ) {
+        let mut cfg = config(id);
+        tweak(&mut cfg);
+        let restore = RestoreState {
+            hard_state: HardState { term, vote: 0, commit: 0 },
+            entries: log,
+            initial_membership: Membership::with_voters(voters.iter().copied()),
+            ..Default::default()
+        };
+        self.add_restored(cfg, restore);
+    }
+
+    /// Append rejections (`success == false`) delivered from `from`, i.e. backtracking rounds.
+    #[must_use]
+    pub fn rejections_from(&self, from: NodeId) -> usize {
+        self.trace
+            .iter()
+            .filter(|m| m.from == from && matches!(&m.body, Some(Body::AppendResponse(r)) if !r.success))
+            .count()
+    }
+
     /// Adds a node built from an explicit restore state (e.g. a hand-made log).
     pub fn add_restored(&mut self, cfg: Config, restore: RestoreState) {
         let store = Store {
@@ -410,6 +446,22 @@ impl Cluster {
         hit
     }
 
+    /// Whether `m` is an append that its target would accept and that would store an entry at
+    /// `index` or beyond (to drop exactly the appends that would make progress past a point).
+    #[must_use]
+    pub fn would_store(&self, m: &RaftMessage, index: u64) -> bool {
+        match &m.body {
+            Some(Body::AppendRequest(a)) => {
+                a.entries.iter().any(|e| e.index >= index)
+                    && self
+                        .nodes
+                        .get(&m.to)
+                        .is_some_and(|n| n.raft.log().match_term(a.prev_log_index, a.prev_log_term))
+            }
+            _ => false,
+        }
+    }
+
     /// Drops every queued message.
     pub fn clear_net(&mut self) {
         self.net.clear();
@@ -436,6 +488,13 @@ impl Cluster {
         self.stabilize();
     }
 
+    /// Advances node `id`'s clock by `n` ticks without processing anything.
+    pub fn tick_node(&mut self, id: NodeId, n: u64) {
+        let r = self.raft_mut(id);
+        let to = r.now() + n;
+        r.tick_to(to);
+    }
+
     /// `n` times [`Cluster::tick_all`].
     pub fn ticks(&mut self, n: u64) {
         for _ in 0..n {
@@ -453,6 +512,28 @@ impl Cluster {
     pub fn elect(&mut self, id: NodeId) {
         self.campaign(id);
         assert!(self.raft(id).is_leader(), "node {id} did not win: {:?}", self.raft(id).soft_state());
+    }
+
+    /// Node `id` campaigns (again, up to `attempts` times, each in a new term) until it wins;
+    /// messages are exchanged only until the win, so the new leader's first appends are
+    /// still unsent when this returns. Returns whether it won.
+    pub fn campaign_settle(&mut self, id: NodeId, attempts: usize) -> bool {
+        for _ in 0..attempts {
+            self.raft_mut(id).campaign();
+            for _ in 0..20 {
+                if self.raft(id).is_leader() {
+                    return true;
+                }
+                if !self.process_all() && self.net.is_empty() {
+                    break;
+                }
+                self.deliver_queued();
+            }
+            if self.raft(id).is_leader() {
+                return true;
+            }
+        }
+        false
     }
 
     /// The leader with the highest term among up nodes, if any.

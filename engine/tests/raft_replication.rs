@@ -1,0 +1,227 @@
+//! Conformance: log replication (Raft paper §5.3) — the Log Matching check, truncation of
+//! conflicting suffixes, fast backtracking with the conflict hint, Leader Append-Only, and
+//! flow control.
+
+mod common;
+
+use common::*;
+use phalanx::raft::{ProgressState, Status};
+use phalanx_proto::raft_message::Body;
+
+fn append_answers(rd: &phalanx::raft::Ready) -> Vec<(bool, u64)> {
+    all_msgs(rd)
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::AppendResponse(r)) => Some((r.success, r.match_index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// §5.3 consistency check: "If the follower does not find an entry in its log with the same
+/// index and term [as prevLogIndex/prevLogTerm], then it refuses the new entries."
+#[test]
+fn log_matching_rejects_append_without_matching_prev() {
+    let mut r = solo_with_log(2, &[1, 2, 3], 2, log_of_terms(&[1, 1]), 0, plain);
+    // prev term differs.
+    r.step(msg(1, 2, append(2, (2, 2), vec![entry(3, 2)], 0))).unwrap();
+    assert_eq!(append_answers(&flush(&mut r)), vec![(false, 2)]);
+    // prev past the end of the log.
+    r.step(msg(1, 2, append(2, (3, 1), vec![entry(4, 2)], 0))).unwrap();
+    assert_eq!(append_answers(&flush(&mut r)), vec![(false, 3)]);
+    assert_eq!(terms(&r), vec![1, 1], "refused appends leave the log alone");
+    // prev matches.
+    r.step(msg(1, 2, append(2, (2, 1), vec![entry(3, 2)], 0))).unwrap();
+    assert_eq!(append_answers(&flush(&mut r)), vec![(true, 3)]);
+    assert_eq!(terms(&r), vec![1, 1, 2]);
+}
+
+/// §5.3 receiver rule 3: "If an existing entry conflicts with a new one (same index but
+/// different terms), delete the existing entry and all that follow it" — and only then: a
+/// stale (shorter) append whose entries all match must not truncate anything.
+#[test]
+fn log_matching_truncates_only_conflicting_suffix() {
+    let mut r = solo_with_log(2, &[1, 2, 3], 2, log_of_terms(&[1, 1, 2, 2]), 0, plain);
+    r.step(msg(1, 2, append(3, (2, 1), vec![entry(3, 3)], 0))).unwrap();
+    let rd = flush(&mut r);
+    assert_eq!(terms(&r), vec![1, 1, 3]);
+    assert_eq!(rd.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(3, 3)]);
+
+    let mut r = solo_with_log(2, &[1, 2, 3], 1, log_of_terms(&[1, 1, 1]), 0, plain);
+    r.step(msg(1, 2, append(1, (0, 0), vec![entry(1, 1)], 0))).unwrap();
+    let rd = flush(&mut r);
+    assert_eq!(terms(&r), vec![1, 1, 1], "a matching, shorter append must not truncate");
+    assert!(rd.entries.is_empty());
+    assert_eq!(append_answers(&rd), vec![(true, 1)], "acknowledges only what the append covered");
+}
+
+/// §5.3 receiver rule 5: "If leaderCommit > commitIndex, set commitIndex =
+/// min(leaderCommit, index of last new entry)" — a follower never commits entries of its
+/// own that the append did not vouch for.
+#[test]
+fn follower_commit_is_bounded_by_last_new_entry() {
+    let mut r = solo_with_log(2, &[1, 2, 3], 2, log_of_terms(&[1, 1, 2, 2]), 0, plain);
+    r.step(msg(1, 2, append(3, (1, 1), vec![], 4))).unwrap();
+    assert_eq!(r.log().committed(), 1, "entries 2..4 may differ from the leader's");
+    r.step(msg(1, 2, append(3, (2, 1), vec![entry(3, 3)], 4))).unwrap();
+    assert_eq!(r.log().committed(), 3);
+    assert_eq!(terms(&r), vec![1, 1, 3]);
+}
+
+/// §5.3 Log Matching property across a cluster: after replication every log is identical
+/// to the leader's, entry by entry.
+#[test]
+fn log_matching_after_replication() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5], plain);
+    c.elect(1);
+    for i in 0..20 {
+        c.propose(1, &format!("v{i}")).unwrap();
+    }
+    c.stabilize();
+    c.assert_logs_match(1);
+    for id in c.ids() {
+        assert_eq!(c.raft(id).log().committed(), 21, "node {id}");
+        assert_eq!(c.node(id).applied_strings().len(), 20, "node {id}");
+    }
+}
+
+/// The followers of Raft paper Figure 7 (leader's log terms 1,1,1,4,4,5,5,6,6,6, elected in
+/// term 8). With the conflict hint the leader finds each follower's match point in at most
+/// one rejected round — naive decrement would take up to 7 rounds (follower f) — and every
+/// log ends up identical to the leader's.
+#[test]
+fn backtracking_figure7_converges_in_one_round_per_follower() {
+    let leader_log = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let followers: [(u64, &[u64]); 6] = [
+        (2, &[1, 1, 1, 4, 4, 5, 5, 6, 6]),          // (a) missing one entry
+        (3, &[1, 1, 1, 4]),                         // (b) missing many
+        (4, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6]),    // (c) one extra uncommitted entry
+        (5, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7]), // (d) extra entries of term 7
+        (6, &[1, 1, 1, 4, 4, 4, 4]),                // (e) extra entries of term 4
+        (7, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]),    // (f) leader of terms 2 and 3
+    ];
+    let voters = [1, 2, 3, 4, 5, 6, 7];
+    let mut c = Cluster::empty();
+    c.add_with_log(1, &voters, 7, log_of_terms(&leader_log), plain);
+    for (id, log) in followers {
+        let term = *log.iter().max().unwrap();
+        c.add_with_log(id, &voters, term, log_of_terms(log), plain);
+    }
+    c.elect(1);
+    assert_eq!(c.raft(1).term(), 8);
+    // Refused by (c) and (d), whose logs are more up-to-date (§5.4.1); granted by the rest.
+    let mut want = leader_log.to_vec();
+    want.push(8); // the new leader's no-op
+    assert_eq!(terms(c.raft(1)), want, "Leader Append-Only: the leader's log only grew");
+    c.assert_logs_match(1);
+    for (id, _) in followers {
+        assert!(c.rejections_from(id) <= 1, "follower {id} needed {} rounds", c.rejections_from(id));
+    }
+    assert_eq!(c.rejections_from(2), 1, "(a)");
+    assert_eq!(c.rejections_from(7), 1, "(f): 7 rounds without the hint");
+    let total: usize = followers.iter().map(|(id, _)| c.rejections_from(*id)).sum();
+    assert_eq!(c.raft(1).stats().log_mismatches, total as u64);
+    assert_eq!(c.raft(1).log().committed(), 11);
+}
+
+/// §5.3 optimization ("the follower can include the term of the conflicting entry and the
+/// first index it stores for that term"): backtracking takes O(terms) rounds, not
+/// O(entries) — 500 conflicting entries of one term cost one round, and a suffix with two
+/// conflicting terms costs at most two.
+#[test]
+fn backtracking_rounds_bounded_by_conflicting_terms() {
+    // 500 conflicting entries, one term.
+    let mut leader = vec![1];
+    leader.extend(std::iter::repeat_n(3, 500));
+    let mut follower = vec![1];
+    follower.extend(std::iter::repeat_n(2, 500));
+    let mut c = Cluster::empty();
+    c.add_with_log(1, &[1, 2, 3], 3, log_of_terms(&leader), plain);
+    c.add_with_log(2, &[1, 2, 3], 2, log_of_terms(&follower), plain);
+    c.add_with_log(3, &[1, 2, 3], 3, log_of_terms(&leader), plain);
+    c.elect(1);
+    c.assert_logs_match(1);
+    assert_eq!(c.rejections_from(2), 1, "one round for one conflicting term");
+
+    // Alternating terms: leader 1,3,3,5,5 vs follower 1,2,2,4,4,4,4 (conflicting terms 2, 4).
+    let mut c = Cluster::empty();
+    c.add_with_log(1, &[1, 2, 3], 5, log_of_terms(&[1, 3, 3, 5, 5]), plain);
+    c.add_with_log(2, &[1, 2, 3], 4, log_of_terms(&[1, 2, 2, 4, 4, 4, 4]), plain);
+    c.add_with_log(3, &[1, 2, 3], 5, log_of_terms(&[1, 3, 3, 5, 5]), plain);
+    c.elect(1);
+    c.assert_logs_match(1);
+    let rounds = c.rejections_from(2);
+    assert!((1..=2).contains(&rounds), "{rounds} rounds; naive decrement needs 4");
+}
+
+/// §5.3 Leader Append-Only: "a leader never overwrites or deletes entries in its log; it
+/// only appends new entries". An append from a would-be second leader of the same term is
+/// refused and counted, and the leader's log is untouched.
+#[test]
+fn leader_append_only() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.propose(1, "a").unwrap();
+    c.stabilize();
+    let before = terms(c.raft(1));
+    let t = c.raft(1).term();
+    let bogus = append(t, (1, t), vec![entry(2, t), entry(3, t)], 0);
+    let err = c.raft_mut(1).step(msg(2, 1, bogus)).unwrap_err();
+    assert_eq!(err, Status::LeaderAlreadyElected);
+    assert_eq!(c.raft(1).stats().rejected_messages, 1);
+    assert_eq!(terms(c.raft(1)), before);
+    assert!(c.raft(1).is_leader());
+    // Replicating to followers with longer divergent logs never shortens the leader's log.
+    for _ in 0..5 {
+        c.propose(1, "b").unwrap();
+    }
+    c.stabilize();
+    let after = terms(c.raft(1));
+    assert_eq!(&after[..before.len()], &before[..]);
+}
+
+/// Pipelining is bounded: a follower in the replicate state has at most
+/// `max_inflight_appends` appends outstanding, and the window reopens as they are
+/// acknowledged.
+#[test]
+fn replication_inflight_window_is_bounded() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        plain(cfg);
+        cfg.max_inflight_appends = 2;
+        cfg.max_entries_per_append = 1;
+    });
+    c.elect(1);
+    assert_eq!(c.raft(1).progress(2).unwrap().state, ProgressState::Replicate);
+    for i in 0..10 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.process(1);
+    let to2 = c.net.iter().filter(|m| m.to == 2 && kind(m) == "Append").count();
+    assert_eq!(to2, 2, "window of 2 appends");
+    assert_eq!(c.raft(1).progress(2).unwrap().inflight.len(), 2);
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), 11);
+    c.assert_logs_match(1);
+}
+
+/// §5.3: "If followers crash or run slowly, or if network packets are lost, the leader
+/// retries AppendEntries indefinitely" — a follower cut off during proposals catches up
+/// through heartbeat-driven retries once the link heals.
+#[test]
+fn lagging_follower_catches_up_after_heal() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    for i in 0..30 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), 31);
+    assert_eq!(c.raft(3).log().last_index(), 1);
+    assert_eq!(c.raft(1).follower_lag(3), Some(30));
+    c.heal();
+    c.ticks(config(1).heartbeat_ticks);
+    c.assert_logs_match(1);
+    assert_eq!(c.raft(3).log().committed(), 31);
+    assert_eq!(c.raft(1).follower_lag(3), Some(0));
+}
