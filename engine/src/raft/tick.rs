@@ -71,6 +71,9 @@ impl RaftGroup {
             for p in self.progress.values_mut() {
                 p.recent_active = false;
             }
+            // A quorum confirmed us: we are the "current leader" of the vote lease (thesis
+            // §4.2.3), so we too ignore disruptive vote requests until the next check.
+            self.leader_contact = Some(now);
         }
         if let Some((target, deadline)) = self.transfer
             && deadline <= now
