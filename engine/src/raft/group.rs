@@ -278,10 +278,20 @@ impl RaftGroup {
         self.snapshot.as_ref().map(|s| &s.meta)
     }
 
-    /// Whether this node may campaign: it is a voter in the configuration in force.
+    /// Whether this node may campaign. A voter of the configuration in force may. So may a
+    /// node whose removal (or demotion) is still uncommitted: otherwise a leader that
+    /// removed itself and lost leadership before committing the change would hold the only
+    /// up-to-date log while refusing to run, and the remaining voters, lacking the entry,
+    /// could never win its vote. Elected under the new configuration, it manages the group
+    /// without counting itself until the change commits, then steps down (thesis §4.2.2).
     #[must_use]
     pub fn promotable(&self) -> bool {
-        self.conf.current().voters.contains(&self.cfg.id)
+        let me = self.cfg.id;
+        if self.conf.current().voters.contains(&me) {
+            return true;
+        }
+        let change = self.conf.last_change_index();
+        change > self.log.committed() && self.conf.at(change - 1).voters.contains(&me)
     }
 
     /// Voters of the configuration in force.

@@ -64,9 +64,16 @@ impl RaftGroup {
             pr.read_ack = resp.read_ctx;
         }
         let state = pr.state;
-        if state == ProgressState::Probe {
+        match state {
             // The follower is reachable: let the probe go out again (the last one may be lost).
-            pr.probe_sent = false;
+            ProgressState::Probe => pr.probe_sent = false,
+            // A full window whose acknowledgements were all lost would stall the follower
+            // forever: free one slot so an append goes out; its answer (success, or a
+            // rejection that drops us back to probing) gets replication moving again.
+            ProgressState::Replicate if pr.inflight.len() >= self.cfg.max_inflight_appends => {
+                pr.inflight.pop_front();
+            }
+            _ => {}
         }
         let lagging = pr.matched < self.log.last_index();
         if resp.read_ctx > 0 {
