@@ -1,0 +1,340 @@
+//! The safety checker: Raft's properties (Figure 3 of the paper) plus the client-visible
+//! guarantees, checked incrementally as the simulation produces events.
+//!
+//! It is deliberately independent of the engine's internals: it sees only what a shell sees
+//! (Readies, the group's public accessors) and keeps its own registries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use phalanx::hlc::{Ticket, ticket_of};
+use phalanx::raft::{GroupId, NodeId, RaftLog};
+use phalanx_proto::{EntryKind, LogEntry};
+
+/// A broken property, with enough context to debug it from the seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Two leaders in one term of one group (§5.2 Election Safety).
+    ElectionSafety {
+        /// Group.
+        group: GroupId,
+        /// Term.
+        term: u64,
+        /// The leaders.
+        leaders: (NodeId, NodeId),
+    },
+    /// Two logs hold an entry with the same index and term but different contents or
+    /// different predecessors (§5.3 Log Matching).
+    LogMatching {
+        /// Group.
+        group: GroupId,
+        /// Index.
+        index: u64,
+        /// Term.
+        term: u64,
+        /// Node whose entry disagreed with the first one seen.
+        node: NodeId,
+    },
+    /// A new leader lacks an entry committed in an earlier term (§5.4 Leader Completeness).
+    LeaderCompleteness {
+        /// Group.
+        group: GroupId,
+        /// The leader's term.
+        term: u64,
+        /// The leader.
+        node: NodeId,
+        /// The committed index it lacks (or holds with another term).
+        index: u64,
+    },
+    /// Two nodes applied different entries at one index, or delivered different entries at
+    /// one position of the state machine's input (§5.4.3 State Machine Safety).
+    StateMachineSafety {
+        /// Group.
+        group: GroupId,
+        /// Node.
+        node: NodeId,
+        /// What disagreed.
+        detail: String,
+    },
+    /// A commit or applied index went backwards within one incarnation of a node.
+    NonMonotonic {
+        /// Group.
+        group: GroupId,
+        /// Node.
+        node: NodeId,
+        /// What went back.
+        detail: String,
+    },
+    /// An acknowledged proposal is missing from the state machine input.
+    LostAck {
+        /// Group.
+        group: GroupId,
+        /// The proposal's ticket.
+        ticket: String,
+    },
+    /// One entry delivered twice to one state machine.
+    DuplicateApply {
+        /// Group.
+        group: GroupId,
+        /// Node.
+        node: NodeId,
+        /// The entry's id.
+        id: u64,
+    },
+    /// A two-step entry delivered without a committed commit marker, or after a rollback.
+    TwoStep {
+        /// Group.
+        group: GroupId,
+        /// Node.
+        node: NodeId,
+        /// The ticket.
+        ticket: String,
+    },
+    /// A linearizable read returned a point below a write acknowledged before it started.
+    StaleRead {
+        /// Group.
+        group: GroupId,
+        /// Index returned.
+        read_index: u64,
+        /// Index of an earlier acknowledged write.
+        acked_before: u64,
+    },
+    /// After faults healed, a group did not elect a leader and commit in time.
+    Liveness {
+        /// Group.
+        group: GroupId,
+        /// What did not happen.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// A stable id of an entry's content (the checker never trusts two entries to be equal
+/// because they have the same index).
+#[must_use]
+pub fn entry_id(e: &LogEntry) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.kind.hash(&mut h);
+    e.log_type.hash(&mut h);
+    e.payload.hash(&mut h);
+    ticket_of(e).hash(&mut h);
+    h.finish()
+}
+
+#[derive(Default)]
+struct GroupRegistry {
+    leaders: HashMap<u64, NodeId>,
+    /// (index, term) → (content id, previous entry's term)
+    entries: HashMap<(u64, u64), (u64, Option<u64>)>,
+    /// index → (term, content id) of committed entries
+    committed: BTreeMap<u64, (u64, u64)>,
+    /// The state machine input, in order: content ids.
+    deliveries: Vec<u64>,
+    /// First resolving marker seen committed per ticket: true = commit, false = rollback.
+    resolution: HashMap<Ticket, bool>,
+    /// Content ids of acknowledged entries, with their ticket.
+    acked: Vec<(u64, Ticket)>,
+    /// Highest index of an acknowledged write.
+    max_acked_index: u64,
+}
+
+/// Per (node, group, incarnation) positions for the monotonicity check.
+#[derive(Default, Clone, Copy)]
+struct Positions {
+    incarnation: u64,
+    commit: u64,
+    applied: u64,
+}
+
+/// The checker.
+#[derive(Default)]
+pub struct Checker {
+    groups: BTreeMap<GroupId, GroupRegistry>,
+    positions: HashMap<(NodeId, GroupId), Positions>,
+    /// Violations found so far.
+    pub violations: Vec<Violation>,
+}
+
+impl Checker {
+    /// A checker with empty registries.
+    #[must_use]
+    pub fn new() -> Self {
+        Checker::default()
+    }
+
+    fn g(&mut self, group: GroupId) -> &mut GroupRegistry {
+        self.groups.entry(group).or_default()
+    }
+
+    /// `node` is leader of `group` in `term`, with `log`. Checks Election Safety and Leader
+    /// Completeness.
+    pub fn on_leader(&mut self, group: GroupId, term: u64, node: NodeId, log: &RaftLog) {
+        let reg = self.g(group);
+        match reg.leaders.get(&term) {
+            Some(&other) if other != node => {
+                self.violations.push(Violation::ElectionSafety { group, term, leaders: (other, node) });
+                return;
+            }
+            Some(_) => return,
+            None => {
+                reg.leaders.insert(term, node);
+            }
+        }
+        let mut missing = None;
+        for (&index, &(t, _)) in reg.committed.range(log.first_index()..) {
+            if t < term && log.term(index) != Some(t) {
+                missing = Some(index);
+                break;
+            }
+        }
+        if let Some(index) = missing {
+            self.violations.push(Violation::LeaderCompleteness { group, term, node, index });
+        }
+    }
+
+    /// `node` is about to persist `e`, whose predecessor in its log has term `prev_term`
+    /// (`None` when below its floor). Checks Log Matching.
+    pub fn on_append(&mut self, group: GroupId, node: NodeId, e: &LogEntry, prev_term: Option<u64>) {
+        let id = entry_id(e);
+        let reg = self.g(group);
+        match reg.entries.get_mut(&(e.index, e.term)) {
+            None => {
+                reg.entries.insert((e.index, e.term), (id, prev_term));
+            }
+            Some((seen_id, seen_prev)) => {
+                let prev_conflict = matches!((*seen_prev, prev_term), (Some(a), Some(b)) if a != b);
+                if *seen_id != id || prev_conflict {
+                    self.violations.push(Violation::LogMatching {
+                        group,
+                        index: e.index,
+                        term: e.term,
+                        node,
+                    });
+                } else if seen_prev.is_none() {
+                    *seen_prev = prev_term;
+                }
+            }
+        }
+    }
+
+    /// `node` applies committed entry `e`. Checks State Machine Safety at the log level and
+    /// records markers.
+    pub fn on_committed(&mut self, group: GroupId, node: NodeId, e: &LogEntry) {
+        let id = entry_id(e);
+        let reg = self.g(group);
+        match reg.committed.get(&e.index) {
+            Some(&(t, seen)) if t != e.term || seen != id => {
+                let detail = format!("index {} applied with term {} but term {t} elsewhere", e.index, e.term);
+                self.violations.push(Violation::StateMachineSafety { group, node, detail });
+                return;
+            }
+            Some(_) => {}
+            None => {
+                reg.committed.insert(e.index, (e.term, id));
+            }
+        }
+        let kind = EntryKind::try_from(e.kind).ok();
+        if matches!(kind, Some(EntryKind::CommitMarker | EntryKind::RollbackMarker)) {
+            reg.resolution.entry(ticket_of(e)).or_insert(kind == Some(EntryKind::CommitMarker));
+        }
+    }
+
+    /// `node`'s state machine receives `e` as its `position`-th input (0-based). Checks that
+    /// every state machine sees the same input sequence and two-step rules.
+    pub fn on_delivery(&mut self, group: GroupId, node: NodeId, position: usize, e: &LogEntry) {
+        let id = entry_id(e);
+        let reg = self.g(group);
+        if position < reg.deliveries.len() {
+            if reg.deliveries[position] != id {
+                let detail = format!("delivery #{position} differs (entry index {})", e.index);
+                self.violations.push(Violation::StateMachineSafety { group, node, detail });
+                return;
+            }
+        } else if position == reg.deliveries.len() {
+            reg.deliveries.push(id);
+        } else {
+            let detail = format!("delivery #{position} skips ahead of {}", reg.deliveries.len());
+            self.violations.push(Violation::StateMachineSafety { group, node, detail });
+            return;
+        }
+        if e.kind == EntryKind::Proposed as i32 {
+            let t = ticket_of(e);
+            if reg.resolution.get(&t) != Some(&true) {
+                self.violations.push(Violation::TwoStep { group, node, ticket: t.to_string() });
+            }
+        }
+    }
+
+    /// A state machine saw the same entry twice in one incarnation.
+    pub fn on_duplicate(&mut self, group: GroupId, node: NodeId, id: u64) {
+        self.violations.push(Violation::DuplicateApply { group, node, id });
+    }
+
+    /// Observes `node`'s commit and applied indexes in `incarnation`.
+    pub fn on_positions(
+        &mut self,
+        group: GroupId,
+        node: NodeId,
+        incarnation: u64,
+        commit: u64,
+        applied: u64,
+    ) {
+        let p = self.positions.entry((node, group)).or_default();
+        if p.incarnation == incarnation && (commit < p.commit || applied < p.applied) {
+            let detail = format!("commit {}→{commit}, applied {}→{applied}", p.commit, p.applied);
+            self.violations.push(Violation::NonMonotonic { group, node, detail });
+        }
+        *p = Positions { incarnation, commit, applied };
+    }
+
+    /// A client was told its write (entries with `ids`) committed at `index`.
+    pub fn on_ack(&mut self, group: GroupId, ticket: Ticket, ids: &[u64], index: u64) {
+        let reg = self.g(group);
+        reg.acked.extend(ids.iter().map(|&i| (i, ticket)));
+        reg.max_acked_index = reg.max_acked_index.max(index);
+    }
+
+    /// The highest acknowledged write index so far (a read started now must see it).
+    #[must_use]
+    pub fn acked_floor(&self, group: GroupId) -> u64 {
+        self.groups.get(&group).map_or(0, |g| g.max_acked_index)
+    }
+
+    /// A read started when `acked_before` was the highest acknowledged write returned
+    /// `read_index`.
+    pub fn on_read(&mut self, group: GroupId, read_index: u64, acked_before: u64) {
+        if read_index < acked_before {
+            self.violations.push(Violation::StaleRead { group, read_index, acked_before });
+        }
+    }
+
+    /// Records a liveness failure.
+    pub fn on_liveness_failure(&mut self, group: GroupId, detail: String) {
+        self.violations.push(Violation::Liveness { group, detail });
+    }
+
+    /// End of run: every acknowledged write is in the state machine input exactly once, and
+    /// no rolled-back two-step entry is.
+    pub fn finish(&mut self) {
+        for (&group, reg) in &self.groups {
+            let mut count: HashMap<u64, usize> = HashMap::new();
+            for id in &reg.deliveries {
+                *count.entry(*id).or_default() += 1;
+            }
+            let mut reported = BTreeSet::new();
+            for (id, ticket) in &reg.acked {
+                let n = count.get(id).copied().unwrap_or(0);
+                if n != 1 && reported.insert(*ticket) {
+                    self.violations
+                        .push(Violation::LostAck { group, ticket: format!("{ticket} delivered {n} times") });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The simulated disk: what each node has made durable, per group. A write becomes durable
+//! only when its simulated fsync completes; a crash loses every write still in flight.
+
+use std::collections::BTreeMap;
+
+use phalanx::raft::{GroupId, Membership, RestoreState, Snapshot};
+use phalanx_proto::{HardState, LogEntry};
+
+/// Durable state of one group on one node.
+#[derive(Clone, Debug, Default)]
+pub struct GroupDisk {
+    /// Term, vote, commit.
+    pub hard_state: HardState,
+    /// Compaction floor (index, term).
+    pub floor: (u64, u64),
+    /// Entries after the floor.
+    pub entries: Vec<LogEntry>,
+    /// Latest snapshot (meta + state machine image).
+    pub snapshot: Option<Snapshot>,
+}
+
+impl GroupDisk {
+    fn term(&self, index: u64) -> Option<u64> {
+        if index == self.floor.0 {
+            return Some(self.floor.1);
+        }
+        if index < self.floor.0 {
+            return None;
+        }
+        self.entries.get((index - self.floor.0 - 1) as usize).map(|e| e.term)
+    }
+
+    /// Installs a received snapshot (keeping the suffix if the log holds its last entry).
+    pub fn install_snapshot(&mut self, s: &Snapshot) {
+        let (i, t) = (s.meta.index, s.meta.term);
+        if self.term(i) == Some(t) && i >= self.floor.0 {
+            let n = (i - self.floor.0) as usize;
+            self.entries.drain(..n.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.floor = (i, t);
+        self.snapshot = Some(s.clone());
+    }
+
+    /// Stores entries, replacing any at or after the first one's index.
+    pub fn append(&mut self, entries: &[LogEntry]) {
+        let Some(first) = entries.first() else { return };
+        assert!(first.index > self.floor.0, "write below the floor");
+        let keep = (first.index - self.floor.0 - 1) as usize;
+        assert!(keep <= self.entries.len(), "gap in the stored log");
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// Discards entries up to `index`.
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.floor.0 {
+            return;
+        }
+        let term = self.term(index).expect("compacting a held entry");
+        let n = (index - self.floor.0) as usize;
+        self.entries.drain(..n);
+        self.floor = (index, term);
+    }
+
+    /// What a restarting node recovers.
+    #[must_use]
+    pub fn restore_state(&self, initial: &Membership) -> RestoreState {
+        RestoreState {
+            hard_state: self.hard_state,
+            floor: self.floor,
+            entries: self.entries.clone(),
+            snapshot: self.snapshot.as_ref().map(|s| s.meta.clone()),
+            initial_membership: initial.clone(),
+        }
+    }
+}
+
+/// One node's disk.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    /// Per group.
+    pub groups: BTreeMap<GroupId, GroupDisk>,
+}

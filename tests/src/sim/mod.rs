@@ -1,0 +1,444 @@
+//! The deterministic simulator: N nodes × M groups over a seeded faulty network and
+//! simulated disks, with crashes that lose everything not yet durable. After every step the
+//! [`Checker`] verifies Raft's safety properties; after the faults heal it checks liveness.
+//!
+//! Everything random comes from one seed, so a failing run replays exactly:
+//! `PHALANX_SIM_SEED=<seed> cargo test --release -p phalanx-tests --test sim`.
+
+pub mod checker;
+pub mod disk;
+pub mod net;
+pub mod node;
+mod workload;
+
+use std::hash::{Hash, Hasher};
+
+use phalanx::raft::{GroupId, Membership, NodeId, Role, SeededRng, mix_seed};
+
+pub use checker::{Checker, Violation};
+use net::{NetFaults, Network};
+use node::{GroupWrite, PendingWrite, SimNode};
+use workload::Workload;
+
+/// Knobs of one run, all derived from its seed unless set by hand.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated ticks.
+    pub steps: u64,
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Initial voters: nodes 1..=voters (the rest start outside the group and may join).
+    pub voters: u64,
+    /// Number of groups.
+    pub groups: u64,
+    /// Network faults during the chaos phase.
+    pub faults: NetFaults,
+    /// Largest simulated fsync latency in ticks.
+    pub max_disk_latency: u64,
+    /// Tick at which faults stop and the liveness phase starts.
+    pub heal_at: u64,
+    /// Whether crashes, partitions and membership changes happen.
+    pub chaos: bool,
+}
+
+impl SimConfig {
+    /// A configuration drawn from `seed`.
+    #[must_use]
+    pub fn from_seed(seed: u64, steps: u64) -> Self {
+        let mut r = SeededRng::new(mix_seed(&[seed, 0xC0FF_EE00]));
+        let nodes = if r.range(0, 2) == 0 { 3 } else { 5 };
+        let voters = if nodes == 5 && r.range(0, 2) == 0 { 5 } else { 3 };
+        SimConfig {
+            seed,
+            steps,
+            nodes,
+            voters,
+            groups: r.range(1, 4),
+            faults: NetFaults {
+                drop_per_mille: r.range(0, 100),
+                dup_per_mille: r.range(0, 50),
+                min_delay: 1,
+                max_delay: r.range(1, 7),
+            },
+            max_disk_latency: r.range(0, 4),
+            heal_at: steps * 3 / 4,
+            chaos: true,
+        }
+    }
+}
+
+/// What one run found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Ticks simulated.
+    pub steps: u64,
+    /// Broken properties.
+    pub violations: Vec<Violation>,
+    /// Hash of the whole trace (equal for equal seeds).
+    pub trace_hash: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Client writes acknowledged.
+    pub acked: u64,
+    /// Leaders elected (distinct group/term pairs).
+    pub elections: u64,
+    /// Snapshots sent.
+    pub snapshots: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Each node's view of each group at the end (for debugging a failing seed).
+    pub final_state: String,
+}
+
+/// A running simulation.
+pub struct Sim {
+    cfg: SimConfig,
+    now: u64,
+    rng: SeededRng,
+    net: Network,
+    nodes: Vec<SimNode>,
+    initial: Membership,
+    groups: Vec<GroupId>,
+    checker: Checker,
+    workload: Workload,
+    trace: std::collections::hash_map::DefaultHasher,
+    crashes: u64,
+}
+
+/// Upper bound on ready/persist rounds per node per tick (each round may enable another).
+const MAX_ROUNDS_PER_TICK: usize = 16;
+/// Ticks after the heal within which every group must elect a leader and commit.
+pub const LIVENESS_TICKS: u64 = 400;
+
+impl Sim {
+    /// A simulation of `cfg`.
+    #[must_use]
+    pub fn new(cfg: SimConfig) -> Self {
+        let initial = Membership::with_voters(1..=cfg.voters);
+        let groups: Vec<GroupId> = (1..=cfg.groups).collect();
+        let nodes = (1..=cfg.nodes).map(|id| SimNode::new(id, &groups, &initial, cfg.seed)).collect();
+        Sim {
+            rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151])),
+            net: Network::new(cfg.faults.clone()),
+            now: 0,
+            nodes,
+            initial,
+            groups,
+            checker: Checker::new(),
+            workload: Workload::default(),
+            trace: Default::default(),
+            crashes: 0,
+            cfg,
+        }
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self) -> Report {
+        let end = self.cfg.steps.max(self.cfg.heal_at + LIVENESS_TICKS);
+        while self.now < end {
+            self.step();
+        }
+        self.workload.check_liveness(&self.groups, &mut self.checker);
+        self.checker.finish();
+        let final_state = self.describe();
+        Report {
+            final_state,
+            seed: self.cfg.seed,
+            steps: self.now,
+            violations: self.checker.violations,
+            trace_hash: self.trace.finish(),
+            messages: self.net.sent,
+            acked: self.workload.acked,
+            elections: self.workload.leaders_seen,
+            snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
+            crashes: self.crashes,
+        }
+    }
+
+    /// One tick of simulated time.
+    pub fn step(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        if self.cfg.chaos && now < self.cfg.heal_at {
+            self.inject_faults();
+        } else if now == self.cfg.heal_at {
+            self.heal();
+        }
+        for m in self.net.due(now) {
+            let to = m.to as usize - 1;
+            if let Some(n) = self.nodes.get_mut(to)
+                && n.up
+            {
+                // Bad or stale input is the core's to reject; the simulator only delivers.
+                let _ = n.multi.step(m);
+            }
+        }
+        let healed = now >= self.cfg.heal_at;
+        self.workload.run(
+            &mut self.nodes,
+            &self.groups,
+            &mut self.checker,
+            &mut self.rng,
+            now,
+            healed || !self.cfg.chaos,
+        );
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up {
+                continue;
+            }
+            // A slightly slow clock now and then: nodes' ticks need not line up.
+            if self.rng.range(0, 100) >= 3 {
+                self.nodes[i].multi.tick();
+            }
+            self.process_node(i);
+        }
+        self.observe();
+    }
+
+    fn inject_faults(&mut self) {
+        let n = self.cfg.nodes;
+        let roll = self.rng.range(0, 10_000);
+        if roll < 30 && !self.net.is_partitioned() {
+            // Symmetric partition: a random split.
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for id in 1..=n {
+                if self.rng.range(0, 2) == 0 { a.push(id) } else { b.push(id) }
+            }
+            self.net.partition(&a, &b);
+        } else if roll < 50 {
+            let from = self.rng.range(1, n + 1);
+            let to = self.rng.range(1, n + 1);
+            if from != to {
+                self.net.cut_one_way(from, to);
+            }
+        } else if roll < 150 && self.net.is_partitioned() {
+            self.net.heal();
+        } else if roll < 190 {
+            let victim = self.rng.range(0, n) as usize;
+            if self.nodes[victim].up {
+                self.nodes[victim].crash();
+                self.workload.forget_node(victim as u64 + 1);
+                self.crashes += 1;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up && self.rng.range(0, 100) < 4 {
+                let seed = self.cfg.seed;
+                let initial = self.initial.clone();
+                self.nodes[i].restart(&initial, seed);
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.net.heal();
+        self.net.faults.drop_per_mille = 0;
+        self.net.faults.dup_per_mille = 0;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].up {
+                let seed = self.cfg.seed;
+                let initial = self.initial.clone();
+                self.nodes[i].restart(&initial, seed);
+            }
+        }
+        for n in &mut self.nodes {
+            for &g in &self.groups {
+                n.multi.update(g, |grp| {
+                    if grp.is_leader() {
+                        let _ = grp.resume_heartbeats();
+                    }
+                });
+            }
+        }
+        self.workload.heal_at = Some(self.now);
+    }
+
+    /// Completes due disk writes and handles Readies until the node is quiet.
+    fn process_node(&mut self, i: usize) {
+        for _ in 0..MAX_ROUNDS_PER_TICK {
+            let mut progressed = false;
+            while self.nodes[i].pending.front().is_some_and(|w| w.done_at <= self.now) {
+                let Some(w) = self.nodes[i].pending.pop_front() else { break };
+                self.complete_write(i, w);
+                progressed = true;
+            }
+            if let Some(mr) = self.nodes[i].multi.ready() {
+                self.handle_ready(i, mr);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, i: usize, mr: phalanx::raft::MultiReady) {
+        let now = self.now;
+        let node_id = self.nodes[i].id;
+        let mut groups = Vec::with_capacity(mr.groups.len());
+        for (gid, r) in mr.groups {
+            if let Some(group) = self.nodes[i].multi.group(gid) {
+                let log = group.log();
+                for (k, e) in r.entries.iter().enumerate() {
+                    let prev = if k == 0 { log.term(e.index - 1) } else { Some(r.entries[k - 1].term) };
+                    self.checker.on_append(gid, node_id, e, prev);
+                }
+            }
+            for m in r.messages {
+                self.net.send(m, now, &mut self.rng);
+            }
+            for rs in r.read_states {
+                self.nodes[i].reads.push((gid, rs));
+            }
+            let local_snapshot = self.nodes[i].local_snapshots.remove(&gid);
+            groups.push(GroupWrite {
+                group: gid,
+                snapshot: r.snapshot,
+                local_snapshot,
+                entries: r.entries,
+                hard_state: r.hard_state,
+                compact_to: r.compact_to,
+                persisted_messages: r.persisted_messages,
+                committed: r.committed_entries,
+                deliveries: r.deliveries,
+            });
+        }
+        self.workload.check_reads(&mut self.nodes[i], &mut self.checker);
+        let latency = self.rng.range(0, self.cfg.max_disk_latency + 1);
+        let after = self.nodes[i].pending.back().map_or(0, |w| w.done_at);
+        self.nodes[i].pending.push_back(PendingWrite {
+            done_at: (now + latency).max(after),
+            number: mr.number,
+            groups,
+        });
+    }
+
+    fn complete_write(&mut self, i: usize, w: PendingWrite) {
+        let now = self.now;
+        let node_id = self.nodes[i].id;
+        for gw in w.groups {
+            let gid = gw.group;
+            {
+                let disk = self.nodes[i].disk.groups.entry(gid).or_default();
+                if let Some(s) = gw.local_snapshot {
+                    disk.snapshot = Some(s);
+                }
+                if let Some(s) = &gw.snapshot {
+                    disk.install_snapshot(s);
+                }
+                disk.append(&gw.entries);
+                if let Some(hs) = gw.hard_state {
+                    disk.hard_state = hs;
+                }
+                if let Some(c) = gw.compact_to {
+                    disk.compact(c);
+                }
+            }
+            for m in gw.persisted_messages {
+                self.net.send(m, now, &mut self.rng);
+            }
+            if let Some(s) = &gw.snapshot {
+                self.nodes[i].sms.insert(gid, node::StateMachine::decode(&s.data));
+            }
+            for e in &gw.committed {
+                self.checker.on_committed(gid, node_id, e);
+                self.workload.on_committed(node_id, gid, e, &mut self.checker);
+            }
+            let sm = self.nodes[i].sms.entry(gid).or_default();
+            for e in &gw.deliveries {
+                let pos = sm.inputs.len();
+                self.checker.on_delivery(gid, node_id, pos, e);
+                if !sm.apply(e) {
+                    self.checker.on_duplicate(gid, node_id, checker::entry_id(e));
+                }
+            }
+        }
+        self.nodes[i].multi.advance(w.number);
+    }
+
+    /// A human-readable picture of every node's groups.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!("t={} cfg={:?}\n", self.now, self.cfg);
+        for n in &self.nodes {
+            for &g in &self.groups {
+                let Some(grp) = n.multi.group(g) else {
+                    let _ = writeln!(s, "  n{} g{g}: down", n.id);
+                    continue;
+                };
+                let log = grp.log();
+                let _ = writeln!(
+                    s,
+                    "  n{} g{g}: up={} {:?} term={} vote={} leader={:?} floor={} last={}/{} commit={} applied={} \
+                     members={:?} pending_writes={} next_deadline={} now={}",
+                    n.id,
+                    n.up,
+                    grp.role(),
+                    grp.term(),
+                    grp.vote(),
+                    grp.leader(),
+                    log.floor_index(),
+                    log.last_index(),
+                    log.last_term(),
+                    log.committed(),
+                    log.applied(),
+                    grp.membership(),
+                    n.pending.len(),
+                    grp.next_deadline(),
+                    grp.now(),
+                );
+                for m in grp.membership().members() {
+                    if let Some(p) = grp.progress(m) {
+                        let _ = writeln!(s, "      -> n{m}: {p:?}");
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Per-step checks and the trace.
+    fn observe(&mut self) {
+        let now = self.now;
+        now.hash(&mut self.trace);
+        for n in &self.nodes {
+            n.up.hash(&mut self.trace);
+            if !n.up {
+                continue;
+            }
+            for &g in &self.groups {
+                let Some(grp) = n.multi.group(g) else { continue };
+                let log = grp.log();
+                (grp.term(), grp.role() as u8, log.committed(), log.last_index()).hash(&mut self.trace);
+                self.checker.on_positions(g, n.id, n.incarnation, log.committed(), log.applied());
+                if grp.role() == Role::Leader {
+                    self.workload.note_leader(g, grp.term());
+                    self.checker.on_leader(g, grp.term(), n.id, log);
+                }
+            }
+        }
+        self.net.sent.hash(&mut self.trace);
+    }
+}
+
+fn snapshots_sent(n: &SimNode, groups: &[GroupId]) -> u64 {
+    groups.iter().filter_map(|g| n.multi.group(*g)).map(|g| g.stats().snapshots_sent).sum()
+}
+
+/// Runs one seed with its default configuration.
+#[must_use]
+pub fn run_seed(seed: u64, steps: u64) -> Report {
+    Sim::new(SimConfig::from_seed(seed, steps)).run()
+}
+
+/// The node ids of a run.
+#[must_use]
+pub fn node_ids(cfg: &SimConfig) -> Vec<NodeId> {
+    (1..=cfg.nodes).collect()
+}

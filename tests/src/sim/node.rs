@@ -1,0 +1,185 @@
+//! A simulated node: a `MultiRaft`, its disk, its state machines, and the writes in flight
+//! to the disk. It plays the runtime shell's part: send, persist, then acknowledge, apply
+//! and advance — in the order `Ready` prescribes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use phalanx::raft::{Config, GroupId, Membership, MultiRaft, NodeId, ReadState, Snapshot};
+use phalanx_proto::{HardState, LogEntry, RaftMessage};
+
+use super::checker::entry_id;
+use super::disk::Disk;
+
+/// A state machine that records what it was given: the ids of its inputs, in order.
+#[derive(Clone, Debug, Default)]
+pub struct StateMachine {
+    /// Inputs, in order.
+    pub inputs: Vec<u64>,
+    seen: BTreeSet<u64>,
+}
+
+impl StateMachine {
+    /// Encodes the state (its snapshot image).
+    #[must_use]
+    pub fn encode(&self) -> Bytes {
+        let mut v = Vec::with_capacity(self.inputs.len() * 8);
+        for i in &self.inputs {
+            v.extend_from_slice(&i.to_le_bytes());
+        }
+        Bytes::from(v)
+    }
+
+    /// Restores from an image made by `encode`.
+    #[must_use]
+    pub fn decode(b: &[u8]) -> Self {
+        let inputs: Vec<u64> =
+            b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let seen = inputs.iter().copied().collect();
+        StateMachine { inputs, seen }
+    }
+
+    /// Applies one input; returns false if it was seen before (a duplicate apply).
+    pub fn apply(&mut self, e: &LogEntry) -> bool {
+        let id = entry_id(e);
+        self.inputs.push(id);
+        self.seen.insert(id)
+    }
+}
+
+/// One group's part of a disk write.
+pub struct GroupWrite {
+    /// Group.
+    pub group: GroupId,
+    /// Received snapshot to install.
+    pub snapshot: Option<Snapshot>,
+    /// Local snapshot (from `compact`) to store before compacting.
+    pub local_snapshot: Option<Snapshot>,
+    /// Entries to store.
+    pub entries: Vec<LogEntry>,
+    /// Hard state to store.
+    pub hard_state: Option<HardState>,
+    /// Prefix to discard.
+    pub compact_to: Option<u64>,
+    /// To send once durable.
+    pub persisted_messages: Vec<RaftMessage>,
+    /// To apply once durable.
+    pub committed: Vec<LogEntry>,
+    /// State machine input once durable.
+    pub deliveries: Vec<LogEntry>,
+}
+
+/// A disk write in flight: one MultiReady's persistent part.
+pub struct PendingWrite {
+    /// Tick at which the simulated fsync completes.
+    pub done_at: u64,
+    /// MultiReady number to acknowledge.
+    pub number: u64,
+    /// Per group.
+    pub groups: Vec<GroupWrite>,
+}
+
+/// A simulated node.
+pub struct SimNode {
+    /// Node id.
+    pub id: NodeId,
+    /// Whether it is running.
+    pub up: bool,
+    /// Restart count (positions are monotonic only within one incarnation).
+    pub incarnation: u64,
+    /// The groups.
+    pub multi: MultiRaft,
+    /// Durable state.
+    pub disk: Disk,
+    /// Writes in flight, in order.
+    pub pending: VecDeque<PendingWrite>,
+    /// State machines.
+    pub sms: BTreeMap<GroupId, StateMachine>,
+    /// Snapshots made by `compact`, to be stored with the next write.
+    pub local_snapshots: BTreeMap<GroupId, Snapshot>,
+    /// Read answers received, not yet checked.
+    pub reads: Vec<(GroupId, ReadState)>,
+}
+
+/// Builds the group configuration used by the simulator.
+#[must_use]
+pub fn group_config(id: NodeId, group: GroupId, seed: u64) -> Config {
+    let mut c = Config::new(id, group);
+    c.seed = seed;
+    c.election_ticks_min = 10;
+    c.election_ticks_max = 20;
+    c.heartbeat_ticks = 2;
+    c.max_inflight_appends = 4;
+    c.max_entries_per_append = 8;
+    c.max_uncommitted_entries = 64;
+    c.max_pending_reads = 16;
+    c.max_apply_entries_per_ready = 16;
+    // Small chunks so snapshots take several round trips.
+    c.snapshot_chunk_bytes = 64;
+    c
+}
+
+impl SimNode {
+    /// A fresh node holding `groups`, all starting with `initial` membership.
+    #[must_use]
+    pub fn new(id: NodeId, groups: &[GroupId], initial: &Membership, seed: u64) -> Self {
+        let mut n = SimNode {
+            id,
+            up: true,
+            incarnation: 0,
+            multi: MultiRaft::new(),
+            disk: Disk::default(),
+            pending: VecDeque::new(),
+            sms: BTreeMap::new(),
+            local_snapshots: BTreeMap::new(),
+            reads: Vec::new(),
+        };
+        for &g in groups {
+            n.disk.groups.insert(g, Default::default());
+        }
+        n.boot(initial, seed);
+        n
+    }
+
+    /// Loses everything not durable.
+    pub fn crash(&mut self) {
+        self.up = false;
+        self.pending.clear();
+        self.sms.clear();
+        self.local_snapshots.clear();
+        self.reads.clear();
+        self.multi = MultiRaft::new();
+    }
+
+    /// Restarts from the disk.
+    pub fn restart(&mut self, initial: &Membership, seed: u64) {
+        self.incarnation += 1;
+        self.up = true;
+        // Each node keeps its own clock; a restarted node's clock starts again at zero, as a
+        // monotonic clock does after a reboot.
+        self.boot(initial, seed);
+    }
+
+    fn boot(&mut self, initial: &Membership, seed: u64) {
+        self.multi = MultiRaft::new();
+        self.sms.clear();
+        let groups: Vec<GroupId> = self.disk.groups.keys().copied().collect();
+        for g in groups {
+            let gd = &self.disk.groups[&g];
+            let restore = gd.restore_state(initial);
+            let snap = gd.snapshot.clone();
+            let cfg = group_config(self.id, g, seed ^ (self.incarnation << 32));
+            if let Err(e) = self.multi.add_group(cfg, restore) {
+                panic!("node {} group {g}: restore failed: {e}", self.id);
+            }
+            let sm = match &snap {
+                Some(s) => StateMachine::decode(&s.data),
+                None => StateMachine::default(),
+            };
+            self.sms.insert(g, sm);
+            if let Some(s) = snap {
+                self.multi.update(g, |grp| grp.set_restored_snapshot(s));
+            }
+        }
+    }
+}
