@@ -1,0 +1,181 @@
+//! Conformance: persistence ordering and `Ready` numbering. Raft paper §5 / Figure 2
+//! ("Persistent state on all servers: updated on stable storage before responding to RPCs"),
+//! and the core's contract: messages that depend on durable state leave only in
+//! `persisted_messages`; acknowledging Ready *n* acknowledges every Ready before it.
+
+mod common;
+
+use common::*;
+use phalanx::raft::Role;
+
+/// Figure 2: `votedFor` is persisted before responding. A vote grant travels only in
+/// `persisted_messages`, in the same Ready whose hard state records the vote; a refusal
+/// depends on nothing durable and may leave at once.
+#[test]
+fn vote_grant_leaves_only_after_persistence() {
+    let mut r = solo(2, &[1, 2, 3], plain);
+    r.step(msg(1, 2, vote_req(1, 0, 0, false))).unwrap();
+    let rd = r.ready().unwrap();
+    assert!(vote_answers(&rd.messages).is_empty(), "grant must not be in the immediate messages");
+    assert_eq!(vote_answers(&rd.persisted_messages), vec![(1, true, false, 1)]);
+    let hs = rd.hard_state.expect("the vote is persisted with the grant");
+    assert_eq!((hs.term, hs.vote), (1, 1));
+    r.advance(rd.number);
+
+    r.step(msg(3, 2, vote_req(1, 0, 0, false))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(vote_answers(&rd.messages), vec![(3, false, false, 1)]);
+    assert!(rd.persisted_messages.is_empty());
+}
+
+/// Figure 2 / §5.3: a follower acknowledges entries only once they are durable: the
+/// AppendEntries success travels in `persisted_messages` of the Ready that carries the
+/// entries to persist. A rejection may leave at once.
+#[test]
+fn append_ack_leaves_only_after_persistence() {
+    let mut r = solo(2, &[1, 2, 3], plain);
+    r.step(msg(1, 2, append(1, (0, 0), vec![entry(1, 1), entry(2, 1)], 0))).unwrap();
+    let rd = r.ready().unwrap();
+    assert!(rd.messages.iter().all(|m| kind(m) != "AppendResp"));
+    assert_eq!(rd.persisted_messages.iter().map(kind).collect::<Vec<_>>(), vec!["AppendResp"]);
+    assert_eq!(rd.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);
+    r.advance(rd.number);
+
+    r.step(msg(1, 2, append(1, (5, 1), vec![entry(6, 1)], 0))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(
+        rd.messages.iter().map(kind).collect::<Vec<_>>(),
+        vec!["AppendResp"],
+        "rejection is immediate"
+    );
+    assert!(rd.persisted_messages.is_empty());
+}
+
+/// §5.2 with Figure 2's persistence rule applied to the candidate itself: its own vote counts
+/// only once its new term and vote are durable (`advance`). Counting it earlier could elect
+/// it, crash, and let it vote again in the same term after restart.
+#[test]
+fn candidate_counts_own_vote_only_after_advance() {
+    let mut r = solo(1, &[1, 2, 3], plain);
+    r.campaign();
+    let rd = r.ready().unwrap();
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.vote)), Some((1, 1)));
+    r.step(msg(2, 1, vote_resp(1, true, false))).unwrap();
+    assert_eq!(r.role(), Role::Candidate, "one durable grant of three, own vote not yet durable");
+    r.advance(rd.number);
+    assert_eq!(r.role(), Role::Leader);
+
+    // A single-node group elects itself only after persisting its vote.
+    let mut r = solo(1, &[1], plain);
+    r.campaign();
+    assert_eq!(r.role(), Role::Candidate);
+    let rd = r.ready().unwrap();
+    assert_eq!(r.role(), Role::Candidate);
+    r.advance(rd.number);
+    assert_eq!(r.role(), Role::Leader);
+}
+
+/// A candidate that crashes before persisting its vote restarts in its old term with no
+/// vote: nothing it said depended on state that was lost.
+#[test]
+fn crash_before_persist_loses_only_unacknowledged_state() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.raft_mut(1).campaign();
+    // The Ready is taken but never persisted: crash.
+    let _ = c.nodes.get_mut(&1).unwrap().raft.ready().unwrap();
+    c.crash(1);
+    c.restart(1);
+    assert_eq!((c.raft(1).term(), c.raft(1).vote()), (0, 0));
+    c.elect(1);
+    assert_eq!(c.raft(1).term(), 1);
+}
+
+/// The Ready contract: numbers increase by one, and `advance(n)` acknowledges every Ready up
+/// to `n` — a shell may pipeline Readies and acknowledge the last one only.
+#[test]
+fn ready_numbering_advance_acknowledges_all_before() {
+    let mut c = Cluster::new(&[1], plain);
+    c.elect(1);
+    let r = c.raft_mut(1);
+    let base = r.log().last_index();
+    r.propose(proposal("a")).unwrap();
+    let rd1 = r.ready().unwrap();
+    r.propose(proposal("b")).unwrap();
+    let rd2 = r.ready().unwrap();
+    r.propose(proposal("c")).unwrap();
+    let rd3 = r.ready().unwrap();
+    assert_eq!(rd2.number, rd1.number + 1);
+    assert_eq!(rd3.number, rd2.number + 1);
+    assert_eq!(r.log().persisted(), base);
+    r.advance(rd2.number);
+    assert_eq!(r.log().persisted(), base + 2, "Readies 1 and 2 acknowledged together");
+    assert_eq!(r.log().committed(), base + 2, "single voter: commits what it persisted");
+    r.advance(rd1.number); // stale acknowledgement: no effect
+    assert_eq!(r.log().persisted(), base + 2);
+    r.advance(rd3.number);
+    assert_eq!(r.log().persisted(), base + 3);
+    assert_eq!(r.log().committed(), base + 3);
+    let rd4 = r.ready().unwrap();
+    assert_eq!(rd4.committed_entries.len(), 3);
+    assert_eq!(rd4.deliveries.iter().map(|e| e.payload.as_ref()).collect::<Vec<_>>(), vec![b"a", b"b", b"c"]);
+}
+
+/// DESIGN "the leader may send before its own fsync completes": the leader's appends for
+/// new entries are immediate messages of the very Ready that asks to persist them.
+#[test]
+fn leader_sends_appends_before_its_own_persistence() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    let p = c.propose(1, "x").unwrap();
+    let rd = c.nodes.get_mut(&1).unwrap().raft.ready().unwrap();
+    assert_eq!(rd.entries.last().unwrap().index, p.last_index);
+    let appends = rd.messages.iter().filter(|m| kind(m) == "Append").count();
+    assert_eq!(appends, 2, "one append per follower, sent at once");
+}
+
+/// The hard state's commit index never points past the durable log: a node restarted from
+/// its store at any point of a run recovers (RaftGroup::new refuses inconsistent state) and
+/// keeps its committed entries.
+#[test]
+fn restart_from_store_at_any_point_is_consistent() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    for i in 0..60u64 {
+        if let Some(leader) = c.leader() {
+            let _ = c.propose(leader, &format!("v{i}"));
+        }
+        // One processing round, then crash and restart a rotating node.
+        c.process_all();
+        c.deliver_queued();
+        let victim = 1 + i % 3;
+        let committed_before = c.node(victim).store.hard_state.commit;
+        c.crash(victim);
+        c.restart(victim);
+        assert!(c.raft(victim).log().committed() >= committed_before);
+        c.ticks(5);
+    }
+    for _ in 0..200 {
+        if c.leader().is_some() {
+            break;
+        }
+        c.tick_all();
+    }
+    c.ticks(10);
+    c.check_safety();
+    for id in c.ids() {
+        eprintln!(
+            "node {id}: {:?} log {:?} commit {} now {}",
+            c.raft(id).soft_state(),
+            terms(c.raft(id)),
+            c.raft(id).log().committed(),
+            c.raft(id).now()
+        );
+    }
+    let l = c.leader().unwrap();
+    c.assert_logs_match(l);
+    let applied = c.node(l).applied_strings();
+    assert!(applied.len() >= 10, "progress despite the crashes: {applied:?}");
+    for id in c.ids() {
+        assert_eq!(c.node(id).applied_strings(), applied, "node {id} state machine");
+    }
+}
