@@ -12,7 +12,15 @@ use super::types::NodeId;
 impl RaftGroup {
     pub(super) fn step_leader(&mut self, from: NodeId, body: Body) -> Result<(), Status> {
         match body {
-            Body::AppendResponse(resp) => self.handle_append_response(from, resp),
+            Body::AppendResponse(resp) => {
+                // Within our term our log only grows and every append we sent ended at or
+                // before our last index: a follower cannot have matched (or been probed at)
+                // an index past it. Only a faulty peer says so.
+                if resp.match_index > self.log.last_index() {
+                    return self.reject(Status::InvalidRequest);
+                }
+                self.handle_append_response(from, resp);
+            }
             Body::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
             Body::SnapshotResponse(resp) => self.handle_snapshot_response(from, resp),
             // Another leader in our own term cannot exist (§5.2 Election Safety).
@@ -49,7 +57,8 @@ impl RaftGroup {
         let probe = if resp.conflict_term > 0 {
             self.log.find_conflict_by_term(resp.conflict_index, resp.conflict_term).0
         } else {
-            resp.conflict_index
+            // Clamped like the term hint above: an index past our log is not a place to probe.
+            resp.conflict_index.min(self.log.last_index())
         };
         let Some(pr) = self.progress.get_mut(&from) else { return };
         if pr.maybe_decrease_to(resp.match_index, probe) {
