@@ -135,7 +135,8 @@ impl RaftGroup {
             self.send_after_persist(from, r);
             return Ok(());
         }
-        if c.total_size > self.cfg.max_snapshot_bytes as u64 || c.conf_state.is_none() {
+        // The log continues at index + 1, which must be representable.
+        if c.total_size > self.cfg.max_snapshot_bytes as u64 || c.conf_state.is_none() || index == u64::MAX {
             return self.reject(Status::InvalidRequest);
         }
         let same = |inc: &IncomingSnapshot| inc.index == index && inc.term == c.last_included_term;
