@@ -14,6 +14,11 @@ impl RaftGroup {
         if self.role == Role::Leader || !self.promotable() {
             return;
         }
+        if self.term == u64::MAX {
+            // Only a faulty peer can have pushed us here: there is no next term to run in.
+            self.reset_election_deadline();
+            return;
+        }
         if self.cfg.pre_vote && !transfer {
             self.campaign_pre_vote();
         } else {
