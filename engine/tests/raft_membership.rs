@@ -1,0 +1,251 @@
+//! Conformance: learners and single-server membership changes (Raft thesis §4.1–§4.2,
+//! Raft paper §6).
+
+mod common;
+
+use common::*;
+use phalanx::raft::{Membership, Role, Status};
+use phalanx_proto::{ConfChangeType, EntryKind, LogEntry, Message};
+
+fn learners(voters: &[u64], learners: &[u64]) -> Membership {
+    Membership { voters: voters.iter().copied().collect(), learners: learners.iter().copied().collect() }
+}
+
+fn cc_entry(index: u64, term: u64, change: ConfChangeType, node: u64) -> LogEntry {
+    LogEntry {
+        index,
+        term,
+        kind: EntryKind::ConfChange as i32,
+        payload: conf_change(change, node).encode_to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// Thesis §4.2.1 (non-voting members): a learner never campaigns — however long it goes
+/// without hearing from a leader — and candidates do not ask it for votes.
+#[test]
+fn learner_never_campaigns_and_is_never_asked_to_vote() {
+    let mut c = Cluster::with_membership(learners(&[1, 2, 3], &[4]), &[], defaults);
+    assert!(!c.raft(4).promotable());
+    c.isolate(1);
+    c.isolate(2);
+    c.isolate(3);
+    c.ticks(300);
+    assert_eq!(c.raft(4).role(), Role::Follower);
+    assert_eq!(c.raft(4).stats().elections_started, 0);
+    assert_eq!(c.raft(4).term(), 0);
+    c.heal();
+    for _ in 0..100 {
+        if c.leader().is_some() {
+            break;
+        }
+        c.tick_all();
+    }
+    assert!(c.leader().is_some());
+    assert!(c.trace.iter().all(|m| !(m.to == 4 && matches!(kind(m), "Vote" | "PreVote"))));
+}
+
+/// Thesis §4.2.1: learners receive the log and apply it like any follower.
+#[test]
+fn learner_receives_and_applies_the_log() {
+    let mut c = Cluster::with_membership(learners(&[1, 2, 3], &[4]), &[], defaults);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("v{i}")).unwrap();
+    }
+    c.stabilize();
+    c.ticks(2);
+    c.assert_logs_match(1);
+    assert_eq!(c.node(4).applied_strings(), c.node(1).applied_strings());
+    assert_eq!(c.raft(4).leader(), Some(1));
+}
+
+/// Thesis §4.2.1: learners are not counted in majorities — neither for commitment nor for
+/// CheckQuorum. With voters {1, 2} and learner 3, an entry on the leader and the learner
+/// only is not committed, and a leader hearing only from the learner steps down.
+#[test]
+fn learner_not_counted_toward_commit_or_check_quorum() {
+    let mut c = Cluster::with_membership(learners(&[1, 2], &[3]), &[], defaults);
+    c.elect(1);
+    let committed = c.raft(1).log().committed();
+    c.cut_pair(1, 2);
+    let p = c.propose(1, "x").unwrap();
+    c.stabilize();
+    assert_eq!(c.raft(3).log().last_index(), p.last_index, "the learner has it");
+    assert_eq!(c.raft(1).log().committed(), committed, "leader + learner is no majority of {{1, 2}}");
+    c.ticks(2 * config(1).election_ticks_min);
+    assert!(!c.raft(1).is_leader(), "CheckQuorum: the learner's answers do not keep the leader");
+}
+
+/// Thesis §4.1 with the fix of the single-server bug (raft-dev, 2015): a leader may not
+/// propose a configuration change until it has committed an entry of its own term —
+/// `ActiveProposal` until then.
+#[test]
+fn conf_change_refused_until_leader_commits_in_its_term() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    assert!(c.campaign_settle(1, 1));
+    assert_eq!(c.raft(1).log().committed(), 0);
+    let err = c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 4)).unwrap_err();
+    assert_eq!(err, Status::ActiveProposal);
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), 1);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 4)).unwrap();
+}
+
+/// Thesis §4.1: "a leader ... does not start a new configuration change until the previous
+/// one has committed" — one change in flight at a time.
+#[test]
+fn conf_change_only_one_in_flight() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.cut_pair(1, 2);
+    c.cut_pair(1, 3);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 4)).unwrap();
+    let err = c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 5)).unwrap_err();
+    assert_eq!(err, Status::ActiveProposal);
+    c.heal();
+    c.ticks(2);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 5)).unwrap();
+    c.stabilize();
+    assert_eq!(c.raft(1).membership().learners, [4, 5].into());
+}
+
+/// A change that would leave the group with no voter is refused with
+/// `InsufficientVoters` (removal or demotion of the last voter); a change that changes
+/// nothing is `InvalidRequest`.
+#[test]
+fn conf_change_refuses_zero_voters_and_no_ops() {
+    let mut c = Cluster::with_membership(learners(&[1], &[2]), &[], plain);
+    c.elect(1);
+    let r = c.raft_mut(1);
+    assert_eq!(
+        r.propose_conf_change(conf_change(ConfChangeType::Remove, 1)),
+        Err(Status::InsufficientVoters)
+    );
+    assert_eq!(
+        r.propose_conf_change(conf_change(ConfChangeType::AddLearner, 1)),
+        Err(Status::InsufficientVoters)
+    );
+    assert_eq!(r.propose_conf_change(conf_change(ConfChangeType::AddVoter, 1)), Err(Status::InvalidRequest));
+    assert_eq!(
+        r.propose_conf_change(conf_change(ConfChangeType::AddLearner, 2)),
+        Err(Status::InvalidRequest)
+    );
+    assert_eq!(r.propose_conf_change(conf_change(ConfChangeType::Remove, 9)), Err(Status::InvalidRequest));
+    assert_eq!(r.propose_conf_change(conf_change(ConfChangeType::AddVoter, 0)), Err(Status::InvalidRequest));
+    assert_eq!(r.membership(), &learners(&[1], &[2]));
+    let last = r.log().last_index();
+    assert_eq!(r.propose_conf_change(conf_change(ConfChangeType::AddVoter, 2)).unwrap().last_index, last + 1);
+}
+
+/// Thesis §4.1: "a server always uses the latest configuration in its log, regardless of
+/// whether the entry is committed". The leader counts the new configuration at once: adding
+/// voter 4 to {1, 2, 3}, the entry on {1, 2} is 2 of 4 — not committed, although 2 of the old
+/// 3 would have been. Followers switch as soon as they append the entry.
+#[test]
+fn conf_change_takes_effect_on_append() {
+    let mut c = Cluster::with_membership(Membership::with_voters([1, 2, 3]), &[4], plain);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    c.cut_pair(1, 4);
+    let p = c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddVoter, 4)).unwrap();
+    assert_eq!(c.raft(1).membership().voters, [1, 2, 3, 4].into(), "leader: in force on append");
+    c.stabilize();
+    assert_eq!(c.raft(2).log().last_index(), p.last_index);
+    assert_eq!(c.raft(2).membership().voters, [1, 2, 3, 4].into(), "follower: in force on append");
+    assert_eq!(c.raft(3).membership().voters, [1, 2, 3].into());
+    assert!(c.raft(1).log().committed() < p.last_index, "2 of 4 voters is no majority");
+    c.heal();
+    c.cut_pair(1, 4);
+    c.ticks(2);
+    assert_eq!(c.raft(1).log().committed(), p.last_index, "3 of 4");
+    c.heal();
+    c.ticks(2);
+    c.assert_logs_match(1);
+    assert!(c.raft(4).promotable());
+}
+
+/// Thesis §4.1: "if the entry is overwritten ... the server falls back to the previous
+/// configuration". A follower that appended an uncommitted change and then has it truncated
+/// by a new leader's log reverts.
+#[test]
+fn truncated_conf_change_reverts() {
+    let mut r = solo_with_log(2, &[1, 2, 3], 1, log_of_terms(&[1]), 1, plain);
+    r.step(msg(1, 2, append(1, (1, 1), vec![cc_entry(2, 1, ConfChangeType::AddVoter, 4)], 1))).unwrap();
+    assert_eq!(r.membership().voters, [1, 2, 3, 4].into());
+    let _ = flush(&mut r);
+    r.step(msg(3, 2, append(2, (1, 1), vec![entry(2, 2)], 1))).unwrap();
+    assert_eq!(terms(&r), vec![1, 2]);
+    assert_eq!(r.membership().voters, [1, 2, 3].into(), "fell back to the previous configuration");
+    // A truncated removal reverts too.
+    let mut r = solo_with_log(2, &[1, 2, 3], 1, log_of_terms(&[1]), 1, plain);
+    r.step(msg(1, 2, append(1, (1, 1), vec![cc_entry(2, 1, ConfChangeType::Remove, 2)], 1))).unwrap();
+    assert!(!r.membership().voters.contains(&2));
+    r.step(msg(3, 2, append(2, (1, 1), vec![entry(2, 2)], 1))).unwrap();
+    assert!(r.membership().voters.contains(&2));
+    assert!(r.promotable());
+}
+
+/// Thesis §4.2.2: a leader that removes itself "steps down once the Cnew entry is
+/// committed"; until then it manages the cluster without counting itself in majorities.
+#[test]
+fn removed_leader_steps_down_after_commit() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    let p = c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::Remove, 1)).unwrap();
+    c.stabilize();
+    assert!(c.raft(1).is_leader(), "still leading while the removal is uncommitted");
+    assert!(
+        c.raft(1).log().committed() < p.last_index,
+        "{{2}} alone is no majority of {{2, 3}}: 1 does not count"
+    );
+    c.heal();
+    c.ticks(2);
+    assert!(!c.raft(1).is_leader(), "steps down once its removal commits");
+    assert!(!c.raft(1).promotable());
+    for _ in 0..100 {
+        if c.leader().is_some() {
+            break;
+        }
+        c.tick_all();
+    }
+    let l = c.leader().unwrap();
+    assert!([2, 3].contains(&l));
+    assert_eq!(c.raft(l).membership().voters, [2, 3].into());
+    c.propose(l, "after").unwrap();
+    c.stabilize();
+    assert_eq!(c.node(2).applied_strings(), vec!["after"]);
+}
+
+/// Thesis §4.2.1 and §4.1: a new server joins as a learner, catches up, is promoted and
+/// then votes and counts; a removed server, which the leader stops replicating to, cannot
+/// disrupt the cluster (PreVote + lease, §4.2.3).
+#[test]
+fn learner_promotion_and_removed_server_does_not_disrupt() {
+    let mut c = Cluster::with_membership(Membership::with_voters([1, 2, 3]), &[4], defaults);
+    c.elect(1);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 4)).unwrap();
+    c.stabilize();
+    c.ticks(2);
+    c.assert_logs_match(1);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddVoter, 4)).unwrap();
+    c.stabilize();
+    c.ticks(2);
+    assert_eq!(c.raft(4).membership().voters, [1, 2, 3, 4].into());
+    // Remove 3: it never learns (the leader stops replicating to it) and keeps timing out.
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::Remove, 3)).unwrap();
+    c.stabilize();
+    c.ticks(2);
+    assert_eq!(c.raft(1).membership().voters, [1, 2, 4].into());
+    let term = c.raft(1).term();
+    c.ticks(300);
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(c.raft(1).term(), term, "the removed server did not disrupt");
+    // With 3 gone, {1, 2, 4} commit; node 4 now counts: cut 2 and it still commits.
+    c.crash(3);
+    c.cut_pair(1, 2);
+    let p = c.propose(1, "x").unwrap();
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), p.last_index);
+}
