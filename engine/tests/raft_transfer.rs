@@ -1,0 +1,171 @@
+//! Conformance: leadership transfer (Raft thesis §3.10), step down and heartbeat
+//! suspension.
+
+mod common;
+
+use common::*;
+use phalanx::raft::{Membership, Role, Status};
+use phalanx_proto::ConfChangeType;
+use phalanx_proto::raft_message::Body;
+
+fn timeout_nows(c: &Cluster) -> Vec<(u64, u64)> {
+    c.trace.iter().filter(|m| kind(m) == "TimeoutNow").map(|m| (m.from, m.to)).collect()
+}
+
+/// §3.10: "the prior leader sends a TimeoutNow request to the target server ... [which]
+/// starts a new election" at once, without waiting for its timer. The target's vote
+/// requests carry the transfer flag so voters inside their leader lease still answer
+/// (with PreVote and CheckQuorum on, a plain election could not happen so soon).
+#[test]
+fn transfer_to_caught_up_target_hands_over() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.ticks(3);
+    c.raft_mut(1).transfer_leadership(2).unwrap();
+    c.stabilize();
+    assert_eq!(timeout_nows(&c), vec![(1, 2)]);
+    assert_eq!(c.leader(), Some(2));
+    assert_eq!(c.raft(2).term(), 2);
+    assert_eq!(c.raft(1).role(), Role::Follower);
+    assert_eq!(c.raft(1).leader(), Some(2));
+    assert!(
+        c.trace
+            .iter()
+            .any(|m| matches!(&m.body, Some(Body::VoteRequest(v)) if v.leader_transfer && !v.pre_vote)),
+        "the target skips PreVote and flags its requests as a transfer"
+    );
+}
+
+/// §3.10 step 1: "the prior leader ... ensures the target server's log is up-to-date" before
+/// sending TimeoutNow. A lagging target first receives the missing entries; TimeoutNow goes
+/// out only once it has them all, and the new leader holds every committed entry.
+#[test]
+fn transfer_waits_until_target_caught_up() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    for i in 0..10 {
+        c.propose(1, &format!("v{i}")).unwrap();
+    }
+    c.stabilize();
+    let last = c.raft(1).log().last_index();
+    assert!(c.raft(3).log().last_index() < last);
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    c.stabilize();
+    assert!(timeout_nows(&c).is_empty(), "no TimeoutNow to a lagging target");
+    c.heal();
+    c.ticks(config(1).heartbeat_ticks);
+    assert_eq!(timeout_nows(&c), vec![(1, 3)]);
+    let at = c.trace.iter().position(|m| kind(m) == "TimeoutNow").unwrap();
+    let acks_before: u64 = c.trace[..at]
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::AppendResponse(r)) if m.from == 3 && r.success => Some(r.match_index),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(acks_before, last, "TimeoutNow only after the target acknowledged the whole log");
+    assert_eq!(c.leader(), Some(3));
+    assert_eq!(c.node(3).applied_strings().len(), 10);
+}
+
+/// §3.10: "the prior leader stops accepting new client requests" during the transfer:
+/// proposals (and membership changes, checkpoints...) are refused with `Busy`.
+#[test]
+fn proposals_refused_with_busy_during_transfer() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    assert_eq!(c.propose(1, "y"), Err(Status::Busy));
+    let r = c.raft_mut(1);
+    assert_eq!(r.propose_conf_change(conf_change(ConfChangeType::AddLearner, 9)), Err(Status::Busy));
+    assert_eq!(r.propose_checkpoint(ticket(1)), Err(Status::Busy));
+}
+
+/// §3.10: "if the transfer does not complete after about an election timeout, the prior
+/// leader aborts the transfer and resumes accepting client requests".
+#[test]
+fn transfer_aborts_after_election_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.isolate(3);
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    let min = config(1).election_ticks_min;
+    c.ticks(min - 1);
+    assert_eq!(c.propose(1, "early"), Err(Status::Busy), "still transferring");
+    c.ticks(1);
+    assert!(c.raft(1).is_leader(), "the leader keeps leading when the transfer fails");
+    c.propose(1, "after").unwrap();
+    c.stabilize();
+    assert_eq!(c.node(2).applied_strings(), vec!["after"]);
+}
+
+/// Transfer preconditions: only a leader transfers (`NodeIsNotLeader`), only to a voter
+/// (`InvalidRequest`), one transfer at a time (`ActiveProposal` for another target, a repeat
+/// for the same target is accepted), and a transfer to itself changes nothing.
+#[test]
+fn transfer_preconditions() {
+    let m = Membership { voters: [1, 2, 3].into(), learners: [4].into() };
+    let mut c = Cluster::with_membership(m, &[], defaults);
+    c.elect(1);
+    assert_eq!(c.raft_mut(2).transfer_leadership(3), Err(Status::NodeIsNotLeader));
+    assert_eq!(c.raft_mut(1).transfer_leadership(4), Err(Status::InvalidRequest), "learner");
+    assert_eq!(c.raft_mut(1).transfer_leadership(9), Err(Status::InvalidRequest), "unknown");
+    c.raft_mut(1).transfer_leadership(1).unwrap();
+    c.propose(1, "self transfer is a no-op").unwrap();
+    c.isolate(3);
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    assert_eq!(c.raft_mut(1).transfer_leadership(2), Err(Status::ActiveProposal));
+}
+
+/// `step_down` gives up leadership at once, handing it to a caught-up voter with
+/// TimeoutNow (§3.10) so the group is not left leaderless for an election timeout.
+#[test]
+fn step_down_hands_over_to_caught_up_voter() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.raft_mut(1).step_down().unwrap();
+    assert_eq!(c.raft(1).role(), Role::Follower);
+    c.stabilize();
+    let l = c.leader().expect("a new leader without waiting for a timeout");
+    assert_ne!(l, 1);
+    assert_eq!(c.raft(l).term(), 2);
+    assert_eq!(c.raft_mut(2).step_down().is_ok(), l == 2);
+}
+
+/// Suspending heartbeats makes followers time out and elect another leader (the old one
+/// learns the new term); resuming makes heartbeats flow at once.
+#[test]
+fn suspend_and_resume_heartbeats() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.raft_mut(1).resume_heartbeats().unwrap();
+    c.raft_mut(1).suspend_heartbeats().unwrap();
+    assert_eq!(c.raft_mut(2).suspend_heartbeats(), Err(Status::NodeIsNotLeader));
+    let mut ticks = 0;
+    while c.leader() == Some(1) {
+        c.tick_all();
+        ticks += 1;
+        assert!(ticks < 200, "followers never timed out");
+    }
+    for _ in 0..100 {
+        if c.leader().is_some() {
+            break;
+        }
+        c.tick_all();
+    }
+    let l = c.leader().unwrap();
+    assert_ne!(l, 1);
+    c.raft_mut(l).suspend_heartbeats().unwrap();
+    c.raft_mut(l).resume_heartbeats().unwrap();
+    let before = c.trace.len();
+    c.tick_all();
+    assert!(c.trace[before..].iter().any(|m| kind(m) == "Heartbeat" && m.from == l));
+}
