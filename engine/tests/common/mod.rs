@@ -621,11 +621,23 @@ impl Cluster {
         }
     }
 
-    /// Asserts that every up node holds the same log as `id` (same indexes and terms).
+    /// Asserts that every up node holds the same log as `id`: same last index and term, and
+    /// the same term at every index both still hold (their compaction floors may differ).
     pub fn assert_logs_match(&self, id: NodeId) {
-        let want = terms(self.raft(id));
+        let want = self.raft(id).log();
         for other in self.up_ids() {
-            assert_eq!(terms(self.raft(other)), want, "log of node {other} differs from node {id}");
+            let got = self.raft(other).log();
+            assert_eq!(
+                (got.last_index(), got.last_term()),
+                (want.last_index(), want.last_term()),
+                "last entry of node {other} differs from node {id}: {:?} vs {:?}",
+                terms(self.raft(other)),
+                terms(self.raft(id)),
+            );
+            let from = got.first_index().max(want.first_index());
+            for i in from..=want.last_index() {
+                assert_eq!(got.term(i), want.term(i), "term at index {i}: node {other} vs node {id}");
+            }
         }
     }
 }
