@@ -90,8 +90,10 @@ impl MultiRaft {
             return Err(format!("group {gid} already exists"));
         }
         let mut group = RaftGroup::new(cfg, restore)?;
-        group.tick_to(self.now);
-        // The group's clock starts now: its election deadline is relative to it.
+        // The group's clock starts now: its deadlines are relative to the join. Setting the
+        // clock, not ticking to it, so deadlines drawn relative to tick 0 do not fire (a
+        // group joining a container past its election timeout would campaign at once).
+        group.now = self.now;
         group.reset_timers_from_now();
         self.groups.insert(gid, Slot { group, scheduled: u64::MAX, dirty: false });
         self.touch(gid);
