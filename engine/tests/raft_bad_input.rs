@@ -17,7 +17,7 @@ use phalanx_proto::{
 /// A follower of leader 1 in term 2 holding entries 1..=3 (terms 1, 2, 2), commit 1.
 fn follower() -> RaftGroup {
     let mut r = solo_with_log(2, &[1, 2, 3], 2, log_of_terms(&[1, 2, 2]), 1, plain);
-    r.step(msg(1, 2, heartbeat(2, 1))).unwrap();
+    r.step(msg(1, 2, heartbeat(2, 1))).expect("heartbeat from the leader");
     let _ = flush(&mut r);
     r
 }

@@ -192,7 +192,7 @@ fn figure8_until_c() -> Cluster {
     assert_eq!(terms(c.raft(1)), vec![1, 2, 4], "S1 appended its no-op 3:4");
     // Deliver to S3 only, and only appends that do not carry index 3 (the term-4 entry).
     for _ in 0..20 {
-        if c.raft(1).progress(3).unwrap().matched >= 2 {
+        if c.raft(1).progress(3).expect("leader tracks S3").matched >= 2 {
             break;
         }
         c.tick_node(1, config(1).heartbeat_ticks);
@@ -205,7 +205,7 @@ fn figure8_until_c() -> Cluster {
     }
     assert_eq!(terms(c.raft(2)), vec![1, 2]);
     assert_eq!(terms(c.raft(3)), vec![1, 2]);
-    assert_eq!(c.raft(1).progress(3).unwrap().matched, 2);
+    assert_eq!(c.raft(1).progress(3).expect("leader tracks S3").matched, 2);
     // 2:2 is stored on S1, S2, S3 — a majority — but it is from an old term.
     assert_eq!(c.raft(1).log().committed(), 1, "Figure 8 (c): must not commit index 2");
     c.clear_net();

@@ -42,7 +42,7 @@ impl Shards {
         for id in NODES {
             let mut m = MultiRaft::new();
             for &g in groups {
-                m.add_group(cfg(id, g), restore(&NODES, &[])).unwrap();
+                m.add_group(cfg(id, g), restore(&NODES, &[])).expect("valid group");
             }
             nodes.insert(id, m);
         }
@@ -72,7 +72,8 @@ impl Shards {
             }
             for msg in std::mem::take(&mut self.net) {
                 let to = msg.to;
-                self.nodes.get_mut(&to).unwrap().step(msg).unwrap();
+                let node = self.nodes.get_mut(&to).expect("known node");
+                node.step(msg).expect("well-formed message");
             }
         }
         panic!("shards did not settle");

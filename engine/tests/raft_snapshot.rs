@@ -11,7 +11,7 @@ use phalanx_proto::raft_message::Body;
 /// Proposes `n` payloads `{prefix}{i}` on `leader` and settles.
 fn fill(c: &mut Cluster, leader: u64, prefix: &str, n: usize) {
     for i in 0..n {
-        c.propose(leader, &format!("{prefix}{i}")).unwrap();
+        c.propose(leader, &format!("{prefix}{i}")).expect("leader accepts proposals");
     }
     c.stabilize();
 }

@@ -9,7 +9,10 @@ use common::*;
 use phalanx::raft::{ProposalKind, Status};
 
 fn two_step(c: &mut Cluster, leader: u64, payloads: &[&str], t: u64) -> u64 {
-    c.raft_mut(leader).propose(proposal_n(ProposalKind::TwoStep, payloads, t)).unwrap().last_index
+    c.raft_mut(leader)
+        .propose(proposal_n(ProposalKind::TwoStep, payloads, t))
+        .expect("leader accepts")
+        .last_index
 }
 
 /// The entries commit (durable on a quorum) without being delivered; once the commit marker
