@@ -266,3 +266,39 @@ fn figure8_e_entry_of_current_term_commits_prior_entries() {
     assert_eq!(&terms(c.raft(5))[..3], &[1, 2, 4]);
     c.check_safety();
 }
+
+/// §5.3 receiver rule 5 on the leader's side: the commit index a leader tells a follower is
+/// clamped to what that follower is known to hold, so a heartbeat never makes a follower
+/// commit an entry of its own that differs from the leader's. Node 3 holds a stale,
+/// uncommitted 2:1 while the leader's (committed) index 2 is its no-op 2:2.
+#[test]
+fn heartbeat_never_commits_a_followers_unverified_entries() {
+    let mut c = Cluster::empty();
+    c.add_with_log(1, &[1, 2, 3], 1, log_of_terms(&[1]), plain);
+    c.add_with_log(2, &[1, 2, 3], 1, log_of_terms(&[1]), plain);
+    c.add_with_log(3, &[1, 2, 3], 1, log_of_terms(&[1, 1]), plain);
+    c.cut_pair(1, 3);
+    c.elect(1);
+    c.ticks(config(1).heartbeat_ticks);
+    assert_eq!(terms(c.raft(1)), vec![1, 2]);
+    assert_eq!(c.raft(1).log().committed(), 2);
+    // Only heartbeats reach node 3; appends (which would fix its log) are dropped.
+    c.heal();
+    for _ in 0..3 * config(1).heartbeat_ticks {
+        for id in c.ids() {
+            c.tick_node(id, 1);
+        }
+        for _ in 0..10 {
+            c.process_all();
+            c.take_msgs(|m| m.to == 3 && kind(m) == "Append");
+            c.deliver_queued();
+        }
+    }
+    assert!(c.trace.iter().any(|m| m.to == 3 && kind(m) == "Heartbeat"));
+    assert_eq!(terms(c.raft(3)), vec![1, 1]);
+    assert!(c.raft(3).log().committed() <= 1, "node 3 committed its stale 2:1");
+    c.stabilize();
+    c.ticks(2 * config(1).heartbeat_ticks);
+    assert_eq!(terms(c.raft(3)), vec![1, 2]);
+    assert_eq!(c.raft(3).log().committed(), 2);
+}

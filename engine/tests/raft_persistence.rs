@@ -179,3 +179,33 @@ fn restart_from_store_at_any_point_is_consistent() {
         assert_eq!(c.node(id).applied_strings(), applied, "node {id} state machine");
     }
 }
+
+/// Limits on everything (DESIGN): a Ready hands at most `max_apply_entries_per_ready`
+/// committed entries to the state machine; the rest follow in the next Readies, in order.
+#[test]
+fn apply_is_bounded_per_ready_and_continues_in_order() {
+    let mut c = Cluster::new(&[1], |cfg| cfg.max_apply_entries_per_ready = 2);
+    c.elect(1);
+    for i in 0..7 {
+        c.propose(1, &format!("v{i}")).unwrap();
+    }
+    c.stabilize();
+    let want: Vec<String> = (0..7).map(|i| format!("v{i}")).collect();
+    assert_eq!(c.node(1).applied_strings(), want);
+    assert!(c.node(1).readies.iter().all(|r| r.committed_entries.len() <= 2));
+}
+
+/// A Ready reports the soft state (role, leader, term) exactly when it changed.
+#[test]
+fn soft_state_reported_on_change_only() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    let changes: Vec<_> = c.node(2).readies.iter().filter_map(|r| r.soft_state).collect();
+    assert_eq!(changes.last().map(|s| (s.role, s.leader, s.term)), Some((Role::Follower, Some(1), 1)));
+    let n = changes.len();
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.ticks(4);
+    let again = c.node(2).readies.iter().filter(|r| r.soft_state.is_some()).count();
+    assert_eq!(again, n, "no soft state without a change");
+}

@@ -225,3 +225,87 @@ fn lagging_follower_catches_up_after_heal() {
     assert_eq!(c.raft(3).log().committed(), 31);
     assert_eq!(c.raft(1).follower_lag(3), Some(0));
 }
+
+/// Duplicated and reordered messages (the network may do both) are harmless: delivering
+/// every message twice, in reverse order, still leaves identical logs and commit indexes.
+#[test]
+fn duplicated_and_reordered_messages_are_harmless() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    for round in 0..20 {
+        if round % 3 == 0 {
+            c.propose(1, &format!("v{round}")).unwrap();
+        }
+        c.process_all();
+        let mut batch: Vec<_> = c.net.drain(..).collect();
+        batch.reverse();
+        let dup = batch.clone();
+        for m in batch.into_iter().chain(dup) {
+            c.deliver(m);
+        }
+        c.tick_all();
+    }
+    c.ticks(4);
+    c.assert_logs_match(1);
+    for id in c.ids() {
+        assert_eq!(c.node(id).applied_strings().len(), 7, "node {id}");
+        assert_eq!(c.raft(id).log().committed(), c.raft(1).log().committed());
+    }
+}
+
+/// Limits on everything (DESIGN): an append carries at most `max_entries_per_append`
+/// entries and about `max_bytes_per_append` bytes, but always at least one entry, so
+/// replication progresses whatever the limits.
+#[test]
+fn append_batches_respect_limits_but_always_progress() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.max_entries_per_append = 3;
+        cfg.max_bytes_per_append = 1;
+    });
+    c.elect(1);
+    for i in 0..10 {
+        c.propose(1, &format!("payload-{i}")).unwrap();
+    }
+    c.stabilize();
+    c.assert_logs_match(1);
+    for m in &c.trace {
+        if let Some(Body::AppendRequest(a)) = &m.body {
+            assert!(a.entries.len() <= 1, "byte limit 1: one entry per append, got {}", a.entries.len());
+        }
+    }
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.max_entries_per_append = 3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..10 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.stabilize();
+    c.heal();
+    c.ticks(4);
+    c.assert_logs_match(1);
+    assert!(
+        c.trace.iter().all(|m| !matches!(&m.body, Some(Body::AppendRequest(a)) if a.entries.len() > 3)),
+        "entry limit 3"
+    );
+}
+
+/// Back-pressure is explicit (DESIGN): a leader with `max_uncommitted_entries` uncommitted
+/// entries answers `Busy`; proposals to a non-leader get `NodeIsNotLeader`; an empty
+/// proposal is `InvalidRequest`.
+#[test]
+fn proposal_admission() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.max_uncommitted_entries = 3);
+    c.elect(1);
+    assert_eq!(c.propose(2, "x"), Err(Status::NodeIsNotLeader));
+    let mut empty = proposal("x");
+    empty.payloads.clear();
+    assert_eq!(c.raft_mut(1).propose(empty), Err(Status::InvalidRequest));
+    c.isolate(1);
+    for i in 0..3 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    assert_eq!(c.propose(1, "one too many"), Err(Status::Busy));
+    c.heal();
+    c.ticks(2);
+    c.propose(1, "accepted again").unwrap();
+}
