@@ -70,10 +70,11 @@ impl RaftGroup {
             }
         } else if term < self.term {
             match &body {
-                Body::AppendRequest(_) | Body::Heartbeat(_) if self.cfg.check_quorum || self.cfg.pre_vote => {
-                    // A stale leader (e.g. after a partition healed) would otherwise never
-                    // learn the new term: with PreVote and the lease we ignore its votes, so
-                    // tell it directly.
+                Body::AppendRequest(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                    // §5.1: reject a stale leader with our term so it steps down. Without this
+                    // a stale leader whose followers moved on (e.g. a learner that cannot
+                    // campaign, or peers that ignore its votes because of PreVote and the
+                    // lease) would never learn the new term.
                     self.send(
                         from,
                         Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: 0 }),
