@@ -4,7 +4,7 @@
 //! leader first commits an entry of its term, so its commit index covers every entry
 //! committed before it took over.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use phalanx_proto::{ReadIndexRequest, ReadIndexResponse, raft_message::Body};
 
@@ -44,8 +44,9 @@ pub struct ReadIndexState {
     waiting: VecDeque<Requester>,
     /// Leader: a heartbeat round must go out for newly registered reads.
     needs_broadcast: bool,
-    /// Follower: request ids forwarded to the leader and not answered yet.
-    forwarded: BTreeSet<u64>,
+    /// Follower: request ids forwarded to the leader and not answered yet, with the tick at
+    /// which each gives up (the request or its answer may be lost).
+    forwarded: BTreeMap<u64, u64>,
     /// Answers for the local shell, handed out in the next Ready.
     pub(super) out: Vec<ReadState>,
 }
@@ -88,7 +89,7 @@ impl RaftGroup {
         if self.reads.forwarded.len() >= self.cfg.max_pending_reads {
             return Err(Status::Busy);
         }
-        self.reads.forwarded.insert(request_id);
+        self.reads.forwarded.insert(request_id, self.now + self.cfg.election_ticks_min);
         self.send(leader, Body::ReadIndexRequest(ReadIndexRequest { term: self.term, request_id }));
         Ok(())
     }
@@ -175,9 +176,27 @@ impl RaftGroup {
     /// Follower whose term changed: reads forwarded to the old leader may never be answered;
     /// fail them so callers retry.
     pub(super) fn fail_forwarded_reads(&mut self) {
-        for request_id in std::mem::take(&mut self.reads.forwarded) {
+        for request_id in std::mem::take(&mut self.reads.forwarded).into_keys() {
             self.reads.out.push(ReadState { request_id, result: Err(Status::NodeIsNotLeader) });
         }
+    }
+
+    /// Follower: a forwarded read unanswered after an election timeout was lost on the way
+    /// (request or answer). Fail it so the caller retries: otherwise, with a stable leader
+    /// (no term change), its slot in the bounded queue would be held forever.
+    pub(super) fn expire_forwarded_reads(&mut self) {
+        let now = self.now;
+        let expired: Vec<u64> =
+            self.reads.forwarded.iter().filter(|&(_, &deadline)| deadline <= now).map(|(&id, _)| id).collect();
+        for request_id in expired {
+            self.reads.forwarded.remove(&request_id);
+            self.reads.out.push(ReadState { request_id, result: Err(Status::ProposalTimeout) });
+        }
+    }
+
+    /// The earliest tick at which a forwarded read gives up (`u64::MAX`: none pending).
+    pub(super) fn forwarded_reads_deadline(&self) -> u64 {
+        self.reads.forwarded.values().copied().min().unwrap_or(u64::MAX)
     }
 
     pub(super) fn handle_read_index_request(&mut self, from: NodeId, request_id: u64) {
@@ -190,7 +209,7 @@ impl RaftGroup {
     }
 
     pub(super) fn handle_read_index_response(&mut self, resp: ReadIndexResponse) {
-        if self.reads.forwarded.remove(&resp.request_id) {
+        if self.reads.forwarded.remove(&resp.request_id).is_some() {
             let result = if resp.ok { Ok(resp.read_index) } else { Err(Status::NodeIsNotLeader) };
             self.reads.out.push(ReadState { request_id: resp.request_id, result });
         }

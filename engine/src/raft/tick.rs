@@ -19,6 +19,7 @@ impl RaftGroup {
             return;
         }
         self.now = now;
+        self.expire_forwarded_reads();
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_deadline <= now {
@@ -35,7 +36,7 @@ impl RaftGroup {
     /// then. `u64::MAX` when nothing is scheduled.
     #[must_use]
     pub fn next_deadline(&self) -> u64 {
-        match self.role {
+        let timers = match self.role {
             Role::Leader => {
                 let mut d = self.check_quorum_deadline;
                 if !self.heartbeats_suspended {
@@ -48,7 +49,8 @@ impl RaftGroup {
             }
             _ if self.promotable() => self.election_deadline,
             _ => u64::MAX,
-        }
+        };
+        timers.min(self.forwarded_reads_deadline())
     }
 
     fn tick_leader(&mut self) {
