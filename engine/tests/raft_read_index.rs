@@ -155,26 +155,24 @@ fn leader_step_down_fails_pending_reads() {
         ]
     );
 
-    // Forwarded read: the follower's term changes before the old leader answers.
-    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.check_quorum = false);
-    c.elect(1);
-    c.cut_pair(3, 1);
-    c.raft_mut(3).read_index(9).unwrap();
-    c.stabilize();
-    assert!(c.node(3).read_states.is_empty());
-    c.isolate(1);
-    c.cut.remove(&(3, 1));
-    c.cut.remove(&(1, 3));
-    for _ in 0..100 {
-        if c.leader().is_some_and(|l| l != 1) {
-            break;
-        }
-        c.tick_all();
-    }
-    assert_eq!(
-        c.node(3).read_states,
-        vec![ReadState { request_id: 9, result: Err(Status::NodeIsNotLeader) }]
-    );
+    // Forwarded read: the follower's term changes (a new leader appears) before the old
+    // leader answers; the late answer of the old leader is then ignored.
+    let mut r = solo(3, &[1, 2, 3], defaults);
+    r.step(msg(1, 3, heartbeat(1, 0))).unwrap();
+    r.read_index(9).unwrap();
+    let rd = flush(&mut r);
+    assert_eq!(rd.messages.iter().map(kind).collect::<Vec<_>>(), vec!["HeartbeatResp", "ReadIndex"]);
+    r.step(msg(2, 3, heartbeat(2, 0))).unwrap();
+    let rd = flush(&mut r);
+    assert_eq!(rd.read_states, vec![ReadState { request_id: 9, result: Err(Status::NodeIsNotLeader) }]);
+    let late = Body::ReadIndexResponse(phalanx_proto::ReadIndexResponse {
+        term: 1,
+        request_id: 9,
+        read_index: 5,
+        ok: true,
+    });
+    r.step(msg(1, 3, late)).unwrap();
+    assert!(flush(&mut r).read_states.is_empty(), "a late answer for a failed read is dropped");
 }
 
 /// A stale leader (partitioned, unaware of the new term) can never confirm a read: its
@@ -232,4 +230,30 @@ fn single_voter_reads_immediately() {
     c.raft_mut(1).read_index(1).unwrap();
     c.process(1);
     assert_eq!(c.node(1).read_states, vec![ReadState { request_id: 1, result: Ok(1) }]);
+}
+
+/// A forwarded read whose request (or answer) is lost must not hold its slot in the
+/// follower's bounded queue forever: with a stable leader the term never changes, so
+/// without a timeout the follower would answer `Busy` to every read from then on. After
+/// an election timeout without an answer the read fails (the caller retries) and new
+/// reads are accepted.
+#[test]
+fn lost_forwarded_reads_do_not_leak_queue_slots() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.max_pending_reads = 2);
+    c.elect(1);
+    c.raft_mut(2).read_index(1).unwrap();
+    c.raft_mut(2).read_index(2).unwrap();
+    c.process(2);
+    let lost = c.take_msgs(|m| kind(m) == "ReadIndex");
+    assert_eq!(lost.len(), 2);
+    assert_eq!(c.raft_mut(2).read_index(3), Err(Status::Busy));
+    c.ticks(2 * config(1).election_ticks_max);
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(c.raft(2).term(), 1, "stable leader: no term change to clear the queue");
+    let failed: Vec<u64> =
+        c.node(2).read_states.iter().filter(|r| r.result.is_err()).map(|r| r.request_id).collect();
+    assert_eq!(failed, vec![1, 2], "the lost reads fail");
+    c.raft_mut(2).read_index(4).expect("the queue has room again");
+    c.stabilize();
+    assert!(c.node(2).read_states.iter().any(|r| r.request_id == 4 && r.result.is_ok()));
 }
