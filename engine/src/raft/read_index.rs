@@ -186,8 +186,13 @@ impl RaftGroup {
     /// (no term change), its slot in the bounded queue would be held forever.
     pub(super) fn expire_forwarded_reads(&mut self) {
         let now = self.now;
-        let expired: Vec<u64> =
-            self.reads.forwarded.iter().filter(|&(_, &deadline)| deadline <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<u64> = self
+            .reads
+            .forwarded
+            .iter()
+            .filter(|&(_, &deadline)| deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
         for request_id in expired {
             self.reads.forwarded.remove(&request_id);
             self.reads.out.push(ReadState { request_id, result: Err(Status::ProposalTimeout) });
