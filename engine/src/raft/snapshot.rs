@@ -107,7 +107,12 @@ impl RaftGroup {
             pr.snapshot_index = resp.snapshot_index;
             pr.become_probe();
             self.send_appends(from, false);
-        } else if resp.snapshot_index == pr.snapshot_index {
+        } else if resp.snapshot_index == pr.snapshot_index && resp.next_offset != pr.snapshot_offset {
+            // An answer naming the offset we last sent from says the follower has not
+            // received that chunk yet: it is in flight (its own answer will come) or lost
+            // (the heartbeat answer resends it). Acting on it would send a second copy, and
+            // every copy would be answered and sent on in turn: a duplicate chunk stream for
+            // the rest of the transfer, one more per heartbeat.
             pr.snapshot_offset = resp.next_offset;
             self.send_snapshot_chunk(from);
         }
