@@ -304,3 +304,43 @@ fn new_member_joins_from_snapshot_with_its_membership() {
     assert!(c.raft(4).promotable());
     c.assert_logs_match(1);
 }
+
+/// A snapshot transfer that spans many heartbeats (one network hop per tick) must not
+/// multiply chunk streams. A heartbeat answer resends the current chunk (it may be lost),
+/// so each heartbeat may add one duplicate chunk; but a duplicate's answer must not start a
+/// second stream that lives for the rest of the transfer (and another one per heartbeat,
+/// quadratic traffic).
+#[test]
+fn slow_snapshot_transfer_does_not_multiply_chunks() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
+    c.elect(1);
+    c.isolate(3);
+    fill(&mut c, 1, "a", 10);
+    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
+    fill(&mut c, 1, "b", 1);
+    c.compact(1).unwrap();
+    c.process(1);
+    let image_len = c.nodes[&1].store.snapshot.as_ref().unwrap().data.len();
+    let needed = image_len.div_ceil(4);
+    c.heal();
+    // One hop per tick: tick everyone, process, deliver what was queued before the tick.
+    let mut ticks = 0;
+    for _ in 0..(4 * needed) {
+        for id in c.ids() {
+            c.tick_node(id, 1);
+        }
+        ticks += 1;
+        c.process_all();
+        c.deliver_queued();
+        if c.node(3).readies.iter().any(|r| r.snapshot.is_some()) {
+            break;
+        }
+    }
+    assert!(c.node(3).readies.iter().any(|r| r.snapshot.is_some()), "not installed");
+    let sent = chunks(&c).len();
+    let heartbeats = ticks / config(1).heartbeat_ticks as usize;
+    assert!(
+        sent <= needed + heartbeats + 1,
+        "{sent} chunk messages for {needed} chunks over {heartbeats} heartbeats"
+    );
+}
