@@ -209,3 +209,43 @@ fn soft_state_reported_on_change_only() {
     let again = c.node(2).readies.iter().filter(|r| r.soft_state.is_some()).count();
     assert_eq!(again, n, "no soft state without a change");
 }
+
+/// A restart from inconsistent storage is refused with an error naming the problem (never
+/// a panic later): entries not contiguous, commit past the log, a compacted log without a
+/// snapshot; and so is an invalid configuration.
+#[test]
+fn inconsistent_restore_state_and_bad_config_refused() {
+    use phalanx::raft::{Membership, RaftGroup, RestoreState};
+    use phalanx_proto::HardState;
+    let m = Membership::with_voters([1, 2, 3]);
+    let base = || RestoreState { initial_membership: m.clone(), ..Default::default() };
+    let cases: Vec<(&str, RestoreState)> = vec![
+        ("gap", RestoreState { entries: vec![entry(1, 1), entry(3, 1)], ..base() }),
+        ("not from floor + 1", RestoreState { entries: vec![entry(2, 1)], ..base() }),
+        (
+            "commit past the log",
+            RestoreState {
+                hard_state: HardState { term: 1, vote: 0, commit: 5 },
+                entries: log_of_terms(&[1]),
+                ..base()
+            },
+        ),
+        ("floor without snapshot", RestoreState { floor: (3, 1), entries: vec![entry(4, 1)], ..base() }),
+    ];
+    for (what, restore) in cases {
+        let err = RaftGroup::new(config(1), restore).expect_err(what);
+        assert!(!err.is_empty(), "{what}");
+    }
+    let bad_configs: Vec<(&str, Box<dyn Fn(&mut phalanx::raft::Config)>)> = vec![
+        ("id 0", Box::new(|c| c.id = 0)),
+        ("heartbeat 0", Box::new(|c| c.heartbeat_ticks = 0)),
+        ("election <= heartbeat", Box::new(|c| c.election_ticks_min = c.heartbeat_ticks)),
+        ("empty timeout range", Box::new(|c| c.election_ticks_max = c.election_ticks_min)),
+        ("window 0", Box::new(|c| c.max_inflight_appends = 0)),
+    ];
+    for (what, tweak) in bad_configs {
+        let mut cfg = config(1);
+        tweak(&mut cfg);
+        assert!(RaftGroup::new(cfg, base()).is_err(), "{what}");
+    }
+}

@@ -309,3 +309,48 @@ fn proposal_admission() {
     c.ticks(2);
     c.propose(1, "accepted again").unwrap();
 }
+
+/// A follower catching up over a slow network (one hop per tick, many heartbeats during the
+/// catch-up) receives each entry about once: heartbeat-driven retries add at most one
+/// append per heartbeat, they do not start extra append streams.
+#[test]
+fn slow_catch_up_does_not_multiply_appends() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.max_entries_per_append = 2;
+        cfg.max_inflight_appends = 1;
+    });
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..40 {
+        c.propose(1, &format!("p{i}")).unwrap();
+    }
+    c.stabilize();
+    let start = c.trace.len();
+    c.heal();
+    let mut ticks = 0;
+    for _ in 0..400 {
+        for id in c.ids() {
+            c.tick_node(id, 1);
+        }
+        ticks += 1;
+        c.process_all();
+        c.deliver_queued();
+        if c.raft(3).log().last_index() == c.raft(1).log().last_index() {
+            break;
+        }
+    }
+    assert_eq!(c.raft(3).log().last_index(), c.raft(1).log().last_index(), "never caught up");
+    let carried: usize = c.trace[start..]
+        .iter()
+        .filter(|m| m.to == 3)
+        .filter_map(|m| match &m.body {
+            Some(Body::AppendRequest(a)) => Some(a.entries.len()),
+            _ => None,
+        })
+        .sum();
+    let heartbeats = ticks / config(1).heartbeat_ticks as usize;
+    assert!(
+        carried <= 41 + 2 * heartbeats,
+        "{carried} entries sent for 41 missing over {heartbeats} heartbeats"
+    );
+}
