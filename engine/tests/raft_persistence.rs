@@ -236,12 +236,13 @@ fn inconsistent_restore_state_and_bad_config_refused() {
         let err = RaftGroup::new(config(1), restore).expect_err(what);
         assert!(!err.is_empty(), "{what}");
     }
-    let bad_configs: Vec<(&str, Box<dyn Fn(&mut phalanx::raft::Config)>)> = vec![
-        ("id 0", Box::new(|c| c.id = 0)),
-        ("heartbeat 0", Box::new(|c| c.heartbeat_ticks = 0)),
-        ("election <= heartbeat", Box::new(|c| c.election_ticks_min = c.heartbeat_ticks)),
-        ("empty timeout range", Box::new(|c| c.election_ticks_max = c.election_ticks_min)),
-        ("window 0", Box::new(|c| c.max_inflight_appends = 0)),
+    type Tweak = fn(&mut phalanx::raft::Config);
+    let bad_configs: Vec<(&str, Tweak)> = vec![
+        ("id 0", |c| c.id = 0),
+        ("heartbeat 0", |c| c.heartbeat_ticks = 0),
+        ("election <= heartbeat", |c| c.election_ticks_min = c.heartbeat_ticks),
+        ("empty timeout range", |c| c.election_ticks_max = c.election_ticks_min),
+        ("window 0", |c| c.max_inflight_appends = 0),
     ];
     for (what, tweak) in bad_configs {
         let mut cfg = config(1);
