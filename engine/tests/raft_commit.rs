@@ -302,3 +302,22 @@ fn heartbeat_never_commits_a_followers_unverified_entries() {
     assert_eq!(terms(c.raft(3)), vec![1, 2]);
     assert_eq!(c.raft(3).log().committed(), 2);
 }
+
+/// §5.3: "The leader keeps track of the highest index it knows to be committed, and it
+/// includes that index in future AppendEntries RPCs (including heartbeats) so that the other
+/// servers eventually find out." Every follower — including one whose acknowledgement
+/// arrived after the entry was already committed — learns the commit index within one
+/// heartbeat interval.
+#[test]
+fn followers_learn_commit_index_within_a_heartbeat() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5], defaults);
+    c.elect(1);
+    let p = c.propose(1, "x").unwrap();
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), p.last_index);
+    c.ticks(config(1).heartbeat_ticks);
+    for id in c.ids() {
+        assert_eq!(c.raft(id).log().committed(), p.last_index, "node {id}");
+        assert_eq!(c.node(id).applied_strings(), vec!["x"], "node {id}");
+    }
+}

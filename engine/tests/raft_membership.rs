@@ -249,3 +249,32 @@ fn learner_promotion_and_removed_server_does_not_disrupt() {
     c.stabilize();
     assert_eq!(c.raft(1).log().committed(), p.last_index);
 }
+
+/// Thesis §4.2.2 applied to a demotion: a leader that makes itself a learner keeps leading
+/// (without counting itself) until the change commits, then steps down, never campaigns
+/// again, and keeps receiving the log as a learner.
+#[test]
+fn leader_demoting_itself_steps_down_and_stays_a_learner() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddLearner, 1)).unwrap();
+    assert!(c.raft(1).is_leader());
+    c.stabilize();
+    c.ticks(2);
+    assert!(!c.raft(1).is_leader());
+    assert_eq!(c.raft(1).membership(), &learners(&[2, 3], &[1]));
+    for _ in 0..200 {
+        if c.leader().is_some() {
+            break;
+        }
+        c.tick_all();
+    }
+    let l = c.leader().unwrap();
+    assert_ne!(l, 1);
+    c.propose(l, "x").unwrap();
+    c.stabilize();
+    c.ticks(4);
+    assert_eq!(c.node(1).applied_strings(), vec!["x"], "the demoted node still learns the log");
+    c.ticks(200);
+    assert_eq!(c.raft(1).stats().elections_started, 1, "only its original election");
+}
