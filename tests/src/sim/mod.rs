@@ -41,6 +41,14 @@ pub struct SimConfig {
     pub heal_at: u64,
     /// Whether crashes, partitions and membership changes happen.
     pub chaos: bool,
+    /// Crash probability per tick, in units of 1/10,000.
+    pub crash_per_10k: u64,
+    /// Probability per tick that a down node restarts, in percent.
+    pub restart_pct: u64,
+    /// Probability per tick of a new partition, in units of 1/10,000.
+    pub partition_per_10k: u64,
+    /// The Raft configuration of every group (id, group, seed filled in per node).
+    pub raft: phalanx::raft::Config,
 }
 
 impl SimConfig {
@@ -61,10 +69,27 @@ impl SimConfig {
                 dup_per_mille: r.range(0, 50),
                 min_delay: 1,
                 max_delay: r.range(1, 7),
+                fifo_links: r.range(0, 2) == 0,
             },
-            max_disk_latency: r.range(0, 4),
+            max_disk_latency: r.range(0, 6),
             heal_at: steps * 3 / 4,
             chaos: true,
+            crash_per_10k: [10, 40, 150, 500][r.range(0, 4) as usize],
+            restart_pct: [2, 5, 20, 60][r.range(0, 4) as usize],
+            partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
+            raft: {
+                let mut c = node::base_config();
+                // Small appends split a new leader's no-op from the older entries before it,
+                // which is what exposes commit-rule bugs (Figure 8).
+                c.max_entries_per_append = [1, 2, 8, 8][r.range(0, 4) as usize];
+                c.max_inflight_appends = [1, 4][r.range(0, 2) as usize];
+                // A narrow timeout spread makes split votes (two candidates in one term)
+                // common, which is where vote-durability bugs show.
+                c.election_ticks_max = c.election_ticks_min + [2, 5, 10][r.range(0, 3) as usize];
+                c.pre_vote = r.range(0, 4) != 0;
+                c.check_quorum = r.range(0, 4) != 0;
+                c
+            },
         }
     }
 }
@@ -107,12 +132,14 @@ pub struct Sim {
     workload: Workload,
     trace: std::collections::hash_map::DefaultHasher,
     crashes: u64,
+    /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
+    trace_from: Option<u64>,
 }
 
 /// Upper bound on ready/persist rounds per node per tick (each round may enable another).
 const MAX_ROUNDS_PER_TICK: usize = 16;
 /// Ticks after the heal within which every group must elect a leader and commit.
-pub const LIVENESS_TICKS: u64 = 400;
+pub const LIVENESS_TICKS: u64 = 600;
 
 impl Sim {
     /// A simulation of `cfg`.
@@ -120,7 +147,8 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let initial = Membership::with_voters(1..=cfg.voters);
         let groups: Vec<GroupId> = (1..=cfg.groups).collect();
-        let nodes = (1..=cfg.nodes).map(|id| SimNode::new(id, &groups, &initial, cfg.seed)).collect();
+        let nodes =
+            (1..=cfg.nodes).map(|id| SimNode::new(id, &groups, &initial, &cfg.raft, cfg.seed)).collect();
         Sim {
             rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151])),
             net: Network::new(cfg.faults.clone()),
@@ -132,6 +160,7 @@ impl Sim {
             workload: Workload::default(),
             trace: Default::default(),
             crashes: 0,
+            trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             cfg,
         }
     }
@@ -142,7 +171,12 @@ impl Sim {
         while self.now < end {
             self.step();
         }
-        self.workload.check_liveness(&self.groups, &mut self.checker);
+        // Without PreVote and CheckQuorum, Raft promises no progress while a removed server
+        // keeps campaigning with ever higher terms (thesis §4.2.3): those seeds are checked
+        // for safety only.
+        if self.cfg.raft.pre_vote || self.cfg.raft.check_quorum {
+            self.workload.check_liveness(&self.groups, &mut self.checker);
+        }
         self.checker.finish();
         let final_state = self.describe();
         Report {
@@ -173,6 +207,9 @@ impl Sim {
             if let Some(n) = self.nodes.get_mut(to)
                 && n.up
             {
+                if self.trace_from.is_some_and(|t| now >= t) {
+                    eprintln!("t={now} deliver {}", describe_message(&m));
+                }
                 // Bad or stale input is the core's to reject; the simulator only delivers.
                 let _ = n.multi.step(m);
             }
@@ -201,25 +238,37 @@ impl Sim {
 
     fn inject_faults(&mut self) {
         let n = self.cfg.nodes;
-        let roll = self.rng.range(0, 10_000);
-        if roll < 30 && !self.net.is_partitioned() {
-            // Symmetric partition: a random split.
-            let mut a = Vec::new();
-            let mut b = Vec::new();
-            for id in 1..=n {
-                if self.rng.range(0, 2) == 0 { a.push(id) } else { b.push(id) }
+        if self.rng.range(0, 10_000) < self.cfg.partition_per_10k {
+            if self.rng.range(0, 3) == 0 {
+                let from = self.rng.range(1, n + 1);
+                let to = self.rng.range(1, n + 1);
+                if from != to {
+                    self.net.cut_one_way(from, to);
+                }
+            } else {
+                // Symmetric partition: a random split.
+                let mut a = Vec::new();
+                let mut b = Vec::new();
+                for id in 1..=n {
+                    if self.rng.range(0, 2) == 0 { a.push(id) } else { b.push(id) }
+                }
+                self.net.partition(&a, &b);
             }
-            self.net.partition(&a, &b);
-        } else if roll < 50 {
-            let from = self.rng.range(1, n + 1);
-            let to = self.rng.range(1, n + 1);
-            if from != to {
-                self.net.cut_one_way(from, to);
-            }
-        } else if roll < 150 && self.net.is_partitioned() {
+        }
+        if self.net.is_partitioned() && self.rng.range(0, 100) < 2 {
             self.net.heal();
-        } else if roll < 190 {
-            let victim = self.rng.range(0, n) as usize;
+        }
+        if self.rng.range(0, 10_000) < self.cfg.crash_per_10k {
+            // Most crashes hit a node with a write in flight: that is where durability bugs
+            // (answering before persisting) show.
+            let busy: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].up && !self.nodes[i].pending.is_empty())
+                .collect();
+            let victim = if !busy.is_empty() && self.rng.range(0, 10) < 8 {
+                busy[self.rng.range(0, busy.len() as u64) as usize]
+            } else {
+                self.rng.range(0, n) as usize
+            };
             if self.nodes[victim].up {
                 self.nodes[victim].crash();
                 self.workload.forget_node(victim as u64 + 1);
@@ -227,7 +276,7 @@ impl Sim {
             }
         }
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].up && self.rng.range(0, 100) < 4 {
+            if !self.nodes[i].up && self.rng.range(0, 100) < self.cfg.restart_pct {
                 let seed = self.cfg.seed;
                 let initial = self.initial.clone();
                 self.nodes[i].restart(&initial, seed);
@@ -425,6 +474,29 @@ impl Sim {
         }
         self.net.sent.hash(&mut self.trace);
     }
+}
+
+/// One line describing a message (for traces).
+#[must_use]
+pub fn describe_message(m: &phalanx_proto::RaftMessage) -> String {
+    use phalanx_proto::raft_message::Body;
+    let body = match &m.body {
+        Some(Body::AppendRequest(a)) => format!(
+            "App t{} prev={}/{} n={} commit={}",
+            a.term,
+            a.prev_log_index,
+            a.prev_log_term,
+            a.entries.len(),
+            a.leader_commit
+        ),
+        Some(Body::AppendResponse(a)) => format!(
+            "AppResp t{} ok={} match={} hint={}/{} last={}",
+            a.term, a.success, a.match_index, a.conflict_index, a.conflict_term, a.last_log_index
+        ),
+        Some(other) => format!("{other:?}"),
+        None => "empty".into(),
+    };
+    format!("g{} {}->{} {body}", m.group, m.from, m.to)
 }
 
 fn snapshots_sent(n: &SimNode, groups: &[GroupId]) -> u64 {

@@ -18,6 +18,9 @@ pub struct NetFaults {
     pub min_delay: u64,
     /// Largest delivery delay in ticks.
     pub max_delay: u64,
+    /// Keep each link first-in first-out (like one TCP connection): delays vary but never
+    /// reorder messages between the same two nodes. Otherwise anything may overtake.
+    pub fifo_links: bool,
 }
 
 /// A message on the wire.
@@ -53,6 +56,8 @@ pub struct Network {
     seq: u64,
     /// Blocked directed links (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Latest delivery time scheduled per link (for FIFO links).
+    link_tail: std::collections::BTreeMap<(NodeId, NodeId), u64>,
     /// Messages sent, dropped, duplicated (for reports).
     pub sent: u64,
     /// Messages dropped by faults or partitions.
@@ -63,7 +68,15 @@ impl Network {
     /// A network with `faults`.
     #[must_use]
     pub fn new(faults: NetFaults) -> Self {
-        Network { faults, queue: BinaryHeap::new(), seq: 0, blocked: BTreeSet::new(), sent: 0, dropped: 0 }
+        Network {
+            faults,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            blocked: BTreeSet::new(),
+            link_tail: Default::default(),
+            sent: 0,
+            dropped: 0,
+        }
     }
 
     /// Sends a message at time `now`.
@@ -82,7 +95,12 @@ impl Network {
         self.push(msg, at);
     }
 
-    fn push(&mut self, msg: RaftMessage, at: u64) {
+    fn push(&mut self, msg: RaftMessage, mut at: u64) {
+        if self.faults.fifo_links {
+            let tail = self.link_tail.entry((msg.from, msg.to)).or_default();
+            at = at.max(*tail);
+            *tail = at;
+        }
         self.seq += 1;
         self.queue.push(Reverse(InFlight { at, seq: self.seq, msg }));
     }

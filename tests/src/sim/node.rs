@@ -99,13 +99,15 @@ pub struct SimNode {
     pub local_snapshots: BTreeMap<GroupId, Snapshot>,
     /// Read answers received, not yet checked.
     pub reads: Vec<(GroupId, ReadState)>,
+    /// Configuration template for this node's groups.
+    template: Config,
 }
 
-/// Builds the group configuration used by the simulator.
+/// The group configuration every simulated node starts from (id, group and seed are
+/// filled in per node).
 #[must_use]
-pub fn group_config(id: NodeId, group: GroupId, seed: u64) -> Config {
-    let mut c = Config::new(id, group);
-    c.seed = seed;
+pub fn base_config() -> Config {
+    let mut c = Config::new(1, 1);
     c.election_ticks_min = 10;
     c.election_ticks_max = 20;
     c.heartbeat_ticks = 2;
@@ -115,14 +117,14 @@ pub fn group_config(id: NodeId, group: GroupId, seed: u64) -> Config {
     c.max_pending_reads = 16;
     c.max_apply_entries_per_ready = 16;
     // Small chunks so snapshots take several round trips.
-    c.snapshot_chunk_bytes = 64;
+    c.snapshot_chunk_bytes = 256;
     c
 }
 
 impl SimNode {
     /// A fresh node holding `groups`, all starting with `initial` membership.
     #[must_use]
-    pub fn new(id: NodeId, groups: &[GroupId], initial: &Membership, seed: u64) -> Self {
+    pub fn new(id: NodeId, groups: &[GroupId], initial: &Membership, template: &Config, seed: u64) -> Self {
         let mut n = SimNode {
             id,
             up: true,
@@ -133,6 +135,7 @@ impl SimNode {
             sms: BTreeMap::new(),
             local_snapshots: BTreeMap::new(),
             reads: Vec::new(),
+            template: template.clone(),
         };
         for &g in groups {
             n.disk.groups.insert(g, Default::default());
@@ -168,7 +171,10 @@ impl SimNode {
             let gd = &self.disk.groups[&g];
             let restore = gd.restore_state(initial);
             let snap = gd.snapshot.clone();
-            let cfg = group_config(self.id, g, seed ^ (self.incarnation << 32));
+            let mut cfg = self.template.clone();
+            cfg.id = self.id;
+            cfg.group = g;
+            cfg.seed = seed ^ (self.incarnation << 32);
             if let Err(e) = self.multi.add_group(cfg, restore) {
                 panic!("node {} group {g}: restore failed: {e}", self.id);
             }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Mutation check of the simulator: applies each hand-made bug in tests/mutants/*.patch to a
+# scratch copy of the tree, runs the simulator sweep, and reports how many seeds it took to
+# find the bug (the first failing seed + 1) and how many of the seeds failed.
+#
+#   tests/mutants/run.sh [SEEDS]        (default 1000)
+#
+# A mutant that survives (no failing seed) exits non-zero: the simulator missed a real bug.
+set -euo pipefail
+seeds=${1:-1000}
+root=$(git rev-parse --show-toplevel)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_MUTANTS:-${HOME}/.cache/phalanx-target-mutants}
+survived=0
+for patch in "$root"/tests/mutants/*.patch; do
+  name=$(basename "$patch" .patch)
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  git -C "$root" archive HEAD | tar -x -C "$work"
+  (cd "$work" && patch -s -p1 < "$patch")
+  out=$(cd "$work" && PHALANX_SIM_SEEDS=$seeds cargo test -q --release -p phalanx-tests --test sim simulator_sweep 2>&1 || true)
+  line=$(grep -E '^sim:' <<<"$out" || true)
+  failing=$(grep -oE 'violations in seeds \[[0-9, ]*\]' <<<"$out" | grep -oE '[0-9]+' || true)
+  if [ -z "$failing" ]; then
+    echo "mutant $name SURVIVED: $line"
+    survived=1
+  else
+    first=$(head -n1 <<<"$failing")
+    count=$(wc -l <<<"$failing")
+    echo "mutant $name killed: first failing seed $first (found after $((first + 1)) seeds); $count of $seeds seeds failed; $line"
+  fi
+  rm -rf "$work"
+  trap - EXIT
+done
+exit $survived
