@@ -122,6 +122,13 @@ impl RaftGroup {
                 self.become_follower(term, Some(from));
                 self.step_follower(from, body)
             }
+            // §3.10: the leader of our term hands over to us while our own PreVote round
+            // runs (its heartbeats were late). Campaign at once, as a follower would. (A
+            // candidate is in a later term: a TimeoutNow never reaches it here.)
+            Body::TimeoutNow(_) if self.role == Role::PreCandidate => {
+                self.hup(true);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
