@@ -169,3 +169,32 @@ fn suspend_and_resume_heartbeats() {
     c.tick_all();
     assert!(c.trace[before..].iter().any(|m| kind(m) == "Heartbeat" && m.from == l));
 }
+
+/// §3.10: the target "starts a new election" on TimeoutNow whatever it was doing — also
+/// when its own election timer had just fired and it is running a PreVote round (here: it
+/// missed the leader's heartbeats for a while). Ignoring it would leave the leader refusing
+/// proposals (`Busy`) until the transfer times out.
+#[test]
+fn timeout_now_reaches_a_pre_candidate_target() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.cut.insert((1, 2));
+    for _ in 0..100 {
+        if c.raft(2).role() == Role::PreCandidate {
+            break;
+        }
+        c.tick_all();
+    }
+    assert_eq!(c.raft(2).role(), Role::PreCandidate);
+    assert!(c.raft(1).is_leader());
+    c.heal();
+    c.raft_mut(1).transfer_leadership(2).unwrap();
+    c.process(1);
+    let tn = c.take_msgs(|m| kind(m) == "TimeoutNow");
+    assert_eq!(tn.len(), 1, "node 2 is caught up: TimeoutNow at once");
+    for m in tn {
+        c.deliver(m);
+    }
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2), "the transfer target did not take over");
+}
