@@ -65,8 +65,10 @@ fn simulator_sweep() {
     let acked: u64 = reports.iter().map(|r| r.acked).sum();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let snapshots: u64 = reports.iter().map(|r| r.snapshots).sum();
+    let live = reports.iter().filter(|r| r.liveness_checked).count();
     println!(
-        "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} snapshots={snapshots} wall={:.1}s)",
+        "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} snapshots={snapshots} \
+         liveness-checked={live} wall={:.1}s)",
         seeds.len(),
         total_steps,
         violations,

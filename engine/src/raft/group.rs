@@ -93,7 +93,7 @@ impl RaftGroup {
             }
         }
         let last = floor.0 + entries.len() as u64;
-        let (applied, base, pending) = match &snapshot {
+        let (applied, base, pending) = match snapshot.as_ref().map(|s| &s.meta) {
             Some(s) => {
                 if s.index < floor.0 {
                     return Err(format!(
@@ -110,9 +110,8 @@ impl RaftGroup {
             None => (0, initial_membership, Vec::new()),
         };
         let commit = hard_state.commit.max(applied);
-        let log = if snapshot.as_ref().is_some_and(|s| s.index > last) {
+        let log = if let Some(s) = snapshot.as_ref().map(|s| &s.meta).filter(|s| s.index > last) {
             // The snapshot is newer than the whole log: start the log at the snapshot.
-            let s = snapshot.as_ref().expect("checked above");
             RaftLog::restored((s.index, s.term), Vec::new(), s.index, s.index)
         } else {
             if commit > last {
@@ -145,7 +144,7 @@ impl RaftGroup {
             reads: ReadIndexState::default(),
             two_step: TwoStep::from_entries(&pending),
             last_checkpoint: 0,
-            snapshot: None,
+            snapshot,
             snapshot_to_install: None,
             incoming_snapshot: None,
             compact_to: None,
@@ -155,14 +154,18 @@ impl RaftGroup {
             stats: GroupStats::default(),
             cfg,
         };
+        // Checkpoints at or below the applied index are not replayed; find the last one so
+        // the restarted node can compact again without waiting for a new checkpoint.
+        g.last_checkpoint = g
+            .log
+            .entries()
+            .take_while(|e| e.index <= applied)
+            .filter(|e| e.kind == phalanx_proto::EntryKind::Checkpoint as i32)
+            .map(|e| e.index)
+            .last()
+            .unwrap_or(0);
         g.reset_election_deadline();
         Ok(g)
-    }
-
-    /// Attaches the local state machine snapshot recovered from disk, so the group can send it
-    /// to followers that need entries below the floor. `meta` must match the restore state.
-    pub fn set_restored_snapshot(&mut self, snapshot: Snapshot) {
-        self.snapshot = Some(snapshot);
     }
 
     // ----- accessors -----
@@ -379,7 +382,7 @@ impl RaftGroup {
         let last = self.log.last_index();
         let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();
         for m in members {
-            self.progress.insert(m, Progress::new(last));
+            self.progress.insert(m, Progress::new(last, self.now));
         }
         self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks;
         self.check_quorum_deadline = self.now + self.cfg.election_ticks_min;

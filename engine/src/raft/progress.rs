@@ -32,8 +32,10 @@ pub struct Progress {
     pub snapshot_index: u64,
     /// In snapshot state: byte offset of the next chunk to send.
     pub snapshot_offset: u64,
-    /// Heard from the follower since the last CheckQuorum round.
-    pub recent_active: bool,
+    /// Tick at which the leader last heard from the follower (CheckQuorum, the lease).
+    pub last_heard: u64,
+    /// The commit index the follower was last told (to know when it needs telling again).
+    pub commit_sent: u64,
     /// Highest ReadIndex context the follower has acknowledged in this term.
     pub read_ack: u64,
 }
@@ -42,7 +44,7 @@ impl Progress {
     /// A fresh progress for a leader whose last index is `last_index`: optimistic `next`,
     /// unknown match, probing.
     #[must_use]
-    pub fn new(last_index: u64) -> Self {
+    pub fn new(last_index: u64, now: u64) -> Self {
         Progress {
             matched: 0,
             next: last_index + 1,
@@ -51,7 +53,10 @@ impl Progress {
             inflight: VecDeque::new(),
             snapshot_index: 0,
             snapshot_offset: 0,
-            recent_active: false,
+            // A new leader was just elected by a quorum: count everyone as heard now, so
+            // CheckQuorum allows a full election timeout before judging.
+            last_heard: now,
+            commit_sent: 0,
             read_ack: 0,
         }
     }
@@ -150,7 +155,7 @@ mod tests {
 
     #[test]
     fn replicate_window_pauses_and_frees() {
-        let mut p = Progress::new(10);
+        let mut p = Progress::new(10, 0);
         p.matched = 10;
         p.become_replicate();
         p.sent_append(12, true);
@@ -163,7 +168,7 @@ mod tests {
 
     #[test]
     fn probe_rejection_uses_hint_and_ignores_stale() {
-        let mut p = Progress::new(10);
+        let mut p = Progress::new(10, 0);
         assert_eq!(p.next, 11);
         p.sent_append(10, true);
         assert!(p.is_paused(8));
@@ -175,7 +180,7 @@ mod tests {
 
     #[test]
     fn replicate_rejection_falls_back_to_probe() {
-        let mut p = Progress::new(10);
+        let mut p = Progress::new(10, 0);
         p.matched = 5;
         p.become_replicate();
         p.sent_append(9, true);

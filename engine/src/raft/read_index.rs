@@ -45,8 +45,8 @@ pub struct ReadIndexState {
     /// Leader: a heartbeat round must go out for newly registered reads.
     needs_broadcast: bool,
     /// Follower: request ids forwarded to the leader and not answered yet, with the tick at
-    /// which each gives up (the request or its answer may be lost).
-    forwarded: BTreeMap<u64, u64>,
+    /// which each gives up (the request or its answer may be lost) and the node asked.
+    forwarded: BTreeMap<u64, (u64, NodeId)>,
     /// Answers for the local shell, handed out in the next Ready.
     pub(super) out: Vec<ReadState>,
 }
@@ -89,7 +89,7 @@ impl RaftGroup {
         if self.reads.forwarded.len() >= self.cfg.max_pending_reads {
             return Err(Status::Busy);
         }
-        self.reads.forwarded.insert(request_id, self.now + self.cfg.election_ticks_min);
+        self.reads.forwarded.insert(request_id, (self.now + self.cfg.election_ticks_min, leader));
         self.send(leader, Body::ReadIndexRequest(ReadIndexRequest { term: self.term, request_id }));
         Ok(())
     }
@@ -190,7 +190,7 @@ impl RaftGroup {
             .reads
             .forwarded
             .iter()
-            .filter(|&(_, &deadline)| deadline <= now)
+            .filter(|&(_, &(deadline, _))| deadline <= now)
             .map(|(&id, _)| id)
             .collect();
         for request_id in expired {
@@ -201,7 +201,7 @@ impl RaftGroup {
 
     /// The earliest tick at which a forwarded read gives up (`u64::MAX`: none pending).
     pub(super) fn forwarded_reads_deadline(&self) -> u64 {
-        self.reads.forwarded.values().copied().min().unwrap_or(u64::MAX)
+        self.reads.forwarded.values().map(|(deadline, _)| *deadline).min().unwrap_or(u64::MAX)
     }
 
     pub(super) fn handle_read_index_request(&mut self, from: NodeId, request_id: u64) {
@@ -213,8 +213,11 @@ impl RaftGroup {
         }
     }
 
-    pub(super) fn handle_read_index_response(&mut self, resp: ReadIndexResponse) {
-        if self.reads.forwarded.remove(&resp.request_id).is_some() {
+    pub(super) fn handle_read_index_response(&mut self, from: NodeId, resp: ReadIndexResponse) {
+        // Only the node we asked may answer: anyone else naming our request id is confused
+        // or hostile, and its index proves nothing.
+        if self.reads.forwarded.get(&resp.request_id).is_some_and(|(_, asked)| *asked == from) {
+            self.reads.forwarded.remove(&resp.request_id);
             let result = if resp.ok { Ok(resp.read_index) } else { Err(Status::NodeIsNotLeader) };
             self.reads.out.push(ReadState { request_id: resp.request_id, result });
         }

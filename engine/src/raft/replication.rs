@@ -49,6 +49,7 @@ impl RaftGroup {
         };
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent_append(last, had_entries);
+            pr.commit_sent = pr.commit_sent.max(req.leader_commit.min(last));
         }
         self.send(to, Body::AppendRequest(req));
         had_entries && !is_probe
@@ -128,7 +129,7 @@ impl RaftGroup {
         self.log.append(entries);
         let last = self.log.last_index();
         for m in new_members {
-            self.progress.insert(m, super::progress::Progress::new(last.saturating_sub(1)));
+            self.progress.insert(m, super::progress::Progress::new(last.saturating_sub(1), self.now));
         }
         let cur = self.conf.current().clone();
         self.progress.retain(|id, _| cur.contains(*id));

@@ -98,7 +98,7 @@ impl RaftGroup {
 
     pub(super) fn handle_snapshot_response(&mut self, from: NodeId, resp: InstallSnapshotResponse) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = self.now;
         if pr.state != ProgressState::Snapshot {
             return;
         }

@@ -42,7 +42,7 @@ impl RaftGroup {
                 return Ok(());
             }
             Body::ReadIndexResponse(r) => {
-                self.handle_read_index_response(r);
+                self.handle_read_index_response(from, r);
                 return Ok(());
             }
             _ => {}

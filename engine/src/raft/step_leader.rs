@@ -34,7 +34,7 @@ impl RaftGroup {
 
     fn handle_append_response(&mut self, from: NodeId, resp: AppendEntriesResponse) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = self.now;
         if resp.success {
             if pr.maybe_update(resp.match_index) {
                 match pr.state {
@@ -47,8 +47,12 @@ impl RaftGroup {
                 }
                 self.maybe_send_timeout_now(from);
             }
-            // The window may have room again.
-            self.send_appends(from, false);
+            // The window may have room again. A follower whose acknowledgement arrived after
+            // the entry was already committed would otherwise learn the commit index only
+            // from the next heartbeat: tell it now (as etcd does).
+            let stale_commit =
+                self.progress.get(&from).is_some_and(|p| p.commit_sent < self.log.committed().min(p.matched));
+            self.send_appends(from, stale_commit);
             return;
         }
         self.stats.log_mismatches += 1;
@@ -68,7 +72,7 @@ impl RaftGroup {
 
     fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = self.now;
         if resp.read_ctx > pr.read_ack {
             pr.read_ack = resp.read_ctx;
         }
@@ -88,6 +92,8 @@ impl RaftGroup {
         if resp.read_ctx > 0 {
             self.release_confirmed_reads();
         }
+        // A transfer target that caught up while its TimeoutNow was lost gets another.
+        self.maybe_send_timeout_now(from);
         match state {
             ProgressState::Snapshot => self.send_snapshot_chunk(from),
             // Send even an empty append: in replicate state `next` may already be past our

@@ -38,7 +38,7 @@ impl RaftGroup {
     pub fn next_deadline(&self) -> u64 {
         let timers = match self.role {
             Role::Leader => {
-                let mut d = self.check_quorum_deadline;
+                let mut d = if self.cfg.check_quorum { self.check_quorum_deadline } else { u64::MAX };
                 if !self.heartbeats_suspended {
                     d = d.min(self.heartbeat_deadline);
                 }
@@ -61,41 +61,39 @@ impl RaftGroup {
                 self.bcast_heartbeat();
             }
         }
-        if self.check_quorum_deadline <= now {
-            self.check_quorum_deadline = now + self.cfg.election_ticks_min;
-            if self.cfg.check_quorum && !self.quorum_recently_active() {
-                // §6.2 / CheckQuorum: a leader that cannot reach a quorum steps down so clients
-                // retry elsewhere instead of waiting on it.
+        if self.cfg.check_quorum && self.check_quorum_deadline <= now {
+            // The latest tick by which a quorum of voters had all been heard from (this node
+            // counts as heard now if it votes).
+            let heard = self.quorum_heard_at();
+            if heard + self.cfg.election_ticks_min <= now {
+                // §6.2 / CheckQuorum: a leader that has not heard from a quorum within an
+                // election timeout steps down, so clients retry elsewhere instead of waiting.
                 let term = self.term;
                 self.become_follower(term, None);
                 return;
             }
-            for p in self.progress.values_mut() {
-                p.recent_active = false;
-            }
-            // A quorum confirmed us: we are the "current leader" of the vote lease (thesis
-            // §4.2.3), so we too ignore disruptive vote requests until the next check.
-            self.leader_contact = Some(now);
+            // Exactly when that contact expires is the next moment to check; until then we
+            // are the "current leader" of the vote lease (thesis §4.2.3) and ignore
+            // disruptive vote requests, as our followers do.
+            self.check_quorum_deadline = heard + self.cfg.election_ticks_min;
+            self.leader_contact = Some(heard);
         }
-        if let Some((target, deadline)) = self.transfer
+        if let Some((_, deadline)) = self.transfer
             && deadline <= now
         {
             // The target did not take over within an election timeout: give up so the
             // leader accepts proposals again.
-            let _ = target;
             self.transfer = None;
         }
     }
 
-    /// Whether a quorum of voters (counting this node if it votes) was heard from since the
-    /// last check.
-    fn quorum_recently_active(&self) -> bool {
-        let voters = self.voters();
-        let active = voters
-            .iter()
-            .filter(|&&v| v == self.cfg.id || self.progress.get(&v).is_some_and(|p| p.recent_active))
-            .count();
-        active >= super::quorum::majority(voters.len())
+    /// The latest tick T such that a quorum of voters has been heard from at or after T.
+    fn quorum_heard_at(&self) -> u64 {
+        let me = self.cfg.id;
+        let now = self.now;
+        super::quorum::committed_value(&self.voters(), |v| {
+            if v == me { now } else { self.progress.get(&v).map_or(0, |p| p.last_heard) }
+        })
     }
 
     /// Broadcasts heartbeats carrying the commit index and the latest ReadIndex context.
@@ -110,8 +108,9 @@ impl RaftGroup {
     /// Sends one heartbeat. The commit index is clamped to what the follower is known to
     /// hold, so a follower never commits an entry it may not have in the leader's form.
     pub(super) fn send_heartbeat(&mut self, to: u64, ctx: u64) {
-        let Some(p) = self.progress.get(&to) else { return };
+        let Some(p) = self.progress.get_mut(&to) else { return };
         let commit = self.log.committed().min(p.matched);
+        p.commit_sent = p.commit_sent.max(commit);
         let hb = phalanx_proto::Heartbeat { term: self.term, commit, read_ctx: ctx };
         self.send(to, Body::Heartbeat(hb));
     }

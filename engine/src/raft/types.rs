@@ -160,8 +160,9 @@ pub struct RestoreState {
     pub floor: (u64, u64),
     /// Entries after the floor, contiguous, in index order.
     pub entries: Vec<LogEntry>,
-    /// The latest state machine snapshot, if any (required when `floor.0 > 0`).
-    pub snapshot: Option<SnapshotMeta>,
+    /// The latest state machine snapshot, if any (required when `floor.0 > 0`). The group
+    /// keeps it to send to followers that need entries below the floor.
+    pub snapshot: Option<Snapshot>,
     /// Membership before any entry in the log (the bootstrap configuration) when there is no
     /// snapshot.
     pub initial_membership: Membership,

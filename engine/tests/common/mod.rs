@@ -218,7 +218,7 @@ impl Store {
             hard_state: self.hard_state,
             floor: self.floor,
             entries: self.entries.clone(),
-            snapshot: self.snapshot.as_ref().map(|s| s.meta.clone()),
+            snapshot: self.snapshot.clone(),
             initial_membership: initial.clone(),
         }
     }
@@ -580,10 +580,9 @@ impl Cluster {
         self.down.remove(&id);
         let n = self.nodes.get_mut(&id).expect("known node");
         let restore = n.store.restore(&n.initial);
-        let mut raft = RaftGroup::new(n.cfg.clone(), restore).expect("restart from store");
+        let raft = RaftGroup::new(n.cfg.clone(), restore).expect("restart from store");
         n.sm = Vec::new();
         if let Some(s) = &n.store.snapshot {
-            raft.set_restored_snapshot(s.clone());
             n.sm = decode_image(&s.data);
         }
         n.raft = raft;

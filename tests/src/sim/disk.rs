@@ -71,7 +71,7 @@ impl GroupDisk {
             hard_state: self.hard_state,
             floor: self.floor,
             entries: self.entries.clone(),
-            snapshot: self.snapshot.as_ref().map(|s| s.meta.clone()),
+            snapshot: self.snapshot.clone(),
             initial_membership: initial.clone(),
         }
     }

@@ -58,6 +58,9 @@ impl SimConfig {
         let mut r = SeededRng::new(mix_seed(&[seed, 0xC0FF_EE00]));
         let nodes = if r.range(0, 2) == 0 { 3 } else { 5 };
         let voters = if nodes == 5 && r.range(0, 2) == 0 { 5 } else { 3 };
+        let max_delay = r.range(1, 7);
+        let max_disk_latency = r.range(0, 6);
+        let rtt = round_trip_ticks(max_delay, max_disk_latency);
         SimConfig {
             seed,
             steps,
@@ -68,10 +71,10 @@ impl SimConfig {
                 drop_per_mille: r.range(0, 100),
                 dup_per_mille: r.range(0, 50),
                 min_delay: 1,
-                max_delay: r.range(1, 7),
+                max_delay,
                 fifo_links: r.range(0, 2) == 0,
             },
-            max_disk_latency: r.range(0, 6),
+            max_disk_latency,
             heal_at: steps * 3 / 4,
             chaos: true,
             crash_per_10k: [10, 40, 150, 500][r.range(0, 4) as usize],
@@ -83,15 +86,34 @@ impl SimConfig {
                 // which is what exposes commit-rule bugs (Figure 8).
                 c.max_entries_per_append = [1, 2, 8, 8][r.range(0, 4) as usize];
                 c.max_inflight_appends = [1, 4][r.range(0, 2) as usize];
+                // Operators set election timeouts above the round trip (§5.6 timing).
+                c.election_ticks_min = c.election_ticks_min.max(rtt);
                 // A narrow timeout spread makes split votes (two candidates in one term)
-                // common, which is where vote-durability bugs show.
-                c.election_ticks_max = c.election_ticks_min + [2, 5, 10][r.range(0, 3) as usize];
+                // common, which is where vote-durability bugs show; a spread below the round
+                // trip can split votes forever, so such seeds are checked for safety only.
+                c.election_ticks_max = c.election_ticks_min + [2, rtt, 2 * rtt][r.range(0, 3) as usize];
                 c.pre_vote = r.range(0, 4) != 0;
                 c.check_quorum = r.range(0, 4) != 0;
                 c
             },
         }
     }
+
+    /// Whether Raft promises this configuration progress once faults stop, so the run checks
+    /// liveness. It needs (§5.6) election timeouts randomized over more than a round trip,
+    /// or split votes can repeat forever; and PreVote or CheckQuorum, or a removed server
+    /// can keep deposing leaders with ever higher terms (thesis §4.2.3).
+    #[must_use]
+    pub fn liveness_expected(&self) -> bool {
+        let rtt = round_trip_ticks(self.faults.max_delay, self.max_disk_latency);
+        let spread = self.raft.election_ticks_max - self.raft.election_ticks_min;
+        spread >= rtt && (self.raft.pre_vote || self.raft.check_quorum)
+    }
+}
+
+/// The longest vote round trip: request and answer delays plus the vote's fsync.
+fn round_trip_ticks(max_delay: u64, max_disk_latency: u64) -> u64 {
+    2 * max_delay + max_disk_latency + 1
 }
 
 /// What one run found.
@@ -115,6 +137,8 @@ pub struct Report {
     pub snapshots: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Whether liveness was checked (see `SimConfig::liveness_expected`).
+    pub liveness_checked: bool,
     /// Each node's view of each group at the end (for debugging a failing seed).
     pub final_state: String,
 }
@@ -139,7 +163,7 @@ pub struct Sim {
 /// Upper bound on ready/persist rounds per node per tick (each round may enable another).
 const MAX_ROUNDS_PER_TICK: usize = 16;
 /// Ticks after the heal within which every group must elect a leader and commit.
-pub const LIVENESS_TICKS: u64 = 600;
+pub const LIVENESS_TICKS: u64 = 1000;
 
 impl Sim {
     /// A simulation of `cfg`.
@@ -171,10 +195,7 @@ impl Sim {
         while self.now < end {
             self.step();
         }
-        // Without PreVote and CheckQuorum, Raft promises no progress while a removed server
-        // keeps campaigning with ever higher terms (thesis §4.2.3): those seeds are checked
-        // for safety only.
-        if self.cfg.raft.pre_vote || self.cfg.raft.check_quorum {
+        if self.cfg.liveness_expected() {
             self.workload.check_liveness(&self.groups, &mut self.checker);
         }
         self.checker.finish();
@@ -190,6 +211,7 @@ impl Sim {
             elections: self.workload.leaders_seen,
             snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
             crashes: self.crashes,
+            liveness_checked: self.cfg.liveness_expected(),
         }
     }
 

@@ -183,9 +183,6 @@ impl SimNode {
                 None => StateMachine::default(),
             };
             self.sms.insert(g, sm);
-            if let Some(s) = snap {
-                self.multi.update(g, |grp| grp.set_restored_snapshot(s));
-            }
         }
     }
 }
