@@ -1,1 +1,39 @@
-//! Phalanx networking.
+//! Phalanx transport: how shards of different nodes exchange Raft messages.
+//!
+//! - [`frame`]: length-prefixed frames and an incremental decoder (also used by the engine's
+//!   client port, through the application frame kinds).
+//! - [`handshake`]: the first exchange on every connection (protocol version, cluster id,
+//!   node ids, shard numbers).
+//! - [`transport`]: the [`Transport`] / [`TransportFactory`] contract every implementation
+//!   honours (ordering, loss, the never-blocking `send`, the inbound sink).
+//! - [`tcp`]: glommio (io_uring) TCP transport, one advertised port per node.
+//! - [`memory`]: in-process transport with fault hooks, for tests and single-process clusters.
+//! - [`discovery`]: where peers are; static and application-controlled lists.
+//!
+//! See `net/README.md` for the wire format and how to run the conformance suite and the
+//! network probe.
+
+pub mod any;
+pub mod discovery;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod memory;
+pub mod stats;
+mod tasks;
+pub mod tcp;
+pub mod transport;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use any::{AnyFactory, AnyTransport};
+pub use discovery::{
+    Discovery, DynamicDiscovery, NodeAddr, StaticDiscovery, derive_node_id, parse_node_list,
+};
+pub use error::NetError;
+pub use frame::{DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, FrameError, FrameKind};
+pub use memory::{MemoryConfig, MemoryFactory, MemoryNetwork, MemoryTransport};
+pub use stats::TransportStats;
+pub use tcp::{TcpConfig, TcpFactory, TcpTransport};
+pub use transport::{Inbound, InboundSink, NodeId, Transport, TransportFactory};

@@ -1,0 +1,2 @@
+//! Loopback network probe (placeholder).
+fn main() {}

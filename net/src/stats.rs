@@ -1,0 +1,125 @@
+//! Per-shard transport counters.
+//!
+//! Counters live in `Cell`s: a shard's transport is touched by its own thread only, so the
+//! hot path pays no atomics.
+
+use std::cell::Cell;
+
+/// A snapshot of one shard's transport counters (cumulative since start, except the gauges).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Batches handed to a connection (TCP: written to the socket; memory: put in the
+    /// receiver's inbox).
+    pub batches_sent: u64,
+    /// Frame bytes handed to connections (headers included).
+    pub bytes_sent: u64,
+    /// Batches dropped because the peer's queue was full.
+    pub batches_dropped_queue_full: u64,
+    /// Batches dropped because the peer is unknown, is this node, or is unreachable (connection
+    /// attempt failed, link cut, transport closed).
+    pub batches_dropped_unreachable: u64,
+    /// Batches dropped because their encoding exceeds `max_frame_bytes`.
+    pub batches_dropped_oversize: u64,
+    /// Batches dropped because they break the batch contract (wrong `from`/`to`).
+    pub batches_dropped_invalid: u64,
+    /// Batches received and handed to the sink.
+    pub batches_received: u64,
+    /// Frame bytes received (headers included).
+    pub bytes_received: u64,
+    /// Received batches dropped because the sink reported a full inbox.
+    pub batches_dropped_inbox_full: u64,
+    /// Outgoing connections established (handshake acknowledged).
+    pub connects: u64,
+    /// Outgoing connection attempts that failed (connect, timeout, broken handshake).
+    pub connect_failures: u64,
+    /// Outgoing handshakes the peer refused (wrong cluster id, protocol version, node...).
+    pub handshakes_refused_by_peer: u64,
+    /// Established outgoing connections that ended (peer closed, write error, timeout).
+    pub connections_lost: u64,
+    /// Inbound connections whose handshake this node refused or that broke during it.
+    pub handshakes_rejected: u64,
+    /// Inbound connections closed for a malformed, oversized or unexpected frame or batch.
+    pub protocol_errors: u64,
+    /// Inbound connections accepted and being read (cumulative).
+    pub inbound_accepted: u64,
+    /// Gauge: connections currently open (outgoing established + inbound being read).
+    pub connections_open: u64,
+}
+
+/// The live counters behind [`TransportStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches_sent: Cell<u64>,
+    pub bytes_sent: Cell<u64>,
+    pub batches_dropped_queue_full: Cell<u64>,
+    pub batches_dropped_unreachable: Cell<u64>,
+    pub batches_dropped_oversize: Cell<u64>,
+    pub batches_dropped_invalid: Cell<u64>,
+    pub batches_received: Cell<u64>,
+    pub bytes_received: Cell<u64>,
+    pub batches_dropped_inbox_full: Cell<u64>,
+    pub connects: Cell<u64>,
+    pub connect_failures: Cell<u64>,
+    pub handshakes_refused_by_peer: Cell<u64>,
+    pub connections_lost: Cell<u64>,
+    pub handshakes_rejected: Cell<u64>,
+    pub protocol_errors: Cell<u64>,
+    pub inbound_accepted: Cell<u64>,
+    pub connections_open: Cell<u64>,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get().saturating_add(n));
+}
+
+/// Adds one to a counter.
+pub(crate) fn inc(c: &Cell<u64>) {
+    add(c, 1);
+}
+
+/// Subtracts one from a gauge.
+pub(crate) fn dec(c: &Cell<u64>) {
+    c.set(c.get().saturating_sub(1));
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> TransportStats {
+        TransportStats {
+            batches_sent: self.batches_sent.get(),
+            bytes_sent: self.bytes_sent.get(),
+            batches_dropped_queue_full: self.batches_dropped_queue_full.get(),
+            batches_dropped_unreachable: self.batches_dropped_unreachable.get(),
+            batches_dropped_oversize: self.batches_dropped_oversize.get(),
+            batches_dropped_invalid: self.batches_dropped_invalid.get(),
+            batches_received: self.batches_received.get(),
+            bytes_received: self.bytes_received.get(),
+            batches_dropped_inbox_full: self.batches_dropped_inbox_full.get(),
+            connects: self.connects.get(),
+            connect_failures: self.connect_failures.get(),
+            handshakes_refused_by_peer: self.handshakes_refused_by_peer.get(),
+            connections_lost: self.connections_lost.get(),
+            handshakes_rejected: self.handshakes_rejected.get(),
+            protocol_errors: self.protocol_errors.get(),
+            inbound_accepted: self.inbound_accepted.get(),
+            connections_open: self.connections_open.get(),
+        }
+    }
+}
+
+/// Holds one unit of the `connections_open` gauge while alive, so every exit path of a
+/// connection task (error, cancellation at shutdown) gives it back.
+pub(crate) struct OpenConnection<'a>(&'a Counters);
+
+impl<'a> OpenConnection<'a> {
+    pub(crate) fn new(c: &'a Counters) -> Self {
+        inc(&c.connections_open);
+        OpenConnection(c)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        dec(&self.0.connections_open);
+    }
+}

@@ -1,0 +1,128 @@
+//! One peer's outgoing connection: connect, handshake, write coalesced frames; on failure,
+//! back off and start over.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::Shard;
+use super::peer_queue::{PeerQueue, recycle};
+use super::socket::{Jitter, configure, resolve, timeout};
+use crate::handshake::{self, HandshakeError};
+use crate::stats::{OpenConnection, add, inc};
+use crate::transport::NodeId;
+
+/// Bytes read while watching an idle connection for the peer closing it.
+const WATCH_READ_BYTES: usize = 64;
+
+/// The dialer task of `peer` (runs until cancelled by discovery changes or shutdown).
+pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<PeerQueue>) {
+    let cfg = shard.cfg.clone();
+    let mut backoff_ms = cfg.backoff_initial_ms;
+    let mut jitter = Jitter::new(shard.local.node_id ^ peer.rotate_left(17) ^ u64::from(shard.shard) << 48);
+    let mut failures_in_row: u64 = 0;
+    let mut buf = Vec::new();
+    loop {
+        match connect(&shard, peer, &addr).await {
+            Ok(mut stream) => {
+                inc(&shard.counters.connects);
+                info!(node = shard.local.node_id, shard = shard.shard, peer, addr, "connected");
+                failures_in_row = 0;
+                backoff_ms = cfg.backoff_initial_ms;
+                let reason = {
+                    let _open = OpenConnection::new(&shard.counters);
+                    pump(&shard, &mut stream, &queue, &mut buf).await
+                };
+                inc(&shard.counters.connections_lost);
+                info!(node = shard.local.node_id, shard = shard.shard, peer, addr, %reason, "connection lost");
+                // What was handed to the dead connection is gone; nothing is replayed.
+                recycle(&mut buf);
+            }
+            Err(e) => {
+                inc(&shard.counters.connect_failures);
+                if matches!(e, HandshakeError::Refused { .. } | HandshakeError::WrongNode { .. }) {
+                    inc(&shard.counters.handshakes_refused_by_peer);
+                }
+                // Messages for an unreachable peer are stale by the time it is back; Raft
+                // resends what still matters.
+                add(&shard.counters.batches_dropped_unreachable, queue.clear() as u64);
+                failures_in_row += 1;
+                let refused = matches!(e, HandshakeError::Refused { .. } | HandshakeError::WrongNode { .. });
+                if refused && failures_in_row == 1 {
+                    warn!(node = shard.local.node_id, shard = shard.shard, peer, addr, error = %e, "handshake refused");
+                } else if failures_in_row == 1 {
+                    info!(node = shard.local.node_id, shard = shard.shard, peer, addr, error = %e, "cannot connect");
+                } else {
+                    debug!(node = shard.local.node_id, shard = shard.shard, peer, addr, error = %e, failures_in_row, "cannot connect");
+                }
+            }
+        }
+        // Also after a lost connection: a peer that accepts and drops us at once must not
+        // make this a hot loop.
+        glommio::timer::sleep(Duration::from_millis(jitter.delay_ms(backoff_ms))).await;
+        if failures_in_row > 0 {
+            backoff_ms = backoff_ms.saturating_mul(2).min(cfg.backoff_max_ms);
+        }
+    }
+}
+
+/// Connects to `addr` and completes the handshake with `peer`.
+async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, HandshakeError> {
+    let cfg = &shard.cfg;
+    let sa = resolve(addr).await?;
+    let mut stream = TcpStream::connect_timeout(sa, Duration::from_millis(cfg.connect_timeout_ms))
+        .await
+        .map_err(std::io::Error::from)?;
+    configure(&stream, cfg.write_timeout_ms, cfg.tcp_user_timeout_ms)?;
+    let hello = handshake::hello(&shard.local, shard.shard, peer);
+    let ack = timeout(cfg.handshake_timeout_ms, handshake::dial(&mut stream, &hello))
+        .await
+        .ok_or(HandshakeError::Timeout)??;
+    debug!(
+        node = shard.local.node_id,
+        shard = shard.shard,
+        peer,
+        peer_shard = ack.shard,
+        peer_shards = ack.shards,
+        "handshake done"
+    );
+    Ok(stream)
+}
+
+/// Writes queued frames until the connection fails; returns why it ended.
+async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mut Vec<u8>) -> String {
+    let mut watch = [0u8; WATCH_READ_BYTES];
+    loop {
+        // Idle: wait for frames, but notice the peer closing (restart, protocol error on its
+        // side) at once instead of at the next failed write.
+        let woke = futures_lite::future::or(
+            async {
+                queue.ready().await;
+                Ok(())
+            },
+            async {
+                match stream.read(&mut watch).await {
+                    Ok(0) => Err("peer closed the connection".to_string()),
+                    Ok(_) => Err("peer sent data on a one-way connection".to_string()),
+                    Err(e) => Err(format!("read error: {e}")),
+                }
+            },
+        )
+        .await;
+        if let Err(reason) = woke {
+            return reason;
+        }
+        let frames = queue.take(buf);
+        if let Err(e) = stream.write_all(buf).await {
+            return format!("write error: {e}");
+        }
+        add(&shard.counters.batches_sent, frames as u64);
+        add(&shard.counters.bytes_sent, buf.len() as u64);
+        recycle(buf);
+        // A flood of sends must not starve the shard's other tasks.
+        glommio::yield_if_needed().await;
+    }
+}

@@ -1,0 +1,86 @@
+//! One inbound connection: decode frames under the frame limit, check every batch, hand it
+//! to the shard's sink. Anything else closes the connection with a logged reason.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::net::TcpStream;
+use phalanx_proto::MessageBatch;
+use tracing::{debug, warn};
+
+use super::Shard;
+use crate::frame::{FRAME_HEADER_BYTES, FrameDecoder, FrameError, FrameKind};
+use crate::stats::{OpenConnection, add, inc};
+use crate::transport::{BatchError, Inbound, NodeId, check_batch};
+
+/// Why a connection was closed by this side.
+#[derive(Debug, thiserror::Error)]
+enum Violation {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// Reads `stream` (sent by `from` = (node, shard)) until it ends or misbehaves.
+pub(super) async fn run(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    from: (NodeId, u32),
+    leftover: Vec<u8>,
+    peer_addr: Option<SocketAddr>,
+) {
+    inc(&shard.counters.inbound_accepted);
+    let _open = OpenConnection::new(&shard.counters);
+    let mut decoder = FrameDecoder::new(shard.cfg.max_frame_bytes);
+    decoder.push(&leftover);
+    loop {
+        if let Err(v) = drain(shard, &mut decoder, from) {
+            inc(&shard.counters.protocol_errors);
+            warn!(
+                node = shard.local.node_id,
+                shard = shard.shard,
+                peer = from.0,
+                peer_shard = from.1,
+                peer_addr = ?peer_addr,
+                reason = %v,
+                "closing inbound connection"
+            );
+            return;
+        }
+        match decoder.read_from(&mut stream, shard.cfg.read_chunk_bytes).await {
+            Ok(0) => {
+                if let Err(e) = decoder.finish() {
+                    debug!(node = shard.local.node_id, peer = from.0, reason = %e, "peer closed mid-frame");
+                } else {
+                    debug!(node = shard.local.node_id, peer = from.0, "peer closed the connection");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(node = shard.local.node_id, peer = from.0, error = %e, "read failed");
+                return;
+            }
+        }
+        // A peer flooding us must not starve the shard's other tasks.
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Delivers every complete frame buffered.
+fn drain(shard: &Shard, decoder: &mut FrameDecoder, from: (NodeId, u32)) -> Result<(), Violation> {
+    while let Some(frame) = decoder.next_frame()? {
+        frame.expect_kind(FrameKind::Batch, "Batch")?;
+        let batch: MessageBatch = frame.decode()?;
+        check_batch(&batch, from.0, shard.local.node_id)?;
+        add(&shard.counters.bytes_received, (FRAME_HEADER_BYTES + frame.payload.len()) as u64);
+        drop(frame);
+        if (shard.sink)(Inbound { from: from.0, from_shard: from.1, batch }) {
+            inc(&shard.counters.batches_received);
+        } else {
+            inc(&shard.counters.batches_dropped_inbox_full);
+        }
+    }
+    Ok(())
+}

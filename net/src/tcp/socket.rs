@@ -1,0 +1,116 @@
+//! Socket plumbing: options, address resolution, timeouts, fd handoff.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+
+/// Runs `fut` for at most `ms` milliseconds; `None` on timeout (the future is dropped).
+pub(crate) async fn timeout<T>(ms: u64, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(Duration::from_millis(ms)).await;
+        None
+    })
+    .await
+}
+
+/// Resolves `host:port`. Literal addresses resolve in place; names go through the blocking
+/// pool because `getaddrinfo` blocks and this runs on a shard thread.
+pub(crate) async fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let name = addr.to_string();
+    glommio::executor()
+        .spawn_blocking(move || {
+            name.to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} resolves to nothing")))
+        })
+        .await
+}
+
+/// Options every Raft connection gets: no Nagle delay (heartbeats and acks are small and
+/// latency-bound), a bounded blocked write, and a bounded wait for unacknowledged data.
+pub(crate) fn configure(
+    stream: &TcpStream,
+    write_timeout_ms: u64,
+    tcp_user_timeout_ms: u64,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(Duration::from_millis(write_timeout_ms.max(1))))?;
+    if tcp_user_timeout_ms > 0 {
+        let ms = libc::c_uint::try_from(tcp_user_timeout_ms).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: `fd` is an open socket owned by `stream` for the duration of the call; the
+        // option value is a `c_uint` passed with its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&raw const ms).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Detaches the socket from this executor so another shard's executor can own it: a
+/// duplicate fd (same connection) is returned and `stream` is dropped, closing only its fd.
+///
+/// glommio's `TcpStream` cannot give up its fd, hence the duplicate. Must be called with no
+/// read or write in flight on `stream` (the handshake has completed), so no byte is lost.
+pub(crate) fn detach(stream: TcpStream) -> io::Result<OwnedFd> {
+    // SAFETY: the fd is open and owned by `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+    drop(stream);
+    Ok(fd)
+}
+
+/// Adopts a socket detached by [`detach`] on the current executor.
+pub(crate) fn adopt(fd: OwnedFd) -> TcpStream {
+    // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the stream.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// A small xorshift generator for reconnect jitter (not security relevant; keeps dialers of
+/// many shards from reconnecting in lockstep).
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Self {
+        Jitter(seed | 1)
+    }
+
+    /// A delay in `[ms/2, ms]`.
+    pub(crate) fn delay_ms(&mut self, ms: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let half = ms / 2;
+        half + self.0 % (ms - half + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::new(42);
+        for ms in [0, 1, 2, 10, 1000] {
+            for _ in 0..100 {
+                let d = j.delay_ms(ms);
+                assert!(d >= ms / 2 && d <= ms, "{d} for {ms}");
+            }
+        }
+    }
+}
