@@ -2,7 +2,7 @@
 //! back off and start over.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -30,8 +30,7 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
             Ok(mut stream) => {
                 inc(&shard.counters.connects);
                 info!(node = shard.local.node_id, shard = shard.shard, peer, addr, "connected");
-                failures_in_row = 0;
-                backoff_ms = cfg.backoff_initial_ms;
+                let since = Instant::now();
                 let reason = {
                     let _open = OpenConnection::new(&shard.counters);
                     pump(&shard, &mut stream, &queue, &mut buf).await
@@ -40,6 +39,14 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
                 info!(node = shard.local.node_id, shard = shard.shard, peer, addr, %reason, "connection lost");
                 // What was handed to the dead connection is gone; nothing is replayed.
                 recycle(&mut buf);
+                // Only a connection that lasted counts as recovery: a peer that accepts and
+                // drops us at once keeps us backing off instead of reconnecting in a loop.
+                if since.elapsed() >= Duration::from_millis(cfg.backoff_max_ms) {
+                    failures_in_row = 0;
+                    backoff_ms = cfg.backoff_initial_ms;
+                } else {
+                    failures_in_row += 1;
+                }
             }
             Err(e) => {
                 inc(&shard.counters.connect_failures);
@@ -60,8 +67,7 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
                 }
             }
         }
-        // Also after a lost connection: a peer that accepts and drops us at once must not
-        // make this a hot loop.
+        // Also after a lost connection, so that reconnecting is never a hot loop.
         glommio::timer::sleep(Duration::from_millis(jitter.delay_ms(backoff_ms))).await;
         if failures_in_row > 0 {
             backoff_ms = backoff_ms.saturating_mul(2).min(cfg.backoff_max_ms);
