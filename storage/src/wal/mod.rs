@@ -1,0 +1,678 @@
+//! The native segment WAL: the default [`LogStore`], on glommio DMA files (O_DIRECT,
+//! io_uring).
+//!
+//! One store per shard, in `DATA/shard-<i>/` (see [`crate::shard_dir`]). Every `write` becomes
+//! one batch — one aligned write and one `fdatasync` — holding all records of all partitions
+//! (entries, hard states, snapshot/compaction floors, removals, metadata), so the group commit
+//! of a shard's loop turn costs a single sync. See [`format`] for the layout, `recovery` for
+//! what `open` accepts, and `gc` for how segments are reclaimed.
+
+pub mod format;
+mod gc;
+mod index;
+pub mod inspect;
+mod recovery;
+pub(crate) mod segment;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::Task;
+use phalanx_proto::{HardState, LogEntry, Message};
+
+use self::format::{
+    BATCH_HEADER_BYTES, BatchHeader, ENTRY_PREFIX_BYTES, Record, SEGMENT_HEADER_BYTES, align_up, kind,
+    parse_record, record_len,
+};
+use self::gc::{GcCursor, Relocation};
+use self::index::{EntryLoc, Index};
+use self::segment::{Prepared, Segment, gio, prepare_next};
+use crate::error::{Poison, Result, StorageError};
+use crate::faults::{WriteFault, injected};
+use crate::limits::META_KEYS_MAX;
+use crate::memory::{check_range, take_budget};
+use crate::plan::plan_batch;
+use crate::store::{LogStore, StoreOptions};
+use crate::types::{LogPosition, PartitionId, PartitionState, StoreStats, WriteBatch};
+
+pub use self::format::WAL_FORMAT_VERSION;
+
+/// Smallest allowed segment.
+pub const SEGMENT_BYTES_MIN: u64 = 128 << 10;
+/// Largest allowed segment (offsets in the index are 32-bit).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Records further apart than this in one segment are read with separate reads.
+const READ_GAP_BYTES_MAX: u64 = 4096;
+/// Largest single read when fetching a range of entries.
+const READ_SPAN_BYTES_MAX: u64 = 1 << 20;
+
+/// Options of the native WAL.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// Options shared by every adapter.
+    pub store: StoreOptions,
+    /// Size of each segment file, a multiple of 4096 in
+    /// [`SEGMENT_BYTES_MIN`]..=[`SEGMENT_BYTES_MAX`]. A batch must fit in one segment.
+    pub segment_bytes: u64,
+    /// Segment count above which the oldest segment's live records are relocated forward so
+    /// it can be recycled (at least 3).
+    pub segments_soft_max: usize,
+    /// Relocate only when at most this percentage of the oldest segment is live entries:
+    /// copying a mostly-live segment forward frees nothing and costs a segment's worth of
+    /// writes; the engine's compaction will free it instead.
+    pub gc_live_percent_max: u64,
+    /// Bytes of live records copied forward per batch, at most (bounds the extra latency).
+    pub gc_bytes_per_batch: u64,
+    /// Spare (recycled, fully written) segment files kept for reuse.
+    pub spare_segments_max: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            store: StoreOptions::default(),
+            segment_bytes: 64 << 20,
+            segments_soft_max: 16,
+            gc_live_percent_max: 25,
+            gc_bytes_per_batch: 256 << 10,
+            spare_segments_max: 2,
+        }
+    }
+}
+
+impl WalOptions {
+    fn check(&self) -> Result<()> {
+        let bad =
+            |what: &'static str, value: u64, max: u64| Err(StorageError::LimitExceeded { what, value, max });
+        if self.segment_bytes > SEGMENT_BYTES_MAX {
+            return bad("segment_bytes", self.segment_bytes, SEGMENT_BYTES_MAX);
+        }
+        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % 4096 != 0 {
+            return Err(StorageError::invalid(
+                0,
+                format!(
+                    "segment_bytes {} must be a multiple of 4096 ≥ {SEGMENT_BYTES_MIN}",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.segments_soft_max < 3 {
+            return Err(StorageError::invalid(0, "segments_soft_max must be at least 3"));
+        }
+        if self.gc_bytes_per_batch < 4096 || self.gc_bytes_per_batch > self.segment_bytes / 4 {
+            return Err(StorageError::invalid(0, "gc_bytes_per_batch must be in 4096..=segment_bytes/4"));
+        }
+        Ok(())
+    }
+}
+
+/// The next segment: ready, being prepared in the background, or not asked for yet.
+enum NextSegment {
+    None,
+    Ready(Segment),
+    Pending(Task<Result<Prepared>>),
+}
+
+/// One record to encode into a batch.
+enum Rec<'a> {
+    Entry { p: PartitionId, e: &'a LogEntry, proto_len: usize },
+    Relocated(&'a gc::RelocEntry),
+    HardState(PartitionId, HardState),
+    Snapshot(PartitionId, LogPosition, bool),
+    Compact(PartitionId, LogPosition),
+    Remove(PartitionId),
+    MetaSet(&'a [u8], &'a [u8]),
+    MetaDelete(&'a [u8]),
+}
+
+impl Rec<'_> {
+    fn len(&self) -> usize {
+        record_len(match self {
+            Rec::Entry { proto_len, .. } => ENTRY_PREFIX_BYTES + proto_len,
+            Rec::Relocated(r) => ENTRY_PREFIX_BYTES + r.proto.len(),
+            Rec::HardState(..) => 32,
+            Rec::Snapshot(..) => 25,
+            Rec::Compact(..) => 24,
+            Rec::Remove(_) => 8,
+            Rec::MetaSet(k, v) => 4 + k.len() + v.len(),
+            Rec::MetaDelete(k) => k.len(),
+        })
+    }
+
+    fn encode(&self, w: &mut format::RecordWriter<'_>) {
+        match self {
+            Rec::Entry { p, e, proto_len } => {
+                w.entry(kind::ENTRY, *p, e.index, e.term, *proto_len, |mut b| {
+                    // The buffer is sized from `encoded_len`, so encoding cannot run out of room.
+                    let _ = e.encode(&mut b);
+                })
+            }
+            Rec::Relocated(r) => {
+                w.entry(kind::ENTRY_RELOCATED, r.partition, r.index, r.term, r.proto.len(), |b| {
+                    b.copy_from_slice(&r.proto);
+                })
+            }
+            Rec::HardState(p, hs) => w.hard_state(*p, hs),
+            Rec::Snapshot(p, pos, keep) => w.snapshot(*p, *pos, *keep),
+            Rec::Compact(p, pos) => w.compact(*p, *pos),
+            Rec::Remove(p) => w.remove(*p),
+            Rec::MetaSet(k, v) => w.meta_set(k, v),
+            Rec::MetaDelete(k) => w.meta_delete(k),
+        }
+    }
+}
+
+/// The native segment WAL of one shard.
+pub struct WalStore {
+    dir: PathBuf,
+    opts: WalOptions,
+    /// Held (with `flock`) for the store's life: two stores on one directory would corrupt it.
+    _lock: File,
+    /// Segments in use, oldest first; the last one is being written.
+    segments: VecDeque<Segment>,
+    next: NextSegment,
+    spares: Vec<PathBuf>,
+    recycle: Vec<Segment>,
+    index: Index,
+    next_batch_seq: u64,
+    gc: Option<GcCursor>,
+    poison: Poison,
+    stats: StoreStats,
+}
+
+impl std::fmt::Debug for WalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalStore")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.iter().map(|s| s.seq).collect::<Vec<_>>())
+            .field("next_batch_seq", &self.next_batch_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("open", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Err(StorageError::Locked { dir: dir.to_path_buf() })
+        } else {
+            Err(StorageError::io("lock", &path, err))
+        };
+    }
+    Ok(file)
+}
+
+impl WalStore {
+    /// Opens (creating if needed) the WAL in `dir`, recovering every partition. Must run
+    /// inside a glommio executor, which then owns the store.
+    pub async fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<WalStore> {
+        opts.check()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        let rec = recovery::recover(&dir, opts.segment_bytes).await?;
+        let mut store = WalStore {
+            dir,
+            opts,
+            _lock: lock,
+            segments: rec.segments,
+            next: rec.next.map_or(NextSegment::None, NextSegment::Ready),
+            spares: rec.spares,
+            recycle: rec.recycle,
+            index: rec.index,
+            next_batch_seq: rec.next_batch_seq,
+            gc: None,
+            poison: Poison::default(),
+            stats: StoreStats::default(),
+        };
+        if store.segments.is_empty() {
+            let p = prepare_next(
+                store.dir.clone(),
+                1,
+                store.opts.segment_bytes,
+                Vec::new(),
+                std::mem::take(&mut store.spares),
+                store.opts.spare_segments_max,
+            )
+            .await?;
+            let seg = store.finish_prepare(p);
+            store.segments.push_back(seg);
+        }
+        store.housekeeping();
+        Ok(store)
+    }
+
+    /// The directory this store lives in.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sequence numbers of the segments in use, oldest first (for tests and tools).
+    #[must_use]
+    pub fn segment_seqs(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.seq).collect()
+    }
+
+    fn segment(&self, seq: u64) -> Option<&Segment> {
+        let front = self.segments.front()?.seq;
+        self.segments.get(seq.checked_sub(front)? as usize).filter(|s| s.seq == seq)
+    }
+
+    fn active(&self) -> Result<&Segment> {
+        self.segments
+            .back()
+            .ok_or_else(|| StorageError::Backend { backend: "wal", reason: "no active segment".into() })
+    }
+
+    /// Usable bytes of a new segment.
+    fn capacity(&self) -> u64 {
+        self.opts.segment_bytes - SEGMENT_HEADER_BYTES
+    }
+
+    /// Encodes `recs` (after any relocated records) as one batch, writes and syncs it, and
+    /// applies it to the index. Any failure after the first byte may have reached the disk
+    /// poisons the store.
+    async fn commit(&mut self, recs: &[Rec<'_>], entries: u64) -> Result<()> {
+        let user_len: usize = recs.iter().map(Rec::len).sum();
+        let block = self.active()?.block;
+        let user_total = align_up((BATCH_HEADER_BYTES + user_len) as u64, block);
+        if user_total > self.capacity() {
+            return Err(StorageError::LimitExceeded {
+                what: "WAL batch bytes (segment_bytes minus header)",
+                value: user_total,
+                max: self.capacity(),
+            });
+        }
+        let relocation = match self.collect_garbage(user_total).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.poison.poison(e)),
+        };
+        let mut all: Vec<Rec<'_>> = Vec::with_capacity(recs.len() + relocation.entries.len());
+        all.extend(relocation.entries.iter().map(Rec::Relocated));
+        all.extend(relocation.hard_states.iter().map(|(p, hs)| Rec::HardState(*p, *hs)));
+        all.extend(relocation.floors.iter().map(|(p, f)| Rec::Compact(*p, *f)));
+        all.extend(relocation.meta.iter().map(|(k, v)| Rec::MetaSet(k, v)));
+        let body_len = user_len + relocation.bytes;
+        let total = align_up((BATCH_HEADER_BYTES + body_len) as u64, block);
+        if self.active()?.end + total > self.active()?.bytes
+            && let Err(e) = self.roll().await
+        {
+            return Err(self.poison.poison(e));
+        }
+        let seg = self.active()?;
+        let (seq, pos, path, file) = (seg.seq, seg.end, seg.path.clone(), seg.file.clone());
+        let mut buf = file.alloc_dma_buffer(total as usize);
+        {
+            let bytes = buf.as_bytes_mut();
+            let (head, rest) = bytes.split_at_mut(BATCH_HEADER_BYTES);
+            let (body, pad) = rest.split_at_mut(body_len);
+            let mut w = format::RecordWriter::new(body);
+            for r in all.iter().chain(recs) {
+                r.encode(&mut w);
+            }
+            debug_assert_eq!(w.position(), body_len);
+            let record_count = w.count();
+            pad.fill(0);
+            BatchHeader {
+                segment_seq: seq,
+                batch_seq: self.next_batch_seq,
+                body_len: body_len as u32,
+                record_count,
+                body_crc: crc32c::crc32c(body),
+            }
+            .encode(head);
+        }
+        let fault = self.opts.store.faults.as_ref().and_then(|f| f.take_write_fault());
+        if fault == Some(WriteFault::Fail) {
+            return Err(self.poison.poison(StorageError::io("write", &path, injected("write"))));
+        }
+        if fault == Some(WriteFault::Tear) {
+            // What a crash mid-write leaves: the start of the batch on disk, the rest not.
+            let b = buf.as_bytes_mut();
+            let keep = (b.len() / 2).max(BATCH_HEADER_BYTES + 1);
+            b[keep..].fill(0);
+        }
+        let buf = Rc::new(buf);
+        let written = file.write_rc_at(buf.clone(), pos).await;
+        match written {
+            Ok(n) if n as u64 == total => {}
+            Ok(n) => {
+                let e = std::io::Error::other(format!("short write: {n} of {total} bytes"));
+                return Err(self.poison.poison(StorageError::io("write", &path, e)));
+            }
+            Err(e) => return Err(self.poison.poison(gio("write", &path, e))),
+        }
+        if fault == Some(WriteFault::Tear) {
+            return Err(self.poison.poison(StorageError::io("write", &path, injected("torn write"))));
+        }
+        if self.opts.store.sync_writes {
+            if self.opts.store.faults.as_ref().is_some_and(|f| f.take_sync_fault()) {
+                return Err(self.poison.poison(StorageError::io("fdatasync", &path, injected("fdatasync"))));
+            }
+            if let Err(e) = file.fdatasync().await {
+                return Err(self.poison.poison(gio("fdatasync", &path, e)));
+            }
+            self.stats.write_syncs += 1;
+        }
+        // Durable: apply exactly what was written, with the code recovery uses.
+        let body = &buf.as_bytes()[BATCH_HEADER_BYTES..BATCH_HEADER_BYTES + body_len];
+        let mut off = 0usize;
+        while off < body.len() {
+            let rec_pos = pos + (BATCH_HEADER_BYTES + off) as u64;
+            let applied = parse_record(&body[off..], false)
+                .and_then(|(rec, n)| self.index.apply(&rec, seq, rec_pos as u32, n as u32).map(|()| n));
+            match applied {
+                Ok(n) => off += n,
+                // A bug: the batch was planned against this index. Stop rather than diverge
+                // from what recovery will rebuild.
+                Err(reason) => return Err(self.poison.poison(StorageError::corrupt(&path, rec_pos, reason))),
+            }
+        }
+        if let Some(seg) = self.segments.back_mut() {
+            seg.end = pos + total;
+        }
+        self.next_batch_seq += 1;
+        self.stats.batches += 1;
+        self.stats.bytes_written += total;
+        self.stats.entries_written += entries;
+        self.stats.entries_relocated += relocation.entries.len() as u64;
+        self.housekeeping();
+        Ok(())
+    }
+
+    /// Switches writing to the next segment.
+    async fn roll(&mut self) -> Result<()> {
+        let seg = match std::mem::replace(&mut self.next, NextSegment::None) {
+            NextSegment::Ready(s) => s,
+            NextSegment::Pending(task) => {
+                let p = task.await?;
+                self.finish_prepare(p)
+            }
+            NextSegment::None => {
+                let p = self.start_prepare().await?;
+                self.finish_prepare(p)
+            }
+        };
+        self.segments.push_back(seg);
+        Ok(())
+    }
+
+    fn finish_prepare(&mut self, p: Prepared) -> Segment {
+        self.stats.background_syncs += p.syncs;
+        self.stats.segments_created += u64::from(p.created);
+        self.stats.segments_recycled += p.recycled;
+        self.spares.extend(p.spares);
+        p.segment
+    }
+
+    fn start_prepare(&mut self) -> impl std::future::Future<Output = Result<Prepared>> + 'static {
+        let seq = self.segments.back().map_or(1, |s| s.seq + 1);
+        prepare_next(
+            self.dir.clone(),
+            seq,
+            self.opts.segment_bytes,
+            std::mem::take(&mut self.recycle),
+            std::mem::take(&mut self.spares),
+            self.opts.spare_segments_max,
+        )
+    }
+
+    /// After a batch: hand free segments to recycling, start relocating the oldest one if
+    /// the log grew too long, and make sure the next segment is being prepared.
+    fn housekeeping(&mut self) {
+        while self.segments.len() > 1 {
+            let Some(front) = self.segments.front() else { break };
+            if !self.index.pins(front.seq).is_free() {
+                break;
+            }
+            if self.gc.is_some_and(|c| c.seq == front.seq) {
+                self.gc = None;
+            }
+            self.index.forget_segment(front.seq);
+            if let Some(seg) = self.segments.pop_front() {
+                self.recycle.push(seg);
+            }
+        }
+        if let Some(c) = self.gc
+            && self.segment(c.seq).is_none_or(|s| c.pos >= s.end)
+        {
+            // Walked the whole segment; if something is still pinned (written while walking
+            // is impossible, so this means a liveness bug) start over later rather than lose it.
+            self.gc = None;
+        }
+        if self.gc.is_none()
+            && self.segments.len() > self.opts.segments_soft_max
+            && let Some(front) = self.segments.front()
+        {
+            let pins = self.index.pins(front.seq);
+            if pins.entry_bytes * 100 <= front.bytes * self.opts.gc_live_percent_max {
+                self.gc = Some(GcCursor { seq: front.seq, pos: SEGMENT_HEADER_BYTES });
+            }
+        }
+        if matches!(self.next, NextSegment::None) {
+            let fut = self.start_prepare();
+            self.next = NextSegment::Pending(glommio::spawn_local(fut));
+        }
+    }
+
+    /// Collects live records of the segment being emptied, if any, within what fits beside a
+    /// user batch of `user_total` bytes.
+    async fn collect_garbage(&mut self, user_total: u64) -> Result<Relocation> {
+        let Some(mut cursor) = self.gc else { return Ok(Relocation::default()) };
+        let room = self.capacity().saturating_sub(user_total + 2 * self.active()?.block) as usize;
+        let budget = (self.opts.gc_bytes_per_batch as usize).min(room);
+        if budget < BATCH_HEADER_BYTES {
+            return Ok(Relocation::default());
+        }
+        let Some(seg) = self.segment(cursor.seq) else {
+            self.gc = None;
+            return Ok(Relocation::default());
+        };
+        let r = gc::collect(seg, &mut cursor, &self.index, budget, room).await?;
+        self.gc = Some(cursor);
+        Ok(r)
+    }
+
+    /// Reads the records at `locs` (all in segment `seq`, ascending offsets).
+    async fn read_run(
+        &self,
+        seq: u64,
+        locs: &[EntryLoc],
+        p: PartitionId,
+        first: u64,
+        out: &mut Vec<LogEntry>,
+    ) -> Result<()> {
+        let (Some(a), Some(z)) = (locs.first(), locs.last()) else { return Ok(()) };
+        let seg = self.segment(seq).ok_or_else(|| StorageError::Corrupt {
+            file: self.dir.clone(),
+            offset: None,
+            reason: format!("partition {p}: entry {first} points into missing segment {seq}"),
+        })?;
+        let start = u64::from(a.offset);
+        let span = u64::from(z.offset) + u64::from(z.len) - start;
+        let data = seg.file.read_at(start, span as usize).await.map_err(|e| gio("read", &seg.path, e))?;
+        if (data.len() as u64) < span {
+            return Err(StorageError::corrupt(
+                &seg.path,
+                start + data.len() as u64,
+                "segment ends inside a record",
+            ));
+        }
+        let data = Bytes::copy_from_slice(&data[..span as usize]);
+        for (k, loc) in locs.iter().enumerate() {
+            let at = (u64::from(loc.offset) - start) as usize;
+            let index = first + k as u64;
+            let rec_pos = u64::from(loc.offset);
+            let bad = |reason: String| StorageError::corrupt(&seg.path, rec_pos, reason);
+            let (rec, n) = parse_record(&data[at..at + loc.len as usize], true).map_err(bad)?;
+            let Record::Entry { partition, index: ri, term, proto, .. } = rec else {
+                return Err(bad("index points at a record that is not an entry".into()));
+            };
+            if partition != p || ri != index || term != loc.term || n != loc.len as usize {
+                return Err(bad(format!(
+                    "expected partition {p} entry {index}, found partition {partition} entry {ri}"
+                )));
+            }
+            let proto_at = at + format::RECORD_HEADER_BYTES + ENTRY_PREFIX_BYTES;
+            let e = LogEntry::decode(data.slice(proto_at..proto_at + proto.len()))
+                .map_err(|err| bad(format!("entry does not decode: {err}")))?;
+            if e.index != index || e.term != term {
+                return Err(bad(format!(
+                    "entry body says {}/{}, its record {index}/{term}",
+                    e.index, e.term
+                )));
+            }
+            out.push(e);
+        }
+        Ok(())
+    }
+}
+
+impl LogStore for WalStore {
+    fn name(&self) -> &'static str {
+        "wal"
+    }
+
+    async fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        self.poison.check()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let index = &self.index;
+        let plan = plan_batch(batch, |p| Ok(index.state(p)), |p, i| Ok(index.term(p, i)))?;
+        let new_keys = batch.meta.iter().filter(|m| m.value.is_some() && !index.has_meta(&m.key)).count();
+        if index.meta_len() + new_keys > META_KEYS_MAX {
+            return Err(StorageError::LimitExceeded {
+                what: "metadata keys",
+                value: (index.meta_len() + new_keys) as u64,
+                max: META_KEYS_MAX as u64,
+            });
+        }
+        let mut recs =
+            Vec::with_capacity(batch.entry_count() + 2 * batch.partitions.len() + batch.meta.len());
+        for (pw, plan) in batch.partitions.iter().zip(&plan.partitions) {
+            if pw.is_empty() {
+                continue;
+            }
+            let p = pw.partition;
+            if let Some((pos, keep)) = plan.snapshot {
+                recs.push(Rec::Snapshot(p, pos, keep));
+            }
+            recs.extend(pw.entries.iter().map(|e| Rec::Entry { p, e, proto_len: e.encoded_len() }));
+            if let Some(hs) = pw.hard_state {
+                recs.push(Rec::HardState(p, hs));
+            }
+            if let Some(c) = plan.compact {
+                recs.push(Rec::Compact(p, c));
+            }
+        }
+        for m in &batch.meta {
+            recs.push(match &m.value {
+                Some(v) => Rec::MetaSet(&m.key, v),
+                None => Rec::MetaDelete(&m.key),
+            });
+        }
+        self.commit(&recs, batch.entry_count() as u64).await
+    }
+
+    async fn entries(
+        &self,
+        partition: PartitionId,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<LogEntry>> {
+        self.poison.check()?;
+        let state = self.index.state(partition).unwrap_or_default();
+        check_range(partition, lo, hi, &state)?;
+        // Choose the entries within budget from the index (record sizes approximate entry
+        // sizes), then read runs of neighbouring records with one read each.
+        let mut locs = Vec::new();
+        let mut budget = 0u64;
+        for l in self.index.locs(partition, lo, hi) {
+            if !locs.is_empty() && budget + u64::from(l.len) > max_bytes.saturating_add(max_bytes / 4 + 64) {
+                break;
+            }
+            budget += u64::from(l.len);
+            locs.push(*l);
+        }
+        let mut out = Vec::with_capacity(locs.len());
+        let mut run_start = 0usize;
+        for k in 1..=locs.len() {
+            let split = k == locs.len() || {
+                let (prev, cur) = (&locs[k - 1], &locs[k]);
+                let prev_end = u64::from(prev.offset) + u64::from(prev.len);
+                cur.seg != prev.seg
+                    || u64::from(cur.offset) < prev_end
+                    || u64::from(cur.offset) - prev_end > READ_GAP_BYTES_MAX
+                    || u64::from(cur.offset) + u64::from(cur.len) - u64::from(locs[run_start].offset)
+                        > READ_SPAN_BYTES_MAX
+            };
+            if split {
+                let run = &locs[run_start..k];
+                self.read_run(run[0].seg, run, partition, lo + run_start as u64, &mut out).await?;
+                run_start = k;
+            }
+        }
+        Ok(take_budget(out.into_iter(), max_bytes))
+    }
+
+    async fn term(&self, partition: PartitionId, index: u64) -> Result<Option<u64>> {
+        self.poison.check()?;
+        Ok(self.index.term(partition, index))
+    }
+
+    fn partition(&self, partition: PartitionId) -> Result<Option<PartitionState>> {
+        self.poison.check()?;
+        Ok(self.index.state(partition))
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionId>> {
+        self.poison.check()?;
+        Ok(self.index.partitions().collect())
+    }
+
+    async fn remove_partition(&mut self, partition: PartitionId) -> Result<()> {
+        self.poison.check()?;
+        if self.index.state(partition).is_none() {
+            return Ok(());
+        }
+        self.commit(&[Rec::Remove(partition)], 0).await
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.poison.check()?;
+        Ok(self.index.meta(key).cloned())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    fn sync_writes(&self) -> bool {
+        self.opts.store.sync_writes
+    }
+
+    async fn close(mut self) -> Result<()> {
+        // Let a segment being prepared finish, so a clean close leaves no half-made files.
+        if let NextSegment::Pending(task) = std::mem::replace(&mut self.next, NextSegment::None) {
+            let p = task.await?;
+            self.finish_prepare(p);
+        }
+        self.poison.check()
+    }
+}

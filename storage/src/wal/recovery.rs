@@ -1,0 +1,306 @@
+//! Opening a shard directory: find the segments, replay their batches into the index, and
+//! decide where the log ends.
+//!
+//! The rules:
+//! * Segments are replayed in sequence order; their numbers must be consecutive.
+//! * Within a segment, batches follow each other at block boundaries. The valid batches end
+//!   at the first position holding zeros, a batch of another life of the file (a recycled
+//!   segment), or anything that fails its checksums.
+//! * If that end is followed — later in the same segment, or as the first batch of a later
+//!   segment — by a valid batch with a higher sequence number than the ones replayed, data in
+//!   the *middle* of the log is damaged: open fails with [`StorageError::Corrupt`] naming the
+//!   file and offset. Otherwise the end is a torn tail (a batch cut short by a crash, never
+//!   acknowledged) and is dropped: the next write overwrites it.
+//! * A damaged *last* batch looks exactly like a torn one and is dropped too: checksums
+//!   cannot tell bit rot from a crash at the very end of the log.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::DmaFile;
+
+use super::format::{
+    BATCH_HEADER_BYTES, BatchHeader, HeaderAt, SEGMENT_HEADER_BYTES, SegmentHeader, SegmentHeaderError,
+    WAL_FORMAT_VERSION, align_up, parse_record,
+};
+use super::index::Index;
+use super::segment::{FileKind, Segment, classify, gio, open_rw};
+use crate::error::{Result, StorageError};
+
+/// Size of one read while replaying a segment.
+const REPLAY_READ_BYTES: usize = 4 << 20;
+
+/// Everything recovered from a shard directory.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// Segments in sequence order; the last one is where writing continues.
+    pub segments: VecDeque<Segment>,
+    /// An empty segment already activated after the last one.
+    pub next: Option<Segment>,
+    /// Spare files, ready to become segments.
+    pub spares: Vec<PathBuf>,
+    /// Empty segments past `next`, to recycle.
+    pub recycle: Vec<Segment>,
+    /// The index of every partition and metadata key.
+    pub index: Index,
+    /// Sequence number of the next batch.
+    pub next_batch_seq: u64,
+}
+
+/// Recovers the WAL in `dir`. Spares of another size than `segment_bytes` are deleted.
+pub(crate) async fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered> {
+    let mut seqs = Vec::new();
+    let mut spares = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    for item in listing {
+        let item = item.map_err(|e| StorageError::io("list", dir, e))?;
+        let path = item.path();
+        let name = item.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(StorageError::Foreign {
+                file: path,
+                reason: "unexpected file in a WAL directory".into(),
+            });
+        };
+        match classify(name) {
+            FileKind::Segment(seq) => seqs.push(seq),
+            FileKind::Spare(_) => {
+                let len = item.metadata().map_err(|e| StorageError::io("stat", &path, e))?.len();
+                if len == segment_bytes {
+                    spares.push(path);
+                } else {
+                    std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+                }
+            }
+            // A spare interrupted while being zero-filled.
+            FileKind::Temp => {
+                std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?
+            }
+            FileKind::Lock => {}
+            FileKind::Unknown => {
+                return Err(StorageError::Foreign {
+                    file: path,
+                    reason: "unexpected file in a WAL directory".into(),
+                });
+            }
+        }
+    }
+    seqs.sort_unstable();
+    spares.sort();
+
+    let mut rec = Recovered { spares, ..Default::default() };
+    let mut expected: Option<u64> = None;
+    // The last segment holding a batch, and where the previous segment's batches ended.
+    let mut last_with_batches: Option<usize> = None;
+    let mut prev_end: Option<(PathBuf, u64)> = None;
+    let mut loaded = Vec::with_capacity(seqs.len());
+    for (i, &seq) in seqs.iter().enumerate() {
+        let path = dir.join(super::segment::segment_name(seq));
+        let file = open_rw(&path).await?;
+        let (header, data) = read_segment(&file, &path, seq).await?;
+        if i > 0 && seqs[i - 1] + 1 != seq {
+            return Err(StorageError::corrupt(path, 0, format!("segment {} is missing", seqs[i - 1] + 1)));
+        }
+        let scan = scan_segment(&header, &path, &data, &mut rec.index, &mut expected, prev_end.as_ref())?;
+        if scan.batches > 0 {
+            last_with_batches = Some(i);
+        }
+        prev_end = Some((path.clone(), scan.end));
+        loaded.push(Segment {
+            seq,
+            path,
+            file: Rc::new(file),
+            bytes: header.segment_bytes,
+            block: u64::from(header.block_bytes),
+            end: scan.end,
+        });
+    }
+    if let Some((p, index)) = rec.index.find_hole() {
+        return Err(StorageError::Corrupt {
+            file: dir.to_path_buf(),
+            offset: None,
+            reason: format!("partition {p}: live entry {index} is in no segment"),
+        });
+    }
+    // Writing continues in the last segment holding a batch; an empty segment after it was
+    // already prepared as the next one; any further empty ones are recycled.
+    let active = last_with_batches.unwrap_or(0);
+    for (i, seg) in loaded.into_iter().enumerate() {
+        if i <= active {
+            rec.segments.push_back(seg);
+        } else if rec.next.is_none() {
+            rec.next = Some(seg);
+        } else {
+            rec.recycle.push(seg);
+        }
+    }
+    rec.next_batch_seq = expected.unwrap_or(1);
+    Ok(rec)
+}
+
+/// Reads and checks a segment's header, then the whole segment.
+async fn read_segment(file: &DmaFile, path: &Path, seq: u64) -> Result<(SegmentHeader, Vec<u8>)> {
+    let size = file.file_size().await.map_err(|e| gio("stat", path, e))?;
+    if size < SEGMENT_HEADER_BYTES {
+        return Err(StorageError::corrupt(path, 0, format!("segment file is only {size} bytes")));
+    }
+    let head =
+        file.read_at_aligned(0, SEGMENT_HEADER_BYTES as usize).await.map_err(|e| gio("read", path, e))?;
+    let header = match SegmentHeader::decode(&head) {
+        Ok(h) => h,
+        Err(SegmentHeaderError::BadMagic) => {
+            return Err(StorageError::Foreign {
+                file: path.to_path_buf(),
+                reason: "no WAL segment magic".into(),
+            });
+        }
+        Err(SegmentHeaderError::TooNew(v)) => {
+            return Err(StorageError::FormatTooNew {
+                file: path.to_path_buf(),
+                found: v,
+                supported: WAL_FORMAT_VERSION,
+            });
+        }
+        Err(SegmentHeaderError::Corrupt(reason)) => return Err(StorageError::corrupt(path, 0, reason)),
+    };
+    if header.seq != seq {
+        return Err(StorageError::corrupt(
+            path,
+            0,
+            format!("header says segment {}, the name {seq}", header.seq),
+        ));
+    }
+    if size < header.segment_bytes {
+        return Err(StorageError::corrupt(
+            path,
+            size,
+            format!("segment is {size} bytes, its header says {}", header.segment_bytes),
+        ));
+    }
+    let mut data = Vec::with_capacity(header.segment_bytes as usize);
+    while (data.len() as u64) < header.segment_bytes {
+        let pos = data.len() as u64;
+        let n = REPLAY_READ_BYTES.min((header.segment_bytes - pos) as usize);
+        let chunk = file.read_at_aligned(pos, n).await.map_err(|e| gio("read", path, e))?;
+        if chunk.is_empty() {
+            return Err(StorageError::corrupt(path, pos, "segment ends early"));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    data.truncate(header.segment_bytes as usize);
+    Ok((header, data))
+}
+
+/// What replaying one segment found.
+#[derive(Debug)]
+pub(crate) struct SegmentScan {
+    /// Offset just past the last valid batch.
+    pub end: u64,
+    /// Valid batches.
+    pub batches: u64,
+}
+
+/// Replays the batches of one segment into `index`.
+///
+/// `expected` is the sequence number the next batch must carry (`None` before the first
+/// batch of the oldest segment); `prev_end` where the previous segment's batches ended, to
+/// name it when batches are missing between segments.
+pub(crate) fn scan_segment(
+    header: &SegmentHeader,
+    path: &Path,
+    data: &[u8],
+    index: &mut Index,
+    expected: &mut Option<u64>,
+    prev_end: Option<&(PathBuf, u64)>,
+) -> Result<SegmentScan> {
+    let block = u64::from(header.block_bytes);
+    let len = data.len() as u64;
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut batches = 0u64;
+    while pos + BATCH_HEADER_BYTES as u64 <= len {
+        let at = &data[pos as usize..];
+        let h = match BatchHeader::decode(at) {
+            HeaderAt::Valid(h) if h.segment_seq == header.seq => h,
+            HeaderAt::TooNew(v) => {
+                return Err(StorageError::FormatTooNew {
+                    file: path.to_path_buf(),
+                    found: u32::from(v),
+                    supported: WAL_FORMAT_VERSION,
+                });
+            }
+            _ => break,
+        };
+        if let Some(e) = *expected
+            && h.batch_seq != e
+        {
+            return Err(match (batches, prev_end) {
+                (0, Some((prev, end))) if h.batch_seq > e => StorageError::corrupt(
+                    prev,
+                    *end,
+                    format!(
+                        "batches {e}..{} are missing: the end of this segment is damaged ({} starts with batch {})",
+                        h.batch_seq - 1,
+                        path.display(),
+                        h.batch_seq
+                    ),
+                ),
+                _ => StorageError::corrupt(
+                    path,
+                    pos,
+                    format!("batch {} where batch {e} was expected", h.batch_seq),
+                ),
+            });
+        }
+        let body_start = pos + BATCH_HEADER_BYTES as u64;
+        let body_end = body_start + u64::from(h.body_len);
+        if body_end > len {
+            break;
+        }
+        let body = &data[body_start as usize..body_end as usize];
+        if crc32c::crc32c(body) != h.body_crc {
+            break;
+        }
+        // The batch is whole: from here on any inconsistency is damage, not a torn write.
+        let mut off = 0usize;
+        let mut count = 0u32;
+        while off < body.len() {
+            let rec_pos = body_start + off as u64;
+            let (rec, n) =
+                parse_record(&body[off..], true).map_err(|r| StorageError::corrupt(path, rec_pos, r))?;
+            index
+                .apply(&rec, header.seq, rec_pos as u32, n as u32)
+                .map_err(|r| StorageError::corrupt(path, rec_pos, r))?;
+            off += n;
+            count += 1;
+        }
+        if count != h.record_count {
+            return Err(StorageError::corrupt(
+                path,
+                pos,
+                format!("batch holds {count} records, its header says {}", h.record_count),
+            ));
+        }
+        *expected = Some(h.batch_seq + 1);
+        batches += 1;
+        pos = align_up(body_end, block);
+    }
+    let end = pos.min(len);
+    // Anything valid of this segment's life after the end means the end is a hole in the
+    // middle of the log, not a torn tail.
+    let mut q = end + block;
+    while q + BATCH_HEADER_BYTES as u64 <= len {
+        if let HeaderAt::Valid(h) = BatchHeader::decode(&data[q as usize..])
+            && h.segment_seq == header.seq
+            && expected.is_none_or(|e| h.batch_seq >= e)
+        {
+            return Err(StorageError::corrupt(
+                path,
+                end,
+                format!("damaged batch followed by valid batch {} at offset {q}", h.batch_seq),
+            ));
+        }
+        q += block;
+    }
+    Ok(SegmentScan { end, batches })
+}
