@@ -347,6 +347,30 @@ mod tests {
         assert!(matches!(e, Err(HandshakeError::Closed)));
     }
 
+    /// Fuzz-ish: random bytes (and random bytes after a plausible header) never panic either
+    /// side of the handshake.
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 600) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 5 && next() % 2 == 0 {
+                let declared = (next() % (len as u64)) as u32;
+                bytes[..4].copy_from_slice(&declared.to_be_bytes());
+                bytes[4] = (next() % 4 + 1) as u8;
+            }
+            let _ = block_on(accept_hello(&mut script(bytes.clone()), &local()));
+            let _ = block_on(dial(&mut script(bytes), &good()));
+        }
+    }
+
     #[test]
     fn dial_checks_the_answer() {
         let ack = |node_id| {

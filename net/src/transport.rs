@@ -85,8 +85,10 @@ pub trait TransportFactory: Send + Sync + 'static {
     /// The per-shard transport.
     type T: Transport;
 
-    /// Starts shard `shard` of `shards`. Call it on that shard's executor thread, once per
-    /// shard; every call of one node passes the same `shards`.
+    /// Starts shard `shard` of `shards`. Call it on that shard's glommio executor thread
+    /// (it spawns the transport's tasks there; off an executor thread it panics), once per
+    /// shard; every call of one node passes the same `shards`. A second start of a running
+    /// shard is refused ([`NetError::AlreadyStarted`]); to restart a node, create a new factory.
     fn start(&self, shard: usize, shards: usize, sink: InboundSink) -> Result<Self::T, NetError>;
 }
 
