@@ -1,0 +1,133 @@
+//! Node configuration: identity, addresses, partitions, cores, storage and timing. Every
+//! size and duration has a named field with its unit; `validate` names the first bad one.
+
+use std::path::PathBuf;
+
+use phalanx_storage::StorageKind;
+
+use crate::raft::{Config as RaftConfig, NodeId};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (non-zero). See [`derive_node_id`] to derive one from a name.
+    pub node_id: NodeId,
+    /// Identifies the cluster: peers with another cluster id are refused at the handshake.
+    pub cluster_id: String,
+    /// Host other nodes use to reach this node's Raft port.
+    pub raft_host: String,
+    /// This node's Raft port (0: pick a free one, useful in tests).
+    pub raft_port: u16,
+    /// Every node of the initial cluster, this one included: (id, "host:port").
+    pub initial_cluster: Vec<(NodeId, String)>,
+    /// Number of user partitions (1..=N); partition 0 (system) always exists too.
+    pub initial_partitions: u32,
+    /// Shards (one per core) this node runs.
+    pub cores: usize,
+    /// Pin each shard's thread to its core. Off when several nodes share one machine's
+    /// cores in one process (tests, the embedded benchmark).
+    pub pin_cores: bool,
+    /// Directory for the WAL shards and snapshots (`DATA/shard-<i>/`).
+    pub data_dir: PathBuf,
+    /// Which log store to use.
+    pub wal: StorageKind,
+    /// Sync every WAL batch (default true). Off, acknowledged writes may be lost on a crash.
+    pub sync_writes: bool,
+    /// Length of one Raft tick.
+    pub tick_interval_ms: u64,
+    /// How long a request may wait for its outcome before it fails with `ProposalTimeout`.
+    pub request_timeout_ms: u64,
+    /// Capacity of each shard's inbox (requests, peer messages, bus traffic); when it is full
+    /// new requests are refused with `Busy`.
+    pub shard_inbox_capacity: usize,
+    /// Inputs a shard handles per loop turn before it persists and sends (bounds latency).
+    pub max_inputs_per_turn: usize,
+    /// Largest payload of one entry accepted from a caller.
+    pub max_entry_bytes: usize,
+    /// Per-group Raft tuning (id, group and seed are filled in per group).
+    pub raft: RaftConfig,
+}
+
+impl NodeConfig {
+    /// A single-node configuration with defaults, storing under `data_dir`.
+    #[must_use]
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        let mut raft = RaftConfig::new(node_id, 0);
+        raft.election_ticks_min = 10;
+        raft.election_ticks_max = 20;
+        raft.heartbeat_ticks = 2;
+        NodeConfig {
+            node_id,
+            cluster_id: "phalanx".into(),
+            raft_host: "127.0.0.1".into(),
+            raft_port: 0,
+            initial_cluster: Vec::new(),
+            initial_partitions: 8,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: true,
+            data_dir: data_dir.into(),
+            wal: StorageKind::Wal,
+            sync_writes: true,
+            tick_interval_ms: 50,
+            request_timeout_ms: 10_000,
+            shard_inbox_capacity: 65_536,
+            max_inputs_per_turn: 4096,
+            max_entry_bytes: 8 << 20,
+            raft,
+        }
+    }
+
+    /// Checks the configuration, naming the first bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must be non-zero".into());
+        }
+        if self.cores == 0 || self.cores > MAX_SHARDS {
+            return Err(format!("cores must be in 1..={MAX_SHARDS}"));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err("tick_interval_ms must be at least 1".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be at least 1".into());
+        }
+        if self.shard_inbox_capacity == 0 || self.max_inputs_per_turn == 0 || self.max_entry_bytes == 0 {
+            return Err(
+                "shard_inbox_capacity, max_inputs_per_turn and max_entry_bytes must be at least 1".into()
+            );
+        }
+        if self.initial_partitions > MAX_PARTITIONS {
+            return Err(format!("initial_partitions must be at most {MAX_PARTITIONS}"));
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.iter().any(|(id, _)| *id == self.node_id)
+        {
+            return Err(format!("initial_cluster does not list this node (id {})", self.node_id));
+        }
+        let mut ids: Vec<NodeId> = self.initial_cluster.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("initial_cluster lists a node id twice".into());
+        }
+        let mut raft = self.raft.clone();
+        raft.id = self.node_id;
+        raft.validate().map_err(|e| format!("raft: {e}"))
+    }
+
+    /// Voters of every partition at bootstrap: the initial cluster (or just this node).
+    #[must_use]
+    pub fn initial_voters(&self) -> Vec<NodeId> {
+        if self.initial_cluster.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.initial_cluster.iter().map(|(id, _)| *id).collect()
+        }
+    }
+}
+
+/// Most shards a node runs.
+pub const MAX_SHARDS: usize = 256;
+/// Most user partitions a node is configured with.
+pub const MAX_PARTITIONS: u32 = 1_000_000;
+
+/// A node id derived from a stable name (the reference derives one when `NodeId` is 0).
+pub use phalanx_net::derive_node_id;

@@ -1,0 +1,89 @@
+//! The event stream: what happens to a node's partitions, for applications that watch
+//! rather than poll. Subscribers get a bounded channel each; a subscriber that does not keep
+//! up loses events (counted) rather than slowing the shards down.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::raft::{NodeId, Status};
+use crate::state_machine::PartitionId;
+
+/// Something that happened to a partition on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The partition's leader changed (`None`: no leader known), with the new term.
+    LeaderChanged {
+        /// Partition.
+        partition: PartitionId,
+        /// The leader.
+        leader: Option<NodeId>,
+        /// Its term.
+        term: u64,
+    },
+    /// The partition started replaying its log after a restart.
+    RestoreStarted {
+        /// Partition.
+        partition: PartitionId,
+    },
+    /// The partition finished replaying its log.
+    RestoreFinished {
+        /// Partition.
+        partition: PartitionId,
+    },
+    /// A proposal failed.
+    ReplicationError {
+        /// Partition.
+        partition: PartitionId,
+        /// Why.
+        status: Status,
+    },
+    /// A shard stopped because its storage failed (fatal, see the storage contract).
+    ShardFailed {
+        /// The shard.
+        shard: usize,
+        /// The storage error.
+        reason: String,
+    },
+}
+
+/// Events a subscriber may hold before newer ones are dropped for it.
+pub const EVENT_QUEUE_CAPACITY: usize = 4096;
+
+/// Fan-out of events to subscribers.
+#[derive(Debug, Default)]
+pub struct EventHub {
+    subscribers: Mutex<Vec<flume::Sender<Event>>>,
+    dropped: AtomicU64,
+}
+
+impl EventHub {
+    /// A new subscription.
+    pub fn subscribe(&self) -> flume::Receiver<Event> {
+        let (tx, rx) = flume::bounded(EVENT_QUEUE_CAPACITY);
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        rx
+    }
+
+    /// Publishes to every live subscriber.
+    pub fn publish(&self, e: Event) {
+        let Ok(mut subs) = self.subscribers.lock() else { return };
+        if subs.is_empty() {
+            return;
+        }
+        subs.retain(|s| match s.try_send(e.clone()) {
+            Ok(()) => true,
+            Err(flume::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(flume::TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    /// Events dropped because a subscriber was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,316 @@
+//! `NodeHandle`: the embeddable API. `Clone + Send + Sync`, usable from any thread and any
+//! async runtime (tokio, glommio, a plain executor): every call is a message to the shard
+//! that owns the partition and a one-shot answer, so no runtime's timers or IO are needed.
+//! Timeouts are enforced by the shards (`request_timeout_ms`), which answer
+//! `ProposalTimeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::config::NodeConfig;
+use crate::events::Event;
+use crate::hlc::Ticket;
+use crate::partition_key;
+use crate::raft::{NodeId, Status};
+use crate::runtime::bus::Bus;
+use crate::runtime::request::{ControlOp, PartitionStatus, ReplicationResult, Request};
+use crate::runtime::shard::SYSTEM_LOG_TYPE;
+use crate::runtime::shared::NodeShared;
+use crate::state_machine::PartitionId;
+
+/// A handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Arc<NodeConfig>,
+    bus: Bus,
+    shared: Arc<NodeShared>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("node_id", &self.inner.cfg.node_id).finish()
+    }
+}
+
+async fn answer<T>(rx: oneshot::Receiver<T>, stopped: T) -> T {
+    rx.await.unwrap_or(stopped)
+}
+
+impl NodeHandle {
+    pub(crate) fn new(cfg: Arc<NodeConfig>, bus: Bus, shared: Arc<NodeShared>) -> Self {
+        NodeHandle { inner: Arc::new(Inner { cfg, bus, shared }) }
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.inner.cfg.node_id
+    }
+
+    /// The node's configuration.
+    #[must_use]
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    /// Number of user partitions (`1..=N`).
+    #[must_use]
+    pub fn partitions(&self) -> u32 {
+        self.inner.cfg.initial_partitions
+    }
+
+    /// Why the node stopped working, if a shard failed (a storage failure is fatal).
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        self.inner.shared.failure()
+    }
+
+    fn send(&self, r: Request) {
+        self.inner.bus.request(r);
+    }
+
+    // ----- replication -----
+
+    /// Replicates one entry of `log_type` to `partition` and waits until it is committed
+    /// and applied here. Fails with `NodeIsNotLeader` on a follower; writing the reserved
+    /// `_RaftSystem` type is refused with `InvalidRequest`.
+    pub async fn replicate(&self, partition: PartitionId, log_type: &str, data: Bytes) -> ReplicationResult {
+        self.replicate_with(partition, log_type, vec![data], true).await
+    }
+
+    /// Replicates several entries as one proposal (contiguous, one ticket).
+    pub async fn replicate_batch(
+        &self,
+        partition: PartitionId,
+        log_type: &str,
+        data: Vec<Bytes>,
+    ) -> ReplicationResult {
+        self.replicate_with(partition, log_type, data, true).await
+    }
+
+    /// Replicates entries; with `auto_commit` false they are durable on a quorum when this
+    /// returns but reach state machines only after [`NodeHandle::commit_logs`] with the
+    /// returned ticket (never after [`NodeHandle::rollback_logs`]).
+    pub async fn replicate_with(
+        &self,
+        partition: PartitionId,
+        log_type: &str,
+        data: Vec<Bytes>,
+        auto_commit: bool,
+    ) -> ReplicationResult {
+        if log_type == SYSTEM_LOG_TYPE {
+            return ReplicationResult::refused(Status::InvalidRequest);
+        }
+        self.propose(partition, log_type, data, auto_commit, false).await
+    }
+
+    pub(crate) async fn propose(
+        &self,
+        partition: PartitionId,
+        log_type: &str,
+        payloads: Vec<Bytes>,
+        auto_commit: bool,
+        system: bool,
+    ) -> ReplicationResult {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Replicate {
+            partition,
+            log_type: log_type.to_owned(),
+            payloads,
+            auto_commit,
+            system,
+            reply,
+        });
+        answer(rx, ReplicationResult::refused(Status::Errored)).await
+    }
+
+    /// Commits a two-step proposal: its entries reach the state machines once the commit
+    /// marker commits. `log_index` is the marker's index.
+    pub async fn commit_logs(&self, partition: PartitionId, ticket: Ticket) -> ReplicationResult {
+        self.marker(partition, ticket, true).await
+    }
+
+    /// Rolls back a two-step proposal: its entries never reach the state machines.
+    pub async fn rollback_logs(&self, partition: PartitionId, ticket: Ticket) -> ReplicationResult {
+        self.marker(partition, ticket, false).await
+    }
+
+    async fn marker(&self, partition: PartitionId, ticket: Ticket, commit: bool) -> ReplicationResult {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Marker { partition, ticket, commit, reply });
+        answer(rx, ReplicationResult::refused(Status::Errored)).await
+    }
+
+    /// Replicates a checkpoint: once applied, the log below it may be compacted (the state
+    /// machine's snapshot covers it).
+    pub async fn replicate_checkpoint(&self, partition: PartitionId) -> ReplicationResult {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Checkpoint { partition, reply });
+        answer(rx, ReplicationResult::refused(Status::Errored)).await
+    }
+
+    // ----- reads -----
+
+    /// A linearizable read barrier: returns once this node's state machine for `partition`
+    /// has applied every write acknowledged before the call (ReadIndex, §6.4). Works on
+    /// followers too (they ask the leader for the read index). Returns the read index.
+    pub async fn read_barrier(&self, partition: PartitionId) -> Result<u64, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::ReadBarrier { partition, reply });
+        answer(rx, Err(Status::Errored)).await
+    }
+
+    /// Runs a read-only query against `partition`'s state machine after a read barrier (see
+    /// [`crate::StateMachine::query`]).
+    pub async fn query(&self, partition: PartitionId, query: Bytes) -> Result<Bytes, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Query { partition, query, reply });
+        answer(rx, Err(Status::Errored)).await
+    }
+
+    // ----- leadership -----
+
+    /// Whether this node led `partition` when its shard last reported (no round trip).
+    #[must_use]
+    pub fn am_i_leader_quick(&self, partition: PartitionId) -> bool {
+        self.inner.shared.leader(partition).is_some_and(|(l, _)| l == self.node_id())
+    }
+
+    /// The leader of `partition` as this node last saw it, and its term.
+    #[must_use]
+    pub fn leader_of(&self, partition: PartitionId) -> Option<(NodeId, u64)> {
+        self.inner.shared.leader(partition)
+    }
+
+    /// Whether this node is the leader of `partition`, confirmed by a quorum (a read barrier
+    /// that only a current leader can pass without forwarding).
+    pub async fn am_i_leader(&self, partition: PartitionId) -> bool {
+        self.am_i_leader_quick(partition)
+            && self.read_barrier(partition).await.is_ok()
+            && self.am_i_leader_quick(partition)
+    }
+
+    /// Waits until `partition` has a known leader (or `timeout`), returning it.
+    pub async fn wait_for_leader(&self, partition: PartitionId, timeout: Duration) -> Result<NodeId, Status> {
+        let (reply, rx) = oneshot::channel();
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.send(Request::WaitLeader { partition, timeout_ms, reply });
+        answer(rx, Err(Status::Errored)).await
+    }
+
+    async fn control(&self, partition: PartitionId, op: ControlOp) -> Result<(), Status> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Control { partition, op, reply });
+        answer(rx, Err(Status::Errored)).await
+    }
+
+    /// Gives up leadership of `partition` (handing it to a caught-up voter if there is one).
+    pub async fn step_down(&self, partition: PartitionId) -> Result<(), Status> {
+        self.control(partition, ControlOp::StepDown).await
+    }
+
+    /// Hands leadership of `partition` to `target` once it has caught up (§3.10).
+    pub async fn transfer_leadership(&self, partition: PartitionId, target: NodeId) -> Result<(), Status> {
+        self.control(partition, ControlOp::Transfer(target)).await
+    }
+
+    /// Stops this leader's heartbeats for `partition` (followers will elect another).
+    pub async fn suspend_heartbeats(&self, partition: PartitionId) -> Result<(), Status> {
+        self.control(partition, ControlOp::SuspendHeartbeats).await
+    }
+
+    /// Resumes this leader's heartbeats for `partition`.
+    pub async fn resume_heartbeats(&self, partition: PartitionId) -> Result<(), Status> {
+        self.control(partition, ControlOp::ResumeHeartbeats).await
+    }
+
+    // ----- routing -----
+
+    /// The user partition for `key`, by the prefix before its last `/` (never 0).
+    #[must_use]
+    pub fn partition_key(&self, key: &str) -> PartitionId {
+        partition_key::partition_key(key, self.partitions())
+    }
+
+    /// The user partition for the whole of `key` (never 0).
+    #[must_use]
+    pub fn prefix_partition_key(&self, key: &str) -> PartitionId {
+        partition_key::prefix_partition_key(key, self.partitions())
+    }
+
+    // ----- observability -----
+
+    /// How many entries `follower` lags behind this leader on `partition` (`None` when this
+    /// node does not lead it or does not know the follower).
+    pub async fn follower_lag(&self, partition: PartitionId, follower: NodeId) -> Option<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::FollowerLag { partition, follower, reply });
+        answer(rx, None).await
+    }
+
+    /// Peers heard from within `window`.
+    #[must_use]
+    pub fn active_nodes(&self, window: Duration) -> Vec<NodeId> {
+        let since = Instant::now().checked_sub(window).unwrap_or_else(Instant::now);
+        self.inner.shared.active_since(since)
+    }
+
+    /// When `node` was last heard from.
+    #[must_use]
+    pub fn last_node_activity(&self, node: NodeId) -> Option<Instant> {
+        self.inner.shared.last_activity(node)
+    }
+
+    /// Every partition as this node sees it.
+    pub async fn status(&self) -> Vec<PartitionStatus> {
+        let mut all = Vec::new();
+        for shard in 0..self.inner.bus.shards() {
+            let (reply, rx) = oneshot::channel();
+            self.inner.bus.request_to(shard, Request::Status { reply });
+            all.extend(answer(rx, Vec::new()).await);
+        }
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// Subscribes to this node's events (leader changes, restores, failures).
+    #[must_use]
+    pub fn subscribe(&self) -> flume::Receiver<Event> {
+        self.inner.shared.events.subscribe()
+    }
+
+    // ----- membership -----
+
+    /// Waits until every partition (system included) has a known leader: the node has
+    /// joined its cluster and can serve. Fails with `ProposalTimeout` after `timeout`.
+    pub async fn join_cluster(&self, timeout: Duration) -> Result<(), Status> {
+        let deadline = Instant::now() + timeout;
+        for p in 0..=u64::from(self.partitions()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_for_leader(p, left).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves gracefully: hands over leadership of every partition this node leads, so the
+    /// cluster does not wait for election timeouts when the node stops. Stop the node with
+    /// [`crate::Node::shutdown`] afterwards.
+    pub async fn leave_cluster(&self) -> Result<(), Status> {
+        for p in 0..=u64::from(self.partitions()) {
+            if self.am_i_leader_quick(p) {
+                match self.step_down(p).await {
+                    Ok(()) | Err(Status::NodeIsNotLeader) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}

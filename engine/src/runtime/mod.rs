@@ -1,0 +1,23 @@
+//! The runtime shell around the pure core: shards, the bus, the shard loop, group commit.
+//!
+//! - `node.rs` — starting/stopping a node: one executor per shard
+//! - `shard.rs` — the shard loop (inputs → ticks → Ready → WAL batch → send → apply)
+//! - `bus.rs` — bounded inboxes between shards and from handles
+//! - `placement.rs` — which shard owns a partition
+//! - `request.rs` — what handles ask shards, and the answers
+//! - `waiters.rs` — callers waiting for commits and reads
+//! - `shared.rs` — the leader cache and peer activity shared with handles
+//! - `snapshots.rs` — durable snapshot files
+
+pub(crate) mod bus;
+pub mod node;
+pub mod placement;
+pub mod request;
+pub(crate) mod shard;
+pub(crate) mod shared;
+pub mod snapshots;
+pub(crate) mod waiters;
+
+pub use node::Node;
+pub use request::{PartitionStatus, ReplicationResult};
+pub use shard::SYSTEM_LOG_TYPE;

@@ -1,0 +1,597 @@
+//! One shard: a glommio executor on its own core that owns a set of partitions, their Raft
+//! groups, their state machines, its WAL shard and its peer connections. Nothing here is
+//! shared with other threads except through the bus and the node's shared cache.
+//!
+//! The loop, per turn:
+//! 1. wait for an input or the next tick; drain up to `max_inputs_per_turn` inputs
+//!    (requests, peer messages) into the groups;
+//! 2. tick the groups whose deadlines are due;
+//! 3. collect every group's Ready into one `MultiReady`; send the messages that may leave
+//!    at once (one coalesced frame per peer) — a leader's appends go out before its own
+//!    fsync, and it counts itself toward a quorum only after it;
+//! 4. write everything to the WAL shard in one batch with one `fdatasync`;
+//! 5. send the messages that needed durable state (vote grants, append acks);
+//! 6. apply committed entries to the state machines and complete callers' futures;
+//! 7. acknowledge the Ready (`advance`), serve reads whose index is now applied, compact
+//!    behind checkpoints.
+//!
+//! While the fsync of step 4 runs, new inputs queue in the inbox: the next turn takes them
+//! all at once, which is what makes group commit batch under load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use phalanx_net::Transport;
+use phalanx_proto::{MessageBatch, RaftMessage};
+use phalanx_storage::{AnyStore, LogPosition, LogStore, PartitionWrite, StoreOptions, WriteBatch};
+
+use super::bus::{Bus, ShardMsg};
+use super::placement::{partitions_of, shard_of};
+use super::request::{ControlOp, PartitionStatus, ReplicationResult, Request};
+use super::shared::NodeShared;
+use super::snapshots::SnapshotStore;
+use super::waiters::{ProposalWaiter, ReadKind, Waiters};
+use crate::config::NodeConfig;
+use crate::events::Event;
+use crate::hlc::{HybridLogicalClock, Ticket};
+use crate::raft::{
+    Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot, Status,
+};
+use crate::state_machine::{PartitionId, StateMachine, StateMachineFactory};
+
+/// The reserved log type of the system partition's own entries.
+pub const SYSTEM_LOG_TYPE: &str = "_RaftSystem";
+
+/// Ready rounds per loop turn: each round may enable another (an acknowledgement that lets
+/// the leader commit), but a turn must end so inputs and ticks are served.
+const MAX_READY_ROUNDS_PER_TURN: usize = 8;
+/// Ticks a shard catches up at once after a stall; older ones are skipped rather than fired
+/// in a burst (which would start needless elections).
+const MAX_CATCH_UP_TICKS: u32 = 4;
+
+/// What a shard thread needs to start.
+pub(crate) struct ShardSetup {
+    pub shard: usize,
+    pub shards: usize,
+    pub cfg: Arc<NodeConfig>,
+    pub inbox: flume::Receiver<ShardMsg>,
+    pub bus: Bus,
+    pub shared: Arc<NodeShared>,
+    pub state_machines: StateMachineFactory,
+}
+
+struct LeaderWaiter {
+    partition: PartitionId,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<NodeId, Status>>,
+}
+
+/// One shard's state.
+pub(crate) struct Shard<T: Transport> {
+    id: usize,
+    shards: usize,
+    cfg: Arc<NodeConfig>,
+    multi: MultiRaft,
+    store: AnyStore,
+    snapshots: SnapshotStore,
+    transport: T,
+    inbox: flume::Receiver<ShardMsg>,
+    bus: Bus,
+    shared: Arc<NodeShared>,
+    sms: HashMap<PartitionId, Box<dyn StateMachine>>,
+    waiters: Waiters,
+    leader_waiters: Vec<LeaderWaiter>,
+    hlc: HybridLogicalClock,
+    /// Per partition: the commit index found at restart; entries up to it are replays.
+    replay_until: HashMap<PartitionId, u64>,
+    /// Partitions that applied a checkpoint and should compact once possible.
+    compact_wanted: Vec<PartitionId>,
+    peers_seen: HashMap<NodeId, Instant>,
+    tick: Duration,
+    next_tick: Instant,
+    stopping: bool,
+}
+
+fn physical_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<T: Transport> Shard<T> {
+    /// Opens the shard's WAL and snapshots, restores every partition it owns, and replays
+    /// nothing yet (replay happens through the normal apply path).
+    pub(crate) async fn open(setup: ShardSetup, transport: T) -> Result<Self, String> {
+        let ShardSetup { shard, shards, cfg, inbox, bus, shared, state_machines } = setup;
+        let dir = cfg.data_dir.join(format!("shard-{shard}"));
+        let opts = StoreOptions { sync_writes: cfg.sync_writes, ..StoreOptions::default() };
+        let store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
+            format!("shard {shard}: opening the {} store in {}: {e}", cfg.wal.name(), dir.display())
+        })?;
+        // Snapshots live beside the WAL shards, not inside them: a WAL directory holds only
+        // the store's own files (it refuses anything else as foreign).
+        let snapshots = SnapshotStore::open(cfg.data_dir.join("snapshots").join(format!("shard-{shard}")))
+            .map_err(|e| format!("shard {shard}: snapshot directory: {e}"))?;
+        let initial = Membership::with_voters(cfg.initial_voters());
+        let mut multi = MultiRaft::new();
+        let mut sms: HashMap<PartitionId, Box<dyn StateMachine>> = HashMap::new();
+        let mut replay_until = HashMap::new();
+        for p in partitions_of(shard, shards, cfg.initial_partitions) {
+            let recovered = store.load_partition(p).await.map_err(|e| format!("partition {p}: {e}"))?;
+            let snapshot = snapshots.load(p).map_err(|e| format!("partition {p}: {e}"))?;
+            let mut sm = state_machines(p);
+            if let Some(s) = &snapshot {
+                sm.restore(p, &s.data);
+            }
+            let applied = snapshot.as_ref().map_or(0, |s| s.meta.index);
+            let restore = match recovered {
+                Some(r) => {
+                    if r.hard_state.commit > applied {
+                        replay_until.insert(p, r.hard_state.commit);
+                    }
+                    RestoreState {
+                        hard_state: r.hard_state,
+                        floor: r.floor,
+                        entries: r.entries,
+                        snapshot,
+                        initial_membership: initial.clone(),
+                    }
+                }
+                None => {
+                    RestoreState { snapshot, initial_membership: initial.clone(), ..RestoreState::default() }
+                }
+            };
+            sm.restore_started(p);
+            shared.events.publish(Event::RestoreStarted { partition: p });
+            if !replay_until.contains_key(&p) {
+                sm.restore_finished(p);
+                shared.events.publish(Event::RestoreFinished { partition: p });
+            }
+            let mut rc = cfg.raft.clone();
+            rc.id = cfg.node_id;
+            rc.group = p;
+            rc.seed = cfg.raft.seed ^ cfg.node_id.rotate_left(17) ^ p;
+            multi.add_group(rc, restore).map_err(|e| format!("partition {p}: {e}"))?;
+            sms.insert(p, sm);
+        }
+        let tick = Duration::from_millis(cfg.tick_interval_ms);
+        Ok(Shard {
+            id: shard,
+            shards,
+            hlc: HybridLogicalClock::new(cfg.node_id),
+            cfg,
+            multi,
+            store,
+            snapshots,
+            transport,
+            inbox,
+            bus,
+            shared,
+            sms,
+            waiters: Waiters::default(),
+            leader_waiters: Vec::new(),
+            replay_until,
+            compact_wanted: Vec::new(),
+            peers_seen: HashMap::new(),
+            tick,
+            next_tick: Instant::now() + tick,
+            stopping: false,
+        })
+    }
+
+    /// Runs until asked to stop or the store fails.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            if now < self.next_tick {
+                let wait = self.next_tick - now;
+                let inbox = self.inbox.clone();
+                let got =
+                    futures_lite::future::or(async move { Some(inbox.recv_async().await) }, async move {
+                        glommio::timer::sleep(wait).await;
+                        None
+                    })
+                    .await;
+                match got {
+                    Some(Ok(m)) => self.handle(m),
+                    Some(Err(_)) => self.stopping = true, // every sender is gone
+                    None => {}
+                }
+            }
+            for _ in 0..self.cfg.max_inputs_per_turn {
+                match self.inbox.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if self.stopping {
+                break;
+            }
+            self.tick_if_due();
+            if let Err(e) = self.process_readies().await {
+                self.fatal(e);
+                break;
+            }
+        }
+        self.waiters.fail_all(Status::Errored);
+        for w in self.leader_waiters.drain(..) {
+            let _ = w.reply.send(Err(Status::Errored));
+        }
+        let Shard { store, transport, id, .. } = self;
+        transport.shutdown().await;
+        if let Err(e) = store.close().await {
+            tracing::warn!(shard = id, "closing the store: {e}");
+        }
+    }
+
+    fn fatal(&mut self, reason: String) {
+        // Storage failures are fatal (never retry an fsync): stop this shard loudly instead
+        // of acknowledging anything more.
+        tracing::error!(shard = self.id, "shard stopped: {reason}");
+        self.shared.fail(reason.clone());
+        self.shared.events.publish(Event::ShardFailed { shard: self.id, reason });
+    }
+
+    fn tick_if_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_tick {
+            return;
+        }
+        let mut fired = 0;
+        while now >= self.next_tick && fired < MAX_CATCH_UP_TICKS {
+            self.multi.tick();
+            self.next_tick += self.tick;
+            fired += 1;
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.tick;
+        }
+        self.waiters.expire(now);
+        self.check_leader_waiters(now);
+        self.shared.note_activity(&self.peers_seen);
+        self.peers_seen.clear();
+    }
+
+    fn owns(&self, p: PartitionId) -> bool {
+        p <= u64::from(self.cfg.initial_partitions) && shard_of(p, self.shards) == self.id
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    fn handle(&mut self, m: ShardMsg) {
+        match m {
+            ShardMsg::Request(r) => self.handle_request(r),
+            ShardMsg::Peer { from, messages } => self.handle_peer(from, messages),
+            ShardMsg::Stop => self.stopping = true,
+        }
+    }
+
+    fn handle_peer(&mut self, from: NodeId, messages: Vec<RaftMessage>) {
+        self.peers_seen.insert(from, Instant::now());
+        let mut elsewhere: BTreeMap<usize, Vec<RaftMessage>> = BTreeMap::new();
+        for m in messages {
+            let owner = shard_of(m.group, self.shards);
+            if owner != self.id {
+                // The sender has another core count than we do: route through the bus.
+                elsewhere.entry(owner).or_default().push(m);
+                continue;
+            }
+            if let Err(status) = self.multi.step(m) {
+                tracing::trace!(shard = self.id, from, %status, "peer message rejected");
+            }
+        }
+        for (shard, msgs) in elsewhere {
+            if !self.bus.deliver_peer(shard, from, msgs) {
+                tracing::debug!(shard, from, "bus full: dropped forwarded peer messages");
+            }
+        }
+    }
+
+    fn handle_request(&mut self, r: Request) {
+        if let Some(p) = r.partition()
+            && !self.owns(p)
+        {
+            // Unknown partition (or a routing bug): a clear refusal, not a hang.
+            r.refuse(Status::InvalidRequest);
+            return;
+        }
+        let deadline = self.deadline();
+        match r {
+            Request::Replicate { partition, log_type, payloads, auto_commit, system, reply } => {
+                if (log_type == SYSTEM_LOG_TYPE) != system || payloads.is_empty() {
+                    let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
+                    return;
+                }
+                if payloads.iter().any(|p| p.len() > self.cfg.max_entry_bytes) {
+                    let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
+                    return;
+                }
+                let ticket = self.hlc.now(physical_ms());
+                let kind = if system {
+                    ProposalKind::System
+                } else if auto_commit {
+                    ProposalKind::AutoCommit
+                } else {
+                    ProposalKind::TwoStep
+                };
+                let proposal = Proposal { kind, log_type, payloads, ticket };
+                let outcome = self.multi.update(partition, |g| g.propose(proposal));
+                self.track_proposal(partition, ticket, outcome, reply, deadline);
+            }
+            Request::Marker { partition, ticket, commit, reply } => {
+                let outcome = self.multi.update(partition, |g| {
+                    if commit { g.commit_logs(ticket) } else { g.rollback_logs(ticket) }
+                });
+                self.track_proposal(partition, ticket, outcome, reply, deadline);
+            }
+            Request::Checkpoint { partition, reply } => {
+                let ticket = self.hlc.now(physical_ms());
+                let outcome = self.multi.update(partition, |g| g.propose_checkpoint(ticket));
+                self.track_proposal(partition, ticket, outcome, reply, deadline);
+            }
+            Request::ReadBarrier { partition, reply } => {
+                self.start_read(partition, ReadKind::Barrier(reply), deadline)
+            }
+            Request::Query { partition, query, reply } => {
+                self.start_read(partition, ReadKind::Query(query, reply), deadline);
+            }
+            Request::Control { partition, op, reply } => {
+                let r = self.multi.update(partition, |g| match op {
+                    ControlOp::StepDown => g.step_down(),
+                    ControlOp::Transfer(target) => g.transfer_leadership(target),
+                    ControlOp::SuspendHeartbeats => g.suspend_heartbeats(),
+                    ControlOp::ResumeHeartbeats => g.resume_heartbeats(),
+                });
+                let _ = reply.send(r.unwrap_or(Err(Status::InvalidRequest)));
+            }
+            Request::FollowerLag { partition, follower, reply } => {
+                let lag = self.multi.group(partition).and_then(|g| g.follower_lag(follower));
+                let _ = reply.send(lag);
+            }
+            Request::Status { reply } => {
+                let mut out: Vec<PartitionStatus> = self
+                    .multi
+                    .group_ids()
+                    .filter_map(|p| self.multi.group(p))
+                    .map(|g| PartitionStatus {
+                        id: g.group_id(),
+                        leader: g.leader(),
+                        term: g.term(),
+                        commit_index: g.log().committed(),
+                        applied_index: g.log().applied(),
+                        last_index: g.log().last_index(),
+                        is_leader: g.is_leader(),
+                    })
+                    .collect();
+                out.sort_by_key(|s| s.id);
+                let _ = reply.send(out);
+            }
+            Request::WaitLeader { partition, timeout_ms, reply } => {
+                match self.multi.group(partition).and_then(|g| g.leader()) {
+                    Some(l) => {
+                        let _ = reply.send(Ok(l));
+                    }
+                    None => {
+                        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                        self.leader_waiters.push(LeaderWaiter { partition, deadline, reply });
+                    }
+                }
+            }
+        }
+    }
+
+    fn track_proposal(
+        &mut self,
+        partition: PartitionId,
+        ticket: Ticket,
+        outcome: Option<Result<crate::raft::Proposed, Status>>,
+        reply: oneshot::Sender<ReplicationResult>,
+        deadline: Instant,
+    ) {
+        match outcome {
+            Some(Ok(at)) => {
+                self.waiters.add_proposal(
+                    partition,
+                    at.last_index,
+                    ProposalWaiter { term: at.term, ticket, reply },
+                    deadline,
+                );
+            }
+            Some(Err(status)) => {
+                let _ =
+                    reply.send(ReplicationResult { status, ticket, log_index: 0, response: Bytes::new() });
+            }
+            None => {
+                let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
+            }
+        }
+    }
+
+    fn start_read(&mut self, partition: PartitionId, kind: ReadKind, deadline: Instant) {
+        let id = self.waiters.add_read(partition, kind, deadline);
+        match self.multi.update(partition, |g| g.read_index(id)) {
+            Some(Ok(())) => {}
+            Some(Err(status)) => self.waiters.read_failed(id, status),
+            None => self.waiters.read_failed(id, Status::InvalidRequest),
+        }
+    }
+
+    fn check_leader_waiters(&mut self, now: Instant) {
+        if self.leader_waiters.is_empty() {
+            return;
+        }
+        let mut keep = Vec::with_capacity(self.leader_waiters.len());
+        for w in self.leader_waiters.drain(..) {
+            match self.multi.group(w.partition).and_then(|g| g.leader()) {
+                Some(l) => {
+                    let _ = w.reply.send(Ok(l));
+                }
+                None if w.deadline <= now => {
+                    let _ = w.reply.send(Err(Status::ProposalTimeout));
+                }
+                None => keep.push(w),
+            }
+        }
+        self.leader_waiters = keep;
+    }
+
+    /// Sends messages coalesced into one batch per peer.
+    fn send_coalesced(&self, messages: impl IntoIterator<Item = RaftMessage>) {
+        let mut per_peer: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
+        for m in messages {
+            per_peer.entry(m.to).or_default().push(m);
+        }
+        for (to, messages) in per_peer {
+            self.transport.send(to, MessageBatch { messages });
+        }
+    }
+
+    /// Steps 3–7 of the loop for every Ready available now.
+    async fn process_readies(&mut self) -> Result<(), String> {
+        for _ in 0..MAX_READY_ROUNDS_PER_TURN {
+            let Some(mut mr) = self.multi.ready() else { break };
+            let immediate: Vec<RaftMessage> =
+                mr.groups.iter_mut().flat_map(|(_, r)| std::mem::take(&mut r.messages)).collect();
+            self.send_coalesced(immediate);
+            self.persist(&mut mr.groups).await?;
+            let after: Vec<RaftMessage> =
+                mr.groups.iter_mut().flat_map(|(_, r)| std::mem::take(&mut r.persisted_messages)).collect();
+            self.send_coalesced(after);
+            for (p, r) in mr.groups {
+                self.apply_ready(p, r);
+            }
+            self.multi.advance(mr.number);
+            self.serve_reads();
+            self.compact_behind_checkpoints().await?;
+        }
+        Ok(())
+    }
+
+    /// Step 4: one WAL batch (one fdatasync) for every group; received snapshots first.
+    async fn persist(&mut self, groups: &mut [(PartitionId, Ready)]) -> Result<(), String> {
+        for (p, r) in groups.iter() {
+            if let Some(s) = &r.snapshot {
+                self.save_snapshot(*p, s.clone()).await?;
+            }
+        }
+        let mut batch = WriteBatch::default();
+        for (p, r) in groups.iter_mut() {
+            let w = PartitionWrite {
+                partition: *p,
+                snapshot: r.snapshot.as_ref().map(|s| LogPosition::new(s.meta.index, s.meta.term)),
+                entries: std::mem::take(&mut r.entries),
+                hard_state: r.hard_state,
+                compact_to: r.compact_to,
+            };
+            if !w.is_empty() {
+                batch.partitions.push(w);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&batch).await.map_err(|e| format!("WAL write failed: {e}"))
+    }
+
+    async fn save_snapshot(&self, p: PartitionId, s: Snapshot) -> Result<(), String> {
+        let store = self.snapshots.clone();
+        glommio::executor()
+            .spawn_blocking(move || store.save(p, &s))
+            .await
+            .map_err(|e| format!("saving the snapshot of partition {p}: {e}"))
+    }
+
+    /// Step 6 for one group.
+    fn apply_ready(&mut self, p: PartitionId, r: Ready) {
+        let Some(sm) = self.sms.get_mut(&p) else { return };
+        if let Some(ss) = r.soft_state {
+            self.shared.set_leader(p, ss.leader, ss.term);
+            self.shared.events.publish(Event::LeaderChanged {
+                partition: p,
+                leader: ss.leader,
+                term: ss.term,
+            });
+            sm.leader_changed(p, ss.leader);
+        }
+        if let Some(s) = &r.snapshot {
+            sm.restore(p, &s.data);
+        }
+        let replay_limit = self.replay_until.get(&p).copied().unwrap_or(0);
+        let mut outputs: Vec<(u64, Bytes)> = Vec::new();
+        for e in &r.deliveries {
+            if e.index <= replay_limit {
+                sm.restore_entry(p, e);
+            } else {
+                let out = sm.apply(p, e);
+                if self.waiters.wants(p, e.index) {
+                    outputs.push((e.index, out));
+                }
+            }
+            if e.kind == phalanx_proto::EntryKind::Checkpoint as i32 && !self.compact_wanted.contains(&p) {
+                self.compact_wanted.push(p);
+            }
+        }
+        for e in &r.committed_entries {
+            let response = outputs
+                .iter()
+                .position(|(i, _)| *i == e.index)
+                .map_or_else(Bytes::new, |k| outputs.swap_remove(k).1);
+            if let Some(status) = self.waiters.on_applied(p, e.index, e.term, response) {
+                sm.replication_error(p, status);
+                self.shared.events.publish(Event::ReplicationError { partition: p, status });
+            }
+            if replay_limit > 0 && e.index >= replay_limit {
+                self.replay_until.remove(&p);
+                sm.restore_finished(p);
+                self.shared.events.publish(Event::RestoreFinished { partition: p });
+            }
+        }
+        for rs in r.read_states {
+            match rs.result {
+                Ok(index) => {
+                    self.waiters.read_index_known(rs.request_id, index);
+                }
+                Err(status) => self.waiters.read_failed(rs.request_id, status),
+            }
+        }
+    }
+
+    /// Serves reads whose read index is now applied.
+    fn serve_reads(&mut self) {
+        for p in self.waiters.partitions_with_reads() {
+            let Some(applied) = self.multi.group(p).map(|g| g.log().applied()) else { continue };
+            for (index, kind) in self.waiters.take_servable(p, applied) {
+                match kind {
+                    ReadKind::Barrier(reply) => {
+                        let _ = reply.send(Ok(index));
+                    }
+                    ReadKind::Query(q, reply) => {
+                        let answer =
+                            self.sms.get(&p).map_or(Err(Status::InvalidRequest), |sm| sm.query(p, &q));
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A checkpoint was applied: snapshot the state machine and let the core compact the log
+    /// below it. The snapshot is made durable before the Ready that compacts the WAL.
+    async fn compact_behind_checkpoints(&mut self) -> Result<(), String> {
+        let wanted = std::mem::take(&mut self.compact_wanted);
+        for p in wanted {
+            let Some(sm) = self.sms.get_mut(&p) else { continue };
+            let image = sm.snapshot(p);
+            match self.multi.update(p, |g| g.compact(image.clone()).map(|_| g.snapshot_meta().cloned())) {
+                Some(Ok(Some(meta))) => self.save_snapshot(p, Snapshot { meta, data: image }).await?,
+                // Work is still outstanding for this group: try again after the next Ready.
+                Some(Err(Status::Busy)) => self.compact_wanted.push(p),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

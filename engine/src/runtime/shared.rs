@@ -1,0 +1,97 @@
+//! State shared by a node's shards and handles: a cache of each partition's leader (so
+//! `am_i_leader_quick` and routing need no round trip), when each peer was last heard from,
+//! the event hub, and whether a shard failed. Written rarely (leader changes, once per tick),
+//! read from any thread; never on the per-entry path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::events::EventHub;
+use crate::raft::NodeId;
+use crate::state_machine::PartitionId;
+
+/// Shared state of one node.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    /// Per partition: the leader this node knows (0: none).
+    leaders: Vec<AtomicU64>,
+    /// Per partition: the term of that knowledge.
+    terms: Vec<AtomicU64>,
+    activity: Mutex<HashMap<NodeId, Instant>>,
+    pub events: EventHub,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl NodeShared {
+    pub(crate) fn new(partitions: u32) -> Self {
+        let n = partitions as usize + 1;
+        NodeShared {
+            leaders: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            terms: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            activity: Mutex::new(HashMap::new()),
+            events: EventHub::default(),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set_leader(&self, p: PartitionId, leader: Option<NodeId>, term: u64) {
+        if let (Some(l), Some(t)) = (self.leaders.get(p as usize), self.terms.get(p as usize)) {
+            t.store(term, Ordering::Release);
+            l.store(leader.unwrap_or(0), Ordering::Release);
+        }
+    }
+
+    /// The leader of `p` as last seen by its shard, and the term.
+    pub(crate) fn leader(&self, p: PartitionId) -> Option<(NodeId, u64)> {
+        let l = self.leaders.get(p as usize)?.load(Ordering::Acquire);
+        let t = self.terms.get(p as usize)?.load(Ordering::Acquire);
+        (l != 0).then_some((l, t))
+    }
+
+    /// Merges a shard's view of when peers were last heard from.
+    pub(crate) fn note_activity(&self, seen: &HashMap<NodeId, Instant>) {
+        if seen.is_empty() {
+            return;
+        }
+        if let Ok(mut a) = self.activity.lock() {
+            for (n, t) in seen {
+                let e = a.entry(*n).or_insert(*t);
+                if *t > *e {
+                    *e = *t;
+                }
+            }
+        }
+    }
+
+    /// When `node` was last heard from.
+    pub(crate) fn last_activity(&self, node: NodeId) -> Option<Instant> {
+        self.activity.lock().ok()?.get(&node).copied()
+    }
+
+    /// Peers heard from within `window`.
+    pub(crate) fn active_since(&self, since: Instant) -> Vec<NodeId> {
+        let Ok(a) = self.activity.lock() else { return Vec::new() };
+        let mut v: Vec<NodeId> = a.iter().filter(|(_, t)| **t >= since).map(|(n, _)| *n).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        self.failed.store(true, Ordering::Release);
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(reason);
+        }
+    }
+
+    /// Why the node failed, if a shard did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure.lock().ok()?.clone()
+    }
+}

@@ -1,0 +1,211 @@
+//! Callers waiting on a shard: proposals waiting for their last entry to be applied, and
+//! reads waiting for a read index and then for the state machine to catch up with it.
+//!
+//! Every request has the same timeout, so deadlines arrive in insertion order: one FIFO of
+//! (deadline, key) per kind expires them in O(expired) with lazy deletion, instead of
+//! scanning every waiter each tick.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::request::ReplicationResult;
+use crate::hlc::Ticket;
+use crate::raft::Status;
+use crate::state_machine::PartitionId;
+
+/// A proposal waiting for its last entry.
+pub(crate) struct ProposalWaiter {
+    pub term: u64,
+    pub ticket: Ticket,
+    pub reply: oneshot::Sender<ReplicationResult>,
+}
+
+/// What a read does once its index is applied.
+pub(crate) enum ReadKind {
+    Barrier(oneshot::Sender<Result<u64, Status>>),
+    Query(Bytes, oneshot::Sender<Result<Bytes, Status>>),
+}
+
+impl ReadKind {
+    pub(crate) fn fail(self, status: Status) {
+        match self {
+            ReadKind::Barrier(r) => {
+                let _ = r.send(Err(status));
+            }
+            ReadKind::Query(_, r) => {
+                let _ = r.send(Err(status));
+            }
+        }
+    }
+}
+
+struct PendingRead {
+    partition: PartitionId,
+    kind: ReadKind,
+}
+
+/// Everything callers wait for on one shard.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    proposals: HashMap<(PartitionId, u64), ProposalWaiter>,
+    proposal_deadlines: VecDeque<(Instant, PartitionId, u64, Ticket)>,
+    /// Reads asked of the Raft core, by request id.
+    reads: HashMap<u64, PendingRead>,
+    read_deadlines: VecDeque<(Instant, u64)>,
+    /// Reads whose index is known, per partition, by index: served once applied.
+    applying: HashMap<PartitionId, BTreeMap<u64, Vec<(u64, ReadKind)>>>,
+    /// Where each read in `applying` is, so expiry finds it directly.
+    applying_at: HashMap<u64, (PartitionId, u64)>,
+    next_read_id: u64,
+}
+
+impl Waiters {
+    pub(crate) fn add_proposal(
+        &mut self,
+        partition: PartitionId,
+        last_index: u64,
+        w: ProposalWaiter,
+        deadline: Instant,
+    ) {
+        self.proposal_deadlines.push_back((deadline, partition, last_index, w.ticket));
+        if let Some(old) = self.proposals.insert((partition, last_index), w) {
+            // The index was reused: the old proposal's entry was overwritten.
+            let _ = old.reply.send(fail(Status::ReplicationFailed, old.ticket, 0));
+        }
+    }
+
+    /// Whether someone waits for the entry at `index`.
+    pub(crate) fn wants(&self, partition: PartitionId, index: u64) -> bool {
+        self.proposals.contains_key(&(partition, index))
+    }
+
+    /// The entry at `index` with `term` was applied: complete its proposal, if any.
+    /// Returns the failure status when the proposal was overwritten by another leader.
+    pub(crate) fn on_applied(
+        &mut self,
+        partition: PartitionId,
+        index: u64,
+        term: u64,
+        response: Bytes,
+    ) -> Option<Status> {
+        let w = self.proposals.remove(&(partition, index))?;
+        if w.term == term {
+            let _ = w.reply.send(ReplicationResult {
+                status: Status::Success,
+                ticket: w.ticket,
+                log_index: index,
+                response,
+            });
+            None
+        } else {
+            let _ = w.reply.send(fail(Status::ReplicationFailed, w.ticket, index));
+            Some(Status::ReplicationFailed)
+        }
+    }
+
+    /// A new read id for the Raft core.
+    pub(crate) fn add_read(&mut self, partition: PartitionId, kind: ReadKind, deadline: Instant) -> u64 {
+        self.next_read_id += 1;
+        let id = self.next_read_id;
+        self.reads.insert(id, PendingRead { partition, kind });
+        self.read_deadlines.push_back((deadline, id));
+        id
+    }
+
+    /// The read `id` failed before it got an index.
+    pub(crate) fn read_failed(&mut self, id: u64, status: Status) {
+        if let Some(r) = self.reads.remove(&id) {
+            r.kind.fail(status);
+        }
+    }
+
+    /// The read `id` must wait until `index` is applied. Returns its partition.
+    pub(crate) fn read_index_known(&mut self, id: u64, index: u64) -> Option<PartitionId> {
+        let r = self.reads.remove(&id)?;
+        self.applying.entry(r.partition).or_default().entry(index).or_default().push((id, r.kind));
+        self.applying_at.insert(id, (r.partition, index));
+        Some(r.partition)
+    }
+
+    /// Reads of `partition` whose index is at most `applied`: ready to serve.
+    pub(crate) fn take_servable(&mut self, partition: PartitionId, applied: u64) -> Vec<(u64, ReadKind)> {
+        let Some(m) = self.applying.get_mut(&partition) else { return Vec::new() };
+        let rest = m.split_off(&(applied + 1));
+        let ready = std::mem::replace(m, rest);
+        if m.is_empty() {
+            self.applying.remove(&partition);
+        }
+        let out: Vec<(u64, ReadKind)> = ready.into_values().flatten().collect();
+        for (id, _) in &out {
+            self.applying_at.remove(id);
+        }
+        out
+    }
+
+    /// Partitions with reads waiting to be served.
+    pub(crate) fn partitions_with_reads(&self) -> Vec<PartitionId> {
+        self.applying.keys().copied().collect()
+    }
+
+    /// Fails every request whose deadline passed with `ProposalTimeout`.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while self.proposal_deadlines.front().is_some_and(|(d, ..)| *d <= now) {
+            let Some((_, p, i, ticket)) = self.proposal_deadlines.pop_front() else { break };
+            // Lazy deletion: the waiter may be gone (completed) or replaced by a newer one.
+            if self.proposals.get(&(p, i)).is_some_and(|w| w.ticket == ticket)
+                && let Some(w) = self.proposals.remove(&(p, i))
+            {
+                let _ = w.reply.send(fail(Status::ProposalTimeout, w.ticket, i));
+            }
+        }
+        while self.read_deadlines.front().is_some_and(|(d, _)| *d <= now) {
+            let Some((_, id)) = self.read_deadlines.pop_front() else { break };
+            if let Some(r) = self.reads.remove(&id) {
+                r.kind.fail(Status::ProposalTimeout);
+                continue;
+            }
+            let Some((p, index)) = self.applying_at.remove(&id) else { continue };
+            if let Some(m) = self.applying.get_mut(&p) {
+                if let Some(reads) = m.get_mut(&index)
+                    && let Some(pos) = reads.iter().position(|(rid, _)| *rid == id)
+                {
+                    let (_, k) = reads.swap_remove(pos);
+                    k.fail(Status::ProposalTimeout);
+                    if reads.is_empty() {
+                        m.remove(&index);
+                    }
+                }
+                if m.is_empty() {
+                    self.applying.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// Fails everything (the shard stops).
+    pub(crate) fn fail_all(&mut self, status: Status) {
+        for ((_, i), w) in self.proposals.drain() {
+            let _ = w.reply.send(fail(status, w.ticket, i));
+        }
+        for (_, r) in self.reads.drain() {
+            r.kind.fail(status);
+        }
+        for (_, m) in self.applying.drain() {
+            for (_, v) in m {
+                for (_, k) in v {
+                    k.fail(status);
+                }
+            }
+        }
+        self.proposal_deadlines.clear();
+        self.read_deadlines.clear();
+        self.applying_at.clear();
+    }
+}
+
+fn fail(status: Status, ticket: Ticket, log_index: u64) -> ReplicationResult {
+    ReplicationResult { status, ticket, log_index, response: Bytes::new() }
+}
