@@ -27,8 +27,12 @@ pub struct NodeConfig {
     /// Pin each shard's thread to its core. Off when several nodes share one machine's
     /// cores in one process (tests, the embedded benchmark).
     pub pin_cores: bool,
-    /// Directory for the WAL shards and snapshots (`DATA/shard-<i>/`).
+    /// The node's data directory: its identity file, snapshots (`DATA/snapshots/`), and the
+    /// WAL shards (`DATA/shard-<i>/`) unless `wal_dir` puts them elsewhere.
     pub data_dir: PathBuf,
+    /// Where the WAL shards live (`WAL/shard-<i>/`), e.g. on a faster disk. Defaults to
+    /// `data_dir`.
+    pub wal_dir: Option<PathBuf>,
     /// Which log store to use.
     pub wal: StorageKind,
     /// Sync every WAL batch (default true). Off, acknowledged writes may be lost on a crash.
@@ -66,6 +70,7 @@ impl NodeConfig {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
             data_dir: data_dir.into(),
+            wal_dir: None,
             wal: StorageKind::Wal,
             sync_writes: true,
             tick_interval_ms: 50,
@@ -111,6 +116,12 @@ impl NodeConfig {
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))
+    }
+
+    /// The directory holding WAL shard `shard`.
+    #[must_use]
+    pub fn wal_shard_dir(&self, shard: usize) -> PathBuf {
+        self.wal_dir.as_ref().unwrap_or(&self.data_dir).join(format!("shard-{shard}"))
     }
 
     /// Voters of every partition at bootstrap: the initial cluster (or just this node).

@@ -40,7 +40,8 @@ impl std::fmt::Display for ClientFailure {
             ClientFailure::Io(e) => write!(f, "io error: {e}"),
             ClientFailure::Protocol(e) => write!(f, "protocol error: {e}"),
             ClientFailure::Server(e) => {
-                let code = ClientErrorCode::try_from(e.code).map_or("UNKNOWN", |c| c.as_str_name());
+                let code = ClientErrorCode::try_from(e.code)
+                    .map_or("UNKNOWN", |c| c.as_str_name().trim_start_matches("CLIENT_ERROR_CODE_"));
                 write!(f, "{code}: {}", e.message)?;
                 if e.leader_id != 0 {
                     write!(f, " (leader: node {}", e.leader_id)?;

@@ -163,7 +163,7 @@ fn check_data_dir(cfg: &NodeConfig) -> Result<(), String> {
             one_line(&want)
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if has_shards(dir) {
+            if has_shards(dir) || cfg.wal_dir.as_deref().is_some_and(has_shards) {
                 return Err(format!("data directory {} holds shards but no {NODE_META_FILE}", dir.display()));
             }
             write_synced(&path, want.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))

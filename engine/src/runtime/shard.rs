@@ -104,7 +104,7 @@ impl<T: Transport> Shard<T> {
     /// nothing yet (replay happens through the normal apply path).
     pub(crate) async fn open(setup: ShardSetup, transport: T) -> Result<Self, String> {
         let ShardSetup { shard, shards, cfg, inbox, bus, shared, state_machines } = setup;
-        let dir = cfg.data_dir.join(format!("shard-{shard}"));
+        let dir = cfg.wal_shard_dir(shard);
         let opts = StoreOptions { sync_writes: cfg.sync_writes, ..StoreOptions::default() };
         let store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
             format!("shard {shard}: opening the {} store in {}: {e}", cfg.wal.name(), dir.display())

@@ -1,0 +1,54 @@
+//! `phalanx`: the Phalanx node binary.
+//!
+//! - `phalanx node …` runs a node (Raft port, client port, WAL shards); see `--help`.
+//! - `phalanx ctl --endpoints H:P[,H:P…] <command>` talks to nodes' client ports, like
+//!   `etcdctl`: `status [--json]`, `put K V`, `get K`, `cas K EXPECTED NEW`, `delete K`,
+//!   `append`, `transfer-leader`.
+//!
+//! Logs go to stderr through `tracing`; set `RUST_LOG` (default `info`).
+
+mod ctl;
+mod node;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Phalanx: a thread-per-core multi-Raft consensus engine.
+#[derive(Parser, Debug)]
+#[command(name = "phalanx", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Node(node::NodeArgs),
+    /// Talk to running nodes through their client ports.
+    Ctl(ctl::CtlArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => {
+            init_logging();
+            match node::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("phalanx node: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ctl(args) => ctl::run(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,174 @@
+//! `phalanx node`: parse flags (named after the reference server's where they apply), start
+//! the node, serve the client port, stop gracefully on SIGTERM/SIGINT.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use phalanx::client::server::{ClientServer, Directory};
+use phalanx::kv::KvStateMachine;
+use phalanx::{Node, NodeConfig, StateMachineFactory, derive_node_id};
+use phalanx_net::{StaticDiscovery, TcpConfig, TcpFactory, parse_node_list};
+use phalanx_storage::StorageKind;
+
+/// Flags of `phalanx node`.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id (non-zero). Without it the id is derived from --raft-nodename, or from
+    /// "raft-host:raft-port" (the same derivation --initial-cluster uses for entries without
+    /// an id).
+    #[arg(long)]
+    raft_nodeid: Option<u64>,
+    /// A stable node name to derive the id from when --raft-nodeid is not given.
+    #[arg(long)]
+    raft_nodename: Option<String>,
+    /// Host other nodes use to reach this node's Raft port.
+    #[arg(long, default_value = "127.0.0.1")]
+    raft_host: String,
+    /// Raft port (node-to-node traffic).
+    #[arg(long)]
+    raft_port: u16,
+    /// The cluster's nodes, comma separated, as "id=host:port" or "host:port" (id derived
+    /// from the address). This node is added if it is not listed.
+    #[arg(long, default_value = "")]
+    initial_cluster: String,
+    /// Client addresses of the cluster's nodes ("id=host:port", comma separated), used to
+    /// point clients at the leader. Optional.
+    #[arg(long, default_value = "")]
+    initial_cluster_clients: String,
+    /// Number of user partitions (1..=N; partition 0 is the system partition).
+    #[arg(long, default_value_t = 8)]
+    initial_cluster_partitions: u32,
+    /// Log store: wal (native segment WAL, default), rocksdb, sqlite, memory.
+    #[arg(long, default_value = "wal")]
+    wal_adapter: String,
+    /// Directory of the WAL shards (default: the data directory).
+    #[arg(long)]
+    wal_path: Option<PathBuf>,
+    /// Data directory (identity, snapshots, and the WAL unless --wal-path).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Shards (cores) to run; default: every available core.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Client port (framed protobuf: put/get/cas/delete/append/status).
+    #[arg(long)]
+    client_port: u16,
+    /// Host the client port binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    client_host: String,
+    /// Cluster id; nodes of other clusters are refused at the handshake.
+    #[arg(long, default_value = "phalanx")]
+    cluster_id: String,
+    /// Sync every WAL batch (default true). With false, acknowledged writes can be lost on a
+    /// crash: benchmarks only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    sync_writes: bool,
+    /// Length of a Raft tick in milliseconds (heartbeat: 2 ticks, election: 10–20 ticks).
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// Pin each shard to its core.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pin_cores: bool,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))
+}
+
+/// Starts the node and blocks until SIGTERM or SIGINT.
+pub fn run(a: NodeArgs) -> Result<(), String> {
+    let raft_addr = format!("{}:{}", a.raft_host, a.raft_port);
+    let node_id = match (a.raft_nodeid, &a.raft_nodename) {
+        (Some(0), _) => return Err("--raft-nodeid must be non-zero".into()),
+        (Some(id), _) => id,
+        (None, Some(name)) => derive_node_id(name),
+        (None, None) => derive_node_id(&raft_addr),
+    };
+    let wal = StorageKind::parse(&a.wal_adapter).ok_or_else(|| {
+        let built: Vec<&str> = StorageKind::built().into_iter().map(StorageKind::name).collect();
+        format!("--wal-adapter {:?}: unknown; this build has {}", a.wal_adapter, built.join(", "))
+    })?;
+    if !StorageKind::built().contains(&wal) {
+        return Err(format!("--wal-adapter {}: not compiled into this build", a.wal_adapter));
+    }
+    let mut cluster = parse_node_list(&a.initial_cluster).map_err(|e| format!("--initial-cluster: {e}"))?;
+    if !cluster.iter().any(|n| n.id == node_id) {
+        cluster.push(phalanx_net::NodeAddr::new(node_id, raft_addr.clone()));
+    }
+    let clients =
+        parse_node_list(&a.initial_cluster_clients).map_err(|e| format!("--initial-cluster-clients: {e}"))?;
+    let client_addr = format!("{}:{}", a.client_host, a.client_port);
+
+    let mut cfg = NodeConfig::new(node_id, &a.data_dir);
+    cfg.cluster_id = a.cluster_id.clone();
+    cfg.raft_host = a.raft_host.clone();
+    cfg.raft_port = a.raft_port;
+    cfg.initial_cluster = cluster.iter().map(|n| (n.id, n.addr.clone())).collect();
+    cfg.initial_partitions = a.initial_cluster_partitions;
+    if let Some(c) = a.cores {
+        cfg.cores = c;
+    }
+    cfg.pin_cores = a.pin_cores;
+    cfg.wal = wal;
+    cfg.wal_dir = a.wal_path.clone();
+    cfg.sync_writes = a.sync_writes;
+    cfg.tick_interval_ms = a.tick_ms;
+    cfg.validate()?;
+
+    let discovery =
+        Arc::new(StaticDiscovery::new(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?);
+    let tcp = TcpFactory::bind(TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone()), discovery)
+        .map_err(|e| format!("raft port: {e}"))?;
+    let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
+    let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
+    let node = Node::start(cfg, tcp, sms)?;
+    let mut directory = Directory::default();
+    for n in &cluster {
+        directory.raft.insert(n.id, n.addr.clone());
+    }
+    for n in &clients {
+        directory.client.insert(n.id, n.addr.clone());
+    }
+    directory.client.insert(node_id, client_addr.clone());
+    let server = match ClientServer::start(node.handle(), client_sock, directory) {
+        Ok(s) => s,
+        Err(e) => {
+            node.shutdown();
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        node_id,
+        raft = %raft_addr,
+        client = %server.local_addr(),
+        partitions = a.initial_cluster_partitions,
+        wal = wal.name(),
+        "node started"
+    );
+
+    wait_for_stop_signal()?;
+    tracing::info!(node_id, "stopping: handing over leadership");
+    // Stepping down is answered by each shard at once; no timer is needed.
+    if let Err(e) = futures_lite::future::block_on(node.handle().leave_cluster()) {
+        tracing::warn!("leaving: {e}");
+    }
+    server.shutdown();
+    node.shutdown();
+    tracing::info!(node_id, "stopped");
+    Ok(())
+}
+
+fn wait_for_stop_signal() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "signal received");
+    }
+    Ok(())
+}
