@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use phalanx_proto::{
-    CasResponse, DeleteResponse, EntryKind, GetRequest, GetResponse, KvCommand, KvPair, KvSnapshot, LogEntry,
-    Message, kv_command,
+    AppendValueResponse, CasResponse, DeleteResponse, EntryKind, GetRequest, GetResponse, KvCommand, KvPair,
+    KvSnapshot, LogEntry, Message, kv_command,
 };
 
 use crate::raft::Status;
@@ -63,6 +63,15 @@ impl KvStateMachine {
             Some(kv_command::Op::Put(p)) => {
                 self.map.insert(p.key, p.value);
                 Bytes::new()
+            }
+            Some(kv_command::Op::AppendValue(a)) => {
+                let v = self.map.entry(a.key).or_default();
+                let mut joined = Vec::with_capacity(v.len() + a.value.len());
+                joined.extend_from_slice(v);
+                joined.extend_from_slice(&a.value);
+                let length = joined.len() as u64;
+                *v = Bytes::from(joined);
+                AppendValueResponse { length, ..Default::default() }.encode_to_vec().into()
             }
             Some(kv_command::Op::Delete(d)) => {
                 let existed = self.map.remove(&d.key).is_some();

@@ -19,9 +19,9 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
 use phalanx_proto::{
-    AppendResponse, CasResponse, ClientError, ClientErrorCode, ClientRequest, ClientResponse, DeleteResponse,
-    GetRequest, GetResponse, KvCommand, Message, NodeInfo, PartitionInfo, PutResponse, StatusResponse,
-    TransferLeaderResponse, client_request, client_response, kv_command,
+    AppendResponse, AppendValueResponse, CasResponse, ClientError, ClientErrorCode, ClientRequest,
+    ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand, Message, NodeInfo, PartitionInfo,
+    PutResponse, StatusResponse, TransferLeaderResponse, client_request, client_response, kv_command,
 };
 
 use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
@@ -281,6 +281,15 @@ async fn dispatch(
             out.partition = partition;
             out.log_index = r.log_index;
             R::Cas(out)
+        }
+        Op::AppendValue(a) => {
+            let key = a.key.clone();
+            let (partition, r) = replicate_kv(ctx, &key, kv_command::Op::AppendValue(a)).await?;
+            let mut out = AppendValueResponse::decode(r.response.as_ref())
+                .map_err(|_| error(ClientErrorCode::Internal, "undecodable state machine answer"))?;
+            out.partition = partition;
+            out.log_index = r.log_index;
+            R::AppendValue(out)
         }
         Op::Delete(d) => {
             let key = d.key.clone();
