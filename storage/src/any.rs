@@ -61,6 +61,8 @@ impl StorageKind {
 }
 
 /// One of the adapters.
+// One per shard, created once and never moved on a hot path: boxing would only add a hop.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyStore {
     /// Native WAL.

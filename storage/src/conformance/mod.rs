@@ -5,6 +5,9 @@
 //! (`cargo test -p phalanx-storage --features rocksdb,sqlite`); other crates can run it
 //! against their own adapters with the `conformance` feature.
 
+// Test-support code: an unwrap that fails is a failed check, reported with its location.
+#![allow(clippy::unwrap_used)]
+
 pub mod model;
 pub mod workload;
 

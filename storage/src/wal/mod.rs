@@ -170,8 +170,9 @@ impl Rec<'_> {
 pub struct WalStore {
     dir: PathBuf,
     opts: WalOptions,
-    /// Held (with `flock`) for the store's life: two stores on one directory would corrupt it.
-    _lock: File,
+    /// Held (with `flock`) for the store's life — and by its background task, which may
+    /// outlive a dropped store for a moment: two writers on one directory would corrupt it.
+    lock: Rc<File>,
     /// Segments in use, oldest first; the last one is being written.
     segments: VecDeque<Segment>,
     next: NextSegment,
@@ -194,7 +195,12 @@ impl std::fmt::Debug for WalStore {
     }
 }
 
-fn lock_dir(dir: &Path) -> Result<File> {
+/// How long `open` waits for the directory lock. A store dropped without `close` (a shard
+/// torn down after a failure) releases it only when its background task has wound down,
+/// which takes a moment; another live store keeps it, and `open` then fails with `Locked`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -202,17 +208,22 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| StorageError::io("open", &path, e))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let err = std::io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Err(StorageError::Locked { dir: dir.to_path_buf() })
-        } else {
-            Err(StorageError::io("lock", &path, err))
-        };
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StorageError::io("lock", &path, err));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StorageError::Locked { dir: dir.to_path_buf() });
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
     }
-    Ok(file)
 }
 
 impl WalStore {
@@ -222,12 +233,12 @@ impl WalStore {
         opts.check()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
-        let lock = lock_dir(&dir)?;
+        let lock = Rc::new(lock_dir(&dir).await?);
         let rec = recovery::recover(&dir, opts.segment_bytes).await?;
         let mut store = WalStore {
             dir,
             opts,
-            _lock: lock,
+            lock,
             segments: rec.segments,
             next: rec.next.map_or(NextSegment::None, NextSegment::Ready),
             spares: rec.spares,
@@ -465,7 +476,11 @@ impl WalStore {
         }
         if matches!(self.next, NextSegment::None) {
             let fut = self.start_prepare();
-            self.next = NextSegment::Pending(glommio::spawn_local(fut));
+            let lock = self.lock.clone();
+            self.next = NextSegment::Pending(glommio::spawn_local(async move {
+                let _lock = lock;
+                fut.await
+            }));
         }
     }
 
