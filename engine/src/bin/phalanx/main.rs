@@ -30,6 +30,11 @@ enum Command {
     Ctl(ctl::CtlArgs),
 }
 
+/// Log filter when `RUST_LOG` is unset. glommio's reactor reports at error level that a
+/// device does not support polled IO and falls back to interrupts; that is expected on
+/// most disks, so it is not shown by default.
+const DEFAULT_LOG_FILTER: &str = "info,glommio::reactor=off";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -49,6 +54,6 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
