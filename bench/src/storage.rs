@@ -40,8 +40,9 @@ pub struct StorageArgs {
     /// Measured seconds per adapter and partition count.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Unmeasured seconds before each measurement.
-    #[arg(long, default_value_t = 1.0)]
+    /// Unmeasured seconds before each measurement. Long enough for every adapter to reach its
+    /// steady state: the native WAL zero-fills its first segments, then recycles them.
+    #[arg(long, default_value_t = 3.0)]
     pub warmup_seconds: f64,
     /// Entries each partition keeps when it is compacted.
     #[arg(long, default_value_t = 1000)]

@@ -160,15 +160,37 @@ impl StorageError {
 #[derive(Debug, Default)]
 pub(crate) struct Poison {
     cause: Option<Arc<StorageError>>,
+    /// A write started and has not finished. Seen by a later call, it means the write's
+    /// future was dropped half-way: what reached the disk is unknown, so the store is as
+    /// good as failed.
+    in_flight: bool,
 }
 
 impl Poison {
-    /// `Err(Fatal)` once poisoned.
+    /// `Err(Fatal)` once poisoned (or after an abandoned write).
     pub(crate) fn check(&self) -> Result<()> {
         match &self.cause {
             Some(cause) => Err(StorageError::Fatal { cause: cause.clone() }),
+            None if self.in_flight => Err(StorageError::Fatal {
+                cause: Arc::new(StorageError::Backend {
+                    backend: "storage",
+                    reason: "a write was abandoned before it completed (its future was dropped)".into(),
+                }),
+            }),
             None => Ok(()),
         }
+    }
+
+    /// Marks the start of a write that will touch the disk.
+    pub(crate) fn begin(&mut self) -> Result<()> {
+        self.check()?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// Marks the end of a write, whatever its outcome (failures poison separately).
+    pub(crate) fn end(&mut self) {
+        self.in_flight = false;
     }
 
     /// Poisons the store with `err` (the first cause wins) and returns the fatal error.

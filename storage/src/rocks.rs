@@ -281,6 +281,7 @@ impl RocksStore {
         let dir = self.dir.clone();
         let sync = self.opts.sync_writes;
         let faults: Option<FaultInjector> = self.opts.faults.clone();
+        self.poison.begin()?;
         let r = glommio::executor()
             .spawn_blocking(move || {
                 let plan =
@@ -339,6 +340,7 @@ impl RocksStore {
                 Ok(after)
             })
             .await;
+        self.poison.end();
         match r {
             Ok(after) => Ok(after),
             Err(WriteError::Refused(e)) => Err(e),

@@ -247,6 +247,7 @@ impl SqliteStore {
         let path = self.path.clone();
         let sync = self.opts.sync_writes;
         let faults: Option<FaultInjector> = self.opts.faults.clone();
+        self.poison.begin()?;
         let r = glommio::executor()
             .spawn_blocking(move || {
                 let mut conn = lock(&conn);
@@ -341,6 +342,7 @@ impl SqliteStore {
                 Ok(after)
             })
             .await;
+        self.poison.end();
         match r {
             Ok(after) => Ok(after),
             Err(WriteError::Refused(e)) => Err(e),

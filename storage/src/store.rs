@@ -62,6 +62,9 @@ impl Default for StoreOptions {
 ///
 /// Reads see every batch that returned `Ok`.
 ///
+/// A write's future must be driven to completion: dropping it half-way leaves unknown what
+/// reached the disk, so the store then fails every call, as after a failed write.
+///
 /// # Errors
 ///
 /// * A batch that breaks these rules or a limit is refused before anything is written

@@ -299,6 +299,10 @@ macro_rules! conformance_suite {
                 run(|| async { c::sync_failure_is_fatal(&$fixture).await });
             }
             #[test]
+            fn abandoned_write_poisons() {
+                run(|| async { c::abandoned_write_poisons(&$fixture).await });
+            }
+            #[test]
             fn newer_format_refused() {
                 run(|| async { c::newer_format_refused(&$fixture).await });
             }

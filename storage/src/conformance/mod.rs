@@ -443,6 +443,42 @@ pub async fn sync_failure_is_fatal<F: Fixture>(f: &F) {
     s.close().await.unwrap();
 }
 
+/// A write whose future is dropped before it completes leaves the store failed: what reached
+/// the disk is unknown. After reopening, the batch is wholly present or wholly absent.
+#[cfg(test)]
+pub async fn abandoned_write_poisons<F: Fixture>(f: &F) {
+    let mut s = open(f).await;
+    let mut m = Model::default();
+    let mut w = pw(1);
+    w.entries = entries(1, 1, 5, 1, 100);
+    write(&mut s, &mut m, batch(vec![w])).await;
+    let mut w = pw(1);
+    w.entries = entries(1, 6, 40, 1, 1000);
+    let b = batch(vec![w]);
+    let completed = {
+        let fut = s.write(&b);
+        futures_lite::future::poll_once(fut).await.is_some()
+    };
+    if completed {
+        // The adapter finished in one poll (in memory): nothing was abandoned.
+        m.apply(&b);
+        check(&s, &m, "write completed in one poll").await;
+        return;
+    }
+    assert!(s.partition(1).expect_err("abandoned write must poison").is_fatal());
+    assert!(s.write(&b).await.expect_err("abandoned write must poison").is_fatal());
+    drop(s);
+    // Background work of the abandoned write may still be finishing.
+    glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+    let s = open(f).await;
+    let before = verify(&s, &m).await;
+    let mut after = m.clone();
+    after.apply(&b);
+    let with = verify(&s, &after).await;
+    assert!(before.is_ok() || with.is_ok(), "neither all nor nothing: {before:?} / {with:?}");
+    s.close().await.unwrap();
+}
+
 /// Data written by a newer format version is refused, not misread.
 pub async fn newer_format_refused<F: Fixture>(f: &F) {
     let mut s = open(f).await;

@@ -200,6 +200,10 @@ impl std::fmt::Debug for WalStore {
 /// which takes a moment; another live store keeps it, and `open` then fails with `Locked`.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Size of the `LOCK` file: one block of zeros, so it can prime glommio's device probe
+/// (see `segment::prime_iopoll_probe`).
+const LOCK_FILE_BYTES: u64 = 4096;
+
 async fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
@@ -213,6 +217,13 @@ async fn lock_dir(dir: &Path) -> Result<File> {
         // SAFETY: flock on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
+            // Written blocks (not a hole): the probe must reach the device.
+            let mut content = b"phalanx WAL lock\n".to_vec();
+            content.resize(LOCK_FILE_BYTES as usize, b'\n');
+            std::io::Write::write_all(&mut &file, &content)
+                .map_err(|e| StorageError::io("write", &path, e))?;
+            file.sync_data().map_err(|e| StorageError::io("fdatasync", &path, e))?;
+            segment::prime_iopoll_probe(&path).await?;
             return Ok(file);
         }
         let err = std::io::Error::last_os_error();
@@ -308,6 +319,19 @@ impl WalStore {
                 max: self.capacity(),
             });
         }
+        self.poison.begin()?;
+        let r = self.commit_inner(recs, entries, user_len, user_total).await;
+        self.poison.end();
+        r
+    }
+
+    async fn commit_inner(
+        &mut self,
+        recs: &[Rec<'_>],
+        entries: u64,
+        user_len: usize,
+        user_total: u64,
+    ) -> Result<()> {
         let relocation = match self.collect_garbage(user_total).await {
             Ok(r) => r,
             Err(e) => return Err(self.poison.poison(e)),
@@ -318,13 +342,14 @@ impl WalStore {
         all.extend(relocation.floors.iter().map(|(p, f)| Rec::Compact(*p, *f)));
         all.extend(relocation.meta.iter().map(|(k, v)| Rec::MetaSet(k, v)));
         let body_len = user_len + relocation.bytes;
-        let total = align_up((BATCH_HEADER_BYTES + body_len) as u64, block);
-        if self.active()?.end + total > self.active()?.bytes
+        let block = self.active()?.block;
+        if self.active()?.end + align_up((BATCH_HEADER_BYTES + body_len) as u64, block) > self.active()?.bytes
             && let Err(e) = self.roll().await
         {
             return Err(self.poison.poison(e));
         }
         let seg = self.active()?;
+        let total = align_up((BATCH_HEADER_BYTES + body_len) as u64, seg.block);
         let (seq, pos, path, file) = (seg.seq, seg.end, seg.path.clone(), seg.file.clone());
         let mut buf = file.alloc_dma_buffer(total as usize);
         {

@@ -88,6 +88,16 @@ pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile> {
     OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(|e| gio("open", path, e))
 }
 
+/// Makes glommio decide whether the device supports polled I/O by reading a file that has
+/// data. glommio probes a device (once per thread) with a read on the first DMA file opened
+/// there and trusts a successful read: an *empty* file reads "successfully", which enables
+/// the poll ring on devices without iopoll, and every later read fails with EOPNOTSUPP.
+/// `path` must hold at least one block.
+pub(crate) async fn prime_iopoll_probe(path: &Path) -> Result<()> {
+    let f = DmaFile::open(path).await.map_err(|e| gio("open", path, e))?;
+    f.close().await.map_err(|e| gio("close", path, e))
+}
+
 /// Syncs a directory so renames and creations in it are durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     let d = Directory::open(dir).await.map_err(|e| gio("open directory", dir, e))?;
@@ -98,6 +108,7 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
 /// Creates `spare-<id>.seg` of `bytes` bytes, fully written with zeros and synced.
 pub(crate) async fn create_spare(dir: &Path, id: u64, bytes: u64) -> Result<PathBuf> {
     let tmp = dir.join(format!("spare-{id:016x}.tmp"));
+    // Write-only on purpose: see `prime_iopoll_probe`.
     let file = OpenOptions::new()
         .write(true)
         .create(true)
