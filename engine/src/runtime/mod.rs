@@ -17,6 +17,7 @@ pub(crate) mod shard;
 pub(crate) mod shared;
 pub mod snapshots;
 pub(crate) mod waiters;
+pub(crate) mod writer;
 
 pub use node::Node;
 pub use request::{PartitionStatus, ReplicationResult};

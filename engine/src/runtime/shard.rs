@@ -9,14 +9,17 @@
 //! 3. collect every group's Ready into one `MultiReady`; send the messages that may leave
 //!    at once (one coalesced frame per peer) — a leader's appends go out before its own
 //!    fsync, and it counts itself toward a quorum only after it;
-//! 4. write everything to the WAL shard in one batch with one `fdatasync`;
-//! 5. send the messages that needed durable state (vote grants, append acks);
-//! 6. apply committed entries to the state machines and complete callers' futures;
-//! 7. acknowledge the Ready (`advance`), serve reads whose index is now applied, compact
-//!    behind checkpoints.
+//! 4. apply committed entries to the state machines and complete callers' futures —
+//!    committed means durable on a quorum, so this need not wait for the local fsync;
+//! 5. hand the Ready's persistent part to the WAL writer (`writer.rs`), which makes it
+//!    durable in order, merging every Ready queued behind a write in progress into the next
+//!    batch: one `fdatasync` per batch (group commit);
+//! 6. when a write completes: send the messages that needed durable state (vote grants,
+//!    append acks), acknowledge the Ready (`advance`), serve reads whose index is now
+//!    applied, compact behind checkpoints.
 //!
-//! While the fsync of step 4 runs, new inputs queue in the inbox: the next turn takes them
-//! all at once, which is what makes group commit batch under load.
+//! The loop never waits for an fsync: while one runs it keeps receiving acknowledgements,
+//! committing, answering callers and sending.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use futures_channel::oneshot;
 use phalanx_net::Transport;
 use phalanx_proto::{MessageBatch, RaftMessage};
 use phalanx_storage::{AnyStore, LogPosition, LogStore, PartitionWrite, StoreOptions, WriteBatch};
+
+use super::writer::{self, Completion, WriteJob};
 
 use super::bus::{Bus, ShardMsg};
 use super::placement::{partitions_of, shard_of};
@@ -48,6 +53,9 @@ pub const SYSTEM_LOG_TYPE: &str = "_RaftSystem";
 /// Ready rounds per loop turn: each round may enable another (an acknowledgement that lets
 /// the leader commit), but a turn must end so inputs and ticks are served.
 const MAX_READY_ROUNDS_PER_TURN: usize = 8;
+/// Readies handed to the writer and not durable yet; beyond it the shard stops collecting
+/// Readies (inputs still queue in the groups) until writes complete.
+const MAX_WRITES_IN_FLIGHT: usize = 256;
 /// Ticks a shard catches up at once after a stall; older ones are skipped rather than fired
 /// in a burst (which would start needless elections).
 const MAX_CATCH_UP_TICKS: u32 = 4;
@@ -63,6 +71,13 @@ pub(crate) struct ShardSetup {
     pub state_machines: StateMachineFactory,
 }
 
+/// What woke the loop.
+enum Wake {
+    Input(Option<ShardMsg>),
+    Durable(Option<Completion>),
+    Tick,
+}
+
 struct LeaderWaiter {
     partition: PartitionId,
     deadline: Instant,
@@ -75,8 +90,11 @@ pub(crate) struct Shard<T: Transport> {
     shards: usize,
     cfg: Arc<NodeConfig>,
     multi: MultiRaft,
-    store: AnyStore,
     snapshots: SnapshotStore,
+    jobs: Option<flume::Sender<WriteJob>>,
+    done: flume::Receiver<Completion>,
+    writer_task: Option<glommio::Task<()>>,
+    writes_in_flight: usize,
     transport: T,
     inbox: flume::Receiver<ShardMsg>,
     bus: Bus,
@@ -156,14 +174,20 @@ impl<T: Transport> Shard<T> {
             sms.insert(p, sm);
         }
         let tick = Duration::from_millis(cfg.tick_interval_ms);
+        let (jobs, jobs_rx) = flume::unbounded();
+        let (done_tx, done) = flume::unbounded();
+        let writer_task = glommio::spawn_local(writer::run(store, snapshots.clone(), jobs_rx, done_tx));
         Ok(Shard {
             id: shard,
             shards,
             hlc: HybridLogicalClock::new(cfg.node_id),
             cfg,
             multi,
-            store,
             snapshots,
+            jobs: Some(jobs),
+            done,
+            writer_task: Some(writer_task),
+            writes_in_flight: 0,
             transport,
             inbox,
             bus,
@@ -182,21 +206,38 @@ impl<T: Transport> Shard<T> {
 
     /// Runs until asked to stop or the store fails.
     pub(crate) async fn run(mut self) {
-        loop {
+        'turns: loop {
             let now = Instant::now();
-            if now < self.next_tick {
+            if now < self.next_tick && self.done.is_empty() {
                 let wait = self.next_tick - now;
-                let inbox = self.inbox.clone();
-                let got =
-                    futures_lite::future::or(async move { Some(inbox.recv_async().await) }, async move {
+                let (inbox, done) = (self.inbox.clone(), self.done.clone());
+                let got = futures_lite::future::or(
+                    futures_lite::future::or(
+                        async move { Wake::Input(inbox.recv_async().await.ok()) },
+                        async move { Wake::Durable(done.recv_async().await.ok()) },
+                    ),
+                    async move {
                         glommio::timer::sleep(wait).await;
-                        None
-                    })
-                    .await;
+                        Wake::Tick
+                    },
+                )
+                .await;
                 match got {
-                    Some(Ok(m)) => self.handle(m),
-                    Some(Err(_)) => self.stopping = true, // every sender is gone
-                    None => {}
+                    Wake::Input(Some(m)) => self.handle(m),
+                    Wake::Input(None) => self.stopping = true, // every sender is gone
+                    Wake::Durable(Some(c)) => {
+                        if let Err(e) = self.on_durable(c).await {
+                            self.fatal(e);
+                            break 'turns;
+                        }
+                    }
+                    Wake::Durable(None) | Wake::Tick => {}
+                }
+            }
+            while let Ok(c) = self.done.try_recv() {
+                if let Err(e) = self.on_durable(c).await {
+                    self.fatal(e);
+                    break 'turns;
                 }
             }
             for _ in 0..self.cfg.max_inputs_per_turn {
@@ -218,11 +259,13 @@ impl<T: Transport> Shard<T> {
         for w in self.leader_waiters.drain(..) {
             let _ = w.reply.send(Err(Status::Errored));
         }
-        let Shard { store, transport, id, .. } = self;
-        transport.shutdown().await;
-        if let Err(e) = store.close().await {
-            tracing::warn!(shard = id, "closing the store: {e}");
+        // Closing the job channel lets the writer finish what it holds and close the store.
+        self.jobs = None;
+        if let Some(t) = self.writer_task.take() {
+            t.await;
         }
+        let Shard { transport, .. } = self;
+        transport.shutdown().await;
     }
 
     fn fatal(&mut self, reason: String) {
@@ -449,51 +492,72 @@ impl<T: Transport> Shard<T> {
         }
     }
 
-    /// Steps 3–7 of the loop for every Ready available now.
+    /// Steps 3–5 of the loop for every Ready available now.
     async fn process_readies(&mut self) -> Result<(), String> {
         for _ in 0..MAX_READY_ROUNDS_PER_TURN {
+            if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT {
+                break;
+            }
             let Some(mut mr) = self.multi.ready() else { break };
             let immediate: Vec<RaftMessage> =
                 mr.groups.iter_mut().flat_map(|(_, r)| std::mem::take(&mut r.messages)).collect();
             self.send_coalesced(immediate);
-            self.persist(&mut mr.groups).await?;
-            let after: Vec<RaftMessage> =
-                mr.groups.iter_mut().flat_map(|(_, r)| std::mem::take(&mut r.persisted_messages)).collect();
-            self.send_coalesced(after);
+            let mut job = WriteJob {
+                number: mr.number,
+                batch: WriteBatch::default(),
+                snapshots: Vec::new(),
+                persisted_messages: Vec::new(),
+            };
+            for (p, r) in &mut mr.groups {
+                job.persisted_messages.append(&mut r.persisted_messages);
+                if let Some(s) = &r.snapshot {
+                    job.snapshots.push((*p, s.clone()));
+                }
+                let w = PartitionWrite {
+                    partition: *p,
+                    snapshot: r.snapshot.as_ref().map(|s| LogPosition::new(s.meta.index, s.meta.term)),
+                    entries: std::mem::take(&mut r.entries),
+                    hard_state: r.hard_state,
+                    compact_to: r.compact_to,
+                };
+                if !w.is_empty() {
+                    job.batch.partitions.push(w);
+                }
+            }
             for (p, r) in mr.groups {
                 self.apply_ready(p, r);
             }
-            self.multi.advance(mr.number);
-            self.serve_reads();
-            self.compact_behind_checkpoints().await?;
+            if self.writes_in_flight == 0 && job.batch.is_empty() && job.snapshots.is_empty() {
+                // Nothing to make durable and nothing queued before it: done now.
+                let c = Completion {
+                    number: job.number,
+                    persisted_messages: job.persisted_messages,
+                    result: Ok(()),
+                };
+                self.writes_in_flight += 1;
+                self.on_durable(c).await?;
+                continue;
+            }
+            let Some(jobs) = &self.jobs else { break };
+            if jobs.send(job).is_err() {
+                return Err("the WAL writer stopped".into());
+            }
+            self.writes_in_flight += 1;
         }
         Ok(())
     }
 
-    /// Step 4: one WAL batch (one fdatasync) for every group; received snapshots first.
-    async fn persist(&mut self, groups: &mut [(PartitionId, Ready)]) -> Result<(), String> {
-        for (p, r) in groups.iter() {
-            if let Some(s) = &r.snapshot {
-                self.save_snapshot(*p, s.clone()).await?;
-            }
+    /// Step 6: a Ready is durable.
+    async fn on_durable(&mut self, c: Completion) -> Result<(), String> {
+        self.writes_in_flight -= 1;
+        c.result?;
+        self.send_coalesced(c.persisted_messages);
+        self.multi.advance(c.number);
+        self.serve_reads();
+        if self.writes_in_flight == 0 {
+            self.compact_behind_checkpoints().await?;
         }
-        let mut batch = WriteBatch::default();
-        for (p, r) in groups.iter_mut() {
-            let w = PartitionWrite {
-                partition: *p,
-                snapshot: r.snapshot.as_ref().map(|s| LogPosition::new(s.meta.index, s.meta.term)),
-                entries: std::mem::take(&mut r.entries),
-                hard_state: r.hard_state,
-                compact_to: r.compact_to,
-            };
-            if !w.is_empty() {
-                batch.partitions.push(w);
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.store.write(&batch).await.map_err(|e| format!("WAL write failed: {e}"))
+        Ok(())
     }
 
     async fn save_snapshot(&self, p: PartitionId, s: Snapshot) -> Result<(), String> {
@@ -504,7 +568,8 @@ impl<T: Transport> Shard<T> {
             .map_err(|e| format!("saving the snapshot of partition {p}: {e}"))
     }
 
-    /// Step 6 for one group.
+    /// Step 4 for one group: leader changes, a received snapshot, committed entries,
+    /// read answers.
     fn apply_ready(&mut self, p: PartitionId, r: Ready) {
         let Some(sm) = self.sms.get_mut(&p) else { return };
         if let Some(ss) = r.soft_state {
