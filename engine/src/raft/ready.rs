@@ -1,15 +1,18 @@
 //! The output side of the core: numbered `Ready`s and their acknowledgement.
 //!
-//! A `Ready` says what the shell must do, in this order:
-//! 1. send `messages` (at once, even before persisting: the leader's appends, heartbeats);
-//! 2. persist: `snapshot` (install it), then `entries` (replacing any stored entries at
-//!    or after the first one's index), then `hard_state`, then `compact_to`;
-//! 3. after that is durable, send `persisted_messages` (vote grants, append
-//!    acknowledgements — §5: a node answers only from durable state);
-//! 4. restore the state machine from `snapshot` if any, apply `deliveries` to it, and track
-//!    `committed_entries` (every committed entry, for completing callers' proposals);
-//! 5. call `advance(number)`. Acknowledging Ready *n* acknowledges every Ready before it,
-//!    so a shell may pipeline several and acknowledge the last.
+//! A `Ready` says what the shell must do:
+//! 1. send `messages` at once, even before persisting (the leader's appends, heartbeats);
+//! 2. apply: restore the state machine from `snapshot` if any, apply `deliveries`, and use
+//!    `committed_entries` (every committed entry) to complete callers' proposals. Committed
+//!    entries are durable on a quorum, so this need not wait for step 3;
+//! 3. persist, in order with earlier Readies: `snapshot` (install it), then `entries`
+//!    (replacing any stored entries at or after the first one's index), then `hard_state`,
+//!    then `compact_to`;
+//! 4. once that is durable, send `persisted_messages` (vote grants, append acknowledgements —
+//!    §5: a node answers only from durable state) and call `advance(number)`.
+//!
+//! Acknowledging Ready *n* acknowledges every Ready before it, so a shell may pipeline
+//! several and acknowledge them in order as their writes complete.
 
 use std::collections::VecDeque;
 
