@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub partition_per_10k: u64,
     /// The Raft configuration of every group (id, group, seed filled in per node).
     pub raft: phalanx::raft::Config,
+    /// Apply committed entries (and acknowledge clients) when the Ready arrives, before the
+    /// local fsync, as the runtime does; otherwise only after it.
+    pub apply_before_persist: bool,
 }
 
 impl SimConfig {
@@ -80,6 +83,7 @@ impl SimConfig {
             crash_per_10k: [10, 40, 150, 500][r.range(0, 4) as usize],
             restart_pct: [2, 5, 20, 60][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
+            apply_before_persist: r.range(0, 2) == 0,
             raft: {
                 let mut c = node::base_config();
                 // Small appends split a new leader's no-op from the older entries before it,
@@ -367,6 +371,14 @@ impl Sim {
                 self.nodes[i].reads.push((gid, rs));
             }
             let local_snapshot = self.nodes[i].local_snapshots.remove(&gid);
+            let (committed, deliveries) = if self.cfg.apply_before_persist {
+                // Committed entries are durable on a quorum: a shell may apply them (and
+                // answer clients) before its own fsync completes.
+                self.apply(i, gid, r.snapshot.as_ref(), &r.committed_entries, &r.deliveries);
+                (Vec::new(), Vec::new())
+            } else {
+                (r.committed_entries, r.deliveries)
+            };
             groups.push(GroupWrite {
                 group: gid,
                 snapshot: r.snapshot,
@@ -375,8 +387,8 @@ impl Sim {
                 hard_state: r.hard_state,
                 compact_to: r.compact_to,
                 persisted_messages: r.persisted_messages,
-                committed: r.committed_entries,
-                deliveries: r.deliveries,
+                committed,
+                deliveries,
             });
         }
         self.workload.check_reads(&mut self.nodes[i], &mut self.checker);
@@ -413,23 +425,39 @@ impl Sim {
             for m in gw.persisted_messages {
                 self.net.send(m, now, &mut self.rng);
             }
-            if let Some(s) = &gw.snapshot {
-                self.nodes[i].sms.insert(gid, node::StateMachine::decode(&s.data));
-            }
-            for e in &gw.committed {
-                self.checker.on_committed(gid, node_id, e);
-                self.workload.on_committed(node_id, gid, e, &mut self.checker);
-            }
-            let sm = self.nodes[i].sms.entry(gid).or_default();
-            for e in &gw.deliveries {
-                let pos = sm.inputs.len();
-                self.checker.on_delivery(gid, node_id, pos, e);
-                if !sm.apply(e) {
-                    self.checker.on_duplicate(gid, node_id, checker::entry_id(e));
-                }
+            if !self.cfg.apply_before_persist {
+                self.apply(i, gid, gw.snapshot.as_ref(), &gw.committed, &gw.deliveries);
             }
         }
         self.nodes[i].multi.advance(w.number);
+    }
+
+    /// The shell's apply step: state machine restore, committed entries (client acks),
+    /// deliveries.
+    fn apply(
+        &mut self,
+        i: usize,
+        gid: GroupId,
+        snapshot: Option<&phalanx::raft::Snapshot>,
+        committed: &[phalanx_proto::LogEntry],
+        deliveries: &[phalanx_proto::LogEntry],
+    ) {
+        let node_id = self.nodes[i].id;
+        if let Some(s) = snapshot {
+            self.nodes[i].sms.insert(gid, node::StateMachine::decode(&s.data));
+        }
+        for e in committed {
+            self.checker.on_committed(gid, node_id, e);
+            self.workload.on_committed(node_id, gid, e, &mut self.checker);
+        }
+        let sm = self.nodes[i].sms.entry(gid).or_default();
+        for e in deliveries {
+            let pos = sm.inputs.len();
+            self.checker.on_delivery(gid, node_id, pos, e);
+            if !sm.apply(e) {
+                self.checker.on_duplicate(gid, node_id, checker::entry_id(e));
+            }
+        }
     }
 
     /// A human-readable picture of every node's groups.
