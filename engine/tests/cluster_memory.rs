@@ -154,8 +154,8 @@ impl Cluster {
 }
 
 #[test]
-fn three_nodes_elect_replicate_and_read_everywhere() {
-    let c = Cluster::new(3, 8, StorageKind::Memory);
+fn three_nodes_by_64_partitions_elect_replicate_and_read_everywhere() {
+    let c = Cluster::new(3, 64, StorageKind::Memory);
     c.wait_all_leaders(Duration::from_secs(20));
     for i in 0..50 {
         c.put(&format!("k{i}"), &format!("v{i}"));
@@ -170,7 +170,7 @@ fn three_nodes_elect_replicate_and_read_everywhere() {
 
 #[test]
 fn survives_leader_crash_and_restart_converges() {
-    let mut c = Cluster::new(3, 8, StorageKind::Wal);
+    let mut c = Cluster::new(3, 64, StorageKind::Wal);
     c.wait_all_leaders(Duration::from_secs(20));
     for i in 0..40 {
         c.put(&format!("a{i}"), "1");

@@ -403,7 +403,6 @@ impl Sim {
 
     fn complete_write(&mut self, i: usize, w: PendingWrite) {
         let now = self.now;
-        let node_id = self.nodes[i].id;
         for gw in w.groups {
             let gid = gw.group;
             {
