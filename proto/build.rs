@@ -2,7 +2,7 @@
 //! Phalanx never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/phalanx/v1/raft.proto", "proto/phalanx/v1/net.proto", "proto/phalanx/v1/client.proto"];
+    let files = ["proto/phalanx/v1/raft.proto", "proto/phalanx/v1/net.proto", "proto/phalanx/v1/client.proto", "proto/phalanx/v1/system.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -20,6 +20,9 @@ pub struct NodeConfig {
     pub raft_port: u16,
     /// Every node of the initial cluster, this one included: (id, "host:port").
     pub initial_cluster: Vec<(NodeId, String)>,
+    /// This node's client address ("host:port"), announced through the system partition so
+    /// other nodes can point clients at it. `None` when it serves no client port.
+    pub client_address: Option<String>,
     /// Number of user partitions (1..=N); partition 0 (system) always exists too.
     pub initial_partitions: u32,
     /// Shards (one per core) this node runs.
@@ -66,6 +69,7 @@ impl NodeConfig {
             raft_host: "127.0.0.1".into(),
             raft_port: 0,
             initial_cluster: Vec::new(),
+            client_address: None,
             initial_partitions: 8,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,

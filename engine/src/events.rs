@@ -37,6 +37,18 @@ pub enum Event {
         /// Why.
         status: Status,
     },
+    /// The failure detector has not heard from a peer within the failure timeout.
+    NodeDown {
+        /// The peer.
+        node: NodeId,
+    },
+    /// A peer the failure detector considered down was heard from again.
+    NodeUp {
+        /// The peer.
+        node: NodeId,
+    },
+    /// The system partition's cluster directory changed (a node announced itself).
+    DirectoryChanged,
     /// A shard stopped because its storage failed (fatal, see the storage contract).
     ShardFailed {
         /// The shard.

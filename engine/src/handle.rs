@@ -268,6 +268,18 @@ impl NodeHandle {
         self.inner.shared.last_activity(node)
     }
 
+    /// Peers the failure detector considers down (not heard from within an election timeout).
+    #[must_use]
+    pub fn down_nodes(&self) -> Vec<NodeId> {
+        self.inner.shared.down_nodes()
+    }
+
+    /// The cluster as the system partition knows it (nodes' announced addresses).
+    #[must_use]
+    pub fn cluster_directory(&self) -> std::sync::Arc<crate::system::ClusterDirectory> {
+        self.inner.shared.directory()
+    }
+
     /// Every partition as this node sees it.
     pub async fn status(&self) -> Vec<PartitionStatus> {
         let mut all = Vec::new();

@@ -99,6 +99,7 @@ pub mod partition_key;
 pub mod raft;
 pub mod runtime;
 pub mod state_machine;
+pub mod system;
 
 pub use config::{NodeConfig, derive_node_id};
 pub use events::Event;

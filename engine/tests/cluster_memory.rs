@@ -50,6 +50,7 @@ impl Cluster {
         cfg.wal = self.wal;
         cfg.tick_interval_ms = 10;
         cfg.request_timeout_ms = 5_000;
+        cfg.client_address = Some(format!("client-{id}:1"));
         cfg
     }
 
@@ -192,4 +193,42 @@ fn survives_leader_crash_and_restart_converges() {
         assert_eq!(c.get(victim, &format!("b{i}")).as_deref(), Some("2"));
         assert_eq!(c.get(victim, &format!("c{i}")).as_deref(), Some("3"));
     }
+}
+
+#[test]
+fn system_partition_directory_and_failure_events_reach_every_node() {
+    let mut c = Cluster::new(3, 4, StorageKind::Memory);
+    c.wait_all_leaders(Duration::from_secs(20));
+    // Every node announces itself through partition 0; every node learns every announcement.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let complete = (1..=3).all(|id| {
+            let d = c.handle(id).cluster_directory();
+            (1..=3).all(|n| d.client_address(n) == Some(format!("client-{n}:1").as_str()))
+        });
+        if complete {
+            break;
+        }
+        assert!(Instant::now() < deadline, "directory incomplete");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The failure detector reports a crashed node down, then up again after it restarts.
+    let events = c.handle(1).subscribe();
+    c.crash(3);
+    let wait_for = |want: &phalanx::Event| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(e) if &e == want => return,
+                Ok(_) => {}
+                Err(_) => panic!("no {want:?} within 20 s"),
+            }
+        }
+    };
+    wait_for(&phalanx::Event::NodeDown { node: 3 });
+    assert_eq!(c.handle(1).down_nodes(), vec![3]);
+    c.restart(3);
+    wait_for(&phalanx::Event::NodeUp { node: 3 });
+    assert!(c.handle(1).down_nodes().is_empty());
 }

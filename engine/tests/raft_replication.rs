@@ -354,3 +354,57 @@ fn slow_catch_up_does_not_multiply_appends() {
         "{carried} entries sent for 41 missing over {heartbeats} heartbeats"
     );
 }
+
+/// §8 (client interaction), as etcd does with MsgProp: a follower passes a proposal to the
+/// leader it knows, which appends it like its own; it commits and reaches every state
+/// machine. Without a known leader the follower refuses; malformed forwards are rejected and
+/// counted; a forward that reaches a non-leader is dropped (the proposer retries).
+#[test]
+fn forwarded_proposal_is_appended_by_the_leader() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    let before = c.raft(1).log().last_index();
+    let out = c.raft_mut(2).propose_or_forward(proposal("via-follower")).unwrap();
+    assert!(out.is_none(), "a follower forwards, it does not append");
+    assert_eq!(c.raft(2).log().last_index(), before);
+    c.stabilize();
+    let last = c.raft(1).log().last_index();
+    assert_eq!(last, before + 1, "the leader appended the forwarded entry");
+    for id in [1, 2, 3] {
+        let e = c.raft(id).log().entry(last).expect("replicated").clone();
+        assert_eq!(&e.payload[..], b"via-follower");
+        assert!(c.raft(id).log().committed() >= last);
+    }
+    // On the leader it is an ordinary proposal.
+    assert!(c.raft_mut(1).propose_or_forward(proposal("local")).unwrap().is_some());
+
+    // No known leader: refused.
+    let mut lone = solo_with_log(2, &[1, 2, 3], 1, vec![], 0, plain);
+    assert_eq!(lone.propose_or_forward(proposal("x")).unwrap_err(), Status::NodeIsNotLeader);
+
+    // Malformed forwards are bad peer input.
+    let rejected = c.raft(1).stats().rejected_messages;
+    let no_ticket = phalanx_proto::ForwardedProposal {
+        kind: phalanx_proto::EntryKind::Normal as i32,
+        ..Default::default()
+    };
+    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(no_ticket))).is_err());
+    let bad_kind = phalanx_proto::ForwardedProposal {
+        kind: phalanx_proto::EntryKind::ConfChange as i32,
+        payloads: vec![bytes::Bytes::from_static(b"x")],
+        ticket: Some(Default::default()),
+        ..Default::default()
+    };
+    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(bad_kind))).is_err());
+    assert_eq!(c.raft(1).stats().rejected_messages, rejected + 2);
+    // A forward that reaches a follower is refused, not appended.
+    let fwd = phalanx_proto::ForwardedProposal {
+        kind: phalanx_proto::EntryKind::Normal as i32,
+        payloads: vec![bytes::Bytes::from_static(b"late")],
+        ticket: Some(Default::default()),
+        ..Default::default()
+    };
+    let last = c.raft(3).log().last_index();
+    assert_eq!(c.raft_mut(3).step(msg(2, 3, Body::ForwardedProposal(fwd))), Err(Status::NodeIsNotLeader));
+    assert_eq!(c.raft(3).log().last_index(), last);
+}

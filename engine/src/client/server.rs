@@ -229,7 +229,15 @@ fn status_error(ctx: &Ctx, partition: u64, status: Status) -> client_response::R
         && let Some((leader, _)) = ctx.handle.leader_of(partition)
     {
         e.leader_id = leader;
-        e.leader_address = ctx.dir.client.get(&leader).cloned().unwrap_or_default();
+        // Prefer what the leader announced through the system partition; fall back to the
+        // addresses this server was configured with.
+        e.leader_address = ctx
+            .handle
+            .cluster_directory()
+            .client_address(leader)
+            .map(str::to_string)
+            .or_else(|| ctx.dir.client.get(&leader).cloned())
+            .unwrap_or_default();
     }
     client_response::Result::Error(e)
 }
@@ -329,14 +337,30 @@ async fn dispatch(
             R::Append(AppendResponse { partition: p, log_index: r.log_index, ticket: Some(r.ticket.into()) })
         }
         Op::Status(_) => {
-            let mut nodes: Vec<NodeInfo> = ctx
-                .dir
-                .raft
-                .iter()
-                .map(|(id, addr)| NodeInfo {
-                    id: *id,
-                    raft_address: addr.clone(),
-                    client_address: ctx.dir.client.get(id).cloned().unwrap_or_default(),
+            // Nodes from the configuration, completed by what they announced through the
+            // system partition.
+            let announced = ctx.handle.cluster_directory();
+            let mut ids: std::collections::BTreeSet<NodeId> = ctx.dir.raft.keys().copied().collect();
+            ids.extend(announced.nodes.keys().copied());
+            let mut nodes: Vec<NodeInfo> = ids
+                .into_iter()
+                .map(|id| {
+                    let a = announced.nodes.get(&id);
+                    NodeInfo {
+                        id,
+                        raft_address: ctx
+                            .dir
+                            .raft
+                            .get(&id)
+                            .cloned()
+                            .or_else(|| a.map(|a| a.raft_address.clone()))
+                            .unwrap_or_default(),
+                        client_address: announced
+                            .client_address(id)
+                            .map(str::to_string)
+                            .or_else(|| ctx.dir.client.get(&id).cloned())
+                            .unwrap_or_default(),
+                    }
                 })
                 .collect();
             nodes.sort_by_key(|n| n.id);

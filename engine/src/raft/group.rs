@@ -76,6 +76,34 @@ pub struct RaftGroup {
     pub(super) msgs_after_persist: Vec<RaftMessage>,
     pub(super) ready: ReadyTracker,
     pub(super) stats: GroupStats,
+    /// Tickets of proposals recently forwarded to us, to drop network duplicates.
+    pub(super) recent_forwards: RecentTickets,
+}
+
+/// Forwarded proposals a leader remembers to drop duplicates.
+pub const RECENT_FORWARDS_MAX: usize = 4096;
+
+/// A bounded set of recently seen tickets (oldest forgotten first).
+#[derive(Debug, Default)]
+pub(super) struct RecentTickets {
+    order: std::collections::VecDeque<crate::hlc::Ticket>,
+    set: std::collections::BTreeSet<crate::hlc::Ticket>,
+}
+
+impl RecentTickets {
+    /// Records `t`; false if it was already there.
+    pub(super) fn insert(&mut self, t: crate::hlc::Ticket) -> bool {
+        if !self.set.insert(t) {
+            return false;
+        }
+        self.order.push_back(t);
+        if self.order.len() > RECENT_FORWARDS_MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
 }
 
 impl RaftGroup {
@@ -152,6 +180,7 @@ impl RaftGroup {
             msgs_after_persist: Vec::new(),
             ready: ReadyTracker::new(hard_state),
             stats: GroupStats::default(),
+            recent_forwards: RecentTickets::default(),
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so

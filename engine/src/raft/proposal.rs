@@ -43,6 +43,59 @@ impl RaftGroup {
         Ok(self.append_proposal(entries))
     }
 
+    /// Proposes on the leader, or passes the proposal to the leader this node knows (fire and
+    /// forget). Returns where it landed when this node leads, `None` when it was forwarded;
+    /// `NodeIsNotLeader` when no leader is known.
+    pub fn propose_or_forward(&mut self, p: Proposal) -> Result<Option<Proposed>, Status> {
+        if self.role == Role::Leader {
+            return self.propose(p).map(Some);
+        }
+        let Some(leader) = self.leader else { return Err(Status::NodeIsNotLeader) };
+        if p.payloads.is_empty() {
+            return Err(Status::InvalidRequest);
+        }
+        let kind = match p.kind {
+            ProposalKind::AutoCommit => EntryKind::Normal,
+            ProposalKind::TwoStep => EntryKind::Proposed,
+            ProposalKind::System => EntryKind::System,
+        };
+        let f = phalanx_proto::ForwardedProposal {
+            term: self.term,
+            kind: kind as i32,
+            log_type: p.log_type,
+            payloads: p.payloads,
+            ticket: Some(p.ticket.into()),
+        };
+        self.send(leader, Body::ForwardedProposal(f));
+        Ok(None)
+    }
+
+    /// A follower passed us a proposal: propose it if we lead (and it is well formed).
+    pub(super) fn handle_forwarded_proposal(
+        &mut self,
+        f: phalanx_proto::ForwardedProposal,
+    ) -> Result<(), Status> {
+        let kind = match EntryKind::try_from(f.kind) {
+            Ok(EntryKind::Normal) => ProposalKind::AutoCommit,
+            Ok(EntryKind::Proposed) => ProposalKind::TwoStep,
+            Ok(EntryKind::System) => ProposalKind::System,
+            _ => return self.reject(Status::InvalidRequest),
+        };
+        let Some(ticket) = f.ticket else { return self.reject(Status::InvalidRequest) };
+        if self.role != Role::Leader {
+            // Leadership moved on while it travelled: the proposer will retry.
+            return Err(Status::NodeIsNotLeader);
+        }
+        let ticket: Ticket = ticket.into();
+        // The network may deliver a forward twice; a ticket identifies one proposal, so the
+        // copy is dropped (within the window of recent forwards this leader remembers).
+        if !self.recent_forwards.insert(ticket) {
+            return Ok(());
+        }
+        let p = Proposal { kind, log_type: f.log_type, payloads: f.payloads, ticket };
+        self.propose(p).map(|_| ())
+    }
+
     /// Proposes the commit marker of a two-step proposal: once it commits, the proposal's
     /// entries are delivered to the state machine. `ProposalNotFound` if no two-step proposal
     /// with `ticket` is known (committed and unresolved, or still in flight).

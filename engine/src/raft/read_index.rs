@@ -204,6 +204,17 @@ impl RaftGroup {
         self.reads.forwarded.values().map(|(deadline, _)| *deadline).min().unwrap_or(u64::MAX)
     }
 
+    /// The shell's failure detector says `node` is unreachable: reads forwarded to it fail
+    /// now (`NodeIsNotLeader`, so callers retry) instead of at their timeout.
+    pub fn peer_unreachable(&mut self, node: NodeId) {
+        let lost: Vec<u64> =
+            self.reads.forwarded.iter().filter(|(_, (_, asked))| *asked == node).map(|(id, _)| *id).collect();
+        for request_id in lost {
+            self.reads.forwarded.remove(&request_id);
+            self.reads.out.push(ReadState { request_id, result: Err(Status::NodeIsNotLeader) });
+        }
+    }
+
     pub(super) fn handle_read_index_request(&mut self, from: NodeId, request_id: u64) {
         let who = Requester::Remote(from, request_id);
         let outcome =

@@ -21,6 +21,7 @@ fn body_term(b: &Body) -> u64 {
         Body::TimeoutNow(m) => m.term,
         Body::ReadIndexRequest(m) => m.term,
         Body::ReadIndexResponse(m) => m.term,
+        Body::ForwardedProposal(m) => m.term,
     }
 }
 
@@ -45,6 +46,8 @@ impl RaftGroup {
                 self.handle_read_index_response(from, r);
                 return Ok(());
             }
+            // A proposal is not tied to the proposer's term: whoever leads now takes it.
+            Body::ForwardedProposal(f) => return self.handle_forwarded_proposal(f),
             _ => {}
         }
         let term = body_term(&body);

@@ -11,6 +11,7 @@ use phalanx_proto::RaftMessage;
 use super::placement::shard_of;
 use super::request::Request;
 use crate::raft::{NodeId, Status};
+use crate::system::ClusterDirectory;
 
 /// What a shard's inbox carries.
 pub(crate) enum ShardMsg {
@@ -18,6 +19,10 @@ pub(crate) enum ShardMsg {
     Request(Request),
     /// Consensus messages from a peer node.
     Peer { from: NodeId, messages: Vec<RaftMessage> },
+    /// The system partition's state changed (from the shard that owns partition 0).
+    System(Arc<ClusterDirectory>),
+    /// The failure detector's view of a peer changed.
+    PeerStatus { node: NodeId, up: bool },
     /// Stop the shard.
     Stop,
 }
@@ -60,6 +65,16 @@ impl Bus {
     /// Delivers peer messages into `shard`'s inbox (the transport's sink). False if dropped.
     pub(crate) fn deliver_peer(&self, shard: usize, from: NodeId, messages: Vec<RaftMessage>) -> bool {
         self.inboxes.get(shard).is_some_and(|tx| tx.try_send(ShardMsg::Peer { from, messages }).is_ok())
+    }
+
+    /// Sends a message built by `make` to every shard but `except`; a full inbox drops it
+    /// (the next change is broadcast again in full).
+    pub(crate) fn broadcast(&self, except: usize, make: impl Fn() -> ShardMsg) {
+        for (i, tx) in self.inboxes.iter().enumerate() {
+            if i != except && tx.try_send(make()).is_err() {
+                tracing::debug!(shard = i, "bus full: broadcast dropped");
+            }
+        }
     }
 
     /// Asks every shard to stop (blocking until each inbox takes the signal).

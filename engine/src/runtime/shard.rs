@@ -21,7 +21,9 @@
 //! The loop never waits for an fsync: while one runs it keeps receiving acknowledgements,
 //! committing, answering callers and sending.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,7 @@ use crate::raft::{
     Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot, Status,
 };
 use crate::state_machine::{PartitionId, StateMachine, StateMachineFactory};
+use crate::system::{ClusterDirectory, SystemStateMachine, SystemView, announcement};
 
 /// The reserved log type of the system partition's own entries.
 pub const SYSTEM_LOG_TYPE: &str = "_RaftSystem";
@@ -56,6 +59,9 @@ const MAX_READY_ROUNDS_PER_TURN: usize = 8;
 /// Readies handed to the writer and not durable yet; beyond it the shard stops collecting
 /// Readies (inputs still queue in the groups) until writes complete.
 const MAX_WRITES_IN_FLIGHT: usize = 256;
+/// How often a node re-announces itself on the system partition until the announcement is
+/// applied (the first attempts fail while partition 0 has no leader).
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 /// Ticks a shard catches up at once after a stall; older ones are skipped rather than fired
 /// in a burst (which would start needless elections).
 const MAX_CATCH_UP_TICKS: u32 = 4;
@@ -108,6 +114,14 @@ pub(crate) struct Shard<T: Transport> {
     /// Partitions that applied a checkpoint and should compact once possible.
     compact_wanted: Vec<PartitionId>,
     peers_seen: HashMap<NodeId, Instant>,
+    /// Shard 0 only: the system partition's state, shared with its state machine.
+    system: Option<Rc<RefCell<SystemView>>>,
+    /// The latest cluster directory (from the system partition, via the bus).
+    directory: Arc<ClusterDirectory>,
+    next_announce: Instant,
+    /// Shard 0 only: peers the failure detector considers down.
+    down: BTreeSet<NodeId>,
+    started: Instant,
     tick: Duration,
     next_tick: Instant,
     stopping: bool,
@@ -135,10 +149,16 @@ impl<T: Transport> Shard<T> {
         let mut multi = MultiRaft::new();
         let mut sms: HashMap<PartitionId, Box<dyn StateMachine>> = HashMap::new();
         let mut replay_until = HashMap::new();
+        let system = (shard_of(0, shards) == shard).then(|| Rc::new(RefCell::new(SystemView::default())));
         for p in partitions_of(shard, shards, cfg.initial_partitions) {
             let recovered = store.load_partition(p).await.map_err(|e| format!("partition {p}: {e}"))?;
             let snapshot = snapshots.load(p).map_err(|e| format!("partition {p}: {e}"))?;
-            let mut sm = state_machines(p);
+            let mut sm = match (&system, p) {
+                // Partition 0 applies `_RaftSystem` entries itself; the rest reach the
+                // application's state machine.
+                (Some(view), 0) => Box::new(SystemStateMachine::new(state_machines(0), view.clone())),
+                _ => state_machines(p),
+            };
             if let Some(s) = &snapshot {
                 sm.restore(p, &s.data);
             }
@@ -198,6 +218,11 @@ impl<T: Transport> Shard<T> {
             replay_until,
             compact_wanted: Vec::new(),
             peers_seen: HashMap::new(),
+            system,
+            directory: Arc::new(ClusterDirectory::default()),
+            next_announce: Instant::now(),
+            down: BTreeSet::new(),
+            started: Instant::now(),
             tick,
             next_tick: Instant::now() + tick,
             stopping: false,
@@ -294,6 +319,89 @@ impl<T: Transport> Shard<T> {
         self.check_leader_waiters(now);
         self.shared.note_activity(&self.peers_seen);
         self.peers_seen.clear();
+        if self.system.is_some() {
+            self.announce_if_needed(now);
+            self.detect_failures(now);
+        }
+    }
+
+    /// Shard 0: proposes (or forwards to the leader) this node's announcement until the
+    /// system partition has applied it.
+    fn announce_if_needed(&mut self, now: Instant) {
+        if now < self.next_announce {
+            return;
+        }
+        self.next_announce = now + ANNOUNCE_RETRY;
+        let me = phalanx_proto::NodeAnnouncement {
+            node_id: self.cfg.node_id,
+            raft_address: format!("{}:{}", self.cfg.raft_host, self.cfg.raft_port),
+            client_address: self.cfg.client_address.clone().unwrap_or_default(),
+            shards: self.shards as u32,
+        };
+        if self.directory.nodes.get(&me.node_id) == Some(&me) {
+            return;
+        }
+        let ticket = self.hlc.now(physical_ms());
+        let p = Proposal {
+            kind: ProposalKind::System,
+            log_type: SYSTEM_LOG_TYPE.into(),
+            payloads: vec![announcement(me)],
+            ticket,
+        };
+        let _ = self.multi.update(0, |g| g.propose_or_forward(p));
+    }
+
+    /// Shard 0: the failure detector. A peer not heard from (by any shard) within an election
+    /// timeout is down; heard again, it is up. Changes become events and go to every shard.
+    fn detect_failures(&mut self, now: Instant) {
+        let timeout = self.tick * self.cfg.raft.election_ticks_max as u32;
+        let peers: Vec<NodeId> =
+            self.cfg.initial_voters().into_iter().filter(|n| *n != self.cfg.node_id).collect();
+        for peer in peers {
+            let last = self.shared.last_activity(peer).unwrap_or(self.started);
+            let down = now.saturating_duration_since(last) > timeout;
+            if down == self.down.contains(&peer) {
+                continue;
+            }
+            // The shared view first, so a subscriber reacting to the event sees it.
+            self.shared.set_down(peer, down);
+            if down {
+                self.down.insert(peer);
+                self.shared.events.publish(Event::NodeDown { node: peer });
+            } else {
+                self.down.remove(&peer);
+                self.shared.events.publish(Event::NodeUp { node: peer });
+            }
+            self.on_peer_status(peer, !down);
+            self.bus.broadcast(self.id, || ShardMsg::PeerStatus { node: peer, up: !down });
+        }
+    }
+
+    /// The failure detector's verdict on a peer: reads forwarded to it fail at once.
+    fn on_peer_status(&mut self, node: NodeId, up: bool) {
+        if up {
+            return;
+        }
+        let groups: Vec<PartitionId> = self.multi.group_ids().collect();
+        for p in groups {
+            self.multi.update(p, |g| g.peer_unreachable(node));
+        }
+    }
+
+    /// Shard 0: after applying partition 0, publish and broadcast a changed directory.
+    fn broadcast_system_state(&mut self) {
+        let Some(view) = &self.system else { return };
+        let mut v = view.borrow_mut();
+        if !v.changed {
+            return;
+        }
+        v.changed = false;
+        let d = Arc::new(v.directory.clone());
+        drop(v);
+        self.directory = d.clone();
+        self.shared.set_directory(d.clone());
+        self.shared.events.publish(Event::DirectoryChanged);
+        self.bus.broadcast(self.id, || ShardMsg::System(d.clone()));
     }
 
     fn owns(&self, p: PartitionId) -> bool {
@@ -308,6 +416,8 @@ impl<T: Transport> Shard<T> {
         match m {
             ShardMsg::Request(r) => self.handle_request(r),
             ShardMsg::Peer { from, messages } => self.handle_peer(from, messages),
+            ShardMsg::System(d) => self.directory = d,
+            ShardMsg::PeerStatus { node, up } => self.on_peer_status(node, up),
             ShardMsg::Stop => self.stopping = true,
         }
     }
@@ -524,8 +634,13 @@ impl<T: Transport> Shard<T> {
                     job.batch.partitions.push(w);
                 }
             }
+            let mut system_touched = false;
             for (p, r) in mr.groups {
+                system_touched |= p == 0;
                 self.apply_ready(p, r);
+            }
+            if system_touched {
+                self.broadcast_system_state();
             }
             if self.writes_in_flight == 0 && job.batch.is_empty() && job.snapshots.is_empty() {
                 // Nothing to make durable and nothing queued before it: done now.

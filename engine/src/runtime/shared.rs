@@ -3,7 +3,8 @@
 //! the event hub, and whether a shard failed. Written rarely (leader changes, once per tick),
 //! read from any thread; never on the per-entry path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use crate::events::EventHub;
 use crate::raft::NodeId;
 use crate::state_machine::PartitionId;
+use crate::system::ClusterDirectory;
 
 /// Shared state of one node.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub(crate) struct NodeShared {
     pub events: EventHub,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    directory: Mutex<Arc<ClusterDirectory>>,
+    down: Mutex<BTreeSet<NodeId>>,
 }
 
 impl NodeShared {
@@ -35,6 +39,8 @@ impl NodeShared {
             events: EventHub::default(),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            directory: Mutex::new(Arc::new(ClusterDirectory::default())),
+            down: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -78,6 +84,32 @@ impl NodeShared {
         let mut v: Vec<NodeId> = a.iter().filter(|(_, t)| **t >= since).map(|(n, _)| *n).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The system partition's latest directory.
+    pub(crate) fn directory(&self) -> Arc<ClusterDirectory> {
+        self.directory.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_directory(&self, d: Arc<ClusterDirectory>) {
+        if let Ok(mut cur) = self.directory.lock() {
+            *cur = d;
+        }
+    }
+
+    /// Peers the failure detector considers down.
+    pub(crate) fn down_nodes(&self) -> Vec<NodeId> {
+        self.down.lock().map(|d| d.iter().copied().collect()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_down(&self, node: NodeId, down: bool) {
+        if let Ok(mut d) = self.down.lock() {
+            if down {
+                d.insert(node);
+            } else {
+                d.remove(&node);
+            }
+        }
     }
 
     pub(crate) fn fail(&self, reason: String) {

@@ -132,6 +132,7 @@ pub fn kind(m: &RaftMessage) -> &'static str {
         Some(Body::TimeoutNow(_)) => "TimeoutNow",
         Some(Body::ReadIndexRequest(_)) => "ReadIndex",
         Some(Body::ReadIndexResponse(_)) => "ReadIndexResp",
+        Some(Body::ForwardedProposal(_)) => "Forward",
         None => "Empty",
     }
 }

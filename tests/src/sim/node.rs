@@ -40,10 +40,15 @@ impl StateMachine {
     }
 
     /// Applies one input; returns false if it was seen before (a duplicate apply).
+    ///
+    /// Forwarded proposals (payloads starting with `f`) are exempt: forwarding is fire and
+    /// forget, and a forward the network duplicated while leadership moved may be proposed by
+    /// two leaders, as with etcd's MsgProp. Every other write is proposed exactly once, so a
+    /// second delivery of its content is the engine's fault.
     pub fn apply(&mut self, e: &LogEntry) -> bool {
         let id = entry_id(e);
         self.inputs.push(id);
-        self.seen.insert(id)
+        self.seen.insert(id) || e.payload.first() == Some(&b'f')
     }
 }
 

@@ -150,6 +150,21 @@ impl Workload {
     }
 
     fn write(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng, probe: bool) {
+        if !probe && rng.range(0, 10) == 0 {
+            // Now and then through a random node: a follower forwards it to its leader (fire
+            // and forget, so it is not tracked as acknowledged; the safety checks still see
+            // every entry it produces).
+            let i = rng.range(0, nodes.len() as u64) as usize;
+            if nodes[i].up {
+                let ticket = self.ticket(nodes[i].id);
+                let payloads = vec![Bytes::from(format!("f{}", ticket.physical_ms).into_bytes())];
+                let p = Proposal { kind: ProposalKind::AutoCommit, log_type: "sim".into(), payloads, ticket };
+                nodes[i].multi.update(g, |grp| {
+                    let _ = grp.propose_or_forward(p);
+                });
+            }
+            return;
+        }
         let Some(i) = Self::leader_of(nodes, g, rng) else { return };
         let node = nodes[i].id;
         let ticket = self.ticket(node);

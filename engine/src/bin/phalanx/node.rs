@@ -118,6 +118,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.wal_dir = a.wal_path.clone();
     cfg.sync_writes = a.sync_writes;
     cfg.tick_interval_ms = a.tick_ms;
+    cfg.client_address = Some(client_addr.clone());
     cfg.validate()?;
 
     let discovery =
