@@ -408,3 +408,38 @@ fn forwarded_proposal_is_appended_by_the_leader() {
     assert_eq!(c.raft_mut(3).step(msg(2, 3, Body::ForwardedProposal(fwd))), Err(Status::NodeIsNotLeader));
     assert_eq!(c.raft(3).log().last_index(), last);
 }
+
+/// Entries applied and durable leave memory (the log keeps their terms), so a group's memory
+/// is bounded; a follower that needs them gets them read back from storage (`fetches`)
+/// and catches up like any other — the log matching check still anchors every batch.
+#[test]
+fn trimmed_entries_are_fetched_from_storage_for_a_lagging_follower() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        plain(cfg);
+        cfg.log_cache_entries = 2;
+        cfg.max_entries_per_append = 3;
+    });
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..30 {
+        c.propose(1, &format!("e{i}")).unwrap();
+        c.stabilize();
+    }
+    let last = c.raft(1).log().last_index();
+    assert!(
+        c.raft(1).log().cached_len() <= 3,
+        "leader keeps only a short tail: {}",
+        c.raft(1).log().cached_len()
+    );
+    assert!(c.raft(1).log().cache_start() > 10);
+    assert_eq!(c.raft(1).log().term(2), Some(c.raft(1).term()), "terms of trimmed entries are still known");
+    c.heal();
+    c.stabilize();
+    for _ in 0..20 {
+        c.tick_all();
+        c.stabilize();
+    }
+    assert_eq!(c.raft(3).log().last_index(), last, "the lagging follower caught up through fetches");
+    assert_eq!(c.node(3).applied_strings(), c.node(1).applied_strings());
+    assert!(c.node(1).readies.iter().any(|r| !r.fetches.is_empty()), "entries came back from storage");
+}

@@ -66,9 +66,10 @@ fn simulator_sweep() {
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let snapshots: u64 = reports.iter().map(|r| r.snapshots).sum();
     let live = reports.iter().filter(|r| r.liveness_checked).count();
+    let fetches: u64 = reports.iter().map(|r| r.fetches).sum();
     println!(
         "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} snapshots={snapshots} \
-         liveness-checked={live} wall={:.1}s)",
+         liveness-checked={live} fetches={fetches} wall={:.1}s)",
         seeds.len(),
         total_steps,
         violations,

@@ -35,6 +35,10 @@ pub struct Config {
     pub max_pending_reads: usize,
     /// Committed entries handed to the state machine in one `Ready`.
     pub max_apply_entries_per_ready: usize,
+    /// Applied entries kept in memory for followers that lag a little; older ones are dropped
+    /// from memory and read back from storage when a follower needs them. Bounds a group's
+    /// memory by this plus its unapplied tail.
+    pub log_cache_entries: usize,
     /// Snapshot bytes per InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a follower accepts; a larger one is refused as bad peer input.
@@ -61,6 +65,7 @@ impl Config {
             max_uncommitted_entries: 100_000,
             max_pending_reads: 10_000,
             max_apply_entries_per_ready: 4096,
+            log_cache_entries: 64,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
             seed: 0,

@@ -78,6 +78,8 @@ pub struct RaftGroup {
     pub(super) stats: GroupStats,
     /// Tickets of proposals recently forwarded to us, to drop network duplicates.
     pub(super) recent_forwards: RecentTickets,
+    /// Storage reads the shell must do for followers (entries no longer in memory).
+    pub(super) fetches: Vec<super::types::LogFetch>,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -181,6 +183,7 @@ impl RaftGroup {
             ready: ReadyTracker::new(hard_state),
             stats: GroupStats::default(),
             recent_forwards: RecentTickets::default(),
+            fetches: Vec::new(),
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so

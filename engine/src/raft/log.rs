@@ -1,12 +1,20 @@
 //! The in-memory view of one group's replicated log.
 //!
-//! The log holds every entry above the compaction floor. It tracks four positions:
-//! `committed` (known committed), `persisted` (durable locally, acknowledged by the shell),
-//! `unstable_from` (first entry not yet handed to storage in a `Ready`), and the applied
-//! positions (`apply_handed` handed to the shell, `applied` acknowledged).
+//! The log covers every entry above the compaction floor. It knows the term of each of them
+//! through a run-length index (`runs`: terms change rarely, so a handful of runs describe
+//! millions of entries), but holds only a suffix of the entries themselves (the cache,
+//! from `cache_start`): entries that are applied, durable and no longer needed by followers
+//! are dropped from memory and, when a lagging follower needs them after all, read back from
+//! storage (`Ready::fetches`).
+//!
+//! It tracks four positions: `committed` (known committed), `persisted` (durable locally,
+//! acknowledged by the shell), `unstable_from` (first entry not yet handed to storage in a
+//! `Ready`), and the applied positions (`apply_handed` handed to the shell, `applied`
+//! acknowledged).
 //!
 //! Invariants (checked by `debug_check`): floor ≤ applied ≤ apply_handed ≤ committed ≤
-//! last_index; entries are contiguous from floor + 1.
+//! last_index; floor < cache_start ≤ min(applied, persisted) + 1; cached entries are
+//! contiguous from cache_start to last_index.
 
 use std::collections::VecDeque;
 
@@ -17,6 +25,11 @@ use phalanx_proto::LogEntry;
 pub struct RaftLog {
     floor_index: u64,
     floor_term: u64,
+    last_index: u64,
+    /// (first index, term) of each run of equal terms above the floor, ascending.
+    runs: Vec<(u64, u64)>,
+    /// Index of `entries[0]`.
+    cache_start: u64,
     entries: VecDeque<LogEntry>,
     committed: u64,
     persisted: u64,
@@ -30,16 +43,31 @@ impl RaftLog {
     #[must_use]
     pub fn restored(floor: (u64, u64), entries: Vec<LogEntry>, committed: u64, applied: u64) -> Self {
         let last = floor.0 + entries.len() as u64;
-        RaftLog {
+        let mut log = RaftLog {
             floor_index: floor.0,
             floor_term: floor.1,
-            entries: entries.into(),
+            last_index: floor.0,
+            runs: Vec::new(),
+            cache_start: floor.0 + 1,
+            entries: VecDeque::with_capacity(entries.len()),
             committed,
             persisted: last,
             unstable_from: last + 1,
             apply_handed: applied,
             applied,
+        };
+        for e in entries {
+            log.push(e);
         }
+        log
+    }
+
+    fn push(&mut self, e: LogEntry) {
+        if self.runs.last().is_none_or(|(_, t)| *t != e.term) {
+            self.runs.push((e.index, e.term));
+        }
+        self.last_index = e.index;
+        self.entries.push_back(e);
     }
 
     /// Index of the last discarded entry (0 when nothing was compacted).
@@ -48,22 +76,34 @@ impl RaftLog {
         self.floor_index
     }
 
-    /// Index of the first entry held.
+    /// Index of the first entry above the floor (not necessarily held in memory).
     #[must_use]
     pub fn first_index(&self) -> u64 {
         self.floor_index + 1
     }
 
+    /// Index of the first entry held in memory (`last_index + 1` when none is).
+    #[must_use]
+    pub fn cache_start(&self) -> u64 {
+        self.cache_start
+    }
+
+    /// Entries held in memory.
+    #[must_use]
+    pub fn cached_len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Index of the last entry (the floor when the log is empty).
     #[must_use]
     pub fn last_index(&self) -> u64 {
-        self.floor_index + self.entries.len() as u64
+        self.last_index
     }
 
     /// Term of the last entry (the floor's term when the log is empty).
     #[must_use]
     pub fn last_term(&self) -> u64 {
-        self.entries.back().map_or(self.floor_term, |e| e.term)
+        self.runs.last().map_or(self.floor_term, |(_, t)| *t)
     }
 
     /// Highest committed index.
@@ -96,16 +136,20 @@ impl RaftLog {
         if index == self.floor_index {
             return Some(self.floor_term);
         }
-        self.entry(index).map(|e| e.term)
-    }
-
-    /// The entry at `index`, if held.
-    #[must_use]
-    pub fn entry(&self, index: u64) -> Option<&LogEntry> {
-        if index <= self.floor_index {
+        if index < self.floor_index || index > self.last_index {
             return None;
         }
-        self.entries.get((index - self.floor_index - 1) as usize)
+        let k = self.runs.partition_point(|(start, _)| *start <= index);
+        self.runs.get(k.checked_sub(1)?).map(|(_, t)| *t)
+    }
+
+    /// The entry at `index`, if held in memory.
+    #[must_use]
+    pub fn entry(&self, index: u64) -> Option<&LogEntry> {
+        if index < self.cache_start {
+            return None;
+        }
+        self.entries.get((index - self.cache_start) as usize)
     }
 
     /// Whether the entry at `index` has term `term` (the Log Matching check).
@@ -124,29 +168,43 @@ impl RaftLog {
     /// The largest index `j <= index` whose term is `<= term`, with that term; `(j, 0)` when
     /// the answer lies below the floor. Used on both sides of the conflict hint: the follower
     /// answers with it, the leader jumps with it, so backtracking takes one round per term
-    /// instead of one per entry.
+    /// instead of one per entry. Runs make it O(log n + terms skipped).
     #[must_use]
     pub fn find_conflict_by_term(&self, index: u64, term: u64) -> (u64, u64) {
-        let mut i = index.min(self.last_index());
-        loop {
-            match self.term(i) {
-                Some(t) if t <= term => return (i, t),
-                Some(_) if i > self.floor_index => i -= 1,
-                _ => return (i, 0),
-            }
+        let index = index.min(self.last_index);
+        if index <= self.floor_index {
+            return if self.floor_term <= term && index == self.floor_index {
+                (index, self.floor_term)
+            } else {
+                (index, 0)
+            };
         }
+        // The run holding `index`, then earlier runs, until one's term is small enough.
+        let mut k = self.runs.partition_point(|(start, _)| *start <= index);
+        let mut candidate = index;
+        while k > 0 {
+            let (start, t) = self.runs[k - 1];
+            if t <= term {
+                return (candidate, t);
+            }
+            candidate = start - 1;
+            k -= 1;
+        }
+        // Every run above the floor is newer than `term`: the floor itself, if it qualifies.
+        if self.floor_term <= term { (self.floor_index, self.floor_term) } else { (self.floor_index, 0) }
     }
 
     /// Up to `max_entries` entries from `lo` (inclusive) on, stopping once `max_bytes` is
-    /// reached (at least one entry is returned when `lo` is held).
+    /// reached (at least one entry is returned when `lo` is held). Empty when `lo` is not in
+    /// memory (see `cache_start`).
     #[must_use]
     pub fn slice(&self, lo: u64, max_entries: usize, max_bytes: usize) -> Vec<LogEntry> {
         let mut out = Vec::new();
-        if lo <= self.floor_index {
+        if lo < self.cache_start {
             return out;
         }
         let mut bytes = 0usize;
-        let start = (lo - self.floor_index - 1) as usize;
+        let start = (lo - self.cache_start) as usize;
         for e in self.entries.iter().skip(start).take(max_entries) {
             bytes += e.approx_size();
             if !out.is_empty() && bytes > max_bytes {
@@ -161,8 +219,13 @@ impl RaftLog {
     /// assigns indexes itself, so a gap is a bug.
     pub fn append(&mut self, entries: impl IntoIterator<Item = LogEntry>) {
         for e in entries {
-            assert_eq!(e.index, self.last_index() + 1, "leader append must be contiguous");
-            self.entries.push_back(e);
+            assert_eq!(e.index, self.last_index + 1, "leader append must be contiguous");
+            assert_eq!(
+                self.cache_start + self.entries.len() as u64,
+                e.index,
+                "the cache holds the log's tail"
+            );
+            self.push(e);
         }
     }
 
@@ -178,38 +241,45 @@ impl RaftLog {
     pub fn truncate_and_append(&mut self, entries: &[LogEntry]) {
         let Some(first) = entries.first() else { return };
         let from = first.index;
-        assert!(from > self.floor_index && from <= self.last_index() + 1, "append must continue the log");
+        assert!(from > self.floor_index && from <= self.last_index + 1, "append must continue the log");
         assert!(from > self.committed, "committed entries are never overwritten");
-        self.entries.truncate((from - self.floor_index - 1) as usize);
+        // Entries above commit are never trimmed (the cache starts at or below applied + 1).
+        assert!(from >= self.cache_start, "truncating below the cache");
+        self.entries.truncate((from - self.cache_start) as usize);
+        while self.runs.last().is_some_and(|(start, _)| *start >= from) {
+            self.runs.pop();
+        }
+        self.last_index = from - 1;
         self.persisted = self.persisted.min(from - 1);
         self.unstable_from = self.unstable_from.min(from);
-        self.entries.extend(entries.iter().cloned());
+        for e in entries {
+            self.push(e.clone());
+        }
     }
 
     /// Raises the commit index to `index` (never lowers it).
     pub fn commit_to(&mut self, index: u64) {
         if index > self.committed {
-            assert!(index <= self.last_index(), "commit {index} beyond last index {}", self.last_index());
+            assert!(index <= self.last_index, "commit {index} beyond last index {}", self.last_index);
             self.committed = index;
         }
     }
 
     /// Entries not yet handed to storage; marks them handed.
     pub fn take_unstable(&mut self) -> Vec<LogEntry> {
-        let last = self.last_index();
-        if self.unstable_from > last {
+        if self.unstable_from > self.last_index {
             return Vec::new();
         }
-        let start = (self.unstable_from - self.floor_index - 1) as usize;
+        let start = (self.unstable_from - self.cache_start) as usize;
         let out: Vec<LogEntry> = self.entries.iter().skip(start).cloned().collect();
-        self.unstable_from = last + 1;
+        self.unstable_from = self.last_index + 1;
         out
     }
 
     /// Whether entries wait to be handed to storage.
     #[must_use]
     pub fn has_unstable(&self) -> bool {
-        self.unstable_from <= self.last_index()
+        self.unstable_from <= self.last_index
     }
 
     /// Storage acknowledged entries up to (`index`, `term`). Writes are identified by term and
@@ -228,7 +298,7 @@ impl RaftLog {
             return Vec::new();
         }
         let n = ((self.committed - self.apply_handed) as usize).min(max);
-        let start = (lo - self.floor_index - 1) as usize;
+        let start = (lo - self.cache_start) as usize;
         let out: Vec<LogEntry> = self.entries.iter().skip(start).take(n).cloned().collect();
         self.apply_handed += out.len() as u64;
         out
@@ -246,18 +316,48 @@ impl RaftLog {
         self.applied = self.applied.max(index);
     }
 
+    /// Drops entries up to `index` from memory (they stay in storage and keep their terms
+    /// here). Only applied, durable entries may go; a request beyond that is clamped.
+    pub fn trim_cache(&mut self, index: u64) {
+        let to = index.min(self.applied).min(self.persisted);
+        if to < self.cache_start {
+            return;
+        }
+        let n = ((to - self.cache_start + 1) as usize).min(self.entries.len());
+        self.entries.drain(..n);
+        self.cache_start += n as u64;
+    }
+
     /// Discards entries up to and including `index` (which must be applied).
     pub fn compact(&mut self, index: u64) {
         if index <= self.floor_index {
             return;
         }
         assert!(index <= self.applied, "compacting unapplied entries");
-        let term = self.term(index).expect("index between floor and applied is held");
-        let n = (index - self.floor_index) as usize;
-        self.entries.drain(..n);
+        let term = self.term(index).expect("index between floor and applied is known");
         self.floor_index = index;
         self.floor_term = term;
+        self.drop_runs_through(index);
+        if self.cache_start <= index {
+            let n = ((index - self.cache_start + 1) as usize).min(self.entries.len());
+            self.entries.drain(..n);
+            self.cache_start = index + 1;
+        }
         self.unstable_from = self.unstable_from.max(index + 1);
+    }
+
+    /// Runs now start above `index`: the run holding `index + 1` starts there.
+    fn drop_runs_through(&mut self, index: u64) {
+        let k = self.runs.partition_point(|(start, _)| *start <= index);
+        // runs[k-1] holds `index`; its remainder (if any) starts at index + 1.
+        let carried = (k > 0).then(|| self.runs[k - 1].1);
+        self.runs.drain(..k);
+        if let Some(t) = carried
+            && index < self.last_index
+            && self.runs.first().is_none_or(|(start, _)| *start > index + 1)
+        {
+            self.runs.insert(0, (index + 1, t));
+        }
     }
 
     /// Installs a snapshot covering up to (`index`, `term`): keeps the suffix if the log holds
@@ -265,10 +365,17 @@ impl RaftLog {
     /// included entry, retain log entries following it"), else discards the whole log.
     pub fn restore_snapshot(&mut self, index: u64, term: u64) {
         if self.match_term(index, term) && index >= self.floor_index {
-            let n = (index - self.floor_index) as usize;
-            self.entries.drain(..n);
+            self.drop_runs_through(index);
+            if self.cache_start <= index {
+                let n = ((index - self.cache_start + 1) as usize).min(self.entries.len());
+                self.entries.drain(..n);
+                self.cache_start = index + 1;
+            }
         } else {
             self.entries.clear();
+            self.runs.clear();
+            self.last_index = index;
+            self.cache_start = index + 1;
             self.persisted = self.persisted.min(index);
         }
         self.floor_index = index;
@@ -282,11 +389,21 @@ impl RaftLog {
     pub fn debug_check(&self) {
         debug_assert!(self.applied <= self.apply_handed, "applied > apply_handed");
         debug_assert!(self.apply_handed <= self.committed, "apply_handed > committed");
-        debug_assert!(self.committed <= self.last_index(), "committed > last");
+        debug_assert!(self.committed <= self.last_index, "committed > last");
         debug_assert!(self.floor_index <= self.apply_handed, "floor > apply_handed");
+        debug_assert!(self.cache_start > self.floor_index, "cache below the floor");
+        debug_assert_eq!(
+            self.cache_start + self.entries.len() as u64,
+            self.last_index + 1,
+            "cache is the tail"
+        );
+        debug_assert!(
+            self.runs.first().is_none_or(|(s, _)| *s == self.floor_index + 1),
+            "runs start above the floor"
+        );
     }
 
-    /// All entries held, oldest first (for tests and checkers).
+    /// All entries held in memory, oldest first (for tests and checkers).
     pub fn entries(&self) -> impl Iterator<Item = &LogEntry> {
         self.entries.iter()
     }
@@ -379,5 +496,44 @@ mod tests {
         assert_eq!(l.slice(1, 10, 300).len(), 2);
         assert_eq!(l.slice(1, 3, usize::MAX).len(), 3);
         assert!(l.slice(6, 10, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn trimmed_entries_keep_their_terms() {
+        let mut l = log_with(&[1, 1, 2, 2, 2, 3]);
+        l.commit_to(5);
+        let _ = l.take_committed(10);
+        l.applied_to(5);
+        l.trim_cache(4);
+        assert_eq!(l.cache_start(), 5);
+        assert_eq!(l.cached_len(), 2);
+        assert!(l.entry(4).is_none());
+        assert_eq!(l.term(2), Some(1));
+        assert_eq!(l.term(4), Some(2));
+        assert!(l.match_term(3, 2));
+        assert!(l.slice(3, 10, usize::MAX).is_empty(), "trimmed entries come from storage");
+        assert_eq!(l.slice(5, 10, usize::MAX).len(), 2);
+        // Never beyond what is applied and durable.
+        l.trim_cache(100);
+        assert_eq!(l.cache_start(), 6);
+        assert_eq!(l.find_conflict_by_term(6, 2), (5, 2));
+        assert_eq!(l.find_conflict_by_term(6, 1), (2, 1));
+        // Compaction inside a run keeps the rest of the run.
+        l.compact(4);
+        assert_eq!(l.term(5), Some(2));
+        assert_eq!(l.term(4), Some(2));
+        assert_eq!(l.term(3), None);
+        l.debug_check();
+    }
+
+    #[test]
+    fn truncation_rewrites_runs() {
+        let mut l = log_with(&[1, 1, 2, 2]);
+        l.truncate_and_append(&[e(3, 3), e(4, 3), e(5, 3)]);
+        assert_eq!(l.term(2), Some(1));
+        assert_eq!(l.term(3), Some(3));
+        assert_eq!(l.last_term(), 3);
+        assert_eq!(l.last_index(), 5);
+        l.debug_check();
     }
 }

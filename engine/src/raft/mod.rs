@@ -57,6 +57,6 @@ pub use rng::{SeededRng, mix_seed};
 pub use status::Status;
 pub use two_step::TwoStep;
 pub use types::{
-    GroupId, Membership, NodeId, Proposal, ProposalKind, Proposed, ReadState, RestoreState, Role, Snapshot,
-    SnapshotMeta, SoftState,
+    GroupId, LogFetch, Membership, NodeId, Proposal, ProposalKind, Proposed, ReadState, RestoreState, Role,
+    Snapshot, SnapshotMeta, SoftState,
 };

@@ -38,6 +38,8 @@ pub struct Progress {
     pub commit_sent: u64,
     /// Highest ReadIndex context the follower has acknowledged in this term.
     pub read_ack: u64,
+    /// Entries from this index were asked of storage for this follower (no longer in memory).
+    pub fetch_pending: Option<u64>,
 }
 
 impl Progress {
@@ -58,6 +60,7 @@ impl Progress {
             last_heard: now,
             commit_sent: 0,
             read_ack: 0,
+            fetch_pending: None,
         }
     }
 

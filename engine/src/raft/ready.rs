@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use phalanx_proto::{EntryKind, HardState, LogEntry, RaftMessage};
 
 use super::group::RaftGroup;
-use super::types::{ReadState, Role, Snapshot, SoftState};
+use super::types::{LogFetch, ReadState, Role, Snapshot, SoftState};
 
 /// Everything the shell must act on after feeding the core some input.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +51,8 @@ pub struct Ready {
     pub deliveries: Vec<LogEntry>,
     /// Answers to `read_index` calls.
     pub read_states: Vec<ReadState>,
+    /// Entries to read from storage for followers (answer with `on_entries_fetched`).
+    pub fetches: Vec<LogFetch>,
 }
 
 impl Ready {
@@ -66,6 +68,7 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
+            && self.fetches.is_empty()
     }
 }
 
@@ -118,6 +121,7 @@ impl RaftGroup {
             || self.log.has_committed_to_apply()
             || !self.reads.out.is_empty()
             || self.reads.needs_broadcast()
+            || !self.fetches.is_empty()
     }
 
     /// Collects everything to persist, send and apply since the last Ready, or `None`.
@@ -166,6 +170,7 @@ impl RaftGroup {
             committed_entries,
             deliveries,
             read_states: std::mem::take(&mut self.reads.out),
+            fetches: std::mem::take(&mut self.fetches),
         })
     }
 
@@ -191,6 +196,7 @@ impl RaftGroup {
         if self.role == Role::Leader && self.maybe_commit() {
             self.bcast_append();
         }
+        self.trim_log_cache();
         self.log.debug_check();
     }
 }

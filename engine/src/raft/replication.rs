@@ -23,6 +23,19 @@ impl RaftGroup {
             self.start_snapshot(to);
             return false;
         }
+        if pr.next < self.log.cache_start() {
+            // Applied and dropped from memory: ask the shell to read them from storage.
+            if pr.fetch_pending.is_none() {
+                let lo = pr.next;
+                let hi = (lo + self.cfg.max_entries_per_append as u64).min(self.log.cache_start());
+                let fetch = super::types::LogFetch { to, lo, hi, max_bytes: self.cfg.max_bytes_per_append };
+                if let Some(pr) = self.progress.get_mut(&to) {
+                    pr.fetch_pending = Some(lo);
+                }
+                self.fetches.push(fetch);
+            }
+            return false;
+        }
         let next = pr.next;
         let prev = next - 1;
         let Some(prev_term) = self.log.term(prev) else {
@@ -53,6 +66,50 @@ impl RaftGroup {
         }
         self.send(to, Body::AppendRequest(req));
         had_entries && !is_probe
+    }
+
+    /// The shell read entries a follower needs from storage (`Ready::fetches`): send them.
+    /// Answers that no longer fit the follower's progress (it moved on, leadership changed,
+    /// the entries do not match this log) are dropped; the next send asks again if needed.
+    pub fn on_entries_fetched(&mut self, to: NodeId, lo: u64, entries: Vec<LogEntry>) {
+        let window = self.cfg.max_inflight_appends;
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        if pr.fetch_pending != Some(lo) {
+            return;
+        }
+        pr.fetch_pending = None;
+        let fits = pr.next == lo && !pr.is_paused(window);
+        let well_formed = entries.first().is_some_and(|e| e.index == lo)
+            && entries.iter().zip(lo..).all(|(e, i)| e.index == i && self.log.term(i) == Some(e.term));
+        let Some(prev_term) = self.log.term(lo - 1) else { return };
+        if !(fits && well_formed) || self.role != Role::Leader {
+            if self.role == Role::Leader {
+                self.send_appends(to, false);
+            }
+            return;
+        }
+        let last = lo + entries.len() as u64 - 1;
+        let req = AppendEntriesRequest {
+            term: self.term,
+            prev_log_index: lo - 1,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: self.log.committed(),
+        };
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.sent_append(last, true);
+            pr.commit_sent = pr.commit_sent.max(req.leader_commit.min(last));
+        }
+        self.send(to, Body::AppendRequest(req));
+        self.send_appends(to, false);
+    }
+
+    /// Drops applied, durable entries from memory, keeping the last `log_cache_entries`
+    /// below the applied index for followers that lag a little (older ones are read back from
+    /// storage when a follower needs them).
+    pub(super) fn trim_log_cache(&mut self) {
+        let keep_from = self.log.applied().saturating_sub(self.cfg.log_cache_entries as u64);
+        self.log.trim_cache(keep_from);
     }
 
     /// Sends `to` everything it is missing, filling its pipelining window.

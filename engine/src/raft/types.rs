@@ -151,6 +151,21 @@ pub struct Proposed {
     pub last_index: u64,
 }
 
+/// Entries a leader needs from storage to catch up a follower (they are no longer in memory).
+/// The shell reads `lo..hi` (at most `max_bytes`, at least one entry) and hands them back with
+/// `RaftGroup::on_entries_fetched`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogFetch {
+    /// The follower that needs them.
+    pub to: NodeId,
+    /// First index.
+    pub lo: u64,
+    /// One past the last index.
+    pub hi: u64,
+    /// Byte budget.
+    pub max_bytes: usize,
+}
+
 /// What a node recovered from its storage, used to restart a group.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreState {

@@ -617,9 +617,11 @@ impl<T: Transport> Shard<T> {
                 batch: WriteBatch::default(),
                 snapshots: Vec::new(),
                 persisted_messages: Vec::new(),
+                fetches: Vec::new(),
             };
             for (p, r) in &mut mr.groups {
                 job.persisted_messages.append(&mut r.persisted_messages);
+                job.fetches.extend(r.fetches.drain(..).map(|f| (*p, f)));
                 if let Some(s) = &r.snapshot {
                     job.snapshots.push((*p, s.clone()));
                 }
@@ -642,12 +644,17 @@ impl<T: Transport> Shard<T> {
             if system_touched {
                 self.broadcast_system_state();
             }
-            if self.writes_in_flight == 0 && job.batch.is_empty() && job.snapshots.is_empty() {
+            if self.writes_in_flight == 0
+                && job.batch.is_empty()
+                && job.snapshots.is_empty()
+                && job.fetches.is_empty()
+            {
                 // Nothing to make durable and nothing queued before it: done now.
                 let c = Completion {
                     number: job.number,
                     persisted_messages: job.persisted_messages,
                     result: Ok(()),
+                    fetched: Vec::new(),
                 };
                 self.writes_in_flight += 1;
                 self.on_durable(c).await?;
@@ -668,6 +675,9 @@ impl<T: Transport> Shard<T> {
         c.result?;
         self.send_coalesced(c.persisted_messages);
         self.multi.advance(c.number);
+        for (p, f, entries) in c.fetched {
+            self.multi.update(p, |g| g.on_entries_fetched(f.to, f.lo, entries));
+        }
         self.serve_reads();
         if self.writes_in_flight == 0 {
             self.compact_behind_checkpoints().await?;

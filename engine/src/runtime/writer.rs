@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use phalanx_proto::RaftMessage;
+use phalanx_proto::{LogEntry, RaftMessage};
 use phalanx_storage::{AnyStore, LogStore, PartitionWrite, WriteBatch};
 
 use super::snapshots::SnapshotStore;
-use crate::raft::Snapshot;
+use crate::raft::{LogFetch, Snapshot};
 use crate::state_machine::PartitionId;
 
 /// Jobs merged into one batch at most (bounds a batch's size and the latency of the first
@@ -29,6 +29,8 @@ pub(crate) struct WriteJob {
     pub snapshots: Vec<(PartitionId, Snapshot)>,
     /// Messages to send once durable.
     pub persisted_messages: Vec<RaftMessage>,
+    /// Entries to read back for lagging followers, after the write (so they see it).
+    pub fetches: Vec<(PartitionId, LogFetch)>,
 }
 
 /// A job is durable (or the store failed: fatal for the shard).
@@ -36,6 +38,8 @@ pub(crate) struct Completion {
     pub number: u64,
     pub persisted_messages: Vec<RaftMessage>,
     pub result: Result<(), String>,
+    /// What the job's fetches read.
+    pub fetched: Vec<(PartitionId, LogFetch, Vec<LogEntry>)>,
 }
 
 /// Appends `next` (a later Ready) to `into`, keeping per-partition order: later entries
@@ -116,10 +120,28 @@ pub(crate) async fn run(
                 failed.get_or_insert_with(|| e.clone());
             }
             for job in jobs_iter.by_ref().take(n) {
+                let mut result = result.clone();
+                let mut fetched = Vec::new();
+                if result.is_ok() {
+                    for (p, f) in job.fetches {
+                        match store.entries(p, f.lo, f.hi, f.max_bytes as u64).await {
+                            Ok(entries) => fetched.push((p, f, entries)),
+                            Err(e) => {
+                                // The entries are durable and above the floor: failing to read
+                                // them back is a storage failure, fatal like a failed write.
+                                let e = format!("reading entries {}..{} of partition {p}: {e}", f.lo, f.hi);
+                                failed.get_or_insert_with(|| e.clone());
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                }
                 let c = Completion {
                     number: job.number,
                     persisted_messages: job.persisted_messages,
-                    result: result.clone(),
+                    result,
+                    fetched,
                 };
                 if done.send(c).is_err() {
                     break;

@@ -37,6 +37,9 @@ const MAX_ROUNDS: usize = 10_000;
 pub fn config(id: NodeId) -> Config {
     let mut c = Config::new(id, GROUP);
     c.seed = SEED;
+    // Keep every entry in memory so tests can inspect whole logs; `raft_replication.rs`
+    // covers the trimmed cache and reading entries back from storage.
+    c.log_cache_entries = usize::MAX;
     c
 }
 
@@ -210,6 +213,12 @@ impl Store {
             self.entries.drain(..n);
             self.floor = (c, term);
         }
+    }
+
+    /// Stored entries `lo..hi`.
+    #[must_use]
+    pub fn read(&self, lo: u64, hi: u64) -> Vec<LogEntry> {
+        self.entries.iter().filter(|e| e.index >= lo && e.index < hi).cloned().collect()
     }
 
     /// What a restarting node recovers.
@@ -387,6 +396,11 @@ impl Cluster {
         n.persist_and_apply(&rd);
         self.net.extend(rd.persisted_messages.iter().cloned());
         n.raft.advance(rd.number);
+        // Entries the leader dropped from memory, read back from the durable store.
+        for f in &rd.fetches {
+            let entries = n.store.read(f.lo, f.hi);
+            n.raft.on_entries_fetched(f.to, f.lo, entries);
+        }
         n.readies.push(rd.clone());
         Some(rd)
     }

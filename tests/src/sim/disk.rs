@@ -64,6 +64,21 @@ impl GroupDisk {
         self.floor = (index, term);
     }
 
+    /// Stored entries `lo..hi` (at least one, at most `max_bytes` beyond the first).
+    #[must_use]
+    pub fn read(&self, lo: u64, hi: u64, max_bytes: usize) -> Vec<LogEntry> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in self.entries.iter().filter(|e| e.index >= lo && e.index < hi) {
+            bytes += e.approx_size();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+
     /// What a restarting node recovers.
     #[must_use]
     pub fn restore_state(&self, initial: &Membership) -> RestoreState {

@@ -90,6 +90,8 @@ impl SimConfig {
                 // which is what exposes commit-rule bugs (Figure 8).
                 c.max_entries_per_append = [1, 2, 8, 8][r.range(0, 4) as usize];
                 c.max_inflight_appends = [1, 4][r.range(0, 2) as usize];
+                // A small entry cache makes lagging followers read entries back from disk.
+                c.log_cache_entries = [0, 4, 64, usize::MAX][r.range(0, 4) as usize];
                 // Operators set election timeouts above the round trip (§5.6 timing).
                 c.election_ticks_min = c.election_ticks_min.max(rtt);
                 // A narrow timeout spread makes split votes (two candidates in one term)
@@ -143,6 +145,8 @@ pub struct Report {
     pub crashes: u64,
     /// Whether liveness was checked (see `SimConfig::liveness_expected`).
     pub liveness_checked: bool,
+    /// Entry reads from disk for followers (the leader no longer held them in memory).
+    pub fetches: u64,
     /// Each node's view of each group at the end (for debugging a failing seed).
     pub final_state: String,
 }
@@ -160,6 +164,7 @@ pub struct Sim {
     workload: Workload,
     trace: std::collections::hash_map::DefaultHasher,
     crashes: u64,
+    fetches: u64,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
     trace_from: Option<u64>,
 }
@@ -188,6 +193,7 @@ impl Sim {
             workload: Workload::default(),
             trace: Default::default(),
             crashes: 0,
+            fetches: 0,
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             cfg,
         }
@@ -216,6 +222,7 @@ impl Sim {
             snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
             crashes: self.crashes,
             liveness_checked: self.cfg.liveness_expected(),
+            fetches: self.fetches,
         }
     }
 
@@ -389,6 +396,7 @@ impl Sim {
                 persisted_messages: r.persisted_messages,
                 committed,
                 deliveries,
+                fetches: r.fetches,
             });
         }
         self.workload.check_reads(&mut self.nodes[i], &mut self.checker);
@@ -403,6 +411,7 @@ impl Sim {
 
     fn complete_write(&mut self, i: usize, w: PendingWrite) {
         let now = self.now;
+        let mut fetches = Vec::new();
         for gw in w.groups {
             let gid = gw.group;
             {
@@ -427,8 +436,19 @@ impl Sim {
             if !self.cfg.apply_before_persist {
                 self.apply(i, gid, gw.snapshot.as_ref(), &gw.committed, &gw.deliveries);
             }
+            fetches.extend(gw.fetches.into_iter().map(|f| (gid, f)));
         }
         self.nodes[i].multi.advance(w.number);
+        self.fetches += fetches.len() as u64;
+        for (gid, f) in fetches {
+            let entries = self.nodes[i]
+                .disk
+                .groups
+                .get(&gid)
+                .map(|d| d.read(f.lo, f.hi, f.max_bytes))
+                .unwrap_or_default();
+            self.nodes[i].multi.update(gid, |g| g.on_entries_fetched(f.to, f.lo, entries));
+        }
     }
 
     /// The shell's apply step: state machine restore, committed entries (client acks),

@@ -72,6 +72,8 @@ pub struct GroupWrite {
     pub committed: Vec<LogEntry>,
     /// State machine input once durable.
     pub deliveries: Vec<LogEntry>,
+    /// Entries to read back from disk for lagging followers, once durable.
+    pub fetches: Vec<phalanx::raft::LogFetch>,
 }
 
 /// A disk write in flight: one MultiReady's persistent part.
