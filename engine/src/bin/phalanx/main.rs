@@ -12,13 +12,13 @@ mod node;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 /// mimalloc: the engine allocates and frees many small buffers on every shard thread at
 /// once; glibc's allocator spent a third of the benchmark's CPU time in malloc/free and
 /// consolidation, mimalloc's per-thread heaps avoid that.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{Parser, Subcommand};
 
 /// Phalanx: a thread-per-core multi-Raft consensus engine.
 #[derive(Parser, Debug)]
