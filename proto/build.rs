@@ -2,7 +2,12 @@
 //! Phalanx never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/phalanx/v1/raft.proto", "proto/phalanx/v1/net.proto", "proto/phalanx/v1/client.proto", "proto/phalanx/v1/system.proto"];
+    let files = [
+        "proto/phalanx/v1/raft.proto",
+        "proto/phalanx/v1/net.proto",
+        "proto/phalanx/v1/client.proto",
+        "proto/phalanx/v1/system.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -11,6 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Payloads are shared between the log, the WAL batch and outgoing frames: `Bytes`
         // makes those copies reference counts instead of memcpy.
         .bytes(["."])
+        // Every message of every group travels as a `RaftMessage`, moved through queues and
+        // batches many times per turn: boxing the rare, large bodies keeps it small (the
+        // common append/heartbeat/vote bodies stay inline).
+        .boxed(".phalanx.v1.RaftMessage.body.snapshot")
+        .boxed(".phalanx.v1.RaftMessage.body.forwarded_proposal")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -86,7 +86,10 @@ fn second_leader_in_same_term_rejected() {
     let before = terms(c.raft(1));
     assert_eq!(c.raft_mut(1).step(msg(2, 1, heartbeat(1, 5))), Err(Status::LeaderAlreadyElected));
     let snap = InstallSnapshotChunk { term: 1, conf_state: Some(ConfState::default()), ..Default::default() };
-    assert_eq!(c.raft_mut(1).step(msg(3, 1, Body::Snapshot(snap))), Err(Status::LeaderAlreadyElected));
+    assert_eq!(
+        c.raft_mut(1).step(msg(3, 1, Body::Snapshot(Box::new(snap)))),
+        Err(Status::LeaderAlreadyElected)
+    );
     assert_eq!(c.raft(1).stats().rejected_messages, 2);
     assert!(c.raft(1).is_leader());
     assert_eq!(terms(c.raft(1)), before);
@@ -148,7 +151,7 @@ fn hostile_field_values_never_panic() {
         ("prevote last MAX", vote_req(2, M, M, true)),
         (
             "snapshot chunk index MAX",
-            Body::Snapshot(InstallSnapshotChunk {
+            Body::Snapshot(Box::new(InstallSnapshotChunk {
                 term: 1,
                 last_included_index: M,
                 last_included_term: M,
@@ -158,11 +161,11 @@ fn hostile_field_values_never_panic() {
                 done: true,
                 pending_two_step: vec![],
                 total_size: 3,
-            }),
+            })),
         ),
         (
             "snapshot chunk offset MAX",
-            Body::Snapshot(InstallSnapshotChunk {
+            Body::Snapshot(Box::new(InstallSnapshotChunk {
                 term: 1,
                 last_included_index: 50,
                 last_included_term: 1,
@@ -172,7 +175,7 @@ fn hostile_field_values_never_panic() {
                 done: true,
                 pending_two_step: vec![],
                 total_size: M,
-            }),
+            })),
         ),
         ("timeout now", Body::TimeoutNow(TimeoutNow { term: 1 })),
         ("read index request", Body::ReadIndexRequest(ReadIndexRequest { term: M, request_id: M })),

@@ -388,14 +388,14 @@ fn forwarded_proposal_is_appended_by_the_leader() {
         kind: phalanx_proto::EntryKind::Normal as i32,
         ..Default::default()
     };
-    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(no_ticket))).is_err());
+    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(Box::new(no_ticket)))).is_err());
     let bad_kind = phalanx_proto::ForwardedProposal {
         kind: phalanx_proto::EntryKind::ConfChange as i32,
         payloads: vec![bytes::Bytes::from_static(b"x")],
         ticket: Some(Default::default()),
         ..Default::default()
     };
-    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(bad_kind))).is_err());
+    assert!(c.raft_mut(1).step(msg(2, 1, Body::ForwardedProposal(Box::new(bad_kind)))).is_err());
     assert_eq!(c.raft(1).stats().rejected_messages, rejected + 2);
     // A forward that reaches a follower is refused, not appended.
     let fwd = phalanx_proto::ForwardedProposal {
@@ -405,7 +405,10 @@ fn forwarded_proposal_is_appended_by_the_leader() {
         ..Default::default()
     };
     let last = c.raft(3).log().last_index();
-    assert_eq!(c.raft_mut(3).step(msg(2, 3, Body::ForwardedProposal(fwd))), Err(Status::NodeIsNotLeader));
+    assert_eq!(
+        c.raft_mut(3).step(msg(2, 3, Body::ForwardedProposal(Box::new(fwd)))),
+        Err(Status::NodeIsNotLeader)
+    );
     assert_eq!(c.raft(3).log().last_index(), last);
 }
 

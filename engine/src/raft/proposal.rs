@@ -27,6 +27,8 @@ impl RaftGroup {
         self.check_can_propose(p.payloads.len())?;
         let ticket = Some(p.ticket.into());
         let first = self.log.last_index() + 1;
+        // One buffer shared by every entry of the proposal (and every copy of them).
+        let log_type = bytes::Bytes::from(p.log_type);
         let entries: Vec<LogEntry> = p
             .payloads
             .into_iter()
@@ -35,7 +37,7 @@ impl RaftGroup {
                 term: self.term,
                 index: first + i as u64,
                 kind: kind as i32,
-                log_type: p.log_type.clone(),
+                log_type: log_type.clone(),
                 payload,
                 ticket,
             })
@@ -66,7 +68,7 @@ impl RaftGroup {
             payloads: p.payloads,
             ticket: Some(p.ticket.into()),
         };
-        self.send(leader, Body::ForwardedProposal(f));
+        self.send(leader, Body::ForwardedProposal(Box::new(f)));
         Ok(None)
     }
 
@@ -151,7 +153,7 @@ impl RaftGroup {
             term: self.term,
             index: self.log.last_index() + 1,
             kind: kind as i32,
-            log_type: String::new(),
+            log_type: bytes::Bytes::new(),
             payload,
             ticket: (!ticket.is_zero()).then(|| ticket.into()),
         };

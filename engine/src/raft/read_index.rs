@@ -138,8 +138,7 @@ impl RaftGroup {
     /// Leader: answers every read whose heartbeat context a quorum has acknowledged.
     pub(super) fn release_confirmed_reads(&mut self) {
         let me = self.cfg.id;
-        let voters = self.voters();
-        let acked = committed_value(&voters, |v| {
+        let acked = committed_value(&self.conf.current().voters, |v| {
             if v == me { u64::MAX } else { self.progress.get(&v).map_or(0, |p| p.read_ack) }
         });
         while self.reads.pending.front().is_some_and(|r| r.seq <= acked) {

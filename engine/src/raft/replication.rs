@@ -137,8 +137,7 @@ impl RaftGroup {
         }
         let me = self.cfg.id;
         let persisted = self.log.persisted();
-        let voters = self.voters();
-        let quorum = committed_value(&voters, |v| {
+        let quorum = committed_value(&self.conf.current().voters, |v| {
             if v == me { persisted } else { self.progress.get(&v).map_or(0, |p| p.matched) }
         })
         .min(self.log.last_index());

@@ -93,7 +93,7 @@ impl RaftGroup {
             pending_two_step: if done { snap.meta.pending_two_step.clone() } else { Vec::new() },
             total_size: total,
         };
-        self.send(to, Body::Snapshot(chunk));
+        self.send(to, Body::Snapshot(Box::new(chunk)));
     }
 
     pub(super) fn handle_snapshot_response(&mut self, from: NodeId, resp: InstallSnapshotResponse) {

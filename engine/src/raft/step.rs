@@ -47,7 +47,7 @@ impl RaftGroup {
                 return Ok(());
             }
             // A proposal is not tied to the proposer's term: whoever leads now takes it.
-            Body::ForwardedProposal(f) => return self.handle_forwarded_proposal(f),
+            Body::ForwardedProposal(f) => return self.handle_forwarded_proposal(*f),
             _ => {}
         }
         let term = body_term(&body);

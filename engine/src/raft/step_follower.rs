@@ -29,7 +29,7 @@ impl RaftGroup {
                 self.handle_heartbeat(from, hb);
                 Ok(())
             }
-            Body::Snapshot(chunk) => self.handle_snapshot_chunk(from, chunk),
+            Body::Snapshot(chunk) => self.handle_snapshot_chunk(from, *chunk),
             Body::TimeoutNow(_) => {
                 // §3.10: the leader hands over; campaign at once, skipping PreVote, and tell
                 // voters to ignore their lease.

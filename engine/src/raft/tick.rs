@@ -91,7 +91,7 @@ impl RaftGroup {
     fn quorum_heard_at(&self) -> u64 {
         let me = self.cfg.id;
         let now = self.now;
-        super::quorum::committed_value(&self.voters(), |v| {
+        super::quorum::committed_value(&self.conf.current().voters, |v| {
             if v == me { now } else { self.progress.get(&v).map_or(0, |p| p.last_heard) }
         })
     }
