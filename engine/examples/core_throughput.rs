@@ -40,7 +40,7 @@ fn main() {
         let mut committed = 0;
         for _ in 0..64 {
             let mut any = false;
-            for m in net.drain(..).collect::<Vec<_>>() {
+            for m in std::mem::take(net) {
                 let _ = multis[(m.to - 1) as usize].step(m);
                 any = true;
             }
