@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use phalanx_proto::{Heartbeat, MessageBatch, RaftMessage, raft_message::Body};
+use phalanx_proto::{
+    AppendEntriesRequest, Heartbeat, LogEntry, MessageBatch, RaftMessage, raft_message::Body,
+};
 
 use crate::error::NetError;
 use crate::stats::TransportStats;
@@ -142,6 +144,29 @@ impl TestNode {
     pub fn send_seq(&self, shard: usize, to: NodeId, count: u64) {
         let first = self.seqs[shard].fetch_add(count, Ordering::Relaxed);
         let batches = (first..first + count).map(|s| seq_batch(self.id, to, shard, s)).collect();
+        self.send(shard, to, batches);
+    }
+
+    /// As [`send_seq`](Self::send_seq), each batch carrying `pad_bytes` more bytes (a
+    /// second message, an append with one entry of that size), to fill buffers fast.
+    pub fn send_padded_seq(&self, shard: usize, to: NodeId, count: u64, pad_bytes: usize) {
+        let first = self.seqs[shard].fetch_add(count, Ordering::Relaxed);
+        let pad = bytes::Bytes::from(vec![0xA5; pad_bytes]);
+        let batches = (first..first + count)
+            .map(|s| {
+                let mut b = seq_batch(self.id, to, shard, s);
+                b.messages.push(RaftMessage {
+                    group: shard as u64,
+                    from: self.id,
+                    to,
+                    body: Some(Body::AppendRequest(AppendEntriesRequest {
+                        entries: vec![LogEntry { payload: pad.clone(), ..LogEntry::default() }],
+                        ..AppendEntriesRequest::default()
+                    })),
+                });
+                b
+            })
+            .collect();
         self.send(shard, to, batches);
     }
 

@@ -158,8 +158,14 @@ pub fn check_drops_when_peer_down<X: Fixture>(fx: &mut X) {
 
 /// A receiver that stalls does not make the sender block or grow without bound: the excess
 /// is dropped (queue full) and counted; the rest arrives once it resumes.
+///
+/// The batches carry padding so that their volume (40 MB) exceeds what the kernel can hold
+/// in flight on a connection (socket buffers, a few MB at most here) plus any transport's
+/// queue bound: a transport that writes to its socket at once must hit its bound as surely
+/// as one that queues first.
 pub fn check_slow_receiver_is_bounded<X: Fixture>(fx: &mut X) {
     const N: u64 = 20_000;
+    const PAD_BYTES: usize = 2 << 10;
     let (tx, rx) = flume::unbounded();
     let a = start(fx, 1, 1, &tx);
     let b = start(fx, 2, 1, &tx);
@@ -167,7 +173,7 @@ pub fn check_slow_receiver_is_bounded<X: Fixture>(fx: &mut X) {
     assert_eq!(collect(&rx, 1, WAIT_LIMIT).len(), 1);
     b.stall(0, Duration::from_millis(300));
     std::thread::sleep(Duration::from_millis(20));
-    a.send_seq(0, 2, N);
+    a.send_padded_seq(0, 2, N, PAD_BYTES);
     let s = a.stats(0);
     assert!(s.batches_dropped_queue_full > 0, "no bound hit: {s:?}");
     assert!(

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::Shard;
 use super::peer_queue::{PeerQueue, recycle};
-use super::socket::{Jitter, configure, resolve, timeout};
+use super::socket::{Jitter, configure, duplicate, resolve, timeout};
 use crate::handshake::{self, HandshakeError};
 use crate::stats::{OpenConnection, add, inc};
 use crate::transport::NodeId;
@@ -100,10 +100,19 @@ async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, H
 
 /// Writes queued frames until the connection fails; returns why it ended.
 async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mut Vec<u8>) -> String {
+    let fd = match duplicate(stream) {
+        Ok(fd) => fd,
+        Err(e) => return format!("cannot duplicate the socket: {e}"),
+    };
+    // Sends write through to this connection while it is idle (see `peer_queue`); the guard
+    // detaches it on every exit path, cancellation included.
+    let _attached = queue.attach(fd);
     let mut watch = [0u8; WATCH_READ_BYTES];
     loop {
         // Idle: wait for frames, but notice the peer closing (restart, protocol error on its
-        // side) at once instead of at the next failed write.
+        // side) at once instead of at the next failed write. Dropping the watch read when the
+        // queue wins costs nothing: glommio reads with a non-blocking `recv` and keeps its
+        // readiness poll on the stream, not in the future.
         let woke = futures_lite::future::or(
             async {
                 queue.ready().await;
@@ -125,6 +134,7 @@ async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mu
         if let Err(e) = stream.write_all(buf).await {
             return format!("write error: {e}");
         }
+        queue.written();
         add(&shard.counters.batches_sent, frames as u64);
         add(&shard.counters.bytes_sent, buf.len() as u64);
         recycle(buf);

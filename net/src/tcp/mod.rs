@@ -26,7 +26,10 @@
 //! # Tasks per shard
 //!
 //! - one dialer per peer this shard has sent to (connect with jittered exponential backoff,
-//!   handshake, then write coalesced frames from the peer's bounded queue);
+//!   handshake, then write coalesced frames from the peer's bounded queue). While its
+//!   connection is idle, `send` itself writes the frame to the socket with one non-blocking
+//!   `send(2)` (write-through, see `peer_queue`): a frame must not wait for the shard loop
+//!   to yield before it leaves;
 //! - one reader per inbound connection (decode frames under `max_frame_bytes`, check every
 //!   batch, hand it to the sink);
 //! - one handoff receiver; on shard 0 also the accept loop and one task per handshake in
@@ -285,7 +288,12 @@ impl Shard {
             return;
         };
         match queue.push(batch) {
-            Push::Queued => {}
+            Push::Sent(bytes) => {
+                inc(&self.counters.batches_sent);
+                add(&self.counters.bytes_sent, bytes as u64);
+            }
+            // The dialer counts the batch once it has written the rest.
+            Push::Queued(written) => add(&self.counters.bytes_sent, written as u64),
             Push::Full => inc(&self.counters.batches_dropped_queue_full),
             Push::Oversize(len) => {
                 inc(&self.counters.batches_dropped_oversize);

@@ -68,10 +68,41 @@ pub(crate) fn configure(
 /// glommio's `TcpStream` cannot give up its fd, hence the duplicate. Must be called with no
 /// read or write in flight on `stream` (the handshake has completed), so no byte is lost.
 pub(crate) fn detach(stream: TcpStream) -> io::Result<OwnedFd> {
-    // SAFETY: the fd is open and owned by `stream`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+    let fd = duplicate(&stream)?;
     drop(stream);
     Ok(fd)
+}
+
+/// A duplicate of `stream`'s fd (same connection), for writing to it outside the stream.
+pub(crate) fn duplicate(stream: &TcpStream) -> io::Result<OwnedFd> {
+    // SAFETY: the fd is open and owned by `stream`, which outlives this borrow.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
+}
+
+/// One non-blocking `send(2)` of `buf`: the bytes the socket took, 0 when its buffer is
+/// full. Never blocks, never raises `SIGPIPE` (a closed peer is an `EPIPE` error instead).
+pub(crate) fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fd` is open for the duration of the borrow; `buf` is valid for reads of
+        // `buf.len()` bytes.
+        let rc = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if let Ok(n) = usize::try_from(rc) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
 }
 
 /// Adopts a socket detached by [`detach`] on the current executor.
