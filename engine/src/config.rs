@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub max_inputs_per_turn: usize,
     /// Largest payload of one entry accepted from a caller.
     pub max_entry_bytes: usize,
+    /// How often a node hands leadership of partitions it leads to their preferred leader
+    /// (voter `p % voters`, by id order), when that node is up and caught up, so leadership
+    /// spreads evenly instead of following election luck. 0 turns balancing off.
+    pub leader_balance_interval_ms: u64,
     /// Per-group Raft tuning (id, group and seed are filled in per group).
     pub raft: RaftConfig,
 }
@@ -82,6 +86,7 @@ impl NodeConfig {
             shard_inbox_capacity: 65_536,
             max_inputs_per_turn: 4096,
             max_entry_bytes: 8 << 20,
+            leader_balance_interval_ms: 2_000,
             raft,
         }
     }

@@ -51,6 +51,7 @@ impl Cluster {
         cfg.tick_interval_ms = 10;
         cfg.request_timeout_ms = 5_000;
         cfg.client_address = Some(format!("client-{id}:1"));
+        cfg.leader_balance_interval_ms = 100;
         cfg
     }
 
@@ -231,4 +232,21 @@ fn system_partition_directory_and_failure_events_reach_every_node() {
     c.restart(3);
     wait_for(&phalanx::Event::NodeUp { node: 3 });
     assert!(c.handle(1).down_nodes().is_empty());
+}
+
+#[test]
+fn leadership_spreads_to_preferred_leaders() {
+    let c = Cluster::new(3, 64, StorageKind::Memory);
+    c.wait_all_leaders(Duration::from_secs(20));
+    // Partition p prefers voter p % 3 (ids in order): each node should end up leading its
+    // share, whatever the elections' luck.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let preferred_everywhere = (1..=64u64).all(|p| c.leader(p) == Some(1 + p % 3));
+        if preferred_everywhere {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leadership did not move to the preferred leaders");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -122,6 +122,7 @@ pub(crate) struct Shard<T: Transport> {
     /// Shard 0 only: peers the failure detector considers down.
     down: BTreeSet<NodeId>,
     started: Instant,
+    next_balance: Instant,
     tick: Duration,
     next_tick: Instant,
     stopping: bool,
@@ -194,6 +195,7 @@ impl<T: Transport> Shard<T> {
             sms.insert(p, sm);
         }
         let tick = Duration::from_millis(cfg.tick_interval_ms);
+        let balance_every = Duration::from_millis(cfg.leader_balance_interval_ms);
         let (jobs, jobs_rx) = flume::unbounded();
         let (done_tx, done) = flume::unbounded();
         let writer_task = glommio::spawn_local(writer::run(store, snapshots.clone(), jobs_rx, done_tx));
@@ -223,6 +225,7 @@ impl<T: Transport> Shard<T> {
             next_announce: Instant::now(),
             down: BTreeSet::new(),
             started: Instant::now(),
+            next_balance: Instant::now() + balance_every,
             tick,
             next_tick: Instant::now() + tick,
             stopping: false,
@@ -322,6 +325,34 @@ impl<T: Transport> Shard<T> {
         if self.system.is_some() {
             self.announce_if_needed(now);
             self.detect_failures(now);
+        }
+        if self.cfg.leader_balance_interval_ms > 0 && now >= self.next_balance {
+            self.next_balance = now + Duration::from_millis(self.cfg.leader_balance_interval_ms);
+            self.balance_leaders();
+        }
+    }
+
+    /// Hands each partition this node leads to its preferred leader (voter `p % voters`), if
+    /// that node is up and fully caught up: leadership then spreads evenly over the nodes, and
+    /// returns to a node after it restarts.
+    fn balance_leaders(&mut self) {
+        let down = self.shared.down_nodes();
+        let groups: Vec<PartitionId> = self.multi.group_ids().collect();
+        for p in groups {
+            let _ = self.multi.update(p, |g| {
+                if !g.is_leader() {
+                    return;
+                }
+                let voters: Vec<NodeId> = g.membership().voters.iter().copied().collect();
+                if voters.is_empty() {
+                    return;
+                }
+                let preferred = voters[(p % voters.len() as u64) as usize];
+                let caught_up = g.progress(preferred).is_some_and(|pr| pr.matched == g.log().last_index());
+                if preferred != g.id() && caught_up && !down.contains(&preferred) {
+                    let _ = g.transfer_leadership(preferred);
+                }
+            });
         }
     }
 
