@@ -23,7 +23,7 @@ use std::task::{Poll, Waker};
 use phalanx_proto::MessageBatch;
 
 use super::socket::try_send;
-use crate::frame::{FRAME_HEADER_BYTES, FrameKind, encode_frame};
+use crate::frame::{FRAME_HEADER_BYTES, FrameKind, encode_frame_sized};
 
 /// Capacity kept by an idle buffer; a burst's larger allocation is released after it.
 const RETAINED_BUFFER_BYTES: usize = 1 << 20;
@@ -89,7 +89,7 @@ impl PeerQueue {
             return Push::Full;
         }
         let idle = pending.is_empty() && !self.writing.get();
-        if encode_frame(FrameKind::Batch, batch, self.max_frame_bytes, &mut pending).is_err() {
+        if encode_frame_sized(FrameKind::Batch, batch, len, self.max_frame_bytes, &mut pending).is_err() {
             return Push::Oversize(len);
         }
         let mut written = 0;
