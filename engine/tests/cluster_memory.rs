@@ -22,11 +22,18 @@ struct Cluster {
     ids: Vec<u64>,
     partitions: u32,
     wal: StorageKind,
+    /// Shards per node (by id - 1); 2 when not listed.
+    cores: Vec<usize>,
 }
 
 impl Cluster {
     fn new(n: u64, partitions: u32, wal: StorageKind) -> Self {
+        Self::with_cores(n, partitions, wal, Vec::new())
+    }
+
+    fn with_cores(n: u64, partitions: u32, wal: StorageKind, cores: Vec<usize>) -> Self {
         let mut c = Cluster {
+            cores,
             net: MemoryNetwork::new(MemoryConfig::default()),
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: Vec::new(),
@@ -43,9 +50,9 @@ impl Cluster {
 
     fn config(&self, id: u64) -> NodeConfig {
         let mut cfg = NodeConfig::new(id, self.dir.path().join(format!("n{id}")));
+        cfg.cores = self.cores.get((id - 1) as usize).copied().unwrap_or(2);
         cfg.initial_cluster = self.ids.iter().map(|i| (*i, format!("mem-{i}"))).collect();
         cfg.initial_partitions = self.partitions;
-        cfg.cores = 2;
         cfg.pin_cores = false;
         cfg.wal = self.wal;
         cfg.tick_interval_ms = 10;
@@ -248,5 +255,21 @@ fn leadership_spreads_to_preferred_leaders() {
         }
         assert!(Instant::now() < deadline, "leadership did not move to the preferred leaders");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_with_different_core_counts_route_through_the_bus() {
+    // Shard i of one node talks to shard i % n of the other: messages for partitions the
+    // receiving shard does not own cross that node's bus.
+    let c = Cluster::with_cores(3, 12, StorageKind::Memory, vec![1, 2, 3]);
+    c.wait_all_leaders(Duration::from_secs(20));
+    for i in 0..40 {
+        c.put(&format!("k{i}"), &format!("v{i}"));
+    }
+    for id in 1..=3 {
+        for i in (0..40).step_by(5) {
+            assert_eq!(c.get(id, &format!("k{i}")), Some(format!("v{i}")), "node {id} key k{i}");
+        }
     }
 }
