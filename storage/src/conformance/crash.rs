@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::fixtures::run;
+use super::fixtures::{Phase, run, run_phased, set_phase};
 use super::model::{Model, verify};
 use super::workload::{OP_KEY, Op, Workload, decode_op};
 use crate::any::{AnyStore, StorageKind};
@@ -177,9 +177,13 @@ fn crash_loop(adapter: &str, kills: usize) {
         let (m0, m1) = (model.clone(), next);
         let durable_extra = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = durable_extra.clone();
-        run(move || async move {
+        let phase = Phase::default();
+        let ph = phase.clone();
+        run_phased(&phase, move || async move {
+            set_phase(&ph, "opening");
             let s =
                 open_store(&adapter, &path).await.unwrap_or_else(|e| panic!("round {round}: reopen: {e}"));
+            set_phase(&ph, "verifying");
             let at = verify(&s, &m0).await;
             if at.is_err() {
                 if let Err(e) = verify(&s, &m1).await {
@@ -189,7 +193,9 @@ fn crash_loop(adapter: &str, kills: usize) {
                 }
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            set_phase(&ph, "closing");
             s.close().await.expect("close");
+            set_phase(&ph, "closed");
         });
         if durable_extra.load(std::sync::atomic::Ordering::SeqCst) {
             unacked_durable += 1;

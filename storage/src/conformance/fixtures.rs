@@ -18,6 +18,23 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    run_phased(&Phase::default(), f);
+}
+
+/// What a test is doing, reported if it times out.
+pub(crate) type Phase = std::sync::Arc<std::sync::Mutex<&'static str>>;
+
+/// Records the current phase.
+pub(crate) fn set_phase(p: &Phase, what: &'static str) {
+    *p.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = what;
+}
+
+/// [`run`], naming `phase` in the timeout report.
+pub(crate) fn run_phased<F, Fut>(phase: &Phase, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
         let r = crate::run_local("conformance", f);
@@ -28,7 +45,8 @@ where
     if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         rx.recv_timeout(std::time::Duration::from_secs(300))
     {
-        panic!("test timed out after 300 s");
+        let at = *phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        panic!("test timed out after 300 s (phase: {at})");
     }
     match t.join() {
         Ok(r) => r.expect("executor"),
