@@ -1,39 +1,109 @@
-//! Closed-loop load: N concurrent clients, each issuing its next request when the previous
-//! one answers, spread over a few driver threads (glommio executors). Latency goes into HDR
-//! histograms (microseconds), merged at the end; the first `warmup` is not recorded.
+//! The load engine: N clients spread over a few driver threads (glommio executors), each
+//! issuing requests to a [`TargetSpec`] (embedded handles or remote client ports).
+//!
+//! Pacing:
+//! - **closed loop**: each client sends its next request when the previous one answers;
+//! - **open loop** (`--rate R`): requests are due at `start + i / R`; a client takes the next
+//!   due slot, waits for it if it is in the future, and its latency is measured **from the
+//!   slot's time**, so a request that could not start on time because every client was busy
+//!   carries its queueing delay (no coordinated omission);
+//! - **limited** (the etcd profiles): etcd `check perf`'s shape — a token bucket of burst 1 at
+//!   the target rate feeding the clients; a late slot is not made up for, and latency is
+//!   measured from when the request is sent, as etcd measures it.
+//!
+//! Latency goes into HDR histograms (microseconds), one per driver for the whole window and
+//! one per driver per second (for the plot), merged at the end; the warm-up is not recorded.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use phalanx::kv::KV_LOG_TYPE;
-use phalanx::{NodeHandle, Status};
-use phalanx_proto::{KvCommand, Message, PutRequest, kv_command};
+use phalanx::NodeHandle;
+
+use crate::keys::{KeySpace, Rng};
+use crate::remote::{RemoteInfo, RemotePool};
+use crate::target::{OpKind, Outcome, Target};
 
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// Append a raw entry to a partition's log.
+    /// Append raw entries to a partition's log.
     Append,
-    /// A key-value put (through the replicated key-value state machine).
+    /// Key-value puts.
     Put,
+    /// Linearizable key-value gets (the keys are written first).
+    Get,
+    /// Gets with probability `read_ratio`, puts otherwise.
+    Mix,
 }
 
-/// How requests pick partitions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyDistribution {
-    /// Every partition equally.
-    Uniform,
-    /// Zipfian (s = 0.99): a few partitions get most requests.
-    Zipfian,
+impl Workload {
+    /// Name used in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Append => "append",
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Mix => "mix",
+        }
+    }
 }
 
-/// A closed-loop run.
+/// When requests are sent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pacing {
+    /// Next request when the previous one answers.
+    Closed,
+    /// `rate` requests/s on a fixed schedule; latency from the scheduled time.
+    Open {
+        /// Requests per second (all clients together).
+        rate: f64,
+    },
+    /// etcd `check perf`'s limiter: `rate` requests/s, burst 1, no catching up; latency from
+    /// the send.
+    Limited {
+        /// Requests per second (all clients together).
+        rate: f64,
+    },
+}
+
+impl Pacing {
+    /// The target rate, if any.
+    #[must_use]
+    pub fn rate(self) -> Option<f64> {
+        match self {
+            Pacing::Closed => None,
+            Pacing::Open { rate } | Pacing::Limited { rate } => Some(rate),
+        }
+    }
+
+    /// Name used in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Pacing::Closed => "closed",
+            Pacing::Open { .. } => "open",
+            Pacing::Limited { .. } => "limited",
+        }
+    }
+}
+
+/// Where the load goes.
+#[derive(Clone)]
+pub enum TargetSpec {
+    /// The embedded cluster's running nodes.
+    Embedded(Vec<NodeHandle>),
+    /// Remote nodes, with `connections` per endpoint per driver thread.
+    Remote(Arc<RemoteInfo>, usize),
+}
+
+/// A load run.
 #[derive(Clone, Debug)]
 pub struct LoadOpts {
     /// Concurrent clients.
@@ -42,18 +112,44 @@ pub struct LoadOpts {
     pub drivers: usize,
     /// Request type.
     pub workload: Workload,
-    /// Payload (value) size in bytes.
+    /// Share of gets in the `mix` workload.
+    pub read_ratio: f64,
+    /// Value (payload) size in bytes.
     pub value_size: usize,
     /// Entries per request.
     pub batch: usize,
-    /// Partition choice.
-    pub keys: KeyDistribution,
-    /// User partitions to spread over.
-    pub partitions: u32,
+    /// Partitions and keys.
+    pub keys: Arc<KeySpace>,
+    /// When requests are sent.
+    pub pacing: Pacing,
     /// Measured time.
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
+    /// Stop once this many requests completed (warm-up included), before `duration` if
+    /// sooner (used to fill a WAL with a known number of entries).
+    pub stop_after_ops: Option<u64>,
+    /// Print the live progress line.
+    pub progress: bool,
+}
+
+/// One second of the measured window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecondStats {
+    /// Successful requests that completed in this second.
+    pub ops: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Latency percentiles of this second's successful requests, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Slowest, µs.
+    pub max_us: u64,
 }
 
 /// What a run measured.
@@ -63,228 +159,411 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// Successful requests in the measured window.
     pub ops: u64,
-    /// Entries written in the measured window (ops × batch).
+    /// Entries written in the measured window (successful writes × batch).
     pub entries: u64,
+    /// Successful reads (gets) in the window.
+    pub reads: u64,
+    /// Reads that found no value (counted in `ops` and `reads`).
+    pub not_found: u64,
     /// Failed requests by status, measured window.
     pub errors: BTreeMap<String, u64>,
     /// Length of the measured window.
     pub elapsed: Duration,
-    /// Successful requests per second, one entry per second of the measured window.
-    pub per_second: Vec<u64>,
+    /// The measured window second by second.
+    pub per_second: Vec<SecondStats>,
+}
+
+impl LoadResult {
+    /// Successful requests per second.
+    #[must_use]
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Entries written per second.
+    #[must_use]
+    pub fn entries_per_sec(&self) -> f64 {
+        self.entries as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency quantile in µs (0 when nothing was recorded).
+    #[must_use]
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.latency.is_empty() { 0 } else { self.latency.value_at_quantile(q) }
+    }
+
+    /// Failed requests.
+    #[must_use]
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
 }
 
 /// Largest latency recorded (1 minute, in µs).
 const MAX_LATENCY_US: u64 = 60_000_000;
+/// Pause after a `Busy` answer: the node asked us to back off.
+const BUSY_PAUSE: Duration = Duration::from_micros(200);
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures"))
-}
-
-/// A Zipfian sampler over `1..=n` (Gray et al.'s method, as YCSB uses).
-struct Zipf {
-    n: u64,
-    theta: f64,
-    alpha: f64,
-    zetan: f64,
-    eta: f64,
-}
-
-impl Zipf {
-    fn new(n: u64, theta: f64) -> Self {
-        let zeta = |k: u64| (1..=k).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
-        let zetan = zeta(n);
-        let zeta2 = zeta(2.min(n));
-        let alpha = 1.0 / (1.0 - theta);
-        let eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
-        Zipf { n, theta, alpha, zetan, eta }
-    }
-
-    fn sample(&self, u: f64) -> u64 {
-        let uz = u * self.zetan;
-        if uz < 1.0 {
-            return 1;
-        }
-        if uz < 1.0 + 0.5f64.powf(self.theta) {
-            return 2.min(self.n);
-        }
-        (1 + (self.n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64).min(self.n)
-    }
-}
-
-/// xorshift64*: the clients' cheap, per-client random stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig)
+        .unwrap_or_else(|_| Histogram::new(sigfig).expect("a valid significant-figure count"))
 }
 
 struct Shared {
     stop: AtomicBool,
     recording: AtomicBool,
+    started: OnceLock<Instant>,
+    /// Successful requests while recording (the live progress line).
     ops: AtomicU64,
+    /// Requests completed at all (for `stop_after_ops`).
+    completed: AtomicU64,
 }
 
 struct DriverOut {
     latency: Histogram<u64>,
+    seconds: Vec<Histogram<u64>>,
+    second_errors: Vec<u64>,
     ops: u64,
+    entries: u64,
+    reads: u64,
+    not_found: u64,
     errors: BTreeMap<String, u64>,
 }
 
-fn leader_of(handles: &[NodeHandle], p: u64) -> Option<&NodeHandle> {
-    handles.iter().find(|h| h.am_i_leader_quick(p))
-}
-
-async fn client(
-    id: usize,
-    handles: Arc<Vec<NodeHandle>>,
-    opts: Arc<LoadOpts>,
-    shared: Arc<Shared>,
-    out: Rc<RefCell<DriverOut>>,
-) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    let zipf = (opts.keys == KeyDistribution::Zipfian).then(|| Zipf::new(u64::from(opts.partitions), 0.99));
-    let value = Bytes::from(vec![b'v'; opts.value_size]);
-    let mut seq = 0u64;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let p = match &zipf {
-            Some(z) => z.sample(rng.unit()),
-            None => 1 + rng.next() % u64::from(opts.partitions),
-        };
-        let Some(h) = leader_of(&handles, p) else {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-            continue;
-        };
-        seq += 1;
-        let payloads: Vec<Bytes> = match opts.workload {
-            Workload::Append => vec![value.clone(); opts.batch],
-            Workload::Put => (0..opts.batch)
-                .map(|k| {
-                    let cmd = KvCommand {
-                        op: Some(kv_command::Op::Put(PutRequest {
-                            key: format!("c{id}-{seq}-{k}"),
-                            value: value.clone(),
-                        })),
-                    };
-                    Bytes::from(cmd.encode_to_vec())
-                })
-                .collect(),
-        };
-        let log_type = if opts.workload == Workload::Put { KV_LOG_TYPE } else { "bench" };
-        let start = Instant::now();
-        let r = h.replicate_batch(p, log_type, payloads).await;
-        let us = start.elapsed().as_micros() as u64;
-        if !shared.recording.load(Ordering::Relaxed) {
-            continue;
-        }
-        let busy = {
-            let mut o = out.borrow_mut();
-            if r.success() {
-                o.ops += 1;
-                let _ = o.latency.record(us.clamp(1, MAX_LATENCY_US));
-                shared.ops.fetch_add(1, Ordering::Relaxed);
-            } else {
-                *o.errors.entry(r.status.name().to_string()).or_default() += 1;
-            }
-            r.status == Status::Busy
-        };
-        if busy {
-            glommio::timer::sleep(Duration::from_micros(200)).await;
+impl DriverOut {
+    fn new(seconds: usize) -> Self {
+        DriverOut {
+            latency: histogram(3),
+            // Two significant figures per second: plenty for a plot, 1/10 of the memory.
+            seconds: (0..seconds).map(|_| histogram(2)).collect(),
+            second_errors: vec![0; seconds],
+            ops: 0,
+            entries: 0,
+            reads: 0,
+            not_found: 0,
+            errors: BTreeMap::new(),
         }
     }
 }
 
-/// Runs the closed loop against `handles`, printing live ops/s to stderr each second.
-pub fn run(handles: &[NodeHandle], opts: &LoadOpts) -> Result<LoadResult, String> {
+/// A driver thread's schedule of request slots (open and limited pacing).
+struct Pacer {
+    interval: Duration,
+    next: Cell<Instant>,
+    catch_up: bool,
+}
+
+impl Pacer {
+    /// The next slot's time; waits until it comes.
+    async fn slot(&self) -> Instant {
+        let now = Instant::now();
+        let mut t = self.next.get();
+        if !self.catch_up && t < now {
+            // A token bucket of burst 1: time not used is lost.
+            t = now;
+        }
+        self.next.set(t + self.interval);
+        if t > now {
+            glommio::timer::sleep(t - now).await;
+        }
+        t
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    id: usize,
+    target: Target,
+    opts: Arc<LoadOpts>,
+    shared: Arc<Shared>,
+    out: Rc<RefCell<DriverOut>>,
+    pacer: Option<Rc<Pacer>>,
+) {
+    let mut rng = Rng::for_client(id);
+    let value = Bytes::from(vec![b'v'; opts.value_size]);
+    let kpp = opts.keys.keys_per_partition;
+    let mut keys: Vec<String> = Vec::with_capacity(opts.batch);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let slot = match &pacer {
+            Some(p) => Some(p.slot().await),
+            None => None,
+        };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let p = opts.keys.partition(&mut rng);
+        let kind = match opts.workload {
+            Workload::Append => OpKind::Append,
+            Workload::Put => OpKind::Put,
+            Workload::Get => OpKind::Get,
+            Workload::Mix => {
+                if rng.unit() < opts.read_ratio {
+                    OpKind::Get
+                } else {
+                    OpKind::Put
+                }
+            }
+        };
+        keys.clear();
+        let nkeys = match kind {
+            OpKind::Append => 0,
+            OpKind::Get => 1,
+            OpKind::Put => opts.batch,
+        };
+        for _ in 0..nkeys {
+            keys.push(opts.keys.key(p, rng.below(kpp)));
+        }
+        let start = match (opts.pacing, slot) {
+            (Pacing::Open { .. }, Some(t)) => t,
+            _ => Instant::now(),
+        };
+        let outcome = target.exec(kind, p, &keys, &value, opts.batch).await;
+        let end = Instant::now();
+        shared.completed.fetch_add(1, Ordering::Relaxed);
+        let busy = matches!(outcome, Outcome::Failed("Busy" | "BUSY"));
+        if shared.recording.load(Ordering::Relaxed)
+            && let Some(&started) = shared.started.get()
+        {
+            let us = (end.saturating_duration_since(start).as_micros() as u64).clamp(1, MAX_LATENCY_US);
+            let mut o = out.borrow_mut();
+            let last = o.seconds.len().saturating_sub(1);
+            let sec = (end.saturating_duration_since(started).as_secs() as usize).min(last);
+            match outcome {
+                Outcome::Ok | Outcome::NotFound => {
+                    o.ops += 1;
+                    let _ = o.latency.record(us);
+                    if let Some(h) = o.seconds.get_mut(sec) {
+                        let _ = h.record(us);
+                    }
+                    match kind {
+                        OpKind::Get => {
+                            o.reads += 1;
+                            if outcome == Outcome::NotFound {
+                                o.not_found += 1;
+                            }
+                        }
+                        _ => o.entries += opts.batch as u64,
+                    }
+                    shared.ops.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Failed(status) => {
+                    *o.errors.entry(status.to_string()).or_default() += 1;
+                    if let Some(e) = o.second_errors.get_mut(sec) {
+                        *e += 1;
+                    }
+                }
+            }
+        }
+        if busy {
+            glommio::timer::sleep(BUSY_PAUSE).await;
+        }
+    }
+}
+
+fn make_target(spec: &TargetSpec) -> Target {
+    match spec {
+        TargetSpec::Embedded(h) => Target::Embedded(Arc::new(h.clone())),
+        TargetSpec::Remote(info, conns) => Target::Remote(Rc::new(RemotePool::new(info.clone(), *conns))),
+    }
+}
+
+/// Runs the load against `spec`, printing live ops/s to stderr each second.
+pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         recording: AtomicBool::new(false),
+        started: OnceLock::new(),
         ops: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
     });
-    let handles = Arc::new(handles.to_vec());
+    let seconds = opts.duration.as_secs_f64().ceil().max(1.0) as usize;
     let opts_arc = Arc::new(opts.clone());
     let drivers = opts.drivers.clamp(1, opts.clients.max(1));
     let mut joins = Vec::new();
     for d in 0..drivers {
-        let (handles, opts, shared) = (handles.clone(), opts_arc.clone(), shared.clone());
+        let (opts, shared, spec) = (opts_arc.clone(), shared.clone(), spec.clone());
         let ids: Vec<usize> = (0..opts.clients).filter(|c| c % drivers == d).collect();
         let j = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name(&format!("bench-driver-{d}"))
             .io_memory(1 << 20)
             .spawn(move || async move {
-                let out = Rc::new(RefCell::new(DriverOut {
-                    latency: new_histogram(),
-                    ops: 0,
-                    errors: BTreeMap::new(),
-                }));
+                let out = Rc::new(RefCell::new(DriverOut::new(seconds)));
+                let target = make_target(&spec);
+                let pacer = opts.pacing.rate().map(|rate| {
+                    Rc::new(Pacer {
+                        interval: Duration::from_secs_f64(drivers as f64 / rate),
+                        next: Cell::new(Instant::now()),
+                        catch_up: matches!(opts.pacing, Pacing::Open { .. }),
+                    })
+                });
                 let tasks: Vec<_> = ids
                     .into_iter()
                     .map(|id| {
                         glommio::spawn_local(client(
                             id,
-                            handles.clone(),
+                            target.clone(),
                             opts.clone(),
                             shared.clone(),
                             out.clone(),
+                            pacer.clone(),
                         ))
                     })
                     .collect();
                 for t in tasks {
                     t.await;
                 }
-                Rc::try_unwrap(out).map(RefCell::into_inner).unwrap_or_else(|rc| DriverOut {
-                    latency: rc.borrow().latency.clone(),
-                    ops: rc.borrow().ops,
-                    errors: rc.borrow().errors.clone(),
-                })
+                drop(target);
+                Rc::try_unwrap(out).map(RefCell::into_inner).map_err(|_| "driver output still shared")
             })
             .map_err(|e| format!("driver thread: {e}"))?;
         joins.push(j);
     }
-    std::thread::sleep(opts.warmup);
-    shared.recording.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    let mut per_second = Vec::new();
-    let mut last = 0;
-    while started.elapsed() < opts.duration {
-        let step = Duration::from_secs(1).min(opts.duration.saturating_sub(started.elapsed()));
-        std::thread::sleep(step);
-        let now = shared.ops.load(Ordering::Relaxed);
-        let rate = (now - last) as f64 / step.as_secs_f64().max(1e-9);
-        per_second.push(rate as u64);
-        last = now;
-        let done = started.elapsed().as_secs_f64() / opts.duration.as_secs_f64();
-        let bar = (done * 30.0).round() as usize;
-        eprint!(
-            "\r[{:<30}] {:>5.1}s {:>10.0} ops/s",
-            "#".repeat(bar.min(30)),
-            started.elapsed().as_secs_f64(),
-            rate
+    let done = |s: &Shared| opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n);
+    let warm_until = Instant::now() + opts.warmup;
+    while Instant::now() < warm_until && !done(&shared) {
+        std::thread::sleep(
+            Duration::from_millis(20).min(warm_until.saturating_duration_since(Instant::now())),
         );
     }
-    eprintln!();
-    shared.recording.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    shared.stop.store(true, Ordering::Relaxed);
-    let mut latency = new_histogram();
-    let mut ops = 0;
-    let mut errors = BTreeMap::new();
-    for j in joins {
-        let o = j.join().map_err(|e| format!("driver: {e}"))?;
-        latency.add(&o.latency).map_err(|e| format!("histogram: {e}"))?;
-        ops += o.ops;
-        for (k, v) in o.errors {
-            *errors.entry(k).or_default() += v;
+    let started = Instant::now();
+    let _ = shared.started.set(started);
+    shared.recording.store(true, Ordering::SeqCst);
+    let mut last = 0;
+    let mut last_at = started;
+    while started.elapsed() < opts.duration && !done(&shared) {
+        let next = (last_at + Duration::from_secs(1)).min(started + opts.duration);
+        while Instant::now() < next && !done(&shared) {
+            std::thread::sleep(Duration::from_millis(20).min(next.saturating_duration_since(Instant::now())));
+        }
+        let now = shared.ops.load(Ordering::Relaxed);
+        let step = last_at.elapsed().as_secs_f64().max(1e-9);
+        let rate = (now - last) as f64 / step;
+        last = now;
+        last_at = Instant::now();
+        if opts.progress {
+            let done_frac = started.elapsed().as_secs_f64() / opts.duration.as_secs_f64().max(1e-9);
+            let bar = ((done_frac * 30.0).round() as usize).min(30);
+            eprint!(
+                "\r[{:<30}] {:>5.1}s/{:.0}s {:>10.0} ops/s",
+                "#".repeat(bar),
+                started.elapsed().as_secs_f64(),
+                opts.duration.as_secs_f64(),
+                rate
+            );
         }
     }
-    Ok(LoadResult { latency, ops, entries: ops * opts.batch as u64, errors, elapsed, per_second })
+    if opts.progress {
+        eprintln!();
+    }
+    shared.recording.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut latency = histogram(3);
+    let mut secs: Vec<Histogram<u64>> = (0..seconds).map(|_| histogram(2)).collect();
+    let mut sec_errors = vec![0u64; seconds];
+    let (mut ops, mut entries, mut reads, mut not_found) = (0, 0, 0, 0);
+    let mut errors = BTreeMap::new();
+    let mut first_error = None;
+    for j in joins {
+        match j.join() {
+            Ok(Ok(o)) => {
+                latency.add(&o.latency).map_err(|e| format!("histogram: {e}"))?;
+                for (acc, h) in secs.iter_mut().zip(&o.seconds) {
+                    acc.add(h).map_err(|e| format!("histogram: {e}"))?;
+                }
+                for (acc, e) in sec_errors.iter_mut().zip(&o.second_errors) {
+                    *acc += e;
+                }
+                ops += o.ops;
+                entries += o.entries;
+                reads += o.reads;
+                not_found += o.not_found;
+                for (k, v) in o.errors {
+                    *errors.entry(k).or_default() += v;
+                }
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| format!("driver: {e}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // A window cut short (stop_after_ops) has fewer seconds than planned.
+    let measured_secs = (elapsed.as_secs_f64().ceil() as usize).clamp(1, seconds);
+    let per_second = secs
+        .iter()
+        .zip(&sec_errors)
+        .take(measured_secs)
+        .map(|(h, &errors)| {
+            let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+            SecondStats {
+                ops: h.len(),
+                errors,
+                p50_us: q(0.5),
+                p90_us: q(0.9),
+                p99_us: q(0.99),
+                p999_us: q(0.999),
+                max_us: h.max(),
+            }
+        })
+        .collect();
+    Ok(LoadResult { latency, ops, entries, reads, not_found, errors, elapsed, per_second })
+}
+
+/// Writes every key of the key space once (`value_size` bytes each), so gets find values.
+/// Runs `concurrency` requests at a time on one driver thread.
+pub fn preload(
+    spec: &TargetSpec,
+    keys: &Arc<KeySpace>,
+    value_size: usize,
+    concurrency: usize,
+) -> Result<u64, String> {
+    let spec = spec.clone();
+    let keys = keys.clone();
+    let total = u64::from(keys.partitions()) * keys.keys_per_partition;
+    let j = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("bench-preload")
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let target = make_target(&spec);
+            let value = Bytes::from(vec![b'v'; value_size]);
+            let next = Rc::new(Cell::new(0u64));
+            let failed = Rc::new(Cell::new(0u64));
+            let tasks: Vec<_> = (0..concurrency.max(1))
+                .map(|_| {
+                    let (target, value, next, failed, keys) =
+                        (target.clone(), value.clone(), next.clone(), failed.clone(), keys.clone());
+                    glommio::spawn_local(async move {
+                        loop {
+                            let i = next.get();
+                            if i >= total {
+                                break;
+                            }
+                            next.set(i + 1);
+                            let kpp = keys.keys_per_partition;
+                            let p = 1 + i / kpp;
+                            let key = keys.key(p, i % kpp);
+                            if !target.exec(OpKind::Put, p, &[key], &value, 1).await.success() {
+                                failed.set(failed.get() + 1);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            failed.get()
+        })
+        .map_err(|e| format!("preload thread: {e}"))?;
+    let failed = j.join().map_err(|e| format!("preload: {e}"))?;
+    if failed > 0 {
+        return Err(format!("preloading keys: {failed} of {total} puts failed"));
+    }
+    Ok(total)
 }

@@ -21,6 +21,25 @@ pub fn peak_rss_bytes() -> u64 {
     status_kib("VmHWM:") * 1024
 }
 
+/// Current resident set size of the process in bytes (VmRSS).
+#[must_use]
+pub fn current_rss_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+/// Bytes of the files under `dir` (recursively; what a node's data directory holds).
+#[must_use]
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

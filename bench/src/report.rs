@@ -1,144 +1,226 @@
 //! The end-of-run report: a table on stdout and, with `--json FILE`, every figure under
-//! stable field names (documented in `bench/README.md`).
+//! stable field names (documented in `bench/README.md`). Fields that a scenario does not
+//! measure are present and `null`, so a consumer never has to guess whether a name exists.
 
-use std::collections::BTreeMap;
-
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::load::LoadResult;
 
-/// Everything a run reports.
-#[derive(Debug)]
-pub struct Report {
-    /// Scenario name (`throughput`, ...).
+/// What was run: the fields every report carries.
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    /// Scenario name (`throughput`, `idle`, `failover`, `recovery`).
     pub scenario: String,
-    /// Profile name, or "custom".
+    /// Profile name, or `custom`.
     pub profile: String,
-    /// Mode (`embedded`, `remote`).
+    /// `embedded` or `remote`.
     pub mode: String,
     /// Nodes in the cluster.
     pub nodes: u64,
-    /// Shards per node.
+    /// Shards per node (embedded; 0 when unknown).
     pub cores_per_node: usize,
     /// User partitions.
     pub partitions: u32,
     /// Concurrent clients.
     pub clients: usize,
-    /// Value size in bytes.
-    pub value_size: usize,
-    /// Entries per request.
-    pub batch: usize,
+    /// Driver threads.
+    pub drivers: usize,
     /// Workload name.
     pub workload: String,
-    /// Transport name.
+    /// Share of gets (mix).
+    pub read_ratio: f64,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// Key size in bytes (put/get/mix).
+    pub key_size: usize,
+    /// Entries per request.
+    pub batch: usize,
+    /// `closed`, `open` or `limited`.
+    pub pacing: String,
+    /// Target requests/s (open and limited pacing).
+    pub target_rate: Option<f64>,
+    /// Transport name (`tcp`, `memory`; `remote` in remote mode).
     pub transport: String,
     /// Log store name.
     pub wal: String,
-    /// Whether every write was fsynced.
-    pub sync_writes: bool,
-    /// The measurement.
-    pub load: LoadResult,
-    /// CPU use of the process during the measured window, % of one core.
-    pub cpu_percent: f64,
+    /// Whether every write was fsynced (`None` when unknown: remote mode).
+    pub sync_writes: Option<bool>,
+    /// A CI-sized `--smoke` run (its figures are not measurements).
+    pub smoke: bool,
+}
+
+/// Everything a run reports.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// What was run.
+    pub meta: Meta,
+    /// The measured load, if the scenario drives one.
+    pub load: Option<LoadResult>,
+    /// CPU use of the process during the measurement, % of one core.
+    pub cpu_percent: Option<f64>,
     /// Peak resident set size of the process.
     pub rss_bytes: u64,
     /// Pass/fail against a profile's criteria, when it has some.
     pub pass: Option<bool>,
+    /// Verdict lines printed after the table (etcd's `PASS: ...` lines).
+    pub checks: Vec<String>,
+    /// Scenario figures (JSON), merged into the top level.
+    pub extra: Map<String, Value>,
+    /// Scenario lines printed after the table.
+    pub lines: Vec<String>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
 impl Report {
-    /// Requests per second.
-    #[must_use]
-    pub fn ops_per_sec(&self) -> f64 {
-        self.load.ops as f64 / self.load.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    fn q(&self, q: f64) -> u64 {
-        if self.load.latency.is_empty() { 0 } else { self.load.latency.value_at_quantile(q) }
-    }
-
     /// The JSON form.
     #[must_use]
     pub fn to_json(&self) -> Value {
-        let errors: u64 = self.load.errors.values().sum();
-        json!({
-            "scenario": self.scenario,
-            "profile": self.profile,
-            "mode": self.mode,
-            "nodes": self.nodes,
-            "cores_per_node": self.cores_per_node,
-            "partitions": self.partitions,
-            "clients": self.clients,
-            "value_size": self.value_size,
-            "batch": self.batch,
-            "workload": self.workload,
-            "transport": self.transport,
-            "wal": self.wal,
-            "sync_writes": self.sync_writes,
-            "duration_secs": self.load.elapsed.as_secs_f64(),
-            "ops": self.load.ops,
-            "entries": self.load.entries,
-            "ops_per_sec": self.ops_per_sec(),
-            "entries_per_sec": self.load.entries as f64 / self.load.elapsed.as_secs_f64().max(1e-9),
-            "p50_us": self.q(0.50),
-            "p90_us": self.q(0.90),
-            "p99_us": self.q(0.99),
-            "p999_us": self.q(0.999),
-            "max_us": self.load.latency.max(),
-            "mean_us": self.load.latency.mean(),
-            "stddev_us": self.load.latency.stdev(),
-            "errors": errors,
-            "errors_by_status": self.load.errors.iter().collect::<BTreeMap<_, _>>(),
-            "ops_per_sec_timeline": self.load.per_second,
+        let m = &self.meta;
+        let mut v = json!({
+            "scenario": m.scenario,
+            "profile": m.profile,
+            "mode": m.mode,
+            "nodes": m.nodes,
+            "cores_per_node": m.cores_per_node,
+            "partitions": m.partitions,
+            "clients": m.clients,
+            "drivers": m.drivers,
+            "workload": m.workload,
+            "read_ratio": m.read_ratio,
+            "value_size": m.value_size,
+            "key_size": m.key_size,
+            "batch": m.batch,
+            "pacing": m.pacing,
+            "target_rate": m.target_rate,
+            "transport": m.transport,
+            "wal": m.wal,
+            "sync_writes": m.sync_writes,
+            "smoke": m.smoke,
             "cpu_percent": self.cpu_percent,
             "rss_bytes": self.rss_bytes,
             "pass": self.pass,
-        })
+            "checks": self.checks,
+        });
+        let load = match &self.load {
+            Some(l) => json!({
+                "duration_secs": l.elapsed.as_secs_f64(),
+                "ops": l.ops,
+                "entries": l.entries,
+                "reads": l.reads,
+                "not_found": l.not_found,
+                "ops_per_sec": l.ops_per_sec(),
+                "entries_per_sec": l.entries_per_sec(),
+                "p50_us": l.quantile_us(0.50),
+                "p90_us": l.quantile_us(0.90),
+                "p99_us": l.quantile_us(0.99),
+                "p999_us": l.quantile_us(0.999),
+                "max_us": l.latency.max(),
+                "mean_us": l.latency.mean(),
+                "stddev_us": l.latency.stdev(),
+                "errors": l.error_count(),
+                "errors_by_status": l.errors,
+                "timeline": l.per_second.iter().map(|s| json!({
+                    "ops": s.ops, "errors": s.errors, "p50_us": s.p50_us, "p90_us": s.p90_us,
+                    "p99_us": s.p99_us, "p999_us": s.p999_us, "max_us": s.max_us,
+                })).collect::<Vec<_>>(),
+            }),
+            None => json!({
+                "duration_secs": null, "ops": null, "entries": null, "reads": null, "not_found": null,
+                "ops_per_sec": null, "entries_per_sec": null, "p50_us": null, "p90_us": null,
+                "p99_us": null, "p999_us": null, "max_us": null, "mean_us": null, "stddev_us": null,
+                "errors": 0, "errors_by_status": {}, "timeline": [],
+            }),
+        };
+        if let (Some(obj), Value::Object(l)) = (v.as_object_mut(), load) {
+            obj.extend(l);
+            obj.extend(self.extra.clone());
+        }
+        v
+    }
+
+    /// The header line naming what ran.
+    #[must_use]
+    pub fn header(&self) -> String {
+        let m = &self.meta;
+        let pacing = match m.target_rate {
+            Some(r) => format!("{} loop at {r:.0} req/s", m.pacing),
+            None => format!("{} loop", m.pacing),
+        };
+        let sync = match m.sync_writes {
+            Some(true) => " (fsync)",
+            Some(false) => " (no fsync)",
+            None => "",
+        };
+        let cluster = format!(
+            "phalanx-bench {} ({}, {}): {} nodes x {} cores, {} partitions, {} transport, {} WAL{}",
+            m.scenario, m.profile, m.mode, m.nodes, m.cores_per_node, m.partitions, m.transport, m.wal, sync,
+        );
+        if m.clients == 0 {
+            return format!("{cluster}\n");
+        }
+        format!(
+            "{cluster}; {} clients ({}), {} x {}-byte {} per request\n",
+            m.clients, pacing, m.batch, m.value_size, m.workload,
+        )
     }
 
     /// The human-readable table.
     #[must_use]
     pub fn table(&self) -> String {
-        let errors: u64 = self.load.errors.values().sum();
-        let mut s = String::new();
-        s.push_str(&format!(
-            "phalanx-bench {} ({}): {} nodes x {} cores, {} partitions, {} clients, {} x {}-byte {} per request, {} transport, {} WAL{}\n",
-            self.scenario,
-            self.profile,
-            self.nodes,
-            self.cores_per_node,
-            self.partitions,
-            self.clients,
-            self.batch,
-            self.value_size,
-            self.workload,
-            self.transport,
-            self.wal,
-            if self.sync_writes { " (fsync)" } else { " (no fsync)" },
-        ));
-        s.push_str(&format!(
-            "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}\n",
-            "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "cpu %", "rss MiB"
-        ));
-        let ms = |us: u64| us as f64 / 1000.0;
-        s.push_str(&format!(
-            "{:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>7.0} {:>10.1}\n",
-            self.ops_per_sec(),
-            ms(self.q(0.50)),
-            ms(self.q(0.90)),
-            ms(self.q(0.99)),
-            ms(self.q(0.999)),
-            ms(self.load.latency.max()),
-            errors,
-            self.cpu_percent,
-            self.rss_bytes as f64 / (1 << 20) as f64,
-        ));
-        for (status, n) in &self.load.errors {
-            s.push_str(&format!("  errors {status}: {n}\n"));
+        let mut s = self.header();
+        if let Some(l) = &self.load {
+            s.push_str(&format!(
+                "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10}\n",
+                "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "cpu %", "rss MiB"
+            ));
+            s.push_str(&format!(
+                "{:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>7.0} {:>10.1}\n",
+                l.ops_per_sec(),
+                ms(l.quantile_us(0.50)),
+                ms(l.quantile_us(0.90)),
+                ms(l.quantile_us(0.99)),
+                ms(l.quantile_us(0.999)),
+                ms(l.latency.max()),
+                l.error_count(),
+                self.cpu_percent.unwrap_or(0.0),
+                self.rss_bytes as f64 / (1 << 20) as f64,
+            ));
+            if l.entries != l.ops && l.entries > 0 {
+                s.push_str(&format!("  entries/s: {:.0}\n", l.entries_per_sec()));
+            }
+            if l.reads > 0 {
+                s.push_str(&format!("  reads: {} ({} found nothing)\n", l.reads, l.not_found));
+            }
+            for (status, n) in &l.errors {
+                s.push_str(&format!("  errors {status}: {n}\n"));
+            }
+        } else {
+            s.push_str(&format!(
+                "  cpu %: {:.1}   peak rss MiB: {:.1}\n",
+                self.cpu_percent.unwrap_or(0.0),
+                self.rss_bytes as f64 / (1 << 20) as f64
+            ));
+        }
+        for line in &self.lines {
+            s.push_str(line);
+            s.push('\n');
+        }
+        for line in &self.checks {
+            s.push_str(line);
+            s.push('\n');
         }
         if let Some(p) = self.pass {
             s.push_str(if p { "PASS\n" } else { "FAIL\n" });
         }
         s
     }
+}
+
+/// Writes `value` to `path` (pretty JSON).
+pub fn write_json(path: &std::path::Path, value: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("--json {}: {e}", path.display()))
 }

@@ -1,0 +1,88 @@
+//! `--scenario idle`: K partitions on the cluster's nodes and no load. Reports what idling
+//! costs — CPU of the process, frames, messages and bytes per second between nodes (counted
+//! by the bench's transport wrapper), and memory per partition — the baseline that
+//! quiescence (not built yet) should bring down.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli::Settings;
+use crate::proc_stats::{self, CpuMeter};
+use crate::report::Report;
+
+/// Runs the idle scenario.
+pub fn run(s: &Settings) -> Result<Report, String> {
+    let rss_before = proc_stats::current_rss_bytes();
+    let started = Instant::now();
+    let cluster = super::start_cluster(s, s.partitions, false)?;
+    let elected = started.elapsed();
+    eprintln!(
+        "every partition has a leader after {:.1} s; settling {:.1} s...",
+        elected.as_secs_f64(),
+        s.warmup.as_secs_f64()
+    );
+    std::thread::sleep(s.warmup);
+    let nodes = cluster.node_count();
+    let net0 = cluster.net_totals_all();
+    let cpu = CpuMeter::start();
+    let t0 = Instant::now();
+    let step = Duration::from_secs(1);
+    while t0.elapsed() < s.duration {
+        std::thread::sleep(step.min(s.duration.saturating_sub(t0.elapsed())));
+        eprint!("\ridle {:>5.1}s/{:.0}s", t0.elapsed().as_secs_f64(), s.duration.as_secs_f64());
+    }
+    eprintln!();
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu_percent = cpu.percent();
+    let net = cluster.net_totals_all().since(&net0);
+    let rss_now = proc_stats::current_rss_bytes();
+    let partitions = f64::from(s.partitions);
+    // Partition 0 (system) is there too; the per-partition figure spreads over user ones.
+    let rss_growth = rss_now.saturating_sub(rss_before) as f64;
+    let per_partition = rss_growth / partitions;
+    let per_replica = per_partition / nodes as f64;
+    let frames = net.frames_sent as f64 / secs;
+    let bytes = net.bytes_sent as f64 / secs;
+    let messages = net.messages_handed as f64 / secs;
+    cluster.shutdown();
+    let mut r = Report { meta: super::meta(s), ..Default::default() };
+    r.meta.clients = 0;
+    r.meta.workload = "none".into();
+    r.cpu_percent = Some(cpu_percent);
+    r.rss_bytes = proc_stats::peak_rss_bytes();
+    for (k, v) in [
+        ("idle_secs", json!(secs)),
+        ("election_secs", json!(elected.as_secs_f64())),
+        ("frames_per_sec", json!(frames)),
+        ("bytes_per_sec", json!(bytes)),
+        ("messages_per_sec", json!(messages)),
+        ("rss_current_bytes", json!(rss_now)),
+        ("rss_growth_bytes", json!(rss_growth)),
+        ("rss_per_partition_bytes", json!(per_partition)),
+        ("rss_per_replica_bytes", json!(per_replica)),
+        ("cpu_percent_per_1000_partitions", json!(cpu_percent / partitions * 1000.0)),
+    ] {
+        r.extra.insert(k.into(), v);
+    }
+    r.lines.push(format!(
+        "  idle {secs:.1} s, {} partitions x {nodes} replicas (leaders elected in {:.1} s)",
+        s.partitions,
+        elected.as_secs_f64()
+    ));
+    r.lines.push(format!(
+        "  between nodes: {frames:.0} frames/s, {messages:.0} messages/s, {:.1} KiB/s",
+        bytes / 1024.0
+    ));
+    r.lines.push(format!(
+        "  cpu: {cpu_percent:.1} % of one core ({:.2} % per 1000 partitions)",
+        cpu_percent / partitions * 1000.0
+    ));
+    r.lines.push(format!(
+        "  memory: {:.1} MiB more than before the cluster started = {:.1} KiB per partition ({:.1} KiB per replica)",
+        rss_growth / (1 << 20) as f64,
+        per_partition / 1024.0,
+        per_replica / 1024.0
+    ));
+    Ok(r)
+}

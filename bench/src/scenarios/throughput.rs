@@ -1,0 +1,162 @@
+//! `--scenario throughput` (the default): load the cluster and measure throughput and
+//! latency; with an etcd profile, etcd's verdict; with `--profile openraft`, the sweep.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::cli::{ModeArg, Settings};
+use crate::cluster::EmbeddedCluster;
+use crate::keys::KeySpace;
+use crate::load::{self, LoadOpts, TargetSpec, Workload};
+use crate::probes;
+use crate::proc_stats::{self, CpuMeter};
+use crate::profiles::{self, Profile};
+use crate::remote;
+use crate::report::Report;
+
+/// Concurrent puts while preloading the keys gets read.
+const PRELOAD_CONCURRENCY: usize = 128;
+
+/// Runs one load (or the openraft sweep) and returns one report per row.
+pub fn run(s: &Settings) -> Result<Vec<Report>, String> {
+    if s.profile == Profile::Openraft {
+        return sweep(s);
+    }
+    Ok(vec![one(s)?])
+}
+
+/// One load against the embedded cluster or the remote one.
+fn one(s: &Settings) -> Result<Report, String> {
+    let mut s = s.clone();
+    let (spec, cluster) = match s.mode {
+        ModeArg::Remote => {
+            let info = remote::discover(&s.endpoints)?;
+            eprintln!(
+                "remote cluster: {} endpoints, {} nodes known, {} partitions",
+                info.endpoints.len(),
+                info.addresses.len(),
+                info.partitions
+            );
+            s.partitions = info.partitions;
+            s.nodes = info.addresses.len() as u64;
+            (TargetSpec::Remote(Arc::new(info), s.connections), None)
+        }
+        ModeArg::Embedded => {
+            let c = super::start_cluster(&s, s.partitions, true)?;
+            (TargetSpec::Embedded(c.handles()), Some(c))
+        }
+    };
+    let mut report = measure(&s, &spec, cluster.as_ref())?;
+    if let Some(c) = cluster {
+        c.shutdown();
+    }
+    if let Some(e) = s.profile.etcd() {
+        if let Some(l) = &report.load {
+            let (pass, lines) = profiles::etcd_verdict(e.rate, l);
+            report.pass = Some(pass);
+            report.checks = lines;
+        }
+    }
+    Ok(report)
+}
+
+fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -> Result<Report, String> {
+    let keys = Arc::new(KeySpace::new(s.partitions, s.keys, s.keys_per_partition, s.key_size));
+    let mut report = Report { meta: super::meta(s), ..Default::default() };
+    if matches!(s.workload, Workload::Get | Workload::Mix) {
+        eprintln!("writing {} keys for the reads...", u64::from(s.partitions) * s.keys_per_partition);
+        load::preload(spec, &keys, s.value_size, PRELOAD_CONCURRENCY)?;
+    }
+    if s.probes {
+        let p = probes::run(&std::env::temp_dir())?;
+        report.extra.insert("probe_fsync_p50_us".into(), json!(p.fsync_p50_us));
+        report.extra.insert("probe_rtt_p50_us".into(), json!(p.rtt_p50_us));
+        report.lines.push(format!(
+            "  probes: fdatasync p50 {:.3} ms, loopback TCP round trip p50 {:.3} ms",
+            p.fsync_p50_us / 1000.0,
+            p.rtt_p50_us / 1000.0
+        ));
+    }
+    let opts = LoadOpts {
+        clients: s.clients,
+        drivers: s.drivers,
+        workload: s.workload,
+        read_ratio: s.read_ratio,
+        value_size: s.value_size,
+        batch: s.batch,
+        keys,
+        pacing: s.pacing,
+        duration: s.duration,
+        warmup: s.warmup,
+        stop_after_ops: None,
+        progress: true,
+    };
+    let net0 = cluster.map(EmbeddedCluster::net_totals_all);
+    let cpu = CpuMeter::start();
+    let l = load::run(spec, &opts)?;
+    report.cpu_percent = Some(cpu.percent());
+    report.rss_bytes = proc_stats::peak_rss_bytes();
+    if let (Some(c), Some(n0)) = (cluster, net0) {
+        let d = c.net_totals_all().since(&n0);
+        let t = l.elapsed.as_secs_f64().max(1e-9);
+        report.extra.insert("net_frames_per_sec".into(), json!(d.frames_sent as f64 / t));
+        report.extra.insert("net_bytes_per_sec".into(), json!(d.bytes_sent as f64 / t));
+        report.extra.insert("net_messages_per_sec".into(), json!(d.messages_handed as f64 / t));
+    }
+    if let (Some(f), Some(r)) = (report.extra.get("probe_fsync_p50_us"), report.extra.get("probe_rtt_p50_us"))
+    {
+        let floor = f.as_f64().unwrap_or(0.0) + r.as_f64().unwrap_or(0.0);
+        let ratio = l.quantile_us(0.5) as f64 / floor.max(1e-9);
+        report.extra.insert("p50_over_fsync_plus_rtt".into(), json!(ratio));
+        report.lines.push(format!("  p50 / (fdatasync + round trip) = {ratio:.2}"));
+    }
+    report.load = Some(l);
+    Ok(report)
+}
+
+/// The openraft sweep: a fresh cluster per row (the in-memory log keeps every entry).
+fn sweep(s: &Settings) -> Result<Vec<Report>, String> {
+    let mut rows = Vec::new();
+    println!(
+        "openraft profile: {} nodes in one process, {} transport, {} log, {}-byte payloads, {} partitions, {:.1} s per row",
+        s.nodes,
+        s.transport.name(),
+        s.wal.name(),
+        s.value_size,
+        s.partitions,
+        s.duration.as_secs_f64()
+    );
+    println!(
+        "{:>8} {:>6} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "clients", "batch", "put/s", "requests/s", "p50 ms", "p99 ms", "max ms", "errors", "cpu %"
+    );
+    for &clients in &s.sweep_clients {
+        for &batch in &s.sweep_batches {
+            let mut row = s.clone();
+            row.clients = clients;
+            row.batch = batch;
+            let c = super::start_cluster(&row, row.partitions, true)?;
+            let spec = TargetSpec::Embedded(c.handles());
+            let r = measure(&row, &spec, Some(&c));
+            c.shutdown();
+            let r = r?;
+            if let Some(l) = &r.load {
+                println!(
+                    "{:>8} {:>6} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>7.0}",
+                    clients,
+                    batch,
+                    l.entries_per_sec(),
+                    l.ops_per_sec(),
+                    l.quantile_us(0.5) as f64 / 1000.0,
+                    l.quantile_us(0.99) as f64 / 1000.0,
+                    l.latency.max() as f64 / 1000.0,
+                    l.error_count(),
+                    r.cpu_percent.unwrap_or(0.0)
+                );
+            }
+            rows.push(r);
+        }
+    }
+    Ok(rows)
+}
