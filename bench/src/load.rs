@@ -444,7 +444,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
             let done_frac = started.elapsed().as_secs_f64() / opts.duration.as_secs_f64().max(1e-9);
             let bar = ((done_frac * 30.0).round() as usize).min(30);
             eprint!(
-                "\r[{:<30}] {:>5.1}s/{:.0}s {:>10.0} ops/s",
+                "\r[{:<30}] {:>5.1}s/{:.1}s {:>10.0} ops/s",
                 "#".repeat(bar),
                 started.elapsed().as_secs_f64(),
                 opts.duration.as_secs_f64(),

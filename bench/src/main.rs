@@ -7,7 +7,7 @@
 //! figure and how the published numbers were measured.
 //!
 //! Exit status: 0 on success, 1 on an error or a failed verdict (an etcd profile's FAIL, a
-//! failover that did not recover), 2 on unparsable flags.
+//! failover that did not recover; not enforced with `--smoke`), 2 on unparsable flags.
 
 mod cli;
 mod cluster;
@@ -89,5 +89,12 @@ fn run(s: &Settings) -> Result<bool, String> {
         let title = r.header();
         plot::write(path, &plot::timeline(title.trim(), &l.per_second))?;
     }
-    Ok(reports.iter().all(|r| r.pass != Some(false)))
+    let passed = reports.iter().all(|r| r.pass != Some(false));
+    if !passed && s.smoke {
+        // A smoke run proves every path works; seconds of load on a shared CI machine are no
+        // verdict on performance.
+        eprintln!("phalanx-bench: smoke run: the verdict above is not enforced");
+        return Ok(true);
+    }
+    Ok(passed)
 }

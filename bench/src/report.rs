@@ -154,10 +154,25 @@ impl Report {
             Some(false) => " (no fsync)",
             None => "",
         };
-        let cluster = format!(
-            "phalanx-bench {} ({}, {}): {} nodes x {} cores, {} partitions, {} transport, {} WAL{}",
-            m.scenario, m.profile, m.mode, m.nodes, m.cores_per_node, m.partitions, m.transport, m.wal, sync,
-        );
+        let cluster = if m.mode == "remote" {
+            format!(
+                "phalanx-bench {} ({}, remote): {} nodes, {} partitions",
+                m.scenario, m.profile, m.nodes, m.partitions
+            )
+        } else {
+            format!(
+                "phalanx-bench {} ({}, {}): {} nodes x {} cores, {} partitions, {} transport, {} WAL{}",
+                m.scenario,
+                m.profile,
+                m.mode,
+                m.nodes,
+                m.cores_per_node,
+                m.partitions,
+                m.transport,
+                m.wal,
+                sync,
+            )
+        };
         if m.clients == 0 {
             return format!("{cluster}\n");
         }
