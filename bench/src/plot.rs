@@ -44,14 +44,31 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn header(s: &mut String, h: f64, title: &str) {
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" {FONT} font-size=\"15\" text-anchor=\"middle\">{}</text>\n",
-        W / 2.0,
-        esc(title)
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>"
     );
+    // Long titles (the run's header) break at "; " and ": " so they fit the width.
+    let mut lines: Vec<&str> = Vec::new();
+    for part in title.split("; ") {
+        match part.split_once(": ") {
+            Some((a, b)) if part.len() > 90 => {
+                lines.push(a);
+                lines.push(b);
+            }
+            _ => lines.push(part),
+        }
+    }
+    for (i, line) in lines.iter().take(3).enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
+            W / 2.0,
+            16 + 15 * i,
+            esc(line)
+        );
+    }
 }
 
 /// Frame, x ticks (seconds) and a y label for a panel at `top` of height `ph`.
@@ -90,7 +107,7 @@ fn x_of(i: usize, n: usize) -> f64 {
 #[must_use]
 pub fn timeline(title: &str, seconds: &[SecondStats]) -> String {
     let n = seconds.len().max(1);
-    let (h, top1, ph1, top2, ph2) = (640.0, 50.0, 200.0, 300.0, 290.0);
+    let (h, top1, ph1, top2, ph2) = (680.0, 70.0, 200.0, 320.0, 310.0);
     let mut s = String::new();
     header(&mut s, h, title);
     // Throughput panel.
@@ -178,7 +195,7 @@ pub fn timeline(title: &str, seconds: &[SecondStats]) -> String {
 pub fn distribution(title: &str, ylabel: &str, values_ms: &[f64]) -> String {
     let mut v: Vec<f64> = values_ms.iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
-    let (h, top, ph) = (400.0, 50.0, 300.0);
+    let (h, top, ph) = (420.0, 70.0, 300.0);
     let mut s = String::new();
     header(&mut s, h, title);
     let (ymax, ystep) = nice_axis(v.last().copied().unwrap_or(1.0));
