@@ -329,3 +329,23 @@ fn static_name(name: &str) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_names_what_is_wrong() {
+        assert!(discover(&[]).unwrap_err().contains("--endpoints"));
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let e = discover(&["127.0.0.1:1".to_string()]).unwrap_err();
+        assert!(e.contains("127.0.0.1:1") && e.contains("unreachable"), "{e}");
+    }
+
+    #[test]
+    fn error_names_are_the_client_port_codes() {
+        assert_eq!(static_name("BUSY"), "BUSY");
+        assert_eq!(static_name("something new"), "UNKNOWN");
+        assert_eq!(CallError::NotFound.name(), "NOT_FOUND");
+    }
+}
