@@ -66,6 +66,7 @@ pub struct WalOptions {
     /// writes; the engine's compaction will free it instead.
     pub gc_live_percent_max: u64,
     /// Bytes of live records copied forward per batch, at most (bounds the extra latency).
+    /// Clamped to 4096..=`segment_bytes / 4`.
     pub gc_bytes_per_batch: u64,
     /// Spare (recycled, fully written) segment files kept for reuse.
     pub spare_segments_max: usize,
@@ -102,9 +103,6 @@ impl WalOptions {
         }
         if self.segments_soft_max < 3 {
             return Err(StorageError::invalid(0, "segments_soft_max must be at least 3"));
-        }
-        if self.gc_bytes_per_batch < 4096 || self.gc_bytes_per_batch > self.segment_bytes / 4 {
-            return Err(StorageError::invalid(0, "gc_bytes_per_batch must be in 4096..=segment_bytes/4"));
         }
         Ok(())
     }
@@ -233,15 +231,36 @@ async fn lock_dir(dir: &Path) -> Result<File> {
         if std::time::Instant::now() >= deadline {
             return Err(StorageError::Locked { dir: dir.to_path_buf() });
         }
-        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        // Let other tasks (a dropped store's background task) run, then nap briefly. No
+        // glommio timer here: timers have been reported to hang on some VMs, and this loop
+        // must stay bounded by the deadline whatever happens.
+        YieldOnce(false).await;
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// A future that lets every other ready task run once before it completes.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
 impl WalStore {
     /// Opens (creating if needed) the WAL in `dir`, recovering every partition. Must run
     /// inside a glommio executor, which then owns the store.
-    pub async fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<WalStore> {
+    pub async fn open(dir: impl AsRef<Path>, mut opts: WalOptions) -> Result<WalStore> {
         opts.check()?;
+        opts.gc_bytes_per_batch = opts.gc_bytes_per_batch.clamp(4096, opts.segment_bytes / 4);
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         let lock = Rc::new(lock_dir(&dir).await?);
@@ -709,10 +728,28 @@ impl LogStore for WalStore {
 
     async fn close(mut self) -> Result<()> {
         // Let a segment being prepared finish, so a clean close leaves no half-made files.
-        if let NextSegment::Pending(task) = std::mem::replace(&mut self.next, NextSegment::None) {
-            let p = task.await?;
-            self.finish_prepare(p);
+        let mut segs: Vec<Segment> = self.segments.drain(..).chain(self.recycle.drain(..)).collect();
+        let prepared = match std::mem::replace(&mut self.next, NextSegment::None) {
+            NextSegment::Pending(task) => task.await.map(|p| segs.push(self.finish_prepare(p))),
+            NextSegment::Ready(s) => {
+                segs.push(s);
+                Ok(())
+            }
+            NextSegment::None => Ok(()),
+        };
+        // Close every file explicitly: a dropped glommio file is only queued for closing on
+        // the next I/O cycle, and if the executor ends first its descriptor leaks.
+        let mut closed = Ok(());
+        for seg in segs {
+            if let Ok(file) = Rc::try_unwrap(seg.file)
+                && let Err(e) = file.close().await
+                && closed.is_ok()
+            {
+                closed = Err(gio("close", &seg.path, e));
+            }
         }
-        self.poison.check()
+        self.poison.check()?;
+        prepared?;
+        closed
     }
 }

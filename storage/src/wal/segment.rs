@@ -116,7 +116,8 @@ pub(crate) async fn create_spare(dir: &Path, id: u64, bytes: u64) -> Result<Path
         .dma_open(&tmp)
         .await
         .map_err(|e| gio("create", &tmp, e))?;
-    let mut zeros = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES);
+    // Segments are multiples of 4 KiB, so a chunk no larger than the file stays aligned.
+    let mut zeros = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES.min(bytes as usize));
     zeros.as_bytes_mut().fill(0);
     let zeros = Rc::new(zeros);
     let mut pos = 0u64;
