@@ -26,10 +26,10 @@
 //! # Tasks per shard
 //!
 //! - one dialer per peer this shard has sent to (connect with jittered exponential backoff,
-//!   handshake, then write coalesced frames from the peer's bounded queue). While its
-//!   connection is idle, `send` itself writes the frame to the socket with one non-blocking
-//!   `send(2)` (write-through, see `peer_queue`): a frame must not wait for the shard loop
-//!   to yield before it leaves;
+//!   handshake, then write coalesced frames from the peer's bounded queue). `send` itself
+//!   writes the queue to the socket with one non-blocking `send(2)` when the dialer is not
+//!   writing (write-through, see `peer_queue`; `coalesce_max_us` can delay that): frames
+//!   must not wait for the shard loop to yield;
 //! - one reader per inbound connection (decode frames under `max_frame_bytes`, check every
 //!   batch, hand it to the sink);
 //! - one handoff receiver; on shard 0 also the accept loop and one task per handshake in
@@ -51,6 +51,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use phalanx_proto::{Hello, MessageBatch};
 use tracing::{debug, warn};
@@ -271,6 +272,7 @@ impl Shard {
             self.cfg.peer_queue_batches,
             self.cfg.peer_queue_bytes,
             self.cfg.max_frame_bytes,
+            Duration::from_micros(self.cfg.coalesce_max_us),
         ));
         let task = self.tasks.spawn(dialer::run(self.clone(), to, addr.clone(), queue.clone()))?;
         self.peers.borrow_mut().insert(to, Peer { addr, queue: queue.clone(), task });
@@ -288,12 +290,11 @@ impl Shard {
             return;
         };
         match queue.push(batch) {
-            Push::Sent(bytes) => {
-                inc(&self.counters.batches_sent);
+            // A frame written only in part is counted by the dialer once it wrote the rest.
+            Push::Queued { frames, bytes } => {
+                add(&self.counters.batches_sent, frames as u64);
                 add(&self.counters.bytes_sent, bytes as u64);
             }
-            // The dialer counts the batch once it has written the rest.
-            Push::Queued(written) => add(&self.counters.bytes_sent, written as u64),
             Push::Full => inc(&self.counters.batches_dropped_queue_full),
             Push::Oversize(len) => {
                 inc(&self.counters.batches_dropped_oversize);

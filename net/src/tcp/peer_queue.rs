@@ -1,24 +1,29 @@
 //! One peer's bounded outgoing queue, and the write-through path to its connection.
 //!
-//! Batches are encoded into frames at `send` time, straight into one pending buffer. When
-//! the peer's connection is up and idle (nothing queued, the dialer not writing), the frame
-//! is written to the socket right there with one non-blocking `send(2)` (**write-through**):
-//! it leaves at once instead of waiting until the shard loop yields and the executor gets
-//! round to the dialer task, which under load took hundreds of microseconds to milliseconds
-//! per frame. Otherwise the frame waits in the buffer; the dialer swaps the buffer out whole
-//! and writes it with one `write_all`: every batch queued since the last write leaves in one
-//! syscall (write coalescing) with no copy beyond the encoding itself.
+//! Batches are encoded into frames at `send` time, straight into one pending buffer. The
+//! dialer task swaps that buffer out whole and writes it with one `write_all`: every batch
+//! queued since its last write leaves in one syscall (write coalescing) with no copy beyond
+//! the encoding itself. But the dialer runs only when the shard loop yields, and the runtime's
+//! loop does not yield while its inbox has work: under load a third of the frames waited more
+//! than 100 µs for it, some milliseconds. So `send` bounds that wait itself (**write-through**):
+//! when the oldest queued frame has waited `coalesce_max` (at once when it is zero), the
+//! connection is up and the dialer is not writing, `send` writes everything queued with one
+//! non-blocking `send(2)`. A frame queued within `coalesce_max` of the last write waits for
+//! the dialer (or the next send past the deadline), so the frames of one loop turn can leave
+//! together, costing one syscall and one wake-up of the receiver instead of one per frame.
+//! The default `coalesce_max` is zero (see `DEFAULT_COALESCE_MAX_US` for the measurements).
 //!
-//! Ordering holds because a frame is written through only when nothing is ahead of it: the
-//! buffer is empty and no bytes taken by the dialer are still being written. A write-through
-//! that the socket takes only in part leaves the rest of the frame at the head of the buffer,
-//! **bound** to that connection: the dialer writes it next, and if the connection dies first
-//! the rest is discarded with it (a partial frame must never open the next connection).
+//! Ordering holds because writes always start at the head of the buffer and never overlap
+//! the dialer's. A write the socket takes only in part leaves the rest of its last frame at
+//! the head of the buffer, **bound** to that connection: the dialer (or the next write-through)
+//! writes it next, and if the connection dies first the rest is discarded with it (a partial
+//! frame must never open the next connection).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::os::fd::{AsFd, OwnedFd};
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use phalanx_proto::MessageBatch;
 
@@ -31,11 +36,14 @@ const RETAINED_BUFFER_BYTES: usize = 1 << 20;
 /// What happened to a pushed batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Push {
-    /// Written whole to the connection; the frame's bytes.
-    Sent(usize),
-    /// Queued for the dialer; how many of its bytes were already written (a write-through
-    /// the socket took only in part), usually 0.
-    Queued(usize),
+    /// Accepted. A write-through may have sent it and frames queued before it: `frames` whole
+    /// frames and `bytes` bytes (a partly written frame's share included) left at once.
+    Queued {
+        /// Frames written whole by this push.
+        frames: usize,
+        /// Bytes written by this push.
+        bytes: usize,
+    },
     /// The queue is at its batch or byte bound.
     Full,
     /// The batch's encoding exceeds the frame limit.
@@ -55,6 +63,10 @@ pub(crate) struct PeerQueue {
     conn: RefCell<Option<OwnedFd>>,
     /// The dialer has taken bytes it has not finished writing.
     writing: Cell<bool>,
+    /// When the oldest frame in `pending` was queued (`None` while it is empty).
+    oldest: Cell<Option<Instant>>,
+    /// How long a frame may wait for the dialer before a send writes it through.
+    coalesce_max: Duration,
     waker: Cell<Option<Waker>>,
     max_frames: usize,
     max_bytes: usize,
@@ -62,13 +74,20 @@ pub(crate) struct PeerQueue {
 }
 
 impl PeerQueue {
-    pub(crate) fn new(max_frames: usize, max_bytes: usize, max_frame_bytes: usize) -> Self {
+    pub(crate) fn new(
+        max_frames: usize,
+        max_bytes: usize,
+        max_frame_bytes: usize,
+        coalesce_max: Duration,
+    ) -> Self {
         PeerQueue {
             pending: RefCell::new(Vec::new()),
             frames: Cell::new(0),
             bound: Cell::new(0),
             conn: RefCell::new(None),
             writing: Cell::new(false),
+            oldest: Cell::new(None),
+            coalesce_max,
             waker: Cell::new(None),
             max_frames,
             max_bytes,
@@ -76,8 +95,8 @@ impl PeerQueue {
         }
     }
 
-    /// Encodes `batch` as a frame and writes it through to the connection when it is idle,
-    /// else queues it, unless a bound forbids it.
+    /// Encodes `batch` as a frame at the end of the queue, unless a bound forbids it, and
+    /// writes the queue through to the connection when its oldest frame is due.
     pub(crate) fn push(&self, batch: &MessageBatch) -> Push {
         // Sized before encoding so the limits are checked before a byte is written.
         let len = prost::Message::encoded_len(batch);
@@ -88,38 +107,48 @@ impl PeerQueue {
         if self.frames.get() >= self.max_frames || pending.len() + FRAME_HEADER_BYTES + len > self.max_bytes {
             return Push::Full;
         }
-        let idle = pending.is_empty() && !self.writing.get();
         if encode_frame_sized(FrameKind::Batch, batch, len, self.max_frame_bytes, &mut pending).is_err() {
             return Push::Oversize(len);
         }
-        let mut written = 0;
-        if idle {
+        self.frames.set(self.frames.get() + 1);
+        // Without coalescing there is no deadline to track (and no clock to read).
+        let due = self.coalesce_max.is_zero() || {
+            let now = Instant::now();
+            let oldest = self.oldest.get().unwrap_or(now);
+            self.oldest.set(Some(oldest));
+            now.duration_since(oldest) >= self.coalesce_max
+        };
+        let (mut frames, mut bytes) = (0, 0);
+        if due && !self.writing.get() {
             let mut conn = self.conn.borrow_mut();
             if let Some(fd) = conn.as_ref() {
                 match try_send(fd.as_fd(), &pending) {
-                    Ok(n) if n == pending.len() => {
-                        // Keeps the buffer's capacity: the next frame encodes without allocating.
-                        pending.clear();
-                        return Push::Sent(n);
-                    }
                     Ok(n) => {
-                        pending.drain(..n);
-                        if n > 0 {
-                            self.bound.set(pending.len());
+                        let (done, bound) = written_frames(&pending, self.bound.get(), n);
+                        if n == pending.len() {
+                            // Keeps the buffer's capacity: the next frame encodes without
+                            // allocating.
+                            pending.clear();
+                            self.oldest.set(None);
+                        } else {
+                            pending.drain(..n);
                         }
-                        written = n;
+                        self.bound.set(bound);
+                        self.frames.set(self.frames.get() - done);
+                        (frames, bytes) = (done, n);
                     }
                     // The dialer finds the error on its own write (or its watch read) and
-                    // reconnects; the frame, untouched, waits for the next connection.
+                    // reconnects; the frames, untouched, wait for the next connection.
                     Err(_) => *conn = None,
                 }
             }
         }
-        self.frames.set(self.frames.get() + 1);
-        if let Some(w) = self.waker.take() {
+        if self.frames.get() > 0
+            && let Some(w) = self.waker.take()
+        {
             w.wake();
         }
-        Push::Queued(written)
+        Push::Queued { frames, bytes }
     }
 
     /// Makes `fd` (a duplicate of the connected socket) the write-through target until the
@@ -149,6 +178,7 @@ impl PeerQueue {
         std::mem::swap(&mut *self.pending.borrow_mut(), out);
         // The bound bytes now travel in `out`, which dies with the connection anyway.
         self.bound.set(0);
+        self.oldest.set(None);
         self.writing.set(!out.is_empty());
         self.frames.replace(0)
     }
@@ -164,6 +194,7 @@ impl PeerQueue {
         pending.clear();
         pending.shrink_to(RETAINED_BUFFER_BYTES);
         self.bound.set(0);
+        self.oldest.set(None);
         self.frames.replace(0)
     }
 }
@@ -184,6 +215,33 @@ impl Drop for Attached<'_> {
             q.frames.set(q.frames.get().saturating_sub(1));
         }
     }
+}
+
+/// After `n` bytes of `pending` were written: how many frames were completed, and how many
+/// bytes of the last one, begun but not finished, remain (its bound rest). `pending` starts
+/// with `bound` bytes that finish a frame begun earlier, then whole frames.
+fn written_frames(pending: &[u8], bound: usize, n: usize) -> (usize, usize) {
+    let mut done = 0;
+    let mut pos = 0;
+    if bound > 0 {
+        if n < bound {
+            return (0, bound - n);
+        }
+        done = 1;
+        pos = bound;
+    }
+    while pos < n {
+        // Every frame after the bound part was encoded here, so its header is whole.
+        let len =
+            pending.get(pos..pos + 4).map_or(0, |h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize);
+        let end = pos + FRAME_HEADER_BYTES + len;
+        if end > n {
+            return (done, end - n);
+        }
+        done += 1;
+        pos = end;
+    }
+    (done, 0)
 }
 
 /// Empties a written buffer for reuse, releasing a burst's excess capacity.
@@ -217,50 +275,74 @@ mod tests {
         out
     }
 
+    const NO_DELAY: Duration = Duration::ZERO;
+    const Q: Push = Push::Queued { frames: 0, bytes: 0 };
+
+    fn sent(frames: usize) -> impl Fn(Push) -> bool {
+        move |p| matches!(p, Push::Queued { frames: f, bytes } if f == frames && bytes > 0)
+    }
+
     #[test]
     fn bounds_and_coalescing() {
-        let q = PeerQueue::new(3, 1 << 20, 1 << 10);
-        assert_eq!(q.push(&batch(1)), Push::Queued(0));
-        assert_eq!(q.push(&batch(2)), Push::Queued(0));
+        let q = PeerQueue::new(3, 1 << 20, 1 << 10, NO_DELAY);
+        assert_eq!(q.push(&batch(1)), Q);
+        assert_eq!(q.push(&batch(2)), Q);
         assert_eq!(q.push(&batch(500)), Push::Oversize(4000));
-        assert_eq!(q.push(&batch(3)), Push::Queued(0));
+        assert_eq!(q.push(&batch(3)), Q);
         assert_eq!(q.push(&batch(1)), Push::Full);
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out), 3);
         assert_eq!(frames_in(&out), vec![batch(1), batch(2), batch(3)]);
-        assert_eq!(q.push(&batch(1)), Push::Queued(0), "taking frees the queue");
+        assert_eq!(q.push(&batch(1)), Q, "taking frees the queue");
         assert_eq!(q.clear(), 1);
 
-        let q = PeerQueue::new(100, 30, 1 << 10);
-        assert_eq!(q.push(&batch(2)), Push::Queued(0)); // 5 + 16 bytes
+        let q = PeerQueue::new(100, 30, 1 << 10, NO_DELAY);
+        assert_eq!(q.push(&batch(2)), Q); // 5 + 16 bytes
         assert_eq!(q.push(&batch(2)), Push::Full, "byte bound");
     }
 
-    /// An idle attached connection gets frames at once; while the dialer writes, or anything
-    /// is queued, frames queue behind (order).
+    /// Without coalescing, an attached connection gets everything queued at once, unless the
+    /// dialer is writing (order).
     #[test]
-    fn write_through_only_when_idle() {
+    fn write_through_when_not_writing() {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let q = PeerQueue::new(100, 1 << 20, 1 << 10);
-        assert_eq!(q.push(&batch(1)), Push::Queued(0), "not attached yet");
+        let q = PeerQueue::new(100, 1 << 20, 1 << 10, NO_DELAY);
+        assert_eq!(q.push(&batch(1)), Q, "not attached yet");
         let attached = q.attach(a.into());
-        assert_eq!(q.push(&batch(2)), Push::Queued(0), "a frame is ahead of it");
         let mut out = Vec::new();
-        assert_eq!(q.take(&mut out), 2);
-        assert_eq!(q.push(&batch(3)), Push::Queued(0), "the dialer is writing");
+        assert_eq!(q.take(&mut out), 1);
+        assert_eq!(q.push(&batch(2)), Q, "the dialer is writing");
+        assert_eq!(q.push(&batch(3)), Q);
         q.written();
-        assert_eq!(q.push(&batch(4)), Push::Queued(0), "batch 3 is still queued");
-        let mut rest = Vec::new();
-        assert_eq!(q.take(&mut rest), 2);
-        q.written();
-        assert!(matches!(q.push(&batch(5)), Push::Sent(_)));
-        assert!(matches!(q.push(&batch(6)), Push::Sent(_)));
+        assert!(sent(3)(q.push(&batch(4))), "batches 2 and 3 go first, then 4");
+        assert!(sent(1)(q.push(&batch(5))));
         drop(attached);
-        assert_eq!(q.push(&batch(7)), Push::Queued(0), "detached");
+        assert_eq!(q.push(&batch(6)), Q, "detached");
         let mut got = vec![0; 1024];
         let n = b.read(&mut got).unwrap();
-        assert_eq!(frames_in(&got[..n]), vec![batch(5), batch(6)]);
+        assert_eq!(frames_in(&got[..n]), vec![batch(2), batch(3), batch(4), batch(5)]);
+    }
+
+    /// With coalescing, frames wait for the dialer until the oldest one is due; then the next
+    /// send writes them all.
+    #[test]
+    fn coalesced_until_due() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let q = PeerQueue::new(100, 1 << 20, 1 << 10, Duration::from_millis(20));
+        let _attached = q.attach(a.into());
+        assert_eq!(q.push(&batch(1)), Q);
+        assert_eq!(q.push(&batch(2)), Q, "within the delay");
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(sent(3)(q.push(&batch(3))), "the oldest is due: everything leaves");
+        assert_eq!(q.push(&batch(4)), Q, "a new delay starts");
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out), 1);
+        assert_eq!(frames_in(&out), vec![batch(4)]);
+        let mut got = vec![0; 1024];
+        let n = b.read(&mut got).unwrap();
+        assert_eq!(frames_in(&got[..n]), vec![batch(1), batch(2), batch(3)]);
     }
 
     /// A frame the socket takes in part: its rest goes first to the dialer, or is discarded
@@ -269,25 +351,46 @@ mod tests {
     fn partial_write_is_bound_to_its_connection() {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let q = PeerQueue::new(1 << 20, 64 << 20, 8 << 20);
+        let q = PeerQueue::new(1 << 20, 64 << 20, 8 << 20, NO_DELAY);
         let attached = q.attach(a.into());
         // Fill the socket until a frame does not fit whole.
         let big = batch(20_000);
-        let mut sent = 0;
+        let mut sent_whole = 0;
         let written = loop {
             match q.push(&big) {
-                Push::Sent(_) => sent += 1,
-                Push::Queued(w) => break w,
+                Push::Queued { frames: 1, .. } if q.frames.get() == 0 => sent_whole += 1,
+                Push::Queued { frames: 0, bytes } => break bytes,
                 other => panic!("{other:?}"),
             }
         };
-        assert!(sent < 1000, "the socket buffer is finite");
+        assert!(sent_whole < 1000, "the socket buffer is finite");
         assert!(written > 0, "socket buffers take what fits, so a frame this size is split");
-        assert_eq!(q.push(&batch(1)), Push::Queued(0));
+        assert!(q.bound.get() > 0);
+        assert_eq!(q.push(&batch(1)), Q, "the socket is full");
         drop(attached);
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out), 1, "the partial frame went with its connection");
         assert_eq!(frames_in(&out), vec![batch(1)]);
         drop(b);
+    }
+
+    #[test]
+    fn written_frames_finds_boundaries() {
+        let mut buf = Vec::new();
+        for n in [1, 2, 3] {
+            crate::frame::encode_frame(FrameKind::Batch, &batch(n), 1 << 10, &mut buf).unwrap();
+        }
+        let (l1, l2) = (5 + 8, 5 + 16);
+        assert_eq!(written_frames(&buf, 0, 0), (0, 0));
+        assert_eq!(written_frames(&buf, 0, 3), (0, l1 - 3));
+        assert_eq!(written_frames(&buf, 0, l1), (1, 0));
+        assert_eq!(written_frames(&buf, 0, l1 + 1), (1, l2 - 1));
+        assert_eq!(written_frames(&buf, 0, buf.len()), (3, 0));
+        // A buffer that starts with the 4-byte rest of a frame begun earlier.
+        let mut rest = vec![0; 4];
+        rest.extend_from_slice(&buf);
+        assert_eq!(written_frames(&rest, 4, 2), (0, 2));
+        assert_eq!(written_frames(&rest, 4, 4), (1, 0));
+        assert_eq!(written_frames(&rest, 4, 4 + l1), (2, 0));
     }
 }
