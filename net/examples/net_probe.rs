@@ -134,6 +134,7 @@ fn append_batch(seq: u64, payload: &Bytes) -> MessageBatch {
                     ticket: None,
                 }],
                 leader_commit: 0,
+                commit_only: false,
             })),
         })
         .collect();

@@ -80,6 +80,9 @@ pub struct RaftGroup {
     pub(super) recent_forwards: RecentTickets,
     /// Storage reads the shell must do for followers (entries no longer in memory).
     pub(super) fetches: Vec<super::types::LogFetch>,
+    /// Leader: the commit index advanced and some follower may not have been told yet
+    /// (sent at the next `ready`, see `flush_commit`).
+    pub(super) commit_unsent: bool,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -184,6 +187,7 @@ impl RaftGroup {
             stats: GroupStats::default(),
             recent_forwards: RecentTickets::default(),
             fetches: Vec::new(),
+            commit_unsent: false,
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so

@@ -121,12 +121,14 @@ impl RaftGroup {
             || self.log.has_committed_to_apply()
             || !self.reads.out.is_empty()
             || self.reads.needs_broadcast()
+            || self.commit_unsent
             || !self.fetches.is_empty()
     }
 
     /// Collects everything to persist, send and apply since the last Ready, or `None`.
     pub fn ready(&mut self) -> Option<Ready> {
         self.flush_read_broadcast();
+        self.flush_commit();
         if !self.has_ready() {
             return None;
         }
@@ -194,7 +196,7 @@ impl RaftGroup {
             self.on_self_vote_persisted();
         }
         if self.role == Role::Leader && self.maybe_commit() {
-            self.bcast_append();
+            self.commit_advanced();
         }
         self.trim_log_cache();
         self.log.debug_check();

@@ -55,7 +55,9 @@ impl RaftGroup {
                 last_log_index: self.log.last_index(),
                 ..Default::default()
             };
-            self.send_after_persist(from, Body::AppendResponse(resp));
+            if !req.commit_only {
+                self.send_after_persist(from, Body::AppendResponse(resp));
+            }
             return Ok(());
         }
         if !self.log.match_term(req.prev_log_index, req.prev_log_term) {
@@ -107,6 +109,10 @@ impl RaftGroup {
             last_log_index: self.log.last_index(),
             ..Default::default()
         };
+        // A commit-only append that matched tells the leader nothing new: no answer.
+        if req.commit_only && req.entries.is_empty() {
+            return Ok(());
+        }
         // The leader counts this acknowledgement toward commitment: it must be durable first.
         self.send_after_persist(from, Body::AppendResponse(resp));
         Ok(())

@@ -43,16 +43,17 @@ impl RaftGroup {
                     _ => {}
                 }
                 if self.maybe_commit() {
-                    self.bcast_append();
+                    self.commit_advanced();
                 }
                 self.maybe_send_timeout_now(from);
             }
             // The window may have room again. A follower whose acknowledgement arrived after
             // the entry was already committed would otherwise learn the commit index only
-            // from the next heartbeat: tell it now (as etcd does).
-            let stale_commit =
-                self.progress.get(&from).is_some_and(|p| p.commit_sent < self.log.committed().min(p.matched));
-            self.send_appends(from, stale_commit);
+            // from the next heartbeat: it is told with this Ready (as etcd tells it at once).
+            if self.progress.get(&from).is_some_and(|p| p.commit_sent < self.log.committed().min(p.matched)) {
+                self.commit_advanced();
+            }
+            self.send_appends(from, false);
             return;
         }
         self.stats.log_mismatches += 1;

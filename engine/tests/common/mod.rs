@@ -115,6 +115,7 @@ pub fn append(term: u64, prev: (u64, u64), entries: Vec<LogEntry>, commit: u64) 
         prev_log_term: prev.1,
         entries,
         leader_commit: commit,
+        commit_only: false,
     })
 }
 
