@@ -114,6 +114,8 @@ pub(crate) struct Shard<T: Transport> {
     /// Partitions that applied a checkpoint and should compact once possible.
     compact_wanted: Vec<PartitionId>,
     peers_seen: HashMap<NodeId, Instant>,
+    /// Messages of this turn, sent at its end.
+    outbox: Vec<RaftMessage>,
     /// Shard 0 only: the system partition's state, shared with its state machine.
     system: Option<Rc<RefCell<SystemView>>>,
     /// The latest cluster directory (from the system partition, via the bus).
@@ -229,6 +231,7 @@ impl<T: Transport> Shard<T> {
             tick,
             next_tick: Instant::now() + tick,
             stopping: false,
+            outbox: Vec::new(),
         })
     }
 
@@ -622,10 +625,21 @@ impl<T: Transport> Shard<T> {
         self.leader_waiters = keep;
     }
 
-    /// Sends messages coalesced into one batch per peer.
-    fn send_coalesced(&self, messages: impl IntoIterator<Item = RaftMessage>) {
+    /// Queues messages to send at the end of the turn ([`Self::flush_outbox`]).
+    fn send_coalesced(&mut self, messages: impl IntoIterator<Item = RaftMessage>) {
+        self.outbox.extend(messages);
+    }
+
+    /// Sends everything queued in this turn, one batch per peer. One send per peer per turn,
+    /// not one per Ready round and per completed write: each batch is a frame, a `send(2)`
+    /// and a wake-up of the receiver. Called before the loop yields, so a leader's appends
+    /// still leave before its own write (the writer task runs only when the loop yields).
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
         let mut per_peer: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
-        for m in messages {
+        for m in self.outbox.drain(..) {
             per_peer.entry(m.to).or_default().push(m);
         }
         for (to, messages) in per_peer {
@@ -697,6 +711,9 @@ impl<T: Transport> Shard<T> {
             }
             self.writes_in_flight += 1;
         }
+        // Every message and every reply of the turn at once (see `waiters.rs`).
+        self.flush_outbox();
+        self.waiters.flush();
         Ok(())
     }
 

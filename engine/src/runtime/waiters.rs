@@ -3,7 +3,14 @@
 //!
 //! Every request has the same timeout, so deadlines arrive in insertion order: one FIFO of
 //! (deadline, key) per kind expires them in O(expired) with lazy deletion, instead of
-//! scanning every waiter each tick.
+//! scanning every waiter each tick. Entries of completed requests leave the front of their
+//! FIFO as expiry passes them, so a FIFO holds about the requests in flight, not every
+//! request of the last timeout.
+//!
+//! Successful proposal replies are held until the end of the loop turn ([`Waiters::flush`])
+//! and sent together: each send wakes the caller's thread, and a wake that finds it still
+//! awake from the previous one is nearly free, while wakes spread over the turn each found
+//! it parked again (measured: 6% of an embedded run's CPU went to those wake-ups).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
@@ -60,6 +67,8 @@ pub(crate) struct Waiters {
     /// Where each read in `applying` is, so expiry finds it directly.
     applying_at: HashMap<u64, (PartitionId, u64)>,
     next_read_id: u64,
+    /// Replies held until [`Waiters::flush`].
+    replies: Vec<(oneshot::Sender<ReplicationResult>, ReplicationResult)>,
 }
 
 impl Waiters {
@@ -93,12 +102,10 @@ impl Waiters {
     ) -> Option<Status> {
         let w = self.proposals.remove(&(partition, index))?;
         if w.term == term {
-            let _ = w.reply.send(ReplicationResult {
-                status: Status::Success,
-                ticket: w.ticket,
-                log_index: index,
-                response,
-            });
+            self.replies.push((
+                w.reply,
+                ReplicationResult { status: Status::Success, ticket: w.ticket, log_index: index, response },
+            ));
             None
         } else {
             let _ = w.reply.send(fail(Status::ReplicationFailed, w.ticket, index));
@@ -150,19 +157,33 @@ impl Waiters {
         self.applying.keys().copied().collect()
     }
 
-    /// Fails every request whose deadline passed with `ProposalTimeout`.
+    /// Sends the replies held since the last flush.
+    pub(crate) fn flush(&mut self) {
+        for (reply, result) in self.replies.drain(..) {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Fails every request whose deadline passed with `ProposalTimeout`, and drops the
+    /// entries of completed requests from the front of the deadline FIFOs.
     pub(crate) fn expire(&mut self, now: Instant) {
-        while self.proposal_deadlines.front().is_some_and(|(d, ..)| *d <= now) {
-            let Some((_, p, i, ticket)) = self.proposal_deadlines.pop_front() else { break };
+        while let Some(&(d, p, i, ticket)) = self.proposal_deadlines.front() {
             // Lazy deletion: the waiter may be gone (completed) or replaced by a newer one.
-            if self.proposals.get(&(p, i)).is_some_and(|w| w.ticket == ticket)
-                && let Some(w) = self.proposals.remove(&(p, i))
-            {
+            let live = self.proposals.get(&(p, i)).is_some_and(|w| w.ticket == ticket);
+            if live && d > now {
+                break;
+            }
+            self.proposal_deadlines.pop_front();
+            if live && let Some(w) = self.proposals.remove(&(p, i)) {
                 let _ = w.reply.send(fail(Status::ProposalTimeout, w.ticket, i));
             }
         }
-        while self.read_deadlines.front().is_some_and(|(d, _)| *d <= now) {
-            let Some((_, id)) = self.read_deadlines.pop_front() else { break };
+        while let Some(&(d, id)) = self.read_deadlines.front() {
+            let live = self.reads.contains_key(&id) || self.applying_at.contains_key(&id);
+            if live && d > now {
+                break;
+            }
+            self.read_deadlines.pop_front();
             if let Some(r) = self.reads.remove(&id) {
                 r.kind.fail(Status::ProposalTimeout);
                 continue;
@@ -187,6 +208,7 @@ impl Waiters {
 
     /// Fails everything (the shard stops).
     pub(crate) fn fail_all(&mut self, status: Status) {
+        self.flush();
         for ((_, i), w) in self.proposals.drain() {
             let _ = w.reply.send(fail(status, w.ticket, i));
         }
