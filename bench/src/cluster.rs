@@ -81,6 +81,7 @@ impl EmbeddedCluster {
             .prefix("phalanx-bench-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        crate::cleanup::register(dir.path());
         let ids: Vec<u64> = (1..=opts.nodes).collect();
         let discovery = Arc::new(DynamicDiscovery::new());
         let memory = MemoryNetwork::new(MemoryConfig::default());
@@ -286,12 +287,19 @@ impl EmbeddedCluster {
         Ok(took)
     }
 
-    /// Stops every node (the temporary directory goes when `self` is dropped).
-    pub fn shutdown(mut self) {
+    /// Stops every node and removes the temporary directory (dropping the cluster does the
+    /// same).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        // Nodes first (they hold files in the directory), then the directory (the field).
         for m in &mut self.members {
             if let Some(n) = m.node.take() {
                 n.shutdown();
             }
         }
+        crate::cleanup::unregister(self.dir.path());
     }
 }

@@ -1,5 +1,6 @@
-//! The load engine: N clients spread over a few driver threads (glommio executors), each
-//! issuing requests to a [`TargetSpec`] (embedded handles or remote client ports).
+//! The load engine: N clients spread over a few driver threads (`driver.rs`: tokio for
+//! embedded targets, glommio for remote ones), each issuing requests to a [`TargetSpec`]
+//! (embedded handles or remote client ports).
 //!
 //! Pacing:
 //! - **closed loop**: each client sends its next request when the previous one answers;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use phalanx::NodeHandle;
 
+use crate::driver::{self, Flavor};
 use crate::keys::{KeySpace, Rng};
 use crate::remote::{RemoteInfo, RemotePool};
 use crate::target::{OpKind, Outcome, Target};
@@ -101,6 +103,16 @@ pub enum TargetSpec {
     Embedded(Vec<NodeHandle>),
     /// Remote nodes, with `connections` per endpoint per driver thread.
     Remote(Arc<RemoteInfo>, usize),
+}
+
+impl TargetSpec {
+    /// The runtime its drivers need: remote connections are glommio sockets.
+    fn flavor(&self) -> Flavor {
+        match self {
+            TargetSpec::Embedded(_) => Flavor::Tokio,
+            TargetSpec::Remote(..) => Flavor::Glommio,
+        }
+    }
 }
 
 /// A load run.
@@ -264,7 +276,7 @@ impl Pacer {
         }
         self.next.set(t + self.interval);
         if t > now {
-            glommio::timer::sleep(t - now).await;
+            crate::driver::sleep(t - now).await;
         }
         t
     }
@@ -355,7 +367,7 @@ async fn client(
             }
         }
         if busy {
-            glommio::timer::sleep(BUSY_PAUSE).await;
+            crate::driver::sleep(BUSY_PAUSE).await;
         }
     }
 }
@@ -376,46 +388,47 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
         ops: AtomicU64::new(0),
         completed: AtomicU64::new(0),
     });
-    let seconds = opts.duration.as_secs_f64().ceil().max(1.0) as usize;
+    // One histogram per second for the timeline; a run that stops after a count (filling a
+    // WAL) has no timeline, and an hour of per-second histograms would cost 150 MB.
+    let seconds =
+        if opts.stop_after_ops.is_some() { 1 } else { opts.duration.as_secs_f64().ceil().max(1.0) as usize };
     let opts_arc = Arc::new(opts.clone());
     let drivers = opts.drivers.clamp(1, opts.clients.max(1));
     let mut joins = Vec::new();
     for d in 0..drivers {
         let (opts, shared, spec) = (opts_arc.clone(), shared.clone(), spec.clone());
         let ids: Vec<usize> = (0..opts.clients).filter(|c| c % drivers == d).collect();
-        let j = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .name(&format!("bench-driver-{d}"))
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let out = Rc::new(RefCell::new(DriverOut::new(seconds)));
-                let target = make_target(&spec);
-                let pacer = opts.pacing.rate().map(|rate| {
-                    Rc::new(Pacer {
-                        interval: Duration::from_secs_f64(drivers as f64 / rate),
-                        next: Cell::new(Instant::now()),
-                        catch_up: matches!(opts.pacing, Pacing::Open { .. }),
-                    })
-                });
-                let tasks: Vec<_> = ids
-                    .into_iter()
-                    .map(|id| {
-                        glommio::spawn_local(client(
-                            id,
-                            target.clone(),
-                            opts.clone(),
-                            shared.clone(),
-                            out.clone(),
-                            pacer.clone(),
-                        ))
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await;
+        let j = driver::spawn(&format!("bench-driver-{d}"), spec.flavor(), move || async move {
+            let out = Rc::new(RefCell::new(DriverOut::new(seconds)));
+            let target = make_target(&spec);
+            let pacer = opts.pacing.rate().map(|rate| {
+                Rc::new(Pacer {
+                    interval: Duration::from_secs_f64(drivers as f64 / rate),
+                    next: Cell::new(Instant::now()),
+                    catch_up: matches!(opts.pacing, Pacing::Open { .. }),
+                })
+            });
+            let tasks: Vec<_> = ids
+                .into_iter()
+                .map(|id| {
+                    driver::spawn_local(client(
+                        id,
+                        target.clone(),
+                        opts.clone(),
+                        shared.clone(),
+                        out.clone(),
+                        pacer.clone(),
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                if t.join().await.is_none() {
+                    return Err("a client task panicked");
                 }
-                drop(target);
-                Rc::try_unwrap(out).map(RefCell::into_inner).map_err(|_| "driver output still shared")
-            })
-            .map_err(|e| format!("driver thread: {e}"))?;
+            }
+            drop(target);
+            Rc::try_unwrap(out).map(RefCell::into_inner).map_err(|_| "driver output still shared")
+        })?;
         joins.push(j);
     }
     let done = |s: &Shared| opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n);
@@ -526,42 +539,41 @@ pub fn preload(
     let spec = spec.clone();
     let keys = keys.clone();
     let total = u64::from(keys.partitions()) * keys.keys_per_partition;
-    let j = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("bench-preload")
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            let target = make_target(&spec);
-            let value = Bytes::from(vec![b'v'; value_size]);
-            let next = Rc::new(Cell::new(0u64));
-            let failed = Rc::new(Cell::new(0u64));
-            let tasks: Vec<_> = (0..concurrency.max(1))
-                .map(|_| {
-                    let (target, value, next, failed, keys) =
-                        (target.clone(), value.clone(), next.clone(), failed.clone(), keys.clone());
-                    glommio::spawn_local(async move {
-                        loop {
-                            let i = next.get();
-                            if i >= total {
-                                break;
-                            }
-                            next.set(i + 1);
-                            let kpp = keys.keys_per_partition;
-                            let p = 1 + i / kpp;
-                            let key = keys.key(p, i % kpp);
-                            if !target.exec(OpKind::Put, p, &[key], &value, 1).await.success() {
-                                failed.set(failed.get() + 1);
-                            }
+    let flavor = spec.flavor();
+    let j = driver::spawn("bench-preload", flavor, move || async move {
+        let target = make_target(&spec);
+        let value = Bytes::from(vec![b'v'; value_size]);
+        let next = Rc::new(Cell::new(0u64));
+        let failed = Rc::new(Cell::new(0u64));
+        let tasks: Vec<_> = (0..concurrency.max(1))
+            .map(|_| {
+                let (target, value, next, failed, keys) =
+                    (target.clone(), value.clone(), next.clone(), failed.clone(), keys.clone());
+                driver::spawn_local(async move {
+                    loop {
+                        let i = next.get();
+                        if i >= total {
+                            break;
                         }
-                    })
+                        next.set(i + 1);
+                        let kpp = keys.keys_per_partition;
+                        let p = 1 + i / kpp;
+                        let key = keys.key(p, i % kpp);
+                        if !target.exec(OpKind::Put, p, &[key], &value, 1).await.success() {
+                            failed.set(failed.get() + 1);
+                        }
+                    }
                 })
-                .collect();
-            for t in tasks {
-                t.await;
+            })
+            .collect();
+        for t in tasks {
+            if t.join().await.is_none() {
+                return Err("a preload task panicked".to_string());
             }
-            failed.get()
-        })
-        .map_err(|e| format!("preload thread: {e}"))?;
-    let failed = j.join().map_err(|e| format!("preload: {e}"))?;
+        }
+        Ok(failed.get())
+    })?;
+    let failed = j.join().and_then(|r| r).map_err(|e| format!("preload: {e}"))?;
     if failed > 0 {
         return Err(format!("preloading keys: {failed} of {total} puts failed"));
     }

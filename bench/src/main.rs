@@ -9,8 +9,10 @@
 //! Exit status: 0 on success, 1 on an error or a failed verdict (an etcd profile's FAIL, a
 //! failover that did not recover; not enforced with `--smoke`), 2 on unparsable flags.
 
+mod cleanup;
 mod cli;
 mod cluster;
+mod driver;
 mod keys;
 mod load;
 mod netcount;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     if let Some(Command::Storage(s)) = args.command {
         return ExitCode::from(storage::run(s));
     }
+    cleanup::install();
     match Settings::from_args(&args).and_then(|s| run(&s)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

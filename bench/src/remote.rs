@@ -211,6 +211,8 @@ pub struct RemotePool {
     info: std::sync::Arc<RemoteInfo>,
     connections: usize,
     conns: RefCell<HashMap<String, Vec<Rc<Conn>>>>,
+    /// Addresses with a connection being opened.
+    opening: RefCell<std::collections::HashSet<String>>,
     leaders: RefCell<Vec<Option<String>>>,
     rr: Cell<usize>,
 }
@@ -224,6 +226,7 @@ impl RemotePool {
             info,
             connections: connections.max(1),
             conns: RefCell::new(HashMap::new()),
+            opening: RefCell::new(std::collections::HashSet::new()),
             leaders,
             rr: Cell::new(0),
         }
@@ -232,15 +235,27 @@ impl RemotePool {
     async fn conn(&self, addr: &str) -> Result<Rc<Conn>, CallError> {
         let pick = self.rr.get();
         self.rr.set(pick.wrapping_add(1));
-        {
-            let mut map = self.conns.borrow_mut();
-            let list = map.entry(addr.to_string()).or_default();
-            list.retain(|c| !c.broken.get());
-            if list.len() >= self.connections {
-                return Ok(list[pick % list.len()].clone());
+        loop {
+            {
+                let mut map = self.conns.borrow_mut();
+                let list = map.entry(addr.to_string()).or_default();
+                list.retain(|c| !c.broken.get());
+                let opening = self.opening.borrow().contains(addr);
+                // Every client of the driver starts at once: while one of them opens a
+                // connection, the others use the ones there are, or wait for it.
+                if list.len() >= self.connections || (opening && !list.is_empty()) {
+                    return Ok(list[pick % list.len()].clone());
+                }
+                if !opening {
+                    break;
+                }
             }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        let c = Conn::open(addr).await?;
+        self.opening.borrow_mut().insert(addr.to_string());
+        let opened = Conn::open(addr).await;
+        self.opening.borrow_mut().remove(addr);
+        let c = opened?;
         self.conns.borrow_mut().entry(addr.to_string()).or_default().push(c.clone());
         Ok(c)
     }

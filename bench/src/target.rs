@@ -92,7 +92,7 @@ async fn embedded(
 ) -> Outcome {
     for _ in 0..EMBEDDED_NO_LEADER_TRIES {
         let Some(h) = leader_of(handles, p) else {
-            glommio::timer::sleep(NO_LEADER_PAUSE).await;
+            crate::driver::sleep(NO_LEADER_PAUSE).await;
             continue;
         };
         let status = match kind {
