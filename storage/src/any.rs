@@ -9,7 +9,7 @@ use phalanx_proto::LogEntry;
 use crate::error::Result;
 use crate::memory::MemoryStore;
 use crate::store::{LogStore, StoreOptions};
-use crate::types::{PartitionId, PartitionState, StoreStats, WriteBatch};
+use crate::types::{PartitionId, PartitionState, RecoveredPartition, StoreStats, WriteBatch};
 use crate::wal::{WalOptions, WalStore};
 
 /// Which adapter to use.
@@ -141,6 +141,17 @@ impl LogStore for AnyStore {
 
     fn partitions(&self) -> Result<Vec<PartitionId>> {
         dispatch!(self, s => s.partitions())
+    }
+
+    async fn load_partition(&self, partition: PartitionId) -> Result<Option<RecoveredPartition>> {
+        dispatch!(self, s => s.load_partition(partition).await)
+    }
+
+    async fn load_partitions(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<(PartitionId, Option<RecoveredPartition>)>> {
+        dispatch!(self, s => s.load_partitions(partitions).await)
     }
 
     async fn remove_partition(&mut self, partition: PartitionId) -> Result<()> {

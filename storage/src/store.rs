@@ -86,7 +86,10 @@ impl Default for StoreOptions {
 ///
 /// Opening a store recovers every partition's hard state, floor and entry index. For each id
 /// in [`LogStore::partitions`], [`LogStore::load_partition`] returns what the engine's
-/// `RestoreState` needs from storage (`hard_state`, `floor`, `entries`).
+/// `RestoreState` needs from storage (`hard_state`, `floor`, `entries`);
+/// [`LogStore::load_partitions`] returns the same for many partitions at once, which is how a
+/// restarting shard should load its partitions (the native WAL then reads each segment once,
+/// sequentially, instead of one read per entry).
 #[allow(async_fn_in_trait)] // Single-threaded by design: callers never need `Send` futures.
 pub trait LogStore {
     /// Short adapter name ("wal", "rocksdb", "sqlite", "memory"), for logs and reports.
@@ -127,6 +130,25 @@ pub trait LogStore {
             floor: (state.floor.index, state.floor.term),
             entries,
         }))
+    }
+
+    /// [`LogStore::load_partition`] for each of `partitions`: one `(id, result)` pair per id
+    /// given, in the order given (an id given twice is answered twice), `None` for an id the
+    /// store holds nothing for. The results are exactly what `load_partition` returns for each
+    /// id; the first error fails the whole call. All entries returned are in memory at once.
+    ///
+    /// The default calls `load_partition` for each id. Adapters whose entries of different
+    /// partitions are interleaved on disk override it to read them in one pass (the native
+    /// WAL reads each segment holding wanted records once, in large sequential reads).
+    async fn load_partitions(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<(PartitionId, Option<RecoveredPartition>)>> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            out.push((p, self.load_partition(p).await?));
+        }
+        Ok(out)
     }
 
     /// Removes every trace of `partition` (entries, hard state, floor), durably, and lets its

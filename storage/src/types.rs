@@ -158,4 +158,7 @@ pub struct StoreStats {
     pub segments_created: u64,
     /// Segment files recycled for reuse (native WAL).
     pub segments_recycled: u64,
+    /// Disk reads issued to fetch log entries (`entries`, `load_partition`,
+    /// `load_partitions`; native WAL only — the other adapters leave it at 0).
+    pub entry_reads: u64,
 }

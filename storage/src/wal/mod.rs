@@ -5,15 +5,18 @@
 //! one batch — one aligned write and one `fdatasync` — holding all records of all partitions
 //! (entries, hard states, snapshot/compaction floors, removals, metadata), so the group commit
 //! of a shard's loop turn costs a single sync. See [`format`] for the layout, `recovery` for
-//! what `open` accepts, and `gc` for how segments are reclaimed.
+//! what `open` accepts, `gc` for how segments are reclaimed, and `load` for how a restart
+//! reads every partition's entries in one sequential pass.
 
 pub mod format;
 mod gc;
 mod index;
 pub mod inspect;
+mod load;
 mod recovery;
 pub(crate) mod segment;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -37,15 +40,17 @@ use crate::limits::META_KEYS_MAX;
 use crate::memory::{check_range, take_budget};
 use crate::plan::plan_batch;
 use crate::store::{LogStore, StoreOptions};
-use crate::types::{LogPosition, PartitionId, PartitionState, StoreStats, WriteBatch};
+use crate::types::{LogPosition, PartitionId, PartitionState, RecoveredPartition, StoreStats, WriteBatch};
 
 pub use self::format::WAL_FORMAT_VERSION;
+pub use self::load::BULK_READ_BYTES;
 
 /// Smallest allowed segment.
 pub const SEGMENT_BYTES_MIN: u64 = 128 << 10;
 /// Largest allowed segment (offsets in the index are 32-bit).
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
-/// Records further apart than this in one segment are read with separate reads.
+/// Records further apart than this in one segment are read with separate reads (by
+/// `entries`; the bulk load at restart reads whole stretches instead, see `load`).
 const READ_GAP_BYTES_MAX: u64 = 4096;
 /// Largest single read when fetching a range of entries.
 const READ_SPAN_BYTES_MAX: u64 = 1 << 20;
@@ -181,6 +186,8 @@ pub struct WalStore {
     gc: Option<GcCursor>,
     poison: Poison,
     stats: StoreStats,
+    /// `StoreStats::entry_reads`, counted by reads (which take `&self`).
+    entry_reads: Cell<u64>,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -278,6 +285,7 @@ impl WalStore {
             gc: None,
             poison: Poison::default(),
             stats: StoreStats::default(),
+            entry_reads: Cell::new(0),
         };
         if store.segments.is_empty() {
             let p = prepare_next(
@@ -564,6 +572,7 @@ impl WalStore {
         let start = u64::from(a.offset);
         let span = u64::from(z.offset) + u64::from(z.len) - start;
         let data = seg.file.read_at(start, span as usize).await.map_err(|e| gio("read", &seg.path, e))?;
+        self.entry_reads.set(self.entry_reads.get() + 1);
         if (data.len() as u64) < span {
             return Err(StorageError::corrupt(
                 &seg.path,
@@ -574,31 +583,42 @@ impl WalStore {
         let data = Bytes::copy_from_slice(&data[..span as usize]);
         for (k, loc) in locs.iter().enumerate() {
             let at = (u64::from(loc.offset) - start) as usize;
-            let index = first + k as u64;
-            let rec_pos = u64::from(loc.offset);
-            let bad = |reason: String| StorageError::corrupt(&seg.path, rec_pos, reason);
-            let (rec, n) = parse_record(&data[at..at + loc.len as usize], true).map_err(bad)?;
-            let Record::Entry { partition, index: ri, term, proto, .. } = rec else {
-                return Err(bad("index points at a record that is not an entry".into()));
-            };
-            if partition != p || ri != index || term != loc.term || n != loc.len as usize {
-                return Err(bad(format!(
-                    "expected partition {p} entry {index}, found partition {partition} entry {ri}"
-                )));
-            }
-            let proto_at = at + format::RECORD_HEADER_BYTES + ENTRY_PREFIX_BYTES;
-            let e = LogEntry::decode(data.slice(proto_at..proto_at + proto.len()))
-                .map_err(|err| bad(format!("entry does not decode: {err}")))?;
-            if e.index != index || e.term != term {
-                return Err(bad(format!(
-                    "entry body says {}/{}, its record {index}/{term}",
-                    e.index, e.term
-                )));
-            }
+            let rec = &data[at..at + loc.len as usize];
+            // Zero-copy: the entries share `data`, which holds only close neighbours.
+            let e = decode_entry(rec, loc, p, first + k as u64, |body| {
+                LogEntry::decode(data.slice(at + body.start..at + body.end))
+            })
+            .map_err(|reason| StorageError::corrupt(&seg.path, u64::from(loc.offset), reason))?;
             out.push(e);
         }
         Ok(())
     }
+}
+
+/// Checks that `rec` — exactly the bytes the index says `loc` spans — is partition `p`'s entry
+/// `index` (record checksum, kind, coordinates, length), then decodes its protobuf body with
+/// `decode` (given the body's range within `rec`) and checks the body agrees. The error is the
+/// reason for a [`StorageError::Corrupt`] at the record's offset.
+fn decode_entry(
+    rec: &[u8],
+    loc: &EntryLoc,
+    p: PartitionId,
+    index: u64,
+    decode: impl FnOnce(std::ops::Range<usize>) -> std::result::Result<LogEntry, prost::DecodeError>,
+) -> std::result::Result<LogEntry, String> {
+    let (parsed, n) = parse_record(rec, true)?;
+    let Record::Entry { partition, index: ri, term, proto, .. } = parsed else {
+        return Err("index points at a record that is not an entry".into());
+    };
+    if partition != p || ri != index || term != loc.term || n != loc.len as usize {
+        return Err(format!("expected partition {p} entry {index}, found partition {partition} entry {ri}"));
+    }
+    let body_at = format::RECORD_HEADER_BYTES + ENTRY_PREFIX_BYTES;
+    let e = decode(body_at..body_at + proto.len()).map_err(|err| format!("entry does not decode: {err}"))?;
+    if e.index != index || e.term != term {
+        return Err(format!("entry body says {}/{}, its record {index}/{term}", e.index, e.term));
+    }
+    Ok(e)
 }
 
 impl LogStore for WalStore {
@@ -718,8 +738,15 @@ impl LogStore for WalStore {
         Ok(self.index.meta(key).cloned())
     }
 
+    async fn load_partitions(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<(PartitionId, Option<RecoveredPartition>)>> {
+        self.load_bulk(partitions).await
+    }
+
     fn stats(&self) -> StoreStats {
-        self.stats
+        StoreStats { entry_reads: self.entry_reads.get(), ..self.stats }
     }
 
     fn sync_writes(&self) -> bool {

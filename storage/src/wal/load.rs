@@ -1,0 +1,180 @@
+//! Bulk loading at restart: the entries of many partitions in one pass over the segments.
+//!
+//! A batch holds records of every partition a loop turn touched, so one partition's
+//! consecutive entries lie far apart (with 64 busy partitions, ~20 KB) and reading a
+//! partition through `entries` costs about one O_DIRECT read per entry. Here the wanted
+//! records of all partitions are sorted by position and every segment that holds some is read
+//! once, front to back, in reads of up to [`BULK_READ_BYTES`]; each record is parsed at the
+//! offset the index knows (checksum and all, as `entries` does) and its entry put in its
+//! partition's slot. Long stretches holding no wanted record are skipped (see
+//! [`BULK_SKIP_BYTES`]).
+//!
+//! Memory: the decoded entries being returned, one position (~40 bytes) per wanted entry, and
+//! one read buffer — entries are decoded into their own allocations, never as views of it.
+
+use phalanx_proto::{LogEntry, Message};
+
+use super::index::EntryLoc;
+use super::segment::gio;
+use super::{WalStore, decode_entry};
+use crate::error::{Result, StorageError};
+use crate::types::{PartitionId, RecoveredPartition};
+
+/// Size of one read of a bulk load. Large enough that per-read overhead (an io_uring round
+/// trip, ~40 µs here) is small next to the transfer, small enough that the single buffer held
+/// at a time stays modest and fits glommio's usual I/O memory (1 MiB, see
+/// [`crate::IO_MEMORY_BYTES`]). A record larger than this is read whole, alone.
+pub const BULK_READ_BYTES: u64 = 1 << 20;
+
+/// A stretch of a segment at least this long holding no wanted record is skipped rather than
+/// read through (a mostly dead segment). Equal to one read: skipping less would save less
+/// than the read it costs, and with this rule a load never issues more reads than reading
+/// every wanted segment whole — never one read per entry unless entries are that far apart.
+pub(super) const BULK_SKIP_BYTES: u64 = BULK_READ_BYTES;
+
+/// One wanted entry: where it is, and where its entry goes.
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    loc: EntryLoc,
+    /// Position of its partition in `slots`.
+    slot: usize,
+    /// Position of the entry in its partition's entries.
+    k: usize,
+}
+
+impl Want {
+    fn start(&self) -> u64 {
+        u64::from(self.loc.offset)
+    }
+
+    fn end(&self) -> u64 {
+        u64::from(self.loc.offset) + u64::from(self.loc.len)
+    }
+}
+
+/// A partition being loaded.
+struct Slot {
+    partition: PartitionId,
+    /// First entry index (floor + 1).
+    first: u64,
+    loaded: Option<RecoveredPartition>,
+}
+
+impl WalStore {
+    /// [`crate::LogStore::load_partitions`] for the native WAL (see the module docs).
+    pub(super) async fn load_bulk(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<(PartitionId, Option<RecoveredPartition>)>> {
+        self.poison.check()?;
+        // One slot per distinct id, in first-seen order.
+        let mut slot_of = std::collections::HashMap::with_capacity(partitions.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(partitions.len());
+        let mut wants = Vec::new();
+        for &p in partitions {
+            if slot_of.contains_key(&p) {
+                continue;
+            }
+            let slot = slots.len();
+            slot_of.insert(p, slot);
+            let Some(state) = self.index.state(p) else {
+                slots.push(Slot { partition: p, first: 0, loaded: None });
+                continue;
+            };
+            let (first, end) = (state.first_index(), state.last.index + 1);
+            let locs = self.index.locs(p, first, end);
+            wants.extend(locs.enumerate().map(|(k, loc)| Want { loc: *loc, slot, k }));
+            slots.push(Slot {
+                partition: p,
+                first,
+                loaded: Some(RecoveredPartition {
+                    hard_state: state.hard_state,
+                    floor: (state.floor.index, state.floor.term),
+                    // Placeholders, each overwritten by its entry below (the index maps every
+                    // slot to exactly one record).
+                    entries: vec![LogEntry::default(); state.len() as usize],
+                }),
+            });
+        }
+        wants.sort_unstable_by_key(|w| (w.loc.seg, w.loc.offset));
+        let mut i = 0;
+        while i < wants.len() {
+            i = self.read_span(&wants, i, &mut slots).await?;
+        }
+        // Answer in the order asked; an id asked twice gets a copy (walking backwards, so the
+        // copies are made before the first occurrence takes the original).
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut seen = vec![0usize; slots.len()];
+        for &p in partitions {
+            if let Some(&s) = slot_of.get(&p) {
+                seen[s] += 1;
+            }
+        }
+        for &p in partitions.iter().rev() {
+            let Some(&s) = slot_of.get(&p) else { continue };
+            seen[s] -= 1;
+            let loaded = if seen[s] == 0 { slots[s].loaded.take() } else { slots[s].loaded.clone() };
+            out.push((slots[s].partition, loaded));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Reads the span of one segment starting at `wants[i]` with one read, puts its entries
+    /// in their slots, and returns the position of the first want it did not cover.
+    async fn read_span(&self, wants: &[Want], i: usize, slots: &mut [Slot]) -> Result<usize> {
+        let head = wants[i];
+        let seq = head.loc.seg;
+        let seg = self.segment(seq).ok_or_else(|| {
+            let s = &slots[head.slot];
+            StorageError::Corrupt {
+                file: self.dir.clone(),
+                offset: None,
+                reason: format!(
+                    "partition {}: entry {} points into missing segment {seq}",
+                    s.partition,
+                    s.first + head.k as u64
+                ),
+            }
+        })?;
+        let block = seg.block;
+        let start = head.start() - head.start() % block;
+        let mut end = head.end();
+        let mut j = i + 1;
+        while let Some(w) = wants.get(j) {
+            if w.loc.seg != seq
+                || w.start().saturating_sub(end) >= BULK_SKIP_BYTES
+                || super::align_up(end.max(w.end()), block) - start > BULK_READ_BYTES
+            {
+                break;
+            }
+            end = end.max(w.end());
+            j += 1;
+        }
+        let len = super::align_up(end, block) - start;
+        let data =
+            seg.file.read_at_aligned(start, len as usize).await.map_err(|e| gio("read", &seg.path, e))?;
+        self.entry_reads.set(self.entry_reads.get() + 1);
+        if (data.len() as u64) < end - start {
+            return Err(StorageError::corrupt(
+                &seg.path,
+                start + data.len() as u64,
+                "segment ends inside a record",
+            ));
+        }
+        for w in &wants[i..j] {
+            let at = (w.start() - start) as usize;
+            let rec = &data[at..at + w.loc.len as usize];
+            let slot = &mut slots[w.slot];
+            let index = slot.first + w.k as u64;
+            // Decoded from a slice: the entry copies its bytes and does not keep the read
+            // buffer (mostly other partitions' records) alive.
+            let e = decode_entry(rec, &w.loc, slot.partition, index, |body| LogEntry::decode(&rec[body]))
+                .map_err(|reason| StorageError::corrupt(&seg.path, w.start(), reason))?;
+            if let Some(place) = slot.loaded.as_mut().and_then(|l| l.entries.get_mut(w.k)) {
+                *place = e;
+            }
+        }
+        Ok(j)
+    }
+}
