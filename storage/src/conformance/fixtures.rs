@@ -293,6 +293,10 @@ macro_rules! conformance_suite {
                 run(|| async { c::remove_partition(&$fixture).await });
             }
             #[test]
+            fn bulk_load_matches_per_partition() {
+                run(|| async { c::bulk_load_matches_per_partition(&$fixture).await });
+            }
+            #[test]
             fn reopen_intact() {
                 run(|| async { c::reopen_intact(&$fixture, 400, true).await });
             }
@@ -543,6 +547,154 @@ mod wal_specific {
                 Err(StorageError::Foreign { file, .. }) => assert_eq!(file, fake),
                 other => panic!("expected Foreign, got {other:?}"),
             }
+        });
+    }
+
+    /// Writes `batches` batches holding one `len`-byte entry of each of `parts` partitions
+    /// (the layout a busy shard leaves: partitions interleaved record by record).
+    async fn write_interleaved(s: &mut WalStore, m: &mut Model, parts: u64, batches: u64, len: usize) {
+        for i in 1..=batches {
+            let b = WriteBatch {
+                partitions: (1..=parts)
+                    .map(|p| {
+                        let mut w = PartitionWrite::new(p);
+                        w.entries = entries(p, i, i, 1, len);
+                        w
+                    })
+                    .collect(),
+                meta: vec![],
+            };
+            s.write(&b).await.unwrap();
+            m.apply(&b);
+        }
+    }
+
+    #[test]
+    fn bulk_load_reads_each_segment_sequentially() {
+        run(|| async {
+            // 64 interleaved partitions: reading one partition at a time costs a read per
+            // entry; the bulk load reads each segment once in large reads.
+            let f = WalFixture::with_segment_bytes(4 << 20);
+            let mut s = f.open(true).await.unwrap();
+            let mut m = Model::default();
+            let (parts, batches) = (64u64, 150u64);
+            write_interleaved(&mut s, &mut m, parts, batches, 256).await;
+            s.close().await.unwrap();
+            let s = f.open(true).await.unwrap();
+            let n = parts * batches;
+            let ids = s.partitions().unwrap();
+            let r0 = s.stats().entry_reads;
+            let mut one_by_one = Vec::new();
+            for &p in &ids {
+                one_by_one.push((p, s.load_partition(p).await.unwrap()));
+            }
+            let r1 = s.stats().entry_reads;
+            let bulk = s.load_partitions(&ids).await.unwrap();
+            let r2 = s.stats().entry_reads;
+            assert!(bulk == one_by_one, "bulk load differs from load_partition");
+            assert_eq!(bulk.iter().map(|(_, r)| r.as_ref().unwrap().entries.len() as u64).sum::<u64>(), n);
+            let (per_partition, bulk_reads) = (r1 - r0, r2 - r1);
+            assert!(per_partition >= n, "{per_partition} reads one partition at a time for {n} entries");
+            // ~3.3 MB of records: a few 1 MiB reads (plus one per segment boundary).
+            let bytes = s.segment_seqs().len() as u64 * (4 << 20);
+            assert!(
+                bulk_reads <= bytes / crate::wal::BULK_READ_BYTES + 2,
+                "{bulk_reads} reads to bulk-load {n} entries"
+            );
+            assert!(bulk_reads * 100 < n, "{bulk_reads} reads to bulk-load {n} entries");
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn bulk_load_skips_dead_stretches() {
+        run(|| async {
+            // Partition 1's few entries lie ~2 MiB apart, between partition 2's entries,
+            // which are then compacted away: a mostly dead segment. The load reads around
+            // each live record instead of the whole segment.
+            let f = WalFixture::with_segment_bytes(16 << 20);
+            let mut s = f.open(true).await.unwrap();
+            let mut m = Model::default();
+            let mut p2_last = 0;
+            for i in 1..=5u64 {
+                let mut w1 = PartitionWrite::new(1);
+                w1.entries = entries(1, i, i, 1, 200);
+                let mut w2 = PartitionWrite::new(2);
+                w2.entries = entries(2, p2_last + 1, p2_last + 100, 1, 20_000);
+                p2_last += 100;
+                let b = WriteBatch { partitions: vec![w1, w2], meta: vec![] };
+                s.write(&b).await.unwrap();
+                m.apply(&b);
+            }
+            let mut w2 = PartitionWrite::new(2);
+            w2.compact_to = Some(p2_last - 1);
+            let b = WriteBatch { partitions: vec![w2], meta: vec![] };
+            s.write(&b).await.unwrap();
+            m.apply(&b);
+            assert_eq!(s.segment_seqs().len(), 1, "the test wants one segment");
+            s.close().await.unwrap();
+            let s = f.open(true).await.unwrap();
+            let r0 = s.stats().entry_reads;
+            let bulk = s.load_partitions(&[1, 2]).await.unwrap();
+            let reads = s.stats().entry_reads - r0;
+            // Six live records (partition 1's five, partition 2's last), each ~2 MiB from the
+            // next: six reads, where reading the ~10 MiB through would take ten.
+            assert_eq!(reads, 6, "reads for 6 live records ~2 MiB apart");
+            assert_eq!(bulk[0].1.as_ref().unwrap().entries, entries(1, 1, 5, 1, 200));
+            assert_eq!(bulk[1].1.as_ref().unwrap().entries, entries(2, p2_last, p2_last, 1, 20_000));
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn bulk_load_reports_damage_like_entries() {
+        run(|| async {
+            // A record damaged after open (recovery checked it): the bulk load fails with
+            // the same `Corrupt` error, naming the same file and offset, as `entries`.
+            let f = WalFixture::new();
+            let mut s = f.open(true).await.unwrap();
+            let mut m = Model::default();
+            write_interleaved(&mut s, &mut m, 3, 20, 300).await;
+            s.close().await.unwrap();
+            let s = f.open(true).await.unwrap();
+            let segs = crate::wal::inspect::segment_files(f.dir().unwrap()).unwrap();
+            // Partition 2's entry 7: find its payload's start in the segment, flip a bit.
+            let needle = b"p2/i7/t1/";
+            let (seg, at) = segs
+                .iter()
+                .find_map(|seg| {
+                    let data = std::fs::read(seg).unwrap();
+                    data.windows(needle.len()).position(|w| w == needle).map(|at| (seg.clone(), at))
+                })
+                .expect("entry 7 of partition 2 on disk");
+            {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+                let mut b = [0u8; 1];
+                file.read_exact_at(&mut b, at as u64 + 20).unwrap();
+                b[0] ^= 0x08;
+                file.write_all_at(&b, at as u64 + 20).unwrap();
+                file.sync_data().unwrap();
+            }
+            let one = s.entries(2, 1, 21, u64::MAX).await.expect_err("damage unnoticed by entries");
+            let bulk = s.load_partitions(&[1, 2, 3]).await.expect_err("damage unnoticed by the bulk load");
+            match (&one, &bulk) {
+                (
+                    StorageError::Corrupt { file: f1, offset: Some(o1), reason: r1 },
+                    StorageError::Corrupt { file: f2, offset: Some(o2), reason: r2 },
+                ) => {
+                    assert_eq!((f1, o1), (&seg, o2), "{one} / {bulk}");
+                    assert_eq!(f2, &seg);
+                    assert!(*o2 < at as u64 && at as u64 - *o2 < 100, "offset {o2}, payload at {at}");
+                    assert_eq!(r1, r2);
+                }
+                _ => panic!("expected Corrupt errors with offsets, got {one} / {bulk}"),
+            }
+            // Undamaged partitions still load.
+            assert!(s.load_partitions(&[1, 3]).await.is_ok());
+            s.close().await.unwrap();
         });
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use phalanx_proto::{EntryKind, HardState, HlcTimestamp, LogEntry};
 
 use crate::store::LogStore;
-use crate::types::{LogPosition, PartitionId, PartitionState, WriteBatch};
+use crate::types::{LogPosition, PartitionId, PartitionState, RecoveredPartition, WriteBatch};
 
 /// What the model holds for one partition.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -103,15 +103,46 @@ impl Model {
 }
 
 impl Model {
-    /// The partitions of `store` (not its metadata), as a model.
+    /// The partitions of `store` (not its metadata), as a model, read with the store's bulk
+    /// load as a restarting shard reads them.
     pub async fn load_partitions<S: LogStore>(store: &S) -> crate::Result<Model> {
         let mut m = Model::default();
-        for p in store.partitions()? {
-            let Some(st) = store.partition(p)? else { continue };
-            let entries = store.entries(p, st.first_index(), st.last.index + 1, u64::MAX).await?;
-            m.partitions.insert(p, ModelPartition { floor: st.floor, entries, hard_state: st.hard_state });
+        for (p, r) in store.load_partitions(&store.partitions()?).await? {
+            let Some(r) = r else { continue };
+            let floor = LogPosition::new(r.floor.0, r.floor.1);
+            m.partitions.insert(p, ModelPartition { floor, entries: r.entries, hard_state: r.hard_state });
         }
         Ok(m)
+    }
+}
+
+/// Compares what a load returned for `p` with what the model holds.
+fn same_as_model(
+    p: PartitionId,
+    got: Option<&RecoveredPartition>,
+    want: Option<&ModelPartition>,
+) -> Result<(), String> {
+    match (got, want) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(format!("partition {p}: loaded, but the store should hold nothing for it")),
+        (None, Some(_)) => Err(format!("partition {p}: not loaded")),
+        (Some(r), Some(mp)) => {
+            if r.hard_state != mp.hard_state || r.floor != (mp.floor.index, mp.floor.term) {
+                return Err(format!(
+                    "partition {p}: loaded hard state {:?} and floor {:?}, expected {:?} and {:?}",
+                    r.hard_state, r.floor, mp.hard_state, mp.floor
+                ));
+            }
+            if r.entries != mp.entries {
+                let diff = r.entries.iter().zip(&mp.entries).position(|(a, b)| a != b);
+                return Err(format!(
+                    "partition {p}: {} entries loaded, {} expected; first difference at position {diff:?}",
+                    r.entries.len(),
+                    mp.entries.len()
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -144,6 +175,20 @@ pub async fn verify<S: LogStore>(store: &S, model: &Model) -> Result<(), String>
                 return Err(format!("partition {p}: term({i}) = {t:?}, expected {:?}", mp.term(i)));
             }
         }
+    }
+    // The bulk load a restarting shard uses: every partition at once, plus an unknown one.
+    let mut ids: Vec<PartitionId> = model.partitions.keys().copied().collect();
+    ids.push(ids.last().map_or(1, |p| p + 1));
+    let loaded = store.load_partitions(&ids).await.map_err(|e| format!("load_partitions: {e}"))?;
+    if loaded.iter().map(|(p, _)| *p).ne(ids.iter().copied()) {
+        return Err(format!(
+            "load_partitions({ids:?}) answered for {:?}",
+            loaded.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+        ));
+    }
+    for (p, r) in &loaded {
+        same_as_model(*p, r.as_ref(), model.partitions.get(p))
+            .map_err(|e| format!("load_partitions: {e}"))?;
     }
     for k in &model.meta_keys {
         let got = store.get_meta(k).map_err(|e| e.to_string())?;
