@@ -153,8 +153,14 @@ impl<T: Transport> Shard<T> {
         let mut sms: HashMap<PartitionId, Box<dyn StateMachine>> = HashMap::new();
         let mut replay_until = HashMap::new();
         let system = (shard_of(0, shards) == shard).then(|| Rc::new(RefCell::new(SystemView::default())));
-        for p in partitions_of(shard, shards, cfg.initial_partitions) {
-            let recovered = store.load_partition(p).await.map_err(|e| format!("partition {p}: {e}"))?;
+        // All partitions in one pass: the store reads its log once, sequentially, instead of
+        // one partition (and, for the native WAL, nearly one read per entry) at a time.
+        let owned: Vec<PartitionId> = partitions_of(shard, shards, cfg.initial_partitions).collect();
+        let loaded = store
+            .load_partitions(&owned)
+            .await
+            .map_err(|e| format!("shard {shard}: loading {} partitions: {e}", owned.len()))?;
+        for (p, recovered) in loaded {
             let snapshot = snapshots.load(p).map_err(|e| format!("partition {p}: {e}"))?;
             let mut sm = match (&system, p) {
                 // Partition 0 applies `_RaftSystem` entries itself; the rest reach the
