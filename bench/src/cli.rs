@@ -92,9 +92,9 @@ pub struct Args {
     /// it, closed loop.
     #[arg(long, help_heading = "Load")]
     pub rate: Option<f64>,
-    /// Threads the clients run on.
-    #[arg(long, default_value_t = 2, help_heading = "Load")]
-    pub drivers: usize,
+    /// Threads the clients run on [default: 1 embedded, 2 remote].
+    #[arg(long, help_heading = "Load")]
+    pub drivers: Option<usize>,
     /// Value (payload) bytes [default: 256; etcd: 1024; openraft: 0].
     #[arg(long, help_heading = "Load")]
     pub value_size: Option<usize>,
@@ -283,6 +283,13 @@ const MAX_KEY_BYTES: usize = phalanx::kv::MAX_KEY_BYTES;
 const MAX_CLIENTS: usize = 100_000;
 /// Most driver threads.
 const MAX_DRIVERS: usize = 64;
+/// Driver threads of an embedded run unless `--drivers` says otherwise. One thread runs 256
+/// closed-loop clients on ~7% of a core; a second only competes with the nodes under test
+/// for the machine's cores (measured on 2 vCPUs, 6 runs each side by side: 82.4k writes/s
+/// with 2 drivers, 94.5k with 1).
+const DEFAULT_EMBEDDED_DRIVERS: usize = 1;
+/// Driver threads of a remote run: each drives its own connections to every endpoint.
+const DEFAULT_REMOTE_DRIVERS: usize = 2;
 
 fn secs(v: f64, flag: &str) -> Result<Duration, String> {
     if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
@@ -347,8 +354,10 @@ impl Settings {
         if a.tick_ms == 0 || a.tick_ms > 60_000 {
             return Err(format!("--tick-ms {}: expected 1..=60000", a.tick_ms));
         }
-        if a.drivers == 0 || a.drivers > MAX_DRIVERS {
-            return Err(format!("--drivers {}: expected 1..={MAX_DRIVERS}", a.drivers));
+        if let Some(d) = a.drivers
+            && (d == 0 || d > MAX_DRIVERS)
+        {
+            return Err(format!("--drivers {d}: expected 1..={MAX_DRIVERS}"));
         }
         if a.connections == 0 || a.connections > 1024 {
             return Err(format!("--connections {}: expected 1..=1024", a.connections));
@@ -506,7 +515,10 @@ impl Settings {
             },
             clients,
             pacing,
-            drivers: a.drivers,
+            drivers: a.drivers.unwrap_or(match a.mode {
+                ModeArg::Embedded => DEFAULT_EMBEDDED_DRIVERS,
+                ModeArg::Remote => DEFAULT_REMOTE_DRIVERS,
+            }),
             value_size,
             key_size,
             keys_per_partition: a.keys_per_partition,
