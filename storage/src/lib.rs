@@ -14,6 +14,7 @@
 //! suite (`conformance`, feature `conformance`) runs against every adapter.
 
 pub mod any;
+mod chunked;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;

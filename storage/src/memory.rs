@@ -4,13 +4,14 @@
 //! crash) a store and reopen the same data. Nothing survives the process.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use phalanx_proto::{HardState, LogEntry};
 
+use crate::chunked::ChunkedDeque;
 use crate::error::{Poison, Result, StorageError};
 use crate::faults::injected;
 use crate::limits::META_KEYS_MAX;
@@ -25,7 +26,7 @@ pub const MEMORY_FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Debug, Default)]
 struct MemPartition {
     floor: LogPosition,
-    entries: VecDeque<LogEntry>,
+    entries: ChunkedDeque<LogEntry>,
     hard_state: HardState,
 }
 
@@ -156,7 +157,7 @@ impl MemoryStore {
             if let Some((snap, keep)) = plan.snapshot {
                 if keep {
                     let drop = snap.index.saturating_sub(mp.floor.index) as usize;
-                    mp.entries.drain(..drop.min(mp.entries.len()));
+                    mp.entries.drain_front(drop);
                 } else {
                     mp.entries.clear();
                 }
@@ -172,7 +173,7 @@ impl MemoryStore {
             }
             if let Some(c) = plan.compact {
                 let drop = (c.index - mp.floor.index) as usize;
-                mp.entries.drain(..drop.min(mp.entries.len()));
+                mp.entries.drain_front(drop);
                 mp.floor = c;
             }
             self.stats.entries_written += pw.entries.len() as u64;
