@@ -6,6 +6,7 @@ use phalanx_proto::{ConfChange, EntryKind, LogEntry, Message, TimeoutNow, raft_m
 
 use super::group::RaftGroup;
 use super::membership::apply_change;
+use super::replication::IfEmpty;
 use super::status::Status;
 use super::types::{NodeId, Proposal, ProposalKind, Proposed, Role};
 use crate::hlc::{Ticket, ticket_of};
@@ -206,7 +207,7 @@ impl RaftGroup {
         if caught_up {
             self.send(target, Body::TimeoutNow(TimeoutNow { term: self.term }));
         } else {
-            self.send_appends(target, true);
+            self.send_appends(target, IfEmpty::Send);
         }
         Ok(())
     }

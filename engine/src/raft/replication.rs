@@ -8,17 +8,25 @@ use super::progress::ProgressState;
 use super::quorum::committed_value;
 use super::types::{NodeId, Role};
 
-impl RaftGroup {
-    /// Sends `to` the next append if flow control allows. With `send_if_empty`, an append
-    /// with no entries still goes out (to carry a new commit index). Returns whether entries
-    /// were sent in replicate state, so callers can loop to fill the pipelining window.
-    pub(super) fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
-        self.send_append_ex(to, send_if_empty, false)
-    }
+/// What [`RaftGroup::send_append`] does when it has no entries to send (in probe state an
+/// append always goes out: it is the probe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum IfEmpty {
+    /// Send nothing.
+    Skip,
+    /// Send an empty append, to be answered (it carries the commit index, or restarts a
+    /// stalled replication).
+    Send,
+    /// Send an empty append only to carry the commit index: a follower in replicate state
+    /// need not answer it (`commit_only`).
+    CommitOnly,
+}
 
-    /// [`Self::send_append`]; with `commit_only`, an empty append to a follower in replicate
-    /// state is marked as needing no answer.
-    fn send_append_ex(&mut self, to: NodeId, send_if_empty: bool, commit_only: bool) -> bool {
+impl RaftGroup {
+    /// Sends `to` the next append if flow control allows; `if_empty` says what to do when
+    /// there are no entries to send. Returns whether entries were sent in replicate state,
+    /// so callers can loop to fill the pipelining window.
+    pub(super) fn send_append(&mut self, to: NodeId, if_empty: IfEmpty) -> bool {
         let window = self.cfg.max_inflight_appends;
         let Some(pr) = self.progress.get(&to) else { return false };
         if pr.is_paused(window) {
@@ -55,7 +63,7 @@ impl RaftGroup {
         let is_probe = pr.state == ProgressState::Probe;
         let is_replicate = pr.state == ProgressState::Replicate;
         let entries = self.log.slice(next, self.cfg.max_entries_per_append, self.cfg.max_bytes_per_append);
-        if entries.is_empty() && !is_probe && !send_if_empty {
+        if entries.is_empty() && !is_probe && if_empty == IfEmpty::Skip {
             return false;
         }
         let had_entries = !entries.is_empty();
@@ -66,7 +74,7 @@ impl RaftGroup {
             prev_log_term: prev_term,
             entries,
             leader_commit: self.log.committed(),
-            commit_only: commit_only && !had_entries && is_replicate,
+            commit_only: if_empty == IfEmpty::CommitOnly && !had_entries && is_replicate,
         };
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent_append(last, had_entries);
@@ -92,7 +100,7 @@ impl RaftGroup {
         let Some(prev_term) = self.log.term(lo - 1) else { return };
         if !(fits && well_formed) || self.role != Role::Leader {
             if self.role == Role::Leader {
-                self.send_appends(to, false);
+                self.send_appends(to, IfEmpty::Skip);
             }
             return;
         }
@@ -110,7 +118,7 @@ impl RaftGroup {
             pr.commit_sent = pr.commit_sent.max(req.leader_commit.min(last));
         }
         self.send(to, Body::AppendRequest(req));
-        self.send_appends(to, false);
+        self.send_appends(to, IfEmpty::Skip);
     }
 
     /// Drops applied, durable entries from memory, keeping the last `log_cache_entries`
@@ -121,11 +129,12 @@ impl RaftGroup {
         self.log.trim_cache(keep_from);
     }
 
-    /// Sends `to` everything it is missing, filling its pipelining window.
-    pub(super) fn send_appends(&mut self, to: NodeId, send_if_empty: bool) {
-        let mut first = send_if_empty;
+    /// Sends `to` everything it is missing, filling its pipelining window; `if_empty` applies
+    /// to the first append only.
+    pub(super) fn send_appends(&mut self, to: NodeId, if_empty: IfEmpty) {
+        let mut first = if_empty;
         while self.send_append(to, first) {
-            first = false;
+            first = IfEmpty::Skip;
         }
     }
 
@@ -155,12 +164,8 @@ impl RaftGroup {
             .collect();
         for to in targets {
             // Entries waiting for this follower carry the commit index; without any, an
-            // empty append does, and needs no answer unless the follower is being probed
-            // (or snapshotted).
-            let mut first = true;
-            while self.send_append_ex(to, first, true) {
-                first = false;
-            }
+            // empty append does.
+            self.send_appends(to, IfEmpty::CommitOnly);
         }
     }
 
@@ -168,7 +173,7 @@ impl RaftGroup {
     pub(super) fn bcast_append(&mut self) {
         let targets: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in targets {
-            self.send_appends(to, true);
+            self.send_appends(to, IfEmpty::Send);
         }
     }
 

@@ -8,6 +8,7 @@ use phalanx_proto::{InstallSnapshotChunk, InstallSnapshotResponse, raft_message:
 
 use super::group::RaftGroup;
 use super::progress::ProgressState;
+use super::replication::IfEmpty;
 use super::status::Status;
 use super::two_step::TwoStep;
 use super::types::{Membership, NodeId, Snapshot, SnapshotMeta};
@@ -106,7 +107,7 @@ impl RaftGroup {
             pr.matched = pr.matched.max(resp.snapshot_index);
             pr.snapshot_index = resp.snapshot_index;
             pr.become_probe();
-            self.send_appends(from, false);
+            self.send_appends(from, IfEmpty::Skip);
         } else if resp.snapshot_index == pr.snapshot_index && resp.next_offset != pr.snapshot_offset {
             // An answer naming the offset we last sent from says the follower has not
             // received that chunk yet: it is in flight (its own answer will come) or lost

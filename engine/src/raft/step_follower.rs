@@ -44,6 +44,9 @@ impl RaftGroup {
     }
 
     fn handle_append(&mut self, from: NodeId, req: AppendEntriesRequest) -> Result<(), Status> {
+        // A commit-only append that matches tells the leader nothing new when answered: a
+        // match is not answered (a mismatch is, below).
+        let silent = req.commit_only && req.entries.is_empty();
         let committed = self.log.committed();
         if req.prev_log_index < committed {
             // Everything up to our commit index matches the leader (Leader Completeness), so
@@ -55,7 +58,7 @@ impl RaftGroup {
                 last_log_index: self.log.last_index(),
                 ..Default::default()
             };
-            if !req.commit_only {
+            if !silent {
                 self.send_after_persist(from, Body::AppendResponse(resp));
             }
             return Ok(());
@@ -109,12 +112,10 @@ impl RaftGroup {
             last_log_index: self.log.last_index(),
             ..Default::default()
         };
-        // A commit-only append that matched tells the leader nothing new: no answer.
-        if req.commit_only && req.entries.is_empty() {
-            return Ok(());
+        if !silent {
+            // The leader counts this acknowledgement toward commitment: durable first.
+            self.send_after_persist(from, Body::AppendResponse(resp));
         }
-        // The leader counts this acknowledgement toward commitment: it must be durable first.
-        self.send_after_persist(from, Body::AppendResponse(resp));
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use phalanx_proto::{AppendEntriesResponse, HeartbeatResponse, TimeoutNow, raft_m
 
 use super::group::RaftGroup;
 use super::progress::ProgressState;
+use super::replication::IfEmpty;
 use super::status::Status;
 use super::types::NodeId;
 
@@ -53,7 +54,7 @@ impl RaftGroup {
             if self.progress.get(&from).is_some_and(|p| p.commit_sent < self.log.committed().min(p.matched)) {
                 self.commit_advanced();
             }
-            self.send_appends(from, false);
+            self.send_appends(from, IfEmpty::Skip);
             return;
         }
         self.stats.log_mismatches += 1;
@@ -67,7 +68,7 @@ impl RaftGroup {
         };
         let Some(pr) = self.progress.get_mut(&from) else { return };
         if pr.maybe_decrease_to(resp.match_index, probe) {
-            self.send_appends(from, false);
+            self.send_appends(from, IfEmpty::Skip);
         }
     }
 
@@ -100,7 +101,7 @@ impl RaftGroup {
             // Send even an empty append: in replicate state `next` may already be past our
             // last index with every append in flight lost, and only an append's answer (a
             // success, or a rejection that drops us back to probing) resumes replication.
-            _ if lagging => self.send_appends(from, true),
+            _ if lagging => self.send_appends(from, IfEmpty::Send),
             _ => {}
         }
     }
