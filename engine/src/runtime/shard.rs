@@ -631,11 +631,6 @@ impl<T: Transport> Shard<T> {
         self.leader_waiters = keep;
     }
 
-    /// Queues messages to send at the end of the turn ([`Self::flush_outbox`]).
-    fn send_coalesced(&mut self, messages: impl IntoIterator<Item = RaftMessage>) {
-        self.outbox.extend(messages);
-    }
-
     /// Sends everything queued in this turn, one batch per peer. One send per peer per turn,
     /// not one per Ready round and per completed write: each batch is a frame, a `send(2)`
     /// and a wake-up of the receiver. Called before the loop yields, so a leader's appends
@@ -660,9 +655,10 @@ impl<T: Transport> Shard<T> {
                 break;
             }
             let Some(mut mr) = self.multi.ready() else { break };
-            let immediate: Vec<RaftMessage> =
-                mr.groups.iter_mut().flat_map(|(_, r)| std::mem::take(&mut r.messages)).collect();
-            self.send_coalesced(immediate);
+            // Sent at the end of the turn (`flush_outbox`), still before this Ready's write.
+            for (_, r) in &mut mr.groups {
+                self.outbox.append(&mut r.messages);
+            }
             let mut job = WriteJob {
                 number: mr.number,
                 batch: WriteBatch::default(),
@@ -727,7 +723,7 @@ impl<T: Transport> Shard<T> {
     async fn on_durable(&mut self, c: Completion) -> Result<(), String> {
         self.writes_in_flight -= 1;
         c.result?;
-        self.send_coalesced(c.persisted_messages);
+        self.outbox.extend(c.persisted_messages);
         self.multi.advance(c.number);
         for (p, f, entries) in c.fetched {
             self.multi.update(p, |g| g.on_entries_fetched(f.to, f.lo, entries));
