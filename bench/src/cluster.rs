@@ -286,12 +286,9 @@ impl EmbeddedCluster {
         m.counters = counters;
         Ok(took)
     }
-
-    /// Stops every node and removes the temporary directory (dropping the cluster does the
-    /// same).
-    pub fn shutdown(self) {}
 }
 
+/// Dropping the cluster stops every node and removes its temporary directory.
 impl Drop for EmbeddedCluster {
     fn drop(&mut self) {
         // Nodes first (they hold files in the directory), then the directory (the field).

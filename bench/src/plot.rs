@@ -89,12 +89,49 @@ fn frame(s: &mut String, top: f64, ph: f64, n: usize, ylabel: &str) {
             top + ph + 17.0
         );
     }
+    y_label(s, top, ph, ylabel);
+}
+
+/// The rotated y-axis label of a panel at `top` of height `ph`.
+fn y_label(s: &mut String, top: f64, ph: f64, label: &str) {
     let _ = writeln!(
         s,
         "<text x=\"18\" y=\"{:.1}\" {FONT} transform=\"rotate(-90 18 {:.1})\" text-anchor=\"middle\">{}</text>",
         top + ph / 2.0,
         top + ph / 2.0,
-        esc(ylabel)
+        esc(label)
+    );
+}
+
+/// A horizontal grid line at `y` with its axis label.
+fn grid_line(s: &mut String, y: f64, label: &str) {
+    let _ = writeln!(
+        s,
+        "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+         <text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{label}</text>",
+        LEFT + PLOT_W,
+        LEFT - 6.0,
+        y + 4.0,
+    );
+}
+
+/// Grid lines from 0 to `ymax` every `ystep` on a linear panel at `top` of height `ph`.
+fn linear_grid(s: &mut String, top: f64, ph: f64, ymax: f64, ystep: f64) {
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        grid_line(s, top + ph - ph * y / ymax, &fmt_num(y));
+        y += ystep;
+    }
+}
+
+/// A line through `points` with its name at the right margin, at height `legend_y`.
+fn series(s: &mut String, points: &[String], colour: &str, name: &str, legend_y: f64) {
+    let _ = writeln!(
+        s,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+         <text x=\"{}\" y=\"{legend_y}\" {FONT} fill=\"{colour}\">{name}</text>",
+        points.join(" "),
+        LEFT + PLOT_W + 10.0,
     );
 }
 
@@ -114,36 +151,13 @@ pub fn timeline(title: &str, seconds: &[SecondStats]) -> String {
     let max_ops = seconds.iter().map(|x| x.ops).max().unwrap_or(0) as f64;
     let (ymax, ystep) = nice_axis(max_ops);
     frame(&mut s, top1, ph1, n, "ops/s");
-    let mut y = 0.0;
-    while y <= ymax + 1e-9 {
-        let py = top1 + ph1 - ph1 * y / ymax;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/>\
-             <text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
-            LEFT + PLOT_W,
-            LEFT - 6.0,
-            py + 4.0,
-            fmt_num(y)
-        );
-        y += ystep;
-    }
+    linear_grid(&mut s, top1, ph1, ymax, ystep);
     let pts: Vec<String> = seconds
         .iter()
         .enumerate()
         .map(|(i, x)| format!("{:.1},{:.1}", x_of(i, n), top1 + ph1 - ph1 * x.ops as f64 / ymax))
         .collect();
-    let _ = writeln!(
-        s,
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f78b4\" stroke-width=\"2\"/>",
-        pts.join(" ")
-    );
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" {FONT} fill=\"#1f78b4\">throughput</text>",
-        LEFT + PLOT_W + 10.0,
-        top1 + 14.0
-    );
+    series(&mut s, &pts, "#1f78b4", "throughput", top1 + 14.0);
     // Latency panel, log scale in ms.
     let values: Vec<[u64; 5]> =
         seconds.iter().map(|x| [x.p50_us, x.p90_us, x.p99_us, x.p999_us, x.max_us]).collect();
@@ -155,16 +169,7 @@ pub fn timeline(title: &str, seconds: &[SecondStats]) -> String {
     let mut d = dlo;
     while d <= dhi + 1e-9 {
         let v = 10f64.powf(d);
-        let y = py(v);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
-             <text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
-            LEFT + PLOT_W,
-            LEFT - 6.0,
-            y + 4.0,
-            if v < 1.0 { format!("{v}") } else { fmt_num(v) }
-        );
+        grid_line(&mut s, py(v), &if v < 1.0 { format!("{v}") } else { fmt_num(v) });
         d += 1.0;
     }
     for (k, (name, colour)) in SERIES.iter().enumerate() {
@@ -174,17 +179,7 @@ pub fn timeline(title: &str, seconds: &[SecondStats]) -> String {
             .filter(|(_, v)| v[k] > 0)
             .map(|(i, v)| format!("{:.1},{:.1}", x_of(i, n), py(v[k] as f64 / 1000.0)))
             .collect();
-        let _ = writeln!(
-            s,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>",
-            pts.join(" ")
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" {FONT} fill=\"{colour}\">{name}</text>",
-            LEFT + PLOT_W + 10.0,
-            top2 + 14.0 + 16.0 * k as f64
-        );
+        series(&mut s, &pts, colour, name, top2 + 14.0 + 16.0 * k as f64);
     }
     s.push_str("</svg>\n");
     s
@@ -203,20 +198,7 @@ pub fn distribution(title: &str, ylabel: &str, values_ms: &[f64]) -> String {
         s,
         "<rect x=\"{LEFT}\" y=\"{top}\" width=\"{PLOT_W}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>"
     );
-    let mut y = 0.0;
-    while y <= ymax + 1e-9 {
-        let py = top + ph - ph * y / ymax;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/>\
-             <text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
-            LEFT + PLOT_W,
-            LEFT - 6.0,
-            py + 4.0,
-            fmt_num(y)
-        );
-        y += ystep;
-    }
+    linear_grid(&mut s, top, ph, ymax, ystep);
     let n = v.len().max(1);
     let bw = PLOT_W / n as f64;
     for (i, x) in v.iter().enumerate() {
@@ -231,14 +213,11 @@ pub fn distribution(title: &str, ylabel: &str, values_ms: &[f64]) -> String {
     }
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"middle\">{n} items, sorted</text>\
-         <text x=\"18\" y=\"{:.1}\" {FONT} transform=\"rotate(-90 18 {:.1})\" text-anchor=\"middle\">{}</text>",
+        "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"middle\">{n} items, sorted</text>",
         LEFT + PLOT_W / 2.0,
         top + ph + 20.0,
-        top + ph / 2.0,
-        top + ph / 2.0,
-        esc(ylabel)
     );
+    y_label(&mut s, top, ph, ylabel);
     s.push_str("</svg>\n");
     s
 }

@@ -95,7 +95,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         .map_err(|e| format!("failover thread: {e}"))?;
     let results = j.join().map_err(|e| format!("failover: {e}"))?;
     let cpu_percent = cpu.percent();
-    cluster.shutdown();
+    drop(cluster);
     let leader: Vec<f64> = results.iter().filter_map(|r| r.leader_ms).collect();
     let write: Vec<f64> = results.iter().filter_map(|r| r.write_ms).collect();
     let failed: Vec<u64> = results.iter().filter(|r| r.write_ms.is_none()).map(|r| r.partition).collect();

@@ -45,7 +45,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let frames = net.frames_sent as f64 / secs;
     let bytes = net.bytes_sent as f64 / secs;
     let messages = net.messages_handed as f64 / secs;
-    cluster.shutdown();
+    drop(cluster);
     let mut r = Report { meta: super::meta(s), ..Default::default() };
     r.meta.clients = 0;
     r.meta.workload = "none".into();

@@ -90,7 +90,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
             break began.elapsed();
         }
         if began.elapsed() > CATCH_UP_TIMEOUT {
-            cluster.shutdown();
+            drop(cluster);
             return Err(format!(
                 "node {victim_id} did not catch up within {CATCH_UP_TIMEOUT:?} ({behind} partitions behind)"
             ));
@@ -98,7 +98,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(5));
     };
     let cpu_percent = cpu.percent();
-    cluster.shutdown();
+    drop(cluster);
     let ready = ready.unwrap_or(caught_up);
     let mut r = Report { meta: super::meta(s), ..Default::default() };
     r.meta.workload = "append".into();

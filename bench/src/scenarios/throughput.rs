@@ -48,9 +48,7 @@ fn one(s: &Settings) -> Result<Report, String> {
         }
     };
     let mut report = measure(&s, &spec, cluster.as_ref())?;
-    if let Some(c) = cluster {
-        c.shutdown();
-    }
+    drop(cluster);
     if let Some(e) = s.profile.etcd() {
         if let Some(l) = &report.load {
             let (pass, lines) = profiles::etcd_verdict(e.rate, l);
@@ -139,7 +137,7 @@ fn sweep(s: &Settings) -> Result<Vec<Report>, String> {
             let c = super::start_cluster(&row, row.partitions, true)?;
             let spec = TargetSpec::Embedded(c.handles());
             let r = measure(&row, &spec, Some(&c));
-            c.shutdown();
+            drop(c);
             let r = r?;
             if let Some(l) = &r.load {
                 println!(
