@@ -238,7 +238,7 @@ impl RaftLog {
 
     /// Replaces everything from `entries[0].index` on with `entries` (follower path, after the
     /// caller checked that the first one continues or overwrites the log and is above commit).
-    pub fn truncate_and_append(&mut self, entries: &[LogEntry]) {
+    pub fn truncate_and_append(&mut self, entries: Vec<LogEntry>) {
         let Some(first) = entries.first() else { return };
         let from = first.index;
         assert!(from > self.floor_index && from <= self.last_index + 1, "append must continue the log");
@@ -253,7 +253,7 @@ impl RaftLog {
         self.persisted = self.persisted.min(from - 1);
         self.unstable_from = self.unstable_from.min(from);
         for e in entries {
-            self.push(e.clone());
+            self.push(e);
         }
     }
 
@@ -455,7 +455,7 @@ mod tests {
         let mut l = log_with(&[1, 1, 1]);
         l.stable_to(3, 1);
         assert_eq!(l.persisted(), 3);
-        l.truncate_and_append(&[e(2, 2), e(3, 2)]);
+        l.truncate_and_append(vec![e(2, 2), e(3, 2)]);
         assert_eq!(l.persisted(), 1);
         assert_eq!(l.take_unstable().len(), 2);
         assert_eq!(l.term(3), Some(2));
@@ -529,7 +529,7 @@ mod tests {
     #[test]
     fn truncation_rewrites_runs() {
         let mut l = log_with(&[1, 1, 2, 2]);
-        l.truncate_and_append(&[e(3, 3), e(4, 3), e(5, 3)]);
+        l.truncate_and_append(vec![e(3, 3), e(4, 3), e(5, 3)]);
         assert_eq!(l.term(2), Some(1));
         assert_eq!(l.term(3), Some(3));
         assert_eq!(l.last_term(), 3);

@@ -43,7 +43,7 @@ impl RaftGroup {
         }
     }
 
-    fn handle_append(&mut self, from: NodeId, req: AppendEntriesRequest) -> Result<(), Status> {
+    fn handle_append(&mut self, from: NodeId, mut req: AppendEntriesRequest) -> Result<(), Status> {
         // A commit-only append that matches tells the leader nothing new when answered: a
         // match is not answered (a mismatch is, below).
         let silent = req.commit_only && req.entries.is_empty();
@@ -95,13 +95,13 @@ impl RaftGroup {
                 // faulty peer asks for it.
                 return self.reject(Status::LogMismatch);
             }
-            let start = (conflict - req.prev_log_index - 1) as usize;
-            let fresh = &req.entries[start..];
+            // The new entries move into the log: the request is ours, no copy is needed.
+            let fresh = req.entries.split_off((conflict - req.prev_log_index - 1) as usize);
             if conflict <= self.log.last_index() {
                 self.conf.on_truncate(conflict);
             }
+            self.conf.on_append(&fresh);
             self.log.truncate_and_append(fresh);
-            self.conf.on_append(fresh);
         }
         // §5.3: commit = min(leaderCommit, index of last new entry).
         self.log.commit_to(req.leader_commit.min(last_new));
