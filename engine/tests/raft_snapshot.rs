@@ -110,6 +110,51 @@ fn lagging_follower_receives_snapshot_in_chunks_then_catches_up() {
     assert_eq!(c.node(3).applied_strings().len(), 15);
 }
 
+/// A leader reads entries back from storage for a lagging follower (a fetch) while a
+/// checkpoint compacts them away. The runtime's writer merges the compacting Ready with the
+/// one that asked, so the read finds the range gone and answers with nothing: the leader must
+/// fall back to its snapshot at once. Regression: `phalanx-bench --checkpoint-every 1000`
+/// with 256 clients on one partition stopped a shard ("entries … out of range"), and the
+/// core ignored an answer whose preceding entry had been compacted.
+#[test]
+fn fetch_overtaken_by_compaction_falls_back_to_snapshot() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.log_cache_entries = 2;
+        cfg.max_entries_per_append = 3;
+    });
+    c.elect(1);
+    c.isolate(3);
+    fill(&mut c, 1, "a", 10);
+    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
+    fill(&mut c, 1, "b", 3);
+    c.hold_fetches = true;
+    c.heal();
+    for _ in 0..10 {
+        if !c.held_fetches.is_empty() {
+            break;
+        }
+        c.tick_all();
+    }
+    let held = std::mem::take(&mut c.held_fetches);
+    assert!(held.iter().any(|(id, f)| *id == 1 && f.to == 3), "the leader read entries back for node 3");
+    let floor = c.compact(1).unwrap();
+    c.process(1);
+    assert!(held.iter().all(|(_, f)| f.lo <= floor), "the fetched range is compacted now");
+    c.clear_net();
+    for (_, f) in held {
+        c.raft_mut(1).on_entries_fetched(f.to, f.lo, Vec::new());
+    }
+    c.hold_fetches = false;
+    c.process(1);
+    assert!(
+        c.net.iter().any(|m| m.to == 3 && matches!(m.body, Some(Body::Snapshot(_)))),
+        "the empty answer turns into a snapshot for node 3 without waiting for a tick: {:?}",
+        c.net.iter().map(kind).collect::<Vec<_>>()
+    );
+    c.ticks(4);
+    assert_eq!(c.node(3).applied_strings(), c.node(1).applied_strings());
+}
+
 /// §7 / Figure 13: the follower acknowledges a snapshot only once it is durable: the final
 /// InstallSnapshot answer travels in `persisted_messages` of the Ready carrying the snapshot.
 #[test]

@@ -97,13 +97,15 @@ impl RaftGroup {
         let fits = pr.next == lo && !pr.is_paused(window);
         let well_formed = entries.first().is_some_and(|e| e.index == lo)
             && entries.iter().zip(lo..).all(|(e, i)| e.index == i && self.log.term(i) == Some(e.term));
-        let Some(prev_term) = self.log.term(lo - 1) else { return };
-        if !(fits && well_formed) || self.role != Role::Leader {
+        // The entry before them may have been compacted since the fetch was asked (a
+        // checkpoint): then the follower needs a snapshot, which the next send decides.
+        let prev_term = self.log.term(lo - 1);
+        let Some(prev_term) = prev_term.filter(|_| fits && well_formed && self.role == Role::Leader) else {
             if self.role == Role::Leader {
                 self.send_appends(to, IfEmpty::Skip);
             }
             return;
-        }
+        };
         let last = lo + entries.len() as u64 - 1;
         let req = AppendEntriesRequest {
             term: self.term,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use phalanx_proto::{LogEntry, RaftMessage};
-use phalanx_storage::{AnyStore, LogStore, PartitionWrite, WriteBatch};
+use phalanx_storage::{AnyStore, LogStore, PartitionWrite, StorageError, WriteBatch};
 
 use super::snapshots::SnapshotStore;
 use crate::raft::{LogFetch, Snapshot};
@@ -126,6 +126,13 @@ pub(crate) async fn run(
                     for (p, f) in job.fetches {
                         match store.entries(p, f.lo, f.hi, f.max_bytes as u64).await {
                             Ok(entries) => fetched.push((p, f, entries)),
+                            // A later Ready merged into this batch compacted the range (a
+                            // checkpoint was applied meanwhile): nothing to send. The core
+                            // takes an empty answer as "ask again", and the follower now
+                            // needs a snapshot.
+                            Err(StorageError::OutOfRange { first, .. }) if f.lo < first => {
+                                fetched.push((p, f, Vec::new()));
+                            }
                             Err(e) => {
                                 // The entries are durable and above the floor: failing to read
                                 // them back is a storage failure, fatal like a failed write.
@@ -213,6 +220,54 @@ mod tests {
         assert_eq!(p1.hard_state.map(|h| h.commit), Some(3));
         assert_eq!(p1.compact_to, Some(1));
         assert_eq!(a.partitions.len(), 2);
+    }
+
+    /// Regression: a fetch asked in one Ready and a compaction decided in a later one are
+    /// merged into one batch; the fetch, read after the batch, finds its range compacted. That
+    /// is no storage failure: the answer is empty (the core then sends a snapshot), and the
+    /// jobs after it still complete.
+    #[test]
+    fn fetch_overtaken_by_a_merged_compaction_answers_empty() {
+        use phalanx_storage::memory::MemoryStore;
+        let ex = glommio::LocalExecutorBuilder::default().make().expect("an executor");
+        let done = ex.run(async {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let snapshots = SnapshotStore::open(dir.path()).expect("a snapshot directory");
+            let store = AnyStore::Memory(MemoryStore::new(phalanx_storage::StoreOptions::default()));
+            let job = |number, partitions, fetches| WriteJob {
+                number,
+                batch: WriteBatch { partitions, meta: vec![] },
+                snapshots: vec![],
+                persisted_messages: vec![],
+                fetches,
+            };
+            let (jobs, rx) = flume::unbounded();
+            let (tx, done) = flume::unbounded();
+            let write = |entries: Vec<LogEntry>, compact_to| PartitionWrite {
+                partition: 1,
+                entries,
+                compact_to,
+                ..Default::default()
+            };
+            let fetch = LogFetch { to: 2, lo: 2, hi: 5, max_bytes: 1 << 20 };
+            // Queued before the writer runs, so all three merge into one batch.
+            jobs.send(job(1, vec![write((1..=10).map(e).collect(), None)], vec![(1, fetch)])).unwrap();
+            jobs.send(job(2, vec![write(vec![], Some(8))], vec![])).unwrap();
+            jobs.send(job(3, vec![write(vec![e(11)], None)], vec![(1, LogFetch { lo: 9, hi: 12, ..fetch })]))
+                .unwrap();
+            drop(jobs);
+            run(store, snapshots, rx, tx).await;
+            done.drain().collect::<Vec<Completion>>()
+        });
+        assert_eq!(done.iter().map(|c| c.number).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(
+            done.iter().all(|c| c.result.is_ok()),
+            "{:?}",
+            done.iter().map(|c| &c.result).collect::<Vec<_>>()
+        );
+        assert!(done[0].fetched[0].2.is_empty(), "the compacted range reads as nothing");
+        let later: Vec<u64> = done[2].fetched[0].2.iter().map(|e| e.index).collect();
+        assert_eq!(later, vec![9, 10, 11], "ranges above the floor still read back");
     }
 
     #[test]

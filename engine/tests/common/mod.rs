@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use phalanx::hlc::Ticket;
 use phalanx::raft::{
-    Config, Membership, NodeId, Proposal, ProposalKind, Proposed, RaftGroup, ReadState, Ready, RestoreState,
-    Role, Snapshot, Status,
+    Config, LogFetch, Membership, NodeId, Proposal, ProposalKind, Proposed, RaftGroup, ReadState, Ready,
+    RestoreState, Role, Snapshot, Status,
 };
 use phalanx_proto::{
     AppendEntriesRequest, ConfChange, ConfChangeType, EntryKind, HardState, LogEntry, RaftMessage,
@@ -280,6 +280,11 @@ pub struct Cluster {
     pub trace: Vec<RaftMessage>,
     /// Results of stepping delivered messages that were errors, with the message kind.
     pub step_errors: Vec<(NodeId, &'static str, Status)>,
+    /// When set, `process` keeps the fetches it would answer in `held_fetches` (for tests of
+    /// what may happen between a fetch and its answer).
+    pub hold_fetches: bool,
+    /// Fetches held back, with the node that asked.
+    pub held_fetches: Vec<(NodeId, LogFetch)>,
 }
 
 impl Cluster {
@@ -307,6 +312,8 @@ impl Cluster {
             down: BTreeSet::new(),
             trace: Vec::new(),
             step_errors: Vec::new(),
+            hold_fetches: false,
+            held_fetches: Vec::new(),
         }
     }
 
@@ -399,6 +406,10 @@ impl Cluster {
         n.raft.advance(rd.number);
         // Entries the leader dropped from memory, read back from the durable store.
         for f in &rd.fetches {
+            if self.hold_fetches {
+                self.held_fetches.push((id, *f));
+                continue;
+            }
             let entries = n.store.read(f.lo, f.hi);
             n.raft.on_entries_fetched(f.to, f.lo, entries);
         }
