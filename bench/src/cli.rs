@@ -62,7 +62,7 @@ pub struct Args {
     /// Shards (cores) per node.
     #[arg(long, default_value_t = 1, help_heading = "Embedded cluster")]
     pub cores_per_node: usize,
-    /// User partitions [default: 64; idle: 10000; failover and recovery: 64; remote: the
+    /// User partitions [default: 64; idle: 10000; openraft: 1, its one Raft group; remote: the
     /// cluster's].
     #[arg(long, help_heading = "Embedded cluster")]
     pub partitions: Option<u32>,
@@ -107,6 +107,12 @@ pub struct Args {
     /// Entries per request [default: 1; openraft: the sweep 1 and 4].
     #[arg(long, help_heading = "Load")]
     pub batch: Option<usize>,
+    /// An application's checkpoint policy: after every N entries written to a partition, the
+    /// client that wrote the Nth asks for a checkpoint there, and the log is compacted behind
+    /// it (0: never, the log grows for the whole run) [default: 0; openraft: 5000, openraft's
+    /// snapshot policy].
+    #[arg(long, help_heading = "Load")]
+    pub checkpoint_every: Option<u64>,
     /// How requests pick partitions.
     #[arg(long, value_enum, default_value_t = KeysArg::Uniform, help_heading = "Load")]
     pub keys: KeysArg,
@@ -255,6 +261,8 @@ pub struct Settings {
     pub keys_per_partition: u64,
     /// Entries per request.
     pub batch: usize,
+    /// Entries per partition between checkpoints (0: none).
+    pub checkpoint_every: u64,
     /// Partition choice.
     pub keys: KeyDistribution,
     /// Measured time.
@@ -281,6 +289,8 @@ const MAX_VALUE_BYTES: usize = 8 << 20;
 const MAX_KEY_BYTES: usize = phalanx::kv::MAX_KEY_BYTES;
 /// Most clients (each is a task; remote mode multiplexes them over few connections).
 const MAX_CLIENTS: usize = 100_000;
+/// Largest `--checkpoint-every` (a billion entries per partition is "never" in practice).
+const MAX_CHECKPOINT_EVERY: u64 = 1_000_000_000;
 /// Most driver threads.
 const MAX_DRIVERS: usize = 64;
 /// Driver threads of an embedded run unless `--drivers` says otherwise. One thread runs 256
@@ -376,6 +386,8 @@ impl Settings {
                 return Err(format!("--partitions {p}: at most {}", phalanx::config::MAX_PARTITIONS));
             }
             Some(p) => p,
+            // openraft's benchmark drives one Raft group through its leader.
+            None if openraft => 1,
             None => match (scenario, smoke) {
                 (ScenarioArg::Idle, false) => 10_000,
                 (ScenarioArg::Idle, true) => 200,
@@ -487,6 +499,13 @@ impl Settings {
             Some(b) => vec![b],
             None => profiles::OPENRAFT_BATCHES.to_vec(),
         };
+        let checkpoint_every =
+            a.checkpoint_every.unwrap_or(if openraft { profiles::OPENRAFT_CHECKPOINT_EVERY } else { 0 });
+        if checkpoint_every > MAX_CHECKPOINT_EVERY {
+            return Err(format!(
+                "--checkpoint-every {checkpoint_every}: at most {MAX_CHECKPOINT_EVERY} (0: never)"
+            ));
+        }
         if openraft && a.plot.is_some() {
             return Err("--plot: the openraft sweep is a table; plot one row with --profile custom".into());
         }
@@ -523,6 +542,7 @@ impl Settings {
             key_size,
             keys_per_partition: a.keys_per_partition,
             batch,
+            checkpoint_every,
             keys: match a.keys {
                 KeysArg::Uniform => KeyDistribution::Uniform,
                 KeysArg::Zipfian => KeyDistribution::Zipfian,
@@ -571,6 +591,8 @@ mod tests {
         assert_eq!((s.transport, s.wal, s.value_size), (TransportKind::Memory, StorageKind::Memory, 0));
         assert_eq!(s.sweep_clients, vec![1, 64, 256, 4096]);
         assert_eq!(s.sweep_batches, vec![1, 4]);
+        assert_eq!((s.partitions, s.checkpoint_every), (1, 5_000), "one group, openraft's snapshot policy");
+        assert_eq!(settings(&[]).unwrap().checkpoint_every, 0, "the quick start never checkpoints");
         let s = settings(&["--scenario", "idle"]).unwrap();
         assert_eq!(s.partitions, 10_000);
     }
@@ -592,6 +614,7 @@ mod tests {
             (&["--wal", "nope"][..], "--wal"),
             (&["--partitions", "0"][..], "--partitions"),
             (&["--batch", "0"][..], "--batch"),
+            (&["--checkpoint-every", "2000000000"][..], "--checkpoint-every"),
             (&["--value-size", "99999999999"][..], "--value-size"),
             (&["--scenario", "failover", "--nodes", "1"][..], "failover"),
             (&["--clients", "abc"][..], "invalid value"),

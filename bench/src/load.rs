@@ -138,6 +138,8 @@ pub struct LoadOpts {
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
+    /// Checkpoint a partition after every this many entries written to it (0: never).
+    pub checkpoint_every: u64,
     /// Stop once this many requests completed (warm-up included), before `duration` if
     /// sooner (used to fill a WAL with a known number of entries).
     pub stop_after_ops: Option<u64>,
@@ -179,6 +181,10 @@ pub struct LoadResult {
     pub not_found: u64,
     /// Failed requests by status, measured window.
     pub errors: BTreeMap<String, u64>,
+    /// Checkpoints asked for (`checkpoint_every`), warm-up included.
+    pub checkpoints: u64,
+    /// Checkpoints that did not succeed (leadership moved, busy, ...).
+    pub checkpoint_failures: u64,
     /// Length of the measured window.
     pub elapsed: Duration,
     /// The measured window second by second.
@@ -229,6 +235,18 @@ struct Shared {
     ops: AtomicU64,
     /// Requests completed at all (for `stop_after_ops`).
     completed: AtomicU64,
+    /// Entries written per partition (index `p - 1`), warm-up included: the checkpoint policy.
+    written: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// Counts `n` entries written to partition `p`; true when they cross a multiple of
+    /// `every`, so exactly one writer asks for each checkpoint.
+    fn checkpoint_due(&self, p: u64, n: u64, every: u64) -> bool {
+        let Some(c) = self.written.get((p.max(1) - 1) as usize) else { return false };
+        let before = c.fetch_add(n, Ordering::Relaxed);
+        every > 0 && (before + n) / every > before / every
+    }
 }
 
 struct DriverOut {
@@ -240,6 +258,8 @@ struct DriverOut {
     reads: u64,
     not_found: u64,
     errors: BTreeMap<String, u64>,
+    checkpoints: u64,
+    checkpoint_failures: u64,
 }
 
 impl DriverOut {
@@ -254,6 +274,8 @@ impl DriverOut {
             reads: 0,
             not_found: 0,
             errors: BTreeMap::new(),
+            checkpoints: 0,
+            checkpoint_failures: 0,
         }
     }
 }
@@ -366,6 +388,20 @@ async fn client(
                 }
             }
         }
+        // The application's checkpoint policy: the writer that crosses the mark asks for it
+        // before its next request, as an application would between its own writes (not timed
+        // as a request; its time shows as this client's absence).
+        if kind != OpKind::Get
+            && outcome.success()
+            && shared.checkpoint_due(p, opts.batch as u64, opts.checkpoint_every)
+        {
+            let ok = target.checkpoint(p).await;
+            let mut o = out.borrow_mut();
+            o.checkpoints += 1;
+            if !ok {
+                o.checkpoint_failures += 1;
+            }
+        }
         if busy {
             crate::driver::sleep(BUSY_PAUSE).await;
         }
@@ -387,6 +423,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
         started: OnceLock::new(),
         ops: AtomicU64::new(0),
         completed: AtomicU64::new(0),
+        written: (0..opts.keys.partitions()).map(|_| AtomicU64::new(0)).collect(),
     });
     // One histogram per second for the timeline; a run that stops after a count (filling a
     // WAL) has no timeline, and an hour of per-second histograms would cost 150 MB.
@@ -475,6 +512,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
     let mut secs: Vec<Histogram<u64>> = (0..seconds).map(|_| histogram(2)).collect();
     let mut sec_errors = vec![0u64; seconds];
     let (mut ops, mut entries, mut reads, mut not_found) = (0, 0, 0, 0);
+    let (mut checkpoints, mut checkpoint_failures) = (0, 0);
     let mut errors = BTreeMap::new();
     let mut first_error = None;
     for j in joins {
@@ -491,6 +529,8 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
                 entries += o.entries;
                 reads += o.reads;
                 not_found += o.not_found;
+                checkpoints += o.checkpoints;
+                checkpoint_failures += o.checkpoint_failures;
                 for (k, v) in o.errors {
                     *errors.entry(k).or_default() += v;
                 }
@@ -525,7 +565,18 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
             }
         })
         .collect();
-    Ok(LoadResult { latency, ops, entries, reads, not_found, errors, elapsed, per_second })
+    Ok(LoadResult {
+        latency,
+        ops,
+        entries,
+        reads,
+        not_found,
+        errors,
+        checkpoints,
+        checkpoint_failures,
+        elapsed,
+        per_second,
+    })
 }
 
 /// Writes every key of the key space once (`value_size` bytes each), so gets find values.

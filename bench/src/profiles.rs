@@ -55,6 +55,9 @@ pub const ETCD_MAX_STDDEV_SECS: f64 = 0.1;
 pub const OPENRAFT_CLIENTS: [usize; 4] = [1, 64, 256, 4096];
 /// openraft sweep: entries per request.
 pub const OPENRAFT_BATCHES: [usize; 2] = [1, 4];
+/// openraft's default snapshot policy (`SnapshotPolicy::LogsSinceLast(5000)`): its in-memory
+/// log is purged behind a snapshot every 5,000 entries; the sweep checkpoints as often.
+pub const OPENRAFT_CHECKPOINT_EVERY: u64 = 5_000;
 /// The sweep row the target is about (256 clients, batch 1).
 pub const OPENRAFT_HEADLINE: (usize, usize) = (256, 1);
 
@@ -159,6 +162,8 @@ mod tests {
             reads: 0,
             not_found: 0,
             errors: errors.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            checkpoints: 0,
+            checkpoint_failures: 0,
             elapsed: Duration::from_secs(secs),
             per_second: Vec::new(),
         }

@@ -35,6 +35,8 @@ pub struct Meta {
     pub key_size: usize,
     /// Entries per request.
     pub batch: usize,
+    /// Entries per partition between the application's checkpoints (0: none).
+    pub checkpoint_every: u64,
     /// `closed`, `open` or `limited`.
     pub pacing: String,
     /// Target requests/s (open and limited pacing).
@@ -93,6 +95,7 @@ impl Report {
             "value_size": m.value_size,
             "key_size": m.key_size,
             "batch": m.batch,
+            "checkpoint_every": m.checkpoint_every,
             "pacing": m.pacing,
             "target_rate": m.target_rate,
             "transport": m.transport,
@@ -122,6 +125,8 @@ impl Report {
                 "stddev_us": l.latency.stdev(),
                 "errors": l.error_count(),
                 "errors_by_status": l.errors,
+                "checkpoints": l.checkpoints,
+                "checkpoint_failures": l.checkpoint_failures,
                 "timeline": l.per_second.iter().map(|s| json!({
                     "ops": s.ops, "errors": s.errors, "p50_us": s.p50_us, "p90_us": s.p90_us,
                     "p99_us": s.p99_us, "p999_us": s.p999_us, "max_us": s.max_us,
@@ -131,7 +136,8 @@ impl Report {
                 "duration_secs": null, "ops": null, "entries": null, "reads": null, "not_found": null,
                 "ops_per_sec": null, "entries_per_sec": null, "p50_us": null, "p90_us": null,
                 "p99_us": null, "p999_us": null, "max_us": null, "mean_us": null, "stddev_us": null,
-                "errors": 0, "errors_by_status": {}, "timeline": [],
+                "errors": 0, "errors_by_status": {}, "checkpoints": 0, "checkpoint_failures": 0,
+                "timeline": [],
             }),
         };
         if let (Some(obj), Value::Object(l)) = (v.as_object_mut(), load) {
@@ -205,6 +211,12 @@ impl Report {
             ));
             if l.entries != l.ops && l.entries > 0 {
                 s.push_str(&format!("  entries/s: {:.0}\n", l.entries_per_sec()));
+            }
+            if l.checkpoints > 0 {
+                s.push_str(&format!(
+                    "  checkpoints: {} (one per {} entries per partition), {} failed\n",
+                    l.checkpoints, self.meta.checkpoint_every, l.checkpoint_failures
+                ));
             }
             if l.reads > 0 {
                 s.push_str(&format!("  reads: {} ({} found nothing)\n", l.reads, l.not_found));

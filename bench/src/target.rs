@@ -10,7 +10,8 @@ use bytes::Bytes;
 use phalanx::kv::KV_LOG_TYPE;
 use phalanx::{NodeHandle, Status};
 use phalanx_proto::{
-    AppendRequest, GetRequest, GetResponse, KvCommand, Message, PutRequest, client_request, kv_command,
+    AppendRequest, CheckpointRequest, GetRequest, GetResponse, KvCommand, Message, PutRequest,
+    client_request, kv_command,
 };
 
 use crate::remote::{CallError, RemotePool};
@@ -74,6 +75,33 @@ impl Target {
         match self {
             Target::Embedded(handles) => embedded(handles, kind, p, keys, value, batch).await,
             Target::Remote(pool) => remote(pool, kind, p, keys, value, batch).await,
+        }
+    }
+}
+
+impl Target {
+    /// Asks partition `p`'s leader for a checkpoint (the log is compacted behind it once
+    /// applied); true when it was replicated.
+    pub async fn checkpoint(&self, p: u64) -> bool {
+        match self {
+            Target::Embedded(handles) => {
+                for _ in 0..EMBEDDED_NO_LEADER_TRIES {
+                    let Some(h) = leader_of(handles, p) else {
+                        crate::driver::sleep(NO_LEADER_PAUSE).await;
+                        continue;
+                    };
+                    match h.replicate_checkpoint(p).await.status {
+                        Status::Success => return true,
+                        Status::NodeIsNotLeader => continue,
+                        _ => return false,
+                    }
+                }
+                false
+            }
+            Target::Remote(pool) => call_outcome(
+                pool.call(p, client_request::Op::Checkpoint(CheckpointRequest { partition: p })).await,
+            )
+            .success(),
         }
     }
 }

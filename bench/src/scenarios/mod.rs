@@ -70,6 +70,7 @@ pub fn meta(s: &Settings) -> Meta {
         value_size: s.value_size,
         key_size: s.key_size,
         batch: s.batch,
+        checkpoint_every: s.checkpoint_every,
         pacing: s.pacing.name().into(),
         target_rate: s.pacing.rate(),
         transport: if remote { "remote".into() } else { s.transport.name().into() },

@@ -38,6 +38,8 @@ fn fill(s: &Settings, spec: &TargetSpec, entries: u64) -> Result<u64, String> {
         pacing: Pacing::Closed,
         duration: FILL_TIMEOUT,
         warmup: Duration::ZERO,
+        // The WAL must hold every entry written: no compaction.
+        checkpoint_every: 0,
         stop_after_ops: Some(entries.div_ceil(batch)),
         progress: false,
     };

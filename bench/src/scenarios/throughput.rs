@@ -87,6 +87,7 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
         pacing: s.pacing,
         duration: s.duration,
         warmup: s.warmup,
+        checkpoint_every: s.checkpoint_every,
         stop_after_ops: None,
         progress: true,
     };

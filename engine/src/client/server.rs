@@ -19,9 +19,10 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
 use phalanx_proto::{
-    AppendResponse, AppendValueResponse, CasResponse, ClientError, ClientErrorCode, ClientRequest,
-    ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand, Message, NodeInfo, PartitionInfo,
-    PutResponse, StatusResponse, TransferLeaderResponse, client_request, client_response, kv_command,
+    AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientError, ClientErrorCode,
+    ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand, Message, NodeInfo,
+    PartitionInfo, PutResponse, StatusResponse, TransferLeaderResponse, client_request, client_response,
+    kv_command,
 };
 
 use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
@@ -335,6 +336,16 @@ async fn dispatch(
                 return Err(status_error(ctx, p, r.status));
             }
             R::Append(AppendResponse { partition: p, log_index: r.log_index, ticket: Some(r.ticket.into()) })
+        }
+        Op::Checkpoint(c) => {
+            if c.partition == 0 || u64::from(ctx.handle.partitions()) < c.partition {
+                return Err(error(ClientErrorCode::Invalid, format!("no partition {}", c.partition)));
+            }
+            let r = ctx.handle.replicate_checkpoint(c.partition).await;
+            if !r.success() {
+                return Err(status_error(ctx, c.partition, r.status));
+            }
+            R::Checkpoint(CheckpointResponse { partition: c.partition, log_index: r.log_index })
         }
         Op::Status(_) => {
             // Nodes from the configuration, completed by what they announced through the

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use phalanx::client::{Client, ClientFailure};
 use phalanx_proto::{
-    AppendRequest, CasRequest, ClientErrorCode, DeleteRequest, GetRequest, PutRequest, StatusRequest,
-    StatusResponse, TransferLeaderRequest, client_request::Op, client_response::Result as R,
+    AppendRequest, CasRequest, CheckpointRequest, ClientErrorCode, DeleteRequest, GetRequest, PutRequest,
+    StatusRequest, StatusResponse, TransferLeaderRequest, client_request::Op, client_response::Result as R,
 };
 
 /// How long ctl keeps retrying while a partition has no leader or leadership moves.
@@ -69,6 +69,9 @@ enum CtlCommand {
     },
     /// Asks the leader of PARTITION to hand leadership to node TARGET.
     TransferLeader { partition: u64, target: u64 },
+    /// Replicates a checkpoint on PARTITION: once applied, every replica snapshots the
+    /// partition and compacts its log below the checkpoint.
+    Checkpoint { partition: u64 },
 }
 
 /// Runs a ctl command; the exit code says whether it succeeded.
@@ -136,6 +139,12 @@ pub fn run(a: CtlArgs) -> ExitCode {
         CtlCommand::TransferLeader { partition, target } => ctl
             .write(Op::TransferLeader(TransferLeaderRequest { partition, target }))
             .map(|_| "OK".to_string()),
+        CtlCommand::Checkpoint { partition } => {
+            ctl.write(Op::Checkpoint(CheckpointRequest { partition })).map(|r| match r {
+                R::Checkpoint(c) => format!("OK (partition {}, index {})", c.partition, c.log_index),
+                other => format!("{other:?}"),
+            })
+        }
     };
     match outcome {
         Ok(out) => {
