@@ -67,9 +67,10 @@ fn simulator_sweep() {
     let snapshots: u64 = reports.iter().map(|r| r.snapshots).sum();
     let live = reports.iter().filter(|r| r.liveness_checked).count();
     let fetches: u64 = reports.iter().map(|r| r.fetches).sum();
+    let overtaken: u64 = reports.iter().map(|r| r.fetches_overtaken).sum();
     println!(
         "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} snapshots={snapshots} \
-         liveness-checked={live} fetches={fetches} wall={:.1}s)",
+         liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} wall={:.1}s)",
         seeds.len(),
         total_steps,
         violations,

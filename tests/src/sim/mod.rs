@@ -147,6 +147,8 @@ pub struct Report {
     pub liveness_checked: bool,
     /// Entry reads from disk for followers (the leader no longer held them in memory).
     pub fetches: u64,
+    /// Fetches whose range a compaction removed before they were read.
+    pub fetches_overtaken: u64,
     /// Each node's view of each group at the end (for debugging a failing seed).
     pub final_state: String,
 }
@@ -165,6 +167,7 @@ pub struct Sim {
     trace: std::collections::hash_map::DefaultHasher,
     crashes: u64,
     fetches: u64,
+    fetches_overtaken: u64,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
     trace_from: Option<u64>,
 }
@@ -194,6 +197,7 @@ impl Sim {
             trace: Default::default(),
             crashes: 0,
             fetches: 0,
+            fetches_overtaken: 0,
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             cfg,
         }
@@ -223,6 +227,7 @@ impl Sim {
             crashes: self.crashes,
             liveness_checked: self.cfg.liveness_expected(),
             fetches: self.fetches,
+            fetches_overtaken: self.fetches_overtaken,
         }
     }
 
@@ -440,13 +445,23 @@ impl Sim {
         }
         self.nodes[i].multi.advance(w.number);
         self.fetches += fetches.len() as u64;
-        for (gid, f) in fetches {
-            let entries = self.nodes[i]
-                .disk
-                .groups
-                .get(&gid)
-                .map(|d| d.read(f.lo, f.hi, f.max_bytes))
-                .unwrap_or_default();
+        // Fetches held back by the previous write are read now, after this one (which may
+        // have compacted their range). A new fetch is held back like that half the time when
+        // another write is queued behind this one, as the runtime's writer merges them.
+        let mut answer = std::mem::take(&mut self.nodes[i].held_fetches);
+        for f in fetches {
+            if !self.nodes[i].pending.is_empty() && self.rng.range(0, 2) == 0 {
+                self.nodes[i].held_fetches.push(f);
+            } else {
+                answer.push(f);
+            }
+        }
+        for (gid, f) in answer {
+            let disk = self.nodes[i].disk.groups.get(&gid);
+            if disk.is_some_and(|d| d.floor.0 >= f.lo) {
+                self.fetches_overtaken += 1;
+            }
+            let entries = disk.map(|d| d.read(f.lo, f.hi, f.max_bytes)).unwrap_or_default();
             self.nodes[i].multi.update(gid, |g| g.on_entries_fetched(f.to, f.lo, entries));
         }
     }

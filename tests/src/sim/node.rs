@@ -106,6 +106,9 @@ pub struct SimNode {
     pub local_snapshots: BTreeMap<GroupId, Snapshot>,
     /// Read answers received, not yet checked.
     pub reads: Vec<(GroupId, ReadState)>,
+    /// Fetches whose read waits for the next write to complete (the runtime's writer reads
+    /// a job's fetches after the whole merged batch, later Readies' compactions included).
+    pub held_fetches: Vec<(GroupId, phalanx::raft::LogFetch)>,
     /// Configuration template for this node's groups.
     template: Config,
 }
@@ -142,6 +145,7 @@ impl SimNode {
             sms: BTreeMap::new(),
             local_snapshots: BTreeMap::new(),
             reads: Vec::new(),
+            held_fetches: Vec::new(),
             template: template.clone(),
         };
         for &g in groups {
@@ -158,6 +162,7 @@ impl SimNode {
         self.sms.clear();
         self.local_snapshots.clear();
         self.reads.clear();
+        self.held_fetches.clear();
         self.multi = MultiRaft::new();
     }
 
