@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use phalanx_storage::StorageKind;
+use phalanx_storage::{FaultInjector, StorageKind};
 
 use crate::raft::{Config as RaftConfig, NodeId};
 
@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub leader_balance_interval_ms: u64,
     /// Per-group Raft tuning (id, group and seed are filled in per group).
     pub raft: RaftConfig,
+    /// Faults to inject into every shard's log store: tests arm a failing write or fsync to
+    /// prove a storage failure stops the shard and fails its requests. `None` in production.
+    pub store_faults: Option<FaultInjector>,
 }
 
 impl NodeConfig {
@@ -88,6 +91,7 @@ impl NodeConfig {
             max_entry_bytes: 8 << 20,
             leader_balance_interval_ms: 2_000,
             raft,
+            store_faults: None,
         }
     }
 

@@ -177,10 +177,12 @@ impl NodeHandle {
 
     // ----- leadership -----
 
-    /// Whether this node led `partition` when its shard last reported (no round trip).
+    /// Whether this node led `partition` when its shard last reported (no round trip). False
+    /// once the node failed: its last report is stale and it answers nothing.
     #[must_use]
     pub fn am_i_leader_quick(&self, partition: PartitionId) -> bool {
-        self.inner.shared.leader(partition).is_some_and(|(l, _)| l == self.node_id())
+        !self.inner.shared.is_failed()
+            && self.inner.shared.leader(partition).is_some_and(|(l, _)| l == self.node_id())
     }
 
     /// The leader of `partition` as this node last saw it, and its term.

@@ -273,3 +273,55 @@ fn nodes_with_different_core_counts_route_through_the_bus() {
         }
     }
 }
+
+/// A storage failure stops the shard loudly, and nobody waits on it: requests in flight or
+/// queued in its inbox when it stopped, and every request sent to it afterwards, are
+/// answered `Errored`; the node reports why and no longer claims to lead. Regression: a
+/// benchmark client waited forever on a request queued in a stopped shard's inbox.
+#[test]
+fn a_failed_shard_answers_every_request() {
+    const THREADS: usize = 16;
+    const CALLS_AFTER_FAILURE: usize = 50;
+    let net = MemoryNetwork::new(MemoryConfig::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = 1;
+    cfg.tick_interval_ms = 10;
+    let faults = phalanx_storage::FaultInjector::new();
+    cfg.store_faults = Some(faults.clone());
+    let node = Node::start(cfg, net.factory(1), kv_factory()).expect("node starts");
+    let h = node.handle();
+    block_on(h.wait_for_leader(1, Duration::from_secs(10))).expect("a leader");
+    assert_eq!(block_on(h.replicate(1, "t", Bytes::from_static(b"ok"))).status, Status::Success);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for _ in 0..THREADS {
+        let (h, done) = (h.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut after = 0;
+            let mut statuses = Vec::new();
+            while after < CALLS_AFTER_FAILURE {
+                let s = block_on(h.replicate(1, "t", Bytes::from_static(b"x"))).status;
+                if s != Status::Success {
+                    after += 1;
+                }
+                statuses.push(s);
+            }
+            let _ = done.send(statuses);
+        });
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    faults.fail_next_sync();
+    let mut failed = 0;
+    for _ in 0..THREADS {
+        let statuses = done_rx.recv_timeout(Duration::from_secs(30)).expect("every request is answered");
+        assert!(statuses.iter().all(|s| matches!(s, Status::Success | Status::Errored)), "{statuses:?}");
+        failed += statuses.iter().filter(|s| **s == Status::Errored).count();
+    }
+    assert_eq!(failed, THREADS * CALLS_AFTER_FAILURE);
+    assert!(h.failure().is_some_and(|f| f.contains("sync")), "{:?}", h.failure());
+    assert!(!h.am_i_leader_quick(1), "a failed node does not claim leadership");
+}

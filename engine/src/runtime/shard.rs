@@ -134,13 +134,37 @@ fn physical_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A stopped shard answers nothing, but handles may still send to its inbox, and requests
+/// already queued there would wait forever: a thread takes the inbox over and refuses every
+/// request with `Errored` until the last sender is gone (the node and every handle dropped).
+fn refuse_from_now_on(shard: usize, inbox: flume::Receiver<ShardMsg>) {
+    let refuse = |m| {
+        if let ShardMsg::Request(r) = m {
+            r.refuse(Status::Errored);
+        }
+    };
+    let queued = inbox.clone();
+    let spawned = std::thread::Builder::new().name(format!("phalanx-stopped-s{shard}")).spawn(move || {
+        while let Ok(m) = inbox.recv() {
+            refuse(m);
+        }
+    });
+    if let Err(e) = spawned {
+        // At least what is queued now gets its answer.
+        tracing::warn!(shard, "no thread to refuse requests to a stopped shard: {e}");
+        while let Ok(m) = queued.try_recv() {
+            refuse(m);
+        }
+    }
+}
+
 impl<T: Transport> Shard<T> {
     /// Opens the shard's WAL and snapshots, restores every partition it owns, and replays
     /// nothing yet (replay happens through the normal apply path).
     pub(crate) async fn open(setup: ShardSetup, transport: T) -> Result<Self, String> {
         let ShardSetup { shard, shards, cfg, inbox, bus, shared, state_machines } = setup;
         let dir = cfg.wal_shard_dir(shard);
-        let opts = StoreOptions { sync_writes: cfg.sync_writes, ..StoreOptions::default() };
+        let opts = StoreOptions { sync_writes: cfg.sync_writes, faults: cfg.store_faults.clone() };
         let store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
             format!("shard {shard}: opening the {} store in {}: {e}", cfg.wal.name(), dir.display())
         })?;
@@ -296,6 +320,7 @@ impl<T: Transport> Shard<T> {
         for w in self.leader_waiters.drain(..) {
             let _ = w.reply.send(Err(Status::Errored));
         }
+        refuse_from_now_on(self.id, self.inbox.clone());
         // Closing the job channel lets the writer finish what it holds and close the store.
         self.jobs = None;
         if let Some(t) = self.writer_task.take() {
