@@ -3,6 +3,7 @@
 //! and SIGTERM would end the process before that, so a signal thread removes the
 //! registered directories and exits (status 130) instead.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -45,7 +46,12 @@ pub fn install() {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
-            eprintln!("\nphalanx-bench: interrupted (signal {sig}); temporary data removed");
+            // Not eprintln!: with stderr gone (a closed pipe) it panics, and this thread would
+            // die before the exit, leaving the process running.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nphalanx-bench: interrupted (signal {sig}); temporary data removed"
+            );
             std::process::exit(INTERRUPTED_EXIT);
         }
     });

@@ -468,7 +468,17 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
         })?;
         joins.push(j);
     }
-    let done = |s: &Shared| opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n);
+    // A node that failed (a storage error stops its shard) ends the run with its reason
+    // instead of measuring a broken cluster.
+    let failure = || match spec {
+        TargetSpec::Embedded(handles) => {
+            handles.iter().find_map(|h| h.failure().map(|f| format!("node {} failed: {f}", h.node_id())))
+        }
+        TargetSpec::Remote(..) => None,
+    };
+    let done = |s: &Shared| {
+        opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n) || failure().is_some()
+    };
     let warm_until = Instant::now() + opts.warmup;
     while Instant::now() < warm_until && !done(&shared) {
         std::thread::sleep(
@@ -543,7 +553,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
             }
         }
     }
-    if let Some(e) = first_error {
+    if let Some(e) = failure().or(first_error) {
         return Err(e);
     }
     // A window cut short (stop_after_ops) has fewer seconds than planned.
