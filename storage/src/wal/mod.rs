@@ -2,7 +2,7 @@
 //! io_uring).
 //!
 //! One store per shard, in `DATA/shard-<i>/` (see [`crate::shard_dir`]). Every `write` becomes
-//! one batch — one aligned write and one `fdatasync` — holding all records of all partitions
+//! one batch — one aligned `O_DSYNC` write, durable when it completes — holding all records of all partitions
 //! (entries, hard states, snapshot/compaction floors, removals, metadata), so the group commit
 //! of a shard's loop turn costs a single sync. See [`format`] for the layout, `recovery` for
 //! what `open` accepts, `gc` for how segments are reclaimed, and `load` for how a restart
@@ -271,7 +271,7 @@ impl WalStore {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         let lock = Rc::new(lock_dir(&dir).await?);
-        let rec = recovery::recover(&dir, opts.segment_bytes).await?;
+        let rec = recovery::recover(&dir, opts.segment_bytes, opts.store.sync_writes).await?;
         let mut store = WalStore {
             dir,
             opts,
@@ -295,6 +295,7 @@ impl WalStore {
                 Vec::new(),
                 std::mem::take(&mut store.spares),
                 store.opts.spare_segments_max,
+                store.opts.store.sync_writes,
             )
             .await?;
             let seg = store.finish_prepare(p);
@@ -423,11 +424,11 @@ impl WalStore {
             return Err(self.poison.poison(StorageError::io("write", &path, injected("torn write"))));
         }
         if self.opts.store.sync_writes {
+            // The segment is open O_DSYNC (`segment::open_rw`): the write above returned once
+            // the batch was on stable storage, a device flush included. An injected fault
+            // stands for that flush failing.
             if self.opts.store.faults.as_ref().is_some_and(|f| f.take_sync_fault()) {
                 return Err(self.poison.poison(StorageError::io("fdatasync", &path, injected("fdatasync"))));
-            }
-            if let Err(e) = file.fdatasync().await {
-                return Err(self.poison.poison(gio("fdatasync", &path, e)));
             }
             self.stats.write_syncs += 1;
         }
@@ -491,6 +492,7 @@ impl WalStore {
             std::mem::take(&mut self.recycle),
             std::mem::take(&mut self.spares),
             self.opts.spare_segments_max,
+            self.opts.store.sync_writes,
         )
     }
 

@@ -49,7 +49,7 @@ pub(crate) struct Recovered {
 }
 
 /// Recovers the WAL in `dir`. Spares of another size than `segment_bytes` are deleted.
-pub(crate) async fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered> {
+pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Result<Recovered> {
     let mut seqs = Vec::new();
     let mut spares = Vec::new();
     let listing = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
@@ -97,7 +97,7 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered>
     let mut loaded = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(super::segment::segment_name(seq));
-        let file = open_rw(&path).await?;
+        let file = open_rw(&path, dsync).await?;
         let (header, data) = read_segment(&file, &path, seq).await?;
         if i > 0 && seqs[i - 1] + 1 != seq {
             return Err(StorageError::corrupt(path, 0, format!("segment {} is missing", seqs[i - 1] + 1)));

@@ -84,8 +84,22 @@ pub(crate) struct Segment {
 }
 
 /// Opens a file for O_DIRECT reads and writes. (`DmaFile::create` opens write-only.)
-pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile> {
-    OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(|e| gio("open", path, e))
+///
+/// With `dsync` the file is also opened `O_DSYNC`: a write completes once its data is on
+/// stable storage (the kernel follows it with a device cache flush, or writes it FUA), so a
+/// batch costs one io_uring request instead of a write and then an `fdatasync`, which
+/// io_uring always hands to a worker thread. Measured side by side on the 2-vCPU VM
+/// (virtio disk, write-back cache): one client's p50 0.67 → 0.53 ms, 256 clients 79.5k →
+/// 95.9k writes/s (medians of 3). Segments only ever overwrite blocks written when they were
+/// created, so no file-system metadata rides on these flushes.
+pub(crate) async fn open_rw(path: &Path, dsync: bool) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(if dsync { libc::O_DSYNC } else { 0 })
+        .dma_open(path)
+        .await
+        .map_err(|e| gio("open", path, e))
 }
 
 /// Makes glommio decide whether the device supports polled I/O by reading a file that has
@@ -140,9 +154,9 @@ pub(crate) async fn create_spare(dir: &Path, id: u64, bytes: u64) -> Result<Path
 
 /// Turns a spare into segment `seq`: writes and syncs its header, then renames it into place
 /// and syncs the directory. Batches are written only after this returns, so a crash leaves
-/// either a spare or an empty, valid segment.
-pub(crate) async fn activate(dir: &Path, spare: &Path, seq: u64, bytes: u64) -> Result<Segment> {
-    let file = open_rw(spare).await?;
+/// either a spare or an empty, valid segment. `dsync`: see [`open_rw`].
+pub(crate) async fn activate(dir: &Path, spare: &Path, seq: u64, bytes: u64, dsync: bool) -> Result<Segment> {
+    let file = open_rw(spare, dsync).await?;
     let block = file.alignment().max(BLOCK_BYTES_MIN);
     if block > SEGMENT_HEADER_BYTES {
         return Err(StorageError::io(
@@ -190,6 +204,7 @@ pub(crate) async fn prepare_next(
     recycle: Vec<Segment>,
     mut spares: Vec<PathBuf>,
     spares_max: usize,
+    dsync: bool,
 ) -> Result<Prepared> {
     let mut syncs = 0;
     let mut recycled = 0;
@@ -222,7 +237,7 @@ pub(crate) async fn prepare_next(
             create_spare(&dir, seq, bytes).await?
         }
     };
-    let segment = activate(&dir, &spare, seq, bytes).await?;
+    let segment = activate(&dir, &spare, seq, bytes, dsync).await?;
     syncs += 2;
     Ok(Prepared { segment, spares, syncs, created, recycled })
 }
