@@ -83,6 +83,9 @@ pub struct RaftGroup {
     /// Leader: the commit index advanced and some follower may not have been told yet
     /// (sent at the next `ready`, see `flush_commit`).
     pub(super) commit_unsent: bool,
+    /// Leader: entries were appended since the last `ready` and go to the followers then
+    /// (see `flush_appends`).
+    pub(super) appends_unsent: bool,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -188,6 +191,7 @@ impl RaftGroup {
             recent_forwards: RecentTickets::default(),
             fetches: Vec::new(),
             commit_unsent: false,
+            appends_unsent: false,
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so

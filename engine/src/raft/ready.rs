@@ -122,12 +122,14 @@ impl RaftGroup {
             || !self.reads.out.is_empty()
             || self.reads.needs_broadcast()
             || self.commit_unsent
+            || self.appends_unsent
             || !self.fetches.is_empty()
     }
 
     /// Collects everything to persist, send and apply since the last Ready, or `None`.
     pub fn ready(&mut self) -> Option<Ready> {
         self.flush_read_broadcast();
+        self.flush_appends();
         self.flush_commit();
         if !self.has_ready() {
             return None;

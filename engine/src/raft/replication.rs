@@ -171,6 +171,17 @@ impl RaftGroup {
         }
     }
 
+    /// Sends the entries appended since the last Ready to every follower (called when a
+    /// Ready is collected). One append per follower carries every proposal of a loop turn:
+    /// sent at each proposal, they went out one message per proposal until the pipelining
+    /// window filled (1.33 messages per entry with 256 clients on one partition), every one
+    /// of them stepped, persisted and answered on its own by each follower.
+    pub(super) fn flush_appends(&mut self) {
+        if std::mem::take(&mut self.appends_unsent) && self.role == Role::Leader {
+            self.bcast_append();
+        }
+    }
+
     /// Sends every follower what it is missing, or at least the new commit index.
     pub(super) fn bcast_append(&mut self) {
         let targets: Vec<NodeId> = self.progress.keys().copied().collect();
@@ -224,8 +235,15 @@ impl RaftGroup {
         self.append_entries(vec![e]);
     }
 
-    /// Appends entries as leader and replicates them.
+    /// Appends entries as leader; they are replicated when the next Ready is collected.
     pub(super) fn append_entries(&mut self, entries: Vec<LogEntry>) {
+        let conf_change = entries.iter().any(|e| e.kind == EntryKind::ConfChange as i32);
+        if !conf_change {
+            self.log.append(entries);
+            self.appends_unsent = true;
+            return;
+        }
+        // A configuration takes effect when appended (§4.1): track new members, drop gone ones.
         self.conf.on_append(&entries);
         let new_members: Vec<NodeId> = self
             .conf
@@ -240,6 +258,6 @@ impl RaftGroup {
         }
         let cur = self.conf.current().clone();
         self.progress.retain(|id, _| cur.contains(*id));
-        self.bcast_append();
+        self.appends_unsent = true;
     }
 }
