@@ -16,6 +16,15 @@ fn fill(c: &mut Cluster, leader: u64, prefix: &str, n: usize) {
     c.stabilize();
 }
 
+/// Cuts node 3 off, then has leader 1 commit `before` entries, a checkpoint and `after`
+/// entries: node 3 will need entries that a compaction can discard.
+fn lag_node_3_behind_a_checkpoint(c: &mut Cluster, before: usize, after: usize) {
+    c.isolate(3);
+    fill(c, 1, "a", before);
+    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
+    fill(c, 1, "b", after);
+}
+
 fn chunks(c: &Cluster) -> Vec<(u64, u64, usize, bool)> {
     c.trace
         .iter()
@@ -78,10 +87,7 @@ fn compact_refused_while_work_is_outstanding() {
 fn lagging_follower_receives_snapshot_in_chunks_then_catches_up() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 8);
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 10);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 3);
+    lag_node_3_behind_a_checkpoint(&mut c, 10, 3);
     let floor = c.compact(1).unwrap();
     assert!(floor > c.raft(3).log().last_index(), "node 3 needs discarded entries");
     let snap_index = c.raft(1).snapshot_meta().unwrap().index;
@@ -123,10 +129,7 @@ fn fetch_overtaken_by_compaction_falls_back_to_snapshot() {
         cfg.max_entries_per_append = 3;
     });
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 10);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 3);
+    lag_node_3_behind_a_checkpoint(&mut c, 10, 3);
     c.hold_fetches = true;
     c.heal();
     for _ in 0..10 {
@@ -161,10 +164,7 @@ fn fetch_overtaken_by_compaction_falls_back_to_snapshot() {
 fn snapshot_installation_acknowledged_after_persistence() {
     let mut c = Cluster::new(&[1, 2, 3], defaults);
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 3);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 1);
+    lag_node_3_behind_a_checkpoint(&mut c, 3, 1);
     c.compact(1).unwrap();
     c.process(1);
     c.heal();
@@ -185,10 +185,7 @@ fn snapshot_installation_acknowledged_after_persistence() {
 fn lost_snapshot_chunk_is_resent() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 4);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 1);
+    lag_node_3_behind_a_checkpoint(&mut c, 4, 1);
     c.compact(1).unwrap();
     c.process(1);
     c.heal();
@@ -263,10 +260,7 @@ fn pending_two_step_entries_survive_snapshot() {
 fn restart_from_compacted_store_and_send_stored_snapshot() {
     let mut c = Cluster::new(&[1, 2, 3], defaults);
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 5);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 2);
+    lag_node_3_behind_a_checkpoint(&mut c, 5, 2);
     c.compact(1).unwrap();
     c.compact(2).unwrap();
     c.stabilize();
@@ -302,10 +296,7 @@ fn oversized_snapshot_refused() {
         }
     });
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 5);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 1);
+    lag_node_3_behind_a_checkpoint(&mut c, 5, 1);
     c.compact(1).unwrap();
     c.process(1);
     c.heal();
@@ -359,10 +350,7 @@ fn new_member_joins_from_snapshot_with_its_membership() {
 fn slow_snapshot_transfer_does_not_multiply_chunks() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
     c.elect(1);
-    c.isolate(3);
-    fill(&mut c, 1, "a", 10);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
-    fill(&mut c, 1, "b", 1);
+    lag_node_3_behind_a_checkpoint(&mut c, 10, 1);
     c.compact(1).unwrap();
     c.process(1);
     let image_len = c.nodes[&1].store.snapshot.as_ref().unwrap().data.len();
