@@ -21,7 +21,7 @@ fn fill(c: &mut Cluster, leader: u64, prefix: &str, n: usize) {
 fn lag_node_3_behind_a_checkpoint(c: &mut Cluster, before: usize, after: usize) {
     c.isolate(3);
     fill(c, 1, "a", before);
-    c.raft_mut(1).propose_checkpoint(ticket(1)).unwrap();
+    c.raft_mut(1).propose_checkpoint(ticket(1)).expect("the leader takes a checkpoint");
     fill(c, 1, "b", after);
 }
 
