@@ -152,7 +152,14 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         "node started"
     );
 
-    wait_for_stop_signal()?;
+    if let Some(reason) = wait_for_stop(&node.handle())? {
+        // A storage failure is fatal (an fsync is never retried): stop serving and exit
+        // non-zero so a supervisor restarts the node, which recovers from its WAL.
+        tracing::error!(node_id, "stopping: {reason}");
+        server.shutdown();
+        node.shutdown();
+        return Err(format!("node {node_id} failed: {reason}"));
+    }
     tracing::info!(node_id, "stopping: handing over leadership");
     // Stepping down is answered by each shard at once; no timer is needed.
     if let Err(e) = futures_lite::future::block_on(node.handle().leave_cluster()) {
@@ -164,12 +171,22 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn wait_for_stop_signal() -> Result<(), String> {
+/// How often the main thread looks for a stop signal or a failed shard.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits for SIGTERM / SIGINT (`None`) or for a shard of the node to fail (its reason).
+fn wait_for_stop(node: &phalanx::NodeHandle) -> Result<Option<String>, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "signal received");
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            tracing::info!(signal = sig, "signal received");
+            return Ok(None);
+        }
+        if let Some(reason) = node.failure() {
+            return Ok(Some(reason));
+        }
+        std::thread::sleep(STOP_POLL);
     }
-    Ok(())
 }
