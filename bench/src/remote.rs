@@ -121,10 +121,18 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: &str) -> Result<Rc<Conn>, CallError> {
+        // Clients retry a node that went away every few milliseconds: say so once per
+        // address until it answers again (the failures are counted as IO errors anyway).
+        thread_local! {
+            static UNREACHABLE: RefCell<std::collections::HashSet<String>> = RefCell::default();
+        }
         let stream = TcpStream::connect(addr).await.map_err(|e| {
-            tracing::warn!("connecting to {addr}: {e}");
+            if UNREACHABLE.with(|u| u.borrow_mut().insert(addr.to_string())) {
+                tracing::warn!("connecting to {addr}: {e} (repeated failures there are counted, not logged)");
+            }
             CallError::Io
         })?;
+        UNREACHABLE.with(|u| u.borrow_mut().remove(addr));
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let (tx, rx) = flume::unbounded::<Vec<u8>>();
