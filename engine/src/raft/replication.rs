@@ -97,10 +97,10 @@ impl RaftGroup {
         let fits = pr.next == lo && !pr.is_paused(window);
         let well_formed = entries.first().is_some_and(|e| e.index == lo)
             && entries.iter().zip(lo..).all(|(e, i)| e.index == i && self.log.term(i) == Some(e.term));
+        let usable = fits && well_formed && self.role == Role::Leader;
         // The entry before them may have been compacted since the fetch was asked (a
         // checkpoint): then the follower needs a snapshot, which the next send decides.
-        let prev_term = self.log.term(lo - 1);
-        let Some(prev_term) = prev_term.filter(|_| fits && well_formed && self.role == Role::Leader) else {
+        let Some(prev_term) = self.log.term(lo - 1).filter(|_| usable) else {
             if self.role == Role::Leader {
                 self.send_appends(to, IfEmpty::Skip);
             }
@@ -238,26 +238,23 @@ impl RaftGroup {
     /// Appends entries as leader; they are replicated when the next Ready is collected.
     pub(super) fn append_entries(&mut self, entries: Vec<LogEntry>) {
         let conf_change = entries.iter().any(|e| e.kind == EntryKind::ConfChange as i32);
-        if !conf_change {
-            self.log.append(entries);
-            self.appends_unsent = true;
-            return;
+        if conf_change {
+            self.conf.on_append(&entries);
         }
-        // A configuration takes effect when appended (§4.1): track new members, drop gone ones.
-        self.conf.on_append(&entries);
-        let new_members: Vec<NodeId> = self
-            .conf
-            .current()
-            .members()
-            .filter(|&m| m != self.cfg.id && !self.progress.contains_key(&m))
-            .collect();
         self.log.append(entries);
-        let last = self.log.last_index();
-        for m in new_members {
-            self.progress.insert(m, super::progress::Progress::new(last.saturating_sub(1), self.now));
-        }
-        let cur = self.conf.current().clone();
-        self.progress.retain(|id, _| cur.contains(*id));
         self.appends_unsent = true;
+        if conf_change {
+            // A configuration takes effect when appended (§4.1): track new members, drop
+            // gone ones.
+            let last = self.log.last_index();
+            let (me, now) = (self.cfg.id, self.now);
+            let conf = self.conf.current();
+            for m in conf.members().filter(|&m| m != me) {
+                self.progress
+                    .entry(m)
+                    .or_insert_with(|| super::progress::Progress::new(last.saturating_sub(1), now));
+            }
+            self.progress.retain(|id, _| conf.contains(*id));
+        }
     }
 }
