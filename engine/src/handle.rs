@@ -177,12 +177,11 @@ impl NodeHandle {
 
     // ----- leadership -----
 
-    /// Whether this node led `partition` when its shard last reported (no round trip). False
-    /// once the node failed: its last report is stale and it answers nothing.
+    /// Whether this node led `partition` when its shard last reported (no round trip). A
+    /// stopped shard reports no leader for its partitions.
     #[must_use]
     pub fn am_i_leader_quick(&self, partition: PartitionId) -> bool {
-        !self.inner.shared.is_failed()
-            && self.inner.shared.leader(partition).is_some_and(|(l, _)| l == self.node_id())
+        self.inner.shared.leader(partition).is_some_and(|(l, _)| l == self.node_id())
     }
 
     /// The leader of `partition` as this node last saw it, and its term.

@@ -321,6 +321,12 @@ impl<T: Transport> Shard<T> {
             let _ = w.reply.send(Err(Status::Errored));
         }
         refuse_from_now_on(self.id, self.inbox.clone());
+        // Its partitions have no leader here any more: routing and `am_i_leader_quick` must not
+        // send requests to a shard that answers nothing.
+        for p in self.multi.group_ids().collect::<Vec<_>>() {
+            let term = self.shared.leader(p).map_or(0, |(_, t)| t);
+            self.shared.set_leader(p, None, term);
+        }
         // Closing the job channel lets the writer finish what it holds and close the store.
         self.jobs = None;
         if let Some(t) = self.writer_task.take() {

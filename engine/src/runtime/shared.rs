@@ -119,14 +119,9 @@ impl NodeShared {
         }
     }
 
-    /// Whether a shard of this node failed.
-    pub(crate) fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-
     /// Why the node failed, if a shard did.
     pub(crate) fn failure(&self) -> Option<String> {
-        if !self.is_failed() {
+        if !self.failed.load(Ordering::Acquire) {
             return None;
         }
         self.failure.lock().ok()?.clone()
