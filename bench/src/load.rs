@@ -340,7 +340,7 @@ async fn client(
         };
         keys.clear();
         let nkeys = match kind {
-            OpKind::Append => 0,
+            OpKind::Append | OpKind::Checkpoint => 0,
             OpKind::Get => 1,
             OpKind::Put => opts.batch,
         };
@@ -395,7 +395,7 @@ async fn client(
             && outcome.success()
             && shared.checkpoint_due(p, opts.batch as u64, opts.checkpoint_every)
         {
-            let ok = target.checkpoint(p).await;
+            let ok = target.exec(OpKind::Checkpoint, p, &[], &value, 1).await.success();
             let mut o = out.borrow_mut();
             o.checkpoints += 1;
             if !ok {

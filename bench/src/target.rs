@@ -32,6 +32,8 @@ pub enum OpKind {
     Put,
     /// A linearizable key-value get.
     Get,
+    /// A checkpoint of the partition (an application's checkpoint policy; not timed).
+    Checkpoint,
 }
 
 /// A request's outcome.
@@ -79,33 +81,6 @@ impl Target {
     }
 }
 
-impl Target {
-    /// Asks partition `p`'s leader for a checkpoint (the log is compacted behind it once
-    /// applied); true when it was replicated.
-    pub async fn checkpoint(&self, p: u64) -> bool {
-        match self {
-            Target::Embedded(handles) => {
-                for _ in 0..EMBEDDED_NO_LEADER_TRIES {
-                    let Some(h) = leader_of(handles, p) else {
-                        crate::driver::sleep(NO_LEADER_PAUSE).await;
-                        continue;
-                    };
-                    match h.replicate_checkpoint(p).await.status {
-                        Status::Success => return true,
-                        Status::NodeIsNotLeader => continue,
-                        _ => return false,
-                    }
-                }
-                false
-            }
-            Target::Remote(pool) => call_outcome(
-                pool.call(p, client_request::Op::Checkpoint(CheckpointRequest { partition: p })).await,
-            )
-            .success(),
-        }
-    }
-}
-
 fn leader_of(handles: &[NodeHandle], p: u64) -> Option<&NodeHandle> {
     handles.iter().find(|h| h.am_i_leader_quick(p))
 }
@@ -131,6 +106,7 @@ async fn embedded(
                 let payloads = keys.iter().map(|k| kv_put(k, value)).collect();
                 h.replicate_batch(p, KV_LOG_TYPE, payloads).await.status
             }
+            OpKind::Checkpoint => h.replicate_checkpoint(p).await.status,
             OpKind::Get => {
                 let q: Bytes =
                     GetRequest { key: keys.first().cloned().unwrap_or_default() }.encode_to_vec().into();
@@ -177,6 +153,9 @@ async fn remote(
             let key = keys.first().cloned().unwrap_or_default();
             call_outcome(pool.call(p, client_request::Op::Get(GetRequest { key })).await)
         }
+        OpKind::Checkpoint => call_outcome(
+            pool.call(p, client_request::Op::Checkpoint(CheckpointRequest { partition: p })).await,
+        ),
         OpKind::Put | OpKind::Append => {
             // The client port takes one entry per request: a batch is pipelined and counts as
             // one operation when its last entry is acknowledged.
