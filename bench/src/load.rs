@@ -183,7 +183,7 @@ pub struct LoadResult {
     pub errors: BTreeMap<String, u64>,
     /// Checkpoints asked for (`checkpoint_every`), warm-up included.
     pub checkpoints: u64,
-    /// Checkpoints that did not succeed (leadership moved, busy, ...).
+    /// Checkpoints that did not succeed (still refused as busy after retrying, failed).
     pub checkpoint_failures: u64,
     /// Length of the measured window.
     pub elapsed: Duration,
@@ -221,6 +221,11 @@ impl LoadResult {
 const MAX_LATENCY_US: u64 = 60_000_000;
 /// Pause after a `Busy` answer: the node asked us to back off.
 const BUSY_PAUSE: Duration = Duration::from_micros(200);
+/// How long a checkpoint the node refused as `Busy` stays due: longer than a leadership
+/// transfer (at most an election timeout), during which a leader refuses proposals.
+const CHECKPOINT_BUSY_RETRY: Duration = Duration::from_secs(2);
+/// Pause between those retries.
+const CHECKPOINT_BUSY_PAUSE: Duration = Duration::from_millis(1);
 
 fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig)
@@ -354,7 +359,7 @@ async fn client(
         let outcome = target.exec(kind, p, &keys, &value, opts.batch).await;
         let end = Instant::now();
         shared.completed.fetch_add(1, Ordering::Relaxed);
-        let busy = matches!(outcome, Outcome::Failed("Busy" | "BUSY"));
+        let busy = outcome.busy();
         if shared.recording.load(Ordering::Relaxed)
             && let Some(&started) = shared.started.get()
         {
@@ -395,7 +400,15 @@ async fn client(
             && outcome.success()
             && shared.checkpoint_due(p, opts.batch as u64, opts.checkpoint_every)
         {
-            let ok = target.exec(OpKind::Checkpoint, p, &[], &value, 1).await.success();
+            // Refused as Busy (a leadership transfer, a full inbox), it is still due: an
+            // application retries it rather than skip a compaction.
+            let give_up = Instant::now() + CHECKPOINT_BUSY_RETRY;
+            let mut done = target.exec(OpKind::Checkpoint, p, &[], &value, 1).await;
+            while done.busy() && Instant::now() < give_up {
+                crate::driver::sleep(CHECKPOINT_BUSY_PAUSE).await;
+                done = target.exec(OpKind::Checkpoint, p, &[], &value, 1).await;
+            }
+            let ok = done.success();
             let mut o = out.borrow_mut();
             o.checkpoints += 1;
             if !ok {

@@ -53,6 +53,12 @@ impl Outcome {
     pub fn success(self) -> bool {
         matches!(self, Outcome::Ok | Outcome::NotFound)
     }
+
+    /// Whether the node refused it as backpressure (`Busy`: try again shortly).
+    #[must_use]
+    pub fn busy(self) -> bool {
+        matches!(self, Outcome::Failed("Busy" | "BUSY"))
+    }
 }
 
 /// What a driver thread sends requests to.
