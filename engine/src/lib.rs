@@ -94,6 +94,7 @@ pub mod config;
 pub mod events;
 mod handle;
 pub mod hlc;
+mod id_hash;
 pub mod kv;
 pub mod partition_key;
 pub mod raft;

@@ -6,8 +6,7 @@
 //! per peer for the whole shard.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::{BinaryHeap, VecDeque};
 
 use phalanx_proto::RaftMessage;
 
@@ -16,30 +15,7 @@ use super::group::RaftGroup;
 use super::ready::Ready;
 use super::status::Status;
 use super::types::{GroupId, RestoreState};
-
-/// A fast, deterministic hasher for group ids: iteration order must not depend on a random
-/// seed (or simulator runs would not replay), and SipHash cost more than the lookup itself
-/// on the per-message path. Multiply-rotate (as rustc's FxHash) spreads sequential ids well.
-#[derive(Default, Clone, Copy)]
-pub(super) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517C_C1B7_2722_0A95);
-    }
-}
-
-type DetHashMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+use crate::id_hash::IdHashMap;
 
 struct Slot {
     group: RaftGroup,
@@ -61,7 +37,7 @@ pub struct MultiReady {
 /// Every group of one shard.
 #[derive(Default)]
 pub struct MultiRaft {
-    groups: DetHashMap<GroupId, Slot>,
+    groups: IdHashMap<GroupId, Slot>,
     now: u64,
     timers: BinaryHeap<Reverse<(u64, GroupId)>>,
     dirty: Vec<GroupId>,

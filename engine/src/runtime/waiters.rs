@@ -12,7 +12,7 @@
 //! awake from the previous one is nearly free, while wakes spread over the turn each found
 //! it parked again (measured: 6% of an embedded run's CPU went to those wake-ups).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use futures_channel::oneshot;
 
 use super::request::ReplicationResult;
 use crate::hlc::Ticket;
+use crate::id_hash::IdHashMap;
 use crate::raft::Status;
 use crate::state_machine::PartitionId;
 
@@ -57,15 +58,15 @@ struct PendingRead {
 /// Everything callers wait for on one shard.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    proposals: HashMap<(PartitionId, u64), ProposalWaiter>,
+    proposals: IdHashMap<(PartitionId, u64), ProposalWaiter>,
     proposal_deadlines: VecDeque<(Instant, PartitionId, u64, Ticket)>,
     /// Reads asked of the Raft core, by request id.
-    reads: HashMap<u64, PendingRead>,
+    reads: IdHashMap<u64, PendingRead>,
     read_deadlines: VecDeque<(Instant, u64)>,
     /// Reads whose index is known, per partition, by index: served once applied.
-    applying: HashMap<PartitionId, BTreeMap<u64, Vec<(u64, ReadKind)>>>,
+    applying: IdHashMap<PartitionId, BTreeMap<u64, Vec<(u64, ReadKind)>>>,
     /// Where each read in `applying` is, so expiry finds it directly.
-    applying_at: HashMap<u64, (PartitionId, u64)>,
+    applying_at: IdHashMap<u64, (PartitionId, u64)>,
     next_read_id: u64,
     /// Replies held until [`Waiters::flush`].
     replies: Vec<(oneshot::Sender<ReplicationResult>, ReplicationResult)>,
