@@ -96,7 +96,6 @@ pub(crate) struct Shard<T: Transport> {
     shards: usize,
     cfg: Arc<NodeConfig>,
     multi: MultiRaft,
-    snapshots: SnapshotStore,
     jobs: Option<flume::Sender<WriteJob>>,
     done: flume::Receiver<Completion>,
     writer_task: Option<glommio::Task<()>>,
@@ -113,6 +112,9 @@ pub(crate) struct Shard<T: Transport> {
     replay_until: HashMap<PartitionId, u64>,
     /// Partitions that applied a checkpoint and should compact once possible.
     compact_wanted: Vec<PartitionId>,
+    /// Snapshots of checkpoints this shard took, saved by the writer before the write of the
+    /// next job (the one whose batch compacts the WAL below them).
+    snapshots_to_save: Vec<(PartitionId, Snapshot)>,
     peers_seen: HashMap<NodeId, Instant>,
     /// Messages of this turn, sent at its end.
     outbox: Vec<RaftMessage>,
@@ -234,14 +236,13 @@ impl<T: Transport> Shard<T> {
         let balance_every = Duration::from_millis(cfg.leader_balance_interval_ms);
         let (jobs, jobs_rx) = flume::unbounded();
         let (done_tx, done) = flume::unbounded();
-        let writer_task = glommio::spawn_local(writer::run(store, snapshots.clone(), jobs_rx, done_tx));
+        let writer_task = glommio::spawn_local(writer::run(store, snapshots, jobs_rx, done_tx));
         Ok(Shard {
             id: shard,
             shards,
             hlc: HybridLogicalClock::new(cfg.node_id),
             cfg,
             multi,
-            snapshots,
             jobs: Some(jobs),
             done,
             writer_task: Some(writer_task),
@@ -255,6 +256,7 @@ impl<T: Transport> Shard<T> {
             leader_waiters: Vec::new(),
             replay_until,
             compact_wanted: Vec::new(),
+            snapshots_to_save: Vec::new(),
             peers_seen: HashMap::new(),
             system,
             directory: Arc::new(ClusterDirectory::default()),
@@ -708,7 +710,9 @@ impl<T: Transport> Shard<T> {
             let mut job = WriteJob {
                 number: mr.number,
                 batch: WriteBatch::default(),
-                snapshots: Vec::new(),
+                // Checkpoint snapshots taken since the last job: this job's batch carries their
+                // compaction, and the writer saves snapshots before the batch.
+                snapshots: std::mem::take(&mut self.snapshots_to_save),
                 persisted_messages: Vec::new(),
                 fetches: Vec::new(),
             };
@@ -776,17 +780,9 @@ impl<T: Transport> Shard<T> {
         }
         self.serve_reads();
         if self.writes_in_flight == 0 {
-            self.compact_behind_checkpoints().await?;
+            self.compact_behind_checkpoints();
         }
         Ok(())
-    }
-
-    async fn save_snapshot(&self, p: PartitionId, s: Snapshot) -> Result<(), String> {
-        let store = self.snapshots.clone();
-        glommio::executor()
-            .spawn_blocking(move || store.save(p, &s))
-            .await
-            .map_err(|e| format!("saving the snapshot of partition {p}: {e}"))
     }
 
     /// Step 4 for one group: leader changes, a received snapshot, committed entries,
@@ -867,19 +863,25 @@ impl<T: Transport> Shard<T> {
     }
 
     /// A checkpoint was applied: snapshot the state machine and let the core compact the log
-    /// below it. The snapshot is made durable before the Ready that compacts the WAL.
-    async fn compact_behind_checkpoints(&mut self) -> Result<(), String> {
+    /// below it. The snapshot goes to the writer with the next job, whose batch is the one
+    /// that compacts the WAL, and the writer saves it first: durable before the compaction,
+    /// while this loop goes on (saving it here stalled the shard for two fsyncs per
+    /// checkpoint).
+    fn compact_behind_checkpoints(&mut self) {
         let wanted = std::mem::take(&mut self.compact_wanted);
         for p in wanted {
             let Some(sm) = self.sms.get_mut(&p) else { continue };
             let image = sm.snapshot(p);
             match self.multi.update(p, |g| g.compact(image.clone()).map(|_| g.snapshot_meta().cloned())) {
-                Some(Ok(Some(meta))) => self.save_snapshot(p, Snapshot { meta, data: image }).await?,
+                Some(Ok(Some(meta))) => {
+                    // An older snapshot of the partition not yet saved is superseded.
+                    self.snapshots_to_save.retain(|(q, _)| *q != p);
+                    self.snapshots_to_save.push((p, Snapshot { meta, data: image }));
+                }
                 // Work is still outstanding for this group: try again after the next Ready.
                 Some(Err(Status::Busy)) => self.compact_wanted.push(p),
                 _ => {}
             }
         }
-        Ok(())
     }
 }

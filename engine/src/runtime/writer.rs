@@ -25,7 +25,8 @@ pub(crate) struct WriteJob {
     pub number: u64,
     /// Per partition writes (at most one per partition).
     pub batch: WriteBatch,
-    /// Snapshots received from leaders, to make durable before the batch.
+    /// Snapshots to make durable before the batch: received from leaders, or taken here at a
+    /// checkpoint (the batch then compacts the WAL below them).
     pub snapshots: Vec<(PartitionId, Snapshot)>,
     /// Messages to send once durable.
     pub persisted_messages: Vec<RaftMessage>,
@@ -167,7 +168,7 @@ async fn write(
     batch: WriteBatch,
     snaps: Vec<(PartitionId, Snapshot)>,
 ) -> Result<(), String> {
-    // A received snapshot's file is durable before the WAL moves the partition's floor.
+    // A snapshot's file is durable before the WAL moves the partition's floor.
     for (p, s) in snaps {
         let files = snapshots.clone();
         glommio::executor()
