@@ -122,7 +122,7 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Replicate {
             partition,
-            log_type: log_type.to_owned(),
+            log_type: crate::log_type::intern(log_type),
             payloads,
             auto_commit,
             system,

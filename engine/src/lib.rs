@@ -96,6 +96,7 @@ mod handle;
 pub mod hlc;
 mod id_hash;
 pub mod kv;
+pub mod log_type;
 pub mod partition_key;
 pub mod raft;
 pub mod runtime;

@@ -29,7 +29,7 @@ impl RaftGroup {
         let ticket = Some(p.ticket.into());
         let first = self.log.last_index() + 1;
         // One buffer shared by every entry of the proposal (and every copy of them).
-        let log_type = bytes::Bytes::from(p.log_type);
+        let log_type = p.log_type;
         let entries: Vec<LogEntry> = p
             .payloads
             .into_iter()

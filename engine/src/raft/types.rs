@@ -131,8 +131,9 @@ pub enum ProposalKind {
 pub struct Proposal {
     /// Delivery rule.
     pub kind: ProposalKind,
-    /// The application's log type.
-    pub log_type: String,
+    /// The application's log type (the shell passes [`crate::log_type::intern`]'s buffer, so
+    /// entries share it without reference counting).
+    pub log_type: Bytes,
     /// One entry per payload, appended contiguously.
     pub payloads: Vec<Bytes>,
     /// The proposal's ticket (HLC timestamp from the shell's clock).

@@ -61,7 +61,7 @@ pub struct PartitionStatus {
 pub(crate) enum Request {
     Replicate {
         partition: PartitionId,
-        log_type: String,
+        log_type: Bytes,
         payloads: Vec<Bytes>,
         auto_commit: bool,
         system: bool,

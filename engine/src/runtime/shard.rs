@@ -432,7 +432,7 @@ impl<T: Transport> Shard<T> {
         let ticket = self.hlc.now(self.wall_ms);
         let p = Proposal {
             kind: ProposalKind::System,
-            log_type: SYSTEM_LOG_TYPE.into(),
+            log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
             payloads: vec![announcement(me)],
             ticket,
         };
@@ -542,7 +542,7 @@ impl<T: Transport> Shard<T> {
         let deadline = self.deadline();
         match r {
             Request::Replicate { partition, log_type, payloads, auto_commit, system, reply } => {
-                if (log_type == SYSTEM_LOG_TYPE) != system || payloads.is_empty() {
+                if (log_type == SYSTEM_LOG_TYPE.as_bytes()) != system || payloads.is_empty() {
                     let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
                     return;
                 }

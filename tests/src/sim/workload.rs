@@ -204,7 +204,7 @@ impl Workload {
                     term: at.term,
                     index: at.first_index + k as u64,
                     kind: entry_kind as i32,
-                    log_type: log_type.clone().into(),
+                    log_type: log_type.clone(),
                     payload,
                     ticket: Some(ticket.into()),
                 })
