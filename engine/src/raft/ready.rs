@@ -7,7 +7,8 @@
 //!    entries are durable on a quorum, so this need not wait for step 3;
 //! 3. persist, in order with earlier Readies: `snapshot` (install it), then `entries`
 //!    (replacing any stored entries at or after the first one's index), then `hard_state`,
-//!    then `compact_to`;
+//!    then `compact_to` (a hard state that changes only the commit index may wait for the
+//!    group's next write: [`super::CommitDeferral`]);
 //! 4. once that is durable, send `persisted_messages` (vote grants, append acknowledgements —
 //!    §5: a node answers only from durable state) and call `advance(number)`.
 //!

@@ -45,7 +45,8 @@ use crate::config::NodeConfig;
 use crate::events::Event;
 use crate::hlc::{HybridLogicalClock, Ticket};
 use crate::raft::{
-    Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot, Status,
+    CommitDeferral, Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot,
+    Status,
 };
 use crate::state_machine::{PartitionId, StateMachine, StateMachineFactory};
 use crate::system::{ClusterDirectory, SystemStateMachine, SystemView, announcement};
@@ -112,6 +113,8 @@ pub(crate) struct Shard<T: Transport> {
     replay_until: HashMap<PartitionId, u64>,
     /// Partitions that applied a checkpoint and should compact once possible.
     compact_wanted: Vec<PartitionId>,
+    /// Commit-only hard states held back until the partition's next write.
+    commit_deferral: CommitDeferral,
     /// Snapshots of checkpoints this shard took, saved by the writer before the write of the
     /// next job (the one whose batch compacts the WAL below them).
     snapshots_to_save: Vec<(PartitionId, Snapshot)>,
@@ -256,6 +259,7 @@ impl<T: Transport> Shard<T> {
             leader_waiters: Vec::new(),
             replay_until,
             compact_wanted: Vec::new(),
+            commit_deferral: CommitDeferral::default(),
             snapshots_to_save: Vec::new(),
             peers_seen: HashMap::new(),
             system,
@@ -722,11 +726,12 @@ impl<T: Transport> Shard<T> {
                 if let Some(s) = &r.snapshot {
                     job.snapshots.push((*p, s.clone()));
                 }
+                let must_write = !r.entries.is_empty() || r.snapshot.is_some() || r.compact_to.is_some();
                 let w = PartitionWrite {
                     partition: *p,
                     snapshot: r.snapshot.as_ref().map(|s| LogPosition::new(s.meta.index, s.meta.term)),
                     entries: std::mem::take(&mut r.entries),
-                    hard_state: r.hard_state,
+                    hard_state: self.commit_deferral.hard_state_to_write(*p, r.hard_state, must_write),
                     compact_to: r.compact_to,
                 };
                 if !w.is_empty() {
