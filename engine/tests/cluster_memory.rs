@@ -375,3 +375,41 @@ fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
         }
     }
 }
+
+/// A clean stop writes the commit index it held back (commit-only hard states wait for the
+/// next write): restarted, still cut off from its peers, a node knows every commit it knew.
+#[test]
+fn a_clean_stop_keeps_the_commit_index() {
+    let mut c = Cluster::new(3, 2, StorageKind::Wal);
+    c.wait_all_leaders(Duration::from_secs(20));
+    for i in 0..20 {
+        c.put(&format!("k{i}"), "v");
+    }
+    let commits = |h: &NodeHandle| -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = block_on(h.status()).iter().map(|s| (s.id, s.commit_index)).collect();
+        v.sort_unstable();
+        v
+    };
+    // Wait until node 3 has heard every partition's latest commit index (the notices that
+    // follow the last writes are exactly what the deferral holds back).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let known = loop {
+        let mine = commits(&c.handle(3));
+        let leaders: Vec<(u64, u64)> = mine
+            .iter()
+            .map(|(p, _)| {
+                let l = c.leader(*p).expect("a leader");
+                (*p, commits(&c.handle(l)).iter().find(|(q, _)| q == p).map_or(0, |(_, ci)| *ci))
+            })
+            .collect();
+        if mine == leaders {
+            break mine;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not catch up: {mine:?} vs {leaders:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    c.crash(3);
+    // Restart it without rejoining: nothing can tell it the commit index again.
+    c.nodes[2] = Some(c.start(3));
+    assert_eq!(commits(&c.handle(3)), known, "the restarted node lost commit indexes it had");
+}

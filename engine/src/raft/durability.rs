@@ -47,6 +47,13 @@ impl CommitDeferral {
         self.deferred.remove(&group);
         Some(hs)
     }
+
+    /// Every held-back hard state, by group (for a clean stop to write them).
+    pub fn take_all(&mut self) -> Vec<(GroupId, HardState)> {
+        let mut all: Vec<(GroupId, HardState)> = self.deferred.drain().collect();
+        all.sort_by_key(|(g, _)| *g);
+        all
+    }
 }
 
 #[cfg(test)]
@@ -72,6 +79,17 @@ mod tests {
         assert_eq!(d.hard_state_to_write(1, None, true), None);
         // A commit change in a Ready that writes entries is written at once.
         assert_eq!(d.hard_state_to_write(1, hs(1, 2, 8), true), hs(1, 2, 8));
+        // A clean stop takes what is held back.
+        assert_eq!(d.hard_state_to_write(1, hs(1, 2, 9), false), None);
+        assert_eq!(d.hard_state_to_write(2, hs(3, 0, 4), false), None);
+        assert_eq!(
+            d.take_all(),
+            vec![
+                (1, HardState { term: 1, vote: 2, commit: 9 }),
+                (2, HardState { term: 3, vote: 0, commit: 4 })
+            ]
+        );
+        assert!(d.take_all().is_empty());
     }
 
     #[test]

@@ -340,6 +340,30 @@ impl<T: Transport> Shard<T> {
             let term = self.shared.leader(p).map_or(0, |(_, t)| t);
             self.shared.set_leader(p, None, term);
         }
+        // The commit indexes held back (`CommitDeferral`) go out with a last write, so a
+        // restart after a clean stop replays every entry this node applied. (After a failed
+        // write the writer refuses it, as everything else.)
+        let held = self.commit_deferral.take_all();
+        if let Some(jobs) = &self.jobs
+            && !held.is_empty()
+        {
+            let partitions = held
+                .into_iter()
+                .map(|(partition, hs)| PartitionWrite {
+                    partition,
+                    hard_state: Some(hs),
+                    ..Default::default()
+                })
+                .collect();
+            let _ = jobs.send(WriteJob {
+                // Acknowledges nothing: the loop that would act on the completion is done.
+                number: 0,
+                batch: WriteBatch { partitions, ..Default::default() },
+                snapshots: std::mem::take(&mut self.snapshots_to_save),
+                persisted_messages: Vec::new(),
+                fetches: Vec::new(),
+            });
+        }
         // Closing the job channel lets the writer finish what it holds and close the store.
         self.jobs = None;
         if let Some(t) = self.writer_task.take() {
