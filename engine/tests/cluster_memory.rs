@@ -31,6 +31,13 @@ impl Cluster {
         Self::with_cores(n, partitions, wal, Vec::new())
     }
 
+    /// A cluster with a leader for every partition.
+    fn with_leaders(n: u64, partitions: u32, wal: StorageKind) -> Self {
+        let c = Self::new(n, partitions, wal);
+        c.wait_all_leaders(Duration::from_secs(20));
+        c
+    }
+
     fn with_cores(n: u64, partitions: u32, wal: StorageKind, cores: Vec<usize>) -> Self {
         let mut c = Cluster {
             cores,
@@ -127,6 +134,13 @@ impl Cluster {
         }
     }
 
+    /// Writes `{prefix}0` .. `{prefix}{n-1}`, each `= value`.
+    fn put_all(&self, prefix: &str, n: usize, value: &str) {
+        for i in 0..n {
+            self.put(&format!("{prefix}{i}"), value);
+        }
+    }
+
     /// Reads `key` linearizably on node `id`.
     fn get(&self, id: u64, key: &str) -> Option<String> {
         let h = self.handle(id);
@@ -164,8 +178,7 @@ impl Cluster {
 
 #[test]
 fn three_nodes_by_64_partitions_elect_replicate_and_read_everywhere() {
-    let c = Cluster::new(3, 64, StorageKind::Memory);
-    c.wait_all_leaders(Duration::from_secs(20));
+    let c = Cluster::with_leaders(3, 64, StorageKind::Memory);
     for i in 0..50 {
         c.put(&format!("k{i}"), &format!("v{i}"));
     }
@@ -179,21 +192,14 @@ fn three_nodes_by_64_partitions_elect_replicate_and_read_everywhere() {
 
 #[test]
 fn survives_leader_crash_and_restart_converges() {
-    let mut c = Cluster::new(3, 64, StorageKind::Wal);
-    c.wait_all_leaders(Duration::from_secs(20));
-    for i in 0..40 {
-        c.put(&format!("a{i}"), "1");
-    }
+    let mut c = Cluster::with_leaders(3, 64, StorageKind::Wal);
+    c.put_all("a", 40, "1");
     let victim = c.leader(1).expect("partition 1 has a leader");
     c.crash(victim);
-    for i in 0..40 {
-        c.put(&format!("b{i}"), "2");
-    }
+    c.put_all("b", 40, "2");
     c.restart(victim);
     c.wait_all_leaders(Duration::from_secs(20));
-    for i in 0..40 {
-        c.put(&format!("c{i}"), "3");
-    }
+    c.put_all("c", 40, "3");
     // Every write, including those made while it was down, is readable on the restarted
     // node (it restored its WAL and caught up).
     for i in (0..40).step_by(3) {
@@ -205,8 +211,7 @@ fn survives_leader_crash_and_restart_converges() {
 
 #[test]
 fn system_partition_directory_and_failure_events_reach_every_node() {
-    let mut c = Cluster::new(3, 4, StorageKind::Memory);
-    c.wait_all_leaders(Duration::from_secs(20));
+    let mut c = Cluster::with_leaders(3, 4, StorageKind::Memory);
     // Every node announces itself through partition 0; every node learns every announcement.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -243,8 +248,7 @@ fn system_partition_directory_and_failure_events_reach_every_node() {
 
 #[test]
 fn leadership_spreads_to_preferred_leaders() {
-    let c = Cluster::new(3, 64, StorageKind::Memory);
-    c.wait_all_leaders(Duration::from_secs(20));
+    let c = Cluster::with_leaders(3, 64, StorageKind::Memory);
     // Partition p prefers voter p % 3 (ids in order): each node should end up leading its
     // share, whatever the elections' luck.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -330,11 +334,8 @@ fn a_failed_shard_answers_every_request() {
 /// log below it: after a restart, what only the snapshot holds is still there.
 #[test]
 fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
-    let mut c = Cluster::new(3, 2, StorageKind::Wal);
-    c.wait_all_leaders(Duration::from_secs(20));
-    for i in 0..30 {
-        c.put(&format!("a{i}"), "1");
-    }
+    let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
+    c.put_all("a", 30, "1");
     for p in 1..=2u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -348,9 +349,7 @@ fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
         }
     }
     // Later writes: the snapshots ride with the next write of each node.
-    for i in 0..30 {
-        c.put(&format!("b{i}"), "2");
-    }
+    c.put_all("b", 30, "2");
     let snapshot_files = |id: u64| -> usize {
         let dir = c.dir.path().join(format!("n{id}")).join("snapshots");
         let shards = std::fs::read_dir(&dir).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
@@ -380,11 +379,8 @@ fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
 /// next write): restarted, still cut off from its peers, a node knows every commit it knew.
 #[test]
 fn a_clean_stop_keeps_the_commit_index() {
-    let mut c = Cluster::new(3, 2, StorageKind::Wal);
-    c.wait_all_leaders(Duration::from_secs(20));
-    for i in 0..20 {
-        c.put(&format!("k{i}"), "v");
-    }
+    let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
+    c.put_all("k", 20, "v");
     let commits = |h: &NodeHandle| -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = block_on(h.status()).iter().map(|s| (s.id, s.commit_index)).collect();
         v.sort_unstable();
