@@ -250,3 +250,42 @@ fn inconsistent_restore_state_and_bad_config_refused() {
         assert!(RaftGroup::new(cfg, base()).is_err(), "{what}");
     }
 }
+
+/// Figure 2 keeps `commitIndex` volatile: a Ready whose only hard-state change is the commit
+/// index persists no hard state; the change rides with the group's next Ready that writes
+/// entries. Term and vote are persisted in the Ready that changes them, with the newest
+/// commit index. What no Ready carried yet is `unsaved_hard_state` (a clean stop writes it).
+#[test]
+fn commit_only_change_waits_for_the_next_write() {
+    let mut r = solo(2, &[1, 2, 3], plain);
+    r.step(msg(1, 2, append(1, (0, 0), vec![entry(1, 1), entry(2, 1)], 0))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.vote, h.commit)), Some((1, 0, 0)), "a new term is written");
+    r.advance(rd.number);
+
+    // The leader's commit notice: entries to apply, but no hard state to write.
+    r.step(msg(1, 2, append(1, (2, 1), vec![], 2))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(rd.committed_entries.len(), 2);
+    assert!(rd.hard_state.is_none(), "a commit-only change is not written on its own");
+    assert_eq!(r.unsaved_hard_state().map(|h| h.commit), Some(2));
+    r.advance(rd.number);
+    assert!(r.ready().is_none(), "a held-back commit alone is no reason for a Ready");
+
+    // The next entries carry it.
+    r.step(msg(1, 2, append(1, (2, 1), vec![entry(3, 1)], 2))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.commit)), Some((1, 2)));
+    assert_eq!(r.unsaved_hard_state(), None);
+    r.advance(rd.number);
+
+    // Commit moves alone again, then a vote in a new term: written at once, with it.
+    r.step(msg(1, 2, append(1, (3, 1), vec![], 3))).unwrap();
+    let rd = r.ready().unwrap();
+    assert!(rd.hard_state.is_none());
+    r.advance(rd.number);
+    r.step(msg(3, 2, vote_req(2, 3, 1, false))).unwrap();
+    let rd = r.ready().unwrap();
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.vote, h.commit)), Some((2, 3, 3)));
+    assert_eq!(r.unsaved_hard_state(), None);
+}

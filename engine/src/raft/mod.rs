@@ -20,12 +20,10 @@
 //! - `proposal.rs` — the write API and leadership controls
 //! - `tick.rs` — deadlines: election timeout, heartbeats, CheckQuorum
 //! - `ready.rs` — [`Ready`] and its acknowledgement
-//! - `durability.rs` — [`CommitDeferral`]: which hard states must be written with a Ready
 //! - `multi.rs` — [`MultiRaft`], many groups on one shard with merged Readies
 //! - `log.rs`, `config.rs`, `status.rs`, `types.rs`, `rng.rs` — building blocks
 
 mod config;
-mod durability;
 mod election;
 mod group;
 mod log;
@@ -48,7 +46,6 @@ mod two_step;
 mod types;
 
 pub use config::Config;
-pub use durability::CommitDeferral;
 pub use group::{GroupStats, RaftGroup};
 pub use log::RaftLog;
 pub use membership::{ConfHistory, apply_change};

@@ -7,8 +7,7 @@
 //!    entries are durable on a quorum, so this need not wait for step 3;
 //! 3. persist, in order with earlier Readies: `snapshot` (install it), then `entries`
 //!    (replacing any stored entries at or after the first one's index), then `hard_state`,
-//!    then `compact_to` (a hard state that changes only the commit index may wait for the
-//!    group's next write: [`super::CommitDeferral`]);
+//!    then `compact_to`;
 //! 4. once that is durable, send `persisted_messages` (vote grants, append acknowledgements —
 //!    §5: a node answers only from durable state) and call `advance(number)`.
 //!
@@ -29,7 +28,11 @@ pub struct Ready {
     pub number: u64,
     /// Role, leader or term changed since the last Ready.
     pub soft_state: Option<SoftState>,
-    /// Term, vote or commit changed: persist atomically with `entries`.
+    /// Term or vote changed, or the commit index changed and this Ready persists something
+    /// else too: persist atomically with `entries`. The commit index is volatile in Raft (a
+    /// restarted node relearns it from the leader), so a change of it alone is not written
+    /// on its own — it rides with the group's next Ready that writes (etcd's `MustSync`):
+    /// a synchronous write per commit was half of a single client's writes.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader: persist it (discarding stored entries up to its
     /// index, or all of them if the stored log does not hold its last entry) and restore the
@@ -113,7 +116,7 @@ impl RaftGroup {
     #[must_use]
     pub fn has_ready(&self) -> bool {
         Some(self.soft_state()) != self.ready.last_soft_state
-            || self.hard_state() != self.ready.last_hard_state
+            || self.hard_state_must_persist()
             || self.snapshot_to_install.is_some()
             || self.log.has_unstable()
             || self.compact_to.is_some()
@@ -125,6 +128,22 @@ impl RaftGroup {
             || self.commit_unsent
             || self.appends_unsent
             || !self.fetches.is_empty()
+    }
+
+    /// Whether term or vote changed since the last hard state a Ready carried (§5.1: they are
+    /// durable before the node acts on them).
+    fn hard_state_must_persist(&self) -> bool {
+        let last = self.ready.last_hard_state;
+        self.term != last.term || self.vote != last.vote
+    }
+
+    /// The hard state, if it differs from the last one a Ready carried (only in the commit
+    /// index, unless a Ready is being collected): what a clean stop writes so that a restart
+    /// knows every commit index this node knew.
+    #[must_use]
+    pub fn unsaved_hard_state(&self) -> Option<HardState> {
+        let hs = self.hard_state();
+        (hs != self.ready.last_hard_state).then_some(hs)
     }
 
     /// Collects everything to persist, send and apply since the last Ready, or `None`.
@@ -151,9 +170,12 @@ impl RaftGroup {
         // Every entry up to the commit index is in the log and so is persisted with this
         // Ready or an earlier one: recording the commit index now never points past the
         // durable log after a crash.
-        let hs = self.hard_state();
-        let hard_state = (hs != self.ready.last_hard_state).then_some(hs);
-        self.ready.last_hard_state = hs;
+        let writes = !entries.is_empty() || snapshot.is_some() || self.compact_to.is_some();
+        let hard_state =
+            if self.hard_state_must_persist() || writes { self.unsaved_hard_state() } else { None };
+        if let Some(hs) = hard_state {
+            self.ready.last_hard_state = hs;
+        }
         let number = self.ready.next_number;
         self.ready.next_number += 1;
         self.ready.outstanding.push_back(Record {

@@ -45,8 +45,7 @@ use crate::config::NodeConfig;
 use crate::events::Event;
 use crate::hlc::{HybridLogicalClock, Ticket};
 use crate::raft::{
-    CommitDeferral, Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot,
-    Status,
+    Membership, MultiRaft, NodeId, Proposal, ProposalKind, Ready, RestoreState, Snapshot, Status,
 };
 use crate::state_machine::{PartitionId, StateMachine, StateMachineFactory};
 use crate::system::{ClusterDirectory, SystemStateMachine, SystemView, announcement};
@@ -113,8 +112,6 @@ pub(crate) struct Shard<T: Transport> {
     replay_until: HashMap<PartitionId, u64>,
     /// Partitions that applied a checkpoint and should compact once possible.
     compact_wanted: Vec<PartitionId>,
-    /// Commit-only hard states held back until the partition's next write.
-    commit_deferral: CommitDeferral,
     /// Snapshots of checkpoints this shard took, saved by the writer before the write of the
     /// next job (the one whose batch compacts the WAL below them).
     snapshots_to_save: Vec<(PartitionId, Snapshot)>,
@@ -259,7 +256,6 @@ impl<T: Transport> Shard<T> {
             leader_waiters: Vec::new(),
             replay_until,
             compact_wanted: Vec::new(),
-            commit_deferral: CommitDeferral::default(),
             snapshots_to_save: Vec::new(),
             peers_seen: HashMap::new(),
             system,
@@ -340,21 +336,21 @@ impl<T: Transport> Shard<T> {
             let term = self.shared.leader(p).map_or(0, |(_, t)| t);
             self.shared.set_leader(p, None, term);
         }
-        // The commit indexes held back (`CommitDeferral`) go out with a last write, so a
-        // restart after a clean stop replays every entry this node applied. (After a failed
-        // write the writer refuses it, as everything else.)
-        let held = self.commit_deferral.take_all();
+        // Commit indexes no Ready carried yet (a change of it alone waits for the next write:
+        // `Ready::hard_state`) go out with a last write, so a restart after a clean stop
+        // replays every entry this node applied. (After a failed write the writer refuses
+        // it, as everything else.)
+        let partitions: Vec<PartitionWrite> = self
+            .multi
+            .group_ids()
+            .filter_map(|p| {
+                let hs = self.multi.group(p)?.unsaved_hard_state()?;
+                Some(PartitionWrite { partition: p, hard_state: Some(hs), ..Default::default() })
+            })
+            .collect();
         if let Some(jobs) = &self.jobs
-            && !held.is_empty()
+            && !partitions.is_empty()
         {
-            let partitions = held
-                .into_iter()
-                .map(|(partition, hs)| PartitionWrite {
-                    partition,
-                    hard_state: Some(hs),
-                    ..Default::default()
-                })
-                .collect();
             let _ = jobs.send(WriteJob {
                 // Acknowledges nothing: the loop that would act on the completion is done.
                 number: 0,
@@ -750,12 +746,11 @@ impl<T: Transport> Shard<T> {
                 if let Some(s) = &r.snapshot {
                     job.snapshots.push((*p, s.clone()));
                 }
-                let must_write = !r.entries.is_empty() || r.snapshot.is_some() || r.compact_to.is_some();
                 let w = PartitionWrite {
                     partition: *p,
                     snapshot: r.snapshot.as_ref().map(|s| LogPosition::new(s.meta.index, s.meta.term)),
                     entries: std::mem::take(&mut r.entries),
-                    hard_state: self.commit_deferral.hard_state_to_write(*p, r.hard_state, must_write),
+                    hard_state: r.hard_state,
                     compact_to: r.compact_to,
                 };
                 if !w.is_empty() {

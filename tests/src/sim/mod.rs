@@ -383,8 +383,6 @@ impl Sim {
                 self.nodes[i].reads.push((gid, rs));
             }
             let local_snapshot = self.nodes[i].local_snapshots.remove(&gid);
-            let must_write = !r.entries.is_empty() || r.snapshot.is_some() || r.compact_to.is_some();
-            let hard_state = self.nodes[i].commit_deferral.hard_state_to_write(gid, r.hard_state, must_write);
             let (committed, deliveries) = if self.cfg.apply_before_persist {
                 // Committed entries are durable on a quorum: a shell may apply them (and
                 // answer clients) before its own fsync completes.
@@ -398,7 +396,7 @@ impl Sim {
                 snapshot: r.snapshot,
                 local_snapshot,
                 entries: r.entries,
-                hard_state,
+                hard_state: r.hard_state,
                 compact_to: r.compact_to,
                 persisted_messages: r.persisted_messages,
                 committed,

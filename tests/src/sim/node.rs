@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
-use phalanx::raft::{CommitDeferral, Config, GroupId, Membership, MultiRaft, NodeId, ReadState, Snapshot};
+use phalanx::raft::{Config, GroupId, Membership, MultiRaft, NodeId, ReadState, Snapshot};
 use phalanx_proto::{HardState, LogEntry, RaftMessage};
 
 use super::checker::entry_id;
@@ -109,8 +109,6 @@ pub struct SimNode {
     /// Fetches whose read waits for the next write to complete (the runtime's writer reads
     /// a job's fetches after the whole merged batch, later Readies' compactions included).
     pub held_fetches: Vec<(GroupId, phalanx::raft::LogFetch)>,
-    /// Commit-only hard states held back until a group's next write, as the runtime does.
-    pub commit_deferral: CommitDeferral,
     /// Configuration template for this node's groups.
     template: Config,
 }
@@ -148,7 +146,6 @@ impl SimNode {
             local_snapshots: BTreeMap::new(),
             reads: Vec::new(),
             held_fetches: Vec::new(),
-            commit_deferral: CommitDeferral::default(),
             template: template.clone(),
         };
         for &g in groups {
@@ -166,7 +163,6 @@ impl SimNode {
         self.local_snapshots.clear();
         self.reads.clear();
         self.held_fetches.clear();
-        self.commit_deferral = CommitDeferral::default();
         self.multi = MultiRaft::new();
     }
 
