@@ -296,7 +296,7 @@ impl<T: Transport> Shard<T> {
                     Wake::Input(Some(m)) => self.handle(m),
                     Wake::Input(None) => self.stopping = true, // every sender is gone
                     Wake::Durable(Some(c)) => {
-                        if let Err(e) = self.on_durable(c).await {
+                        if let Err(e) = self.on_durable(c) {
                             self.fatal(e);
                             break 'turns;
                         }
@@ -305,7 +305,7 @@ impl<T: Transport> Shard<T> {
                 }
             }
             while let Ok(c) = self.done.try_recv() {
-                if let Err(e) = self.on_durable(c).await {
+                if let Err(e) = self.on_durable(c) {
                     self.fatal(e);
                     break 'turns;
                 }
@@ -320,7 +320,7 @@ impl<T: Transport> Shard<T> {
                 break;
             }
             self.tick_if_due();
-            if let Err(e) = self.process_readies().await {
+            if let Err(e) = self.process_readies() {
                 self.fatal(e);
                 break;
             }
@@ -721,7 +721,7 @@ impl<T: Transport> Shard<T> {
     }
 
     /// Steps 3–5 of the loop for every Ready available now.
-    async fn process_readies(&mut self) -> Result<(), String> {
+    fn process_readies(&mut self) -> Result<(), String> {
         for _ in 0..MAX_READY_ROUNDS_PER_TURN {
             if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT {
                 break;
@@ -778,7 +778,7 @@ impl<T: Transport> Shard<T> {
                     fetched: Vec::new(),
                 };
                 self.writes_in_flight += 1;
-                self.on_durable(c).await?;
+                self.on_durable(c)?;
                 continue;
             }
             let Some(jobs) = &self.jobs else { break };
@@ -794,7 +794,7 @@ impl<T: Transport> Shard<T> {
     }
 
     /// Step 6: a Ready is durable.
-    async fn on_durable(&mut self, c: Completion) -> Result<(), String> {
+    fn on_durable(&mut self, c: Completion) -> Result<(), String> {
         self.writes_in_flight -= 1;
         c.result?;
         self.outbox.extend(c.persisted_messages);
