@@ -16,6 +16,8 @@ use crate::raft::{Membership, Snapshot, SnapshotMeta};
 use crate::state_machine::PartitionId;
 
 const MAGIC: &[u8; 8] = b"PHXSNAP1";
+/// Magic and body length.
+const HEADER_BYTES: usize = 16;
 /// Largest snapshot file accepted when loading (bad input must not exhaust memory).
 pub const MAX_SNAPSHOT_FILE_BYTES: u64 = 4 << 30;
 
@@ -39,31 +41,50 @@ impl SnapshotStore {
 
     /// Makes `s` the durable snapshot of `partition`.
     pub fn save(&self, partition: PartitionId, s: &Snapshot) -> std::io::Result<()> {
-        let msg = InstallSnapshotChunk {
-            term: 0,
-            last_included_index: s.meta.index,
-            last_included_term: s.meta.term,
-            conf_state: Some(s.meta.membership.to_proto()),
-            offset: 0,
-            data: s.data.clone(),
-            done: true,
-            pending_two_step: s.meta.pending_two_step.clone(),
-            total_size: s.data.len() as u64,
-        };
-        let body = msg.encode_to_vec();
-        let mut buf = Vec::with_capacity(body.len() + 20);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&body);
-        buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        let tmp = self.dir.join(format!("p{partition}.snap.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_data()?;
+        self.save_all([(partition, s)])
+    }
+
+    /// Makes each snapshot the durable one of its partition: every file written and synced
+    /// under a temporary name, renamed into place, then one directory sync for all of them
+    /// (a checkpoint turn on many partitions costs one, not one each).
+    pub fn save_all<'a>(
+        &self,
+        snapshots: impl IntoIterator<Item = (PartitionId, &'a Snapshot)>,
+    ) -> std::io::Result<()> {
+        let mut renamed = false;
+        for (partition, s) in snapshots {
+            let msg = InstallSnapshotChunk {
+                term: 0,
+                last_included_index: s.meta.index,
+                last_included_term: s.meta.term,
+                conf_state: Some(s.meta.membership.to_proto()),
+                offset: 0,
+                data: s.data.clone(),
+                done: true,
+                pending_two_step: s.meta.pending_two_step.clone(),
+                total_size: s.data.len() as u64,
+            };
+            // Encoded in place after the header: the image is not copied a second time.
+            let body_len = msg.encoded_len();
+            let mut buf = Vec::with_capacity(HEADER_BYTES + body_len + 4);
+            buf.extend_from_slice(MAGIC);
+            buf.extend_from_slice(&(body_len as u64).to_le_bytes());
+            msg.encode(&mut buf).map_err(std::io::Error::other)?;
+            let crc = crc32c::crc32c(&buf[HEADER_BYTES..]);
+            buf.extend_from_slice(&crc.to_le_bytes());
+            let tmp = self.dir.join(format!("p{partition}.snap.tmp"));
+            {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&buf)?;
+                f.sync_data()?;
+            }
+            std::fs::rename(&tmp, self.path(partition))?;
+            renamed = true;
         }
-        std::fs::rename(&tmp, self.path(partition))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        if renamed {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// The snapshot of `partition`, if one was saved. A damaged or foreign file is an error
@@ -89,23 +110,27 @@ impl SnapshotStore {
 
 fn decode(path: &Path, b: &[u8]) -> Result<Snapshot, String> {
     let bad = |what: &str, offset: usize| format!("{}: {what} at offset {offset}", path.display());
-    if b.len() < 20 || &b[..8] != MAGIC {
+    if b.len() < HEADER_BYTES + 4 || &b[..8] != MAGIC {
         return Err(bad("not a Phalanx snapshot (bad magic)", 0));
     }
     let len = u64::from_le_bytes(b[8..16].try_into().map_err(|_| bad("truncated header", 8))?);
-    if len > MAX_SNAPSHOT_FILE_BYTES || 16 + len as usize + 4 != b.len() {
+    if len > MAX_SNAPSHOT_FILE_BYTES || HEADER_BYTES + len as usize + 4 != b.len() {
         return Err(bad("length does not match the file", 8));
     }
-    let body = &b[16..16 + len as usize];
+    let body = &b[HEADER_BYTES..HEADER_BYTES + len as usize];
     let crc = u32::from_le_bytes(
-        b[16 + len as usize..].try_into().map_err(|_| bad("truncated checksum", b.len()))?,
+        b[HEADER_BYTES + len as usize..].try_into().map_err(|_| bad("truncated checksum", b.len()))?,
     );
     if crc32c::crc32c(body) != crc {
-        return Err(bad("checksum mismatch", 16));
+        return Err(bad("checksum mismatch", HEADER_BYTES));
     }
-    let m = InstallSnapshotChunk::decode(body).map_err(|e| bad(&format!("undecodable ({e})"), 16))?;
-    let membership =
-        m.conf_state.as_ref().map(Membership::from_proto).ok_or_else(|| bad("no membership", 16))?;
+    let m =
+        InstallSnapshotChunk::decode(body).map_err(|e| bad(&format!("undecodable ({e})"), HEADER_BYTES))?;
+    let membership = m
+        .conf_state
+        .as_ref()
+        .map(Membership::from_proto)
+        .ok_or_else(|| bad("no membership", HEADER_BYTES))?;
     Ok(Snapshot {
         meta: SnapshotMeta {
             index: m.last_included_index,
@@ -136,7 +161,7 @@ mod tests {
             data: bytes::Bytes::from_static(b"image"),
         };
         store.save(3, &s).unwrap();
-        assert_eq!(store.load(3).unwrap(), Some(s));
+        assert_eq!(store.load(3).unwrap(), Some(s.clone()));
         let path = dir.path().join("p3.snap");
         let mut b = std::fs::read(&path).unwrap();
         let n = b.len();
@@ -146,5 +171,13 @@ mod tests {
         assert!(err.contains("p3.snap"), "{err}");
         std::fs::write(&path, b"garbage").unwrap();
         assert!(store.load(3).unwrap_err().contains("magic"));
+
+        // Several at once, one directory sync: each partition gets its own, the last wins.
+        let at = |index: u64| Snapshot { meta: SnapshotMeta { index, ..s.meta.clone() }, ..s.clone() };
+        let (a, b, c) = (at(10), at(20), at(30));
+        store.save_all([(3, &a), (4, &b), (4, &c)]).unwrap();
+        assert_eq!(store.load(3).unwrap(), Some(a));
+        assert_eq!(store.load(4).unwrap(), Some(c));
+        store.save_all([]).unwrap();
     }
 }

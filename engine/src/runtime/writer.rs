@@ -169,12 +169,13 @@ async fn write(
     snaps: Vec<(PartitionId, Snapshot)>,
 ) -> Result<(), String> {
     // A snapshot's file is durable before the WAL moves the partition's floor.
-    for (p, s) in snaps {
+    if !snaps.is_empty() {
+        let ids: Vec<PartitionId> = snaps.iter().map(|(p, _)| *p).collect();
         let files = snapshots.clone();
         glommio::executor()
-            .spawn_blocking(move || files.save(p, &s))
+            .spawn_blocking(move || files.save_all(snaps.iter().map(|(p, s)| (*p, s))))
             .await
-            .map_err(|e| format!("saving the snapshot of partition {p}: {e}"))?;
+            .map_err(|e| format!("saving the snapshots of partitions {ids:?}: {e}"))?;
     }
     if batch.is_empty() {
         return Ok(());
