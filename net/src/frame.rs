@@ -223,12 +223,20 @@ fn put_header(kind: FrameKind, len: usize, out: &mut impl BufMut) {
     out.put_u8(kind.to_u8());
 }
 
+/// First size of a decoder's read chunk, in bytes; it doubles (up to the caller's chunk
+/// size) while reads fill it, so an idle or trickling connection holds a few KiB.
+pub const MIN_READ_CHUNK_BYTES: usize = 4 << 10;
+
 /// Incremental frame decoder over a byte buffer.
 ///
 /// Feed it bytes ([`push`](Self::push), or [`read_from`](Self::read_from) an async reader)
 /// and pull complete frames with [`next_frame`](Self::next_frame). It never panics on any
 /// input. After it returned an error the stream is desynchronised: drop the connection (and
 /// the decoder).
+///
+/// Its memory follows the bytes actually received, never what a header declares: a peer
+/// that sends a header announcing a large frame and then nothing costs a few KiB, not the
+/// frame (the buffer grows at most twofold past what is buffered).
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
@@ -269,12 +277,17 @@ impl FrameDecoder {
         reader: &mut R,
         chunk_bytes: usize,
     ) -> std::io::Result<usize> {
-        let want = chunk_bytes.max(1);
-        if self.scratch.len() < want {
-            self.scratch.resize(want, 0);
+        let max = chunk_bytes.max(1);
+        if self.scratch.is_empty() {
+            self.scratch.resize(MIN_READ_CHUNK_BYTES.min(max), 0);
         }
+        let want = self.scratch.len().min(max);
         let n = reader.read(&mut self.scratch[..want]).await?;
         self.buf.extend_from_slice(&self.scratch[..n]);
+        if n == want && want < max {
+            // The peer sends faster than this chunk drains: read more per call.
+            self.scratch.resize((want * 2).min(max), 0);
+        }
         Ok(n)
     }
 
@@ -288,8 +301,8 @@ impl FrameDecoder {
         check_len(len, self.max_frame_bytes)?;
         let kind = FrameKind::from_u8(self.buf[4])?;
         if self.buf.len() < FRAME_HEADER_BYTES + len {
-            // Reserve once for the whole frame instead of growing chunk by chunk.
-            self.buf.reserve(FRAME_HEADER_BYTES + len - self.buf.len());
+            // The buffer grows with what arrives (doubling: linear copies in all), never to
+            // what the header claims before the bytes are here.
             return Ok(None);
         }
         self.buf.advance(FRAME_HEADER_BYTES);
@@ -301,6 +314,13 @@ impl FrameDecoder {
     #[must_use]
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of memory the decoder holds (buffer capacity and read chunk): what a connection
+    /// costs while it waits.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.buf.capacity() + self.scratch.capacity()
     }
 
     /// At end of stream: `Ok` when the stream ended on a frame boundary.
@@ -407,6 +427,28 @@ mod tests {
             Err(FrameError::FrameTooLarge { len: 1025, max: 1024 })
         ));
         assert!(out.is_empty(), "a refused frame appends nothing");
+    }
+
+    /// Regression (issue 11): a header announcing a 16 MiB frame made the decoder reserve the
+    /// whole frame at once; a thousand such connections held gigabytes. Memory follows the
+    /// bytes received.
+    #[test]
+    fn memory_follows_received_bytes_not_declared_length() {
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let len = u32::try_from(DEFAULT_MAX_FRAME_BYTES).expect("fits");
+        d.push(&len.to_be_bytes());
+        d.push(&[FrameKind::Batch.to_u8()]);
+        assert!(d.next_frame().expect("a valid header").is_none());
+        assert!(d.memory_bytes() <= 4 * MIN_READ_CHUNK_BYTES, "{} bytes for a bare header", d.memory_bytes());
+        // Feeding the frame in pieces grows the buffer at most about twofold past the data.
+        let chunk = vec![0u8; 64 << 10];
+        let mut fed = FRAME_HEADER_BYTES;
+        for _ in 0..16 {
+            d.push(&chunk);
+            fed += chunk.len();
+            assert!(d.next_frame().expect("still valid").is_none());
+            assert!(d.memory_bytes() <= 2 * fed + 2 * MIN_READ_CHUNK_BYTES, "{} for {fed}", d.memory_bytes());
+        }
     }
 
     #[test]
