@@ -166,6 +166,8 @@ fn garbage_or_forged_batches_after_the_handshake_close_the_connection() {
     let (tx, rx) = flume::unbounded();
     let b = start(&mut fx, 2, &tx);
     let port = fx.port(2).unwrap();
+    // Node 9 is a member (never started): its handshake passes; what follows does not.
+    fx.add_absent(9);
 
     let mut s = raw_send_hello(port, &hello(9, 2));
     assert_eq!(raw_read_frame(&mut s).unwrap().kind, FrameKind::HelloAck);
@@ -218,6 +220,8 @@ fn wrong_protocol_version_or_target_gets_a_typed_reject() {
         (hello(9, 3), RejectCode::WrongNode),
         (hello(2, 2), RejectCode::InvalidHello),
         (Hello { shard: 4, shards: 4, ..hello(9, 2) }, RejectCode::InvalidHello),
+        // A well-formed Hello from a node id the cluster does not list (issue 11).
+        (hello(9, 2), RejectCode::UnknownNode),
     ];
     for (h, code) in cases {
         let mut s = raw_send_hello(port, &h);
@@ -227,7 +231,7 @@ fn wrong_protocol_version_or_target_gets_a_typed_reject() {
         assert_eq!(r.code(), code, "{}", r.reason);
         assert!(closed_within(&mut s, WAIT_LIMIT));
     }
-    assert!(wait_until(WAIT_LIMIT, || b.stats(0).handshakes_rejected == 4));
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).handshakes_rejected == 5));
     assert!(b.shutdown());
 }
 

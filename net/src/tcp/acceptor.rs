@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
-use phalanx_proto::Hello;
+use phalanx_proto::{Hello, HelloReject, RejectCode};
 use tracing::{debug, warn};
 
 use super::socket::{adopt, configure, detach, timeout};
@@ -81,6 +81,16 @@ async fn handshake_inbound(shard: &Rc<Shard>, mut stream: TcpStream) {
             Err(e) => return refused(&e),
         };
     let (hello, leftover) = hello;
+    // A node id the cluster does not know is a stranger (or a misconfigured node): its
+    // messages would be dropped one by one as from an unknown peer; refuse it once, here.
+    if shard.discovery.address(hello.node_id).is_none() {
+        let r = HelloReject {
+            code: RejectCode::UnknownNode as i32,
+            reason: format!("node {} is not a member of this cluster", hello.node_id),
+        };
+        handshake::send_reject(&mut stream, &r).await;
+        return refused(&HandshakeError::Rejected(r));
+    }
     let target = peer_shard(hello.shard as usize, shard.local.shards as usize);
     if target == shard.shard as usize {
         serve(shard, stream, hello, leftover, peer_addr).await;
