@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // common append/heartbeat/vote bodies stay inline).
         .boxed(".phalanx.v1.RaftMessage.body.snapshot")
         .boxed(".phalanx.v1.RaftMessage.body.forwarded_proposal")
+        // A status answer is rare; its counters would make every client answer larger.
+        .boxed(".phalanx.v1.StatusResponse.client_port")
         .compile_fds(descriptors)?;
     Ok(())
 }

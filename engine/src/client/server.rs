@@ -8,21 +8,26 @@
 //! leader for the read index. Malformed input gets a typed `INVALID` answer or, if the frame
 //! itself is broken, the connection is closed with a logged reason.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
 use phalanx_proto::{
     AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientError, ClientErrorCode,
-    ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand, Message, NodeInfo,
-    PartitionInfo, PutResponse, StatusResponse, TransferLeaderResponse, client_request, client_response,
-    kv_command,
+    ClientPortStats, ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand,
+    Message, NodeInfo, PartitionInfo, PutResponse, StatusResponse, TransferLeaderResponse, client_request,
+    client_response, kv_command,
 };
 
 use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
@@ -33,8 +38,113 @@ use crate::runtime::ReplicationResult;
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 4096;
-/// Concurrent client connections; more are refused (closed at once).
+/// Concurrent client connections; more are refused with a `BUSY` answer and closed.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Bytes of requests one connection may have in flight (their answers pending); reading
+/// pauses beyond it. At least one request of the largest size must fit.
+pub const MAX_INFLIGHT_BYTES_PER_CONNECTION: usize = 2 * MAX_CLIENT_FRAME_BYTES;
+/// Bytes of requests all connections together may have in flight.
+pub const MAX_INFLIGHT_BYTES: usize = 32 * MAX_CLIENT_FRAME_BYTES;
+/// A connection with nothing in flight that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A frame must arrive whole within this long of its first byte (16 MiB in 30 s is about
+/// 0.5 MiB/s): a half-sent frame does not hold its buffer forever.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read from a socket at most per read.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// The client port's limits, each with its unit. The defaults are the constants above;
+/// tests shrink them.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Requests in flight per connection.
+    pub max_inflight_per_connection: usize,
+    /// Bytes of requests in flight per connection (at least one largest frame).
+    pub max_inflight_bytes_per_connection: usize,
+    /// Bytes of requests in flight on all connections (at least one largest frame).
+    pub max_inflight_bytes: usize,
+    /// Idle connections (nothing in flight, nothing received) are closed after this.
+    pub idle_timeout: Duration,
+    /// A frame begun must complete within this.
+    pub frame_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: MAX_CONNECTIONS,
+            max_inflight_per_connection: MAX_INFLIGHT_PER_CONNECTION,
+            max_inflight_bytes_per_connection: MAX_INFLIGHT_BYTES_PER_CONNECTION,
+            max_inflight_bytes: MAX_INFLIGHT_BYTES,
+            idle_timeout: IDLE_TIMEOUT,
+            frame_timeout: FRAME_TIMEOUT,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Checks the limits against each other, naming the first that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_inflight_per_connection == 0 {
+            return Err("max_connections and max_inflight_per_connection must be at least 1".into());
+        }
+        if self.max_inflight_bytes_per_connection < MAX_CLIENT_FRAME_BYTES
+            || self.max_inflight_bytes < self.max_inflight_bytes_per_connection
+        {
+            return Err(format!(
+                "in-flight byte limits must hold one largest request ({MAX_CLIENT_FRAME_BYTES} bytes), \
+                 the node's at least the connection's"
+            ));
+        }
+        if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
+            return Err("idle_timeout and frame_timeout must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// How often the sweeper looks for connections past a deadline: a quarter of the
+    /// shorter timeout, so a connection outlives its deadline by at most that.
+    fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout.min(self.frame_timeout) / 4).max(Duration::from_millis(10))
+    }
+}
+
+/// The client port's counters (see `phalanx.v1.ClientPortStats`), readable from any thread.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    connections_open: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    closed_idle: AtomicU64,
+    closed_frame_timeout: AtomicU64,
+    closed_bad_input: AtomicU64,
+    requests: AtomicU64,
+    inflight_request_bytes: AtomicU64,
+}
+
+impl ServerCounters {
+    /// A snapshot of the counters.
+    #[must_use]
+    pub fn snapshot(&self) -> ClientPortStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientPortStats {
+            connections_open: g(&self.connections_open),
+            connections_accepted: g(&self.connections_accepted),
+            connections_refused: g(&self.connections_refused),
+            closed_idle: g(&self.closed_idle),
+            closed_frame_timeout: g(&self.closed_frame_timeout),
+            closed_bad_input: g(&self.closed_bad_input),
+            requests: g(&self.requests),
+            inflight_request_bytes: g(&self.inflight_request_bytes),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Addresses of the cluster's nodes, for status answers and leader hints.
 #[derive(Clone, Debug, Default)]
@@ -50,69 +160,87 @@ pub struct ClientServer {
     stop: flume::Sender<()>,
     join: Option<glommio::ExecutorJoinHandle<()>>,
     addr: SocketAddr,
+    counters: Arc<ServerCounters>,
 }
 
 impl ClientServer {
-    /// Binds `addr` and serves it on a new executor thread. Fails (with the OS error) when
-    /// the port is in use.
+    /// Binds `addr` and serves it on a new executor thread, with the default limits. Fails
+    /// (with the OS error) when the port is in use.
     pub fn start(handle: NodeHandle, addr: SocketAddr, directory: Directory) -> Result<ClientServer, String> {
+        ClientServer::start_with(handle, addr, directory, ServerLimits::default())
+    }
+
+    /// [`ClientServer::start`] with explicit limits.
+    pub fn start_with(
+        handle: NodeHandle,
+        addr: SocketAddr,
+        directory: Directory,
+        limits: ServerLimits,
+    ) -> Result<ClientServer, String> {
+        ClientServer::serve(handle, ClientServer::bind(addr)?, directory, limits)
+    }
+
+    /// Binds the client port without serving it yet, so a port in use stops a node before
+    /// it starts anything else. std's listener, not glommio's `bind`: that sets SO_REUSEPORT,
+    /// which let a second node bind the same port silently and take half the connections.
+    pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("client port {addr}: {e}"))
+    }
+
+    /// Serves a listener from [`ClientServer::bind`] on a new executor thread.
+    pub fn serve(
+        handle: NodeHandle,
+        listener: std::net::TcpListener,
+        directory: Directory,
+        limits: ServerLimits,
+    ) -> Result<ClientServer, String> {
+        limits.validate().map_err(|e| format!("client port limits: {e}"))?;
+        let local = listener.local_addr().map_err(|e| format!("client port: {e}"))?;
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let dir = Arc::new(directory);
+        let counters = Arc::new(ServerCounters::default());
+        let shared_counters = counters.clone();
         let join = LocalExecutorBuilder::new(Placement::Unbound)
             .name("phalanx-client")
             .io_memory(1 << 20)
             .spawn(move || async move {
-                let listener = match TcpListener::bind(addr) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(format!("client port {addr}: {e}")));
-                        return;
-                    }
-                };
-                let local = listener.local_addr().unwrap_or(addr);
-                let _ = bound_tx.send(Ok(local));
-                let ctx = Rc::new(Ctx { handle, dir, connections: std::cell::Cell::new(0) });
-                loop {
-                    let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                        let _ = stop_rx.recv_async().await;
-                        None
-                    })
-                    .await;
-                    match accepted {
-                        None => break,
-                        Some(Ok(stream)) => {
-                            if ctx.connections.get() >= MAX_CONNECTIONS {
-                                tracing::warn!("client port: connection limit reached, refusing");
-                                continue;
-                            }
-                            ctx.connections.set(ctx.connections.get() + 1);
-                            let ctx = ctx.clone();
-                            glommio::spawn_local(async move {
-                                serve_connection(stream, ctx.clone()).await;
-                                ctx.connections.set(ctx.connections.get() - 1);
-                            })
-                            .detach();
-                        }
-                        Some(Err(e)) => tracing::warn!("client port accept: {e}"),
-                    }
-                }
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the fd comes from a bound, listening std listener whose ownership is
+                // moved here.
+                let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+                let ctx = Rc::new(Ctx {
+                    handle,
+                    dir,
+                    global_bytes: Rc::new(Semaphore::new(limits.max_inflight_bytes as u64)),
+                    limits,
+                    counters: shared_counters,
+                    conns: RefCell::new(HashMap::new()),
+                    next_conn: Cell::new(0),
+                });
+                let sweeper = glommio::spawn_local(sweep(ctx.clone()));
+                accept_loop(&ctx, &listener, stop_rx).await;
+                drop(sweeper);
             })
             .map_err(|e| format!("client port executor: {e}"))?;
-        match bound_rx.recv() {
-            Ok(Ok(addr)) => Ok(ClientServer { stop: stop_tx, join: Some(join), addr }),
-            Ok(Err(e)) => {
-                let _ = join.join();
-                Err(e)
-            }
-            Err(_) => Err("client port executor exited".into()),
-        }
+        Ok(ClientServer { stop: stop_tx, join: Some(join), addr: local, counters })
     }
 
     /// The bound address (useful with port 0).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The port's counters.
+    #[must_use]
+    pub fn stats(&self) -> ClientPortStats {
+        self.counters.snapshot()
+    }
+
+    /// The counters, shared (status answers read them).
+    #[must_use]
+    pub fn counters(&self) -> Arc<ServerCounters> {
+        self.counters.clone()
     }
 
     /// Stops accepting; open connections end with the executor.
@@ -137,14 +265,155 @@ impl Drop for ClientServer {
 struct Ctx {
     handle: NodeHandle,
     dir: Arc<Directory>,
-    connections: std::cell::Cell<usize>,
+    limits: ServerLimits,
+    counters: Arc<ServerCounters>,
+    /// Request bytes in flight on all connections.
+    global_bytes: Rc<Semaphore>,
+    /// Open connections, for the sweeper.
+    conns: RefCell<HashMap<u64, Rc<ConnState>>>,
+    next_conn: Cell<u64>,
+}
+
+/// Why this side closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    Idle,
+    FrameTimeout,
+}
+
+/// What the sweeper needs to know of one connection.
+struct ConnState {
+    fd: RawFd,
+    peer: String,
+    /// Last byte received or answer sent.
+    last_activity: Cell<Instant>,
+    /// When the frame being received began (`None` between frames).
+    frame_started: Cell<Option<Instant>>,
+    /// Requests whose answers are not sent yet.
+    inflight: Cell<usize>,
+    closed: Cell<Option<Closed>>,
+}
+
+async fn accept_loop(ctx: &Rc<Ctx>, listener: &TcpListener, stop: flume::Receiver<()>) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                if ctx.conns.borrow().len() >= ctx.limits.max_connections {
+                    bump(&ctx.counters.connections_refused);
+                    tracing::warn!(
+                        limit = ctx.limits.max_connections,
+                        "client port: connection limit reached, refusing"
+                    );
+                    glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
+                    continue;
+                }
+                bump(&ctx.counters.connections_accepted);
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move { serve_connection(stream, ctx).await }).detach();
+            }
+            Some(Err(e)) => tracing::warn!("client port accept: {e}"),
+        }
+    }
+}
+
+/// Tells a connection beyond the limit why it is closed: one `BUSY` answer (id 0), written
+/// into the fresh socket's empty send buffer, then close.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    let resp = ClientResponse {
+        id: 0,
+        result: Some(error(
+            ClientErrorCode::Busy,
+            format!("connection limit ({limit}) reached on this node; retry later or use another node"),
+        )),
+    };
+    let mut buf = Vec::new();
+    if encode_frame(FrameKind::App(RESPONSE_KIND), &resp, MAX_CLIENT_FRAME_BYTES, &mut buf).is_ok() {
+        let _ = stream.write_all(&buf).await;
+    }
+    let _ = stream.close().await;
+}
+
+/// Closes connections past a deadline: a frame begun `frame_timeout` ago and still
+/// incomplete, or nothing in flight and nothing received for `idle_timeout`. Closing is a
+/// `shutdown(2)` of the socket, which ends the connection's pending read; its task then
+/// cleans up. One task for all connections: a timer per connection would cost a wake-up
+/// per connection.
+async fn sweep(ctx: Rc<Ctx>) {
+    loop {
+        glommio::timer::sleep(ctx.limits.sweep_interval()).await;
+        let now = Instant::now();
+        for c in ctx.conns.borrow().values() {
+            if c.closed.get().is_some() {
+                continue;
+            }
+            let why =
+                if c.frame_started.get().is_some_and(|t| now.duration_since(t) > ctx.limits.frame_timeout) {
+                    Some(Closed::FrameTimeout)
+                } else if c.inflight.get() == 0
+                    && now.duration_since(c.last_activity.get()) > ctx.limits.idle_timeout
+                {
+                    Some(Closed::Idle)
+                } else {
+                    None
+                };
+            if let Some(why) = why {
+                c.closed.set(Some(why));
+                match why {
+                    Closed::Idle => bump(&ctx.counters.closed_idle),
+                    Closed::FrameTimeout => bump(&ctx.counters.closed_frame_timeout),
+                }
+                tracing::info!(peer = %c.peer, reason = ?why, "client port: closing connection");
+                // SAFETY: `fd` is the socket of a connection still registered, so still open
+                // (a connection leaves the registry before its socket is dropped).
+                unsafe {
+                    libc::shutdown(c.fd, libc::SHUT_RDWR);
+                }
+            }
+        }
+    }
+}
+
+/// Removes a connection from the registry and the open count on every exit path, before
+/// its socket is dropped.
+struct Registered<'a> {
+    ctx: &'a Ctx,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.ctx.conns.borrow_mut().remove(&self.id);
+        self.ctx.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
+    let state = Rc::new(ConnState {
+        fd: stream.as_raw_fd(),
+        peer: peer.clone(),
+        last_activity: Cell::new(Instant::now()),
+        frame_started: Cell::new(None),
+        inflight: Cell::new(0),
+        closed: Cell::new(None),
+    });
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (tx, rx) = flume::bounded::<ClientResponse>(MAX_INFLIGHT_PER_CONNECTION);
+    let id = ctx.next_conn.get();
+    ctx.next_conn.set(id + 1);
+    ctx.conns.borrow_mut().insert(id, state.clone());
+    ctx.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    // Declared after the socket halves: dropped (unregistered) before them.
+    let _registered = Registered { ctx: &ctx, id };
+    let limits = &ctx.limits;
+    let (tx, rx) = flume::bounded::<ClientResponse>(limits.max_inflight_per_connection);
+    let writer_state = state.clone();
     let writer_task = glommio::spawn_local(async move {
         let mut buf = Vec::new();
         while let Ok(first) = rx.recv_async().await {
@@ -160,47 +429,81 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
             if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
+            writer_state.last_activity.set(Instant::now());
         }
     });
+    let count = Rc::new(Semaphore::new(limits.max_inflight_per_connection as u64));
+    let conn_bytes = Rc::new(Semaphore::new(limits.max_inflight_bytes_per_connection as u64));
     let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
     'conn: loop {
+        let mut completed_any = false;
         loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => {
-                    if frame.kind != FrameKind::App(REQUEST_KIND) {
-                        tracing::info!(%peer, kind = ?frame.kind, "client port: unexpected frame, closing");
-                        break 'conn;
-                    }
-                    let req: ClientRequest = match frame.decode() {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::info!(%peer, "client port: undecodable request, closing: {e}");
-                            break 'conn;
-                        }
-                    };
-                    // Back-pressure: wait for room before taking more work.
-                    while tx.len() >= MAX_INFLIGHT_PER_CONNECTION {
-                        glommio::yield_if_needed().await;
-                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                    }
-                    let ctx = ctx.clone();
-                    let tx = tx.clone();
-                    glommio::spawn_local(async move {
-                        let resp = handle_request(&ctx, req).await;
-                        let _ = tx.send_async(resp).await;
-                    })
-                    .detach();
-                }
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
+                    bump(&ctx.counters.closed_bad_input);
                     tracing::info!(%peer, "client port: bad frame, closing: {e}");
                     break 'conn;
                 }
+            };
+            if frame.kind != FrameKind::App(REQUEST_KIND) {
+                bump(&ctx.counters.closed_bad_input);
+                tracing::info!(%peer, kind = ?frame.kind, "client port: unexpected frame, closing");
+                break 'conn;
             }
+            completed_any = true;
+            let len = frame.payload.len() as u64;
+            let req: ClientRequest = match frame.decode() {
+                Ok(r) => r,
+                Err(e) => {
+                    bump(&ctx.counters.closed_bad_input);
+                    tracing::info!(%peer, "client port: undecodable request, closing: {e}");
+                    break 'conn;
+                }
+            };
+            bump(&ctx.counters.requests);
+            // Back-pressure: no more reading until this request fits in every budget. Each
+            // permit is released when its answer is queued.
+            let permits = async {
+                let n = count.acquire_static_permit(1).await.ok()?;
+                let b = conn_bytes.acquire_static_permit(len).await.ok()?;
+                let g = ctx.global_bytes.acquire_static_permit(len).await.ok()?;
+                Some((n, b, g))
+            }
+            .await;
+            let Some(permits) = permits else { break 'conn };
+            state.inflight.set(state.inflight.get() + 1);
+            ctx.counters.inflight_request_bytes.fetch_add(len, Ordering::Relaxed);
+            let ctx = ctx.clone();
+            let tx = tx.clone();
+            let st = state.clone();
+            glommio::spawn_local(async move {
+                let resp = handle_request(&ctx, req).await;
+                let _ = tx.send_async(resp).await;
+                st.inflight.set(st.inflight.get() - 1);
+                ctx.counters.inflight_request_bytes.fetch_sub(len, Ordering::Relaxed);
+                drop(permits);
+            })
+            .detach();
         }
-        match decoder.read_from(&mut reader, 64 << 10).await {
+        // Between frames nothing is pending. Within one, its deadline runs from its first
+        // byte: the last read, when it also completed the frame before (or a wait for room
+        // came between).
+        if decoder.buffered() == 0 {
+            state.frame_started.set(None);
+        } else if completed_any {
+            state.frame_started.set(Some(Instant::now()));
+        }
+        match decoder.read_from(&mut reader, READ_CHUNK_BYTES).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(_) => {
+                let now = Instant::now();
+                state.last_activity.set(now);
+                if state.frame_started.get().is_none() {
+                    state.frame_started.set(Some(now));
+                }
+            }
         }
     }
     drop(tx);
@@ -389,7 +692,12 @@ async fn dispatch(
                     last_index: s.last_index,
                 })
                 .collect();
-            R::Status(StatusResponse { node_id: ctx.handle.node_id(), nodes, partitions })
+            R::Status(StatusResponse {
+                node_id: ctx.handle.node_id(),
+                nodes,
+                partitions,
+                client_port: Some(Box::new(ctx.counters.snapshot())),
+            })
         }
         Op::TransferLeader(t) => {
             if u64::from(ctx.handle.partitions()) < t.partition {

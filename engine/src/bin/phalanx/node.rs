@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use phalanx::client::server::{ClientServer, Directory};
+use phalanx::client::server::{ClientServer, Directory, ServerLimits};
 use phalanx::kv::KvStateMachine;
 use phalanx::{Node, NodeConfig, StateMachineFactory, derive_node_id};
 use phalanx_net::{StaticDiscovery, TcpConfig, TcpFactory, parse_node_list};
@@ -68,7 +68,9 @@ pub struct NodeArgs {
     /// Length of a Raft tick in milliseconds (heartbeat: 2 ticks, election: 10–20 ticks).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
-    /// Pin each shard to its core.
+    /// Pin each shard to a CPU of its own. Nodes on one host claim distinct CPUs (a lock
+    /// file per CPU under the temporary directory); a shard that finds none free runs
+    /// unpinned, with a warning. Restrict a node's CPUs with `taskset`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pin_cores: bool,
 }
@@ -89,6 +91,11 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         (None, Some(name)) => derive_node_id(name),
         (None, None) => derive_node_id(&raft_addr),
     };
+    if a.initial_cluster_partitions == 0 {
+        return Err(
+            "--initial-cluster-partitions must be at least 1 (partition 0 is the system's own)".into()
+        );
+    }
     let wal = StorageKind::parse(&a.wal_adapter).ok_or_else(|| {
         let built: Vec<&str> = StorageKind::built().into_iter().map(StorageKind::name).collect();
         format!("--wal-adapter {:?}: unknown; this build has {}", a.wal_adapter, built.join(", "))
@@ -102,6 +109,12 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     }
     let clients =
         parse_node_list(&a.initial_cluster_clients).map_err(|e| format!("--initial-cluster-clients: {e}"))?;
+    if let Some(stranger) = clients.iter().find(|c| !cluster.iter().any(|n| n.id == c.id)) {
+        return Err(format!(
+            "--initial-cluster-clients: node {} ({}) is not in --initial-cluster",
+            stranger.id, stranger.addr
+        ));
+    }
     let client_addr = format!("{}:{}", a.client_host, a.client_port);
 
     let mut cfg = NodeConfig::new(node_id, &a.data_dir);
@@ -119,13 +132,15 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.sync_writes = a.sync_writes;
     cfg.tick_interval_ms = a.tick_ms;
     cfg.client_address = Some(client_addr.clone());
-    cfg.validate()?;
+    cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
 
     let discovery =
         Arc::new(StaticDiscovery::new(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?);
     let tcp = TcpFactory::bind(TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone()), discovery)
         .map_err(|e| format!("raft port: {e}"))?;
     let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
+    // Both ports are bound before anything starts: a port in use stops the node here.
+    let client_listener = ClientServer::bind(client_sock)?;
     let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
     let node = Node::start(cfg, tcp, sms)?;
     let mut directory = Directory::default();
@@ -136,7 +151,8 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         directory.client.insert(n.id, n.addr.clone());
     }
     directory.client.insert(node_id, client_addr.clone());
-    let server = match ClientServer::start(node.handle(), client_sock, directory) {
+    let server = match ClientServer::serve(node.handle(), client_listener, directory, ServerLimits::default())
+    {
         Ok(s) => s,
         Err(e) => {
             node.shutdown();

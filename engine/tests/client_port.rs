@@ -1,0 +1,230 @@
+//! The client port against clients that misbehave (issue 11, items 4 and 5): memory follows
+//! what a connection sent, half-sent frames and idle connections are closed, connections
+//! beyond the limit get a clear refusal, a port in use is an error, and each is counted.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phalanx::client::server::{ClientServer, Directory, ServerLimits};
+use phalanx::client::{Client, ClientFailure, MAX_CLIENT_FRAME_BYTES, RESPONSE_KIND};
+use phalanx::kv::KvStateMachine;
+use phalanx::{Node, NodeConfig, StateMachineFactory};
+use phalanx_net::frame::{FrameDecoder, FrameKind};
+use phalanx_net::{MemoryConfig, MemoryNetwork};
+use phalanx_proto::{ClientErrorCode, ClientResponse, StatusRequest, client_request::Op};
+
+/// How long a test waits for something that should happen quickly.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    _dir: tempfile::TempDir,
+    node: Option<Node>,
+    server: Option<ClientServer>,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+        if let Some(n) = self.node.take() {
+            n.shutdown();
+        }
+    }
+}
+
+fn serve(limits: ServerLimits) -> Server {
+    let net = MemoryNetwork::new(MemoryConfig::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = 1;
+    cfg.tick_interval_ms = 10;
+    let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
+    let node = Node::start(cfg, net.factory(1), sms).expect("node starts");
+    let listener = ClientServer::bind("127.0.0.1:0".parse().expect("an address")).expect("a free port");
+    let server = ClientServer::serve(node.handle(), listener, Directory::default(), limits).expect("serves");
+    let addr = server.local_addr();
+    Server { _dir: dir, node: Some(node), server: Some(server), addr }
+}
+
+impl Server {
+    fn stats(&self) -> phalanx_proto::ClientPortStats {
+        self.server.as_ref().expect("running").stats()
+    }
+
+    fn wait(&self, what: &str, ok: impl Fn(&phalanx_proto::ClientPortStats) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !ok(&self.stats()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether the server closes `s` within `limit` (reading and discarding what it sends).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(50))).expect("a socket option");
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A frame header announcing `len` bytes of a client request, and nothing else.
+fn header_only(len: u32) -> Vec<u8> {
+    let mut h = len.to_be_bytes().to_vec();
+    h.push(phalanx::client::REQUEST_KIND);
+    h
+}
+
+fn small_timeouts() -> ServerLimits {
+    ServerLimits {
+        idle_timeout: Duration::from_millis(300),
+        frame_timeout: Duration::from_millis(300),
+        ..ServerLimits::default()
+    }
+}
+
+#[test]
+fn a_half_sent_frame_is_closed_after_the_frame_timeout() {
+    let srv = serve(small_timeouts());
+    let mut conns: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(srv.addr).expect("connects");
+            let len = u32::try_from(MAX_CLIENT_FRAME_BYTES).expect("fits");
+            s.write_all(&header_only(len)).expect("sends a header");
+            // A trickle of payload bytes: activity, but the frame never completes.
+            s.write_all(&[0u8; 100]).expect("sends a little");
+            s
+        })
+        .collect();
+    for s in &mut conns {
+        assert!(closed_within(s, WAIT), "a half-sent frame stayed open");
+    }
+    srv.wait("all counted", |s| s.closed_frame_timeout == 50 && s.connections_open == 0);
+    assert_eq!(srv.stats().closed_idle, 0);
+}
+
+#[test]
+fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    let srv = serve(small_timeouts());
+    let mut idle = TcpStream::connect(srv.addr).expect("connects");
+    let t0 = Instant::now();
+    assert!(closed_within(&mut idle, WAIT));
+    assert!(t0.elapsed() >= Duration::from_millis(250), "closed before the idle timeout");
+    srv.wait("idle close counted", |s| s.closed_idle == 1);
+    // A client that keeps asking stays connected well past the idle timeout.
+    let timeouts = phalanx::client::ClientTimeouts::default();
+    let mut c = Client::connect_with(&srv.addr.to_string(), timeouts).expect("connects");
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        c.call(Op::Status(StatusRequest {})).expect("answered on the same connection");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(srv.stats().closed_idle, 1);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_with_a_reason() {
+    let srv = serve(ServerLimits { max_connections: 3, ..ServerLimits::default() });
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(srv.addr).expect("connects")).collect();
+    srv.wait("three open", |s| s.connections_open == 3);
+    let mut extra = TcpStream::connect(srv.addr).expect("the kernel accepts");
+    extra.set_read_timeout(Some(WAIT)).expect("a socket option");
+    let mut d = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
+    let frame = loop {
+        if let Some(f) = d.next_frame().expect("a valid frame") {
+            break f;
+        }
+        let mut buf = [0u8; 1024];
+        let n = extra.read(&mut buf).expect("the refusal arrives");
+        assert!(n > 0, "closed without a reason");
+        d.push(&buf[..n]);
+    };
+    assert_eq!(frame.kind, FrameKind::App(RESPONSE_KIND));
+    let resp: ClientResponse = frame.decode().expect("a response");
+    match resp.result {
+        Some(phalanx_proto::client_response::Result::Error(e)) => {
+            assert_eq!(e.code, ClientErrorCode::Busy as i32);
+            assert!(e.message.contains("connection limit"), "{}", e.message);
+        }
+        other => panic!("not a refusal: {other:?}"),
+    }
+    assert!(closed_within(&mut extra, WAIT));
+    srv.wait("refusal counted", |s| s.connections_refused == 1);
+    drop(held);
+    srv.wait("the held ones close", |s| s.connections_open == 0);
+    // Room again: a client gets served.
+    let mut c = Client::connect(&srv.addr.to_string()).expect("connects");
+    c.call(Op::Status(StatusRequest {})).expect("served");
+}
+
+#[test]
+fn bad_frames_close_the_connection_and_are_counted() {
+    let srv = serve(ServerLimits::default());
+    let garbage: [&[u8]; 3] = [
+        // A frame larger than the limit, refused from its header.
+        &header_only(u32::MAX),
+        // A kind that is not a client request.
+        &[0, 0, 0, 1, 4, 0],
+        // A request that does not decode.
+        &[0, 0, 0, 2, phalanx::client::REQUEST_KIND, 0xFF, 0xFF],
+    ];
+    for g in garbage {
+        let mut s = TcpStream::connect(srv.addr).expect("connects");
+        s.write_all(g).expect("sends");
+        assert!(closed_within(&mut s, WAIT), "{g:?} left the connection open");
+    }
+    srv.wait("counted", |s| s.closed_bad_input == 3);
+    // The node still serves.
+    Client::connect(&srv.addr.to_string())
+        .and_then(|mut c| c.call(Op::Status(StatusRequest {})))
+        .expect("served");
+}
+
+#[test]
+fn a_client_port_in_use_is_an_error() {
+    let srv = serve(ServerLimits::default());
+    let e = ClientServer::bind(srv.addr).expect_err("the port is taken");
+    assert!(e.contains("in use"), "{e}");
+}
+
+#[test]
+fn the_blocking_client_names_the_endpoint_and_the_cause() {
+    // Refused: nothing listens (a port just freed).
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let free = l.local_addr().expect("an address");
+    drop(l);
+    let t0 = Instant::now();
+    let e = Client::connect(&free.to_string()).err().expect("refused");
+    assert!(t0.elapsed() < Duration::from_secs(1), "a refusal is immediate");
+    assert!(
+        matches!(&e, ClientFailure::Io(m) if m.contains(&free.to_string()) && m.contains("refused")),
+        "{e}"
+    );
+    // Accepts and never answers: the answer times out, named as such.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = silent.local_addr().expect("an address").to_string();
+    let timeouts = phalanx::client::ClientTimeouts {
+        connect: Duration::from_millis(200),
+        request: Duration::from_millis(300),
+    };
+    let mut c = Client::connect_with(&addr, timeouts).expect("the kernel accepts");
+    let t0 = Instant::now();
+    let e = c.call(Op::Status(StatusRequest {})).expect_err("no answer");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(matches!(&e, ClientFailure::Io(m) if m.contains(&addr) && m.contains("timed out")), "{e}");
+}
