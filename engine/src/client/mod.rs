@@ -20,8 +20,28 @@ pub const REQUEST_KIND: u8 = 64;
 pub const RESPONSE_KIND: u8 = 65;
 /// Largest client frame (request or response).
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 << 20;
-/// How long the blocking client waits for a connection or an answer.
-pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the blocking client waits for a connection, by default. Well below
+/// [`CLIENT_REQUEST_TIMEOUT`]: a dead or paused endpoint must leave time to try the others.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the blocking client waits for one answer (sending the request included), by
+/// default (etcdctl's command timeout). A node answers a request it cannot complete with
+/// `TIMEOUT` after its own `request_timeout_ms`; callers that wait longer raise this.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a [`Client`] waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// For the TCP connection to be established (per address the endpoint resolves to).
+    pub connect: Duration,
+    /// For one request: sending it and receiving its answer.
+    pub request: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts { connect: CLIENT_CONNECT_TIMEOUT, request: CLIENT_REQUEST_TIMEOUT }
+    }
+}
 
 /// A client-side failure: IO, a protocol violation by the server, or a typed error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,36 +84,55 @@ pub struct Client {
     decoder: FrameDecoder,
     next_id: u64,
     endpoint: String,
+    timeouts: ClientTimeouts,
+}
+
+/// What an IO error means for the person reading it: "timed out" rather than the errno
+/// text of a socket timeout ("Resource temporarily unavailable").
+fn describe_io(e: &std::io::Error, what: &str, after: Duration) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("{what} timed out after {:.1} s", after.as_secs_f64())
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("{what}: connection refused (nothing listens there)")
+        }
+        _ => format!("{what}: {e}"),
+    }
 }
 
 impl Client {
-    /// Connects to `endpoint` ("host:port").
+    /// Connects to `endpoint` ("host:port") with the default timeouts.
     pub fn connect(endpoint: &str) -> Result<Client, ClientFailure> {
-        let addrs: Vec<_> =
-            endpoint.to_socket_addrs().map_err(|e| ClientFailure::Io(format!("{endpoint}: {e}")))?.collect();
+        Client::connect_with(endpoint, ClientTimeouts::default())
+    }
+
+    /// Connects to `endpoint` ("host:port"). Every failure names the endpoint and the cause.
+    pub fn connect_with(endpoint: &str, timeouts: ClientTimeouts) -> Result<Client, ClientFailure> {
+        let addrs: Vec<_> = endpoint
+            .to_socket_addrs()
+            .map_err(|e| ClientFailure::Io(format!("{endpoint}: not a reachable address: {e}")))?
+            .collect();
         let mut last = None;
         for a in addrs {
-            match TcpStream::connect_timeout(&a, CLIENT_IO_TIMEOUT) {
+            match TcpStream::connect_timeout(&a, timeouts.connect) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    stream
-                        .set_read_timeout(Some(CLIENT_IO_TIMEOUT))
-                        .and_then(|()| stream.set_write_timeout(Some(CLIENT_IO_TIMEOUT)))
-                        .map_err(|e| ClientFailure::Io(e.to_string()))?;
                     return Ok(Client {
                         stream,
                         decoder: FrameDecoder::new(MAX_CLIENT_FRAME_BYTES),
                         next_id: 1,
                         endpoint: endpoint.to_owned(),
+                        timeouts,
                     });
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(ClientFailure::Io(format!(
-            "{endpoint}: {}",
-            last.map_or_else(|| "no address".to_string(), |e| e.to_string())
-        )))
+        Err(ClientFailure::Io(match last {
+            Some(e) => describe_io(&e, &format!("{endpoint}: connecting"), timeouts.connect),
+            None => format!("{endpoint}: resolves to no address"),
+        }))
     }
 
     /// The endpoint this client is connected to.
@@ -102,8 +141,8 @@ impl Client {
         &self.endpoint
     }
 
-    /// Sends one request and waits for its answer; a typed error reply becomes
-    /// `ClientFailure::Server`.
+    /// Sends one request and waits for its answer (at most the request timeout); a typed
+    /// error reply becomes `ClientFailure::Server`.
     pub fn call(&mut self, op: client_request::Op) -> Result<client_response::Result, ClientFailure> {
         let id = self.next_id;
         self.next_id += 1;
@@ -111,22 +150,41 @@ impl Client {
         let mut buf = Vec::new();
         encode_frame(FrameKind::App(REQUEST_KIND), &req, MAX_CLIENT_FRAME_BYTES, &mut buf)
             .map_err(|e| ClientFailure::Protocol(e.to_string()))?;
-        self.stream.write_all(&buf).map_err(|e| ClientFailure::Io(e.to_string()))?;
+        let limit = self.timeouts.request;
+        let deadline = std::time::Instant::now() + limit;
+        let ep = self.endpoint.clone();
+        // The time left, or a timeout failure naming what was being waited for.
+        let left = |what: &str| {
+            deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()).ok_or_else(
+                || ClientFailure::Io(format!("{ep}: {what} timed out after {:.1} s", limit.as_secs_f64())),
+            )
+        };
+        let io = |e: std::io::Error, what: &str| {
+            ClientFailure::Io(describe_io(&e, &format!("{ep}: {what}"), limit))
+        };
+        self.stream.set_write_timeout(Some(left("sending the request")?)).map_err(|e| io(e, "socket"))?;
+        self.stream.write_all(&buf).map_err(|e| io(e, "sending the request"))?;
         let resp: ClientResponse = loop {
             match self.decoder.next_frame() {
                 Ok(Some(f)) => {
                     if f.kind != FrameKind::App(RESPONSE_KIND) {
-                        return Err(ClientFailure::Protocol(format!("unexpected frame kind {:?}", f.kind)));
+                        return Err(ClientFailure::Protocol(format!(
+                            "{ep}: unexpected frame kind {:?}",
+                            f.kind
+                        )));
                     }
-                    break f.decode().map_err(|e| ClientFailure::Protocol(e.to_string()))?;
+                    break f.decode().map_err(|e| ClientFailure::Protocol(format!("{ep}: {e}")))?;
                 }
                 Ok(None) => {}
-                Err(e) => return Err(ClientFailure::Protocol(e.to_string())),
+                Err(e) => return Err(ClientFailure::Protocol(format!("{ep}: {e}"))),
             }
+            self.stream
+                .set_read_timeout(Some(left("waiting for the answer")?))
+                .map_err(|e| io(e, "socket"))?;
             let mut chunk = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut chunk).map_err(|e| ClientFailure::Io(e.to_string()))?;
+            let n = self.stream.read(&mut chunk).map_err(|e| io(e, "waiting for the answer"))?;
             if n == 0 {
-                return Err(ClientFailure::Io("connection closed by the server".into()));
+                return Err(ClientFailure::Io(format!("{ep}: connection closed by the server")));
             }
             self.decoder.push(&chunk[..n]);
         };

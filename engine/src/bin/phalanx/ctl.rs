@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use phalanx::client::{Client, ClientFailure};
+use phalanx::client::{CLIENT_CONNECT_TIMEOUT, Client, ClientFailure, ClientTimeouts};
 use phalanx_proto::{
     AppendRequest, CasRequest, CheckpointRequest, ClientErrorCode, DeleteRequest, GetRequest, PutRequest,
     StatusRequest, StatusResponse, TransferLeaderRequest, client_request::Op, client_response::Result as R,
 };
 
-/// How long ctl keeps retrying while a partition has no leader or leadership moves.
-const RETRY_FOR: Duration = Duration::from_secs(15);
-/// Pause between retries.
+/// Pause before another round over the endpoints, when every one was tried and none could
+/// serve the request yet (no leader, or leadership moving).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Share of the whole timeout one attempt may take: a paused node (which the kernel still
+/// lets connect) must leave time for the other endpoints.
+const ATTEMPT_SHARE: u32 = 3;
 
 /// Flags of `phalanx ctl`.
 #[derive(Args, Debug)]
@@ -26,8 +28,29 @@ pub struct CtlArgs {
     /// Client endpoints of the nodes, comma separated ("host:port,host:port").
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
+    /// How long the command may take in all, retries included, in seconds (fractions
+    /// allowed). Connecting to one endpoint takes at most 1 s of it, one attempt at most a
+    /// third.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_timeout)]
+    timeout: f64,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+/// `--timeout`: a positive number of seconds, at most a day.
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+/// `host:port` with a numeric port; the host is resolved when connecting.
+fn check_endpoint(e: &str) -> Result<(), String> {
+    match e.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(()),
+        _ => Err(format!("--endpoints: {e:?} is not host:port")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,7 +105,11 @@ pub fn run(a: CtlArgs) -> ExitCode {
         eprintln!("error: --endpoints lists no endpoint");
         return ExitCode::from(2);
     }
-    let mut ctl = Ctl { endpoints, ids: BTreeMap::new() };
+    if let Some(bad) = endpoints.iter().find_map(|e| check_endpoint(e).err()) {
+        eprintln!("error: {bad}");
+        return ExitCode::from(2);
+    }
+    let mut ctl = Ctl::new(endpoints, Duration::from_secs_f64(a.timeout));
     let outcome = match a.command {
         CtlCommand::Status { json } => ctl.status(json),
         CtlCommand::Put { key, value } => {
@@ -158,107 +185,200 @@ pub fn run(a: CtlArgs) -> ExitCode {
     }
 }
 
+/// What ctl knows of one endpoint during this command.
+#[derive(Default)]
+struct EndpointState {
+    /// Unreachable (refused, timed out, unresolvable): tried again only when every other
+    /// endpoint failed too.
+    failed: bool,
+    /// The last thing that went wrong there, for the final message.
+    last_error: Option<String>,
+}
+
 struct Ctl {
     endpoints: Vec<String>,
+    state: BTreeMap<String, EndpointState>,
     /// node id → endpoint, learned from status answers.
     ids: BTreeMap<u64, String>,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 impl Ctl {
-    fn call(&self, endpoint: &str, op: Op) -> Result<R, ClientFailure> {
-        Client::connect(endpoint)?.call(op)
+    fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+        Ctl {
+            endpoints,
+            state: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            deadline: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// One request to one endpoint, within this attempt's share of the time left. An
+    /// unreachable endpoint is remembered as failed.
+    fn call(&mut self, endpoint: &str, op: Op) -> Result<R, ClientFailure> {
+        let left = self.left();
+        let attempt = (self.timeout / ATTEMPT_SHARE).min(left);
+        let timeouts = ClientTimeouts { connect: CLIENT_CONNECT_TIMEOUT.min(attempt), request: attempt };
+        let r = Client::connect_with(endpoint, timeouts).and_then(|mut c| c.call(op));
+        let st = self.state.entry(endpoint.to_string()).or_default();
+        match &r {
+            Ok(_) => st.failed = false,
+            // IO and protocol failures name the endpoint themselves.
+            Err(ClientFailure::Io(e) | ClientFailure::Protocol(e)) => {
+                st.failed = true;
+                st.last_error = Some(e.clone());
+            }
+            Err(f @ ClientFailure::Server(_)) => st.last_error = Some(format!("{endpoint}: {f}")),
+        }
+        r
+    }
+
+    /// The endpoints to try in one round: every one not known to have failed, in the given
+    /// order, or all of them when every one failed (one may have come back).
+    fn round(&self) -> Vec<String> {
+        let ok: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|e| !self.state.get(*e).is_some_and(|s| s.failed))
+            .cloned()
+            .collect();
+        if ok.is_empty() { self.endpoints.clone() } else { ok }
+    }
+
+    /// The failure to report when time ran out: every endpoint and what it last said.
+    fn exhausted(&self) -> String {
+        let why: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| match self.state.get(e).and_then(|s| s.last_error.clone()) {
+                Some(err) => err,
+                None => format!("{e}: not tried"),
+            })
+            .collect();
+        format!(
+            "no endpoint served the request within {:.1} s: {}",
+            self.timeout.as_secs_f64(),
+            why.join("; ")
+        )
+    }
+
+    /// The failure to report at once when no endpoint could be reached at all: retrying
+    /// for the rest of the timeout would only repeat it.
+    fn unreachable(&self) -> String {
+        let why: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| self.state.get(e).and_then(|s| s.last_error.clone()))
+            .collect();
+        format!("no endpoint is reachable: {}", why.join("; "))
+    }
+
+    /// Whether every endpoint failed at the connection level in the last round.
+    fn all_unreachable(&self) -> bool {
+        self.endpoints.iter().all(|e| self.state.get(e).is_some_and(|s| s.failed))
     }
 
     fn learn_ids(&mut self) {
-        for e in self.endpoints.clone() {
+        for e in self.round() {
+            if self.left().is_zero() {
+                break;
+            }
             if let Ok(R::Status(s)) = self.call(&e, Op::Status(StatusRequest {})) {
                 self.ids.insert(s.node_id, e);
             }
         }
     }
 
-    /// Sends a write to the leader, following NOT_LEADER hints and retrying while no leader
-    /// is known.
+    /// Sends a write to the partition's leader: follows NOT_LEADER hints, moves on at once
+    /// from an unreachable endpoint or one that knows no leader, and pauses only after a
+    /// whole round found none able to serve it.
     fn write(&mut self, op: Op) -> Result<R, String> {
-        let deadline = Instant::now() + RETRY_FOR;
-        let mut target = self.endpoints[0].clone();
-        let mut next = 0usize;
-        let mut last_err = String::new();
-        while Instant::now() < deadline {
-            match self.call(&target, op.clone()) {
-                Ok(r) => return Ok(r),
-                Err(ClientFailure::Server(e)) if e.code == ClientErrorCode::NotLeader as i32 => {
-                    last_err = ClientFailure::Server(e.clone()).to_string();
-                    if !e.leader_address.is_empty() {
-                        target = e.leader_address.clone();
-                        continue;
-                    }
-                    if e.leader_id != 0 {
-                        if !self.ids.contains_key(&e.leader_id) {
-                            self.learn_ids();
-                        }
-                        if let Some(ep) = self.ids.get(&e.leader_id) {
-                            target = ep.clone();
-                            continue;
-                        }
-                    }
-                    std::thread::sleep(RETRY_PAUSE);
+        while !self.left().is_zero() {
+            let mut queue: std::collections::VecDeque<String> = self.round().into();
+            let mut hops = 0usize;
+            while let Some(target) = queue.pop_front() {
+                if self.left().is_zero() {
+                    break;
                 }
-                Err(ClientFailure::Server(e))
-                    if e.code == ClientErrorCode::Busy as i32
-                        || e.code == ClientErrorCode::Timeout as i32 =>
-                {
-                    last_err = ClientFailure::Server(e).to_string();
-                    std::thread::sleep(RETRY_PAUSE);
-                }
-                Err(f @ ClientFailure::Server(_)) => return Err(f.to_string()),
-                Err(f) => {
-                    // Unreachable endpoint: try the next one.
-                    last_err = f.to_string();
-                    next += 1;
-                    target = self.endpoints[next % self.endpoints.len()].clone();
-                    if next % self.endpoints.len() == 0 {
-                        std::thread::sleep(RETRY_PAUSE);
+                match self.call(&target, op.clone()) {
+                    Ok(r) => return Ok(r),
+                    Err(ClientFailure::Server(e)) if e.code == ClientErrorCode::NotLeader as i32 => {
+                        // A hint to follow (bounded, so two nodes that name each other during
+                        // an election cannot loop us).
+                        let hinted = if !e.leader_address.is_empty() {
+                            Some(e.leader_address.clone())
+                        } else if e.leader_id != 0 {
+                            if !self.ids.contains_key(&e.leader_id) {
+                                self.learn_ids();
+                            }
+                            self.ids.get(&e.leader_id).cloned()
+                        } else {
+                            None
+                        };
+                        if let Some(h) = hinted.filter(|h| *h != target && check_endpoint(h).is_ok())
+                            && hops < 2 * self.endpoints.len()
+                        {
+                            hops += 1;
+                            queue.retain(|q| *q != h);
+                            queue.push_front(h);
+                        }
                     }
+                    Err(ClientFailure::Server(e))
+                        if e.code == ClientErrorCode::Busy as i32
+                            || e.code == ClientErrorCode::Timeout as i32 => {}
+                    Err(f @ ClientFailure::Server(_)) => return Err(f.to_string()),
+                    Err(_) => {} // unreachable: remembered, next endpoint at once
                 }
             }
+            if self.all_unreachable() {
+                return Err(self.unreachable());
+            }
+            std::thread::sleep(RETRY_PAUSE.min(self.left()));
         }
-        Err(last_err)
+        Err(self.exhausted())
     }
 
-    /// Sends a read to the first endpoint that answers.
+    /// Sends a read to the first endpoint that can serve it (any node can: the read barrier
+    /// makes it linearizable).
     fn read(&mut self, op: Op) -> Result<R, String> {
-        let deadline = Instant::now() + RETRY_FOR;
-        let mut last_err = String::new();
-        while Instant::now() < deadline {
-            for e in &self.endpoints {
-                match self.call(e, op.clone()) {
+        while !self.left().is_zero() {
+            for e in self.round() {
+                if self.left().is_zero() {
+                    break;
+                }
+                match self.call(&e, op.clone()) {
                     Ok(r) => return Ok(r),
                     Err(ClientFailure::Server(err))
                         if err.code == ClientErrorCode::NotLeader as i32
                             || err.code == ClientErrorCode::Busy as i32
-                            || err.code == ClientErrorCode::Timeout as i32 =>
-                    {
-                        last_err = ClientFailure::Server(err).to_string();
-                    }
+                            || err.code == ClientErrorCode::Timeout as i32 => {}
                     Err(f @ ClientFailure::Server(_)) => return Err(f.to_string()),
-                    Err(f) => last_err = f.to_string(),
+                    Err(_) => {}
                 }
             }
-            std::thread::sleep(RETRY_PAUSE);
+            if self.all_unreachable() {
+                return Err(self.unreachable());
+            }
+            std::thread::sleep(RETRY_PAUSE.min(self.left()));
         }
-        Err(last_err)
+        Err(self.exhausted())
     }
 
     fn status(&mut self, json: bool) -> Result<String, String> {
         let mut answers: Vec<(String, Result<StatusResponse, String>)> = Vec::new();
-        for e in &self.endpoints {
-            let r = match self.call(e, Op::Status(StatusRequest {})) {
+        for e in self.endpoints.clone() {
+            let r = match self.call(&e, Op::Status(StatusRequest {})) {
                 Ok(R::Status(s)) => Ok(s),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(f) => Err(f.to_string()),
             };
-            answers.push((e.clone(), r));
+            answers.push((e, r));
         }
         if answers.iter().all(|(_, r)| r.is_err()) {
             let why: Vec<String> = answers
@@ -286,8 +406,17 @@ impl Ctl {
             let nodes: Vec<serde_json::Value> = answers
                 .iter()
                 .map(|(e, r)| match r {
-                    Ok(s) => serde_json::json!({"id": s.node_id, "endpoint": e, "reachable": true,
-                        "raft_address": s.nodes.iter().find(|n| n.id == s.node_id).map(|n| n.raft_address.clone()).unwrap_or_default()}),
+                    Ok(s) => {
+                        let port = s.client_port.as_deref().copied().unwrap_or_default();
+                        serde_json::json!({"id": s.node_id, "endpoint": e, "reachable": true,
+                        "raft_address": s.nodes.iter().find(|n| n.id == s.node_id).map(|n| n.raft_address.clone()).unwrap_or_default(),
+                        "client_port": {"connections_open": port.connections_open,
+                            "connections_accepted": port.connections_accepted,
+                            "connections_refused": port.connections_refused, "closed_idle": port.closed_idle,
+                            "closed_frame_timeout": port.closed_frame_timeout,
+                            "closed_bad_input": port.closed_bad_input, "requests": port.requests,
+                            "inflight_request_bytes": port.inflight_request_bytes}})
+                    }
                     Err(err) => serde_json::json!({"id": null, "endpoint": e, "reachable": false, "error": err}),
                 })
                 .collect();
