@@ -27,8 +27,10 @@ pub struct NodeConfig {
     pub initial_partitions: u32,
     /// Shards (one per core) this node runs.
     pub cores: usize,
-    /// Pin each shard's thread to its core. Off when several nodes share one machine's
-    /// cores in one process (tests, the embedded benchmark).
+    /// Pin each shard's thread to a CPU of its own. A shard pins only to a CPU no other
+    /// node on this host holds (`runtime/cpus.rs`); one that finds none runs unpinned, so
+    /// several nodes on one host never stack on the same CPUs. Off when several nodes share
+    /// one machine's cores in one process (tests, the embedded benchmark).
     pub pin_cores: bool,
     /// The node's data directory: its identity file, snapshots (`DATA/snapshots/`), and the
     /// WAL shards (`DATA/shard-<i>/`) unless `wal_dir` puts them elsewhere.
@@ -114,8 +116,12 @@ impl NodeConfig {
                 "shard_inbox_capacity, max_inputs_per_turn and max_entry_bytes must be at least 1".into()
             );
         }
-        if self.initial_partitions > MAX_PARTITIONS {
-            return Err(format!("initial_partitions must be at most {MAX_PARTITIONS}"));
+        // Partition 0 is the system's own: with no user partition, user writes would land in
+        // it.
+        if self.initial_partitions == 0 || self.initial_partitions > MAX_PARTITIONS {
+            return Err(format!(
+                "initial_partitions must be in 1..={MAX_PARTITIONS} (partition 0 is reserved for the system)"
+            ));
         }
         if !self.initial_cluster.is_empty() && !self.initial_cluster.iter().any(|(id, _)| *id == self.node_id)
         {
@@ -123,12 +129,53 @@ impl NodeConfig {
         }
         let mut ids: Vec<NodeId> = self.initial_cluster.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return Err("initial_cluster lists a node id twice".into());
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("initial_cluster lists node id {} twice", w[0]));
         }
+        let mut addrs: Vec<&str> = self.initial_cluster.iter().map(|(_, a)| a.as_str()).collect();
+        addrs.sort_unstable();
+        if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("initial_cluster lists address {} for two nodes", w[0]));
+        }
+        self.check_own_address()?;
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))
+    }
+
+    /// This node's entry in `initial_cluster` must be where it listens: peers dial that
+    /// address, so a node listed elsewhere is never reached and never elects a leader, with
+    /// nothing to show why. (Port 0, "pick a free one", is resolved only at bind time.)
+    fn check_own_address(&self) -> Result<(), String> {
+        let Some((_, listed)) = self.initial_cluster.iter().find(|(id, _)| *id == self.node_id) else {
+            return Ok(());
+        };
+        if self.raft_port == 0 {
+            return Ok(());
+        }
+        let listen = format!("{}:{}", self.raft_host, self.raft_port);
+        if *listed == listen {
+            return Ok(());
+        }
+        let mismatch = || {
+            format!(
+                "initial_cluster lists this node (id {}) at {listed}, but it listens on {listen}: \
+                 peers would never reach it",
+                self.node_id
+            )
+        };
+        let Some((_, port)) = listed.rsplit_once(':') else {
+            return Err(format!("initial_cluster address {listed:?} of node {} has no port", self.node_id));
+        };
+        if port.parse::<u16>().ok() != Some(self.raft_port) {
+            return Err(mismatch());
+        }
+        // Same port, other spelling of the host ("localhost" for "127.0.0.1"): the same place
+        // if the names resolve to a common address.
+        use std::net::ToSocketAddrs;
+        let resolve = |a: &str| a.to_socket_addrs().map(|it| it.collect::<Vec<_>>()).unwrap_or_default();
+        let (l, b) = (resolve(listed), resolve(&listen));
+        if l.iter().any(|x| b.contains(x)) { Ok(()) } else { Err(mismatch()) }
     }
 
     /// The directory holding WAL shard `shard`.

@@ -31,8 +31,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node.
+    // Negative numbers are taken as values so the parser names the flag and the problem
+    // ("invalid digit") instead of calling `-1` an unexpected argument.
+    #[command(allow_negative_numbers = true)]
     Node(node::NodeArgs),
     /// Talk to running nodes through their client ports.
+    #[command(allow_negative_numbers = true)]
     Ctl(ctl::CtlArgs),
 }
 
