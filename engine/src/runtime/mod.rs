@@ -2,6 +2,7 @@
 //!
 //! - `node.rs` — starting/stopping a node: one executor per shard
 //! - `shard.rs` — the shard loop (inputs → ticks → Ready → WAL batch → send → apply)
+//! - `cpus.rs` — which CPU each shard is pinned to (claimed per host, never stacked)
 //! - `bus.rs` — bounded inboxes between shards and from handles
 //! - `placement.rs` — which shard owns a partition
 //! - `request.rs` — what handles ask shards, and the answers
@@ -10,6 +11,7 @@
 //! - `snapshots.rs` — durable snapshot files
 
 pub(crate) mod bus;
+pub(crate) mod cpus;
 pub mod node;
 pub mod placement;
 pub mod request;

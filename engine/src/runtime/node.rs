@@ -1,5 +1,5 @@
-//! Starting and stopping a node: one pinned glommio executor per shard, the bus between
-//! them, and the handle applications use.
+//! Starting and stopping a node: one glommio executor per shard (pinned to a CPU it claimed,
+//! see `cpus.rs`), the bus between them, and the handle applications use.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::bus::Bus;
+use super::cpus::{self, CpuClaims};
 use super::shard::{Shard, ShardSetup};
 use super::shared::NodeShared;
 use crate::config::NodeConfig;
@@ -29,6 +30,8 @@ pub struct Node {
     handle: NodeHandle,
     bus: Bus,
     joins: Vec<ExecutorJoinHandle<()>>,
+    /// The CPUs this node's shards are pinned to, held until the node is dropped.
+    _cpus: CpuClaims,
 }
 
 impl Node {
@@ -49,11 +52,27 @@ impl Node {
         let shared = Arc::new(NodeShared::new(cfg.initial_partitions));
         let cfg = Arc::new(cfg);
         let transports = Arc::new(transports);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (pinned, cpu_claims) = if cfg.pin_cores {
+            cpus::claim(shards, &cpus::allowed_cpus(), &cpus::default_lock_dir())
+        } else {
+            (vec![None; shards], CpuClaims::default())
+        };
+        if cfg.pin_cores {
+            let unpinned: Vec<usize> = (0..shards).filter(|&i| pinned[i].is_none()).collect();
+            if unpinned.is_empty() {
+                tracing::info!(node = cfg.node_id, cpus = ?pinned, "shards pinned");
+            } else {
+                tracing::warn!(
+                    node = cfg.node_id,
+                    shards = ?unpinned,
+                    "no free CPU for these shards (other processes on this host hold the rest): they run unpinned"
+                );
+            }
+        }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
         let mut joins = Vec::with_capacity(shards);
         for (i, inbox) in rxs.into_iter().enumerate() {
-            let placement = if cfg.pin_cores { Placement::Fixed(i % cpus) } else { Placement::Unbound };
+            let placement = pinned[i].map_or(Placement::Unbound, Placement::Fixed);
             let setup = ShardSetup {
                 shard: i,
                 shards,
@@ -111,7 +130,7 @@ impl Node {
             }
         }
         let handle = NodeHandle::new(cfg, bus.clone(), shared);
-        let node = Node { handle, bus, joins };
+        let node = Node { handle, bus, joins, _cpus: cpu_claims };
         if let Some(e) = first_error {
             node.stop();
             return Err(e);
