@@ -51,7 +51,9 @@ pub struct NodeConfig {
     pub shard_inbox_capacity: usize,
     /// Inputs a shard handles per loop turn before it persists and sends (bounds latency).
     pub max_inputs_per_turn: usize,
-    /// Largest payload of one entry accepted from a caller.
+    /// Largest payload of one entry accepted from a caller, in bytes; larger ones are
+    /// refused with `TooLarge`. At most [`MAX_ENTRY_PAYLOAD_BYTES`], derived from the
+    /// store's entry limit (an entry is its payload, its log type and its envelope).
     pub max_entry_bytes: usize,
     /// How often a node hands leadership of partitions it leads to their preferred leader
     /// (voter `p % voters`, by id order), when that node is up and caught up, so leadership
@@ -90,7 +92,7 @@ impl NodeConfig {
             request_timeout_ms: 10_000,
             shard_inbox_capacity: 65_536,
             max_inputs_per_turn: 4096,
-            max_entry_bytes: 8 << 20,
+            max_entry_bytes: MAX_ENTRY_PAYLOAD_BYTES,
             leader_balance_interval_ms: 2_000,
             raft,
             store_faults: None,
@@ -138,6 +140,12 @@ impl NodeConfig {
             return Err(format!("initial_cluster lists address {} for two nodes", w[0]));
         }
         self.check_own_address()?;
+        if self.max_entry_bytes > MAX_ENTRY_PAYLOAD_BYTES {
+            return Err(format!(
+                "max_entry_bytes must be at most {MAX_ENTRY_PAYLOAD_BYTES} (the store's entry limit less the \
+                 log type and the entry's envelope)"
+            ));
+        }
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))
@@ -194,6 +202,16 @@ impl NodeConfig {
         }
     }
 }
+
+/// Longest log type a caller may give an entry, in bytes.
+pub const MAX_LOG_TYPE_BYTES: usize = 256;
+/// Bytes an entry's encoding adds to its payload and log type at most: term, index, kind,
+/// the two length prefixes and the ticket (about 70), rounded up.
+pub const LOG_ENTRY_ENVELOPE_BYTES: usize = 96;
+/// Largest payload an entry may carry, in bytes: the store's largest entry less the longest
+/// log type and the envelope.
+pub const MAX_ENTRY_PAYLOAD_BYTES: usize =
+    phalanx_storage::limits::ENTRY_BYTES_MAX as usize - MAX_LOG_TYPE_BYTES - LOG_ENTRY_ENVELOPE_BYTES;
 
 /// Most shards a node runs.
 pub const MAX_SHARDS: usize = 256;

@@ -49,6 +49,14 @@ pub enum Event {
     },
     /// The system partition's cluster directory changed (a node announced itself).
     DirectoryChanged,
+    /// A partition stopped on this node because the store refused its write (see
+    /// `runtime/shard.rs`, `stop_partition`); it recovers when the node restarts.
+    PartitionStopped {
+        /// The partition.
+        partition: PartitionId,
+        /// The store's reason.
+        reason: String,
+    },
     /// A shard stopped because its storage failed (fatal, see the storage contract).
     ShardFailed {
         /// The shard.

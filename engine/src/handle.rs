@@ -66,6 +66,13 @@ impl NodeHandle {
         self.inner.cfg.initial_partitions
     }
 
+    /// The largest payload of one entry this node accepts, in bytes (`max_entry_bytes`);
+    /// larger ones are refused with `TooLarge`.
+    #[must_use]
+    pub fn max_entry_bytes(&self) -> usize {
+        self.inner.cfg.max_entry_bytes
+    }
+
     /// Why the node stopped working, if a shard failed (a storage failure is fatal).
     #[must_use]
     pub fn failure(&self) -> Option<String> {

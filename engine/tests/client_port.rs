@@ -43,7 +43,7 @@ fn serve(limits: ServerLimits) -> Server {
     cfg.cores = 1;
     cfg.pin_cores = false;
     cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 1;
+    cfg.initial_partitions = 4;
     cfg.tick_interval_ms = 10;
     let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
     let node = Node::start(cfg, net.factory(1), sms).expect("node starts");
@@ -227,4 +227,53 @@ fn the_blocking_client_names_the_endpoint_and_the_cause() {
     let e = c.call(Op::Status(StatusRequest {})).expect_err("no answer");
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(matches!(&e, ClientFailure::Io(m) if m.contains(&addr) && m.contains("timed out")), "{e}");
+}
+
+/// Issue 11, item 1, through the client port: four concurrent puts of 7 MiB values (each
+/// legal, together beyond one WAL batch) once stopped the node; a value beyond the entry
+/// limit gets TOO_LARGE naming the limit, and the node serves on.
+#[test]
+fn large_values_at_the_limit_are_stored_and_beyond_it_refused() {
+    let srv = serve(ServerLimits::default());
+    let ep = srv.addr.to_string();
+    let timeouts =
+        phalanx::client::ClientTimeouts { connect: Duration::from_secs(1), request: Duration::from_secs(30) };
+    let put = move |key: String, len: usize| {
+        let mut c = Client::connect_with(&ep, timeouts).expect("connects");
+        let value = bytes::Bytes::from(vec![b'v'; len]);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = c.call(Op::Put(phalanx_proto::PutRequest { key: key.clone(), value: value.clone() }));
+            match r {
+                // The single node elects itself right after start.
+                Err(ClientFailure::Server(e))
+                    if e.code == ClientErrorCode::NotLeader as i32 && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    };
+    let limit = phalanx::config::MAX_ENTRY_PAYLOAD_BYTES;
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let put = put.clone();
+            std::thread::spawn(move || put(format!("big-{i}"), 7 << 20))
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer").expect("a 7 MiB put is stored");
+    }
+    // Just within the limit (the key and the command's envelope take the rest).
+    put("edge".into(), limit - 1024).expect("a value just within the limit is stored");
+    match put("over".into(), limit + 1) {
+        Err(ClientFailure::Server(e)) => {
+            assert_eq!(e.code, ClientErrorCode::TooLarge as i32);
+            assert!(e.message.contains(&limit.to_string()), "{}", e.message);
+        }
+        other => panic!("not refused as too large: {other:?}"),
+    }
+    assert_eq!(srv.node.as_ref().expect("running").handle().failure(), None);
+    put("small".into(), 10).expect("the node serves on");
 }

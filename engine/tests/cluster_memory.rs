@@ -409,3 +409,110 @@ fn a_clean_stop_keeps_the_commit_index() {
     c.nodes[2] = Some(c.start(3));
     assert_eq!(commits(&c.handle(3)), known, "the restarted node lost commit indexes it had");
 }
+
+/// Issue 11, item 1: a few legal writes stopped every node (four 7 MiB appends made one WAL
+/// batch over the store's 16 MiB limit). Writers of entries at, just below and just above
+/// the limit, all at once on several partitions of a cluster on the native WAL: every entry
+/// within the limit commits, every one above is refused `TooLarge` at the door, requests
+/// whose entries together exceed one log write are refused too, and no node stops.
+#[test]
+fn entries_at_every_size_boundary_never_stop_a_node() {
+    let c = Cluster::with_leaders(3, 4, StorageKind::Wal);
+    let max = c.handle(1).max_entry_bytes();
+    let log_type = "t";
+    let mut threads = Vec::new();
+    for (k, size) in [max - 1, max, max + 1, max, max - 1, max + 1].into_iter().enumerate() {
+        let handles: Vec<NodeHandle> = (1..=3).map(|id| c.handle(id)).collect();
+        threads.push(std::thread::spawn(move || {
+            let p = 1 + (k as u64 % 4);
+            let payload = Bytes::from(vec![k as u8; size]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut last = Status::Errored;
+                for h in &handles {
+                    let r = block_on(h.replicate(p, log_type, payload.clone()));
+                    if r.status == Status::Success || r.status == Status::TooLarge {
+                        return (size, r.status);
+                    }
+                    last = r.status;
+                }
+                assert!(Instant::now() < deadline, "size {size}: still {last} after 60 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    for t in threads {
+        let (size, status) = t.join().expect("writer thread");
+        let want = if size > max { Status::TooLarge } else { Status::Success };
+        assert_eq!(status, want, "entry of {size} bytes (limit {max})");
+    }
+    // One request whose entries each fit but together exceed one log write.
+    let p = 1;
+    let leader = c.leader(p).expect("a leader");
+    let many = vec![Bytes::from(vec![1u8; max / 2]); 5];
+    assert_eq!(block_on(c.handle(leader).replicate_batch(p, log_type, many)).status, Status::TooLarge);
+    let two = vec![Bytes::from(vec![2u8; max / 2]); 2];
+    assert_eq!(block_on(c.handle(leader).replicate_batch(p, log_type, two)).status, Status::Success);
+    for id in 1..=3 {
+        assert_eq!(c.handle(id).failure(), None, "node {id} stopped");
+    }
+    c.put("after", "ok");
+    assert_eq!(c.get(2, "after").as_deref(), Some("ok"));
+}
+
+/// Issue 11, item 1: a write the store refuses (a limit, the contract) leaves the store
+/// usable, so it must not stop the node: the partition concerned stops on this node, its
+/// callers are answered, the other partitions go on.
+#[test]
+fn a_write_the_store_refuses_stops_only_its_partition() {
+    let net = MemoryNetwork::new(MemoryConfig::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = 2;
+    cfg.tick_interval_ms = 10;
+    let faults = phalanx_storage::FaultInjector::new();
+    cfg.store_faults = Some(faults.clone());
+    let node = Node::start(cfg, net.factory(1), kv_factory()).expect("node starts");
+    let h = node.handle();
+    let events = h.subscribe();
+    for p in 1..=2 {
+        block_on(h.wait_for_leader(p, Duration::from_secs(10))).expect("a leader");
+        assert_eq!(block_on(h.replicate(p, "t", Bytes::from_static(b"before"))).status, Status::Success);
+    }
+    faults.refuse_writes_of(Some(1));
+    let r = block_on(h.replicate(1, "t", Bytes::from_static(b"refused")));
+    assert_eq!(r.status, Status::Errored, "the caller of the refused write is answered");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(phalanx::Event::PartitionStopped { partition: 1, reason }) => {
+                assert!(reason.contains("injected refusal"), "{reason}");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no PartitionStopped event"),
+        }
+    }
+    faults.refuse_writes_of(None);
+    assert_eq!(block_on(h.replicate(1, "t", Bytes::from_static(b"later"))).status, Status::Errored);
+    assert_eq!(block_on(h.replicate(2, "t", Bytes::from_static(b"other"))).status, Status::Success);
+    assert_eq!(h.failure(), None, "the node runs on");
+    assert!(!h.am_i_leader_quick(1));
+    node.shutdown();
+    // After a restart the partition recovers from what was stored.
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = 2;
+    cfg.tick_interval_ms = 10;
+    let node = Node::start(cfg, MemoryNetwork::new(MemoryConfig::default()).factory(1), kv_factory())
+        .expect("restarts");
+    let h = node.handle();
+    block_on(h.wait_for_leader(1, Duration::from_secs(10))).expect("a leader again");
+    assert_eq!(block_on(h.replicate(1, "t", Bytes::from_static(b"again"))).status, Status::Success);
+    node.shutdown();
+}

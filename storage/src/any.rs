@@ -174,6 +174,10 @@ impl LogStore for AnyStore {
         dispatch!(self, s => s.sync_writes())
     }
 
+    fn max_batch_cost(&self) -> u64 {
+        dispatch!(self, s => s.max_batch_cost())
+    }
+
     async fn close(self) -> Result<()> {
         dispatch!(self, s => s.close().await)
     }

@@ -127,6 +127,13 @@ fn fmt_offset(offset: Option<u64>) -> String {
 }
 
 impl StorageError {
+    /// Whether the store refused the call before writing anything and stays usable (a batch
+    /// that breaks the contract or a limit), as opposed to a failure that poisons it.
+    #[must_use]
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StorageError::InvalidBatch { .. } | StorageError::LimitExceeded { .. })
+    }
+
     /// Shorthand for an I/O error on `path`.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StorageError::Io { op, path: path.into(), source }

@@ -1,5 +1,14 @@
 //! Named limits shared by every adapter. A batch that exceeds one is refused with
 //! [`crate::StorageError::LimitExceeded`] before anything is written.
+//!
+//! Writers that build batches out of larger work (the engine's WAL writer splits merged
+//! Readies) count a batch's [`batch_cost`] against [`crate::LogStore::max_batch_cost`]: a
+//! batch within it, with entries within [`ENTRY_BYTES_MAX`] and at most
+//! [`BATCH_PARTITIONS_MAX`] partitions, is never refused for its size by any adapter.
+
+use phalanx_proto::{LogEntry, Message};
+
+use crate::types::WriteBatch;
 
 /// Largest encoded log entry (protobuf `LogEntry`), in bytes. The engine's own proposal limits
 /// are far below; this bounds the memory a single read or record can demand.
@@ -20,3 +29,28 @@ pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
 
 /// Most metadata keys a store holds.
 pub const META_KEYS_MAX: usize = 65_536;
+
+/// Bytes an adapter may add to an entry's encoding in a batch: the native WAL's record
+/// header (12) and its (partition, index, term) prefix (24).
+pub const ENTRY_RECORD_OVERHEAD_BYTES: u64 = 36;
+
+/// Bytes a partition's records other than entries may take in a batch: the native WAL's
+/// snapshot (12 + 25), hard state (12 + 32) and compaction (12 + 24) records, rounded up.
+pub const PARTITION_RECORDS_BYTES: u64 = 128;
+
+/// What one entry costs in a batch: its encoding plus [`ENTRY_RECORD_OVERHEAD_BYTES`].
+#[must_use]
+pub fn entry_cost(e: &LogEntry) -> u64 {
+    e.encoded_len() as u64 + ENTRY_RECORD_OVERHEAD_BYTES
+}
+
+/// What a batch costs: its entries, [`PARTITION_RECORDS_BYTES`] per partition, and its
+/// metadata (key, value and a record header each). An upper bound of the bytes the native
+/// WAL writes for it, and never below the entry bytes [`BATCH_BYTES_MAX`] counts.
+#[must_use]
+pub fn batch_cost(b: &WriteBatch) -> u64 {
+    let entries: u64 = b.partitions.iter().flat_map(|p| &p.entries).map(entry_cost).sum();
+    let meta: u64 =
+        b.meta.iter().map(|m| m.key.len() as u64 + m.value.as_ref().map_or(0, |v| v.len() as u64) + 16).sum();
+    entries + PARTITION_RECORDS_BYTES * b.partitions.len() as u64 + meta
+}

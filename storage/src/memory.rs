@@ -215,6 +215,9 @@ impl LogStore for MemoryStore {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(e) = self.opts.faults.as_ref().and_then(|f| f.refusal(batch)) {
+            return Err(e);
+        }
         self.apply(batch)
     }
 

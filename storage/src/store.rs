@@ -170,6 +170,16 @@ pub trait LogStore {
         self.write(&batch).await
     }
 
+    /// The largest [`crate::limits::batch_cost`] a batch may have to be sure of not being
+    /// refused for its size (with entries within [`crate::limits::ENTRY_BYTES_MAX`] and at
+    /// most [`crate::limits::BATCH_PARTITIONS_MAX`] partitions). Writers split larger work
+    /// into batches of at most this. The default is [`crate::limits::BATCH_BYTES_MAX`];
+    /// adapters with a tighter bound of their own (the native WAL: a batch fits in one
+    /// segment) report it.
+    fn max_batch_cost(&self) -> u64 {
+        crate::limits::BATCH_BYTES_MAX
+    }
+
     /// Counters (batches, syncs, bytes).
     fn stats(&self) -> StoreStats;
 

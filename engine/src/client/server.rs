@@ -526,9 +526,19 @@ fn status_error(ctx: &Ctx, partition: u64, status: Status) -> client_response::R
         Status::InvalidRequest | Status::ProposalNotFound | Status::InsufficientVoters => {
             ClientErrorCode::Invalid
         }
+        Status::TooLarge => ClientErrorCode::TooLarge,
         _ => ClientErrorCode::Internal,
     };
-    let mut e = ClientError { code: code as i32, message: status.name().to_string(), ..Default::default() };
+    let message = if status == Status::TooLarge {
+        format!(
+            "TooLarge: an entry's payload may hold at most {} bytes, and a request's entries must fit in one \
+             log write",
+            ctx.handle.max_entry_bytes()
+        )
+    } else {
+        status.name().to_string()
+    };
+    let mut e = ClientError { code: code as i32, message, ..Default::default() };
     if status == Status::NodeIsNotLeader
         && let Some((leader, _)) = ctx.handle.leader_of(partition)
     {

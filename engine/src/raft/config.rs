@@ -31,6 +31,10 @@ pub struct Config {
     pub max_bytes_per_append: usize,
     /// Uncommitted entries a leader accepts before answering proposals with `Busy`.
     pub max_uncommitted_entries: usize,
+    /// Payload and log type bytes of uncommitted entries a leader holds before answering
+    /// proposals with `Busy` (one proposal always passes when nothing is uncommitted). Bounds
+    /// a group's memory when its followers fall behind; at least one largest entry.
+    pub max_uncommitted_bytes: u64,
     /// Linearizable reads waiting for confirmation before `read_index` answers `Busy`.
     pub max_pending_reads: usize,
     /// Committed entries handed to the state machine in one `Ready`.
@@ -43,6 +47,11 @@ pub struct Config {
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a follower accepts; a larger one is refused as bad peer input.
     pub max_snapshot_bytes: usize,
+    /// Largest entry (payload plus log type, in bytes) a follower accepts from a leader; an
+    /// append carrying a larger one is refused as bad peer input (a leader's door refuses
+    /// such proposals, so only a faulty peer sends one), before it reaches the log store,
+    /// which would refuse it.
+    pub max_entry_bytes: usize,
     /// Seed of the group's random generator (election timeouts). Mixed with `id` and `group`.
     pub seed: u64,
 }
@@ -63,11 +72,13 @@ impl Config {
             max_entries_per_append: 1024,
             max_bytes_per_append: 1 << 20,
             max_uncommitted_entries: 100_000,
+            max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 10_000,
             max_apply_entries_per_ready: 4096,
             log_cache_entries: 64,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
+            max_entry_bytes: crate::config::MAX_ENTRY_PAYLOAD_BYTES + crate::config::MAX_LOG_TYPE_BYTES,
             seed: 0,
         }
     }
@@ -86,6 +97,9 @@ impl Config {
         if self.election_ticks_max <= self.election_ticks_min {
             return Err("election_ticks_max must be greater than election_ticks_min".into());
         }
+        if self.max_uncommitted_bytes < self.max_entry_bytes as u64 {
+            return Err("max_uncommitted_bytes must hold at least one largest entry (max_entry_bytes)".into());
+        }
         for (name, v) in [
             ("max_inflight_appends", self.max_inflight_appends),
             ("max_entries_per_append", self.max_entries_per_append),
@@ -95,6 +109,7 @@ impl Config {
             ("max_apply_entries_per_ready", self.max_apply_entries_per_ready),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("max_snapshot_bytes", self.max_snapshot_bytes),
+            ("max_entry_bytes", self.max_entry_bytes),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

@@ -36,6 +36,14 @@ pub struct RaftLog {
     unstable_from: u64,
     apply_handed: u64,
     applied: u64,
+    /// Payload and log type bytes of the entries above `committed` (all in the cache): what a
+    /// leader's uncommitted tail holds in memory (`Config::max_uncommitted_bytes`).
+    uncommitted_bytes: u64,
+}
+
+/// The bytes of an entry counted against the uncommitted tail: its payload and log type.
+fn entry_bytes(e: &LogEntry) -> u64 {
+    (e.payload.len() + e.log_type.len()) as u64
 }
 
 impl RaftLog {
@@ -55,6 +63,7 @@ impl RaftLog {
             unstable_from: last + 1,
             apply_handed: applied,
             applied,
+            uncommitted_bytes: 0,
         };
         for e in entries {
             log.push(e);
@@ -65,6 +74,9 @@ impl RaftLog {
     fn push(&mut self, e: LogEntry) {
         if self.runs.last().is_none_or(|(_, t)| *t != e.term) {
             self.runs.push((e.index, e.term));
+        }
+        if e.index > self.committed {
+            self.uncommitted_bytes += entry_bytes(&e);
         }
         self.last_index = e.index;
         self.entries.push_back(e);
@@ -110,6 +122,12 @@ impl RaftLog {
     #[must_use]
     pub fn committed(&self) -> u64 {
         self.committed
+    }
+
+    /// Payload and log type bytes of the uncommitted entries.
+    #[must_use]
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
     }
 
     /// Highest index durable locally.
@@ -245,6 +263,10 @@ impl RaftLog {
         assert!(from > self.committed, "committed entries are never overwritten");
         // Entries above commit are never trimmed (the cache starts at or below applied + 1).
         assert!(from >= self.cache_start, "truncating below the cache");
+        // Every dropped entry is above commit: it leaves the uncommitted tail.
+        let dropped: u64 =
+            self.entries.iter().skip((from - self.cache_start) as usize).map(entry_bytes).sum();
+        self.uncommitted_bytes -= dropped;
         self.entries.truncate((from - self.cache_start) as usize);
         while self.runs.last().is_some_and(|(start, _)| *start >= from) {
             self.runs.pop();
@@ -261,6 +283,9 @@ impl RaftLog {
     pub fn commit_to(&mut self, index: u64) {
         if index > self.committed {
             assert!(index <= self.last_index, "commit {index} beyond last index {}", self.last_index);
+            let newly: u64 =
+                (self.committed + 1..=index).filter_map(|i| self.entry(i)).map(entry_bytes).sum();
+            self.uncommitted_bytes -= newly;
             self.committed = index;
         }
     }
@@ -383,6 +408,9 @@ impl RaftLog {
         self.unstable_from = self.unstable_from.max(index + 1);
         self.committed = self.committed.max(index);
         self.apply_handed = self.apply_handed.max(index);
+        // Rare (a snapshot install): count the uncommitted tail again.
+        let committed = self.committed;
+        self.uncommitted_bytes = self.entries.iter().filter(|e| e.index > committed).map(entry_bytes).sum();
     }
 
     /// Checks the position invariants; used by tests and debug builds.
@@ -400,6 +428,11 @@ impl RaftLog {
         debug_assert!(
             self.runs.first().is_none_or(|(s, _)| *s == self.floor_index + 1),
             "runs start above the floor"
+        );
+        debug_assert_eq!(
+            self.uncommitted_bytes,
+            self.entries.iter().filter(|e| e.index > self.committed).map(entry_bytes).sum::<u64>(),
+            "uncommitted bytes"
         );
     }
 

@@ -26,6 +26,15 @@ impl RaftGroup {
             ProposalKind::System => EntryKind::System,
         };
         self.check_can_propose(p.payloads.len())?;
+        let bytes: u64 = p.payloads.iter().map(|b| (b.len() + p.log_type.len()) as u64).sum();
+        // Like etcd's MaxUncommittedEntriesSize: a leader whose followers cannot keep up
+        // holds back new proposals instead of its memory growing with them; one proposal
+        // always passes an empty tail, so no single proposal is refused forever.
+        if self.log.uncommitted_bytes() > 0
+            && self.log.uncommitted_bytes() + bytes > self.cfg.max_uncommitted_bytes
+        {
+            return Err(Status::Busy);
+        }
         let ticket = Some(p.ticket.into());
         let first = self.log.last_index() + 1;
         // One buffer shared by every entry of the proposal (and every copy of them).

@@ -43,6 +43,9 @@ pub enum Status {
     InsufficientVoters,
     /// The request is malformed or not allowed (e.g. removing a node that is not a member).
     InvalidRequest,
+    /// The request is larger than the node accepts: an entry beyond the largest one log
+    /// write may hold, or a request whose entries together are. Not retryable as it is.
+    TooLarge,
 }
 
 impl Status {
@@ -73,11 +76,12 @@ impl Status {
             Status::Busy => "Busy",
             Status::InsufficientVoters => "InsufficientVoters",
             Status::InvalidRequest => "InvalidRequest",
+            Status::TooLarge => "TooLarge",
         }
     }
 
     /// Every status, for exhaustive tables (metrics, docs).
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::Success,
         Status::Errored,
         Status::NodeIsNotLeader,
@@ -95,6 +99,7 @@ impl Status {
         Status::Busy,
         Status::InsufficientVoters,
         Status::InvalidRequest,
+        Status::TooLarge,
     ];
 }
 

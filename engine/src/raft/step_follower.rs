@@ -86,6 +86,9 @@ impl RaftGroup {
             if e.index != expect || e.term < last_term || e.term > req.term {
                 return self.reject(Status::InvalidRequest);
             }
+            if e.payload.len() + e.log_type.len() > self.cfg.max_entry_bytes {
+                return self.reject(Status::TooLarge);
+            }
             last_term = e.term;
         }
         let last_new = req.prev_log_index + req.entries.len() as u64;

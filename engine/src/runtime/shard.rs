@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use phalanx_net::Transport;
 use phalanx_proto::{MessageBatch, RaftMessage};
+use phalanx_storage::limits::{ENTRY_BYTES_MAX, ENTRY_RECORD_OVERHEAD_BYTES};
 use phalanx_storage::{AnyStore, LogPosition, LogStore, PartitionWrite, StoreOptions, WriteBatch};
 
 use super::writer::{self, Completion, WriteJob};
@@ -41,7 +42,7 @@ use super::request::{ControlOp, PartitionStatus, ReplicationResult, Request};
 use super::shared::NodeShared;
 use super::snapshots::SnapshotStore;
 use super::waiters::{ProposalWaiter, ReadKind, Waiters};
-use crate::config::NodeConfig;
+use crate::config::{LOG_ENTRY_ENVELOPE_BYTES, MAX_LOG_TYPE_BYTES, NodeConfig};
 use crate::events::Event;
 use crate::hlc::{HybridLogicalClock, Ticket};
 use crate::raft::{
@@ -59,6 +60,11 @@ const MAX_READY_ROUNDS_PER_TURN: usize = 8;
 /// Readies handed to the writer and not durable yet; beyond it the shard stops collecting
 /// Readies (inputs still queue in the groups) until writes complete.
 const MAX_WRITES_IN_FLIGHT: usize = 256;
+/// Bytes of messages in one batch to a peer (one frame). Half the transport's default frame
+/// limit: a batch is split before it, and one message alone (an append holds at most
+/// `max_bytes_per_append` plus one entry of at most `MAX_ENTRY_PAYLOAD_BYTES`) stays below
+/// the limit too.
+const PEER_BATCH_BYTES_MAX: usize = phalanx_net::frame::DEFAULT_MAX_FRAME_BYTES / 2;
 /// How often a node re-announces itself on the system partition until the announcement is
 /// applied (the first attempts fail while partition 0 has no leader).
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
@@ -134,6 +140,12 @@ pub(crate) struct Shard<T: Transport> {
     now: Instant,
     /// The turn's wall clock, ms since the Unix epoch (the HLC's physical part).
     wall_ms: u64,
+    /// The largest entry (encoded) one log write of this shard's store holds, and so the
+    /// largest a caller may propose; a request's entries together must fit too.
+    entry_bytes_max: usize,
+    /// Partitions stopped on this node because the store refused their write (see
+    /// `stop_partition`), with the reason; their requests are refused.
+    stopped: BTreeMap<PartitionId, String>,
 }
 
 fn physical_ms() -> u64 {
@@ -232,6 +244,12 @@ impl<T: Transport> Shard<T> {
             multi.add_group(rc, restore).map_err(|e| format!("partition {p}: {e}"))?;
             sms.insert(p, sm);
         }
+        // A write splits into batches of at most the store's batch cost; one entry (with its
+        // partition's other records) must fit in one of them.
+        let batch_room = store
+            .max_batch_cost()
+            .saturating_sub(phalanx_storage::limits::PARTITION_RECORDS_BYTES + ENTRY_RECORD_OVERHEAD_BYTES);
+        let entry_bytes_max = batch_room.min(ENTRY_BYTES_MAX) as usize;
         let tick = Duration::from_millis(cfg.tick_interval_ms);
         let balance_every = Duration::from_millis(cfg.leader_balance_interval_ms);
         let (jobs, jobs_rx) = flume::unbounded();
@@ -270,6 +288,8 @@ impl<T: Transport> Shard<T> {
             now: Instant::now(),
             wall_ms: physical_ms(),
             outbox: Vec::new(),
+            entry_bytes_max,
+            stopped: BTreeMap::new(),
         })
     }
 
@@ -563,6 +583,12 @@ impl<T: Transport> Shard<T> {
             r.refuse(Status::InvalidRequest);
             return;
         }
+        if let Some(p) = r.partition()
+            && self.stopped.contains_key(&p)
+        {
+            r.refuse(Status::Errored);
+            return;
+        }
         let deadline = self.deadline();
         match r {
             Request::Replicate { partition, log_type, payloads, auto_commit, system, reply } => {
@@ -570,8 +596,12 @@ impl<T: Transport> Shard<T> {
                     let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
                     return;
                 }
-                if payloads.iter().any(|p| p.len() > self.cfg.max_entry_bytes) {
+                if log_type.len() > MAX_LOG_TYPE_BYTES {
                     let _ = reply.send(ReplicationResult::refused(Status::InvalidRequest));
+                    return;
+                }
+                if let Err(status) = self.check_size(&log_type, &payloads) {
+                    let _ = reply.send(ReplicationResult::refused(status));
                     return;
                 }
                 let ticket = self.hlc.now(self.wall_ms);
@@ -648,6 +678,58 @@ impl<T: Transport> Shard<T> {
         }
     }
 
+    /// The door's size check (issue 11): every entry within the caller's limit and within
+    /// what one log write holds, and the request's entries together within one write too,
+    /// so no client input can build a write the store refuses. (Several requests' entries
+    /// may still fill a turn beyond one write: the writer splits those.)
+    fn check_size(&self, log_type: &[u8], payloads: &[Bytes]) -> Result<(), Status> {
+        let envelope = log_type.len() + LOG_ENTRY_ENVELOPE_BYTES;
+        let per_entry_max = self.cfg.max_entry_bytes.min(self.entry_bytes_max.saturating_sub(envelope));
+        let mut total = 0usize;
+        for p in payloads {
+            if p.len() > per_entry_max {
+                return Err(Status::TooLarge);
+            }
+            total += p.len() + envelope + ENTRY_RECORD_OVERHEAD_BYTES as usize;
+        }
+        if total > self.entry_bytes_max { Err(Status::TooLarge) } else { Ok(()) }
+    }
+
+    /// The store refused a write of partition `p` (a limit or the contract: nothing of it was
+    /// stored, the store is usable). With writes split to the store's limits and requests
+    /// checked at the door this is an engine bug or a misconfiguration, never a client's
+    /// doing — but it must not stop the node: only this partition stops here, as if its
+    /// replica had crashed. Its callers are answered `Errored` (their entries may still
+    /// commit through the other replicas), later requests are refused, its leadership is
+    /// dropped, and the writer stores nothing more of it. The other replicas carry on; this
+    /// one recovers from what it stored when the node restarts.
+    fn stop_partition(&mut self, p: PartitionId, reason: String) {
+        tracing::error!(
+            shard = self.id,
+            partition = p,
+            "partition stopped on this node: the store refused its write ({reason}); restart the node to \
+             recover it from its log"
+        );
+        let term = self.multi.group(p).map_or(0, |g| g.term());
+        self.multi.remove_group(p);
+        self.sms.remove(&p);
+        self.waiters.fail_partition(p, Status::Errored);
+        for w in std::mem::take(&mut self.leader_waiters) {
+            if w.partition == p {
+                let _ = w.reply.send(Err(Status::Errored));
+            } else {
+                self.leader_waiters.push(w);
+            }
+        }
+        self.replay_until.remove(&p);
+        self.compact_wanted.retain(|q| *q != p);
+        self.snapshots_to_save.retain(|(q, _)| *q != p);
+        self.outbox.retain(|m| m.group != p);
+        self.shared.set_leader(p, None, term);
+        self.shared.events.publish(Event::PartitionStopped { partition: p, reason: reason.clone() });
+        self.stopped.insert(p, reason);
+    }
+
     fn track_proposal(
         &mut self,
         partition: PartitionId,
@@ -711,12 +793,28 @@ impl<T: Transport> Shard<T> {
         if self.outbox.is_empty() {
             return;
         }
-        let mut per_peer: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
+        // Per peer, batches of at most PEER_BATCH_BYTES_MAX: a turn's appends of large
+        // entries to several partitions once made a 22 MiB batch, which the transport drops
+        // as above its frame limit — and the resends, coalesced the same way, again.
+        let mut per_peer: BTreeMap<NodeId, (Vec<MessageBatch>, usize)> = BTreeMap::new();
         for m in self.outbox.drain(..) {
-            per_peer.entry(m.to).or_default().push(m);
+            let len = prost::Message::encoded_len(&m);
+            let (batches, bytes) = per_peer.entry(m.to).or_default();
+            match batches.last_mut() {
+                Some(b) if *bytes + len <= PEER_BATCH_BYTES_MAX => {
+                    *bytes += len;
+                    b.messages.push(m);
+                }
+                _ => {
+                    *bytes = len;
+                    batches.push(MessageBatch { messages: vec![m] });
+                }
+            }
         }
-        for (to, messages) in per_peer {
-            self.transport.send(to, MessageBatch { messages });
+        for (to, (batches, _)) in per_peer {
+            for b in batches {
+                self.transport.send(to, b);
+            }
         }
     }
 
@@ -776,6 +874,7 @@ impl<T: Transport> Shard<T> {
                     persisted_messages: job.persisted_messages,
                     result: Ok(()),
                     fetched: Vec::new(),
+                    refused: Vec::new(),
                 };
                 self.writes_in_flight += 1;
                 self.on_durable(c)?;
@@ -796,6 +895,9 @@ impl<T: Transport> Shard<T> {
     /// Step 6: a Ready is durable.
     fn on_durable(&mut self, c: Completion) -> Result<(), String> {
         self.writes_in_flight -= 1;
+        for (p, reason) in c.refused {
+            self.stop_partition(p, reason);
+        }
         c.result?;
         self.outbox.extend(c.persisted_messages);
         self.multi.advance(c.number);

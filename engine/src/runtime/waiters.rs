@@ -207,6 +207,33 @@ impl Waiters {
         }
     }
 
+    /// Fails every proposal and read of partition `p` (it stops on this node).
+    pub(crate) fn fail_partition(&mut self, p: PartitionId, status: Status) {
+        self.flush();
+        let mine: Vec<(PartitionId, u64)> = self.proposals.keys().filter(|(q, _)| *q == p).copied().collect();
+        for key in mine {
+            if let Some(w) = self.proposals.remove(&key) {
+                let _ = w.reply.send(fail(status, w.ticket, key.1));
+            }
+        }
+        let reads: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| r.partition == p).map(|(id, _)| *id).collect();
+        for id in reads {
+            if let Some(r) = self.reads.remove(&id) {
+                r.kind.fail(status);
+            }
+        }
+        if let Some(m) = self.applying.remove(&p) {
+            for (_, v) in m {
+                for (id, k) in v {
+                    self.applying_at.remove(&id);
+                    k.fail(status);
+                }
+            }
+        }
+        // Their deadline entries go lazily (nothing live matches them any more).
+    }
+
     /// Fails everything (the shard stops).
     pub(crate) fn fail_all(&mut self, status: Status) {
         self.flush();

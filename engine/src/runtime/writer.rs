@@ -6,9 +6,10 @@
 //! Completions come back in job order; the shard then sends the messages that needed
 //! durable state and acknowledges the Ready (`MultiRaft::advance`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use phalanx_proto::{LogEntry, RaftMessage};
+use phalanx_proto::{HardState, LogEntry, RaftMessage};
+use phalanx_storage::limits::{BATCH_PARTITIONS_MAX, PARTITION_RECORDS_BYTES, batch_cost, entry_cost};
 use phalanx_storage::{AnyStore, LogStore, PartitionWrite, StorageError, WriteBatch};
 
 use super::snapshots::SnapshotStore;
@@ -41,6 +42,10 @@ pub(crate) struct Completion {
     pub result: Result<(), String>,
     /// What the job's fetches read.
     pub fetched: Vec<(PartitionId, LogFetch, Vec<LogEntry>)>,
+    /// Partitions whose writes the store refused in this job (a limit or the contract:
+    /// nothing of that write was stored, the store stays usable), with the store's reason.
+    /// The writer drops everything later of theirs; the shard stops them (see `run`).
+    pub refused: Vec<(PartitionId, String)>,
 }
 
 /// Appends `next` (a later Ready) to `into`, keeping per-partition order: later entries
@@ -80,7 +85,111 @@ fn merge(into: &mut WriteBatch, next: WriteBatch) -> Result<(), WriteBatch> {
 /// how many jobs it covers.
 type Merged = (WriteBatch, Vec<(PartitionId, Snapshot)>, usize);
 
+/// Splits `batch` into batches the store takes whatever their size: each costs at most
+/// `max_cost` (`limits::batch_cost`) and holds at most `BATCH_PARTITIONS_MAX` partitions.
+/// Partitions go whole into a batch while they fit; one whose entries alone exceed a batch
+/// is cut into pieces written in order, so a crash between them leaves a prefix of its
+/// entries — as if the later ones had not been handed over yet, which Raft tolerates (they
+/// were acknowledged to nobody). The pieces keep the Ready's order and durability rules:
+/// the snapshot install and term and vote with the first piece (a stored entry never has a
+/// term above the stored term), the commit index clamped to what is stored so far (a
+/// stored commit index never points past the stored log), the full hard state and the
+/// compaction with the last. An entry costing more than `max_cost` goes alone; the store
+/// then refuses it and the partition is stopped (`run`).
+fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
+    if batch.partitions.len() <= BATCH_PARTITIONS_MAX && batch_cost(&batch) <= max_cost {
+        return vec![batch];
+    }
+    let WriteBatch { partitions, meta } = batch;
+    let mut out = Vec::new();
+    let mut cur = WriteBatch::default();
+    let mut cost = 0u64;
+    let full = |cur: &WriteBatch, cost: u64, more: u64| {
+        !cur.partitions.is_empty() && (cost + more > max_cost || cur.partitions.len() >= BATCH_PARTITIONS_MAX)
+    };
+    for pw in partitions {
+        let pieces = cut(pw, max_cost.saturating_sub(PARTITION_RECORDS_BYTES));
+        for piece in pieces {
+            let c = PARTITION_RECORDS_BYTES + piece.entries.iter().map(entry_cost).sum::<u64>();
+            // Pieces of one partition (consecutive) never share a batch: a partition appears
+            // once per batch.
+            let same = cur.partitions.last().is_some_and(|w| w.partition == piece.partition);
+            if same || full(&cur, cost, c) {
+                out.push(std::mem::take(&mut cur));
+                cost = 0;
+            }
+            cost += c;
+            cur.partitions.push(piece);
+        }
+    }
+    cur.meta = meta;
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One partition's write as pieces whose entries cost at most `budget` each (at least one
+/// entry per piece). See [`split`] for what each piece carries.
+fn cut(pw: PartitionWrite, budget: u64) -> Vec<PartitionWrite> {
+    let total: u64 = pw.entries.iter().map(entry_cost).sum();
+    if total <= budget {
+        return vec![pw];
+    }
+    let PartitionWrite { partition, snapshot, entries, hard_state, compact_to } = pw;
+    let mut runs: Vec<Vec<LogEntry>> = Vec::new();
+    let mut run_cost = 0u64;
+    for e in entries {
+        let c = entry_cost(&e);
+        match runs.last_mut() {
+            Some(run) if run_cost + c <= budget => {
+                run_cost += c;
+                run.push(e);
+            }
+            _ => {
+                run_cost = c;
+                runs.push(vec![e]);
+            }
+        }
+    }
+    let n = runs.len();
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let last_index = run.last().map_or(0, |e| e.index);
+            let hard_state = match (i, hard_state) {
+                (_, None) => None,
+                (k, hs) if k + 1 == n => hs,
+                (0, Some(hs)) => Some(HardState { commit: hs.commit.min(last_index), ..hs }),
+                _ => None,
+            };
+            PartitionWrite {
+                partition,
+                snapshot: if i == 0 { snapshot } else { None },
+                entries: run,
+                hard_state,
+                compact_to: if i + 1 == n { compact_to } else { None },
+            }
+        })
+        .collect()
+}
+
+/// Drops the writes of `refused` partitions from `batch`.
+fn strip(batch: &mut WriteBatch, refused: &BTreeSet<PartitionId>) {
+    if !refused.is_empty() {
+        batch.partitions.retain(|w| !refused.contains(&w.partition));
+    }
+}
+
 /// Runs the writer until the job channel closes, then closes the store.
+///
+/// A failed write is fatal: every later job completes with the error. A write the store
+/// *refuses* (over a limit, or breaking the contract — nothing stored, the store usable,
+/// which splitting makes an engine bug or a misconfiguration, never a client's doing) stops
+/// only the partitions concerned: the refused batch is retried partition by partition, the
+/// partitions refused alone are reported in the job's completion, and every later write,
+/// message and fetch of theirs is dropped so nothing of them is stored past the gap. The
+/// shard stops them; they recover from what is stored when the node restarts.
 pub(crate) async fn run(
     mut store: AnyStore,
     snapshots: SnapshotStore,
@@ -88,6 +197,7 @@ pub(crate) async fn run(
     done: flume::Sender<Completion>,
 ) {
     let mut failed: Option<String> = None;
+    let mut refused: BTreeSet<PartitionId> = BTreeSet::new();
     while let Ok(first) = jobs.recv_async().await {
         let mut group = vec![first];
         while group.len() < MAX_JOBS_PER_BATCH {
@@ -111,20 +221,33 @@ pub(crate) async fn run(
             }
         }
         let mut jobs_iter = group.into_iter();
-        for (batch, snaps, n) in batches {
+        for (mut batch, mut snaps, n) in batches {
+            strip(&mut batch, &refused);
+            snaps.retain(|(p, _)| !refused.contains(p));
+            let mut newly: Vec<(PartitionId, String)> = Vec::new();
             let result = match &failed {
                 // A failed write is fatal: nothing after it is acknowledged.
                 Some(e) => Err(e.clone()),
-                None => write(&mut store, &snapshots, batch, snaps).await,
+                None => write(&mut store, &snapshots, batch, snaps, &mut newly).await,
             };
             if let Err(e) = &result {
                 failed.get_or_insert_with(|| e.clone());
             }
+            refused.extend(newly.iter().map(|(p, _)| *p));
+            let mut report = Some(newly);
             for job in jobs_iter.by_ref().take(n) {
                 let mut result = result.clone();
                 let mut fetched = Vec::new();
+                let mut persisted_messages = job.persisted_messages;
+                if !refused.is_empty() {
+                    // An acknowledgement of a write that was not stored must not leave.
+                    persisted_messages.retain(|m| !refused.contains(&m.group));
+                }
                 if result.is_ok() {
                     for (p, f) in job.fetches {
+                        if refused.contains(&p) {
+                            continue;
+                        }
                         match store.entries(p, f.lo, f.hi, f.max_bytes as u64).await {
                             Ok(entries) => fetched.push((p, f, entries)),
                             // A later Ready merged into this batch compacted the range (a
@@ -147,9 +270,12 @@ pub(crate) async fn run(
                 }
                 let c = Completion {
                     number: job.number,
-                    persisted_messages: job.persisted_messages,
+                    persisted_messages,
                     result,
                     fetched,
+                    // Reported once, with the first job of the batch: the shard stops them
+                    // before it acts on anything of the batch.
+                    refused: report.take().unwrap_or_default(),
                 };
                 if done.send(c).is_err() {
                     break;
@@ -167,6 +293,7 @@ async fn write(
     snapshots: &SnapshotStore,
     batch: WriteBatch,
     snaps: Vec<(PartitionId, Snapshot)>,
+    refused: &mut Vec<(PartitionId, String)>,
 ) -> Result<(), String> {
     // A snapshot's file is durable before the WAL moves the partition's floor.
     if !snaps.is_empty() {
@@ -180,7 +307,36 @@ async fn write(
     if batch.is_empty() {
         return Ok(());
     }
-    store.write(&batch).await.map_err(|e| format!("WAL write failed: {e}"))
+    let fatal = |e: StorageError| format!("WAL write failed: {e}");
+    let mut stopped: BTreeSet<PartitionId> = BTreeSet::new();
+    for mut chunk in split(batch, store.max_batch_cost()) {
+        strip(&mut chunk, &stopped);
+        match store.write(&chunk).await {
+            Ok(()) => {}
+            Err(e) if e.is_refusal() => {
+                // Find which partitions the store refuses: each alone (nothing of the refused
+                // batch was stored, so each is written whole, in order).
+                for pw in chunk.partitions {
+                    let p = pw.partition;
+                    let alone = WriteBatch { partitions: vec![pw], meta: Vec::new() };
+                    match store.write(&alone).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_refusal() => {
+                            stopped.insert(p);
+                            refused.push((p, e.to_string()));
+                        }
+                        Err(e) => return Err(fatal(e)),
+                    }
+                }
+                if !chunk.meta.is_empty() {
+                    let meta = WriteBatch { partitions: Vec::new(), meta: chunk.meta };
+                    store.write(&meta).await.map_err(fatal)?;
+                }
+            }
+            Err(e) => return Err(fatal(e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -270,6 +426,67 @@ mod tests {
         assert!(done[0].fetched[0].2.is_empty(), "the compacted range reads as nothing");
         let later: Vec<u64> = done[2].fetched[0].2.iter().map(|e| e.index).collect();
         assert_eq!(later, vec![9, 10, 11], "ranges above the floor still read back");
+    }
+
+    fn sized(index: u64, bytes: usize) -> LogEntry {
+        LogEntry { index, term: 2, payload: vec![0u8; bytes].into(), ..Default::default() }
+    }
+
+    /// Issue 11, item 1: a merged write larger than the store takes is split into batches it
+    /// takes, keeping what a crash between them may leave valid.
+    #[test]
+    fn split_keeps_batches_within_the_store_limit_and_crash_points_valid() {
+        let max = 10_000u64;
+        let big = PartitionWrite {
+            partition: 1,
+            snapshot: Some(phalanx_storage::LogPosition::new(4, 1)),
+            entries: (5..=24).map(|i| sized(i, 1_000)).collect(),
+            hard_state: Some(HardState { term: 2, vote: 3, commit: 20 }),
+            compact_to: Some(3),
+        };
+        let small: Vec<PartitionWrite> = (2..=40)
+            .map(|p| PartitionWrite { partition: p, entries: vec![sized(1, 500)], ..Default::default() })
+            .collect();
+        let mut partitions = vec![big.clone()];
+        partitions.extend(small.clone());
+        let batches = split(WriteBatch { partitions, meta: vec![] }, max);
+        assert!(batches.len() > 1);
+        for b in &batches {
+            assert!(batch_cost(b) <= max, "a batch of cost {} over {max}", batch_cost(b));
+            let mut seen = BTreeSet::new();
+            assert!(b.partitions.iter().all(|w| seen.insert(w.partition)), "a partition twice in a batch");
+        }
+        // Partition 1's pieces, in order: the whole of its entries, once.
+        let pieces: Vec<&PartitionWrite> =
+            batches.iter().flat_map(|b| &b.partitions).filter(|w| w.partition == 1).collect();
+        assert!(pieces.len() > 1);
+        let indexes: Vec<u64> = pieces.iter().flat_map(|w| &w.entries).map(|e| e.index).collect();
+        assert_eq!(indexes, (5..=24).collect::<Vec<_>>());
+        // The first piece installs the snapshot and stores term and vote, with a commit index
+        // no further than its own last entry; the last stores the whole hard state and the
+        // compaction; none in between stores either.
+        let first = pieces[0];
+        let first_last = first.entries.last().map(|e| e.index).unwrap_or(0);
+        assert_eq!(first.snapshot, big.snapshot);
+        assert_eq!(first.hard_state, Some(HardState { term: 2, vote: 3, commit: 20.min(first_last) }));
+        assert_eq!(first.compact_to, None);
+        let last = pieces[pieces.len() - 1];
+        assert_eq!(last.hard_state, big.hard_state);
+        assert_eq!(last.compact_to, Some(3));
+        for mid in &pieces[1..pieces.len() - 1] {
+            assert!(mid.snapshot.is_none() && mid.hard_state.is_none() && mid.compact_to.is_none());
+        }
+        // Every other partition whole, once.
+        let others: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| &b.partitions)
+            .filter(|w| w.partition != 1)
+            .map(|w| w.partition)
+            .collect();
+        assert_eq!(others, (2..=40).collect::<Vec<_>>());
+        // A batch within the limit is left alone.
+        let one = WriteBatch { partitions: small, meta: vec![] };
+        assert_eq!(split(one, u64::MAX).len(), 1);
     }
 
     #[test]

@@ -45,6 +45,14 @@ use crate::types::{LogPosition, PartitionId, PartitionState, RecoveredPartition,
 pub use self::format::WAL_FORMAT_VERSION;
 pub use self::load::BULK_READ_BYTES;
 
+// The shared cost model (`limits::batch_cost`) must cover this format's records.
+const _: () = assert!(
+    crate::limits::ENTRY_RECORD_OVERHEAD_BYTES
+        == (format::RECORD_HEADER_BYTES + format::ENTRY_PREFIX_BYTES) as u64
+);
+const _: () =
+    assert!(crate::limits::PARTITION_RECORDS_BYTES >= 3 * format::RECORD_HEADER_BYTES as u64 + 32 + 25 + 24);
+
 /// Smallest allowed segment.
 pub const SEGMENT_BYTES_MIN: u64 = 128 << 10;
 /// Largest allowed segment (offsets in the index are 32-bit).
@@ -633,6 +641,9 @@ impl LogStore for WalStore {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(e) = self.opts.store.faults.as_ref().and_then(|f| f.refusal(batch)) {
+            return Err(e);
+        }
         let index = &self.index;
         let plan = plan_batch(batch, |p| Ok(index.state(p)), |p, i| Ok(index.term(p, i)))?;
         let new_keys = batch.meta.iter().filter(|m| m.value.is_some() && !index.has_meta(&m.key)).count();
@@ -749,6 +760,16 @@ impl LogStore for WalStore {
 
     fn stats(&self) -> StoreStats {
         StoreStats { entry_reads: self.entry_reads.get(), ..self.stats }
+    }
+
+    fn max_batch_cost(&self) -> u64 {
+        // A batch is one aligned write inside one segment: its records, the batch header and
+        // at most one block of padding must fit in a segment's usable bytes. Record bytes are
+        // at most the batch's cost (`limits::batch_cost` counts every record header).
+        // (A block is at most 4096 bytes, the segment header's size: `segment.rs` refuses
+        // larger devices.)
+        let fits = self.capacity().saturating_sub(BATCH_HEADER_BYTES as u64 + SEGMENT_HEADER_BYTES);
+        fits.min(crate::limits::BATCH_BYTES_MAX)
     }
 
     fn sync_writes(&self) -> bool {
