@@ -119,7 +119,7 @@ impl Gen {
                 })
                 .collect();
             self.last[k] += n;
-            w.hard_state = Some(HardState { term: 1, vote: 1, commit: self.last[k] });
+            w.hard_state = Some(HardState { term: 1, vote: 1, commit: self.last[k], recovering: false });
             if self.last[k] - self.floor[k] > 2 * self.keep {
                 self.floor[k] = self.last[k] - self.keep;
                 w.compact_to = Some(self.floor[k]);

@@ -151,7 +151,7 @@ fn figure8_until_c() -> Cluster {
         plain(&mut cfg);
         cfg.max_entries_per_append = 1;
         let restore = RestoreState {
-            hard_state: HardState { term: 1, vote: 0, commit: 1 },
+            hard_state: HardState { term: 1, vote: 0, commit: 1, recovering: false },
             entries: log_of_terms(&[1]),
             initial_membership: Membership::with_voters(voters),
             ..Default::default()

@@ -225,7 +225,7 @@ fn inconsistent_restore_state_and_bad_config_refused() {
         (
             "commit past the log",
             RestoreState {
-                hard_state: HardState { term: 1, vote: 0, commit: 5 },
+                hard_state: HardState { term: 1, vote: 0, commit: 5, recovering: false },
                 entries: log_of_terms(&[1]),
                 ..base()
             },

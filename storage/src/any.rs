@@ -178,6 +178,10 @@ impl LogStore for AnyStore {
         dispatch!(self, s => s.max_batch_cost())
     }
 
+    fn damaged_tail(&self) -> Option<&crate::DamagedTail> {
+        dispatch!(self, s => s.damaged_tail())
+    }
+
     async fn close(self) -> Result<()> {
         dispatch!(self, s => s.close().await)
     }

@@ -8,10 +8,14 @@ use crate::types::{LogPosition, PartitionState};
 
 /// Encoded partition state: floor, last, hard state (7 × u64) and a CRC32C.
 pub(crate) const STATE_BYTES: usize = 7 * 8 + 4;
+/// The same followed by a flags byte (bit 0: recovering), covered by the CRC: what is
+/// written now. A record of `STATE_BYTES` (written before the flag existed) reads with no
+/// flag set.
+pub(crate) const STATE_BYTES_FLAGGED: usize = STATE_BYTES + 1;
 
 /// Encodes a partition's state.
-pub(crate) fn encode_state(s: &PartitionState) -> [u8; STATE_BYTES] {
-    let mut b = [0u8; STATE_BYTES];
+pub(crate) fn encode_state(s: &PartitionState) -> [u8; STATE_BYTES_FLAGGED] {
+    let mut b = [0u8; STATE_BYTES_FLAGGED];
     let vals = [
         s.floor.index,
         s.floor.term,
@@ -24,27 +28,34 @@ pub(crate) fn encode_state(s: &PartitionState) -> [u8; STATE_BYTES] {
     for (i, v) in vals.iter().enumerate() {
         b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
-    let crc = crc32c::crc32c(&b[..56]);
+    b[60] = u8::from(s.hard_state.recovering);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..56]), &b[60..61]);
     b[56..60].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
 /// Decodes a partition's state, checking its CRC.
 pub(crate) fn decode_state(b: &[u8]) -> Result<PartitionState, String> {
-    if b.len() != STATE_BYTES {
-        return Err(format!("partition state of {} bytes, expected {STATE_BYTES}", b.len()));
+    if b.len() != STATE_BYTES && b.len() != STATE_BYTES_FLAGGED {
+        return Err(format!("partition state of {} bytes, expected {STATE_BYTES_FLAGGED}", b.len()));
     }
     let u = |i: usize| {
         b.get(i * 8..i * 8 + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
     };
+    let flags = b.get(60..).unwrap_or_default();
     let stored = b.get(56..60).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes);
-    if stored != Some(crc32c::crc32c(&b[..56])) {
+    if stored != Some(crc32c::crc32c_append(crc32c::crc32c(&b[..56]), flags)) {
         return Err("partition state checksum mismatch".into());
     }
     Ok(PartitionState {
         floor: LogPosition::new(u(0), u(1)),
         last: LogPosition::new(u(2), u(3)),
-        hard_state: HardState { term: u(4), vote: u(5), commit: u(6) },
+        hard_state: HardState {
+            term: u(4),
+            vote: u(5),
+            commit: u(6),
+            recovering: flags.first().is_some_and(|f| f & 1 != 0),
+        },
     })
 }
 
@@ -66,10 +77,15 @@ mod tests {
         let s = PartitionState {
             floor: LogPosition::new(3, 1),
             last: LogPosition::new(9, 2),
-            hard_state: HardState { term: 2, vote: 1, commit: 8 },
+            hard_state: HardState { term: 2, vote: 1, commit: 8, recovering: true },
         };
         let mut b = encode_state(&s);
         assert_eq!(decode_state(&b), Ok(s));
+        // A record written before the flag existed reads with no flag set.
+        let old = PartitionState { hard_state: HardState { recovering: false, ..s.hard_state }, ..s };
+        let mut v1 = b[..56].to_vec();
+        v1.extend_from_slice(&crc32c::crc32c(&b[..56]).to_le_bytes());
+        assert_eq!(decode_state(&v1), Ok(old));
         b[10] ^= 1;
         assert!(decode_state(&b).is_err());
     }

@@ -39,8 +39,8 @@ pub use error::{Result, StorageError};
 pub use faults::FaultInjector;
 pub use store::{LogStore, StoreOptions};
 pub use types::{
-    LogPosition, MetaWrite, PartitionId, PartitionState, PartitionWrite, RecoveredPartition, StoreStats,
-    WriteBatch,
+    DamagedTail, LogPosition, MetaWrite, PartitionId, PartitionState, PartitionWrite, RecoveredPartition,
+    StoreStats, WriteBatch,
 };
 
 /// The directory of shard `shard`'s store under a node's data directory: `DATA/shard-<i>/`.

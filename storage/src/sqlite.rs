@@ -29,10 +29,11 @@ use crate::types::{LogPosition, PartitionId, PartitionState, StoreStats, WriteBa
 
 /// The database file name inside the store directory.
 pub const DB_FILE: &str = "phalanx.db";
-/// Schema version, kept in `PRAGMA user_version`.
-pub const SQLITE_FORMAT_VERSION: u32 = 1;
+/// Schema version, kept in `PRAGMA user_version`. Version 2 adds `parts.hs_flags` (bit 0:
+/// the replica is recovering from lost state); a version-1 database is upgraded at open.
+pub const SQLITE_FORMAT_VERSION: u32 = 2;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE entries (
     part INTEGER NOT NULL, idx INTEGER NOT NULL, term INTEGER NOT NULL,
     crc INTEGER NOT NULL, body BLOB NOT NULL,
@@ -40,7 +41,8 @@ CREATE TABLE entries (
 CREATE TABLE parts (
     part INTEGER PRIMARY KEY, floor_idx INTEGER NOT NULL, floor_term INTEGER NOT NULL,
     last_idx INTEGER NOT NULL, last_term INTEGER NOT NULL,
-    hs_term INTEGER NOT NULL, hs_vote INTEGER NOT NULL, hs_commit INTEGER NOT NULL);
+    hs_term INTEGER NOT NULL, hs_vote INTEGER NOT NULL, hs_commit INTEGER NOT NULL,
+    hs_flags INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE meta (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
@@ -115,11 +117,19 @@ fn open_blocking(dir: &Path, sync: bool) -> Result<(Connection, Loaded)> {
             "BEGIN; {SCHEMA} PRAGMA user_version = {SQLITE_FORMAT_VERSION}; COMMIT;"
         ))
         .map_err(err)?;
+    } else if version == 1 {
+        conn.execute_batch(
+            "BEGIN; ALTER TABLE parts ADD COLUMN hs_flags INTEGER NOT NULL DEFAULT 0; PRAGMA user_version = 2; COMMIT;",
+        )
+        .map_err(err)?;
     }
     let mut parts = BTreeMap::new();
     {
         let mut st = conn
-            .prepare("SELECT part, floor_idx, floor_term, last_idx, last_term, hs_term, hs_vote, hs_commit FROM parts")
+            .prepare(
+                "SELECT part, floor_idx, floor_term, last_idx, last_term, hs_term, hs_vote, hs_commit, hs_flags \
+                 FROM parts",
+            )
             .map_err(err)?;
         let rows = st
             .query_map([], |r| {
@@ -132,6 +142,7 @@ fn open_blocking(dir: &Path, sync: bool) -> Result<(Connection, Loaded)> {
                             term: u(r.get(5)?),
                             vote: u(r.get(6)?),
                             commit: u(r.get(7)?),
+                            recovering: u(r.get(8)?) & 1 != 0,
                         },
                     },
                 ))
@@ -299,7 +310,7 @@ impl SqliteStore {
                     let s = plan.after;
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO parts (part, floor_idx, floor_term, last_idx, last_term, hs_term, \
-                         hs_vote, hs_commit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                         hs_vote, hs_commit, hs_flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .and_then(|mut st| {
                         st.execute(params![
@@ -310,7 +321,8 @@ impl SqliteStore {
                             i(s.last.term),
                             i(s.hard_state.term),
                             i(s.hard_state.vote),
-                            i(s.hard_state.commit)
+                            i(s.hard_state.commit),
+                            i(u64::from(s.hard_state.recovering))
                         ])
                     })
                     .map_err(fail)?;

@@ -170,6 +170,14 @@ pub trait LogStore {
         self.write(&batch).await
     }
 
+    /// The last batch the store dropped at open because it failed its checksum although it
+    /// may have been written whole and acknowledged (see [`crate::DamagedTail`]); `None` for
+    /// a clean log, a torn write that was never acknowledged, or an adapter whose backend
+    /// guarantees whole transactions.
+    fn damaged_tail(&self) -> Option<&crate::DamagedTail> {
+        None
+    }
+
     /// The largest [`crate::limits::batch_cost`] a batch may have to be sure of not being
     /// refused for its size (with entries within [`crate::limits::ENTRY_BYTES_MAX`] and at
     /// most [`crate::limits::BATCH_PARTITIONS_MAX`] partitions). Writers split larger work

@@ -138,6 +138,51 @@ pub struct RecoveredPartition {
     pub entries: Vec<LogEntry>,
 }
 
+/// The last batch of a log, dropped at open because it failed its checksum while its header
+/// says it is the batch that came next (not a batch of another life of a recycled file).
+///
+/// Checksums cannot tell a batch torn by a crash while it was written (never acknowledged,
+/// safe to drop) from one damaged after it was written and acknowledged (dropping it loses
+/// acknowledged writes): the store drops it and says so, and the engine treats the
+/// partitions concerned as having lost state (they recover from their peers, or the node
+/// refuses to start where no peer holds a copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedTail {
+    /// The file holding it.
+    pub file: std::path::PathBuf,
+    /// Its offset in the file.
+    pub offset: u64,
+    /// Its batch sequence number.
+    pub batch_seq: u64,
+    /// The partitions its readable records touched (records are read in order up to the
+    /// first damaged one), with the range of entry indexes each held (`None`: records of it
+    /// but no entries).
+    pub partitions: std::collections::BTreeMap<PartitionId, Option<(u64, u64)>>,
+    /// Whether every record of it could be read. When not, any partition of the store may
+    /// have lost state, not only those listed.
+    pub complete: bool,
+}
+
+impl std::fmt::Display for DamagedTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {} at offset {} of {}", self.batch_seq, self.offset, self.file.display())?;
+        let parts: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(p, r)| match r {
+                Some((lo, hi)) => format!("partition {p} entries {lo}..={hi}"),
+                None => format!("partition {p} (no entries)"),
+            })
+            .collect();
+        match (parts.is_empty(), self.complete) {
+            (true, true) => Ok(()),
+            (true, false) => write!(f, ", unreadable: any partition"),
+            (false, true) => write!(f, ", holding {}", parts.join(", ")),
+            (false, false) => write!(f, ", holding {} and records that cannot be read", parts.join(", ")),
+        }
+    }
+}
+
 /// Counters a store keeps about its own work, for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {

@@ -77,10 +77,13 @@ impl RaftGroup {
     /// Answers a vote request whose term is at least ours (term handling done by `step`).
     pub(super) fn handle_vote_request(&mut self, from: NodeId, req: VoteRequest) {
         let log_ok = self.log.is_up_to_date(req.last_log_index, req.last_log_term);
-        let can_vote = self.vote == from
-            || (self.vote == 0 && self.leader.is_none())
-            // A PreVote for a future term: we would be free to vote in that term.
-            || (req.pre_vote && req.term > self.term);
+        // A replica that lost durable state may have voted in this term already, or hold
+        // less than it acknowledged: no vote, real or PreVote, until it caught up.
+        let can_vote = (self.recovery.is_none() || self.recovering_may_vote_for(from, req.term))
+            && (self.vote == from
+                || (self.vote == 0 && self.leader.is_none())
+                // A PreVote for a future term: we would be free to vote in that term.
+                || (req.pre_vote && req.term > self.term));
         let granted = can_vote && log_ok;
         if req.pre_vote {
             // A granted PreVote answers in the requested term, so the pre-candidate can tell

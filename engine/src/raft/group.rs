@@ -34,6 +34,9 @@ pub struct GroupStats {
     pub snapshots_sent: u64,
     /// Append rejections received from followers whose log did not match (`LogMismatch`).
     pub log_mismatches: u64,
+    /// Followers whose log turned out shorter than what they had acknowledged (lost state):
+    /// their progress started over.
+    pub followers_restarted: u64,
 }
 
 /// One node's Raft state machine for one group.
@@ -86,6 +89,8 @@ pub struct RaftGroup {
     /// Leader: entries were appended since the last `ready` and go to the followers then
     /// (see `flush_appends`).
     pub(super) appends_unsent: bool,
+    /// This replica lost durable state and has not caught up yet (`recovery.rs`).
+    pub(super) recovery: Option<super::recovery::Recovery>,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -192,6 +197,7 @@ impl RaftGroup {
             fetches: Vec::new(),
             commit_unsent: false,
             appends_unsent: false,
+            recovery: hard_state.recovering.then(super::recovery::Recovery::default),
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so
@@ -276,10 +282,15 @@ impl RaftGroup {
         SoftState { role: self.role, leader: self.leader, term: self.term }
     }
 
-    /// Term, vote and commit index as they stand (not necessarily persisted yet).
+    /// Term, vote, commit index and recovery as they stand (not necessarily persisted yet).
     #[must_use]
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed() }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+            recovering: self.recovery.is_some(),
+        }
     }
 
     /// Leader only: a follower's replication progress.
@@ -329,6 +340,10 @@ impl RaftGroup {
     /// without counting itself until the change commits, then steps down (thesis §4.2.2).
     #[must_use]
     pub fn promotable(&self) -> bool {
+        if self.recovery.is_some() {
+            // A replica that lost durable state never runs (`recovery.rs`).
+            return false;
+        }
         let me = self.cfg.id;
         if self.conf.current().voters.contains(&me) {
             return true;

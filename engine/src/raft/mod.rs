@@ -16,6 +16,7 @@
 //! - `membership.rs` — single-server configuration changes
 //! - `read_index.rs` — linearizable reads (ReadIndex)
 //! - `snapshot.rs` — compaction floor, snapshot sending and installing
+//! - `recovery.rs` — a replica that lost durable state: no vote until it caught up
 //! - `two_step.rs` — two-step proposals (commit / rollback markers)
 //! - `proposal.rs` — the write API and leadership controls
 //! - `tick.rs` — deadlines: election timeout, heartbeats, CheckQuorum
@@ -34,6 +35,7 @@ mod proposal;
 mod quorum;
 mod read_index;
 mod ready;
+mod recovery;
 mod replication;
 mod rng;
 mod snapshot;

@@ -89,6 +89,20 @@ impl Progress {
         self.snapshot_offset = 0;
     }
 
+    /// The follower lost entries it had acknowledged (its disk was wiped or its log tail
+    /// damaged): forget the match point and probe again from the leader's end, so it is
+    /// served from what it really holds and counts only for entries it holds again.
+    pub fn restart_after_loss(&mut self, last_index: u64) {
+        self.matched = 0;
+        self.commit_sent = 0;
+        self.state = ProgressState::Probe;
+        self.next = last_index + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.snapshot_index = 0;
+        self.snapshot_offset = 0;
+    }
+
     /// Switches to pipelined replication after the match point.
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;

@@ -130,11 +130,12 @@ impl RaftGroup {
             || !self.fetches.is_empty()
     }
 
-    /// Whether term or vote changed since the last hard state a Ready carried (§5.1: they are
-    /// durable before the node acts on them).
+    /// Whether term, vote or recovery changed since the last hard state a Ready carried
+    /// (§5.1: they are durable before the node acts on them; the end of a recovery before
+    /// the node votes again).
     fn hard_state_must_persist(&self) -> bool {
         let last = self.ready.last_hard_state;
-        self.term != last.term || self.vote != last.vote
+        self.term != last.term || self.vote != last.vote || self.recovery.is_some() != last.recovering
     }
 
     /// The hard state, if it differs from the last one a Ready carried (only in the commit

@@ -22,6 +22,8 @@ fn body_term(b: &Body) -> u64 {
         Body::ReadIndexRequest(m) => m.term,
         Body::ReadIndexResponse(m) => m.term,
         Body::ForwardedProposal(m) => m.term,
+        Body::RecoveryProbe(_) => 0,
+        Body::RecoveryProbeResponse(m) => m.term,
     }
 }
 
@@ -48,6 +50,15 @@ impl RaftGroup {
             }
             // A proposal is not tied to the proposer's term: whoever leads now takes it.
             Body::ForwardedProposal(f) => return self.handle_forwarded_proposal(*f),
+            // Recovery probes carry no term and move none (`recovery.rs`).
+            Body::RecoveryProbe(_) => {
+                self.handle_recovery_probe(from);
+                return Ok(());
+            }
+            Body::RecoveryProbeResponse(r) => {
+                self.handle_recovery_probe_response(from, r);
+                return Ok(());
+            }
             _ => {}
         }
         let term = body_term(&body);

@@ -108,6 +108,9 @@ impl RaftGroup {
         }
         // §5.3: commit = min(leaderCommit, index of last new entry).
         self.log.commit_to(req.leader_commit.min(last_new));
+        if self.recovery.is_some() {
+            self.maybe_finish_recovery(from, req.leader_commit);
+        }
         let resp = AppendEntriesResponse {
             term: self.term,
             success: true,

@@ -58,6 +58,15 @@ impl RaftGroup {
             return;
         }
         self.stats.log_mismatches += 1;
+        if resp.last_log_index < pr.matched {
+            // Its log is shorter than what it acknowledged: it lost entries (a wiped disk, a
+            // damaged tail). A stale rejection from before the match can look the same; then
+            // starting over costs a probe round. Keeping the match point would leave it
+            // behind for good (every later rejection looks stale against it) and count it
+            // for entries it no longer holds.
+            pr.restart_after_loss(self.log.last_index());
+            self.stats.followers_restarted += 1;
+        }
         // Backtrack with the follower's hint: jump to the last index where our term is no
         // greater than the follower's term at its hinted index.
         let probe = if resp.conflict_term > 0 {

@@ -22,7 +22,12 @@ impl RaftGroup {
         self.expire_forwarded_reads();
         if self.role == Role::Leader {
             self.tick_leader();
-        } else if self.election_deadline <= now {
+            return;
+        }
+        if self.next_probe_deadline() <= now {
+            self.recovery_tick();
+        }
+        if self.election_deadline <= now {
             if self.promotable() {
                 self.hup(false);
             } else {
@@ -50,7 +55,7 @@ impl RaftGroup {
             _ if self.promotable() => self.election_deadline,
             _ => u64::MAX,
         };
-        timers.min(self.forwarded_reads_deadline())
+        timers.min(self.forwarded_reads_deadline()).min(self.next_probe_deadline())
     }
 
     fn tick_leader(&mut self) {

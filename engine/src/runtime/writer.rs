@@ -354,7 +354,7 @@ mod tests {
             partitions: vec![PartitionWrite {
                 partition: 1,
                 entries: vec![e(1), e(2), e(3)],
-                hard_state: Some(HardState { term: 1, vote: 0, commit: 1 }),
+                hard_state: Some(HardState { term: 1, vote: 0, commit: 1, recovering: false }),
                 ..Default::default()
             }],
             meta: vec![],
@@ -364,7 +364,7 @@ mod tests {
                 PartitionWrite {
                     partition: 1,
                     entries: vec![e(3), e(4)],
-                    hard_state: Some(HardState { term: 1, vote: 0, commit: 3 }),
+                    hard_state: Some(HardState { term: 1, vote: 0, commit: 3, recovering: false }),
                     compact_to: Some(1),
                     ..Default::default()
                 },
@@ -441,7 +441,7 @@ mod tests {
             partition: 1,
             snapshot: Some(phalanx_storage::LogPosition::new(4, 1)),
             entries: (5..=24).map(|i| sized(i, 1_000)).collect(),
-            hard_state: Some(HardState { term: 2, vote: 3, commit: 20 }),
+            hard_state: Some(HardState { term: 2, vote: 3, commit: 20, recovering: false }),
             compact_to: Some(3),
         };
         let small: Vec<PartitionWrite> = (2..=40)
@@ -468,7 +468,10 @@ mod tests {
         let first = pieces[0];
         let first_last = first.entries.last().map(|e| e.index).unwrap_or(0);
         assert_eq!(first.snapshot, big.snapshot);
-        assert_eq!(first.hard_state, Some(HardState { term: 2, vote: 3, commit: 20.min(first_last) }));
+        assert_eq!(
+            first.hard_state,
+            Some(HardState { term: 2, vote: 3, commit: 20.min(first_last), recovering: false })
+        );
         assert_eq!(first.compact_to, None);
         let last = pieces[pieces.len() - 1];
         assert_eq!(last.hard_state, big.hard_state);

@@ -137,6 +137,8 @@ pub fn kind(m: &RaftMessage) -> &'static str {
         Some(Body::ReadIndexRequest(_)) => "ReadIndex",
         Some(Body::ReadIndexResponse(_)) => "ReadIndexResp",
         Some(Body::ForwardedProposal(_)) => "Forward",
+        Some(Body::RecoveryProbe(_)) => "RecoveryProbe",
+        Some(Body::RecoveryProbeResponse(_)) => "RecoveryProbeResp",
         None => "Empty",
     }
 }
@@ -336,7 +338,7 @@ impl Cluster {
         let mut cfg = config(id);
         tweak(&mut cfg);
         let restore = RestoreState {
-            hard_state: HardState { term, vote: 0, commit: 0 },
+            hard_state: HardState { term, vote: 0, commit: 0, recovering: false },
             entries: log,
             initial_membership: Membership::with_voters(voters.iter().copied()),
             ..Default::default()
@@ -616,6 +618,33 @@ impl Cluster {
         n.deliveries.clear();
     }
 
+    /// Restarts `id` with its disk wiped (a replaced disk): an empty store whose replica the
+    /// shell marks recovering, as the runtime does for a group with no stored state.
+    pub fn wipe(&mut self, id: NodeId) {
+        self.crash(id);
+        let n = self.nodes.get_mut(&id).expect("known node");
+        n.store = Store::default();
+        n.store.hard_state.recovering = true;
+        n.committed.clear();
+        n.max_commit = 0;
+        self.restart(id);
+    }
+
+    /// Restarts `id` with the last `k` stored entries lost (a damaged WAL tail) and its vote
+    /// forgotten, marked recovering as the runtime marks the partitions of a dropped tail.
+    pub fn cut_tail(&mut self, id: NodeId, k: usize) {
+        self.crash(id);
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let keep = n.store.entries.len().saturating_sub(k);
+        n.store.entries.truncate(keep);
+        let last = n.store.last_index();
+        n.store.hard_state.commit = n.store.hard_state.commit.min(last);
+        n.store.hard_state.vote = 0;
+        n.store.hard_state.recovering = true;
+        n.max_commit = n.max_commit.min(last);
+        self.restart(id);
+    }
+
     /// Takes a snapshot of `id`'s state machine and compacts (the shell's side of
     /// `RaftGroup::compact`). Returns the new floor.
     pub fn compact(&mut self, id: NodeId) -> Result<u64, Status> {
@@ -751,7 +780,7 @@ pub fn solo_with_log(
     let mut cfg = config(id);
     tweak(&mut cfg);
     let restore = RestoreState {
-        hard_state: HardState { term, vote: 0, commit },
+        hard_state: HardState { term, vote: 0, commit, recovering: false },
         entries: log,
         initial_membership: Membership::with_voters(voters.iter().copied()),
         ..Default::default()

@@ -356,6 +356,73 @@ mod wal_specific {
         WriteBatch { partitions: vec![w], meta: vec![] }
     }
 
+    /// Issue 11, item 3: a damaged *last* batch looks like a torn write and is dropped, but
+    /// it may have been acknowledged: the store says which file, offset, partitions and
+    /// entries, instead of nothing.
+    #[test]
+    fn a_damaged_last_batch_is_reported_with_file_offset_and_entries() {
+        run(|| async {
+            let f = WalFixture::with_segment_bytes(1 << 20);
+            let mut s = f.open(true).await.unwrap();
+            for i in 0..4u64 {
+                s.write(&batch_of(1, i * 2 + 1, i * 2 + 2, 300)).await.unwrap();
+            }
+            let mut last = batch_of(2, 1, 3, 300);
+            last.partitions.extend(batch_of(3, 1, 1, 300).partitions);
+            s.write(&last).await.unwrap();
+            s.close().await.unwrap();
+            let clean = f.open(true).await.unwrap();
+            assert_eq!(clean.damaged_tail(), None, "a clean log reports nothing");
+            clean.close().await.unwrap();
+            // One byte of the last batch's body, in the middle of an entry's payload.
+            let seg = f.dir().unwrap().join(crate::wal::segment::segment_name(1));
+            let mut data = std::fs::read(&seg).unwrap();
+            let marker = b"p3/i1/t1/";
+            let at = data.windows(marker.len()).rposition(|w| w == marker).expect("the last batch") + 50;
+            data[at] ^= 0x01;
+            std::fs::write(&seg, &data).unwrap();
+            let s = f.open(true).await.unwrap();
+            let d = s.damaged_tail().cloned().expect("the damaged batch is reported");
+            assert_eq!(d.file, seg);
+            assert!(d.offset > 0 && d.offset < at as u64, "offset {} vs damage at {at}", d.offset);
+            // Records before the damaged one are read; the damaged one is not: any partition
+            // may be concerned.
+            assert_eq!(d.partitions.get(&2), Some(&Some((1, 3))), "{d}");
+            assert!(!d.partitions.contains_key(&3) && !d.complete, "{d}");
+            assert!(d.to_string().contains("partition 2 entries 1..=3"), "{d}");
+            // The batch is gone (what the engine must treat as lost), the rest intact.
+            assert!(s.partition(2).unwrap().is_none());
+            assert_eq!(s.partition(1).unwrap().map(|st| st.last.index), Some(8));
+            s.close().await.unwrap();
+        });
+    }
+
+    /// A last batch whose header is damaged but still names the batch that came next is
+    /// reported too (nothing of it readable); a batch of another life of a recycled file is
+    /// not.
+    #[test]
+    fn a_damaged_header_naming_the_next_batch_is_reported() {
+        run(|| async {
+            let f = WalFixture::with_segment_bytes(1 << 20);
+            let mut s = f.open(true).await.unwrap();
+            s.write(&batch_of(1, 1, 2, 300)).await.unwrap();
+            s.write(&batch_of(4, 1, 3, 200)).await.unwrap();
+            s.close().await.unwrap();
+            let seg = f.dir().unwrap().join(crate::wal::segment::segment_name(1));
+            let mut data = std::fs::read(&seg).unwrap();
+            let second = data[4097..].windows(4).position(|w| w == b"PXB1").expect("a second batch") + 4097;
+            // Its body length (offset 24 of the header): the header checksum fails.
+            data[second + 24] ^= 0x04;
+            std::fs::write(&seg, &data).unwrap();
+            let s = f.open(true).await.unwrap();
+            let d = s.damaged_tail().cloned().expect("reported");
+            assert_eq!(d.offset, second as u64);
+            assert!(d.partitions.is_empty() && !d.complete, "{d}");
+            assert!(d.to_string().contains("any partition"), "{d}");
+            s.close().await.unwrap();
+        });
+    }
+
     #[test]
     fn exactly_one_fdatasync_per_batch() {
         run(|| async {
@@ -714,6 +781,49 @@ mod wal_specific {
             assert!(matches!(e, StorageError::LimitExceeded { .. }), "{e}");
             verify(&s, &m).await.unwrap();
             s.close().await.unwrap();
+        });
+    }
+}
+
+/// Checks of the SQLite store's own schema.
+#[cfg(feature = "sqlite")]
+mod sqlite_specific {
+    use phalanx_proto::HardState;
+    use rusqlite::Connection;
+
+    use super::run;
+    use crate::sqlite::{DB_FILE, SCHEMA, SqliteStore};
+    use crate::{LogStore, StoreOptions, WriteBatch};
+
+    /// A database written before `hs_flags` existed (schema version 1) opens, reads every
+    /// partition as not recovering, and stores the flag from then on.
+    #[test]
+    fn a_version_1_database_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("sqlite");
+            let v1 = SCHEMA.replace(",\n    hs_flags INTEGER NOT NULL DEFAULT 0", "");
+            assert!(!v1.contains("hs_flags"));
+            conn.execute_batch(&format!("BEGIN; {v1} PRAGMA user_version = 1; COMMIT;")).expect("v1 schema");
+            conn.execute(
+                "INSERT INTO parts (part, floor_idx, floor_term, last_idx, last_term, hs_term, hs_vote, hs_commit) \
+                 VALUES (5, 0, 0, 0, 0, 3, 2, 0)",
+                [],
+            )
+            .expect("a v1 row");
+        }
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let mut s = SqliteStore::open(&path, StoreOptions::default()).await.expect("opens");
+            let st = s.partition(5).expect("readable").expect("present");
+            assert_eq!(st.hard_state, HardState { term: 3, vote: 2, commit: 0, recovering: false });
+            let hs = HardState { term: 4, vote: 0, commit: 0, recovering: true };
+            let w = crate::types::PartitionWrite { partition: 5, hard_state: Some(hs), ..Default::default() };
+            s.write(&WriteBatch { partitions: vec![w], meta: vec![] }).await.expect("writes");
+            s.close().await.expect("closes");
+            let s = SqliteStore::open(&path, StoreOptions::default()).await.expect("reopens");
+            assert_eq!(s.partition(5).expect("readable").map(|st| st.hard_state), Some(hs));
+            s.close().await.expect("closes");
         });
     }
 }

@@ -80,7 +80,7 @@ fn batch(parts: Vec<PartitionWrite>) -> WriteBatch {
 }
 
 fn hs(term: u64, vote: u64, commit: u64) -> Option<HardState> {
-    Some(HardState { term, vote, commit })
+    Some(HardState { term, vote, commit, recovering: false })
 }
 
 /// Round trips: entries, hard states, terms, read budgets, range errors, metadata.

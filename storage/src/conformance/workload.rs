@@ -114,7 +114,8 @@ impl Workload {
                 },
                 |e| e.index,
             );
-            pw.hard_state = Some(HardState { term, vote: rng.below(4), commit: new_last });
+            pw.hard_state =
+                Some(HardState { term, vote: rng.below(4), commit: new_last, recovering: rng.below(2) == 1 });
             let new_floor = pw.snapshot.map_or(floor.index, |s| s.index);
             if new_last > new_floor + self.compact_above {
                 pw.compact_to = Some(new_last - self.compact_above / 2);

@@ -1,4 +1,6 @@
-//! The native WAL's on-disk layout, format version 1: explicit, fixed, little-endian.
+//! The native WAL's on-disk layout, format version 2: explicit, fixed, little-endian.
+//! Version 2 adds one flag to hard-state records (bit 0 of the record flags: the replica is
+//! recovering from lost state); a version-1 file reads as version 2 with no flag set.
 //!
 //! ```text
 //! segment file (segment_bytes long, fully written before use: zero-filled or recycled)
@@ -38,7 +40,7 @@ use phalanx_proto::HardState;
 use crate::types::{LogPosition, PartitionId};
 
 /// The WAL format version this build writes and the newest it reads.
-pub const WAL_FORMAT_VERSION: u32 = 1;
+pub const WAL_FORMAT_VERSION: u32 = 2;
 /// Segment header magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PHXWALSG";
 /// Bytes reserved at the start of every segment for its header (one 4 KiB block, so it is
@@ -61,7 +63,7 @@ pub mod kind {
     /// A log entry rewritten forward by garbage collection: fills its index without
     /// truncating anything (it was live when copied).
     pub const ENTRY_RELOCATED: u8 = 2;
-    /// Hard state (term, vote, commit) of a partition.
+    /// Hard state (term, vote, commit) of a partition; record flag bit 0: recovering.
     pub const HARD_STATE: u8 = 3;
     /// Snapshot install: floor := (index, term), keeping the suffix or dropping everything as
     /// decided at write time.
@@ -75,6 +77,9 @@ pub mod kind {
     /// Delete a metadata key.
     pub const META_DELETE: u8 = 8;
 }
+
+/// Hard-state record flag: the replica is recovering from lost state (version 2).
+pub const HARD_STATE_RECOVERING: u8 = 1;
 
 /// Rounds `v` up to a multiple of `block` (a power of two).
 #[must_use]
@@ -325,8 +330,11 @@ fn fixed_body_len(kind: u8) -> Option<usize> {
 /// Parses the record at the start of `b`, checking its CRC when `verify` (skipped only for
 /// a batch this process just encoded). Returns it and its total length.
 pub fn parse_record(b: &[u8], verify: bool) -> Result<(Record<'_>, usize), String> {
-    // Bytes 5..8 (flags, reserved) are zero in version 1; the CRC covers them.
-    let (Some(len), Some(&k), Some(stored_crc)) = (get_u32(b, 0), b.get(4), get_u32(b, 8)) else {
+    // Byte 5 holds flags (only hard-state records have one, since version 2), bytes 6..8 are
+    // reserved (zero); the CRC covers them.
+    let (Some(len), Some(&k), Some(&flags), Some(stored_crc)) =
+        (get_u32(b, 0), b.get(4), b.get(5), get_u32(b, 8))
+    else {
         return Err("record header truncated".into());
     };
     let total = RECORD_HEADER_BYTES + len as usize;
@@ -357,7 +365,12 @@ pub fn parse_record(b: &[u8], verify: bool) -> Result<(Record<'_>, usize), Strin
         }
         kind::HARD_STATE => Record::HardState {
             partition: u(0)?,
-            hard_state: HardState { term: u(8)?, vote: u(16)?, commit: u(24)? },
+            hard_state: HardState {
+                term: u(8)?,
+                vote: u(16)?,
+                commit: u(24)?,
+                recovering: flags & HARD_STATE_RECOVERING != 0,
+            },
         },
         kind::SNAPSHOT => Record::Snapshot {
             partition: u(0)?,
@@ -402,14 +415,15 @@ impl<'a> RecordWriter<'a> {
         self.count
     }
 
-    /// Appends one record of `kind` whose `body_len`-byte body `fill` writes.
-    fn record(&mut self, kind: u8, body_len: usize, fill: impl FnOnce(&mut [u8])) {
+    /// Appends one record of `kind` (with `flags`) whose `body_len`-byte body `fill` writes.
+    fn record(&mut self, kind: u8, flags: u8, body_len: usize, fill: impl FnOnce(&mut [u8])) {
         let start = self.pos;
         let end = start + RECORD_HEADER_BYTES + body_len;
         let rec = &mut self.buf[start..end];
         put_u32(rec, 0, body_len as u32);
         rec[4] = kind;
-        rec[5..8].fill(0);
+        rec[5] = flags;
+        rec[6..8].fill(0);
         fill(&mut rec[RECORD_HEADER_BYTES..]);
         let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[0..8]), &rec[RECORD_HEADER_BYTES..]);
         put_u32(rec, 8, crc);
@@ -427,7 +441,7 @@ impl<'a> RecordWriter<'a> {
         proto_len: usize,
         encode: impl FnOnce(&mut [u8]),
     ) {
-        self.record(kind, ENTRY_PREFIX_BYTES + proto_len, |b| {
+        self.record(kind, 0, ENTRY_PREFIX_BYTES + proto_len, |b| {
             put_u64(b, 0, partition);
             put_u64(b, 8, index);
             put_u64(b, 16, term);
@@ -437,7 +451,8 @@ impl<'a> RecordWriter<'a> {
 
     /// A hard state record.
     pub fn hard_state(&mut self, partition: PartitionId, hs: &HardState) {
-        self.record(kind::HARD_STATE, 32, |b| {
+        let flags = if hs.recovering { HARD_STATE_RECOVERING } else { 0 };
+        self.record(kind::HARD_STATE, flags, 32, |b| {
             put_u64(b, 0, partition);
             put_u64(b, 8, hs.term);
             put_u64(b, 16, hs.vote);
@@ -447,7 +462,7 @@ impl<'a> RecordWriter<'a> {
 
     /// A snapshot-install record.
     pub fn snapshot(&mut self, partition: PartitionId, pos: LogPosition, keep_suffix: bool) {
-        self.record(kind::SNAPSHOT, 25, |b| {
+        self.record(kind::SNAPSHOT, 0, 25, |b| {
             put_u64(b, 0, partition);
             put_u64(b, 8, pos.index);
             put_u64(b, 16, pos.term);
@@ -457,7 +472,7 @@ impl<'a> RecordWriter<'a> {
 
     /// A compaction record.
     pub fn compact(&mut self, partition: PartitionId, pos: LogPosition) {
-        self.record(kind::COMPACT, 24, |b| {
+        self.record(kind::COMPACT, 0, 24, |b| {
             put_u64(b, 0, partition);
             put_u64(b, 8, pos.index);
             put_u64(b, 16, pos.term);
@@ -466,12 +481,12 @@ impl<'a> RecordWriter<'a> {
 
     /// A partition removal record.
     pub fn remove(&mut self, partition: PartitionId) {
-        self.record(kind::REMOVE_PARTITION, 8, |b| put_u64(b, 0, partition));
+        self.record(kind::REMOVE_PARTITION, 0, 8, |b| put_u64(b, 0, partition));
     }
 
     /// A metadata set record.
     pub fn meta_set(&mut self, key: &[u8], value: &[u8]) {
-        self.record(kind::META_SET, 4 + key.len() + value.len(), |b| {
+        self.record(kind::META_SET, 0, 4 + key.len() + value.len(), |b| {
             put_u32(b, 0, key.len() as u32);
             b[4..4 + key.len()].copy_from_slice(key);
             b[4 + key.len()..].copy_from_slice(value);
@@ -480,7 +495,7 @@ impl<'a> RecordWriter<'a> {
 
     /// A metadata delete record.
     pub fn meta_delete(&mut self, key: &[u8]) {
-        self.record(kind::META_DELETE, key.len(), |b| b.copy_from_slice(key));
+        self.record(kind::META_DELETE, 0, key.len(), |b| b.copy_from_slice(key));
     }
 }
 
@@ -503,9 +518,13 @@ mod tests {
         let mut flipped = b.clone();
         flipped[20] ^= 1;
         assert!(matches!(SegmentHeader::decode(&flipped), Err(SegmentHeaderError::Corrupt(_))));
-        let newer = SegmentHeader { version: 2, ..h };
+        // Version 1 files (no hard-state flags) still read.
+        let current = SegmentHeader { version: WAL_FORMAT_VERSION, ..h };
+        current.encode(&mut b);
+        assert_eq!(SegmentHeader::decode(&b), Ok(current));
+        let newer = SegmentHeader { version: WAL_FORMAT_VERSION + 1, ..h };
         newer.encode(&mut b);
-        assert_eq!(SegmentHeader::decode(&b), Err(SegmentHeaderError::TooNew(2)));
+        assert_eq!(SegmentHeader::decode(&b), Err(SegmentHeaderError::TooNew(WAL_FORMAT_VERSION + 1)));
         assert_eq!(
             SegmentHeader::decode(b"not a wal at all, not at all....."),
             Err(SegmentHeaderError::BadMagic)
@@ -517,13 +536,15 @@ mod tests {
         let mut buf = vec![0u8; 512];
         let mut w = RecordWriter::new(&mut buf);
         w.entry(kind::ENTRY, 3, 10, 2, 4, |b| b.copy_from_slice(b"abcd"));
-        w.hard_state(3, &HardState { term: 2, vote: 1, commit: 9 });
+        w.hard_state(3, &HardState { term: 2, vote: 1, commit: 9, recovering: true });
         w.meta_set(b"k", b"value");
         let end = w.position();
         let (r, n) = parse_record(&buf, true).unwrap();
         assert_eq!(r, Record::Entry { partition: 3, index: 10, term: 2, relocated: false, proto: b"abcd" });
         let (r2, n2) = parse_record(&buf[n..], true).unwrap();
-        assert!(matches!(r2, Record::HardState { partition: 3, hard_state } if hard_state.commit == 9));
+        assert!(
+            matches!(r2, Record::HardState { partition: 3, hard_state } if hard_state.commit == 9 && hard_state.recovering)
+        );
         let (r3, n3) = parse_record(&buf[n + n2..], true).unwrap();
         assert_eq!(r3, Record::MetaSet { key: b"k", value: b"value" });
         assert_eq!(n + n2 + n3, end);

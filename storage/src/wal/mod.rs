@@ -196,6 +196,8 @@ pub struct WalStore {
     stats: StoreStats,
     /// `StoreStats::entry_reads`, counted by reads (which take `&self`).
     entry_reads: Cell<u64>,
+    /// The last batch dropped at open because it may have been acknowledged.
+    damaged_tail: Option<crate::types::DamagedTail>,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -294,7 +296,14 @@ impl WalStore {
             poison: Poison::default(),
             stats: StoreStats::default(),
             entry_reads: Cell::new(0),
+            damaged_tail: rec.damaged_tail,
         };
+        if let Some(d) = &store.damaged_tail {
+            tracing::warn!(
+                "WAL {}: dropped a damaged last batch that may have been acknowledged: {d}",
+                store.dir.display()
+            );
+        }
         if store.segments.is_empty() {
             let p = prepare_next(
                 store.dir.clone(),
@@ -760,6 +769,10 @@ impl LogStore for WalStore {
 
     fn stats(&self) -> StoreStats {
         StoreStats { entry_reads: self.entry_reads.get(), ..self.stats }
+    }
+
+    fn damaged_tail(&self) -> Option<&crate::types::DamagedTail> {
+        self.damaged_tail.as_ref()
     }
 
     fn max_batch_cost(&self) -> u64 {

@@ -12,21 +12,26 @@
 //!   file and offset. Otherwise the end is a torn tail (a batch cut short by a crash, never
 //!   acknowledged) and is dropped: the next write overwrites it.
 //! * A damaged *last* batch looks exactly like a torn one and is dropped too: checksums
-//!   cannot tell bit rot from a crash at the very end of the log.
+//!   cannot tell bit rot from a crash at the very end of the log. But when its header says
+//!   it is the batch that came next (this segment's life, the expected sequence number), it
+//!   may have been written whole and acknowledged before it was damaged: it is reported
+//!   ([`DamagedTail`], with the partitions and entries its readable records held) so the
+//!   engine treats those partitions as having lost state rather than drop them silently.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::DmaFile;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BatchHeader, HeaderAt, SEGMENT_HEADER_BYTES, SegmentHeader, SegmentHeaderError,
-    WAL_FORMAT_VERSION, align_up, parse_record,
+    BATCH_HEADER_BYTES, BATCH_MAGIC, BatchHeader, HeaderAt, Record, SEGMENT_HEADER_BYTES, SegmentHeader,
+    SegmentHeaderError, WAL_FORMAT_VERSION, align_up, get_u32, get_u64, parse_record,
 };
 use super::index::Index;
 use super::segment::{FileKind, Segment, classify, gio, open_rw};
 use crate::error::{Result, StorageError};
+use crate::types::{DamagedTail, PartitionId};
 
 /// Size of one read while replaying a segment.
 const REPLAY_READ_BYTES: usize = 4 << 20;
@@ -46,6 +51,8 @@ pub(crate) struct Recovered {
     pub index: Index,
     /// Sequence number of the next batch.
     pub next_batch_seq: u64,
+    /// The dropped last batch, when it may have been acknowledged.
+    pub damaged_tail: Option<DamagedTail>,
 }
 
 /// Recovers the WAL in `dir`. Spares of another size than `segment_bytes` are deleted.
@@ -105,6 +112,9 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
         let scan = scan_segment(&header, &path, &data, &mut rec.index, &mut expected, prev_end.as_ref())?;
         if scan.batches > 0 {
             last_with_batches = Some(i);
+        }
+        if let Some(d) = scan.damaged_tail {
+            rec.damaged_tail = Some(d);
         }
         prev_end = Some((path.clone(), scan.end));
         loaded.push(Segment {
@@ -199,6 +209,41 @@ pub(crate) struct SegmentScan {
     pub end: u64,
     /// Valid batches.
     pub batches: u64,
+    /// The batch at `end`, dropped, when its header says it came next (see the module docs).
+    pub damaged_tail: Option<DamagedTail>,
+}
+
+/// Whether the bytes at `at` start a batch header of this segment's life carrying
+/// `batch_seq` (its own checksum aside): a batch that came next, whatever damaged it.
+fn claims_next(at: &[u8], segment_seq: u64, batch_seq: Option<u64>) -> bool {
+    get_u32(at, 0) == Some(BATCH_MAGIC)
+        && get_u64(at, 8) == Some(segment_seq)
+        && batch_seq.is_none_or(|e| get_u64(at, 16) == Some(e))
+}
+
+/// The partitions (and entry ranges) a damaged batch's records held, read in order up to
+/// the first damaged one, and whether all of them could be read.
+fn damaged_partitions(body: &[u8]) -> (BTreeMap<PartitionId, Option<(u64, u64)>>, bool) {
+    let mut out: BTreeMap<PartitionId, Option<(u64, u64)>> = BTreeMap::new();
+    let mut off = 0usize;
+    while off < body.len() {
+        let Ok((rec, n)) = parse_record(&body[off..], true) else { return (out, false) };
+        off += n;
+        match rec {
+            Record::Entry { partition, index, .. } => {
+                let r = out.entry(partition).or_insert(None);
+                *r = Some(r.map_or((index, index), |(lo, hi)| (lo.min(index), hi.max(index))));
+            }
+            Record::HardState { partition, .. }
+            | Record::Snapshot { partition, .. }
+            | Record::Compact { partition, .. }
+            | Record::Remove { partition } => {
+                out.entry(partition).or_insert(None);
+            }
+            Record::MetaSet { .. } | Record::MetaDelete { .. } => {}
+        }
+    }
+    (out, true)
 }
 
 /// Replays the batches of one segment into `index`.
@@ -218,6 +263,7 @@ pub(crate) fn scan_segment(
     let len = data.len() as u64;
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut batches = 0u64;
+    let mut damaged: Option<DamagedTail> = None;
     while pos + BATCH_HEADER_BYTES as u64 <= len {
         let at = &data[pos as usize..];
         let h = match BatchHeader::decode(at) {
@@ -228,6 +274,17 @@ pub(crate) fn scan_segment(
                     found: u32::from(v),
                     supported: WAL_FORMAT_VERSION,
                 });
+            }
+            HeaderAt::Invalid if claims_next(at, header.seq, *expected) => {
+                // The header itself is damaged, yet it names the batch that came next.
+                damaged = Some(DamagedTail {
+                    file: path.to_path_buf(),
+                    offset: pos,
+                    batch_seq: get_u64(at, 16).unwrap_or(0),
+                    partitions: BTreeMap::new(),
+                    complete: false,
+                });
+                break;
             }
             _ => break,
         };
@@ -259,6 +316,16 @@ pub(crate) fn scan_segment(
         }
         let body = &data[body_start as usize..body_end as usize];
         if crc32c::crc32c(body) != h.body_crc {
+            if expected.is_none_or(|e| h.batch_seq == e) {
+                let (partitions, complete) = damaged_partitions(body);
+                damaged = Some(DamagedTail {
+                    file: path.to_path_buf(),
+                    offset: pos,
+                    batch_seq: h.batch_seq,
+                    partitions,
+                    complete,
+                });
+            }
             break;
         }
         // The batch is whole: from here on any inconsistency is damage, not a torn write.
@@ -302,5 +369,5 @@ pub(crate) fn scan_segment(
         }
         q += block;
     }
-    Ok(SegmentScan { end, batches })
+    Ok(SegmentScan { end, batches, damaged_tail: damaged })
 }

@@ -1,0 +1,184 @@
+//! A replica that lost durable state (issue 11, items 2 and 3): it must neither vote nor
+//! campaign until it caught up from a leader, and leaders must notice that its log went
+//! backwards. See `engine/src/raft/recovery.rs` for the rules and why they are safe.
+
+mod common;
+
+use common::*;
+use phalanx::raft::Status;
+use phalanx_proto::raft_message::Body;
+
+/// Delivers and processes until quiet, then ticks `n` times.
+fn settle_ticks(c: &mut Cluster, n: u64) {
+    c.stabilize();
+    c.ticks(n);
+}
+
+#[test]
+fn a_new_cluster_of_empty_replicas_elects_once_every_voter_answered() {
+    let mut c = Cluster::empty();
+    for id in 1..=3 {
+        c.add_restored(config(id), recovering_restore(&[1, 2, 3]));
+    }
+    assert!((1..=3).all(|id| c.raft(id).is_recovering()));
+    // One node down: an empty replica cannot tell a new cluster from a wiped disk without
+    // every voter's word, so nobody runs.
+    c.crash(3);
+    settle_ticks(&mut c, 60);
+    assert!(c.leader().is_none(), "elected with a voter unheard");
+    assert!(c.raft(1).is_recovering() && c.raft(2).is_recovering());
+    c.restart(3);
+    settle_ticks(&mut c, 60);
+    assert!(c.leader().is_some(), "no leader once every voter answered term 0");
+    assert!((1..=3).all(|id| !c.raft(id).is_recovering()));
+}
+
+fn recovering_restore(voters: &[u64]) -> phalanx::raft::RestoreState {
+    let mut r = phalanx::raft::RestoreState {
+        initial_membership: phalanx::raft::Membership::with_voters(voters.iter().copied()),
+        ..Default::default()
+    };
+    r.hard_state.recovering = true;
+    r
+}
+
+#[test]
+fn a_wiped_follower_catches_up_before_it_votes_again() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("v{i}")).expect("leader takes it");
+    }
+    c.stabilize();
+    let last = c.raft(1).log().last_index();
+    c.wipe(3);
+    assert!(c.raft(3).is_recovering());
+    assert_eq!(c.raft(3).log().last_index(), 0);
+    // While recovering it refuses votes: a candidate with an empty log (node 3's own view of
+    // "up to date") gets nothing from it.
+    let before = c.raft(3).term();
+    c.deliver(msg(2, 3, vote_req(before + 1, 0, 0, false)));
+    let rd = c.process(3).expect("an answer");
+    let answers = vote_answers(&all_msgs(&rd));
+    assert!(answers.iter().all(|(_, granted, _, _)| !granted), "{answers:?}");
+    // It catches up from the leader, which notices its log went back, and then leaves
+    // recovery (after the leader's next commit in its term reaches it).
+    c.propose(1, "after").expect("leader takes it");
+    settle_ticks(&mut c, 30);
+    assert_eq!(c.raft(3).log().last_index(), last + 1);
+    assert!(!c.raft(3).is_recovering(), "still recovering: floor {:?}", c.raft(3).recovery_floor());
+    c.check_safety();
+}
+
+/// The acknowledged write that would vanish: entry committed by {1, 3}; 3 loses its disk,
+/// 1 goes down. Without recovery, 3 (empty) votes for 2 (which lacks the entry) and the
+/// write is gone. With it, 3 does not vote: no leader until 1 is back, and the write stays.
+#[test]
+fn a_wiped_replica_never_helps_elect_a_leader_lacking_what_it_acknowledged() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    c.cut_pair(1, 2);
+    let at = c.propose(1, "acked").expect("leader takes it");
+    c.stabilize();
+    assert!(c.raft(1).log().committed() >= at.last_index, "committed by 1 and 3");
+    assert!(c.raft(2).log().last_index() < at.last_index, "2 lacks it");
+    c.crash(1);
+    c.heal();
+    c.wipe(3);
+    for _ in 0..10 {
+        c.raft_mut(2).campaign();
+        settle_ticks(&mut c, 25);
+        assert!(!c.raft(2).is_leader(), "2 won without the committed entry");
+    }
+    c.restart(1);
+    settle_ticks(&mut c, 80);
+    let leader = c.leader().expect("a leader once 1 is back");
+    assert!(c.raft(leader).log().term(at.last_index) == Some(at.term), "the acknowledged entry survived");
+    c.check_safety();
+}
+
+/// Election safety: 3 voted for 1 in term T, then lost its disk. It must not vote for 2 in T.
+#[test]
+fn a_wiped_replica_does_not_vote_twice_in_a_term() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    let t = c.raft(1).term();
+    c.wipe(3);
+    c.deliver(msg(2, 3, vote_req(t, 100, t, false)));
+    let rd = c.process(3).expect("an answer");
+    assert!(vote_answers(&all_msgs(&rd)).iter().all(|(_, granted, _, _)| !granted));
+}
+
+/// A leader in the replicate state used to keep a wiped follower's old match index and drop
+/// its rejections as stale: the follower stayed empty for good.
+#[test]
+fn a_leader_starts_over_with_a_follower_whose_log_went_back() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    for i in 0..8 {
+        c.propose(1, &format!("v{i}")).expect("leader takes it");
+    }
+    c.stabilize();
+    // Node 3 loses its tail, and every probe it sends the leader is lost: only its
+    // rejections can tell the leader.
+    c.cut_tail(3, 4);
+    c.propose(1, "next").expect("leader takes it");
+    let to_leader_probe =
+        |m: &phalanx_proto::RaftMessage| m.to == 1 && matches!(m.body, Some(Body::RecoveryProbe(_)));
+    for _ in 0..40 {
+        for id in c.up_ids() {
+            c.raft_mut(id).tick();
+        }
+        for _ in 0..100 {
+            let busy = c.process_all();
+            c.take_msgs(to_leader_probe);
+            if !busy && c.net.is_empty() {
+                break;
+            }
+            c.deliver_queued();
+        }
+    }
+    assert!(c.raft(1).stats().followers_restarted >= 1, "the leader never noticed");
+    assert_eq!(c.raft(3).log().last_index(), c.raft(1).log().last_index(), "3 caught up");
+    // Caught up, but without the leader's answer it lacks the floor: still no vote.
+    assert!(c.raft(3).is_recovering());
+    c.ticks(30);
+    assert!(!c.raft(3).is_recovering(), "the leader answered: recovery ends");
+    c.check_safety();
+}
+
+#[test]
+fn a_recovering_replica_never_campaigns_even_when_asked() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    c.wipe(2);
+    c.crash(1);
+    c.raft_mut(2).campaign();
+    c.deliver(msg(1, 2, Body::TimeoutNow(phalanx_proto::TimeoutNow { term: c.raft(2).term() })));
+    settle_ticks(&mut c, 40);
+    assert!(!c.raft(2).is_leader());
+    assert_eq!(c.raft(2).stats().elections_started, 0);
+    assert!(c.raft(2).is_recovering());
+    // Proposals go nowhere meanwhile, with the usual status.
+    assert_eq!(c.propose(2, "x").err(), Some(Status::NodeIsNotLeader));
+}
+
+#[test]
+fn recovery_is_persisted_and_ends_with_a_durable_hard_state() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    c.wipe(3);
+    // A crash while recovering: the flag is on disk, so it recovers again.
+    c.crash(3);
+    c.restart(3);
+    assert!(c.raft(3).is_recovering());
+    c.propose(1, "x").expect("leader takes it");
+    settle_ticks(&mut c, 30);
+    assert!(!c.raft(3).is_recovering());
+    assert!(!c.node(3).store.hard_state.recovering, "the end of recovery is durable");
+    assert_eq!(c.node(3).store.hard_state.vote, 1, "the leader's term's vote is recorded");
+}
