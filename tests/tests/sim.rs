@@ -64,12 +64,13 @@ fn simulator_sweep() {
     }
     let acked: u64 = reports.iter().map(|r| r.acked).sum();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
+    let disk_losses: u64 = reports.iter().map(|r| r.disk_losses).sum();
     let snapshots: u64 = reports.iter().map(|r| r.snapshots).sum();
     let live = reports.iter().filter(|r| r.liveness_checked).count();
     let fetches: u64 = reports.iter().map(|r| r.fetches).sum();
     let overtaken: u64 = reports.iter().map(|r| r.fetches_overtaken).sum();
     println!(
-        "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} snapshots={snapshots} \
+        "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} disk-losses={disk_losses} snapshots={snapshots} \
          liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} wall={:.1}s)",
         seeds.len(),
         total_steps,

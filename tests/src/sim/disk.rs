@@ -17,6 +17,8 @@ pub struct GroupDisk {
     pub entries: Vec<LogEntry>,
     /// Latest snapshot (meta + state machine image).
     pub snapshot: Option<Snapshot>,
+    /// Whether anything was ever stored for the group (a store holds a record of it).
+    pub written: bool,
 }
 
 impl GroupDisk {
@@ -28,6 +30,12 @@ impl GroupDisk {
             return None;
         }
         self.entries.get((index - self.floor.0 - 1) as usize).map(|e| e.term)
+    }
+
+    /// Whether the stored log holds the entry at (`index`, `term`) (the floor counts).
+    #[must_use]
+    pub fn holds(&self, index: u64, term: u64) -> bool {
+        self.term(index) == Some(term)
     }
 
     /// Installs a received snapshot (keeping the suffix if the log holds its last entry).
@@ -77,6 +85,22 @@ impl GroupDisk {
             out.push(e.clone());
         }
         out
+    }
+
+    /// Whether nothing at all is stored (a new node, or a wiped disk).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.written && self.snapshot.is_none()
+    }
+
+    /// Loses the last `k` stored entries (a damaged last WAL batch, dropped at recovery) and,
+    /// with them, the vote written beside them. The commit index is clamped to what remains.
+    pub fn cut_tail(&mut self, k: usize) {
+        let keep = self.entries.len().saturating_sub(k);
+        self.entries.truncate(keep);
+        let last = self.floor.0 + self.entries.len() as u64;
+        self.hard_state.commit = self.hard_state.commit.min(last);
+        self.hard_state.vote = 0;
     }
 
     /// What a restarting node recovers.

@@ -45,6 +45,10 @@ pub struct SimConfig {
     pub crash_per_10k: u64,
     /// Probability per tick that a down node restarts, in percent.
     pub restart_pct: u64,
+    /// Share of crashes that also lose durable state, in percent: half wipe the disk, half
+    /// cut the tail of some groups' logs. Only while no other node has lost state (the
+    /// protocol survives the loss of a minority's disks one at a time, not of a majority's).
+    pub disk_loss_pct: u64,
     /// Probability per tick of a new partition, in units of 1/10,000.
     pub partition_per_10k: u64,
     /// The Raft configuration of every group (id, group, seed filled in per node).
@@ -82,6 +86,7 @@ impl SimConfig {
             chaos: true,
             crash_per_10k: [10, 40, 150, 500][r.range(0, 4) as usize],
             restart_pct: [2, 5, 20, 60][r.range(0, 4) as usize],
+            disk_loss_pct: [0, 10, 30, 60][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
             apply_before_persist: r.range(0, 2) == 0,
             raft: {
@@ -143,6 +148,8 @@ pub struct Report {
     pub snapshots: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Crashes that lost durable state (wiped disks, cut log tails).
+    pub disk_losses: u64,
     /// Whether liveness was checked (see `SimConfig::liveness_expected`).
     pub liveness_checked: bool,
     /// Entry reads from disk for followers (the leader no longer held them in memory).
@@ -166,6 +173,9 @@ pub struct Sim {
     workload: Workload,
     trace: std::collections::hash_map::DefaultHasher,
     crashes: u64,
+    disk_losses: u64,
+    /// Per group and node, its commit index at the heal.
+    commit_at_heal: std::collections::BTreeMap<(GroupId, NodeId), u64>,
     fetches: u64,
     fetches_overtaken: u64,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
@@ -196,6 +206,8 @@ impl Sim {
             workload: Workload::default(),
             trace: Default::default(),
             crashes: 0,
+            disk_losses: 0,
+            commit_at_heal: std::collections::BTreeMap::new(),
             fetches: 0,
             fetches_overtaken: 0,
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
@@ -211,6 +223,7 @@ impl Sim {
         }
         if self.cfg.liveness_expected() {
             self.workload.check_liveness(&self.groups, &mut self.checker);
+            self.check_convergence();
         }
         self.checker.finish();
         let final_state = self.describe();
@@ -225,6 +238,7 @@ impl Sim {
             elections: self.workload.leaders_seen,
             snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
             crashes: self.crashes,
+            disk_losses: self.disk_losses,
             liveness_checked: self.cfg.liveness_expected(),
             fetches: self.fetches,
             fetches_overtaken: self.fetches_overtaken,
@@ -308,7 +322,35 @@ impl Sim {
                 self.rng.range(0, n) as usize
             };
             if self.nodes[victim].up {
-                self.nodes[victim].crash();
+                let others_lost =
+                    (0..self.nodes.len()).any(|i| i != victim && self.nodes[i].has_lost_state());
+                // A replica that lost its disk does not vote until it caught up from a leader:
+                // only a group whose other voters are a majority can still elect one (a
+                // 3-voter group loses one disk, a 2-voter group none — as with crashes).
+                // Judged by every running node's view of each group (views differ while a
+                // change is in flight, and a recovering node's is stale).
+                let survivable = self.groups.iter().all(|&g| {
+                    self.nodes.iter().filter_map(|n| n.multi.group(g)).all(|grp| {
+                        let voters = &grp.membership().voters;
+                        !voters.contains(&(victim as u64 + 1))
+                            || voters.len() > phalanx::raft::majority(voters.len())
+                    })
+                });
+                // Down nodes' views are unknown (a shrinking change may wait in one's log).
+                let all_up = self.nodes.iter().all(|n| n.up);
+                if !others_lost && all_up && survivable && self.rng.range(0, 100) < self.cfg.disk_loss_pct {
+                    if self.rng.range(0, 2) == 0 {
+                        self.nodes[victim].wipe();
+                    } else {
+                        let groups: Vec<GroupId> =
+                            self.groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
+                        let k = self.rng.range(1, 6) as usize;
+                        self.nodes[victim].cut_tails(&groups, k);
+                    }
+                    self.disk_losses += 1;
+                } else {
+                    self.nodes[victim].crash();
+                }
                 self.workload.forget_node(victim as u64 + 1);
                 self.crashes += 1;
             }
@@ -343,6 +385,12 @@ impl Sim {
             }
         }
         self.workload.heal_at = Some(self.now);
+        for &g in &self.groups {
+            for n in &self.nodes {
+                let c = n.multi.group(g).map_or(0, |grp| grp.log().committed());
+                self.commit_at_heal.insert((g, n.id), c);
+            }
+        }
     }
 
     /// Completes due disk writes and handles Readies until the node is quiet.
@@ -421,6 +469,7 @@ impl Sim {
             let gid = gw.group;
             {
                 let disk = self.nodes[i].disk.groups.entry(gid).or_default();
+                disk.written |= gw.hard_state.is_some() || !gw.entries.is_empty() || gw.snapshot.is_some();
                 if let Some(s) = gw.local_snapshot {
                     disk.snapshot = Some(s);
                 }
@@ -494,6 +543,47 @@ impl Sim {
         }
     }
 
+    /// After the heal no member of a group is left behind for good: one that lags the
+    /// group's commit index at the end must have caught up some of the way since the heal (a
+    /// leader that kept a wiped follower's old progress left it at index 0). Slow
+    /// configurations (one entry per append, one in flight) may not close the whole gap in
+    /// the window, so making progress is what is required.
+    fn check_convergence(&mut self) {
+        for &g in &self.groups {
+            let Some((max_end, members)) = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.multi.group(g))
+                .max_by_key(|grp| grp.log().committed())
+                .map(|grp| (grp.log().committed(), grp.membership().clone()))
+            else {
+                continue;
+            };
+            // A follower that receives a snapshot moves its commit index only when it is
+            // installed (the simulator's tiny chunks take many round trips).
+            let receiving_snapshot = |id: NodeId| {
+                self.nodes.iter().filter_map(|n| n.multi.group(g)).any(|grp| {
+                    grp.is_leader()
+                        && grp.progress(id).is_some_and(|p| p.state == phalanx::raft::ProgressState::Snapshot)
+                })
+            };
+            for n in &self.nodes {
+                let Some(grp) = n.multi.group(g) else { continue };
+                let Some(&at_heal) = self.commit_at_heal.get(&(g, n.id)) else { continue };
+                let end = grp.log().committed();
+                if members.contains(n.id) && end < max_end && end <= at_heal && !receiving_snapshot(n.id) {
+                    let detail = format!(
+                        "node {} stuck at commit {end} (the group at {max_end}){} {} ticks after the heal",
+                        n.id,
+                        if grp.is_recovering() { ", recovering," } else { "" },
+                        LIVENESS_TICKS
+                    );
+                    self.checker.on_liveness_failure(g, detail);
+                }
+            }
+        }
+    }
+
     /// A human-readable picture of every node's groups.
     #[must_use]
     pub fn describe(&self) -> String {
@@ -509,7 +599,7 @@ impl Sim {
                 let _ = writeln!(
                     s,
                     "  n{} g{g}: up={} {:?} term={} vote={} leader={:?} floor={} last={}/{} commit={} applied={} \
-                     members={:?} pending_writes={} next_deadline={} now={}",
+                     members={:?} pending_writes={} next_deadline={} now={} recovering={}",
                     n.id,
                     n.up,
                     grp.role(),
@@ -525,6 +615,7 @@ impl Sim {
                     n.pending.len(),
                     grp.next_deadline(),
                     grp.now(),
+                    grp.is_recovering(),
                 );
                 for m in grp.membership().members() {
                     if let Some(p) = grp.progress(m) {

@@ -166,6 +166,37 @@ impl SimNode {
         self.multi = MultiRaft::new();
     }
 
+    /// Crashes with the disk wiped (a replaced disk): everything lost.
+    pub fn wipe(&mut self) {
+        self.crash();
+        for gd in self.disk.groups.values_mut() {
+            *gd = Default::default();
+            // What the restart finds and marks (an empty group); marked now so that, while
+            // it is down, nobody takes it for a node with its state intact.
+            gd.hard_state.recovering = true;
+            gd.written = true;
+        }
+    }
+
+    /// Crashes with the last `k` entries of `groups` lost (a damaged WAL tail the store
+    /// dropped and reported): those groups must recover at restart.
+    pub fn cut_tails(&mut self, groups: &[GroupId], k: usize) {
+        self.crash();
+        for g in groups {
+            if let Some(gd) = self.disk.groups.get_mut(g) {
+                gd.cut_tail(k);
+                gd.hard_state.recovering = true;
+            }
+        }
+    }
+
+    /// Whether any group of this node is recovering from lost state (running or on disk).
+    #[must_use]
+    pub fn has_lost_state(&self) -> bool {
+        self.disk.groups.values().any(|gd| gd.hard_state.recovering)
+            || self.disk.groups.keys().any(|g| self.multi.group(*g).is_some_and(|grp| grp.is_recovering()))
+    }
+
     /// Restarts from the disk.
     pub fn restart(&mut self, initial: &Membership, seed: u64) {
         self.incarnation += 1;
@@ -180,6 +211,22 @@ impl SimNode {
         self.sms.clear();
         let groups: Vec<GroupId> = self.disk.groups.keys().copied().collect();
         for g in groups {
+            // The runtime's rule at open (`runtime/lost_state.rs`): a group with nothing
+            // stored may have lost everything; it is marked recovering, durably, first.
+            if let Some(gd) = self.disk.groups.get_mut(&g) {
+                if gd.is_empty() {
+                    gd.hard_state.recovering = true;
+                    gd.written = true;
+                }
+                // The runtime's other rule at open: a snapshot that covers more than the
+                // stored log (its tail was lost) is installed in the log store first.
+                if let Some(snap) = gd.snapshot.clone()
+                    && !gd.holds(snap.meta.index, snap.meta.term)
+                    && snap.meta.index >= gd.floor.0
+                {
+                    gd.install_snapshot(&snap);
+                }
+            }
             let gd = &self.disk.groups[&g];
             let restore = gd.restore_state(initial);
             let snap = gd.snapshot.clone();

@@ -257,6 +257,25 @@ impl Workload {
             1 => ConfChangeType::AddVoter,
             _ => ConfChangeType::Remove,
         };
+        // A replica that lost its disk does not vote until it caught up: like an operator,
+        // do not shrink a group below 3 voters while one recovers (it could then elect no
+        // leader to catch up from).
+        if nodes.iter().any(SimNode::has_lost_state)
+            && let Some(grp) = nodes[i].multi.group(g)
+        {
+            let mut voters = grp.membership().voters.clone();
+            match change {
+                ConfChangeType::AddVoter => {
+                    voters.insert(target);
+                }
+                _ => {
+                    voters.remove(&target);
+                }
+            }
+            if voters.len() < 3 {
+                return;
+            }
+        }
         let cc = ConfChange { change: change as i32, node_id: target };
         nodes[i].multi.update(g, |grp| {
             let _ = grp.propose_conf_change(cc);
