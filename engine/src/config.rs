@@ -61,6 +61,12 @@ pub struct NodeConfig {
     pub leader_balance_interval_ms: u64,
     /// Per-group Raft tuning (id, group and seed are filled in per group).
     pub raft: RaftConfig,
+    /// Start even though a WAL's damaged last batch may hold acknowledged writes of a
+    /// partition no other node holds a copy of (this node is its only voter): drop the
+    /// batch and accept the loss. Off by default: such a node refuses to start, naming the
+    /// file and offset (`runtime/lost_state.rs`). Partitions with other voters never need
+    /// it: they recover from them.
+    pub truncate_damaged_wal_tail: bool,
     /// Faults to inject into every shard's log store: tests arm a failing write or fsync to
     /// prove a storage failure stops the shard and fails its requests. `None` in production.
     pub store_faults: Option<FaultInjector>,
@@ -95,6 +101,7 @@ impl NodeConfig {
             max_entry_bytes: MAX_ENTRY_PAYLOAD_BYTES,
             leader_balance_interval_ms: 2_000,
             raft,
+            truncate_damaged_wal_tail: false,
             store_faults: None,
         }
     }

@@ -9,9 +9,11 @@
 //! - `waiters.rs` — callers waiting for commits and reads
 //! - `shared.rs` — the leader cache and peer activity shared with handles
 //! - `snapshots.rs` — durable snapshot files
+//! - `lost_state.rs` — at open: partitions that lost durable state recover (or the node refuses)
 
 pub(crate) mod bus;
 pub(crate) mod cpus;
+pub(crate) mod lost_state;
 pub mod node;
 pub mod placement;
 pub mod request;

@@ -34,6 +34,7 @@ use phalanx_proto::{MessageBatch, RaftMessage};
 use phalanx_storage::limits::{ENTRY_BYTES_MAX, ENTRY_RECORD_OVERHEAD_BYTES};
 use phalanx_storage::{AnyStore, LogPosition, LogStore, PartitionWrite, StoreOptions, WriteBatch};
 
+use super::lost_state;
 use super::writer::{self, Completion, WriteJob};
 
 use super::bus::{Bus, ShardMsg};
@@ -183,7 +184,7 @@ impl<T: Transport> Shard<T> {
         let ShardSetup { shard, shards, cfg, inbox, bus, shared, state_machines } = setup;
         let dir = cfg.wal_shard_dir(shard);
         let opts = StoreOptions { sync_writes: cfg.sync_writes, faults: cfg.store_faults.clone() };
-        let store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
+        let mut store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
             format!("shard {shard}: opening the {} store in {}: {e}", cfg.wal.name(), dir.display())
         })?;
         // Snapshots live beside the WAL shards, not inside them: a WAL directory holds only
@@ -198,12 +199,34 @@ impl<T: Transport> Shard<T> {
         // All partitions in one pass: the store reads its log once, sequentially, instead of
         // one partition (and, for the native WAL, nearly one read per entry) at a time.
         let owned: Vec<PartitionId> = partitions_of(shard, shards, cfg.initial_partitions).collect();
-        let loaded = store
+        let mut loaded = store
             .load_partitions(&owned)
             .await
             .map_err(|e| format!("shard {shard}: loading {} partitions: {e}", owned.len()))?;
+        let mut loaded_snapshots = HashMap::new();
+        for p in &owned {
+            if let Some(s) = snapshots.load(*p).map_err(|e| format!("partition {p}: {e}"))? {
+                loaded_snapshots.insert(*p, s);
+            }
+        }
+        let positions =
+            loaded_snapshots.iter().map(|(p, s)| (*p, LogPosition::new(s.meta.index, s.meta.term))).collect();
+        let aligned = lost_state::align_with_snapshots(&mut store, &mut loaded, &positions)
+            .await
+            .map_err(|e| format!("shard {shard}: {e}"))?;
+        if !aligned.is_empty() {
+            tracing::info!(shard, partitions = ?aligned, "log store aligned with snapshots saved before a crash");
+        }
+        // Partitions that lost durable state (a new or wiped disk, a damaged WAL tail) are
+        // marked recovering, durably, before anything else is written (`lost_state.rs`).
+        let with_snapshot = loaded_snapshots.keys().copied().collect();
+        let lost =
+            lost_state::partitions_to_recover(shard, &cfg, &loaded, &with_snapshot, store.damaged_tail())?;
+        let mut marked = lost_state::persist_recovering(&mut store, &loaded, &lost)
+            .await
+            .map_err(|e| format!("shard {shard}: {e}"))?;
         for (p, recovered) in loaded {
-            let snapshot = snapshots.load(p).map_err(|e| format!("partition {p}: {e}"))?;
+            let snapshot = loaded_snapshots.remove(&p);
             let mut sm = match (&system, p) {
                 // Partition 0 applies `_RaftSystem` entries itself; the rest reach the
                 // application's state machine.
@@ -220,16 +243,19 @@ impl<T: Transport> Shard<T> {
                         replay_until.insert(p, r.hard_state.commit);
                     }
                     RestoreState {
-                        hard_state: r.hard_state,
+                        hard_state: marked.remove(&p).unwrap_or(r.hard_state),
                         floor: r.floor,
                         entries: r.entries,
                         snapshot,
                         initial_membership: initial.clone(),
                     }
                 }
-                None => {
-                    RestoreState { snapshot, initial_membership: initial.clone(), ..RestoreState::default() }
-                }
+                None => RestoreState {
+                    hard_state: marked.remove(&p).unwrap_or_default(),
+                    snapshot,
+                    initial_membership: initial.clone(),
+                    ..RestoreState::default()
+                },
             };
             sm.restore_started(p);
             shared.events.publish(Event::RestoreStarted { partition: p });

@@ -96,7 +96,7 @@ type Merged = (WriteBatch, Vec<(PartitionId, Snapshot)>, usize);
 /// stored commit index never points past the stored log), the full hard state and the
 /// compaction with the last. An entry costing more than `max_cost` goes alone; the store
 /// then refuses it and the partition is stopped (`run`).
-fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
+pub(crate) fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
     if batch.partitions.len() <= BATCH_PARTITIONS_MAX && batch_cost(&batch) <= max_cost {
         return vec![batch];
     }

@@ -68,6 +68,12 @@ pub struct NodeArgs {
     /// Length of a Raft tick in milliseconds (heartbeat: 2 ticks, election: 10–20 ticks).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// Start even though the WAL's last batch is damaged and may hold acknowledged writes
+    /// that no other node holds (this node is the only voter): drop it and accept the loss.
+    /// Without it such a node refuses to start, naming the file and offset. Nodes with peers
+    /// never need it: their partitions recover from the peers.
+    #[arg(long)]
+    truncate_damaged_wal_tail: bool,
     /// Pin each shard to a CPU of its own. Nodes on one host claim distinct CPUs (a lock
     /// file per CPU under the temporary directory); a shard that finds none free runs
     /// unpinned, with a warning. Restrict a node's CPUs with `taskset`.
@@ -127,6 +133,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         cfg.cores = c;
     }
     cfg.pin_cores = a.pin_cores;
+    cfg.truncate_damaged_wal_tail = a.truncate_damaged_wal_tail;
     cfg.wal = wal;
     cfg.wal_dir = a.wal_path.clone();
     cfg.sync_writes = a.sync_writes;
