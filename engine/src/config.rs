@@ -227,3 +227,46 @@ pub const MAX_PARTITIONS: u32 = 1_000_000;
 
 /// A node id derived from a stable name (the reference derives one when `NodeId` is 0).
 pub use phalanx_net::derive_node_id;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three(me: NodeId) -> NodeConfig {
+        let mut c = NodeConfig::new(me, "/nonexistent");
+        c.raft_port = 7000 + me as u16;
+        c.initial_cluster = (1..=3).map(|i| (i, format!("127.0.0.1:{}", 7000 + i))).collect();
+        c
+    }
+
+    /// Issue 11, item 6: configurations that cannot work are refused at start, naming why.
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        assert_eq!(three(2).validate(), Ok(()));
+        let mut c = three(2);
+        c.initial_partitions = 0;
+        assert!(c.validate().is_err_and(|e| e.contains("initial_partitions") && e.contains("system")));
+        // This node listed at an address it does not listen on: peers would never reach it.
+        let mut c = three(2);
+        c.raft_port = 7009;
+        let e = c.validate().expect_err("listed elsewhere");
+        assert!(e.contains("127.0.0.1:7002") && e.contains("127.0.0.1:7009"), "{e}");
+        // The same place spelled another way is fine.
+        let mut c = three(2);
+        c.initial_cluster[1].1 = "localhost:7002".into();
+        assert_eq!(c.validate(), Ok(()));
+        // Port 0 (pick one at bind time) cannot be checked here.
+        let mut c = three(2);
+        c.raft_port = 0;
+        assert_eq!(c.validate(), Ok(()));
+        let mut c = three(2);
+        c.initial_cluster[2].1 = c.initial_cluster[0].1.clone();
+        assert!(c.validate().is_err_and(|e| e.contains("two nodes")));
+        let mut c = three(2);
+        c.initial_cluster[2].0 = 1;
+        assert!(c.validate().is_err_and(|e| e.contains("twice")));
+        let mut c = three(2);
+        c.max_entry_bytes = MAX_ENTRY_PAYLOAD_BYTES + 1;
+        assert!(c.validate().is_err_and(|e| e.contains("max_entry_bytes")));
+    }
+}

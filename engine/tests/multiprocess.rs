@@ -560,3 +560,55 @@ fn ctl_moves_past_refused_and_paused_endpoints() {
     assert!(took < Duration::from_secs(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
 }
+
+/// Issue 11, items 5 and 6: flags that cannot work stop `phalanx node` at once with a message
+/// that names the flag, and a client port in use is an error, not a shared port.
+#[test]
+fn bad_flags_and_a_taken_client_port_stop_the_node_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (raft, client) = (free_port(), free_port());
+    let node = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--raft-nodeid".into(),
+            "1".into(),
+            "--raft-port".into(),
+            raft.to_string(),
+            "--client-port".into(),
+            client.to_string(),
+            "--pin-cores".into(),
+            "false".into(),
+            "--data-dir".into(),
+            dir.path().join("n1").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BIN).args(&args).stderr(Stdio::piped()).spawn().expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err)
+                    .expect("read");
+                return Some((status, err));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let refused = |extra: &[&str], needle: &str| {
+        let (status, err) = node(extra).unwrap_or_else(|| panic!("{extra:?} started"));
+        assert!(!status.success(), "{extra:?} started");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    };
+    refused(&["--initial-cluster-partitions", "0"], "--initial-cluster-partitions");
+    refused(&["--initial-cluster-partitions", "-1"], "--initial-cluster-partitions");
+    refused(&["--initial-cluster", &format!("1=127.0.0.1:{},2=127.0.0.1:1", raft + 1)], "listens on");
+    // A client port in use: the node stops at start, before serving anything.
+    let taken = TcpListener::bind(("127.0.0.1", client)).expect("take the client port");
+    refused(&[], "client port");
+    drop(taken);
+}
