@@ -40,6 +40,9 @@ pub struct TransportStats {
     pub handshakes_rejected: u64,
     /// Inbound connections closed for a malformed, oversized or unexpected frame or batch.
     pub protocol_errors: u64,
+    /// Inbound connections closed because a frame begun did not arrive whole within
+    /// `frame_timeout_ms`.
+    pub frame_timeouts: u64,
     /// Inbound connections accepted and being read (cumulative).
     pub inbound_accepted: u64,
     /// Gauge: connections currently open (outgoing established + inbound being read).
@@ -64,6 +67,7 @@ pub(crate) struct Counters {
     pub connections_lost: Cell<u64>,
     pub handshakes_rejected: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    pub frame_timeouts: Cell<u64>,
     pub inbound_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
 }
@@ -101,6 +105,7 @@ impl Counters {
             connections_lost: self.connections_lost.get(),
             handshakes_rejected: self.handshakes_rejected.get(),
             protocol_errors: self.protocol_errors.get(),
+            frame_timeouts: self.frame_timeouts.get(),
             inbound_accepted: self.inbound_accepted.get(),
             connections_open: self.connections_open.get(),
         }

@@ -246,6 +246,7 @@ fn sum(a: TransportStats, b: TransportStats) -> TransportStats {
         connections_lost: a.connections_lost + b.connections_lost,
         handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
         protocol_errors: a.protocol_errors + b.protocol_errors,
+        frame_timeouts: a.frame_timeouts + b.frame_timeouts,
         inbound_accepted: a.inbound_accepted + b.inbound_accepted,
         connections_open: a.connections_open + b.connections_open,
     }

@@ -303,3 +303,30 @@ fn connections_are_handed_to_every_shard_and_counted() {
     assert!(a.shutdown() && b.shutdown());
     assert!(wait_until(WAIT_LIMIT, || fx.leftovers().is_none()), "{:?}", fx.leftovers());
 }
+
+/// Issue 11, item 4, the Raft port: a peer that begins a frame and stops is closed after the
+/// frame timeout (counted); one that is merely quiet between frames is not.
+#[test]
+fn a_half_sent_frame_is_closed_after_the_frame_timeout() {
+    let mut fx = TcpFixture::new();
+    let (tx, _rx) = flume::unbounded();
+    let b = TestNode::start(2, fx.factory_with(2, |c| c.frame_timeout_ms = 200), 1, tx.clone()).unwrap();
+    let port = fx.port(2).unwrap();
+    fx.add_absent(9);
+    fx.add_absent(8);
+    let mut quiet = raw_send_hello(port, &hello(8, 2));
+    assert_eq!(raw_read_frame(&mut quiet).unwrap().kind, FrameKind::HelloAck);
+    let mut half = raw_send_hello(port, &hello(9, 2));
+    assert_eq!(raw_read_frame(&mut half).unwrap().kind, FrameKind::HelloAck);
+    // A batch frame announcing 1000 bytes; 10 arrive, then nothing.
+    let mut partial = 1000u32.to_be_bytes().to_vec();
+    partial.push(FrameKind::Batch.to_u8());
+    partial.extend_from_slice(&[0u8; 10]);
+    half.write_all(&partial).unwrap();
+    let t0 = Instant::now();
+    assert!(closed_within(&mut half, WAIT_LIMIT), "a half-sent frame kept its connection");
+    assert!(t0.elapsed() >= Duration::from_millis(150), "closed before the frame timeout");
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).frame_timeouts == 1), "{:?}", b.stats(0));
+    assert!(!closed_within(&mut quiet, Duration::from_millis(400)), "a quiet peer was closed");
+    assert!(b.shutdown());
+}

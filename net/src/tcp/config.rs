@@ -19,6 +19,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
 /// Default time one socket write may stay blocked (a peer that stopped reading) before the
 /// connection is dropped and re-established.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Default time a frame begun on an inbound connection may take to arrive whole (16 MiB in
+/// 30 s is about 0.5 MiB/s): a peer that stops half-way does not hold its buffer forever.
+pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 30_000;
 /// Default `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
 /// fails the connection. Without it a vanished peer is noticed only after ~15 minutes of
 /// retransmissions.
@@ -66,6 +69,9 @@ pub struct TcpConfig {
     pub handshake_timeout_ms: u64,
     /// How long one write may block before the connection is dropped.
     pub write_timeout_ms: u64,
+    /// How long a frame begun on an inbound connection may take to arrive whole before the
+    /// connection is closed (idle connections between frames are kept: peers may be quiet).
+    pub frame_timeout_ms: u64,
     /// `TCP_USER_TIMEOUT` on every connection; 0 keeps the OS default.
     pub tcp_user_timeout_ms: u64,
     /// First reconnect delay after a failure (jittered, doubled up to `backoff_max_ms`).
@@ -101,6 +107,7 @@ impl TcpConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            frame_timeout_ms: DEFAULT_FRAME_TIMEOUT_MS,
             tcp_user_timeout_ms: DEFAULT_TCP_USER_TIMEOUT_MS,
             backoff_initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
@@ -134,6 +141,7 @@ impl TcpConfig {
             (self.connect_timeout_ms, "connect_timeout_ms"),
             (self.handshake_timeout_ms, "handshake_timeout_ms"),
             (self.write_timeout_ms, "write_timeout_ms"),
+            (self.frame_timeout_ms, "frame_timeout_ms"),
             (self.backoff_initial_ms, "backoff_initial_ms"),
         ] {
             if v == 0 {

@@ -9,6 +9,7 @@ use phalanx_proto::MessageBatch;
 use tracing::{debug, warn};
 
 use super::Shard;
+use super::socket::timeout;
 use crate::frame::{FRAME_HEADER_BYTES, FrameDecoder, FrameError, FrameKind};
 use crate::stats::{OpenConnection, add, inc};
 use crate::transport::{BatchError, Inbound, NodeId, check_batch};
@@ -34,10 +35,13 @@ pub(super) async fn run(
     let _open = OpenConnection::new(&shard.counters);
     let mut decoder = FrameDecoder::new(shard.cfg.max_frame_bytes);
     decoder.push(&leftover);
+    let mut frame_started: Option<std::time::Instant> = None;
     loop {
-        if let Err(v) = drain(shard, &mut decoder, from) {
-            inc(&shard.counters.protocol_errors);
-            warn!(
+        let delivered = match drain(shard, &mut decoder, from) {
+            Ok(n) => n,
+            Err(v) => {
+                inc(&shard.counters.protocol_errors);
+                warn!(
                 node = shard.local.node_id,
                 shard = shard.shard,
                 peer = from.0,
@@ -45,10 +49,39 @@ pub(super) async fn run(
                 peer_addr = ?peer_addr,
                 reason = %v,
                 "closing inbound connection"
-            );
-            return;
+                );
+                return;
+            }
+        };
+        // A frame's deadline runs from the read that brought its first byte (the last read,
+        // when it also completed the frame before).
+        if decoder.buffered() == 0 {
+            frame_started = None;
+        } else if frame_started.is_none() || delivered > 0 {
+            frame_started = Some(std::time::Instant::now());
         }
-        match decoder.read_from(&mut stream, shard.cfg.read_chunk_bytes).await {
+        // Between frames a peer may be quiet for as long as it likes; within one, the rest
+        // must arrive within the frame timeout.
+        let read = decoder.read_from(&mut stream, shard.cfg.read_chunk_bytes);
+        let result = if let Some(t0) = frame_started {
+            let left = shard.cfg.frame_timeout_ms.saturating_sub(t0.elapsed().as_millis() as u64);
+            match timeout(left.max(1), read).await {
+                Some(r) => r,
+                None => {
+                    inc(&shard.counters.frame_timeouts);
+                    warn!(
+                        node = shard.local.node_id,
+                        peer = from.0,
+                        peer_addr = ?peer_addr,
+                        "closing inbound connection: a frame did not arrive whole within the frame timeout"
+                    );
+                    return;
+                }
+            }
+        } else {
+            read.await
+        };
+        match result {
             Ok(0) => {
                 if let Err(e) = decoder.finish() {
                     debug!(node = shard.local.node_id, peer = from.0, reason = %e, "peer closed mid-frame");
@@ -68,9 +101,11 @@ pub(super) async fn run(
     }
 }
 
-/// Delivers every complete frame buffered.
-fn drain(shard: &Shard, decoder: &mut FrameDecoder, from: (NodeId, u32)) -> Result<(), Violation> {
+/// Delivers every complete frame buffered; returns how many.
+fn drain(shard: &Shard, decoder: &mut FrameDecoder, from: (NodeId, u32)) -> Result<usize, Violation> {
+    let mut n = 0;
     while let Some(frame) = decoder.next_frame()? {
+        n += 1;
         frame.expect_kind(FrameKind::Batch, "Batch")?;
         let batch: MessageBatch = frame.decode()?;
         check_batch(&batch, from.0, shard.local.node_id)?;
@@ -82,5 +117,5 @@ fn drain(shard: &Shard, decoder: &mut FrameDecoder, from: (NodeId, u32)) -> Resu
             inc(&shard.counters.batches_dropped_inbox_full);
         }
     }
-    Ok(())
+    Ok(n)
 }
