@@ -549,7 +549,7 @@ fn ctl_moves_past_refused_and_paused_endpoints() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(took < Duration::from_secs(5), "a paused endpoint cost {took:?}");
     // Nothing reachable: it fails at once, naming every endpoint and why.
-    let (out, took) = ctl(&[dead.clone()], &["get", "a"]);
+    let (out, took) = ctl(std::slice::from_ref(&dead), &["get", "a"]);
     assert!(!out.status.success());
     assert!(took < Duration::from_secs(2), "{took:?}");
     let err = String::from_utf8_lossy(&out.stderr);
