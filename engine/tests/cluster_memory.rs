@@ -375,6 +375,41 @@ fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
     }
 }
 
+/// Issue 11: a node whose WAL is gone but whose snapshot files survived (the WAL on a disk
+/// of its own, replaced) restarts: the snapshots are installed in the new log store, the
+/// partitions recover from the others, and every write is readable on it. (The group used to
+/// restart from the snapshot with a log store ending below it: its next write was refused.)
+#[test]
+fn a_node_that_lost_its_wal_but_kept_its_snapshots_recovers() {
+    let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
+    c.put_all("a", 30, "1");
+    for p in 1..=2u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.leader(p).is_some_and(|l| block_on(c.handle(l).replicate_checkpoint(p)).success()) {
+            assert!(Instant::now() < deadline, "could not checkpoint partition {p}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    c.put_all("b", 30, "2");
+    c.crash(3);
+    let n3 = c.dir.path().join("n3");
+    for shard in std::fs::read_dir(&n3).expect("node 3's directory").flatten() {
+        if shard.file_name().to_string_lossy().starts_with("shard-") {
+            std::fs::remove_dir_all(shard.path()).expect("remove a WAL shard");
+        }
+    }
+    assert!(n3.join("snapshots").exists(), "the snapshots stay");
+    c.put_all("c", 30, "3");
+    c.restart(3);
+    c.wait_all_leaders(Duration::from_secs(20));
+    for i in (0..30).step_by(3) {
+        assert_eq!(c.get(3, &format!("a{i}")).as_deref(), Some("1"), "a{i}");
+        assert_eq!(c.get(3, &format!("b{i}")).as_deref(), Some("2"), "b{i}");
+        assert_eq!(c.get(3, &format!("c{i}")).as_deref(), Some("3"), "c{i}");
+    }
+    assert_eq!(c.handle(3).failure(), None);
+}
+
 /// A clean stop writes the commit index it held back (commit-only hard states wait for the
 /// next write): restarted, still cut off from its peers, a node knows every commit it knew.
 #[test]

@@ -3,8 +3,8 @@
 //! to start instead.
 //!
 //! A partition has lost state, as far as a node can tell, when
-//! - its store holds nothing at all for it and there is no snapshot: a new node, or a wiped
-//!   disk —
+//! - its store holds nothing at all for it (whatever snapshot file it has): a new node, or a
+//!   wiped disk —
 //!   the two look the same from here, and recovery tells them apart by asking the other
 //!   voters (a new cluster's voters all answer term 0);
 //! - the store dropped a damaged last batch that may have been acknowledged
@@ -30,21 +30,21 @@ use super::writer::split;
 use crate::config::NodeConfig;
 use crate::state_machine::PartitionId;
 
-/// Decides which of `loaded` (every partition of the shard, with what the store holds;
-/// `with_snapshot` those that have a snapshot file) must recover, logs what was lost, and
-/// refuses what cannot recover.
+/// Decides which of `loaded` (every partition of the shard, with what the store holds) must
+/// recover, logs what was lost, and refuses what cannot recover.
 pub(crate) fn partitions_to_recover(
     shard: usize,
     cfg: &NodeConfig,
     loaded: &[(PartitionId, Option<RecoveredPartition>)],
-    with_snapshot: &BTreeSet<PartitionId>,
     damaged: Option<&DamagedTail>,
 ) -> Result<BTreeSet<PartitionId>, String> {
     let mut out = BTreeSet::new();
     for (p, r) in loaded {
         // Anything stored, even a hard state of term 0 (a replica that left recovery in a
         // cluster that never elected), is state: only nothing at all is a new or wiped disk.
-        if r.is_none() && !with_snapshot.contains(p) {
+        // A snapshot file alone does not count: it holds no term and no vote (a WAL on a disk
+        // of its own, `--wal-path`, may be replaced while the snapshots survive).
+        if r.is_none() {
             out.insert(*p);
         }
     }

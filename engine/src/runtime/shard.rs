@@ -209,6 +209,10 @@ impl<T: Transport> Shard<T> {
                 loaded_snapshots.insert(*p, s);
             }
         }
+        // Partitions that lost durable state (a new or wiped disk, a damaged WAL tail) are
+        // decided first (a node that cannot recover refuses before writing anything), then
+        // marked recovering, durably, before any other write of theirs (`lost_state.rs`).
+        let lost = lost_state::partitions_to_recover(shard, &cfg, &loaded, store.damaged_tail())?;
         let positions =
             loaded_snapshots.iter().map(|(p, s)| (*p, LogPosition::new(s.meta.index, s.meta.term))).collect();
         let aligned = lost_state::align_with_snapshots(&mut store, &mut loaded, &positions)
@@ -217,11 +221,6 @@ impl<T: Transport> Shard<T> {
         if !aligned.is_empty() {
             tracing::info!(shard, partitions = ?aligned, "log store aligned with snapshots saved before a crash");
         }
-        // Partitions that lost durable state (a new or wiped disk, a damaged WAL tail) are
-        // marked recovering, durably, before anything else is written (`lost_state.rs`).
-        let with_snapshot = loaded_snapshots.keys().copied().collect();
-        let lost =
-            lost_state::partitions_to_recover(shard, &cfg, &loaded, &with_snapshot, store.damaged_tail())?;
         let mut marked = lost_state::persist_recovering(&mut store, &loaded, &lost)
             .await
             .map_err(|e| format!("shard {shard}: {e}"))?;

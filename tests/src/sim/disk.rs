@@ -87,10 +87,10 @@ impl GroupDisk {
         out
     }
 
-    /// Whether nothing at all is stored (a new node, or a wiped disk).
+    /// Whether the log store holds nothing at all (a new node, or a wiped disk).
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        !self.written && self.snapshot.is_none()
+        !self.written
     }
 
     /// Loses the last `k` stored entries (a damaged last WAL batch, dropped at recovery) and,
