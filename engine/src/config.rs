@@ -212,9 +212,8 @@ impl NodeConfig {
 
 /// Longest log type a caller may give an entry, in bytes.
 pub const MAX_LOG_TYPE_BYTES: usize = 256;
-/// Bytes an entry's encoding adds to its payload and log type at most: term, index, kind,
-/// the two length prefixes and the ticket (about 70), rounded up.
-pub const LOG_ENTRY_ENVELOPE_BYTES: usize = 96;
+/// Bytes an entry's encoding adds to its payload and log type at most (the store's bound).
+pub const LOG_ENTRY_ENVELOPE_BYTES: usize = phalanx_storage::limits::ENTRY_ENCODING_OVERHEAD_MAX as usize;
 /// Largest payload an entry may carry, in bytes: the store's largest entry less the longest
 /// log type and the envelope.
 pub const MAX_ENTRY_PAYLOAD_BYTES: usize =

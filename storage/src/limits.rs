@@ -30,6 +30,11 @@ pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
 /// Most metadata keys a store holds.
 pub const META_KEYS_MAX: usize = 65_536;
 
+/// Bytes an entry's protobuf encoding adds at most to its payload and log type: term,
+/// index and kind (11 each), the two length prefixes (6 each) and the ticket (35), rounded
+/// up. Lets a writer bound a batch's cost without encoding anything.
+pub const ENTRY_ENCODING_OVERHEAD_MAX: u64 = 96;
+
 /// Bytes an adapter may add to an entry's encoding in a batch: the native WAL's record
 /// header (12) and its (partition, index, term) prefix (24).
 pub const ENTRY_RECORD_OVERHEAD_BYTES: u64 = 36;
@@ -42,6 +47,23 @@ pub const PARTITION_RECORDS_BYTES: u64 = 128;
 #[must_use]
 pub fn entry_cost(e: &LogEntry) -> u64 {
     e.encoded_len() as u64 + ENTRY_RECORD_OVERHEAD_BYTES
+}
+
+/// An upper bound of [`batch_cost`] from lengths alone (payloads, log types and
+/// [`ENTRY_ENCODING_OVERHEAD_MAX`]), cheap enough for every write: a batch under the limit by
+/// this bound needs no exact count.
+#[must_use]
+pub fn batch_cost_bound(b: &WriteBatch) -> u64 {
+    let per_entry = ENTRY_ENCODING_OVERHEAD_MAX + ENTRY_RECORD_OVERHEAD_BYTES;
+    let entries: u64 = b
+        .partitions
+        .iter()
+        .flat_map(|p| &p.entries)
+        .map(|e| (e.payload.len() + e.log_type.len()) as u64 + per_entry)
+        .sum();
+    let meta: u64 =
+        b.meta.iter().map(|m| m.key.len() as u64 + m.value.as_ref().map_or(0, |v| v.len() as u64) + 16).sum();
+    entries + PARTITION_RECORDS_BYTES * b.partitions.len() as u64 + meta
 }
 
 /// What a batch costs: its entries, [`PARTITION_RECORDS_BYTES`] per partition, and its

@@ -66,6 +66,32 @@ const MAX_WRITES_IN_FLIGHT: usize = 256;
 /// `max_bytes_per_append` plus one entry of at most `MAX_ENTRY_PAYLOAD_BYTES`) stays below
 /// the limit too.
 const PEER_BATCH_BYTES_MAX: usize = phalanx_net::frame::DEFAULT_MAX_FRAME_BYTES / 2;
+/// An upper bound of a message's encoding from lengths alone (encoding every append once
+/// more to size the batches cost measurable CPU per write): what carries data counts its
+/// data plus the envelope per entry, the rest a fixed allowance.
+fn message_bytes_bound(m: &RaftMessage) -> usize {
+    use phalanx_proto::raft_message::Body;
+    /// Everything but the data: ids, terms, indexes, flags, a membership of a few nodes.
+    const FIXED: usize = 256;
+    let per_entry = LOG_ENTRY_ENVELOPE_BYTES + 8;
+    FIXED
+        + match &m.body {
+            Some(Body::AppendRequest(a)) => {
+                a.entries.iter().map(|e| e.payload.len() + e.log_type.len() + per_entry).sum()
+            }
+            Some(Body::Snapshot(s)) => {
+                let members = s.conf_state.as_ref().map_or(0, |c| 11 * (c.voters.len() + c.learners.len()));
+                let pending: usize =
+                    s.pending_two_step.iter().map(|e| e.payload.len() + e.log_type.len() + per_entry).sum();
+                s.data.len() + members + pending
+            }
+            Some(Body::ForwardedProposal(f)) => {
+                f.log_type.len() + f.payloads.iter().map(|p| p.len() + 8).sum::<usize>()
+            }
+            _ => 0,
+        }
+}
+
 /// How often a node re-announces itself on the system partition until the announcement is
 /// applied (the first attempts fail while partition 0 has no leader).
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
@@ -823,7 +849,7 @@ impl<T: Transport> Shard<T> {
         // as above its frame limit — and the resends, coalesced the same way, again.
         let mut per_peer: BTreeMap<NodeId, (Vec<MessageBatch>, usize)> = BTreeMap::new();
         for m in self.outbox.drain(..) {
-            let len = prost::Message::encoded_len(&m);
+            let len = message_bytes_bound(&m);
             let (batches, bytes) = per_peer.entry(m.to).or_default();
             match batches.last_mut() {
                 Some(b) if *bytes + len <= PEER_BATCH_BYTES_MAX => {

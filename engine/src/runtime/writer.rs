@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_proto::{HardState, LogEntry, RaftMessage};
-use phalanx_storage::limits::{BATCH_PARTITIONS_MAX, PARTITION_RECORDS_BYTES, batch_cost, entry_cost};
+use phalanx_storage::limits::{
+    BATCH_PARTITIONS_MAX, PARTITION_RECORDS_BYTES, batch_cost, batch_cost_bound, entry_cost,
+};
 use phalanx_storage::{AnyStore, LogStore, PartitionWrite, StorageError, WriteBatch};
 
 use super::snapshots::SnapshotStore;
@@ -97,7 +99,11 @@ type Merged = (WriteBatch, Vec<(PartitionId, Snapshot)>, usize);
 /// compaction with the last. An entry costing more than `max_cost` goes alone; the store
 /// then refuses it and the partition is stopped (`run`).
 pub(crate) fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
-    if batch.partitions.len() <= BATCH_PARTITIONS_MAX && batch_cost(&batch) <= max_cost {
+    // Most batches are far below the limit: a bound from lengths settles it without
+    // encoding every entry once more.
+    if batch.partitions.len() <= BATCH_PARTITIONS_MAX
+        && (batch_cost_bound(&batch) <= max_cost || batch_cost(&batch) <= max_cost)
+    {
         return vec![batch];
     }
     let WriteBatch { partitions, meta } = batch;
