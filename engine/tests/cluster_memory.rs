@@ -11,6 +11,22 @@ use phalanx::{Node, NodeConfig, NodeHandle, StateMachineFactory, Status};
 use phalanx_net::{MemoryConfig, MemoryNetwork};
 use phalanx_storage::StorageKind;
 
+/// A one-node cluster of `partitions` on the native WAL under `dir`, with `faults`.
+fn single_node(
+    dir: &std::path::Path,
+    partitions: u32,
+    faults: Option<phalanx_storage::FaultInjector>,
+) -> NodeConfig {
+    let mut cfg = NodeConfig::new(1, dir.join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = partitions;
+    cfg.tick_interval_ms = 10;
+    cfg.store_faults = faults;
+    cfg
+}
+
 fn kv_factory() -> StateMachineFactory {
     Arc::new(|_p| Box::new(KvStateMachine::new()))
 }
@@ -288,14 +304,8 @@ fn a_failed_shard_answers_every_request() {
     const CALLS_AFTER_FAILURE: usize = 50;
     let net = MemoryNetwork::new(MemoryConfig::default());
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
-    cfg.cores = 1;
-    cfg.pin_cores = false;
-    cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 1;
-    cfg.tick_interval_ms = 10;
     let faults = phalanx_storage::FaultInjector::new();
-    cfg.store_faults = Some(faults.clone());
+    let cfg = single_node(dir.path(), 1, Some(faults.clone()));
     let node = Node::start(cfg, net.factory(1), kv_factory()).expect("node starts");
     let h = node.handle();
     block_on(h.wait_for_leader(1, Duration::from_secs(10))).expect("a leader");
@@ -502,14 +512,8 @@ fn entries_at_every_size_boundary_never_stop_a_node() {
 fn a_write_the_store_refuses_stops_only_its_partition() {
     let net = MemoryNetwork::new(MemoryConfig::default());
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
-    cfg.cores = 1;
-    cfg.pin_cores = false;
-    cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 2;
-    cfg.tick_interval_ms = 10;
     let faults = phalanx_storage::FaultInjector::new();
-    cfg.store_faults = Some(faults.clone());
+    let cfg = single_node(dir.path(), 2, Some(faults.clone()));
     let node = Node::start(cfg, net.factory(1), kv_factory()).expect("node starts");
     let h = node.handle();
     let events = h.subscribe();
@@ -538,12 +542,7 @@ fn a_write_the_store_refuses_stops_only_its_partition() {
     assert!(!h.am_i_leader_quick(1));
     node.shutdown();
     // After a restart the partition recovers from what was stored.
-    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
-    cfg.cores = 1;
-    cfg.pin_cores = false;
-    cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 2;
-    cfg.tick_interval_ms = 10;
+    let cfg = single_node(dir.path(), 2, None);
     let node = Node::start(cfg, MemoryNetwork::new(MemoryConfig::default()).factory(1), kv_factory())
         .expect("restarts");
     let h = node.handle();
