@@ -121,6 +121,7 @@ fn hostile_field_values_never_panic() {
                 conflict_index: M,
                 conflict_term: 0,
                 last_log_index: M,
+                recovering: false,
             }),
         ),
         (
@@ -132,6 +133,7 @@ fn hostile_field_values_never_panic() {
                 conflict_index: M,
                 conflict_term: M,
                 last_log_index: M,
+                recovering: false,
             }),
         ),
         ("heartbeat response ctx MAX", Body::HeartbeatResponse(HeartbeatResponse { term: 1, read_ctx: M })),
@@ -236,6 +238,7 @@ fn hostile_conflict_hint_in_probe_state_never_panics() {
             conflict_index: u64::MAX,
             conflict_term: 0,
             last_log_index: u64::MAX,
+            recovering: false,
         };
         let _ = c.raft_mut(1).step(msg(2, 1, Body::AppendResponse(resp)));
         c.stabilize();

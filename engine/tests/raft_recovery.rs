@@ -182,3 +182,26 @@ fn recovery_is_persisted_and_ends_with_a_durable_hard_state() {
     assert!(!c.node(3).store.hard_state.recovering, "the end of recovery is durable");
     assert_eq!(c.node(3).store.hard_state.vote, 1, "the leader's term's vote is recorded");
 }
+
+/// Leadership is never handed to a recovering replica: it would ignore the TimeoutNow and
+/// the transfer would hold proposals back until it timed out (leader balancing retries every
+/// couple of seconds).
+#[test]
+fn leadership_is_not_transferred_to_a_recovering_replica() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    c.wipe(3);
+    // Node 2 is cut off: 3 cannot learn its floor, so it stays recovering while caught up.
+    c.cut_pair(2, 3);
+    c.propose(1, "x").expect("leader takes it");
+    settle_ticks(&mut c, 30);
+    assert!(c.raft(3).is_recovering());
+    assert_eq!(c.raft(3).log().last_index(), c.raft(1).log().last_index(), "caught up");
+    assert_eq!(c.raft_mut(1).transfer_leadership(3), Err(Status::Busy));
+    assert!(c.propose(1, "still").is_ok(), "proposals are not held back");
+    c.heal();
+    settle_ticks(&mut c, 40);
+    assert!(!c.raft(3).is_recovering());
+    assert_eq!(c.raft_mut(1).transfer_leadership(3), Ok(()));
+}

@@ -40,6 +40,9 @@ pub struct Progress {
     pub read_ack: u64,
     /// Entries from this index were asked of storage for this follower (no longer in memory).
     pub fetch_pending: Option<u64>,
+    /// The follower said (in its latest append answer) that it is recovering from lost state:
+    /// it cannot take leadership.
+    pub recovering: bool,
 }
 
 impl Progress {
@@ -61,6 +64,7 @@ impl Progress {
             commit_sent: 0,
             read_ack: 0,
             fetch_pending: None,
+            recovering: false,
         }
     }
 

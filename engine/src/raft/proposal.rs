@@ -205,6 +205,11 @@ impl RaftGroup {
         if !self.conf.current().voters.contains(&target) {
             return Err(Status::InvalidRequest);
         }
+        if self.progress.get(&target).is_some_and(|p| p.recovering) {
+            // It lost durable state and will not campaign until it caught up: a transfer
+            // would only hold proposals back until it timed out.
+            return Err(Status::Busy);
+        }
         if let Some((t, _)) = self.transfer {
             if t == target {
                 return Ok(());

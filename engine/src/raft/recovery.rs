@@ -132,6 +132,7 @@ impl RaftGroup {
             && let Some(pr) = self.progress.get_mut(&from)
         {
             pr.restart_after_loss(self.log.last_index());
+            pr.recovering = true;
         }
     }
 

@@ -56,6 +56,7 @@ impl RaftGroup {
                 success: true,
                 match_index: committed,
                 last_log_index: self.log.last_index(),
+                recovering: self.recovery.is_some(),
                 ..Default::default()
             };
             if !silent {
@@ -75,6 +76,7 @@ impl RaftGroup {
                 conflict_index: hint_index,
                 conflict_term: hint_term,
                 last_log_index: self.log.last_index(),
+                recovering: self.recovery.is_some(),
             };
             self.send(from, Body::AppendResponse(resp));
             return Ok(());
@@ -116,6 +118,7 @@ impl RaftGroup {
             success: true,
             match_index: last_new,
             last_log_index: self.log.last_index(),
+            recovering: self.recovery.is_some(),
             ..Default::default()
         };
         if !silent {

@@ -36,6 +36,7 @@ impl RaftGroup {
     fn handle_append_response(&mut self, from: NodeId, resp: AppendEntriesResponse) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.last_heard = self.now;
+        pr.recovering = resp.recovering;
         if resp.success {
             if pr.maybe_update(resp.match_index) {
                 match pr.state {
@@ -100,6 +101,9 @@ impl RaftGroup {
             _ => {}
         }
         let lagging = pr.matched < self.log.last_index();
+        // A recovering follower leaves recovery on an append carrying the commit index (a
+        // heartbeat's is clamped to its match): an idle group must still send it one.
+        let recovering = pr.recovering;
         if resp.read_ctx > 0 {
             self.release_confirmed_reads();
         }
@@ -110,7 +114,7 @@ impl RaftGroup {
             // Send even an empty append: in replicate state `next` may already be past our
             // last index with every append in flight lost, and only an append's answer (a
             // success, or a rejection that drops us back to probing) resumes replication.
-            _ if lagging => self.send_appends(from, IfEmpty::Send),
+            _ if lagging || recovering => self.send_appends(from, IfEmpty::Send),
             _ => {}
         }
     }
