@@ -11,6 +11,7 @@ use phalanx::client::server::{ClientServer, Directory, ServerLimits};
 use phalanx::client::{Client, ClientFailure, MAX_CLIENT_FRAME_BYTES, RESPONSE_KIND};
 use phalanx::kv::KvStateMachine;
 use phalanx::{Node, NodeConfig, StateMachineFactory};
+use phalanx_net::conformance::closed_within;
 use phalanx_net::frame::{FrameDecoder, FrameKind};
 use phalanx_net::{MemoryConfig, MemoryNetwork};
 use phalanx_proto::{ClientErrorCode, ClientResponse, StatusRequest, client_request::Op};
@@ -65,22 +66,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-/// Whether the server closes `s` within `limit` (reading and discarding what it sends).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(50))).expect("a socket option");
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 /// A frame header announcing `len` bytes of a client request, and nothing else.

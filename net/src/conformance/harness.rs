@@ -309,3 +309,23 @@ pub fn collect(rx: &flume::Receiver<Delivered>, n: usize, limit: Duration) -> Ve
     }
     got
 }
+
+/// Whether the peer of a raw socket closes it within `limit`, reading and discarding what it
+/// sends meanwhile (tests of servers that must drop a misbehaving client or peer).
+pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    if s.set_read_timeout(Some(Duration::from_millis(50))).is_err() {
+        return true;
+    }
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}

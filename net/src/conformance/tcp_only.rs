@@ -11,7 +11,7 @@ use phalanx_proto::{
 };
 
 use super::fixtures::{TEST_CLUSTER_ID, TcpFixture};
-use super::{Delivered, Fixture, TestNode, WAIT_LIMIT, collect, seq_of, wait_until};
+use super::{Delivered, Fixture, TestNode, WAIT_LIMIT, closed_within, collect, seq_of, wait_until};
 use crate::error::NetError;
 use crate::frame::{Frame, FrameDecoder, FrameKind, encode_frame, encode_raw_frame};
 use crate::handshake::MAX_HANDSHAKE_FRAME_BYTES;
@@ -87,21 +87,6 @@ fn raw_read_frame(s: &mut TcpStream) -> Option<Frame> {
         }
     }
     panic!("no frame and no close within {WAIT_LIMIT:?}");
-}
-
-/// Whether the peer closes the connection within `limit` (reading and discarding).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 256];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[test]
