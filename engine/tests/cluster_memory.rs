@@ -178,6 +178,19 @@ impl Cluster {
         }
     }
 
+    /// Replicates a checkpoint on every user partition through its leader (retrying while
+    /// leadership moves).
+    fn checkpoint_all(&self) {
+        for p in 1..=u64::from(self.partitions) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self.leader(p).is_some_and(|l| block_on(self.handle(l).replicate_checkpoint(p)).success())
+            {
+                assert!(Instant::now() < deadline, "could not checkpoint partition {p}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     fn crash(&mut self, id: u64) {
         self.net.isolate(id);
         if let Some(n) = self.nodes[(id - 1) as usize].take() {
@@ -346,18 +359,7 @@ fn a_failed_shard_answers_every_request() {
 fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
     let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
     c.put_all("a", 30, "1");
-    for p in 1..=2u64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = c.leader(p)
-                && block_on(c.handle(l).replicate_checkpoint(p)).success()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "could not checkpoint partition {p}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    c.checkpoint_all();
     // Later writes: the snapshots ride with the next write of each node.
     c.put_all("b", 30, "2");
     let snapshot_files = |id: u64| -> usize {
@@ -393,13 +395,7 @@ fn checkpoint_snapshots_are_saved_and_restored_after_restart() {
 fn a_node_that_lost_its_wal_but_kept_its_snapshots_recovers() {
     let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
     c.put_all("a", 30, "1");
-    for p in 1..=2u64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.leader(p).is_some_and(|l| block_on(c.handle(l).replicate_checkpoint(p)).success()) {
-            assert!(Instant::now() < deadline, "could not checkpoint partition {p}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    c.checkpoint_all();
     c.put_all("b", 30, "2");
     c.crash(3);
     let n3 = c.dir.path().join("n3");
