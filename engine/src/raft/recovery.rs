@@ -169,8 +169,7 @@ impl RaftGroup {
             // replica acknowledged can be lost. Its vote in the floor's term may have been
             // cast: count it as cast.
             if floor > self.term {
-                self.term = floor;
-                self.vote = 0;
+                self.become_follower(floor, None);
             }
             if self.term > 0 && self.vote == 0 {
                 self.vote = me;
@@ -199,26 +198,25 @@ impl RaftGroup {
     /// catching up under load would otherwise never reach the moving commit index.
     pub(super) fn maybe_finish_recovery(&mut self, from: NodeId, leader_commit: u64) {
         let term = self.term;
-        let committed = self.log.committed();
-        let Some(r) = &mut self.recovery else { return };
+        let Some(r) = &self.recovery else { return };
         if r.floor.is_none_or(|f| term < f) {
             return;
         }
-        let (t, c) = match r.target {
-            Some((t, c)) if t == term => (t, c),
-            _ => {
-                r.target = Some((term, leader_commit));
-                (term, leader_commit)
-            }
+        let target = match r.target {
+            Some((t, c)) if t == term => c,
+            _ => leader_commit,
         };
-        if committed < c {
-            return;
-        }
-        if self.log.term(c) == Some(t) {
+        let next = if self.log.committed() < target {
+            target
+        } else if self.log.term(target) == Some(term) {
             self.finish_recovery(Some(from));
-        } else if let Some(r) = &mut self.recovery {
-            // The leader had not committed an entry of its term yet at `c`: aim further.
-            r.target = Some((term, leader_commit.max(c)));
+            return;
+        } else {
+            // The leader had not committed an entry of its term yet at `target`: aim further.
+            leader_commit.max(target)
+        };
+        if let Some(r) = &mut self.recovery {
+            r.target = Some((term, next));
         }
     }
 
