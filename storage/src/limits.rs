@@ -55,15 +55,7 @@ pub fn entry_cost(e: &LogEntry) -> u64 {
 #[must_use]
 pub fn batch_cost_bound(b: &WriteBatch) -> u64 {
     let per_entry = ENTRY_ENCODING_OVERHEAD_MAX + ENTRY_RECORD_OVERHEAD_BYTES;
-    let entries: u64 = b
-        .partitions
-        .iter()
-        .flat_map(|p| &p.entries)
-        .map(|e| (e.payload.len() + e.log_type.len()) as u64 + per_entry)
-        .sum();
-    let meta: u64 =
-        b.meta.iter().map(|m| m.key.len() as u64 + m.value.as_ref().map_or(0, |v| v.len() as u64) + 16).sum();
-    entries + PARTITION_RECORDS_BYTES * b.partitions.len() as u64 + meta
+    cost_with(b, |e| (e.payload.len() + e.log_type.len()) as u64 + per_entry)
 }
 
 /// What a batch costs: its entries, [`PARTITION_RECORDS_BYTES`] per partition, and its
@@ -71,7 +63,12 @@ pub fn batch_cost_bound(b: &WriteBatch) -> u64 {
 /// WAL writes for it, and never below the entry bytes [`BATCH_BYTES_MAX`] counts.
 #[must_use]
 pub fn batch_cost(b: &WriteBatch) -> u64 {
-    let entries: u64 = b.partitions.iter().flat_map(|p| &p.entries).map(entry_cost).sum();
+    cost_with(b, entry_cost)
+}
+
+/// A batch's cost with each entry counted by `entry`.
+fn cost_with(b: &WriteBatch, entry: impl Fn(&LogEntry) -> u64) -> u64 {
+    let entries: u64 = b.partitions.iter().flat_map(|p| &p.entries).map(entry).sum();
     let meta: u64 =
         b.meta.iter().map(|m| m.key.len() as u64 + m.value.as_ref().map_or(0, |v| v.len() as u64) + 16).sum();
     entries + PARTITION_RECORDS_BYTES * b.partitions.len() as u64 + meta

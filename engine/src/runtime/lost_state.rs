@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_proto::HardState;
 use phalanx_storage::{
-    AnyStore, DamagedTail, LogPosition, LogStore, PartitionWrite, RecoveredPartition, WriteBatch,
+    AnyStore, DamagedTail, LogPosition, LogStore, PartitionWrite, RecoveredPartition, StorageError,
+    WriteBatch,
 };
 
 use super::writer::split;
@@ -93,16 +94,9 @@ pub(crate) async fn align_with_snapshots(
     let mut writes = Vec::new();
     for (p, r) in loaded.iter_mut() {
         let Some(&snap) = snapshots.get(p) else { continue };
-        let (floor, last) = match r {
-            Some(r) => (r.floor.0, r.floor.0 + r.entries.len() as u64),
-            None => (0, 0),
-        };
-        let holds = r.as_ref().is_some_and(|r| {
-            snap.index == r.floor.0 && snap.term == r.floor.1
-                || snap.index > floor
-                    && snap.index <= last
-                    && r.entries.get((snap.index - floor - 1) as usize).is_some_and(|e| e.term == snap.term)
-        });
+        let floor = r.as_ref().map_or(0, |r| r.floor.0);
+        let holds =
+            store.term(*p, snap.index).await.map_err(|e| format!("partition {p}: {e}"))? == Some(snap.term);
         if holds || snap.index < floor {
             continue;
         }
@@ -112,12 +106,7 @@ pub(crate) async fn align_with_snapshots(
         *r = Some(RecoveredPartition { hard_state, floor: (snap.index, snap.term), entries: Vec::new() });
     }
     let aligned: Vec<PartitionId> = writes.iter().map(|w| w.partition).collect();
-    if !writes.is_empty() {
-        let batch = WriteBatch { partitions: writes, meta: Vec::new() };
-        for chunk in split(batch, store.max_batch_cost()) {
-            store.write(&chunk).await.map_err(|e| format!("installing snapshots in the log store: {e}"))?;
-        }
-    }
+    write_all(store, writes).await.map_err(|e| format!("installing snapshots in the log store: {e}"))?;
     Ok(aligned)
 }
 
@@ -141,12 +130,18 @@ pub(crate) async fn persist_recovering(
             writes.push(PartitionWrite { partition: *p, hard_state: Some(hs), ..Default::default() });
         }
     }
+    write_all(store, writes).await.map_err(|e| format!("marking partitions recovering: {e}"))?;
+    Ok(marked)
+}
+
+/// Writes `writes` in as many batches as the store's limits need (the writer's split).
+async fn write_all(store: &mut AnyStore, writes: Vec<PartitionWrite>) -> Result<(), StorageError> {
     if writes.is_empty() {
-        return Ok(marked);
+        return Ok(());
     }
     let batch = WriteBatch { partitions: writes, meta: Vec::new() };
     for chunk in split(batch, store.max_batch_cost()) {
-        store.write(&chunk).await.map_err(|e| format!("marking partitions recovering: {e}"))?;
+        store.write(&chunk).await?;
     }
-    Ok(marked)
+    Ok(())
 }

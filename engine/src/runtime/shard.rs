@@ -847,25 +847,21 @@ impl<T: Transport> Shard<T> {
         // Per peer, batches of at most PEER_BATCH_BYTES_MAX: a turn's appends of large
         // entries to several partitions once made a 22 MiB batch, which the transport drops
         // as above its frame limit — and the resends, coalesced the same way, again.
-        let mut per_peer: BTreeMap<NodeId, (Vec<MessageBatch>, usize)> = BTreeMap::new();
+        // A full batch goes at once; a peer's messages keep their order either way.
+        let mut per_peer: BTreeMap<NodeId, (Vec<RaftMessage>, usize)> = BTreeMap::new();
         for m in self.outbox.drain(..) {
             let len = message_bytes_bound(&m);
-            let (batches, bytes) = per_peer.entry(m.to).or_default();
-            match batches.last_mut() {
-                Some(b) if *bytes + len <= PEER_BATCH_BYTES_MAX => {
-                    *bytes += len;
-                    b.messages.push(m);
-                }
-                _ => {
-                    *bytes = len;
-                    batches.push(MessageBatch { messages: vec![m] });
-                }
+            let to = m.to;
+            let (messages, bytes) = per_peer.entry(to).or_default();
+            if !messages.is_empty() && *bytes + len > PEER_BATCH_BYTES_MAX {
+                self.transport.send(to, MessageBatch { messages: std::mem::take(messages) });
+                *bytes = 0;
             }
+            *bytes += len;
+            messages.push(m);
         }
-        for (to, (batches, _)) in per_peer {
-            for b in batches {
-                self.transport.send(to, b);
-            }
+        for (to, (messages, _)) in per_peer {
+            self.transport.send(to, MessageBatch { messages });
         }
     }
 

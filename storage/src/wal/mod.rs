@@ -298,12 +298,6 @@ impl WalStore {
             entry_reads: Cell::new(0),
             damaged_tail: rec.damaged_tail,
         };
-        if let Some(d) = &store.damaged_tail {
-            tracing::warn!(
-                "WAL {}: dropped a damaged last batch that may have been acknowledged: {d}",
-                store.dir.display()
-            );
-        }
         if store.segments.is_empty() {
             let p = prepare_next(
                 store.dir.clone(),
