@@ -26,3 +26,6 @@ pub(crate) mod writer;
 pub use node::Node;
 pub use request::{PartitionStatus, ReplicationResult};
 pub use shard::SYSTEM_LOG_TYPE;
+/// How the WAL writer cuts a write into batches the store takes (the simulator tears its
+/// writes at the same points).
+pub use writer::split as split_write;

@@ -98,7 +98,7 @@ type Merged = (WriteBatch, Vec<(PartitionId, Snapshot)>, usize);
 /// stored commit index never points past the stored log), the full hard state and the
 /// compaction with the last. An entry costing more than `max_cost` goes alone; the store
 /// then refuses it and the partition is stopped (`run`).
-pub(crate) fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
+pub fn split(batch: WriteBatch, max_cost: u64) -> Vec<WriteBatch> {
     // Most batches are far below the limit: a bound from lengths settles it without
     // encoding every entry once more.
     if batch.partitions.len() <= BATCH_PARTITIONS_MAX

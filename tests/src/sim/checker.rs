@@ -100,6 +100,16 @@ pub enum Violation {
         /// Index of an earlier acknowledged write.
         acked_before: u64,
     },
+    /// A node could not restart from what its disk holds (the stored state breaks an
+    /// invariant the core checks at restore, e.g. a commit index past the stored log).
+    Unrecoverable {
+        /// Node.
+        node: NodeId,
+        /// Group.
+        group: GroupId,
+        /// What the core refused.
+        detail: String,
+    },
     /// After faults healed, a group did not elect a leader and commit in time.
     Liveness {
         /// Group.
@@ -312,6 +322,11 @@ impl Checker {
         if read_index < acked_before {
             self.violations.push(Violation::StaleRead { group, read_index, acked_before });
         }
+    }
+
+    /// Records a restart the core refused.
+    pub fn on_unrecoverable(&mut self, node: NodeId, group: GroupId, detail: String) {
+        self.violations.push(Violation::Unrecoverable { node, group, detail });
     }
 
     /// Records a liveness failure.

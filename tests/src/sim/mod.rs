@@ -49,6 +49,10 @@ pub struct SimConfig {
     /// cut the tail of some groups' logs. Only while no other node has lost state (the
     /// protocol survives the loss of a minority's disks one at a time, not of a majority's).
     pub disk_loss_pct: u64,
+    /// The batch cost the simulated WAL writer cuts writes at (`runtime::split_write`), far
+    /// below the real store's so that crashes land between a write's batches: a crash during
+    /// a write leaves a random prefix of them durable.
+    pub split_cost: u64,
     /// Probability per tick of a new partition, in units of 1/10,000.
     pub partition_per_10k: u64,
     /// The Raft configuration of every group (id, group, seed filled in per node).
@@ -87,6 +91,7 @@ impl SimConfig {
             crash_per_10k: [10, 40, 150, 500][r.range(0, 4) as usize],
             restart_pct: [2, 5, 20, 60][r.range(0, 4) as usize],
             disk_loss_pct: [0, 10, 30, 60][r.range(0, 4) as usize],
+            split_cost: [200, 400, 1000, u64::MAX][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
             apply_before_persist: r.range(0, 2) == 0,
             raft: {
@@ -349,7 +354,10 @@ impl Sim {
                     }
                     self.disk_losses += 1;
                 } else {
-                    self.nodes[victim].crash();
+                    // Most crashes hit a write in flight: a random prefix of its batches is
+                    // durable.
+                    let keep = self.rng.range(0, 4) as usize;
+                    self.nodes[victim].crash_mid_write(keep, self.cfg.split_cost);
                 }
                 self.workload.forget_node(victim as u64 + 1);
                 self.crashes += 1;
@@ -359,8 +367,16 @@ impl Sim {
             if !self.nodes[i].up && self.rng.range(0, 100) < self.cfg.restart_pct {
                 let seed = self.cfg.seed;
                 let initial = self.initial.clone();
-                self.nodes[i].restart(&initial, seed);
+                self.restart(i, &initial, seed);
             }
+        }
+    }
+
+    /// Restarts node `i`; a restore the core refuses is a violation (the node stays down).
+    fn restart(&mut self, i: usize, initial: &Membership, seed: u64) {
+        if let Err((g, e)) = self.nodes[i].restart(initial, seed) {
+            let id = self.nodes[i].id;
+            self.checker.on_unrecoverable(id, g, e);
         }
     }
 
@@ -372,7 +388,7 @@ impl Sim {
             if !self.nodes[i].up {
                 let seed = self.cfg.seed;
                 let initial = self.initial.clone();
-                self.nodes[i].restart(&initial, seed);
+                self.restart(i, &initial, seed);
             }
         }
         for n in &mut self.nodes {

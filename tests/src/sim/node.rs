@@ -151,7 +151,9 @@ impl SimNode {
         for &g in groups {
             n.disk.groups.insert(g, Default::default());
         }
-        n.boot(initial, seed);
+        if let Err((g, e)) = n.boot(initial, seed) {
+            panic!("node {id} group {g}: a new node does not start: {e}");
+        }
         n
     }
 
@@ -190,23 +192,75 @@ impl SimNode {
         }
     }
 
-    /// Whether any group of this node is recovering from lost state (running or on disk).
+    /// Whether any group of this node is recovering from lost state (the flag is on the disk
+    /// from the moment the loss is known until the end of the recovery is durable).
     #[must_use]
     pub fn has_lost_state(&self) -> bool {
         self.disk.groups.values().any(|gd| gd.hard_state.recovering)
-            || self.disk.groups.keys().any(|g| self.multi.group(*g).is_some_and(|grp| grp.is_recovering()))
     }
 
-    /// Restarts from the disk.
-    pub fn restart(&mut self, initial: &Membership, seed: u64) {
+    /// Crashes while its oldest write in flight is being stored: the write is cut into the
+    /// batches the runtime's WAL writer would write (`split_write`, batches of at most
+    /// `max_cost`), snapshot files first as the writer saves them, and the first `keep` of
+    /// those batches reached the disk. What a crash between them leaves must restart safely.
+    pub fn crash_mid_write(&mut self, keep: usize, max_cost: u64) {
+        if let Some(w) = self.pending.pop_front() {
+            let mut received = BTreeMap::new();
+            let mut partitions = Vec::new();
+            for gw in w.groups {
+                let gd = self.disk.groups.entry(gw.group).or_default();
+                if let Some(s) = gw.local_snapshot.or_else(|| gw.snapshot.clone()) {
+                    gd.snapshot = Some(s);
+                }
+                let snapshot = gw.snapshot.map(|s| {
+                    let pos = phalanx_storage::LogPosition::new(s.meta.index, s.meta.term);
+                    received.insert(gw.group, s);
+                    pos
+                });
+                partitions.push(phalanx_storage::PartitionWrite {
+                    partition: gw.group,
+                    snapshot,
+                    entries: gw.entries,
+                    hard_state: gw.hard_state,
+                    compact_to: gw.compact_to,
+                });
+            }
+            let batch = phalanx_storage::WriteBatch { partitions, meta: Vec::new() };
+            for piece in phalanx::runtime::split_write(batch, max_cost).into_iter().take(keep) {
+                for pw in piece.partitions {
+                    let gd = self.disk.groups.entry(pw.partition).or_default();
+                    gd.written = true;
+                    if let Some(s) = pw.snapshot.and_then(|_| received.get(&pw.partition)) {
+                        gd.install_snapshot(s);
+                    }
+                    gd.append(&pw.entries);
+                    if let Some(hs) = pw.hard_state {
+                        gd.hard_state = hs;
+                    }
+                    if let Some(c) = pw.compact_to {
+                        gd.compact(c);
+                    }
+                }
+            }
+        }
+        self.crash();
+    }
+
+    /// Restarts from the disk; `Err` names a group the core could not restore (the node
+    /// stays down).
+    pub fn restart(&mut self, initial: &Membership, seed: u64) -> Result<(), (GroupId, String)> {
         self.incarnation += 1;
         self.up = true;
         // Each node keeps its own clock; a restarted node's clock starts again at zero, as a
         // monotonic clock does after a reboot.
-        self.boot(initial, seed);
+        let r = self.boot(initial, seed);
+        if r.is_err() {
+            self.crash();
+        }
+        r
     }
 
-    fn boot(&mut self, initial: &Membership, seed: u64) {
+    fn boot(&mut self, initial: &Membership, seed: u64) -> Result<(), (GroupId, String)> {
         self.multi = MultiRaft::new();
         self.sms.clear();
         let groups: Vec<GroupId> = self.disk.groups.keys().copied().collect();
@@ -234,14 +288,13 @@ impl SimNode {
             cfg.id = self.id;
             cfg.group = g;
             cfg.seed = seed ^ (self.incarnation << 32);
-            if let Err(e) = self.multi.add_group(cfg, restore) {
-                panic!("node {} group {g}: restore failed: {e}", self.id);
-            }
+            self.multi.add_group(cfg, restore).map_err(|e| (g, e))?;
             let sm = match &snap {
                 Some(s) => StateMachine::decode(&s.data),
                 None => StateMachine::default(),
             };
             self.sms.insert(g, sm);
         }
+        Ok(())
     }
 }
