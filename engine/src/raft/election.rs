@@ -79,7 +79,7 @@ impl RaftGroup {
         let log_ok = self.log.is_up_to_date(req.last_log_index, req.last_log_term);
         // A replica that lost durable state may have voted in this term already, or hold
         // less than it acknowledged: no vote, real or PreVote, until it caught up.
-        let can_vote = (self.recovery.is_none() || self.recovering_may_vote_for(from, req.term))
+        let can_vote = self.recovery.is_none()
             && (self.vote == from
                 || (self.vote == 0 && self.leader.is_none())
                 // A PreVote for a future term: we would be free to vote in that term.

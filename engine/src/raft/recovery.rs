@@ -38,14 +38,17 @@
 //! never stays behind on stale progress and never counts for entries it no longer holds.
 //!
 //! What this costs: while a replica recovers, its group needs a majority without it for
-//! elections (in a group of two voters, the only exception, it may vote for the other
-//! voter, which holds everything either acknowledged); a 3-voter group with a recovering replica and another node down elects no new
-//! leader until one of them is back (writes continue if the leader is up). A cluster's very
-//! first election needs every voter to answer (all report empty logs), since an empty
-//! replica cannot tell a new cluster from a wiped disk otherwise. Losing the disks of a
-//! majority is
-//! beyond what any replication protocol can repair: then recovery waits forever rather
-//! than elect someone who lost committed writes.
+//! elections; a 3-voter group with a recovering replica and another node down elects no new
+//! leader until one of them is back (writes continue if the leader is up). A 2-voter group,
+//! which survives no failure, elects no leader again after losing a voter's disk: the
+//! wiped replica restarts with the configuration it was started with and cannot tell
+//! whether the group still has those two voters (voting for the other one, safe if it has,
+//! elects a leader that lacks committed entries if the group has grown to three since —
+//! the simulator finds that). A cluster's very first election needs every voter to answer
+//! (all report empty logs), since an empty replica cannot tell a new cluster from a wiped
+//! disk otherwise. Losing the disks of a majority is beyond what any replication protocol
+//! can repair: then recovery waits forever rather than elect someone who lost committed
+//! writes.
 //!
 //! [`RecoveryProbe`]: phalanx_proto::RecoveryProbe
 
@@ -176,19 +179,6 @@ impl RaftGroup {
             }
             self.finish_recovery(None);
         }
-    }
-
-    /// The one vote a recovering replica may give: in a group of two voters, to the other
-    /// one, in a term above the floor. Every quorum of two voters holds both, so the other
-    /// holds every entry this replica acknowledged and every term it voted in is at most the
-    /// floor (the other's term). Without it a 2-voter group with a wiped replica and no leader
-    /// could never elect one to catch up from.
-    pub(super) fn recovering_may_vote_for(&self, candidate: NodeId, term: u64) -> bool {
-        let voters = &self.conf.current().voters;
-        voters.len() == 2
-            && voters.contains(&self.cfg.id)
-            && voters.contains(&candidate)
-            && self.recovery_floor().is_some_and(|f| term > f)
     }
 
     /// After an append from the leader `from` of our term: recovery ends once we know the

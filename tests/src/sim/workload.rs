@@ -257,6 +257,18 @@ impl Workload {
             1 => ConfChangeType::AddVoter,
             _ => ConfChangeType::Remove,
         };
+        // Like an operator (and as the roster will, issue 13), do not make a voter of a member
+        // far behind where every majority needs it (a group of two): it would hold every
+        // commit until it caught up, an append round trip per `max_entries_per_append`
+        // entries. Larger groups commit without it meanwhile.
+        if change == ConfChangeType::AddVoter
+            && let Some(grp) = nodes[i].multi.group(g)
+            && !grp.membership().voters.contains(&target)
+            && grp.membership().voters.len() + 1 < 3
+            && grp.follower_lag(target).is_none_or(|lag| lag > grp.config().max_uncommitted_entries as u64)
+        {
+            return;
+        }
         // A replica that lost its disk does not vote until it caught up: like an operator,
         // do not shrink a group below 3 voters while one recovers (it could then elect no
         // leader to catch up from).
