@@ -32,10 +32,10 @@
 //! other with empty logs, whatever terms the first to finish reached while campaigning.
 //!
 //! Meanwhile it follows leaders and acknowledges appends like any follower: an
-//! acknowledgement speaks only for entries it holds again. A leader that hears a probe from
-//! a follower, or a rejection showing its log shorter than what the leader believed it
-//! matched, starts over from the follower's real log (`step_leader.rs`), so the follower
-//! never stays behind on stale progress and never counts for entries it no longer holds.
+//! acknowledgement speaks only for entries it holds again. A leader that hears a rejection
+//! showing a follower's log shorter than what the leader believed it matched starts over
+//! from the follower's real log (`step_leader.rs`), so the follower never stays behind on
+//! stale progress and never counts for entries it no longer holds.
 //!
 //! What this costs: while a replica recovers, its group needs a majority without it for
 //! elections; a 3-voter group with a recovering replica and another node down elects no new
@@ -122,8 +122,10 @@ impl RaftGroup {
         self.maybe_set_floor();
     }
 
-    /// Any replica answers a probe with its term. A leader also learns that the prober lost
-    /// state: its progress starts over from what the prober really holds.
+    /// Any replica answers a probe with its term. A leader also learns that the prober is
+    /// recovering (no leadership for it, empty appends to its heartbeat answers); its
+    /// progress starts over at the prober's first rejection (`step_leader.rs`), which also
+    /// comes when this probe is lost.
     pub(super) fn handle_recovery_probe(&mut self, from: NodeId) {
         let resp = RecoveryProbeResponse {
             term: self.term,
@@ -134,7 +136,6 @@ impl RaftGroup {
         if self.role == Role::Leader
             && let Some(pr) = self.progress.get_mut(&from)
         {
-            pr.restart_after_loss(self.log.last_index());
             pr.recovering = true;
         }
     }
