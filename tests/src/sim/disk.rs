@@ -38,6 +38,28 @@ impl GroupDisk {
         self.term(index) == Some(term)
     }
 
+    /// Stores one group's part of a log-store write, in the store's order: the floor of a
+    /// received snapshot, entries, hard state, compaction.
+    pub fn store(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[LogEntry],
+        hard_state: Option<HardState>,
+        compact_to: Option<u64>,
+    ) {
+        self.written |= snapshot.is_some() || !entries.is_empty() || hard_state.is_some();
+        if let Some(s) = snapshot {
+            self.install_snapshot(s);
+        }
+        self.append(entries);
+        if let Some(hs) = hard_state {
+            self.hard_state = hs;
+        }
+        if let Some(c) = compact_to {
+            self.compact(c);
+        }
+    }
+
     /// Installs a received snapshot (keeping the suffix if the log holds its last entry).
     pub fn install_snapshot(&mut self, s: &Snapshot) {
         let (i, t) = (s.meta.index, s.meta.term);

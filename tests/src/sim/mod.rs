@@ -491,20 +491,10 @@ impl Sim {
             let gid = gw.group;
             {
                 let disk = self.nodes[i].disk.groups.entry(gid).or_default();
-                disk.written |= gw.hard_state.is_some() || !gw.entries.is_empty() || gw.snapshot.is_some();
                 if let Some(s) = gw.local_snapshot {
                     disk.snapshot = Some(s);
                 }
-                if let Some(s) = &gw.snapshot {
-                    disk.install_snapshot(s);
-                }
-                disk.append(&gw.entries);
-                if let Some(hs) = gw.hard_state {
-                    disk.hard_state = hs;
-                }
-                if let Some(c) = gw.compact_to {
-                    disk.compact(c);
-                }
+                disk.store(gw.snapshot.as_ref(), &gw.entries, gw.hard_state, gw.compact_to);
             }
             for m in gw.persisted_messages {
                 self.net.send(m, now, &mut self.rng);

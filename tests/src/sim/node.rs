@@ -228,18 +228,9 @@ impl SimNode {
             let batch = phalanx_storage::WriteBatch { partitions, meta: Vec::new() };
             for piece in phalanx::runtime::split_write(batch, max_cost).into_iter().take(keep) {
                 for pw in piece.partitions {
+                    let snapshot = pw.snapshot.and_then(|_| received.get(&pw.partition));
                     let gd = self.disk.groups.entry(pw.partition).or_default();
-                    gd.written = true;
-                    if let Some(s) = pw.snapshot.and_then(|_| received.get(&pw.partition)) {
-                        gd.install_snapshot(s);
-                    }
-                    gd.append(&pw.entries);
-                    if let Some(hs) = pw.hard_state {
-                        gd.hard_state = hs;
-                    }
-                    if let Some(c) = pw.compact_to {
-                        gd.compact(c);
-                    }
+                    gd.store(snapshot, &pw.entries, pw.hard_state, pw.compact_to);
                 }
             }
         }
