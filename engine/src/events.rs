@@ -50,7 +50,7 @@ pub enum Event {
     /// The system partition's cluster directory changed (a node announced itself).
     DirectoryChanged,
     /// A partition stopped on this node because the store refused its write (see
-    /// `runtime/shard.rs`, `stop_partition`); it recovers when the node restarts.
+    /// `shard/stopping.rs`); it recovers when the node restarts.
     PartitionStopped {
         /// The partition.
         partition: PartitionId,

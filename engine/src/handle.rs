@@ -16,9 +16,10 @@ use crate::hlc::Ticket;
 use crate::partition_key;
 use crate::raft::{NodeId, Status};
 use crate::runtime::bus::Bus;
-use crate::runtime::request::{ControlOp, PartitionStatus, ReplicationResult, Request};
+use crate::runtime::request::{PartitionStatus, ReplicationResult, Request, Responder};
 use crate::runtime::shard::SYSTEM_LOG_TYPE;
 use crate::runtime::shared::NodeShared;
+use crate::shard::request::{ControlOp, Op};
 use crate::state_machine::PartitionId;
 
 /// A handle to a running node.
@@ -127,14 +128,9 @@ impl NodeHandle {
         system: bool,
     ) -> ReplicationResult {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Replicate {
-            partition,
-            log_type: crate::log_type::intern(log_type),
-            payloads,
-            auto_commit,
-            system,
-            reply,
-        });
+        let log_type = crate::log_type::intern(log_type);
+        let op = Op::Replicate { partition, log_type, payloads, auto_commit, system };
+        self.send(Request { op, reply: Responder::Replication(reply) });
         answer(rx, ReplicationResult::refused(Status::Errored)).await
     }
 
@@ -151,7 +147,10 @@ impl NodeHandle {
 
     async fn marker(&self, partition: PartitionId, ticket: Ticket, commit: bool) -> ReplicationResult {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Marker { partition, ticket, commit, reply });
+        self.send(Request {
+            op: Op::Marker { partition, ticket, commit },
+            reply: Responder::Replication(reply),
+        });
         answer(rx, ReplicationResult::refused(Status::Errored)).await
     }
 
@@ -159,7 +158,7 @@ impl NodeHandle {
     /// machine's snapshot covers it).
     pub async fn replicate_checkpoint(&self, partition: PartitionId) -> ReplicationResult {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Checkpoint { partition, reply });
+        self.send(Request { op: Op::Checkpoint { partition }, reply: Responder::Replication(reply) });
         answer(rx, ReplicationResult::refused(Status::Errored)).await
     }
 
@@ -170,7 +169,7 @@ impl NodeHandle {
     /// followers too (they ask the leader for the read index). Returns the read index.
     pub async fn read_barrier(&self, partition: PartitionId) -> Result<u64, Status> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::ReadBarrier { partition, reply });
+        self.send(Request { op: Op::ReadBarrier { partition }, reply: Responder::ReadIndex(reply) });
         answer(rx, Err(Status::Errored)).await
     }
 
@@ -178,7 +177,7 @@ impl NodeHandle {
     /// [`crate::StateMachine::query`]).
     pub async fn query(&self, partition: PartitionId, query: Bytes) -> Result<Bytes, Status> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Query { partition, query, reply });
+        self.send(Request { op: Op::Query { partition, query }, reply: Responder::Query(reply) });
         answer(rx, Err(Status::Errored)).await
     }
 
@@ -209,13 +208,13 @@ impl NodeHandle {
     pub async fn wait_for_leader(&self, partition: PartitionId, timeout: Duration) -> Result<NodeId, Status> {
         let (reply, rx) = oneshot::channel();
         let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-        self.send(Request::WaitLeader { partition, timeout_ms, reply });
+        self.send(Request { op: Op::WaitLeader { partition, timeout_ms }, reply: Responder::Leader(reply) });
         answer(rx, Err(Status::Errored)).await
     }
 
     async fn control(&self, partition: PartitionId, op: ControlOp) -> Result<(), Status> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Control { partition, op, reply });
+        self.send(Request { op: Op::Control { partition, op }, reply: Responder::Control(reply) });
         answer(rx, Err(Status::Errored)).await
     }
 
@@ -259,7 +258,7 @@ impl NodeHandle {
     /// node does not lead it or does not know the follower).
     pub async fn follower_lag(&self, partition: PartitionId, follower: NodeId) -> Option<u64> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::FollowerLag { partition, follower, reply });
+        self.send(Request { op: Op::FollowerLag { partition, follower }, reply: Responder::Lag(reply) });
         answer(rx, None).await
     }
 
@@ -293,7 +292,7 @@ impl NodeHandle {
         let mut all = Vec::new();
         for shard in 0..self.inner.bus.shards() {
             let (reply, rx) = oneshot::channel();
-            self.inner.bus.request_to(shard, Request::Status { reply });
+            self.inner.bus.request_to(shard, Request { op: Op::Status, reply: Responder::Status(reply) });
             all.extend(answer(rx, Vec::new()).await);
         }
         all.sort_by_key(|s| s.id);

@@ -1,6 +1,7 @@
 //! Phalanx: a thread-per-core, shard-nothing multi-Raft consensus engine.
 //!
 //! - [`raft`] — the pure, deterministic Raft core (no IO, no clocks).
+//! - [`shard`] — a shard's logic as a deterministic state machine (the Raft core's shell).
 //! - [`runtime`] — shards on pinned glommio executors, the bus, group commit.
 //! - [`NodeHandle`] — the embeddable API, usable from any async runtime.
 //! - [`StateMachine`] — what an application implements.
@@ -100,6 +101,7 @@ pub mod log_type;
 pub mod partition_key;
 pub mod raft;
 pub mod runtime;
+pub mod shard;
 pub mod state_machine;
 pub mod system;
 

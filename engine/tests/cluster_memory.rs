@@ -219,6 +219,28 @@ fn three_nodes_by_64_partitions_elect_replicate_and_read_everywhere() {
     assert_eq!(c.get(2, "missing"), None);
 }
 
+/// A read barrier answers the read index: at least the index of every write acknowledged
+/// before it (on any node), at most what the node has applied when it answers. (It once
+/// answered the request's internal id instead.)
+#[test]
+fn a_read_barrier_returns_the_read_index() {
+    let c = Cluster::with_leaders(3, 4, StorageKind::Memory);
+    let mut last = 0;
+    for i in 0..30 {
+        last = c.put(&format!("tenant/k{i}"), "v");
+    }
+    let p = c.handle(1).partition_key("tenant/k0");
+    assert!(last > 30, "30 writes to one partition end past index 30, got {last}");
+    for id in 1..=3 {
+        let h = c.handle(id);
+        let index = block_on(h.read_barrier(p)).expect("read barrier");
+        let applied =
+            block_on(h.status()).into_iter().find(|s| s.id == p).expect("partition status").applied_index;
+        assert!(index >= last, "node {id}: read index {index} below the acknowledged write at {last}");
+        assert!(index <= applied, "node {id}: read index {index} above the applied index {applied}");
+    }
+}
+
 #[test]
 fn survives_leader_crash_and_restart_converges() {
     let mut c = Cluster::with_leaders(3, 64, StorageKind::Wal);

@@ -45,7 +45,7 @@ impl Bus {
     /// Sends a request to the shard owning its partition; refuses it with `Busy` when that
     /// inbox is full and `Errored` when the shard has stopped.
     pub(crate) fn request(&self, r: Request) {
-        let shard = r.partition().map_or(0, |p| shard_of(p, self.shards()));
+        let shard = r.op.partition().map_or(0, |p| shard_of(p, self.shards()));
         self.request_to(shard, r);
     }
 

@@ -1,137 +1,45 @@
-//! What a shard does at open about durable state it may have lost (issue 11): which of its
-//! partitions must recover before they vote again (`raft/recovery.rs`), and when to refuse
-//! to start instead.
-//!
-//! A partition has lost state, as far as a node can tell, when
-//! - its store holds nothing at all for it (whatever snapshot file it has): a new node, or a
-//!   wiped disk —
-//!   the two look the same from here, and recovery tells them apart by asking the other
-//!   voters (a new cluster's voters all answer term 0);
-//! - the store dropped a damaged last batch that may have been acknowledged
-//!   ([`DamagedTail`]) holding something of it — or any partition, when not all of the
-//!   batch could be read.
-//!
-//! Such partitions are marked recovering **durably, before anything else is written**: the
-//! next write could overwrite the damaged batch (or give the empty partition a little
-//! state), and a crash after it must not make the node forget that it lost something.
-//!
-//! Where no peer can hold a copy of what was dropped — a partition whose only voter is this
-//! node — recovery could never end: the node refuses to start, naming the file and offset,
-//! unless the operator accepts the loss with `truncate_damaged_wal_tail`.
+//! The IO of what a shard does at open about durable state it may have lost: it reads what
+//! the decisions need from the store, and writes what they return (the decisions themselves
+//! are pure: `shard/lost_state.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use phalanx_proto::HardState;
 use phalanx_storage::{
-    AnyStore, DamagedTail, LogPosition, LogStore, PartitionWrite, RecoveredPartition, StorageError,
-    WriteBatch,
+    AnyStore, LogPosition, LogStore, PartitionWrite, RecoveredPartition, StorageError, WriteBatch,
 };
 
-use super::writer::split;
 use crate::config::NodeConfig;
+use crate::shard::lost_state::settle;
+use crate::shard::write::split;
 use crate::state_machine::PartitionId;
 
-/// Decides which of `loaded` (every partition of the shard, with what the store holds) must
-/// recover, logs what was lost, and refuses what cannot recover.
-pub(crate) fn partitions_to_recover(
+/// Settles the partitions of shard `shard` that lost durable state, and aligns the store with
+/// the snapshot files (`snapshots`), updating `loaded` to what the store then holds. Returns
+/// the hard states of the partitions marked recovering.
+pub(crate) async fn settle_at_open(
     shard: usize,
     cfg: &NodeConfig,
-    loaded: &[(PartitionId, Option<RecoveredPartition>)],
-    damaged: Option<&DamagedTail>,
-) -> Result<BTreeSet<PartitionId>, String> {
-    let mut out = BTreeSet::new();
-    for (p, r) in loaded {
-        // Anything stored, even a hard state of term 0 (a replica that left recovery in a
-        // cluster that never elected), is state: only nothing at all is a new or wiped disk.
-        // A snapshot file alone does not count: it holds no term and no vote (a WAL on a disk
-        // of its own, `--wal-path`, may be replaced while the snapshots survive).
-        if r.is_none() {
-            out.insert(*p);
-        }
-    }
-    let Some(d) = damaged else { return Ok(out) };
-    let hit: Vec<PartitionId> =
-        loaded.iter().map(|(p, _)| *p).filter(|p| !d.complete || d.partitions.contains_key(p)).collect();
-    let alone = cfg.initial_voters() == [cfg.node_id];
-    if alone {
-        if !cfg.truncate_damaged_wal_tail {
-            return Err(format!(
-                "shard {shard}: the WAL's last batch is damaged and may hold acknowledged writes ({d}); \
-                 no other node holds a copy (this node is the only voter). Restore the data directory \
-                 from a backup, or start with --truncate-damaged-wal-tail to drop that batch and accept the \
-                 loss"
-            ));
-        }
-        tracing::error!(
-            shard,
-            "dropping the WAL's damaged last batch as told (--truncate-damaged-wal-tail): {d}; writes it held \
-             that were acknowledged are lost"
-        );
-        return Ok(out);
-    }
-    tracing::error!(
-        shard,
-        partitions = hit.len(),
-        "the WAL's last batch is damaged and was dropped ({d}); it may hold acknowledged writes: these \
-         partitions recover from the other voters before this node votes in them again"
-    );
-    out.extend(hit);
-    Ok(out)
-}
-
-/// Makes the store agree with the snapshot files: a partition whose snapshot covers more
-/// than its stored log (the snapshot's file was saved, then the crash came before the batch
-/// that installs it; or the log's tail was dropped as damaged) gets the snapshot's install
-/// written now, as the Ready would have (`LogStore` contract, step 1: the entries after it
-/// are kept if the log holds its last entry, dropped otherwise). The group restarts from the
-/// snapshot; without this, its next entries would start past the stored log's end and the
-/// store would refuse them. Returns the partitions aligned.
-pub(crate) async fn align_with_snapshots(
     store: &mut AnyStore,
     loaded: &mut [(PartitionId, Option<RecoveredPartition>)],
     snapshots: &BTreeMap<PartitionId, LogPosition>,
-) -> Result<Vec<PartitionId>, String> {
-    let mut writes = Vec::new();
-    for (p, r) in loaded.iter_mut() {
-        let Some(&snap) = snapshots.get(p) else { continue };
-        let floor = r.as_ref().map_or(0, |r| r.floor.0);
-        let holds =
-            store.term(*p, snap.index).await.map_err(|e| format!("partition {p}: {e}"))? == Some(snap.term);
-        if holds || snap.index < floor {
-            continue;
-        }
-        writes.push(PartitionWrite { partition: *p, snapshot: Some(snap), ..Default::default() });
-        // What the store now holds: nothing but the floor (the log did not hold its entry).
-        let hard_state = r.as_ref().map(|r| r.hard_state).unwrap_or_default();
-        *r = Some(RecoveredPartition { hard_state, floor: (snap.index, snap.term), entries: Vec::new() });
-    }
-    let aligned: Vec<PartitionId> = writes.iter().map(|w| w.partition).collect();
-    write_all(store, writes).await.map_err(|e| format!("installing snapshots in the log store: {e}"))?;
-    Ok(aligned)
-}
-
-/// Marks `partitions` recovering in the store, durably, keeping each one's term, vote and
-/// commit index. Returns each one's hard state as now stored.
-pub(crate) async fn persist_recovering(
-    store: &mut AnyStore,
-    loaded: &[(PartitionId, Option<RecoveredPartition>)],
-    partitions: &BTreeSet<PartitionId>,
 ) -> Result<BTreeMap<PartitionId, HardState>, String> {
-    let mut marked = BTreeMap::new();
-    let mut writes = Vec::new();
-    for (p, r) in loaded {
-        if !partitions.contains(p) {
-            continue;
-        }
-        let stored = r.as_ref().map(|r| r.hard_state).unwrap_or_default();
-        let hs = HardState { recovering: true, ..stored };
-        marked.insert(*p, hs);
-        if !stored.recovering {
-            writes.push(PartitionWrite { partition: *p, hard_state: Some(hs), ..Default::default() });
-        }
+    let mut terms = BTreeMap::new();
+    for (p, snap) in snapshots {
+        terms.insert(*p, store.term(*p, snap.index).await.map_err(|e| format!("partition {p}: {e}"))?);
     }
-    write_all(store, writes).await.map_err(|e| format!("marking partitions recovering: {e}"))?;
-    Ok(marked)
+    let holds = |p: PartitionId, at: LogPosition| terms.get(&p) == Some(&Some(at.term));
+    let settled = settle(shard, cfg, loaded, snapshots, store.damaged_tail(), &holds)?;
+    write_all(store, settled.align)
+        .await
+        .map_err(|e| format!("shard {shard}: installing snapshots in the log store: {e}"))?;
+    if !settled.aligned.is_empty() {
+        tracing::info!(shard, partitions = ?settled.aligned, "log store aligned with snapshots saved before a crash");
+    }
+    write_all(store, settled.mark)
+        .await
+        .map_err(|e| format!("shard {shard}: marking partitions recovering: {e}"))?;
+    Ok(settled.marked)
 }
 
 /// Writes `writes` in as many batches as the store's limits need (the writer's split).

@@ -59,7 +59,7 @@ impl NodeShared {
     }
 
     /// Merges a shard's view of when peers were last heard from.
-    pub(crate) fn note_activity(&self, seen: &HashMap<NodeId, Instant>) {
+    pub(crate) fn note_activity(&self, seen: &[(NodeId, Instant)]) {
         if seen.is_empty() {
             return;
         }
