@@ -99,7 +99,7 @@ impl<R> ShardCore<R> {
             multi,
             writes_in_flight: 0,
             sms,
-            waiters: Waiters::default(),
+            waiters: Waiters::new(wall_ms),
             leader_waiters: Vec::new(),
             replay_until,
             compact_wanted: Vec::new(),

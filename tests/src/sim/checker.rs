@@ -82,6 +82,18 @@ pub enum Violation {
         /// The entry's id.
         id: u64,
     },
+    /// An entry given to a state machine as a replay (`restore_entry`) past the commit index
+    /// the node recovered at its restart: only what was committed before the crash replays.
+    ReplayPastCommit {
+        /// Group.
+        group: GroupId,
+        /// Node.
+        node: NodeId,
+        /// The entry's index.
+        index: u64,
+        /// The commit index recovered at the restart.
+        recovered_commit: u64,
+    },
     /// A two-step entry delivered without a committed commit marker, or after a rollback.
     TwoStep {
         /// Group.
@@ -105,9 +117,7 @@ pub enum Violation {
     Unrecoverable {
         /// Node.
         node: NodeId,
-        /// Group.
-        group: GroupId,
-        /// What the core refused.
+        /// What the engine refused (naming the partition).
         detail: String,
     },
     /// After faults healed, a group did not elect a leader and commit in time.
@@ -286,6 +296,14 @@ impl Checker {
         self.violations.push(Violation::DuplicateApply { group, node, id });
     }
 
+    /// A state machine was given the entry at `index` as a replay; the node recovered
+    /// `recovered_commit` at its restart.
+    pub fn on_replay(&mut self, group: GroupId, node: NodeId, index: u64, recovered_commit: u64) {
+        if index > recovered_commit {
+            self.violations.push(Violation::ReplayPastCommit { group, node, index, recovered_commit });
+        }
+    }
+
     /// Observes `node`'s commit and applied indexes in `incarnation`.
     pub fn on_positions(
         &mut self,
@@ -324,9 +342,9 @@ impl Checker {
         }
     }
 
-    /// Records a restart the core refused.
-    pub fn on_unrecoverable(&mut self, node: NodeId, group: GroupId, detail: String) {
-        self.violations.push(Violation::Unrecoverable { node, group, detail });
+    /// Records a restart the engine refused.
+    pub fn on_unrecoverable(&mut self, node: NodeId, detail: String) {
+        self.violations.push(Violation::Unrecoverable { node, detail });
     }
 
     /// Records a liveness failure.

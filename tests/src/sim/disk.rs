@@ -1,10 +1,13 @@
-//! The simulated disk: what each node has made durable, per group. A write becomes durable
-//! only when its simulated fsync completes; a crash loses every write still in flight.
+//! The simulated disk: what each node has made durable, per group — the log store's records
+//! and the snapshot files. A write becomes durable only when its simulated sync completes; a
+//! crash loses every write still in flight.
 
 use std::collections::BTreeMap;
 
-use phalanx::raft::{GroupId, Membership, RestoreState, Snapshot};
+use phalanx::raft::{GroupId, Snapshot};
+use phalanx::shard::write::WriteStep;
 use phalanx_proto::{HardState, LogEntry};
+use phalanx_storage::{PartitionWrite, RecoveredPartition};
 
 /// Durable state of one group on one node.
 #[derive(Clone, Debug, Default)]
@@ -15,9 +18,9 @@ pub struct GroupDisk {
     pub floor: (u64, u64),
     /// Entries after the floor.
     pub entries: Vec<LogEntry>,
-    /// Latest snapshot (meta + state machine image).
+    /// The snapshot file (meta + state machine image).
     pub snapshot: Option<Snapshot>,
-    /// Whether anything was ever stored for the group (a store holds a record of it).
+    /// Whether the log store holds any record of the group.
     pub written: bool,
 }
 
@@ -39,30 +42,23 @@ impl GroupDisk {
     }
 
     /// Stores one group's part of a log-store write, in the store's order: the floor of a
-    /// received snapshot, entries, hard state, compaction.
-    pub fn store(
-        &mut self,
-        snapshot: Option<&Snapshot>,
-        entries: &[LogEntry],
-        hard_state: Option<HardState>,
-        compact_to: Option<u64>,
-    ) {
-        self.written |= snapshot.is_some() || !entries.is_empty() || hard_state.is_some();
-        if let Some(s) = snapshot {
-            self.install_snapshot(s);
+    /// snapshot install, entries, hard state, compaction.
+    pub fn store(&mut self, w: &PartitionWrite) {
+        self.written |= w.snapshot.is_some() || !w.entries.is_empty() || w.hard_state.is_some();
+        if let Some(at) = w.snapshot {
+            self.install_floor(at.index, at.term);
         }
-        self.append(entries);
-        if let Some(hs) = hard_state {
+        self.append(&w.entries);
+        if let Some(hs) = w.hard_state {
             self.hard_state = hs;
         }
-        if let Some(c) = compact_to {
+        if let Some(c) = w.compact_to {
             self.compact(c);
         }
     }
 
-    /// Installs a received snapshot (keeping the suffix if the log holds its last entry).
-    pub fn install_snapshot(&mut self, s: &Snapshot) {
-        let (i, t) = (s.meta.index, s.meta.term);
+    /// Moves the floor to a snapshot's last entry (keeping the suffix if the log holds it).
+    fn install_floor(&mut self, i: u64, t: u64) {
         if self.term(i) == Some(t) && i >= self.floor.0 {
             let n = (i - self.floor.0) as usize;
             self.entries.drain(..n.min(self.entries.len()));
@@ -70,11 +66,10 @@ impl GroupDisk {
             self.entries.clear();
         }
         self.floor = (i, t);
-        self.snapshot = Some(s.clone());
     }
 
     /// Stores entries, replacing any at or after the first one's index.
-    pub fn append(&mut self, entries: &[LogEntry]) {
+    fn append(&mut self, entries: &[LogEntry]) {
         let Some(first) = entries.first() else { return };
         assert!(first.index > self.floor.0, "write below the floor");
         let keep = (first.index - self.floor.0 - 1) as usize;
@@ -84,7 +79,7 @@ impl GroupDisk {
     }
 
     /// Discards entries up to `index`.
-    pub fn compact(&mut self, index: u64) {
+    fn compact(&mut self, index: u64) {
         if index <= self.floor.0 {
             return;
         }
@@ -109,12 +104,6 @@ impl GroupDisk {
         out
     }
 
-    /// Whether the log store holds nothing at all (a new node, or a wiped disk).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        !self.written
-    }
-
     /// Loses the last `k` stored entries (a damaged last WAL batch, dropped at recovery) and,
     /// with them, the vote written beside them. The commit index is clamped to what remains.
     pub fn cut_tail(&mut self, k: usize) {
@@ -125,16 +114,14 @@ impl GroupDisk {
         self.hard_state.vote = 0;
     }
 
-    /// What a restarting node recovers.
+    /// What the log store loads for the group at a start (`None`: it holds nothing of it).
     #[must_use]
-    pub fn restore_state(&self, initial: &Membership) -> RestoreState {
-        RestoreState {
+    pub fn recovered(&self) -> Option<RecoveredPartition> {
+        self.written.then(|| RecoveredPartition {
             hard_state: self.hard_state,
             floor: self.floor,
             entries: self.entries.clone(),
-            snapshot: self.snapshot.clone(),
-            initial_membership: initial.clone(),
-        }
+        })
     }
 }
 
@@ -143,4 +130,22 @@ impl GroupDisk {
 pub struct Disk {
     /// Per group.
     pub groups: BTreeMap<GroupId, GroupDisk>,
+}
+
+impl Disk {
+    /// Carries out one durable step of a write.
+    pub fn apply(&mut self, step: WriteStep) {
+        match step {
+            WriteStep::Snapshots(files) => {
+                for (p, s) in files {
+                    self.groups.entry(p).or_default().snapshot = Some(s);
+                }
+            }
+            WriteStep::Batch(batch) => {
+                for w in &batch.partitions {
+                    self.groups.entry(w.partition).or_default().store(w);
+                }
+            }
+        }
+    }
 }

@@ -12,12 +12,15 @@ pub mod node;
 mod workload;
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
 
-use phalanx::raft::{GroupId, Membership, NodeId, Role, SeededRng, mix_seed};
+use phalanx::NodeConfig;
+use phalanx::raft::{GroupId, NodeId, Role, SeededRng, mix_seed};
 
 pub use checker::{Checker, Violation};
 use net::{NetFaults, Network};
-use node::{GroupWrite, PendingWrite, SimNode};
+use node::{FetchCounts, SimNode};
 use workload::Workload;
 
 /// Knobs of one run, all derived from its seed unless set by hand.
@@ -57,9 +60,6 @@ pub struct SimConfig {
     pub partition_per_10k: u64,
     /// The Raft configuration of every group (id, group, seed filled in per node).
     pub raft: phalanx::raft::Config,
-    /// Apply committed entries (and acknowledge clients) when the Ready arrives, before the
-    /// local fsync, as the runtime does; otherwise only after it.
-    pub apply_before_persist: bool,
 }
 
 impl SimConfig {
@@ -99,7 +99,6 @@ impl SimConfig {
             disk_loss_pct: [0, 10, 30, 60][r.range(0, 4) as usize],
             split_cost: [200, 400, 1000, u64::MAX][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
-            apply_before_persist: r.range(0, 2) == 0,
             raft: {
                 let mut c = node::base_config();
                 // Small appends split a new leader's no-op from the older entries before it,
@@ -178,8 +177,10 @@ pub struct Sim {
     rng: SeededRng,
     net: Network,
     nodes: Vec<SimNode>,
-    initial: Membership,
+    /// The groups the clients use (`1..=groups`).
     groups: Vec<GroupId>,
+    /// Every group of a node: the system partition (0) too.
+    all_groups: Vec<GroupId>,
     checker: Checker,
     workload: Workload,
     trace: std::collections::hash_map::DefaultHasher,
@@ -187,8 +188,7 @@ pub struct Sim {
     disk_losses: u64,
     /// Per group and node, its commit index at the heal.
     commit_at_heal: std::collections::BTreeMap<(GroupId, NodeId), u64>,
-    fetches: u64,
-    fetches_overtaken: u64,
+    fetches: FetchCounts,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
     trace_from: Option<u64>,
 }
@@ -202,16 +202,16 @@ impl Sim {
     /// A simulation of `cfg`.
     #[must_use]
     pub fn new(cfg: SimConfig) -> Self {
-        let initial = Membership::with_voters(1..=cfg.voters);
         let groups: Vec<GroupId> = (1..=cfg.groups).collect();
+        let base = Instant::now();
         let nodes =
-            (1..=cfg.nodes).map(|id| SimNode::new(id, &groups, &initial, &cfg.raft, cfg.seed)).collect();
+            (1..=cfg.nodes).map(|id| SimNode::new(id, Arc::new(node_config(&cfg, id)), base, 0)).collect();
         Sim {
+            all_groups: (0..=cfg.groups).collect(),
             rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151])),
             net: Network::new(cfg.faults.clone()),
             now: 0,
             nodes,
-            initial,
             groups,
             checker: Checker::new(),
             workload: Workload::default(),
@@ -219,8 +219,7 @@ impl Sim {
             crashes: 0,
             disk_losses: 0,
             commit_at_heal: std::collections::BTreeMap::new(),
-            fetches: 0,
-            fetches_overtaken: 0,
+            fetches: FetchCounts::default(),
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             cfg,
         }
@@ -247,12 +246,12 @@ impl Sim {
             messages: self.net.sent,
             acked: self.workload.acked,
             elections: self.workload.leaders_seen,
-            snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
+            snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.all_groups)).sum(),
             crashes: self.crashes,
             disk_losses: self.disk_losses,
             liveness_checked: self.cfg.liveness_expected(),
-            fetches: self.fetches,
-            fetches_overtaken: self.fetches_overtaken,
+            fetches: self.fetches.fetches,
+            fetches_overtaken: self.fetches.overtaken,
         }
     }
 
@@ -274,7 +273,7 @@ impl Sim {
                     eprintln!("t={now} deliver {}", describe_message(&m));
                 }
                 // Bad or stale input is the core's to reject; the simulator only delivers.
-                let _ = n.multi.step(m);
+                n.deliver(m);
             }
         }
         let healed = now >= self.cfg.heal_at;
@@ -292,7 +291,7 @@ impl Sim {
             }
             // A slightly slow clock now and then: nodes' ticks need not line up.
             if self.rng.range(0, 100) >= 3 {
-                self.nodes[i].multi.tick();
+                self.nodes[i].tick(now);
             }
             self.process_node(i);
         }
@@ -325,7 +324,7 @@ impl Sim {
             // Most crashes hit a node with a write in flight: that is where durability bugs
             // (answering before persisting) show.
             let busy: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].up && !self.nodes[i].pending.is_empty())
+                .filter(|&i| self.nodes[i].up && !self.nodes[i].writer.is_idle())
                 .collect();
             let victim = if !busy.is_empty() && self.rng.range(0, 10) < 8 {
                 busy[self.rng.range(0, busy.len() as u64) as usize]
@@ -340,8 +339,8 @@ impl Sim {
                 // 3-voter group loses one disk, a 2-voter group none — as with crashes).
                 // Judged by every running node's view of each group (views differ while a
                 // change is in flight, and a recovering node's is stale).
-                let survivable = self.groups.iter().all(|&g| {
-                    self.nodes.iter().filter_map(|n| n.multi.group(g)).all(|grp| {
+                let survivable = self.all_groups.iter().all(|&g| {
+                    self.nodes.iter().filter_map(|n| n.multi().group(g)).all(|grp| {
                         let voters = &grp.membership().voters;
                         !voters.contains(&(victim as u64 + 1))
                             || voters.len() > phalanx::raft::majority(voters.len())
@@ -354,7 +353,7 @@ impl Sim {
                         self.nodes[victim].wipe();
                     } else {
                         let groups: Vec<GroupId> =
-                            self.groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
+                            self.all_groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
                         let k = self.rng.range(1, 6) as usize;
                         self.nodes[victim].cut_tails(&groups, k);
                     }
@@ -363,7 +362,7 @@ impl Sim {
                     // Most crashes hit a write in flight: a random prefix of its batches is
                     // durable.
                     let keep = self.rng.range(0, 4) as usize;
-                    self.nodes[victim].crash_mid_write(keep, self.cfg.split_cost);
+                    self.nodes[victim].crash_mid_write(keep);
                 }
                 self.workload.forget_node(victim as u64 + 1);
                 self.crashes += 1;
@@ -371,18 +370,16 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up && self.rng.range(0, 100) < self.cfg.restart_pct {
-                let seed = self.cfg.seed;
-                let initial = self.initial.clone();
-                self.restart(i, &initial, seed);
+                self.restart(i);
             }
         }
     }
 
     /// Restarts node `i`; a restore the core refuses is a violation (the node stays down).
-    fn restart(&mut self, i: usize, initial: &Membership, seed: u64) {
-        if let Err((g, e)) = self.nodes[i].restart(initial, seed) {
+    fn restart(&mut self, i: usize) {
+        if let Err(e) = self.nodes[i].restart(self.now) {
             let id = self.nodes[i].id;
-            self.checker.on_unrecoverable(id, g, e);
+            self.checker.on_unrecoverable(id, e);
         }
     }
 
@@ -392,14 +389,13 @@ impl Sim {
         self.net.faults.dup_per_mille = 0;
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {
-                let seed = self.cfg.seed;
-                let initial = self.initial.clone();
-                self.restart(i, &initial, seed);
+                self.restart(i);
             }
         }
         for n in &mut self.nodes {
-            for &g in &self.groups {
-                n.multi.update(g, |grp| {
+            let Some(core) = n.core() else { continue };
+            for &g in &self.all_groups {
+                core.multi_mut().update(g, |grp| {
                     if grp.is_leader() {
                         let _ = grp.resume_heartbeats();
                     }
@@ -409,148 +405,51 @@ impl Sim {
         self.workload.heal_at = Some(self.now);
         for &g in &self.groups {
             for n in &self.nodes {
-                let c = n.multi.group(g).map_or(0, |grp| grp.log().committed());
+                let c = n.multi().group(g).map_or(0, |grp| grp.log().committed());
                 self.commit_at_heal.insert((g, n.id), c);
             }
         }
     }
 
-    /// Completes due disk writes and handles Readies until the node is quiet.
+    /// Completes due writes, runs the node's Ready pipeline and carries out its output
+    /// until the node is quiet.
     fn process_node(&mut self, i: usize) {
+        let now = self.now;
         for _ in 0..MAX_ROUNDS_PER_TICK {
-            let mut progressed = false;
-            while self.nodes[i].pending.front().is_some_and(|w| w.done_at <= self.now) {
-                let Some(w) = self.nodes[i].pending.pop_front() else { break };
-                self.complete_write(i, w);
-                progressed = true;
+            let latency = self.rng.range(0, self.cfg.max_disk_latency + 1);
+            let wrote = self.nodes[i].run_writer(now, latency, self.cfg.split_cost, &mut self.fetches);
+            let sent = self.nodes[i].process();
+            let quiet = !wrote && sent.is_empty();
+            for m in sent {
+                self.net.send(m, now, &mut self.rng);
             }
-            if let Some(mr) = self.nodes[i].multi.ready() {
-                self.handle_ready(i, mr);
-                progressed = true;
-            }
-            if !progressed {
+            self.check_recorded(i);
+            self.workload.take_answers(&mut self.nodes[i], &mut self.checker, now);
+            if quiet {
                 break;
             }
         }
     }
 
-    fn handle_ready(&mut self, i: usize, mr: phalanx::raft::MultiReady) {
-        let now = self.now;
+    /// Feeds the checker what node `i`'s core appended, committed and delivered.
+    fn check_recorded(&mut self, i: usize) {
         let node_id = self.nodes[i].id;
-        let mut groups = Vec::with_capacity(mr.groups.len());
-        for (gid, r) in mr.groups {
-            if let Some(group) = self.nodes[i].multi.group(gid) {
-                let log = group.log();
-                for (k, e) in r.entries.iter().enumerate() {
-                    let prev = if k == 0 { log.term(e.index - 1) } else { Some(r.entries[k - 1].term) };
-                    self.checker.on_append(gid, node_id, e, prev);
-                }
-            }
-            for m in r.messages {
-                self.net.send(m, now, &mut self.rng);
-            }
-            for rs in r.read_states {
-                self.nodes[i].reads.push((gid, rs));
-            }
-            let local_snapshot = self.nodes[i].local_snapshots.remove(&gid);
-            let (committed, deliveries) = if self.cfg.apply_before_persist {
-                // Committed entries are durable on a quorum: a shell may apply them (and
-                // answer clients) before its own fsync completes.
-                self.apply(i, gid, r.snapshot.as_ref(), &r.committed_entries, &r.deliveries);
-                (Vec::new(), Vec::new())
-            } else {
-                (r.committed_entries, r.deliveries)
-            };
-            groups.push(GroupWrite {
-                group: gid,
-                snapshot: r.snapshot,
-                local_snapshot,
-                entries: r.entries,
-                hard_state: r.hard_state,
-                compact_to: r.compact_to,
-                persisted_messages: r.persisted_messages,
-                committed,
-                deliveries,
-                fetches: r.fetches,
-            });
+        let rec = self.nodes[i].take_recorded();
+        for (g, e, prev) in &rec.appended {
+            self.checker.on_append(*g, node_id, e, *prev);
         }
-        self.workload.check_reads(&mut self.nodes[i], &mut self.checker);
-        let latency = self.rng.range(0, self.cfg.max_disk_latency + 1);
-        let after = self.nodes[i].pending.back().map_or(0, |w| w.done_at);
-        self.nodes[i].pending.push_back(PendingWrite {
-            done_at: (now + latency).max(after),
-            number: mr.number,
-            groups,
-        });
-    }
-
-    fn complete_write(&mut self, i: usize, w: PendingWrite) {
-        let now = self.now;
-        let mut fetches = Vec::new();
-        for gw in w.groups {
-            let gid = gw.group;
-            {
-                let disk = self.nodes[i].disk.groups.entry(gid).or_default();
-                if let Some(s) = gw.local_snapshot {
-                    disk.snapshot = Some(s);
-                }
-                disk.store(gw.snapshot.as_ref(), &gw.entries, gw.hard_state, gw.compact_to);
-            }
-            for m in gw.persisted_messages {
-                self.net.send(m, now, &mut self.rng);
-            }
-            if !self.cfg.apply_before_persist {
-                self.apply(i, gid, gw.snapshot.as_ref(), &gw.committed, &gw.deliveries);
-            }
-            fetches.extend(gw.fetches.into_iter().map(|f| (gid, f)));
+        for (g, e) in &rec.committed {
+            self.checker.on_committed(*g, node_id, e);
         }
-        self.nodes[i].multi.advance(w.number);
-        self.fetches += fetches.len() as u64;
-        // Fetches held back by the previous write are read now, after this one (which may
-        // have compacted their range). A new fetch is held back like that half the time when
-        // another write is queued behind this one, as the runtime's writer merges them.
-        let mut answer = std::mem::take(&mut self.nodes[i].held_fetches);
-        for f in fetches {
-            if !self.nodes[i].pending.is_empty() && self.rng.range(0, 2) == 0 {
-                self.nodes[i].held_fetches.push(f);
-            } else {
-                answer.push(f);
+        for d in &rec.deliveries {
+            self.checker.on_delivery(d.group, node_id, d.position, &d.entry);
+            let id = checker::entry_id(&d.entry);
+            if !d.new {
+                self.checker.on_duplicate(d.group, node_id, id);
             }
-        }
-        for (gid, f) in answer {
-            let disk = self.nodes[i].disk.groups.get(&gid);
-            if disk.is_some_and(|d| d.floor.0 >= f.lo) {
-                self.fetches_overtaken += 1;
-            }
-            let entries = disk.map(|d| d.read(f.lo, f.hi, f.max_bytes)).unwrap_or_default();
-            self.nodes[i].multi.update(gid, |g| g.on_entries_fetched(f.to, f.lo, entries));
-        }
-    }
-
-    /// The shell's apply step: state machine restore, committed entries (client acks),
-    /// deliveries.
-    fn apply(
-        &mut self,
-        i: usize,
-        gid: GroupId,
-        snapshot: Option<&phalanx::raft::Snapshot>,
-        committed: &[phalanx_proto::LogEntry],
-        deliveries: &[phalanx_proto::LogEntry],
-    ) {
-        let node_id = self.nodes[i].id;
-        if let Some(s) = snapshot {
-            self.nodes[i].sms.insert(gid, node::StateMachine::decode(&s.data));
-        }
-        for e in committed {
-            self.checker.on_committed(gid, node_id, e);
-            self.workload.on_committed(node_id, gid, e, &mut self.checker);
-        }
-        let sm = self.nodes[i].sms.entry(gid).or_default();
-        for e in deliveries {
-            let pos = sm.inputs.len();
-            self.checker.on_delivery(gid, node_id, pos, e);
-            if !sm.apply(e) {
-                self.checker.on_duplicate(gid, node_id, checker::entry_id(e));
+            if d.replay {
+                let recovered = self.nodes[i].recovered_commit.get(&d.group).copied().unwrap_or(0);
+                self.checker.on_replay(d.group, node_id, d.entry.index, recovered);
             }
         }
     }
@@ -565,7 +464,7 @@ impl Sim {
             let Some((max_end, members)) = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.multi.group(g))
+                .filter_map(|n| n.multi().group(g))
                 .max_by_key(|grp| grp.log().committed())
                 .map(|grp| (grp.log().committed(), grp.membership().clone()))
             else {
@@ -574,13 +473,13 @@ impl Sim {
             // A follower that receives a snapshot moves its commit index only when it is
             // installed (the simulator's tiny chunks take many round trips).
             let receiving_snapshot = |id: NodeId| {
-                self.nodes.iter().filter_map(|n| n.multi.group(g)).any(|grp| {
+                self.nodes.iter().filter_map(|n| n.multi().group(g)).any(|grp| {
                     grp.is_leader()
                         && grp.progress(id).is_some_and(|p| p.state == phalanx::raft::ProgressState::Snapshot)
                 })
             };
             for n in &self.nodes {
-                let Some(grp) = n.multi.group(g) else { continue };
+                let Some(grp) = n.multi().group(g) else { continue };
                 let Some(&at_heal) = self.commit_at_heal.get(&(g, n.id)) else { continue };
                 let end = grp.log().committed();
                 if members.contains(n.id) && end < max_end && end <= at_heal && !receiving_snapshot(n.id) {
@@ -603,7 +502,7 @@ impl Sim {
         let mut s = format!("t={} cfg={:?}\n", self.now, self.cfg);
         for n in &self.nodes {
             for &g in &self.groups {
-                let Some(grp) = n.multi.group(g) else {
+                let Some(grp) = n.multi().group(g) else {
                     let _ = writeln!(s, "  n{} g{g}: down", n.id);
                     continue;
                 };
@@ -611,7 +510,7 @@ impl Sim {
                 let _ = writeln!(
                     s,
                     "  n{} g{g}: up={} {:?} term={} vote={} leader={:?} floor={} last={}/{} commit={} applied={} \
-                     members={:?} pending_writes={} next_deadline={} now={} recovering={}",
+                     members={:?} writing={} next_deadline={} now={} recovering={}",
                     n.id,
                     n.up,
                     grp.role(),
@@ -624,7 +523,7 @@ impl Sim {
                     log.committed(),
                     log.applied(),
                     grp.membership(),
-                    n.pending.len(),
+                    !n.writer.is_idle(),
                     grp.next_deadline(),
                     grp.now(),
                     grp.is_recovering(),
@@ -648,8 +547,8 @@ impl Sim {
             if !n.up {
                 continue;
             }
-            for &g in &self.groups {
-                let Some(grp) = n.multi.group(g) else { continue };
+            for &g in &self.all_groups {
+                let Some(grp) = n.multi().group(g) else { continue };
                 let log = grp.log();
                 (grp.term(), grp.role() as u8, log.committed(), log.last_index()).hash(&mut self.trace);
                 self.checker.on_positions(g, n.id, n.incarnation, log.committed(), log.applied());
@@ -687,8 +586,27 @@ pub fn describe_message(m: &phalanx_proto::RaftMessage) -> String {
 }
 
 fn snapshots_sent(n: &SimNode, groups: &[GroupId]) -> u64 {
-    groups.iter().filter_map(|g| n.multi.group(*g)).map(|g| g.stats().snapshots_sent).sum()
+    groups.iter().filter_map(|g| n.multi().group(*g)).map(|g| g.stats().snapshots_sent).sum()
 }
+
+/// The engine configuration of node `id` in a run of `cfg`: one shard holding the system
+/// partition and the clients' groups; one tick per simulated millisecond.
+fn node_config(cfg: &SimConfig, id: NodeId) -> NodeConfig {
+    let mut c = NodeConfig::new(id, format!("sim-{id}"));
+    c.cores = 1;
+    c.pin_cores = false;
+    c.initial_cluster = (1..=cfg.voters).map(|n| (n, format!("sim-{n}:1"))).collect();
+    c.initial_partitions = cfg.groups as u32;
+    c.tick_interval_ms = 1;
+    c.request_timeout_ms = REQUEST_TIMEOUT_TICKS;
+    c.leader_balance_interval_ms = 0;
+    c.raft = cfg.raft.clone();
+    c.raft.seed = cfg.seed;
+    c
+}
+
+/// How long a simulated client waits for an answer, in ticks.
+const REQUEST_TIMEOUT_TICKS: u64 = 500;
 
 /// Runs one seed with its default configuration.
 #[must_use]

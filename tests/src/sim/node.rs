@@ -1,28 +1,92 @@
-//! A simulated node: a `MultiRaft`, its disk, its state machines, and the writes in flight
-//! to the disk. It plays the runtime shell's part: send, persist, then acknowledge, apply
-//! and advance — in the order `Ready` prescribes.
+//! A simulated node: the engine's real shard core (`phalanx::shard::ShardCore`, the logic of
+//! a shard: dispatch, the Ready pipeline, waiters, checkpoints, restore and replay, shard 0's
+//! duties), its simulated disk, and a simulated log writer that makes the core's write jobs
+//! durable as the real one does — queued jobs merged into batches by the same
+//! `merge_jobs`, each made durable in the steps of the same `plan` (snapshot files first,
+//! then the batch cut by `split`), jobs completed in order. A crash loses the core, the
+//! queue and whatever of the write in flight had not reached the disk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use phalanx::raft::{Config, GroupId, Membership, MultiRaft, NodeId, ReadState, Snapshot};
-use phalanx_proto::{HardState, LogEntry, RaftMessage};
+use phalanx::NodeConfig;
+use phalanx::raft::{Config, GroupId, MultiRaft, NodeId};
+use phalanx::shard::lost_state::settle;
+use phalanx::shard::request::Answer;
+use phalanx::shard::write::{Completion, MAX_JOBS_PER_BATCH, WriteJob, WriteStep, merge_jobs, plan};
+use phalanx::shard::{CoreSetup, ShardCore};
+use phalanx::state_machine::PartitionId;
+use phalanx::{StateMachine, StateMachineFactory};
+use phalanx_proto::{LogEntry, RaftMessage};
+use phalanx_storage::{DamagedTail, LogPosition};
 
 use super::checker::entry_id;
 use super::disk::Disk;
 
-/// A state machine that records what it was given: the ids of its inputs, in order.
-#[derive(Clone, Debug, Default)]
-pub struct StateMachine {
-    /// Inputs, in order.
-    pub inputs: Vec<u64>,
-    seen: BTreeSet<u64>,
+/// What a node's core showed its observers and state machines since the simulator last
+/// looked: the checker's inputs.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Entries appended to a group's log, with the term of the entry before each.
+    pub appended: Vec<(GroupId, LogEntry, Option<u64>)>,
+    /// Entries a group committed.
+    pub committed: Vec<(GroupId, LogEntry)>,
+    /// State machine inputs, in order.
+    pub deliveries: Vec<Delivery>,
 }
 
-impl StateMachine {
-    /// Encodes the state (its snapshot image).
-    #[must_use]
-    pub fn encode(&self) -> Bytes {
+/// One state machine input.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Group.
+    pub group: GroupId,
+    /// Its position in the state machine's input.
+    pub position: usize,
+    /// The entry.
+    pub entry: LogEntry,
+    /// Whether it was new to the state machine (false: a duplicate apply).
+    pub new: bool,
+    /// Whether it came as a replay of an entry applied before a restart (`restore_entry`).
+    pub replay: bool,
+}
+
+/// A state machine that records what it was given: the ids of its inputs, in order.
+struct Recorder {
+    inputs: Vec<u64>,
+    seen: BTreeSet<u64>,
+    log: Arc<Mutex<Recorded>>,
+}
+
+impl Recorder {
+    fn record(&mut self, p: PartitionId, e: &LogEntry, replay: bool) {
+        let id = entry_id(e);
+        let position = self.inputs.len();
+        self.inputs.push(id);
+        // Forwarded proposals (payloads starting with `f`) are exempt from the duplicate
+        // check: forwarding is fire and forget, and a forward the network duplicated while
+        // leadership moved may be proposed by two leaders, as with etcd's MsgProp. Every other
+        // write is proposed exactly once, so a second delivery of its content is the
+        // engine's fault.
+        let new = self.seen.insert(id) || e.payload.first() == Some(&b'f');
+        if let Ok(mut log) = self.log.lock() {
+            log.deliveries.push(Delivery { group: p, position, entry: e.clone(), new, replay });
+        }
+    }
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, p: PartitionId, e: &LogEntry) -> Bytes {
+        self.record(p, e, false);
+        Bytes::new()
+    }
+
+    fn restore_entry(&mut self, p: PartitionId, e: &LogEntry) {
+        self.record(p, e, true);
+    }
+
+    fn snapshot(&mut self, _p: PartitionId) -> Bytes {
         let mut v = Vec::with_capacity(self.inputs.len() * 8);
         for i in &self.inputs {
             v.extend_from_slice(&i.to_le_bytes());
@@ -30,60 +94,43 @@ impl StateMachine {
         Bytes::from(v)
     }
 
-    /// Restores from an image made by `encode`.
+    fn restore(&mut self, _p: PartitionId, image: &[u8]) {
+        self.inputs =
+            image.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        self.seen = self.inputs.iter().copied().collect();
+    }
+}
+
+/// A merged batch in flight: its durable steps, then the jobs it completes.
+struct MergedWrite {
+    steps: Vec<WriteStep>,
+    jobs: Vec<WriteJob>,
+}
+
+/// The simulated log writer: jobs queue while a write is in flight; when it completes, up
+/// to `MAX_JOBS_PER_BATCH` queued jobs are merged into the next.
+#[derive(Default)]
+pub struct Writer {
+    queue: VecDeque<WriteJob>,
+    /// The write in progress and the tick its last sync completes.
+    in_flight: Option<(u64, Vec<MergedWrite>)>,
+}
+
+impl Writer {
+    /// Whether nothing is queued or in flight.
     #[must_use]
-    pub fn decode(b: &[u8]) -> Self {
-        let inputs: Vec<u64> =
-            b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        let seen = inputs.iter().copied().collect();
-        StateMachine { inputs, seen }
-    }
-
-    /// Applies one input; returns false if it was seen before (a duplicate apply).
-    ///
-    /// Forwarded proposals (payloads starting with `f`) are exempt: forwarding is fire and
-    /// forget, and a forward the network duplicated while leadership moved may be proposed by
-    /// two leaders, as with etcd's MsgProp. Every other write is proposed exactly once, so a
-    /// second delivery of its content is the engine's fault.
-    pub fn apply(&mut self, e: &LogEntry) -> bool {
-        let id = entry_id(e);
-        self.inputs.push(id);
-        self.seen.insert(id) || e.payload.first() == Some(&b'f')
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_none()
     }
 }
 
-/// One group's part of a disk write.
-pub struct GroupWrite {
-    /// Group.
-    pub group: GroupId,
-    /// Received snapshot to install.
-    pub snapshot: Option<Snapshot>,
-    /// Local snapshot (from `compact`) to store before compacting.
-    pub local_snapshot: Option<Snapshot>,
-    /// Entries to store.
-    pub entries: Vec<LogEntry>,
-    /// Hard state to store.
-    pub hard_state: Option<HardState>,
-    /// Prefix to discard.
-    pub compact_to: Option<u64>,
-    /// To send once durable.
-    pub persisted_messages: Vec<RaftMessage>,
-    /// To apply once durable.
-    pub committed: Vec<LogEntry>,
-    /// State machine input once durable.
-    pub deliveries: Vec<LogEntry>,
-    /// Entries to read back from disk for lagging followers, once durable.
-    pub fetches: Vec<phalanx::raft::LogFetch>,
-}
-
-/// A disk write in flight: one MultiReady's persistent part.
-pub struct PendingWrite {
-    /// Tick at which the simulated fsync completes.
-    pub done_at: u64,
-    /// MultiReady number to acknowledge.
-    pub number: u64,
-    /// Per group.
-    pub groups: Vec<GroupWrite>,
+/// Entry reads for followers, counted for the report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FetchCounts {
+    /// Reads.
+    pub fetches: u64,
+    /// Reads whose range a compaction had removed.
+    pub overtaken: u64,
 }
 
 /// A simulated node.
@@ -94,23 +141,29 @@ pub struct SimNode {
     pub up: bool,
     /// Restart count (positions are monotonic only within one incarnation).
     pub incarnation: u64,
-    /// The groups.
-    pub multi: MultiRaft,
+    core: Option<ShardCore<u64>>,
+    /// What a node that is down shows: no groups.
+    empty: MultiRaft,
     /// Durable state.
     pub disk: Disk,
-    /// Writes in flight, in order.
-    pub pending: VecDeque<PendingWrite>,
-    /// State machines.
-    pub sms: BTreeMap<GroupId, StateMachine>,
-    /// Snapshots made by `compact`, to be stored with the next write.
-    pub local_snapshots: BTreeMap<GroupId, Snapshot>,
-    /// Read answers received, not yet checked.
-    pub reads: Vec<(GroupId, ReadState)>,
-    /// Fetches whose read waits for the next write to complete (the runtime's writer reads
-    /// a job's fetches after the whole merged batch, later Readies' compactions included).
-    pub held_fetches: Vec<(GroupId, phalanx::raft::LogFetch)>,
-    /// Configuration template for this node's groups.
-    template: Config,
+    /// The log writer.
+    pub writer: Writer,
+    /// Answers to the simulated clients, by request id.
+    pub answers: Vec<(u64, Answer)>,
+    recorded: Arc<Mutex<Recorded>>,
+    /// Lost durable state that the next start finds (a wiped disk, a damaged log tail).
+    lost_pending: bool,
+    /// The damaged tail the store reports at the next start.
+    damaged: Option<DamagedTail>,
+    /// This incarnation's monotonic clock, in ticks (ms).
+    clock: u64,
+    /// When each peer was last heard from (the failure detector's input).
+    heard: BTreeMap<NodeId, Instant>,
+    /// Per group, the commit index this incarnation recovered from its disk: what a restart
+    /// may replay.
+    pub recovered_commit: BTreeMap<GroupId, u64>,
+    cfg: Arc<NodeConfig>,
+    base: Instant,
 }
 
 /// The group configuration every simulated node starts from (id, group and seed are
@@ -131,161 +184,285 @@ pub fn base_config() -> Config {
     c
 }
 
+/// The largest encoded entry a simulated write takes (the real store's is 8 MiB; the
+/// simulator's entries are tiny).
+const SIM_ENTRY_BYTES_MAX: usize = 1 << 20;
+
 impl SimNode {
-    /// A fresh node holding `groups`, all starting with `initial` membership.
+    /// A new node with an empty disk, started at wall time `wall_ms`.
     #[must_use]
-    pub fn new(id: NodeId, groups: &[GroupId], initial: &Membership, template: &Config, seed: u64) -> Self {
+    pub fn new(id: NodeId, cfg: Arc<NodeConfig>, base: Instant, wall_ms: u64) -> Self {
         let mut n = SimNode {
             id,
-            up: true,
+            up: false,
             incarnation: 0,
-            multi: MultiRaft::new(),
+            core: None,
+            empty: MultiRaft::new(),
             disk: Disk::default(),
-            pending: VecDeque::new(),
-            sms: BTreeMap::new(),
-            local_snapshots: BTreeMap::new(),
-            reads: Vec::new(),
-            held_fetches: Vec::new(),
-            template: template.clone(),
+            writer: Writer::default(),
+            answers: Vec::new(),
+            recorded: Arc::new(Mutex::new(Recorded::default())),
+            lost_pending: false,
+            damaged: None,
+            clock: 0,
+            heard: BTreeMap::new(),
+            recovered_commit: BTreeMap::new(),
+            cfg,
+            base,
         };
-        for &g in groups {
-            n.disk.groups.insert(g, Default::default());
-        }
-        if let Err((g, e)) = n.boot(initial, seed) {
-            panic!("node {id} group {g}: a new node does not start: {e}");
+        if let Err(e) = n.boot(wall_ms) {
+            panic!("node {id}: a new node does not start: {e}");
         }
         n
+    }
+
+    /// The node's groups (none while it is down).
+    #[must_use]
+    pub fn multi(&self) -> &MultiRaft {
+        self.core.as_ref().map_or(&self.empty, |c| c.multi())
+    }
+
+    /// The node's core, while it is up.
+    pub fn core(&mut self) -> Option<&mut ShardCore<u64>> {
+        self.core.as_mut()
+    }
+
+    /// The node's monotonic clock now.
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.clock)
+    }
+
+    /// Advances the node's clock by one tick (ms) and ticks its core if due.
+    pub fn tick(&mut self, wall_ms: u64) {
+        self.clock += 1;
+        let now = self.now();
+        let heard = self.heard.clone();
+        if let Some(core) = self.core.as_mut() {
+            core.set_clock(now, wall_ms);
+            core.tick_if_due(&|n| heard.get(&n).copied());
+        }
+    }
+
+    /// Messages from a peer.
+    pub fn deliver(&mut self, m: RaftMessage) {
+        if let Some(core) = self.core.as_mut() {
+            core.on_peer(m.from, vec![m]);
+        }
+    }
+
+    /// Takes what the core and its state machines recorded since the last call.
+    pub fn take_recorded(&mut self) -> Recorded {
+        self.recorded.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Runs the core's Ready pipeline and takes its output: frames (returned, for the
+    /// network), write jobs (queued at the writer), answers (kept for the clients).
+    pub fn process(&mut self) -> Vec<RaftMessage> {
+        let Some(core) = self.core.as_mut() else { return Vec::new() };
+        core.process_readies();
+        let out = core.output();
+        let mut sent = Vec::new();
+        for (_, batch) in out.frames.drain(..) {
+            sent.extend(batch.messages);
+        }
+        self.writer.queue.extend(out.writes.drain(..));
+        self.answers.append(&mut out.answers);
+        for (node, at) in out.activity.drain(..) {
+            self.heard.insert(node, at);
+        }
+        // One shard: nothing to tell other shards or handles.
+        out.events.clear();
+        out.leaders.clear();
+        out.peer_status.clear();
+        out.directory = None;
+        out.forwards.clear();
+        sent
+    }
+
+    /// Completes the write in flight if its sync is done by tick `now` (storing it, then
+    /// completing its jobs in order), then starts the next one if jobs are queued, done
+    /// `latency` ticks from now. Returns whether anything happened.
+    pub fn run_writer(&mut self, now: u64, latency: u64, split_cost: u64, counts: &mut FetchCounts) -> bool {
+        let mut progressed = false;
+        if self.writer.in_flight.as_ref().is_some_and(|(done_at, _)| *done_at <= now)
+            && let Some((_, merged)) = self.writer.in_flight.take()
+        {
+            for m in merged {
+                for step in m.steps {
+                    self.disk.apply(step);
+                }
+                for job in m.jobs {
+                    let completion = self.complete(job, counts);
+                    if let Some(core) = self.core.as_mut()
+                        && let Err(e) = core.on_durable(completion)
+                    {
+                        panic!("node {}: a simulated write cannot fail: {e}", self.id);
+                    }
+                }
+            }
+            progressed = true;
+        }
+        if self.writer.in_flight.is_none() && !self.writer.queue.is_empty() {
+            let n = self.writer.queue.len().min(MAX_JOBS_PER_BATCH);
+            let mut jobs: Vec<WriteJob> = self.writer.queue.drain(..n).collect();
+            let batches = merge_jobs(&mut jobs);
+            let mut jobs = jobs.into_iter();
+            let mut merged = Vec::new();
+            for m in batches {
+                let steps = plan(m.batch, m.snapshots, split_cost);
+                merged.push(MergedWrite { steps, jobs: jobs.by_ref().take(m.jobs).collect() });
+            }
+            self.writer.in_flight = Some((now + latency, merged));
+            progressed = true;
+        }
+        progressed
+    }
+
+    /// A job's completion: its messages, and its fetches read from the disk as it is now.
+    fn complete(&self, job: WriteJob, counts: &mut FetchCounts) -> Completion {
+        let mut fetched = Vec::new();
+        for (p, f) in job.fetches {
+            counts.fetches += 1;
+            let disk = self.disk.groups.get(&p);
+            if disk.is_some_and(|d| d.floor.0 >= f.lo) {
+                counts.overtaken += 1;
+            }
+            let entries = disk.map(|d| d.read(f.lo, f.hi, f.max_bytes)).unwrap_or_default();
+            fetched.push((p, f, entries));
+        }
+        Completion {
+            number: job.number,
+            persisted_messages: job.persisted_messages,
+            result: Ok(()),
+            fetched,
+            refused: Vec::new(),
+        }
     }
 
     /// Loses everything not durable.
     pub fn crash(&mut self) {
         self.up = false;
-        self.pending.clear();
-        self.sms.clear();
-        self.local_snapshots.clear();
-        self.reads.clear();
-        self.held_fetches.clear();
-        self.multi = MultiRaft::new();
+        self.core = None;
+        self.writer = Writer::default();
+        self.answers.clear();
+        self.heard.clear();
+        self.take_recorded();
+    }
+
+    /// Crashes while its write in flight is being stored: the first `keep` of its durable
+    /// steps (in the writer's order) reached the disk. What a crash between them leaves must
+    /// restart safely.
+    pub fn crash_mid_write(&mut self, keep: usize) {
+        if let Some((_, merged)) = self.writer.in_flight.take() {
+            for step in merged.into_iter().flat_map(|m| m.steps).take(keep) {
+                self.disk.apply(step);
+            }
+        }
+        self.crash();
     }
 
     /// Crashes with the disk wiped (a replaced disk): everything lost.
     pub fn wipe(&mut self) {
         self.crash();
-        for gd in self.disk.groups.values_mut() {
-            *gd = Default::default();
-            // What the restart finds and marks (an empty group); marked now so that, while
-            // it is down, nobody takes it for a node with its state intact.
-            gd.hard_state.recovering = true;
-            gd.written = true;
-        }
+        self.disk = Disk::default();
+        self.lost_pending = true;
     }
 
-    /// Crashes with the last `k` entries of `groups` lost (a damaged WAL tail the store
-    /// dropped and reported): those groups must recover at restart.
+    /// Crashes with the last `k` entries of `groups` lost (a damaged last WAL batch the store
+    /// drops at open and reports).
     pub fn cut_tails(&mut self, groups: &[GroupId], k: usize) {
         self.crash();
+        let mut hit = BTreeMap::new();
         for g in groups {
             if let Some(gd) = self.disk.groups.get_mut(g) {
                 gd.cut_tail(k);
-                gd.hard_state.recovering = true;
+                hit.insert(*g, None);
             }
+        }
+        if !hit.is_empty() {
+            self.damaged = Some(DamagedTail {
+                file: "sim.wal".into(),
+                offset: 0,
+                batch_seq: 0,
+                partitions: hit,
+                complete: true,
+            });
+            self.lost_pending = true;
         }
     }
 
-    /// Whether any group of this node is recovering from lost state (the flag is on the disk
-    /// from the moment the loss is known until the end of the recovery is durable).
+    /// Whether the node lost durable state it has not recovered yet: lost while down, or
+    /// a group still recovering (the flag is on the disk from the moment the loss is known
+    /// until the end of the recovery is durable).
     #[must_use]
     pub fn has_lost_state(&self) -> bool {
-        self.disk.groups.values().any(|gd| gd.hard_state.recovering)
+        self.lost_pending || self.disk.groups.values().any(|gd| gd.hard_state.recovering)
     }
 
-    /// Crashes while its oldest write in flight is being stored: the write is cut into the
-    /// batches the runtime's WAL writer would write (`split_write`, batches of at most
-    /// `max_cost`), snapshot files first as the writer saves them, and the first `keep` of
-    /// those batches reached the disk. What a crash between them leaves must restart safely.
-    pub fn crash_mid_write(&mut self, keep: usize, max_cost: u64) {
-        if let Some(w) = self.pending.pop_front() {
-            let mut received = BTreeMap::new();
-            let mut partitions = Vec::new();
-            for gw in w.groups {
-                let gd = self.disk.groups.entry(gw.group).or_default();
-                if let Some(s) = gw.local_snapshot.or_else(|| gw.snapshot.clone()) {
-                    gd.snapshot = Some(s);
-                }
-                let snapshot = gw.snapshot.map(|s| {
-                    let pos = phalanx_storage::LogPosition::new(s.meta.index, s.meta.term);
-                    received.insert(gw.group, s);
-                    pos
-                });
-                partitions.push(phalanx_storage::PartitionWrite {
-                    partition: gw.group,
-                    snapshot,
-                    entries: gw.entries,
-                    hard_state: gw.hard_state,
-                    compact_to: gw.compact_to,
-                });
-            }
-            let batch = phalanx_storage::WriteBatch { partitions, meta: Vec::new() };
-            for piece in phalanx::runtime::split_write(batch, max_cost).into_iter().take(keep) {
-                for pw in piece.partitions {
-                    let snapshot = pw.snapshot.and_then(|_| received.get(&pw.partition));
-                    let gd = self.disk.groups.entry(pw.partition).or_default();
-                    gd.store(snapshot, &pw.entries, pw.hard_state, pw.compact_to);
-                }
-            }
-        }
-        self.crash();
-    }
-
-    /// Restarts from the disk; `Err` names a group the core could not restore (the node
-    /// stays down).
-    pub fn restart(&mut self, initial: &Membership, seed: u64) -> Result<(), (GroupId, String)> {
+    /// Restarts from the disk at wall time `wall_ms`; `Err` when the engine refuses to
+    /// restore it (the node stays down).
+    pub fn restart(&mut self, wall_ms: u64) -> Result<(), String> {
         self.incarnation += 1;
-        self.up = true;
-        // Each node keeps its own clock; a restarted node's clock starts again at zero, as a
-        // monotonic clock does after a reboot.
-        let r = self.boot(initial, seed);
+        // A restarted node's monotonic clock starts again, as after a reboot.
+        self.clock = 0;
+        let r = self.boot(wall_ms);
         if r.is_err() {
             self.crash();
         }
         r
     }
 
-    fn boot(&mut self, initial: &Membership, seed: u64) -> Result<(), (GroupId, String)> {
-        self.multi = MultiRaft::new();
-        self.sms.clear();
-        let groups: Vec<GroupId> = self.disk.groups.keys().copied().collect();
-        for g in groups {
-            // The runtime's rule at open (`runtime/lost_state.rs`): a group with nothing
-            // stored may have lost everything; it is marked recovering, durably, first.
-            if let Some(gd) = self.disk.groups.get_mut(&g) {
-                if gd.is_empty() {
-                    gd.hard_state.recovering = true;
-                    gd.written = true;
-                }
-                // The runtime's other rule at open: a snapshot that covers more than the
-                // stored log (its tail was lost) is installed in the log store first.
-                if let Some(snap) = gd.snapshot.clone()
-                    && !gd.holds(snap.meta.index, snap.meta.term)
-                    && snap.meta.index >= gd.floor.0
-                {
-                    gd.install_snapshot(&snap);
-                }
-            }
-            let gd = &self.disk.groups[&g];
-            let restore = gd.restore_state(initial);
-            let snap = gd.snapshot.clone();
-            let mut cfg = self.template.clone();
-            cfg.id = self.id;
-            cfg.group = g;
-            cfg.seed = seed ^ (self.incarnation << 32);
-            self.multi.add_group(cfg, restore).map_err(|e| (g, e))?;
-            let sm = match &snap {
-                Some(s) => StateMachine::decode(&s.data),
-                None => StateMachine::default(),
-            };
-            self.sms.insert(g, sm);
+    /// Starts as the runtime's driver does: what the store holds, settled by the engine's
+    /// rules for lost state (the writes they ask for stored first), restored by the core.
+    fn boot(&mut self, wall_ms: u64) -> Result<(), String> {
+        let partitions: Vec<PartitionId> = (0..=u64::from(self.cfg.initial_partitions)).collect();
+        let mut loaded: Vec<_> =
+            partitions.iter().map(|p| (*p, self.disk.groups.get(p).and_then(|gd| gd.recovered()))).collect();
+        let snapshots: BTreeMap<PartitionId, _> = partitions
+            .iter()
+            .filter_map(|p| self.disk.groups.get(p)?.snapshot.clone().map(|s| (*p, s)))
+            .collect();
+        let positions =
+            snapshots.iter().map(|(p, s)| (*p, LogPosition::new(s.meta.index, s.meta.term))).collect();
+        let disk = &self.disk;
+        let holds = |p: PartitionId, at: LogPosition| {
+            disk.groups.get(&p).is_some_and(|gd| gd.holds(at.index, at.term))
+        };
+        let settled = settle(0, &self.cfg, &mut loaded, &positions, self.damaged.as_ref(), &holds)?;
+        for w in settled.align.into_iter().chain(settled.mark) {
+            self.disk.groups.entry(w.partition).or_default().store(&w);
         }
+        self.damaged = None;
+        self.recovered_commit = self.disk.groups.iter().map(|(g, gd)| (*g, gd.hard_state.commit)).collect();
+        let log = self.recorded.clone();
+        let state_machines: StateMachineFactory = Arc::new(move |_p| {
+            Box::new(Recorder { inputs: Vec::new(), seen: BTreeSet::new(), log: log.clone() })
+        });
+        let setup = CoreSetup {
+            shard: 0,
+            shards: 1,
+            cfg: self.cfg.clone(),
+            state_machines,
+            entry_bytes_max: SIM_ENTRY_BYTES_MAX,
+            now: self.now(),
+            wall_ms,
+        };
+        let mut core = ShardCore::restore(setup, loaded, snapshots, settled.marked)?;
+        let log = self.recorded.clone();
+        core.set_observer(Box::new(move |g, r| {
+            let Ok(mut rec) = log.lock() else { return };
+            let gid = g.group_id();
+            for (k, e) in r.entries.iter().enumerate() {
+                let prev = if k == 0 { g.log().term(e.index - 1) } else { Some(r.entries[k - 1].term) };
+                rec.appended.push((gid, e.clone(), prev));
+            }
+            for e in &r.committed_entries {
+                rec.committed.push((gid, e.clone()));
+            }
+        }));
+        self.core = Some(core);
+        self.up = true;
+        self.lost_pending = false;
         Ok(())
     }
 }

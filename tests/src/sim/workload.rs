@@ -1,34 +1,44 @@
 //! The simulated clients: proposals (auto-commit and two-step, with their commit or
-//! rollback), checkpoints and compaction, membership changes, leadership transfers and
-//! step-downs, heartbeat suspension, linearizable reads, and the post-heal liveness probes.
+//! rollback), checkpoints, membership changes, leadership transfers and step-downs,
+//! heartbeat suspension, linearizable reads, and the post-heal liveness probes. They ask
+//! each node's shard core as a `NodeHandle` would (`phalanx::shard::request::Op`) and learn
+//! the outcome from its answers; only what the shell has no request for yet (membership
+//! changes, forwarding a write to the leader) goes to the groups directly.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use phalanx::hlc::Ticket;
-use phalanx::raft::{GroupId, NodeId, Proposal, ProposalKind, SeededRng, Snapshot};
-use phalanx_proto::{ConfChange, ConfChangeType, LogEntry};
+use phalanx::raft::{GroupId, NodeId, Proposal, ProposalKind, SeededRng};
+use phalanx::shard::request::{Answer, ControlOp, Op, Request};
+use phalanx_proto::{ConfChange, ConfChangeType, EntryKind, LogEntry};
 
 use super::checker::{Checker, entry_id};
 use super::node::SimNode;
 
 #[derive(Clone, Debug)]
 enum What {
-    /// An auto-commit write (or a liveness probe).
-    Write { probe: bool },
-    /// The first step of a two-step proposal.
-    TwoStep,
-    /// A commit (true) or rollback (false) marker for the ticket's entries.
-    Marker { commit: bool, ids: Vec<u64> },
+    /// An auto-commit write (or a liveness probe) of these payloads.
+    Write { probe: bool, payloads: Vec<Bytes> },
+    /// The first step of a two-step proposal of these payloads.
+    TwoStep { payloads: Vec<Bytes> },
+    /// A commit (true) or rollback (false) marker for the ticket's entries, and how often it
+    /// was tried before.
+    Marker { commit: bool, ids: Vec<u64>, tries: u32 },
     /// A checkpoint.
     Checkpoint,
+    /// A read barrier; every write acknowledged before it had an index up to this.
+    Read { acked_before: u64 },
+    /// Anything whose answer the checks do not need.
+    Other,
 }
 
 #[derive(Clone, Debug)]
 struct Pending {
-    term: u64,
+    node: NodeId,
+    group: GroupId,
+    /// The ticket of the two-step proposal a marker resolves (zero for the rest).
     ticket: Ticket,
-    ids: Vec<u64>,
     what: What,
 }
 
@@ -46,9 +56,9 @@ struct Resolution {
 #[derive(Default)]
 pub struct Workload {
     next_id: u64,
-    pending: HashMap<(NodeId, GroupId, u64), Pending>,
+    /// Requests asked and not answered, by request id.
+    pending: HashMap<u64, Pending>,
     resolutions: Vec<Resolution>,
-    reads: HashMap<(NodeId, GroupId, u64), u64>,
     leaders: HashSet<(GroupId, u64)>,
     /// Acknowledged writes.
     pub acked: u64,
@@ -63,11 +73,30 @@ pub struct Workload {
 const MAX_RESOLUTION_TRIES: u32 = 50;
 /// Ticks between liveness probes of a group.
 const PROBE_EVERY: u64 = 20;
+/// The log types of the simulated writes.
+const LOG_TYPE: &str = "sim";
+const TWO_STEP_LOG_TYPE: &str = "sim2";
+
+/// The content ids of the entries a proposal of `payloads` made (see `entry_id`).
+fn ids(kind: EntryKind, log_type: &str, payloads: &[Bytes], ticket: Ticket) -> Vec<u64> {
+    payloads
+        .iter()
+        .map(|payload| {
+            entry_id(&LogEntry {
+                kind: kind as i32,
+                log_type: Bytes::copy_from_slice(log_type.as_bytes()),
+                payload: payload.clone(),
+                ticket: Some(ticket.into()),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
 
 impl Workload {
-    fn ticket(&mut self, node: NodeId) -> Ticket {
+    fn id(&mut self) -> u64 {
         self.next_id += 1;
-        Ticket { physical_ms: self.next_id, logical: 0, node_id: node }
+        self.next_id
     }
 
     /// Notes a leader (for the report).
@@ -99,20 +128,16 @@ impl Workload {
             330..340 => self.checkpoint(nodes, g, rng),
             340..400 => self.read(nodes, g, rng, checker),
             400..405 if !calm => self.conf_change(nodes, g, rng),
-            405..410 if !calm => self.transfer(nodes, g, rng),
-            410..412 if !calm => self.with_leader(nodes, g, rng, |grp| {
-                let _ = grp.step_down();
-            }),
-            412..415 if !calm => self.with_leader(nodes, g, rng, |grp| {
-                let _ = grp.suspend_heartbeats();
-            }),
-            415..430 => self.with_leader(nodes, g, rng, |grp| {
-                let _ = grp.resume_heartbeats();
-            }),
+            405..410 if !calm => {
+                let target = rng.range(1, nodes.len() as u64 + 1);
+                self.control(nodes, g, rng, ControlOp::Transfer(target));
+            }
+            410..412 if !calm => self.control(nodes, g, rng, ControlOp::StepDown),
+            412..415 if !calm => self.control(nodes, g, rng, ControlOp::SuspendHeartbeats),
+            415..430 => self.control(nodes, g, rng, ControlOp::ResumeHeartbeats),
             _ => {}
         }
         self.resolve_two_step(nodes, rng, now);
-        self.compact(nodes, groups, rng);
         if let Some(h) = self.heal_at
             && (now - h) % PROBE_EVERY == 0
         {
@@ -128,7 +153,7 @@ impl Workload {
         let leaders: Vec<usize> = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.up && n.multi.group(g).is_some_and(|grp| grp.is_leader()))
+            .filter(|(_, n)| n.up && n.multi().group(g).is_some_and(|grp| grp.is_leader()))
             .map(|(i, _)| i)
             .collect();
         if leaders.is_empty() {
@@ -137,15 +162,23 @@ impl Workload {
         Some(leaders[rng.range(0, leaders.len() as u64) as usize])
     }
 
-    fn with_leader(
-        &mut self,
-        nodes: &mut [SimNode],
-        g: GroupId,
-        rng: &mut SeededRng,
-        f: impl FnOnce(&mut phalanx::raft::RaftGroup),
-    ) {
+    /// Asks node `i`'s core, as a handle would.
+    fn ask(&mut self, nodes: &mut [SimNode], i: usize, g: GroupId, op: Op, what: What) {
+        let reply = self.id();
+        let node = nodes[i].id;
+        let ticket = match &op {
+            Op::Marker { ticket, .. } => *ticket,
+            _ => Ticket::default(),
+        };
+        if let Some(core) = nodes[i].core() {
+            self.pending.insert(reply, Pending { node, group: g, ticket, what });
+            core.on_request(Request { op, reply });
+        }
+    }
+
+    fn control(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng, op: ControlOp) {
         if let Some(i) = Self::leader_of(nodes, g, rng) {
-            nodes[i].multi.update(g, f);
+            self.ask(nodes, i, g, Op::Control { partition: g, op }, What::Other);
         }
     }
 
@@ -153,99 +186,58 @@ impl Workload {
         if !probe && rng.range(0, 10) == 0 {
             // Now and then through a random node: a follower forwards it to its leader (fire
             // and forget, so it is not tracked as acknowledged; the safety checks still see
-            // every entry it produces).
+            // every entry it produces). The shell has no forwarding request: straight to the
+            // group.
             let i = rng.range(0, nodes.len() as u64) as usize;
-            if nodes[i].up {
-                let ticket = self.ticket(nodes[i].id);
-                let payloads = vec![Bytes::from(format!("f{}", ticket.physical_ms).into_bytes())];
-                let p = Proposal { kind: ProposalKind::AutoCommit, log_type: "sim".into(), payloads, ticket };
-                nodes[i].multi.update(g, |grp| {
+            let id = self.id();
+            let ticket = Ticket { physical_ms: id, logical: 0, node_id: nodes[i].id };
+            let payloads = vec![Bytes::from(format!("f{id}").into_bytes())];
+            let p = Proposal { kind: ProposalKind::AutoCommit, log_type: LOG_TYPE.into(), payloads, ticket };
+            if let Some(core) = nodes[i].core() {
+                core.multi_mut().update(g, |grp| {
                     let _ = grp.propose_or_forward(p);
                 });
             }
             return;
         }
         let Some(i) = Self::leader_of(nodes, g, rng) else { return };
-        let node = nodes[i].id;
-        let ticket = self.ticket(node);
+        let id = self.id();
         let n = rng.range(1, 4);
-        let payloads: Vec<Bytes> =
-            (0..n).map(|k| Bytes::from(format!("w{}-{k}", ticket.physical_ms).into_bytes())).collect();
-        let p = Proposal { kind: ProposalKind::AutoCommit, log_type: "sim".into(), payloads, ticket };
-        self.propose(nodes, i, g, p, What::Write { probe });
+        let payloads: Vec<Bytes> = (0..n).map(|k| Bytes::from(format!("w{id}-{k}").into_bytes())).collect();
+        let op = Op::Replicate {
+            partition: g,
+            log_type: LOG_TYPE.into(),
+            payloads: payloads.clone(),
+            auto_commit: true,
+            system: false,
+        };
+        self.ask(nodes, i, g, op, What::Write { probe, payloads });
     }
 
     fn two_step(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
         let Some(i) = Self::leader_of(nodes, g, rng) else { return };
-        let ticket = self.ticket(nodes[i].id);
+        let id = self.id();
         let n = rng.range(1, 3);
-        let payloads: Vec<Bytes> =
-            (0..n).map(|k| Bytes::from(format!("t{}-{k}", ticket.physical_ms).into_bytes())).collect();
-        let p = Proposal { kind: ProposalKind::TwoStep, log_type: "sim2".into(), payloads, ticket };
-        self.propose(nodes, i, g, p, What::TwoStep);
-    }
-
-    fn propose(&mut self, nodes: &mut [SimNode], i: usize, g: GroupId, p: Proposal, what: What) {
-        let ticket = p.ticket;
-        let kind = p.kind;
-        let log_type = p.log_type.clone();
-        let payloads = p.payloads.clone();
-        let node = nodes[i].id;
-        let Some(Ok(at)) = nodes[i].multi.update(g, |grp| grp.propose(p)) else { return };
-        let entry_kind = match kind {
-            ProposalKind::TwoStep => phalanx_proto::EntryKind::Proposed,
-            _ => phalanx_proto::EntryKind::Normal,
+        let payloads: Vec<Bytes> = (0..n).map(|k| Bytes::from(format!("t{id}-{k}").into_bytes())).collect();
+        let op = Op::Replicate {
+            partition: g,
+            log_type: TWO_STEP_LOG_TYPE.into(),
+            payloads: payloads.clone(),
+            auto_commit: false,
+            system: false,
         };
-        let ids = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(k, payload)| {
-                entry_id(&LogEntry {
-                    term: at.term,
-                    index: at.first_index + k as u64,
-                    kind: entry_kind as i32,
-                    log_type: log_type.clone(),
-                    payload,
-                    ticket: Some(ticket.into()),
-                })
-            })
-            .collect();
-        self.pending.insert((node, g, at.last_index), Pending { term: at.term, ticket, ids, what });
+        self.ask(nodes, i, g, op, What::TwoStep { payloads });
     }
 
     fn checkpoint(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
         let Some(i) = Self::leader_of(nodes, g, rng) else { return };
-        let ticket = self.ticket(nodes[i].id);
-        let node = nodes[i].id;
-        if let Some(Ok(at)) = nodes[i].multi.update(g, |grp| grp.propose_checkpoint(ticket)) {
-            self.pending.insert(
-                (node, g, at.last_index),
-                Pending { term: at.term, ticket, ids: vec![], what: What::Checkpoint },
-            );
-        }
+        self.ask(nodes, i, g, Op::Checkpoint { partition: g }, What::Checkpoint);
     }
 
     fn read(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng, checker: &Checker) {
         let i = rng.range(0, nodes.len() as u64) as usize;
-        if !nodes[i].up {
-            return;
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        if let Some(Ok(())) = nodes[i].multi.update(g, |grp| grp.read_index(id)) {
-            self.reads.insert((nodes[i].id, g, id), checker.acked_floor(g));
-        }
-    }
-
-    /// Checks the read answers a node received.
-    pub fn check_reads(&mut self, node: &mut SimNode, checker: &mut Checker) {
-        for (g, rs) in node.reads.drain(..) {
-            if let Some(floor) = self.reads.remove(&(node.id, g, rs.request_id))
-                && let Ok(index) = rs.result
-            {
-                checker.on_read(g, index, floor);
-            }
-        }
+        let acked_before = checker.acked_floor(g);
+        self.ask(nodes, i, g, Op::ReadBarrier { partition: g }, What::Read { acked_before });
     }
 
     fn conf_change(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
@@ -262,7 +254,7 @@ impl Workload {
         // commit until it caught up, an append round trip per `max_entries_per_append`
         // entries. Larger groups commit without it meanwhile.
         if change == ConfChangeType::AddVoter
-            && let Some(grp) = nodes[i].multi.group(g)
+            && let Some(grp) = nodes[i].multi().group(g)
             && !grp.membership().voters.contains(&target)
             && grp.membership().voters.len() + 1 < 3
             && grp.follower_lag(target).is_none_or(|lag| lag > grp.config().max_uncommitted_entries as u64)
@@ -273,7 +265,7 @@ impl Workload {
         // do not shrink a group below 3 voters while one recovers (it could then elect no
         // leader to catch up from).
         if nodes.iter().any(SimNode::has_lost_state)
-            && let Some(grp) = nodes[i].multi.group(g)
+            && let Some(grp) = nodes[i].multi().group(g)
         {
             let mut voters = grp.membership().voters.clone();
             match change {
@@ -288,18 +280,14 @@ impl Workload {
                 return;
             }
         }
+        // The shell has no membership request until the roster drives changes (issue 13):
+        // straight to the group.
         let cc = ConfChange { change: change as i32, node_id: target };
-        nodes[i].multi.update(g, |grp| {
-            let _ = grp.propose_conf_change(cc);
-        });
-    }
-
-    fn transfer(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
-        let Some(i) = Self::leader_of(nodes, g, rng) else { return };
-        let target = rng.range(1, nodes.len() as u64 + 1);
-        nodes[i].multi.update(g, |grp| {
-            let _ = grp.transfer_leadership(target);
-        });
+        if let Some(core) = nodes[i].core() {
+            core.multi_mut().update(g, |grp| {
+                let _ = grp.propose_conf_change(cc);
+            });
+        }
     }
 
     fn resolve_two_step(&mut self, nodes: &mut [SimNode], rng: &mut SeededRng, now: u64) {
@@ -309,98 +297,78 @@ impl Workload {
                 keep.push(r);
                 continue;
             }
-            let Some(i) = Self::leader_of(nodes, r.group, rng) else {
-                r.due = now + 5;
-                keep.push(r);
-                continue;
-            };
-            let node = nodes[i].id;
-            let ticket = r.ticket;
-            let res = nodes[i].multi.update(r.group, |grp| {
-                if r.commit { grp.commit_logs(ticket) } else { grp.rollback_logs(ticket) }
-            });
-            match res {
-                Some(Ok(at)) => {
-                    let what = What::Marker { commit: r.commit, ids: r.ids.clone() };
-                    self.pending.insert(
-                        (node, r.group, at.last_index),
-                        Pending { term: at.term, ticket, ids: vec![], what },
-                    );
+            match Self::leader_of(nodes, r.group, rng) {
+                Some(i) => {
+                    let op = Op::Marker { partition: r.group, ticket: r.ticket, commit: r.commit };
+                    let what = What::Marker { commit: r.commit, ids: r.ids.clone(), tries: r.tries };
+                    self.ask(nodes, i, r.group, op, what);
                 }
-                _ if r.tries < MAX_RESOLUTION_TRIES => {
-                    r.tries += 1;
+                None => {
                     r.due = now + 5;
                     keep.push(r);
                 }
-                _ => {}
             }
         }
         self.resolutions = keep;
     }
 
-    fn compact(&mut self, nodes: &mut [SimNode], groups: &[GroupId], rng: &mut SeededRng) {
-        for n in nodes.iter_mut() {
-            if !n.up || !n.pending.is_empty() {
-                continue;
-            }
-            for &g in groups {
-                let Some(grp) = n.multi.group(g) else { continue };
-                if grp.last_checkpoint() <= grp.log().floor_index() + 1 || rng.range(0, 100) >= 10 {
-                    continue;
-                }
-                let Some(sm) = n.sms.get(&g) else { continue };
-                let data = sm.encode();
-                let snap = n.multi.update(g, |grp| match grp.compact(data.clone()) {
-                    Ok(_) => grp.snapshot_meta().cloned(),
-                    Err(_) => None,
-                });
-                if let Some(Some(meta)) = snap {
-                    n.local_snapshots.insert(g, Snapshot { meta, data });
-                }
-            }
-        }
-    }
-
-    /// A committed entry was applied on `node`: acknowledge the proposal it completes.
-    pub fn on_committed(&mut self, node: NodeId, g: GroupId, e: &LogEntry, checker: &mut Checker) {
-        let Some(p) = self.pending.remove(&(node, g, e.index)) else { return };
-        if p.term != e.term {
-            return; // overwritten by another leader: the proposal failed
-        }
-        match p.what {
-            What::Write { probe } => {
-                self.acked += 1;
-                checker.on_ack(g, p.ticket, &p.ids, e.index);
-                if probe && self.heal_at.is_some() {
-                    self.live.insert(g);
-                }
-            }
-            What::TwoStep => {
-                let commit = self.next_id % 10 < 7;
-                self.next_id += 1;
-                self.resolutions.push(Resolution {
-                    group: g,
-                    ticket: p.ticket,
-                    due: 0,
-                    commit,
-                    tries: 0,
-                    ids: p.ids,
-                });
-            }
-            What::Marker { commit, ids } => {
-                if commit {
+    /// Takes the answers node `i` gave its clients.
+    pub fn take_answers(&mut self, node: &mut SimNode, checker: &mut Checker, now: u64) {
+        for (reply, answer) in node.answers.drain(..) {
+            let Some(p) = self.pending.remove(&reply) else { continue };
+            match (p.what, answer) {
+                (What::Write { probe, payloads }, Answer::Replication(r)) if r.success() => {
                     self.acked += 1;
-                    checker.on_ack(g, p.ticket, &ids, e.index);
+                    let ids = ids(EntryKind::Normal, LOG_TYPE, &payloads, r.ticket);
+                    checker.on_ack(p.group, r.ticket, &ids, r.log_index);
+                    if probe && self.heal_at.is_some() {
+                        self.live.insert(p.group);
+                    }
                 }
+                (What::TwoStep { payloads }, Answer::Replication(r)) if r.success() => {
+                    let commit = self.next_id % 10 < 7;
+                    self.next_id += 1;
+                    let ids = ids(EntryKind::Proposed, TWO_STEP_LOG_TYPE, &payloads, r.ticket);
+                    self.resolutions.push(Resolution {
+                        group: p.group,
+                        ticket: r.ticket,
+                        due: 0,
+                        commit,
+                        tries: 0,
+                        ids,
+                    });
+                }
+                (What::Marker { commit, ids, tries }, Answer::Replication(r)) => {
+                    if r.success() {
+                        if commit {
+                            self.acked += 1;
+                            checker.on_ack(p.group, r.ticket, &ids, r.log_index);
+                        }
+                    } else if tries + 1 < MAX_RESOLUTION_TRIES {
+                        // No leader, or leadership moved: try again later, a bounded number
+                        // of times. (A refusal answers the zero ticket: keep the proposal's.)
+                        let ticket = p.ticket;
+                        self.resolutions.push(Resolution {
+                            group: p.group,
+                            ticket,
+                            due: now + 5,
+                            commit,
+                            tries: tries + 1,
+                            ids,
+                        });
+                    }
+                }
+                (What::Read { acked_before }, Answer::ReadIndex(Ok(index))) => {
+                    checker.on_read(p.group, index, acked_before);
+                }
+                _ => {}
             }
-            What::Checkpoint => {}
         }
     }
 
     /// Forgets the in-flight requests of a crashed node (its clients lost the connection).
     pub fn forget_node(&mut self, node: NodeId) {
-        self.pending.retain(|(n, _, _), _| *n != node);
-        self.reads.retain(|(n, _, _), _| *n != node);
+        self.pending.retain(|_, p| p.node != node);
     }
 
     /// After the run: every group must have committed a probe written after the heal.
