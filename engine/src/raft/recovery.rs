@@ -159,6 +159,14 @@ impl RaftGroup {
             return;
         }
         let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != me).collect();
+        if others.is_empty() && self.log.last_index() > 0 {
+            // The only voter this replica knows of (a group shrunk to one voter) lost part of
+            // its log: nobody holds a copy of what it lost, so it cannot recover and the
+            // group stays unavailable. (An empty log is a new group, which a wiped single
+            // voter cannot be told from, as at start.) Ending the recovery here made it lead
+            // without entries it had committed (simulator seed 82).
+            return;
+        }
         let n = voters.len().max(1);
         let need = n - majority(n) + 1;
         let sound = others.iter().filter(|v| r.answers.get(*v).is_some_and(|a| !a.recovering)).count();
