@@ -76,7 +76,7 @@ impl NodeHandle {
 
     /// Why the node stopped working, if a shard failed (a storage failure is fatal).
     #[must_use]
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<crate::Error> {
         self.inner.shared.failure()
     }
 

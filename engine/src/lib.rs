@@ -92,6 +92,7 @@
 
 pub mod client;
 pub mod config;
+mod error;
 pub mod events;
 mod handle;
 pub mod hlc;
@@ -106,6 +107,7 @@ pub mod state_machine;
 pub mod system;
 
 pub use config::{NodeConfig, derive_node_id};
+pub use error::Error;
 pub use events::Event;
 pub use handle::NodeHandle;
 pub use raft::Status;

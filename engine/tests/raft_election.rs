@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use phalanx::raft::Role;
+use phalanx::raft::{Role, Status};
 use phalanx_proto::raft_message::Body;
 
 /// §5.2 "Each server will vote for at most one candidate in a given term, on a
@@ -195,7 +195,8 @@ fn candidate_recognizes_leader_of_same_or_higher_term() {
 #[test]
 fn stale_term_requests_are_rejected() {
     let mut r = solo_with_log(3, &[1, 2, 3], 5, log_of_terms(&[1, 5]), 0, plain);
-    r.step(msg(1, 3, append(4, (2, 5), vec![entry(3, 4)], 3))).unwrap();
+    let refused = r.step(msg(1, 3, append(4, (2, 5), vec![entry(3, 4)], 3)));
+    assert_eq!(refused, Err(Status::LeaderInOldTerm));
     let rd = flush(&mut r);
     assert_eq!(terms(&r), vec![1, 5], "stale append must not touch the log");
     assert_eq!((r.term(), r.leader(), r.log().committed()), (5, None, 0));

@@ -17,10 +17,15 @@ for patch in "$root"/tests/mutants/*.patch; do
   trap 'rm -rf "$work"' EXIT
   git -C "$root" archive HEAD | tar -x -C "$work"
   (cd "$work" && patch -s -p1 < "$patch")
-  out=$(cd "$work" && PHALANX_SIM_SEEDS=$seeds cargo test -q --release -p phalanx-tests --test sim simulator_sweep 2>&1 || true)
+  out=$(cd "$work" && PHALANX_SIM_SEEDS=$seeds cargo test -q --release -p phalanx-tests --test sim simulator_sweep -- --nocapture 2>&1 || true)
   line=$(grep -E '^sim:' <<<"$out" || true)
   failing=$(grep -oE 'violations in seeds \[[0-9, ]*\]' <<<"$out" | grep -oE '[0-9]+' || true)
-  if [ -z "$failing" ]; then
+  if [ -z "$line" ]; then
+    # No sweep summary: the mutant did not build, or the sweep did not run.
+    echo "mutant $name DID NOT RUN:"
+    tail -n 20 <<<"$out"
+    survived=1
+  elif [ -z "$failing" ]; then
     echo "mutant $name SURVIVED: $line"
     survived=1
   else

@@ -1,8 +1,13 @@
 //! Operation statuses: the expected outcomes callers must handle.
 //!
 //! These mirror the reference's `RaftOperationStatus` plus the statuses Phalanx adds
-//! (`PartitionMoved`, `Busy`, `InsufficientVoters`, `InvalidRequest`). They are *expected*
-//! outcomes, returned as values; broken invariants panic and storage failures are fatal.
+//! (`PartitionMoved`, `Busy`, `InsufficientVoters`, `InvalidRequest`, `TooLarge`). They are
+//! *expected* outcomes, returned as values; broken invariants panic and storage failures are
+//! fatal (`phalanx::Error`). Every variant is produced somewhere except `PartitionMoved`,
+//! reserved for elastic partitions (splits and merges, planned after quiescence, issue 14).
+//! The reference's `Pending` and `SnapshotRequired` describe work the core does itself
+//! (an election in progress, a snapshot sent to a follower behind the floor) and are never a
+//! caller's answer, so they are not statuses here.
 
 use std::fmt;
 
@@ -15,7 +20,8 @@ pub enum Status {
     Errored,
     /// The local node is not the leader for the requested partition.
     NodeIsNotLeader,
-    /// A request came from a leader with an old term.
+    /// A request came from a leader with an old term (a peer message `RaftGroup::step`
+    /// refuses, answering with the current term).
     LeaderInOldTerm,
     /// A leader was already elected for the term.
     LeaderAlreadyElected,
@@ -29,13 +35,10 @@ pub enum Status {
     ProposalTimeout,
     /// Replication failed before commit (e.g. the entry was overwritten by a new leader).
     ReplicationFailed,
-    /// Asynchronous work is still in progress.
-    Pending,
     /// A follower rejected an append because it does not hold the anchoring previous entry.
     LogMismatch,
-    /// A follower needs entries below the leader's compaction floor: a snapshot is required.
-    SnapshotRequired,
-    /// The partition was moved (split, merged or reassigned); re-read the partition map.
+    /// The partition was moved (split, merged or reassigned); re-read the partition map. Not
+    /// produced yet: reserved for elastic partitions.
     PartitionMoved,
     /// A bounded queue is full; retry later.
     Busy,
@@ -69,9 +72,7 @@ impl Status {
             Status::ProposalNotFound => "ProposalNotFound",
             Status::ProposalTimeout => "ProposalTimeout",
             Status::ReplicationFailed => "ReplicationFailed",
-            Status::Pending => "Pending",
             Status::LogMismatch => "LogMismatch",
-            Status::SnapshotRequired => "SnapshotRequired",
             Status::PartitionMoved => "PartitionMoved",
             Status::Busy => "Busy",
             Status::InsufficientVoters => "InsufficientVoters",
@@ -81,7 +82,7 @@ impl Status {
     }
 
     /// Every status, for exhaustive tables (metrics, docs).
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 16] = [
         Status::Success,
         Status::Errored,
         Status::NodeIsNotLeader,
@@ -92,9 +93,7 @@ impl Status {
         Status::ProposalNotFound,
         Status::ProposalTimeout,
         Status::ReplicationFailed,
-        Status::Pending,
         Status::LogMismatch,
-        Status::SnapshotRequired,
         Status::PartitionMoved,
         Status::Busy,
         Status::InsufficientVoters,

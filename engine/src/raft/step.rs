@@ -93,6 +93,9 @@ impl RaftGroup {
                         from,
                         Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: 0 }),
                     );
+                    // Refused, but not bad input (not counted as a rejection): the sender
+                    // lost its leadership and learns it from the answer.
+                    return Err(Status::LeaderInOldTerm);
                 }
                 Body::VoteRequest(req) if req.pre_vote => {
                     self.send(

@@ -9,6 +9,7 @@ use phalanx_storage::{
     AnyStore, LogPosition, LogStore, PartitionWrite, RecoveredPartition, StorageError, WriteBatch,
 };
 
+use crate::Error;
 use crate::config::NodeConfig;
 use crate::shard::lost_state::settle;
 use crate::shard::write::split;
@@ -23,22 +24,24 @@ pub(crate) async fn settle_at_open(
     store: &mut AnyStore,
     loaded: &mut [(PartitionId, Option<RecoveredPartition>)],
     snapshots: &BTreeMap<PartitionId, LogPosition>,
-) -> Result<BTreeMap<PartitionId, HardState>, String> {
+) -> Result<BTreeMap<PartitionId, HardState>, Error> {
     let mut terms = BTreeMap::new();
     for (p, snap) in snapshots {
-        terms.insert(*p, store.term(*p, snap.index).await.map_err(|e| format!("partition {p}: {e}"))?);
+        let term = store.term(*p, snap.index).await;
+        let what = || format!("partition {p}: reading the term of its snapshot's entry {}", snap.index);
+        terms.insert(*p, term.map_err(|e| Error::storage(shard, what(), e))?);
     }
     let holds = |p: PartitionId, at: LogPosition| terms.get(&p) == Some(&Some(at.term));
     let settled = settle(shard, cfg, loaded, snapshots, store.damaged_tail(), &holds)?;
     write_all(store, settled.align)
         .await
-        .map_err(|e| format!("shard {shard}: installing snapshots in the log store: {e}"))?;
+        .map_err(|e| Error::storage(shard, "installing snapshots in the log store", e))?;
     if !settled.aligned.is_empty() {
         tracing::info!(shard, partitions = ?settled.aligned, "log store aligned with snapshots saved before a crash");
     }
     write_all(store, settled.mark)
         .await
-        .map_err(|e| format!("shard {shard}: marking partitions recovering: {e}"))?;
+        .map_err(|e| Error::storage(shard, "marking partitions recovering", e))?;
     Ok(settled.marked)
 }
 

@@ -13,6 +13,7 @@ use super::bus::Bus;
 use super::cpus::{self, CpuClaims};
 use super::shard::{Shard, ShardSetup};
 use super::shared::NodeShared;
+use crate::Error;
 use crate::config::NodeConfig;
 use crate::handle::NodeHandle;
 use crate::state_machine::StateMachineFactory;
@@ -42,8 +43,8 @@ impl Node {
         cfg: NodeConfig,
         transports: F,
         sms: StateMachineFactory,
-    ) -> Result<Node, String> {
-        cfg.validate()?;
+    ) -> Result<Node, Error> {
+        cfg.validate().map_err(Error::Config)?;
         check_data_dir(&cfg)?;
         let shards = cfg.cores;
         let (txs, rxs): (Vec<_>, Vec<_>) =
@@ -69,7 +70,7 @@ impl Node {
                 );
             }
         }
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, Error>>();
         let mut joins = Vec::with_capacity(shards);
         for (i, inbox) in rxs.into_iter().enumerate() {
             let placement = pinned[i].map_or(Placement::Unbound, Placement::Fixed);
@@ -94,7 +95,7 @@ impl Node {
                     let transport = match transports.start(i, shards, sink) {
                         Ok(t) => t,
                         Err(e) => {
-                            let _ = ready.send(Err(format!("shard {i}: transport: {e}")));
+                            let _ = ready.send(Err(Error::Transport { shard: i, source: Arc::new(e) }));
                             return;
                         }
                     };
@@ -111,7 +112,8 @@ impl Node {
             match spawned {
                 Ok(j) => joins.push(j),
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("shard {i}: starting its executor: {e}")));
+                    let reason = format!("starting its executor: {e}");
+                    let _ = ready_tx.send(Err(Error::Executor { shard: i, reason }));
                 }
             }
         }
@@ -124,7 +126,8 @@ impl Node {
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_error.get_or_insert_with(|| "a shard exited during start".to_string());
+                    let reason = "exited during start".to_string();
+                    first_error.get_or_insert(Error::Executor { shard: 0, reason });
                     break;
                 }
             }
@@ -165,9 +168,10 @@ impl Drop for Node {
 
 /// Creates the data directory, or checks that an existing one was written by this node with
 /// the same core count and cluster: its WAL shards map partitions by core count.
-fn check_data_dir(cfg: &NodeConfig) -> Result<(), String> {
+fn check_data_dir(cfg: &NodeConfig) -> Result<(), Error> {
     let dir = &cfg.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mismatch = |reason: String| Error::DataDir { path: dir.clone(), reason };
     let path = dir.join(NODE_META_FILE);
     let want = format!(
         "format={DATA_DIR_FORMAT}\nnode_id={}\ncores={}\ncluster_id={}\n",
@@ -175,19 +179,18 @@ fn check_data_dir(cfg: &NodeConfig) -> Result<(), String> {
     );
     match std::fs::read_to_string(&path) {
         Ok(have) if have == want => Ok(()),
-        Ok(have) => Err(format!(
-            "data directory {} was written by another configuration ({}); expected {}",
-            dir.display(),
+        Ok(have) => Err(mismatch(format!(
+            "written by another configuration ({}); expected {}",
             one_line(&have),
             one_line(&want)
-        )),
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if has_shards(dir) || cfg.wal_dir.as_deref().is_some_and(has_shards) {
-                return Err(format!("data directory {} holds shards but no {NODE_META_FILE}", dir.display()));
+                return Err(mismatch(format!("holds shards but no {NODE_META_FILE}")));
             }
-            write_synced(&path, want.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+            write_synced(&path, want.as_bytes()).map_err(|e| Error::io(&path, e))
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(Error::io(&path, e)),
     }
 }
 

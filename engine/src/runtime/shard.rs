@@ -25,6 +25,7 @@ use super::request::Responder;
 use super::shared::NodeShared;
 use super::snapshots::SnapshotStore;
 use super::writer::{self, Completion, WriteJob};
+use crate::Error;
 use crate::config::NodeConfig;
 use crate::events::Event;
 use crate::raft::Status;
@@ -96,27 +97,27 @@ fn refuse_from_now_on(shard: usize, inbox: flume::Receiver<ShardMsg>) {
 impl<T: Transport> Shard<T> {
     /// Opens the shard's WAL and snapshots, settles partitions that lost durable state, and
     /// builds the core from what they hold (replay happens through the normal apply path).
-    pub(crate) async fn open(setup: ShardSetup, transport: T) -> Result<Self, String> {
+    pub(crate) async fn open(setup: ShardSetup, transport: T) -> Result<Self, Error> {
         let ShardSetup { shard, shards, cfg, inbox, bus, shared, state_machines } = setup;
         let dir = cfg.wal_shard_dir(shard);
         let opts = StoreOptions { sync_writes: cfg.sync_writes, faults: cfg.store_faults.clone() };
         let mut store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
-            format!("shard {shard}: opening the {} store in {}: {e}", cfg.wal.name(), dir.display())
+            Error::storage(shard, format!("opening the {} store in {}", cfg.wal.name(), dir.display()), e)
         })?;
         // Snapshots live beside the WAL shards, not inside them: a WAL directory holds only
         // the store's own files (it refuses anything else as foreign).
-        let snapshots = SnapshotStore::open(cfg.data_dir.join("snapshots").join(format!("shard-{shard}")))
-            .map_err(|e| format!("shard {shard}: snapshot directory: {e}"))?;
+        let snapshot_dir = cfg.data_dir.join("snapshots").join(format!("shard-{shard}"));
+        let snapshots = SnapshotStore::open(&snapshot_dir).map_err(|e| Error::io(snapshot_dir, e))?;
         // All partitions in one pass: the store reads its log once, sequentially, instead of
         // one partition (and, for the native WAL, nearly one read per entry) at a time.
         let owned: Vec<PartitionId> = partitions_of(shard, shards, cfg.initial_partitions).collect();
         let mut loaded = store
             .load_partitions(&owned)
             .await
-            .map_err(|e| format!("shard {shard}: loading {} partitions: {e}", owned.len()))?;
+            .map_err(|e| Error::storage(shard, format!("loading {} partitions", owned.len()), e))?;
         let mut loaded_snapshots = std::collections::BTreeMap::new();
         for p in &owned {
-            if let Some(s) = snapshots.load(*p).map_err(|e| format!("partition {p}: {e}"))? {
+            if let Some(s) = snapshots.load(*p)? {
                 loaded_snapshots.insert(*p, s);
             }
         }
@@ -144,7 +145,7 @@ impl<T: Transport> Shard<T> {
         let core = ShardCore::restore(core_setup, loaded, loaded_snapshots, marked)?;
         let (jobs, jobs_rx) = flume::unbounded();
         let (done_tx, done) = flume::unbounded();
-        let writer_task = glommio::spawn_local(writer::run(store, snapshots, jobs_rx, done_tx));
+        let writer_task = glommio::spawn_local(writer::run(shard, store, snapshots, jobs_rx, done_tx));
         let mut shard = Shard {
             id: shard,
             cfg,
@@ -265,7 +266,7 @@ impl<T: Transport> Shard<T> {
     /// Carries out the core's output: the shared views first (so a subscriber reacting to
     /// an event sees what it announces), then events, bus messages, frames, write jobs and
     /// answers. `Err` when the writer is gone.
-    fn execute(&mut self) -> Result<(), String> {
+    fn execute(&mut self) -> Result<(), Error> {
         let out = self.core.output();
         for (p, leader, term) in out.leaders.drain(..) {
             self.shared.set_leader(p, leader, term);
@@ -307,15 +308,16 @@ impl<T: Transport> Shard<T> {
         for (reply, answer) in out.answers.drain(..) {
             reply.send(answer);
         }
-        if writer_gone { Err("the WAL writer stopped".into()) } else { Ok(()) }
+        if writer_gone { Err(Error::WriterStopped { shard: self.id }) } else { Ok(()) }
     }
 
     /// Returns true: the shard has failed.
-    fn fatal(&mut self, reason: String) -> bool {
+    fn fatal(&mut self, error: Error) -> bool {
         // Storage failures are fatal (never retry a sync): stop this shard loudly instead of
         // acknowledging anything more.
-        tracing::error!(shard = self.id, "shard stopped: {reason}");
-        self.shared.fail(reason.clone());
+        tracing::error!(shard = self.id, "shard stopped: {error}");
+        let reason = error.to_string();
+        self.shared.fail(error);
         self.shared.events.publish(Event::ShardFailed { shard: self.id, reason });
         true
     }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::Error;
 use crate::events::EventHub;
 use crate::raft::NodeId;
 use crate::state_machine::PartitionId;
@@ -24,7 +25,7 @@ pub(crate) struct NodeShared {
     activity: Mutex<HashMap<NodeId, Instant>>,
     pub events: EventHub,
     failed: AtomicBool,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Error>>,
     directory: Mutex<Arc<ClusterDirectory>>,
     down: Mutex<BTreeSet<NodeId>>,
 }
@@ -112,15 +113,15 @@ impl NodeShared {
         }
     }
 
-    pub(crate) fn fail(&self, reason: String) {
+    pub(crate) fn fail(&self, error: Error) {
         self.failed.store(true, Ordering::Release);
         if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(reason);
+            f.get_or_insert(error);
         }
     }
 
     /// Why the node failed, if a shard did.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<Error> {
         if !self.failed.load(Ordering::Acquire) {
             return None;
         }

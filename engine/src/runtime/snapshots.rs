@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use phalanx_proto::{InstallSnapshotChunk, Message};
 
+use crate::Error;
 use crate::raft::{Membership, Snapshot, SnapshotMeta};
 use crate::state_machine::PartitionId;
 
@@ -33,6 +34,12 @@ impl SnapshotStore {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         Ok(SnapshotStore { dir })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path(&self, p: PartitionId) -> PathBuf {
@@ -89,12 +96,12 @@ impl SnapshotStore {
 
     /// The snapshot of `partition`, if one was saved. A damaged or foreign file is an error
     /// naming the file, never a panic.
-    pub fn load(&self, partition: PartitionId) -> Result<Option<Snapshot>, String> {
+    pub fn load(&self, partition: PartitionId) -> Result<Option<Snapshot>, Error> {
         let path = self.path(partition);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(Error::io(path, e)),
         };
         decode(&path, &bytes).map(Some)
     }
@@ -108,8 +115,11 @@ impl SnapshotStore {
     }
 }
 
-fn decode(path: &Path, b: &[u8]) -> Result<Snapshot, String> {
-    let bad = |what: &str, offset: usize| format!("{}: {what} at offset {offset}", path.display());
+fn decode(path: &Path, b: &[u8]) -> Result<Snapshot, Error> {
+    let bad = |what: &str, offset: usize| Error::Snapshot {
+        path: path.to_path_buf(),
+        reason: format!("{what} at offset {offset}"),
+    };
     if b.len() < HEADER_BYTES + 4 || &b[..8] != MAGIC {
         return Err(bad("not a Phalanx snapshot (bad magic)", 0));
     }
@@ -167,10 +177,10 @@ mod tests {
         let n = b.len();
         b[n / 2] ^= 1;
         std::fs::write(&path, &b).unwrap();
-        let err = store.load(3).unwrap_err();
+        let err = store.load(3).unwrap_err().to_string();
         assert!(err.contains("p3.snap"), "{err}");
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(store.load(3).unwrap_err().contains("magic"));
+        assert!(store.load(3).unwrap_err().to_string().contains("magic"));
 
         // Several at once, one directory sync: each partition gets its own, the last wins.
         let at = |index: u64| Snapshot { meta: SnapshotMeta { index, ..s.meta.clone() }, ..s.clone() };

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use phalanx_storage::{AnyStore, LogStore, StorageError, WriteBatch};
 
 use super::snapshots::SnapshotStore;
+use crate::Error;
 use crate::raft::Snapshot;
 pub(crate) use crate::shard::write::{Completion, WriteJob};
 use crate::shard::write::{MAX_JOBS_PER_BATCH, Merged, WriteStep, merge_jobs, plan, strip};
@@ -26,12 +27,13 @@ use crate::state_machine::PartitionId;
 /// message and fetch of theirs is dropped so nothing of them is stored past the gap. The
 /// shard stops them; they recover from what is stored when the node restarts.
 pub(crate) async fn run(
+    shard: usize,
     mut store: AnyStore,
     snapshots: SnapshotStore,
     jobs: flume::Receiver<WriteJob>,
     done: flume::Sender<Completion>,
 ) {
-    let mut failed: Option<String> = None;
+    let mut failed: Option<Error> = None;
     let mut refused: BTreeSet<PartitionId> = BTreeSet::new();
     while let Ok(first) = jobs.recv_async().await {
         let mut group = vec![first];
@@ -51,7 +53,7 @@ pub(crate) async fn run(
             let result = match &failed {
                 // A failed write is fatal: nothing after it is acknowledged.
                 Some(e) => Err(e.clone()),
-                None => write(&mut store, &snapshots, batch, snaps, &mut newly).await,
+                None => write(shard, &mut store, &snapshots, batch, snaps, &mut newly).await,
             };
             if let Err(e) = &result {
                 failed.get_or_insert_with(|| e.clone());
@@ -83,7 +85,8 @@ pub(crate) async fn run(
                             Err(e) => {
                                 // The entries are durable and above the floor: failing to read
                                 // them back is a storage failure, fatal like a failed write.
-                                let e = format!("reading entries {}..{} of partition {p}: {e}", f.lo, f.hi);
+                                let what = format!("reading entries {}..{} of partition {p}", f.lo, f.hi);
+                                let e = Error::storage(shard, what, e);
                                 failed.get_or_insert_with(|| e.clone());
                                 result = Err(e);
                                 break;
@@ -112,13 +115,14 @@ pub(crate) async fn run(
 }
 
 async fn write(
+    shard: usize,
     store: &mut AnyStore,
     snapshots: &SnapshotStore,
     batch: WriteBatch,
     snaps: Vec<(PartitionId, Snapshot)>,
     refused: &mut Vec<(PartitionId, String)>,
-) -> Result<(), String> {
-    let fatal = |e: StorageError| format!("WAL write failed: {e}");
+) -> Result<(), Error> {
+    let fatal = |e: StorageError| Error::storage(shard, "writing the WAL", e);
     let mut stopped: BTreeSet<PartitionId> = BTreeSet::new();
     for step in plan(batch, snaps, store.max_batch_cost()) {
         let mut chunk = match step {
@@ -128,7 +132,13 @@ async fn write(
                 glommio::executor()
                     .spawn_blocking(move || files.save_all(snaps.iter().map(|(p, s)| (*p, s))))
                     .await
-                    .map_err(|e| format!("saving the snapshots of partitions {ids:?}: {e}"))?;
+                    .map_err(|e| Error::Io {
+                        path: snapshots.dir().to_path_buf(),
+                        source: std::sync::Arc::new(std::io::Error::new(
+                            e.kind(),
+                            format!("saving the snapshots of partitions {ids:?}: {e}"),
+                        )),
+                    })?;
                 continue;
             }
             WriteStep::Batch(chunk) => chunk,
@@ -207,7 +217,7 @@ mod tests {
             jobs.send(job(3, vec![write(vec![e(11)], None)], vec![(1, LogFetch { lo: 9, hi: 12, ..fetch })]))
                 .unwrap();
             drop(jobs);
-            run(store, snapshots, rx, tx).await;
+            run(0, store, snapshots, rx, tx).await;
             done.drain().collect::<Vec<Completion>>()
         });
         assert_eq!(done.iter().map(|c| c.number).collect::<Vec<_>>(), vec![1, 2, 3]);

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use phalanx_proto::HardState;
 use phalanx_storage::{DamagedTail, LogPosition, PartitionWrite, RecoveredPartition};
 
+use crate::Error;
 use crate::config::NodeConfig;
 use crate::state_machine::PartitionId;
 
@@ -57,7 +58,7 @@ pub fn settle(
     snapshots: &BTreeMap<PartitionId, LogPosition>,
     damaged: Option<&DamagedTail>,
     holds: &dyn Fn(PartitionId, LogPosition) -> bool,
-) -> Result<Settled, String> {
+) -> Result<Settled, Error> {
     // Decided on what the store held, before the alignment gives an empty partition a floor.
     let lost = partitions_to_recover(shard, cfg, loaded, damaged)?;
     let align = align_with_snapshots(loaded, snapshots, holds);
@@ -73,7 +74,7 @@ fn partitions_to_recover(
     cfg: &NodeConfig,
     loaded: &[(PartitionId, Option<RecoveredPartition>)],
     damaged: Option<&DamagedTail>,
-) -> Result<BTreeSet<PartitionId>, String> {
+) -> Result<BTreeSet<PartitionId>, Error> {
     let mut out = BTreeSet::new();
     for (p, r) in loaded {
         // Anything stored, even a hard state of term 0 (a replica that left recovery in a
@@ -90,12 +91,12 @@ fn partitions_to_recover(
     let alone = cfg.initial_voters() == [cfg.node_id];
     if alone {
         if !cfg.truncate_damaged_wal_tail {
-            return Err(format!(
+            return Err(Error::LostState(format!(
                 "shard {shard}: the WAL's last batch is damaged and may hold acknowledged writes ({d}); \
                  no other node holds a copy (this node is the only voter). Restore the data directory \
                  from a backup, or start with --truncate-damaged-wal-tail to drop that batch and accept the \
                  loss"
-            ));
+            )));
         }
         tracing::error!(
             shard,

@@ -10,6 +10,7 @@ use super::ShardCore;
 use super::request::Answer;
 use super::waiters::ReadKind;
 use super::write::{Completion, WriteJob};
+use crate::Error;
 use crate::events::Event;
 use crate::raft::{LogFetch, Ready, Status};
 use crate::state_machine::PartitionId;
@@ -94,7 +95,7 @@ impl<R> ShardCore<R> {
 
     /// Step 5: the writer finished a job. `Err` is fatal for the shard: the store failed
     /// (never retry a failed sync), so nothing more may be acknowledged.
-    pub fn on_durable(&mut self, c: Completion) -> Result<(), String> {
+    pub fn on_durable(&mut self, c: Completion) -> Result<(), Error> {
         for (p, reason) in c.refused {
             self.stop_partition(p, reason);
         }

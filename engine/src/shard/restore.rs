@@ -19,6 +19,7 @@ use phalanx_storage::RecoveredPartition;
 use super::outbox::Outbox;
 use super::waiters::Waiters;
 use super::{CoreSetup, Output, ShardCore};
+use crate::Error;
 use crate::events::Event;
 use crate::hlc::HybridLogicalClock;
 use crate::id_hash::IdHashMap;
@@ -35,7 +36,7 @@ impl<R> ShardCore<R> {
         loaded: Vec<(PartitionId, Option<RecoveredPartition>)>,
         mut snapshots: BTreeMap<PartitionId, Snapshot>,
         mut marked: BTreeMap<PartitionId, HardState>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let CoreSetup { shard, shards, cfg, state_machines, entry_bytes_max, now, wall_ms } = setup;
         let initial = Membership::with_voters(cfg.initial_voters());
         let mut multi = MultiRaft::new();
@@ -86,7 +87,7 @@ impl<R> ShardCore<R> {
             rc.id = cfg.node_id;
             rc.group = p;
             rc.seed = cfg.raft.seed ^ cfg.node_id.rotate_left(17) ^ p;
-            multi.add_group(rc, restore).map_err(|e| format!("partition {p}: {e}"))?;
+            multi.add_group(rc, restore).map_err(|reason| Error::Restore { partition: p, reason })?;
             sms.insert(p, sm);
         }
         let tick = Duration::from_millis(cfg.tick_interval_ms);

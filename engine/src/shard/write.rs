@@ -14,6 +14,7 @@ use phalanx_storage::limits::{
 };
 use phalanx_storage::{PartitionWrite, WriteBatch};
 
+use crate::Error;
 use crate::raft::{LogFetch, Snapshot};
 use crate::state_machine::PartitionId;
 
@@ -39,7 +40,7 @@ pub struct Completion {
     /// The job's messages that needed its write durable.
     pub persisted_messages: Vec<RaftMessage>,
     /// Whether the write is durable (`Err`: the store failed).
-    pub result: Result<(), String>,
+    pub result: Result<(), Error>,
     /// What the job's fetches read.
     pub fetched: Vec<(PartitionId, LogFetch, Vec<LogEntry>)>,
     /// Partitions whose writes the store refused in this job (a limit or the contract:

@@ -34,7 +34,7 @@ pub struct SimConfig {
     pub nodes: u64,
     /// Initial voters: nodes 1..=voters (the rest start outside the group and may join).
     pub voters: u64,
-    /// Number of groups.
+    /// Number of user partitions (groups `1..=groups`; the system partition 0 runs too).
     pub groups: u64,
     /// Network faults during the chaos phase.
     pub faults: NetFaults,
@@ -177,10 +177,9 @@ pub struct Sim {
     rng: SeededRng,
     net: Network,
     nodes: Vec<SimNode>,
-    /// The groups the clients use (`1..=groups`).
+    /// Every group of a node: the system partition (0) and `1..=groups`. The clients use
+    /// them all (as the roster will change partition 0's members too, issue 13).
     groups: Vec<GroupId>,
-    /// Every group of a node: the system partition (0) too.
-    all_groups: Vec<GroupId>,
     checker: Checker,
     workload: Workload,
     trace: std::collections::hash_map::DefaultHasher,
@@ -189,6 +188,9 @@ pub struct Sim {
     /// Per group and node, its commit index at the heal.
     commit_at_heal: std::collections::BTreeMap<(GroupId, NodeId), u64>,
     fetches: FetchCounts,
+    /// Groups that lost a voter's disk while they had two voters: no majority of the others
+    /// can elect a leader, so their liveness is not expected (their safety is still checked).
+    stranded: std::collections::BTreeSet<GroupId>,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
     trace_from: Option<u64>,
 }
@@ -202,12 +204,11 @@ impl Sim {
     /// A simulation of `cfg`.
     #[must_use]
     pub fn new(cfg: SimConfig) -> Self {
-        let groups: Vec<GroupId> = (1..=cfg.groups).collect();
+        let groups: Vec<GroupId> = (0..=cfg.groups).collect();
         let base = Instant::now();
         let nodes =
             (1..=cfg.nodes).map(|id| SimNode::new(id, Arc::new(node_config(&cfg, id)), base, 0)).collect();
         Sim {
-            all_groups: (0..=cfg.groups).collect(),
             rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151])),
             net: Network::new(cfg.faults.clone()),
             now: 0,
@@ -220,6 +221,7 @@ impl Sim {
             disk_losses: 0,
             commit_at_heal: std::collections::BTreeMap::new(),
             fetches: FetchCounts::default(),
+            stranded: std::collections::BTreeSet::new(),
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
             cfg,
         }
@@ -232,7 +234,8 @@ impl Sim {
             self.step();
         }
         if self.cfg.liveness_expected() {
-            self.workload.check_liveness(&self.groups, &mut self.checker);
+            let live: Vec<GroupId> = self.live_groups();
+            self.workload.check_liveness(&live, &mut self.checker);
             self.check_convergence();
         }
         self.checker.finish();
@@ -246,7 +249,7 @@ impl Sim {
             messages: self.net.sent,
             acked: self.workload.acked,
             elections: self.workload.leaders_seen,
-            snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.all_groups)).sum(),
+            snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
             crashes: self.crashes,
             disk_losses: self.disk_losses,
             liveness_checked: self.cfg.liveness_expected(),
@@ -338,24 +341,33 @@ impl Sim {
                 // only a group whose other voters are a majority can still elect one (a
                 // 3-voter group loses one disk, a 2-voter group none — as with crashes).
                 // Judged by every running node's view of each group (views differ while a
-                // change is in flight, and a recovering node's is stale).
-                let survivable = self.all_groups.iter().all(|&g| {
-                    self.nodes.iter().filter_map(|n| n.multi().group(g)).all(|grp| {
-                        let voters = &grp.membership().voters;
-                        !voters.contains(&(victim as u64 + 1))
-                            || voters.len() > phalanx::raft::majority(voters.len())
+                // change is in flight, and a recovering node's is stale). A group that cannot
+                // is stranded until an operator replaces the member (issue 13): its safety is
+                // still checked, its liveness no longer.
+                let stranded: Vec<GroupId> = self
+                    .groups
+                    .iter()
+                    .copied()
+                    .filter(|&g| {
+                        self.nodes.iter().filter_map(|n| n.multi().group(g)).any(|grp| {
+                            let voters = &grp.membership().voters;
+                            voters.contains(&(victim as u64 + 1))
+                                && voters.len() <= phalanx::raft::majority(voters.len())
+                        })
                     })
-                });
+                    .collect();
                 // Down nodes' views are unknown (a shrinking change may wait in one's log).
                 let all_up = self.nodes.iter().all(|n| n.up);
-                if !others_lost && all_up && survivable && self.rng.range(0, 100) < self.cfg.disk_loss_pct {
+                if !others_lost && all_up && self.rng.range(0, 100) < self.cfg.disk_loss_pct {
                     if self.rng.range(0, 2) == 0 {
                         self.nodes[victim].wipe();
+                        self.stranded.extend(stranded);
                     } else {
                         let groups: Vec<GroupId> =
-                            self.all_groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
+                            self.groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
                         let k = self.rng.range(1, 6) as usize;
                         self.nodes[victim].cut_tails(&groups, k);
+                        self.stranded.extend(stranded.into_iter().filter(|g| groups.contains(g)));
                     }
                     self.disk_losses += 1;
                 } else {
@@ -379,7 +391,7 @@ impl Sim {
     fn restart(&mut self, i: usize) {
         if let Err(e) = self.nodes[i].restart(self.now) {
             let id = self.nodes[i].id;
-            self.checker.on_unrecoverable(id, e);
+            self.checker.on_unrecoverable(id, e.to_string());
         }
     }
 
@@ -394,7 +406,7 @@ impl Sim {
         }
         for n in &mut self.nodes {
             let Some(core) = n.core() else { continue };
-            for &g in &self.all_groups {
+            for &g in &self.groups {
                 core.multi_mut().update(g, |grp| {
                     if grp.is_leader() {
                         let _ = grp.resume_heartbeats();
@@ -459,8 +471,13 @@ impl Sim {
     /// leader that kept a wiped follower's old progress left it at index 0). Slow
     /// configurations (one entry per append, one in flight) may not close the whole gap in
     /// the window, so making progress is what is required.
+    /// The groups whose liveness is expected (not stranded).
+    fn live_groups(&self) -> Vec<GroupId> {
+        self.groups.iter().copied().filter(|g| !self.stranded.contains(g)).collect()
+    }
+
     fn check_convergence(&mut self) {
-        for &g in &self.groups {
+        for g in self.live_groups() {
             let Some((max_end, members)) = self
                 .nodes
                 .iter()
@@ -547,7 +564,7 @@ impl Sim {
             if !n.up {
                 continue;
             }
-            for &g in &self.all_groups {
+            for &g in &self.groups {
                 let Some(grp) = n.multi().group(g) else { continue };
                 let log = grp.log();
                 (grp.term(), grp.role() as u8, log.committed(), log.last_index()).hash(&mut self.trace);

@@ -401,7 +401,7 @@ impl SimNode {
 
     /// Restarts from the disk at wall time `wall_ms`; `Err` when the engine refuses to
     /// restore it (the node stays down).
-    pub fn restart(&mut self, wall_ms: u64) -> Result<(), String> {
+    pub fn restart(&mut self, wall_ms: u64) -> Result<(), phalanx::Error> {
         self.incarnation += 1;
         // A restarted node's monotonic clock starts again, as after a reboot.
         self.clock = 0;
@@ -414,7 +414,7 @@ impl SimNode {
 
     /// Starts as the runtime's driver does: what the store holds, settled by the engine's
     /// rules for lost state (the writes they ask for stored first), restored by the core.
-    fn boot(&mut self, wall_ms: u64) -> Result<(), String> {
+    fn boot(&mut self, wall_ms: u64) -> Result<(), phalanx::Error> {
         let partitions: Vec<PartitionId> = (0..=u64::from(self.cfg.initial_partitions)).collect();
         let mut loaded: Vec<_> =
             partitions.iter().map(|p| (*p, self.disk.groups.get(p).and_then(|gd| gd.recovered()))).collect();

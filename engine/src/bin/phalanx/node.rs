@@ -149,7 +149,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     // Both ports are bound before anything starts: a port in use stops the node here.
     let client_listener = ClientServer::bind(client_sock)?;
     let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
-    let node = Node::start(cfg, tcp, sms)?;
+    let node = Node::start(cfg, tcp, sms).map_err(|e| e.to_string())?;
     let mut directory = Directory::default();
     for n in &cluster {
         directory.raft.insert(n.id, n.addr.clone());
@@ -208,7 +208,7 @@ fn wait_for_stop(node: &phalanx::NodeHandle) -> Result<Option<String>, String> {
             return Ok(None);
         }
         if let Some(reason) = node.failure() {
-            return Ok(Some(reason));
+            return Ok(Some(reason.to_string()));
         }
         std::thread::sleep(STOP_POLL);
     }
