@@ -2,7 +2,8 @@
 //!
 //! - `cargo test --release -p phalanx-tests --test sim` runs the default sweep (1,000 seeds
 //!   of 2,000 steps) and prints `sim: seeds=N steps=S violations=V`.
-//! - `PHALANX_SIM_SEEDS=N` runs N seeds; `PHALANX_SIM_STEPS=S` sets the steps per seed.
+//! - `PHALANX_SIM_SEEDS=N` runs seeds `0..N`; `PHALANX_SIM_STEPS=S` sets the steps per seed.
+//!   Either way the regression seeds (`REGRESSION_SEEDS`) run too.
 //! - `PHALANX_SIM_SEED=X` replays seed X alone and prints its report.
 
 use std::time::Instant;
@@ -10,6 +11,12 @@ use std::time::Instant;
 use phalanx_tests::sim::{Report, run_seed};
 
 const DEFAULT_SEEDS: u64 = 1000;
+/// Seeds that once found an engine bug, run with every sweep (beyond its range too) so the
+/// bug stays found: 82 (a sole voter that lost its log's tail led without committed
+/// entries), 515 (read ids reused across a restart: a stale read), 9414 (a recovering replica
+/// answered a stale leader: a stale read). They replay the scenario only while the
+/// simulator draws as it does now; the engine's own tests keep each case deterministically.
+const REGRESSION_SEEDS: &[u64] = &[82, 515, 9414];
 const DEFAULT_STEPS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -18,6 +25,12 @@ fn env_u64(name: &str) -> Option<u64> {
         Ok(n) => Some(n),
         Err(_) => panic!("{name}={v:?} is not a non-negative integer"),
     }
+}
+
+/// The seeds of `range` and every regression seed outside it.
+fn with_regressions(range: std::ops::Range<u64>) -> Vec<u64> {
+    let extra = REGRESSION_SEEDS.iter().copied().filter(|s| !range.contains(s));
+    range.clone().chain(extra).collect()
 }
 
 fn run_many(seeds: Vec<u64>, steps: u64) -> Vec<Report> {
@@ -41,8 +54,8 @@ fn simulator_sweep() {
     let steps = env_u64("PHALANX_SIM_STEPS").unwrap_or(DEFAULT_STEPS);
     let seeds: Vec<u64> = match (env_u64("PHALANX_SIM_SEED"), env_u64("PHALANX_SIM_SEEDS")) {
         (Some(one), _) => vec![one],
-        (None, Some(n)) => (0..n).collect(),
-        (None, None) => (0..DEFAULT_SEEDS).collect(),
+        (None, Some(n)) => with_regressions(0..n),
+        (None, None) => with_regressions(0..DEFAULT_SEEDS),
     };
     let started = Instant::now();
     let reports = run_many(seeds.clone(), steps);

@@ -31,8 +31,12 @@
 //! replicas are all empty — a new disk and a wiped one look alike — and they answer each
 //! other with empty logs, whatever terms the first to finish reached while campaigning.
 //!
-//! Meanwhile it follows leaders and acknowledges appends like any follower: an
-//! acknowledgement speaks only for entries it holds again. A leader that hears a rejection
+//! Until it knows `F` it answers no leader at all: back at term 0, it would otherwise follow
+//! a leader of a term it had already left behind, and its acknowledgements could help that
+//! leader commit entries or confirm a read that the later term contradicts. Learning `F`, it
+//! moves to term `F`, so older leaders are refused as stale. From then on it follows leaders
+//! and acknowledges appends like any follower: an acknowledgement speaks only for entries it
+//! holds again. A leader that hears a rejection
 //! showing a follower's log shorter than what the leader believed it matched starts over
 //! from the follower's real log (`step_leader.rs`), so the follower never stays behind on
 //! stale progress and never counts for entries it no longer holds.
@@ -176,6 +180,11 @@ impl RaftGroup {
         }
         let floor = r.answers.values().map(|a| a.term).max().unwrap_or(0);
         r.floor = Some(floor);
+        if floor > self.term && !nothing_committed && floor > 0 {
+            // Its term goes back to at least where it had been: leaders of older terms are
+            // now refused as stale, like by any replica that never lost its state.
+            self.become_follower(floor, None);
+        }
         if floor == 0 || nothing_committed {
             // No term was ever reached, or no entry was ever committed: nothing this
             // replica acknowledged can be lost. Its vote in the floor's term may have been
