@@ -16,9 +16,10 @@ pub type PartitionId = u64;
 /// The contract between the engine and an application state machine.
 ///
 /// Guarantees the engine gives: `apply` sees committed entries only, in log order, each
-/// exactly once per process lifetime (after a restart, entries are replayed from the last
-/// snapshot through `restore_entry`); every replica's state machine sees the same entries
-/// in the same order. Two-step proposals reach `apply` only after their commit marker
+/// exactly once per process lifetime; after a restart, `restore` gets the last snapshot and
+/// the entries after it up to the commit index the node recovered are replayed through
+/// `restore_entry` (later ones reach `apply`); every replica's state machine sees the same
+/// entries in the same order. Two-step proposals reach `apply` only after their commit marker
 /// commits, and never after a rollback.
 pub trait StateMachine {
     /// Applies one committed entry (a user entry, a released two-step entry, a checkpoint, or
@@ -39,8 +40,8 @@ pub trait StateMachine {
     /// The partition finished replaying its log and is live.
     fn restore_finished(&mut self, _partition: PartitionId) {}
 
-    /// A proposal of this node failed to replicate (overwritten by another leader, timed
-    /// out, or refused); `entry` is its last entry when known.
+    /// A proposal of this node failed to replicate: its entry was overwritten by another
+    /// leader's (`ReplicationFailed`).
     fn replication_error(&mut self, _partition: PartitionId, _status: Status) {}
 
     /// The partition's leader changed (`None`: no leader known).

@@ -5,7 +5,8 @@
 //! first). Adapters:
 //!
 //! * [`wal::WalStore`] — the default native segment WAL on glommio DMA files (O_DIRECT,
-//!   io_uring), one `fdatasync` per batch;
+//!   io_uring), one synchronous write per batch (segments open `O_DSYNC`: durable when the
+//!   write completes, no separate `fdatasync`);
 //! * `rocks::RocksStore` — one RocksDB instance per shard (cargo feature `rocksdb`);
 //! * `sqlite::SqliteStore` — one SQLite database per shard (cargo feature `sqlite`);
 //! * [`memory::MemoryStore`] — in memory, for tests and framework-mode benchmarks.

@@ -40,8 +40,8 @@ impl Default for StoreOptions {
 ///
 /// When [`LogStore::write`] returns `Ok`, the whole batch is *durable*: it survives a crash
 /// of the process or of the machine (with [`StoreOptions::sync_writes`] on, the default; with
-/// it off only a clean close is guaranteed, see there). The native WAL issues exactly one
-/// `fdatasync` per batch. A batch is **all-or-nothing**: after a crash during `write`,
+/// it off only a clean close is guaranteed, see there). The native WAL makes a batch durable
+/// with exactly one synchronous write (its segments are open `O_DSYNC`). A batch is **all-or-nothing**: after a crash during `write`,
 /// recovery finds either all of it or none of it — never some partitions, some entries, or
 /// entries without the hard state written with them.
 ///

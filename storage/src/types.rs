@@ -188,8 +188,9 @@ impl std::fmt::Display for DamagedTail {
 pub struct StoreStats {
     /// Batches made durable by `write` (including `set_meta` and `remove_partition`).
     pub batches: u64,
-    /// Syncs issued on the write path: `fdatasync` calls for the native WAL, synced commits
-    /// for the RocksDB and SQLite adapters (their own background syncs are not seen).
+    /// Syncs issued on the write path: synchronous (`O_DSYNC`) batch writes for the native
+    /// WAL, synced commits for the RocksDB and SQLite adapters (their own background syncs
+    /// are not seen).
     pub write_syncs: u64,
     /// Syncs issued off the write path (native WAL: preparing and recycling segments).
     pub background_syncs: u64,

@@ -1,7 +1,9 @@
 //! The WAL writer of one shard: a task on the shard's executor that owns the log store and
 //! makes Readies durable in order, while the shard loop goes on receiving, sending and
 //! applying. Jobs queued behind a write in progress are merged into the next batch, so one
-//! `fdatasync` covers every Ready produced during the previous one (group commit).
+//! synchronous write (the WAL's segments are open `O_DSYNC`) covers every Ready produced
+//! during the previous one (group commit). How jobs merge and in which steps a merged batch
+//! becomes durable are pure functions shared with the simulator (`shard/write.rs`).
 //!
 //! Completions come back in job order; the shard then sends the messages that needed
 //! durable state and acknowledges the Ready (`MultiRaft::advance`).

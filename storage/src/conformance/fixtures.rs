@@ -429,7 +429,7 @@ mod wal_specific {
     }
 
     #[test]
-    fn exactly_one_fdatasync_per_batch() {
+    fn exactly_one_synchronous_write_per_batch() {
         run(|| async {
             let f = WalFixture::with_segment_bytes(1 << 20);
             let mut s = f.open(true).await.unwrap();
