@@ -75,7 +75,17 @@ pub enum Error {
     /// rather than run with what may be missing acknowledged writes.
     #[error("{0}")]
     LostState(String),
-    /// A shard's executor thread could not start, or exited while starting.
+    /// The client port could not be bound or served (an address in use, no permission).
+    #[error("client port {addr}: {source}")]
+    ClientPort {
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A shard's executor thread could not start, or exited while starting (`shard` is
+    /// `usize::MAX` for the client port's executor).
     #[error("shard {shard}: {reason}")]
     Executor {
         /// The shard.

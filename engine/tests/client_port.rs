@@ -184,7 +184,11 @@ fn bad_frames_close_the_connection_and_are_counted() {
 fn a_client_port_in_use_is_an_error() {
     let srv = serve(ServerLimits::default());
     let e = ClientServer::bind(srv.addr).expect_err("the port is taken");
-    assert!(e.contains("in use"), "{e}");
+    assert!(
+        matches!(&e, phalanx::Error::ClientPort { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("in use"), "{e}");
 }
 
 #[test]

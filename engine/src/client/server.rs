@@ -8,6 +8,7 @@
 //! leader for the read index. Malformed input gets a typed `INVALID` answer or, if the frame
 //! itself is broken, the connection is closed with a logged reason.
 
+use crate::Error;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -166,7 +167,7 @@ pub struct ClientServer {
 impl ClientServer {
     /// Binds `addr` and serves it on a new executor thread, with the default limits. Fails
     /// (with the OS error) when the port is in use.
-    pub fn start(handle: NodeHandle, addr: SocketAddr, directory: Directory) -> Result<ClientServer, String> {
+    pub fn start(handle: NodeHandle, addr: SocketAddr, directory: Directory) -> Result<ClientServer, Error> {
         ClientServer::start_with(handle, addr, directory, ServerLimits::default())
     }
 
@@ -176,15 +177,16 @@ impl ClientServer {
         addr: SocketAddr,
         directory: Directory,
         limits: ServerLimits,
-    ) -> Result<ClientServer, String> {
+    ) -> Result<ClientServer, Error> {
         ClientServer::serve(handle, ClientServer::bind(addr)?, directory, limits)
     }
 
     /// Binds the client port without serving it yet, so a port in use stops a node before
     /// it starts anything else. std's listener, not glommio's `bind`: that sets SO_REUSEPORT,
     /// which let a second node bind the same port silently and take half the connections.
-    pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("client port {addr}: {e}"))
+    pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| Error::ClientPort { addr: addr.to_string(), source: Arc::new(e) })
     }
 
     /// Serves a listener from [`ClientServer::bind`] on a new executor thread.
@@ -193,9 +195,11 @@ impl ClientServer {
         listener: std::net::TcpListener,
         directory: Directory,
         limits: ServerLimits,
-    ) -> Result<ClientServer, String> {
-        limits.validate().map_err(|e| format!("client port limits: {e}"))?;
-        let local = listener.local_addr().map_err(|e| format!("client port: {e}"))?;
+    ) -> Result<ClientServer, Error> {
+        limits.validate().map_err(|e| Error::Config(format!("client port limits: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::ClientPort { addr: "(unknown)".into(), source: Arc::new(e) })?;
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let dir = Arc::new(directory);
         let counters = Arc::new(ServerCounters::default());
@@ -221,7 +225,10 @@ impl ClientServer {
                 accept_loop(&ctx, &listener, stop_rx).await;
                 drop(sweeper);
             })
-            .map_err(|e| format!("client port executor: {e}"))?;
+            .map_err(|e| Error::Executor {
+                shard: usize::MAX,
+                reason: format!("client port executor: {e}"),
+            })?;
         Ok(ClientServer { stop: stop_tx, join: Some(join), addr: local, counters })
     }
 

@@ -147,7 +147,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         .map_err(|e| format!("raft port: {e}"))?;
     let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
     // Both ports are bound before anything starts: a port in use stops the node here.
-    let client_listener = ClientServer::bind(client_sock)?;
+    let client_listener = ClientServer::bind(client_sock).map_err(|e| e.to_string())?;
     let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
     let node = Node::start(cfg, tcp, sms).map_err(|e| e.to_string())?;
     let mut directory = Directory::default();
@@ -163,7 +163,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         Ok(s) => s,
         Err(e) => {
             node.shutdown();
-            return Err(e);
+            return Err(e.to_string());
         }
     };
     tracing::info!(
