@@ -39,7 +39,12 @@ for patch in "$root"/tests/mutants/*.patch; do
     first=$(head -n1 <<<"$failing")
     count=$(wc -l <<<"$failing")
     ran=$(grep -oE 'seeds=[0-9]+' <<<"$line" | head -n1 | cut -d= -f2)
-    echo "mutant $name killed: first failing seed $first (found after $((first + 1)) seeds); $count of $ran seeds failed; $line"
+    if [ "$first" -lt "$seeds" ]; then
+      found="found after $((first + 1)) seeds"
+    else
+      found="found only at a regression seed, none of 0..$seeds"
+    fi
+    echo "mutant $name killed: first failing seed $first ($found); $count of $ran seeds failed; $line"
   fi
   rm -rf "$work"
   trap - EXIT
