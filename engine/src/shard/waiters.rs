@@ -304,21 +304,3 @@ impl<R> Waiters<R> {
 fn fail(status: Status, ticket: Ticket, log_index: u64) -> Answer {
     Answer::Replication(ReplicationResult { status, ticket, log_index, response: Bytes::new() })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression (simulator seed 515, the first run through the real shell): read ids
-    /// restarted at 1 with every incarnation, so a leader's answer to a read forwarded before
-    /// a crash matched a new read after the restart and answered it with a stale index.
-    #[test]
-    fn read_ids_of_a_later_incarnation_never_repeat_an_earlier_one() {
-        let deadline = Instant::now();
-        let mut before: Waiters<()> = Waiters::new(1_000);
-        let ids: Vec<u64> = (0..1000).map(|_| before.add_read(1, ReadKind::Barrier, (), deadline)).collect();
-        let mut after: Waiters<()> = Waiters::new(1_001);
-        let next = after.add_read(1, ReadKind::Barrier, (), deadline);
-        assert!(ids.iter().all(|id| *id < next), "a restarted shard reused a read id");
-    }
-}
