@@ -93,6 +93,15 @@ impl RaftGroup {
         self.recovery.as_ref().and_then(|r| r.floor)
     }
 
+    /// Whether the replica must leave leaders unanswered: it lost its state and does not know
+    /// its term floor yet, so it does not know how far its term had gone. An answer now could
+    /// help a leader of a term it had already left behind commit entries or confirm a read
+    /// (simulator seed 9414: a wiped replica, back at term 0, answered a stale term-6
+    /// leader's heartbeats, and that leader served a read missing writes committed in term 7).
+    pub(super) fn ignores_leaders(&self) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.floor.is_none())
+    }
+
     /// When the next probe round is due (`u64::MAX`: none, the floor is known).
     pub(super) fn next_probe_deadline(&self) -> u64 {
         match &self.recovery {
@@ -180,7 +189,7 @@ impl RaftGroup {
         }
         let floor = r.answers.values().map(|a| a.term).max().unwrap_or(0);
         r.floor = Some(floor);
-        if floor > self.term && !nothing_committed && floor > 0 {
+        if floor > self.term {
             // Its term goes back to at least where it had been: leaders of older terms are
             // now refused as stale, like by any replica that never lost its state.
             self.become_follower(floor, None);
@@ -189,9 +198,6 @@ impl RaftGroup {
             // No term was ever reached, or no entry was ever committed: nothing this
             // replica acknowledged can be lost. Its vote in the floor's term may have been
             // cast: count it as cast.
-            if floor > self.term {
-                self.become_follower(floor, None);
-            }
             if self.term > 0 && self.vote == 0 {
                 self.vote = me;
             }

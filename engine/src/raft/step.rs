@@ -61,16 +61,11 @@ impl RaftGroup {
             }
             _ => {}
         }
-        if self.is_recovering()
-            && self.recovery_floor().is_none()
+        if self.ignores_leaders()
             && matches!(body, Body::AppendRequest(_) | Body::Heartbeat(_) | Body::Snapshot(_))
         {
-            // A replica that lost its state does not know how far its term had gone: an
-            // acknowledgement now could help a leader of a term it had already left behind
-            // commit entries or confirm a read (simulator seed 9414: a wiped replica, back at
-            // term 0, answered a stale term-6 leader's heartbeats, and that leader served a
-            // read missing writes committed in term 7). It answers leaders only once it
-            // knows its term floor (`recovery.rs`).
+            // A replica that lost its state answers leaders only once it knows its term floor
+            // (`recovery.rs`).
             return Ok(());
         }
         let term = body_term(&body);
