@@ -84,12 +84,12 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// A shard's executor thread could not start, or exited while starting (`shard` is
-    /// `usize::MAX` for the client port's executor).
-    #[error("shard {shard}: {reason}")]
+    /// An executor thread (a shard's, the client port's) could not start, or exited while
+    /// starting.
+    #[error("{thread}: {reason}")]
     Executor {
-        /// The shard.
-        shard: usize,
+        /// Whose: `shard 3`, `client port`.
+        thread: String,
         /// What happened.
         reason: String,
     },

@@ -225,10 +225,7 @@ impl ClientServer {
                 accept_loop(&ctx, &listener, stop_rx).await;
                 drop(sweeper);
             })
-            .map_err(|e| Error::Executor {
-                shard: usize::MAX,
-                reason: format!("client port executor: {e}"),
-            })?;
+            .map_err(|e| Error::Executor { thread: "client port".into(), reason: e.to_string() })?;
         Ok(ClientServer { stop: stop_tx, join: Some(join), addr: local, counters })
     }
 

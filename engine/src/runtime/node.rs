@@ -113,7 +113,7 @@ impl Node {
                 Ok(j) => joins.push(j),
                 Err(e) => {
                     let reason = format!("starting its executor: {e}");
-                    let _ = ready_tx.send(Err(Error::Executor { shard: i, reason }));
+                    let _ = ready_tx.send(Err(Error::Executor { thread: format!("shard {i}"), reason }));
                 }
             }
         }
@@ -127,7 +127,7 @@ impl Node {
                 }
                 Err(_) => {
                     let reason = "exited during start".to_string();
-                    first_error.get_or_insert(Error::Executor { shard: 0, reason });
+                    first_error.get_or_insert(Error::Executor { thread: "a shard".into(), reason });
                     break;
                 }
             }
