@@ -236,7 +236,7 @@ impl SimNode {
     pub fn tick(&mut self, wall_ms: u64) {
         self.clock += 1;
         let now = self.now();
-        let heard = self.heard.clone();
+        let heard = &self.heard;
         if let Some(core) = self.core.as_mut() {
             core.set_clock(now, wall_ms);
             core.tick_if_due(&|n| heard.get(&n).copied());
