@@ -166,6 +166,10 @@ impl<T: Transport> Transport for CountingTransport<T> {
         self.inner.stats()
     }
 
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes()
+    }
+
     async fn shutdown(self) {
         self.inner.shutdown().await;
     }

@@ -153,6 +153,15 @@ impl NodeConfig {
                  log type and the entry's envelope)"
             ));
         }
+        // A leader's door must not take an entry its followers refuse as bad peer input: the
+        // partition would stall, resending it forever.
+        if self.raft.max_entry_bytes < self.max_entry_bytes + MAX_LOG_TYPE_BYTES {
+            return Err(format!(
+                "raft.max_entry_bytes ({}) must hold the largest entry this node accepts: max_entry_bytes ({}) \
+                 plus the longest log type ({MAX_LOG_TYPE_BYTES})",
+                self.raft.max_entry_bytes, self.max_entry_bytes
+            ));
+        }
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))
@@ -267,5 +276,12 @@ mod tests {
         let mut c = three(2);
         c.max_entry_bytes = MAX_ENTRY_PAYLOAD_BYTES + 1;
         assert!(c.validate().is_err_and(|e| e.contains("max_entry_bytes")));
+        // The followers' limit one byte below the door's largest entry; at it, fine.
+        let mut c = three(2);
+        c.max_entry_bytes = 1000;
+        c.raft.max_entry_bytes = 1000 + MAX_LOG_TYPE_BYTES - 1;
+        assert!(c.validate().is_err_and(|e| e.contains("raft.max_entry_bytes")));
+        c.raft.max_entry_bytes += 1;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -18,6 +18,10 @@ use crate::state_machine::{PartitionId, StateMachine};
 pub const KV_LOG_TYPE: &str = "kv";
 /// Longest key accepted (bytes).
 pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value a key may hold, in bytes: the largest entry payload. A value one put could
+/// not carry cannot be built by appends either, so every value fits a get's answer in one
+/// client frame (`client::MAX_CLIENT_FRAME_BYTES`) and a key's memory is bounded.
+pub const MAX_VALUE_BYTES: usize = crate::config::MAX_ENTRY_PAYLOAD_BYTES;
 
 /// One partition's key-value map.
 #[derive(Debug, Default)]
@@ -65,6 +69,13 @@ impl KvStateMachine {
                 Bytes::new()
             }
             Some(kv_command::Op::AppendValue(a)) => {
+                let current = self.map.get(&a.key).map_or(0, Bytes::len);
+                // Every replica refuses the same append: the decision reads only the map.
+                if current + a.value.len() > MAX_VALUE_BYTES {
+                    let refused =
+                        AppendValueResponse { length: current as u64, too_large: true, ..Default::default() };
+                    return refused.encode_to_vec().into();
+                }
                 let v = self.map.entry(a.key).or_default();
                 let mut joined = Vec::with_capacity(v.len() + a.value.len());
                 joined.extend_from_slice(v);

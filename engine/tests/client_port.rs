@@ -219,21 +219,22 @@ fn the_blocking_client_names_the_endpoint_and_the_cause() {
 }
 
 /// Issue 11, item 1, through the client port: four concurrent puts of 7 MiB values (each
-/// legal, together beyond one WAL batch) once stopped the node; a value beyond the entry
-/// limit gets TOO_LARGE naming the limit, and the node serves on.
+/// legal, together beyond one WAL batch) once stopped the node. Issue 12, item 5: the largest
+/// value a put of a given key can carry (its command is exactly the largest entry payload) is
+/// stored and read back whole; one byte more gets TOO_LARGE naming the limit; appends that
+/// would grow a value past `MAX_VALUE_BYTES` are refused (a value once grew without bound, and
+/// its get answer no longer fitted a frame); the node serves on.
 #[test]
 fn large_values_at_the_limit_are_stored_and_beyond_it_refused() {
     let srv = serve(ServerLimits::default());
     let ep = srv.addr.to_string();
     let timeouts =
         phalanx::client::ClientTimeouts { connect: Duration::from_secs(1), request: Duration::from_secs(30) };
-    let put = move |key: String, len: usize| {
+    let call = move |op: Op| {
         let mut c = Client::connect_with(&ep, timeouts).expect("connects");
-        let value = bytes::Bytes::from(vec![b'v'; len]);
         let deadline = Instant::now() + WAIT;
         loop {
-            let r = c.call(Op::Put(phalanx_proto::PutRequest { key: key.clone(), value: value.clone() }));
-            match r {
+            match c.call(op.clone()) {
                 // The single node elects itself right after start.
                 Err(ClientFailure::Server(e))
                     if e.code == ClientErrorCode::NotLeader as i32 && Instant::now() < deadline =>
@@ -244,25 +245,70 @@ fn large_values_at_the_limit_are_stored_and_beyond_it_refused() {
             }
         }
     };
+    let put = {
+        let call = call.clone();
+        move |key: &str, len: usize| {
+            let value = bytes::Bytes::from(vec![b'v'; len]);
+            call(Op::Put(phalanx_proto::PutRequest { key: key.into(), value }))
+        }
+    };
     let limit = phalanx::config::MAX_ENTRY_PAYLOAD_BYTES;
     let writers: Vec<_> = (0..4)
         .map(|i| {
             let put = put.clone();
-            std::thread::spawn(move || put(format!("big-{i}"), 7 << 20))
+            std::thread::spawn(move || put(&format!("big-{i}"), 7 << 20).map(|_| ()))
         })
         .collect();
     for w in writers {
         w.join().expect("writer").expect("a 7 MiB put is stored");
     }
-    // Just within the limit (the key and the command's envelope take the rest).
-    put("edge".into(), limit - 1024).expect("a value just within the limit is stored");
-    match put("over".into(), limit + 1) {
+    let too_large = |r: Result<_, ClientFailure>, names: usize| match r {
         Err(ClientFailure::Server(e)) => {
-            assert_eq!(e.code, ClientErrorCode::TooLarge as i32);
-            assert!(e.message.contains(&limit.to_string()), "{}", e.message);
+            assert_eq!(e.code, ClientErrorCode::TooLarge as i32, "{}", e.message);
+            assert!(e.message.contains(&names.to_string()), "{}", e.message);
         }
         other => panic!("not refused as too large: {other:?}"),
+    };
+    // The largest value of this key: its put command is exactly the largest entry payload.
+    let key = "edge";
+    let command_len = |len: usize| {
+        let put = phalanx_proto::PutRequest { key: key.into(), value: vec![0u8; len].into() };
+        prost::Message::encoded_len(&phalanx_proto::KvCommand {
+            op: Some(phalanx_proto::kv_command::Op::Put(put)),
+        })
+    };
+    let mut largest = limit;
+    while command_len(largest) > limit {
+        largest -= 1;
+    }
+    assert_eq!(command_len(largest), limit, "a value length makes the command exactly the limit");
+    put(key, largest).expect("the largest value is stored");
+    match call(Op::Get(phalanx_proto::GetRequest { key: key.into() })) {
+        Ok(phalanx_proto::client_response::Result::Get(g)) => {
+            assert_eq!(g.value.len(), largest, "read back whole");
+            assert!(g.value.iter().all(|b| *b == b'v'));
+        }
+        other => panic!("get of the largest value: {other:?}"),
+    }
+    too_large(put(key, largest + 1), limit);
+    // Appends: up to the largest value, not one byte beyond; a refused append changes nothing.
+    let append = |len: usize| {
+        let value = bytes::Bytes::from(vec![b'a'; len]);
+        call(Op::AppendValue(phalanx_proto::AppendValueRequest { key: "grown".into(), value }))
+    };
+    let max_value = phalanx::kv::MAX_VALUE_BYTES;
+    let half = max_value / 2;
+    append(half).expect("half the largest value");
+    too_large(append(max_value - half + 1), max_value);
+    match append(max_value - half).expect("up to the largest value") {
+        phalanx_proto::client_response::Result::AppendValue(a) => assert_eq!(a.length, max_value as u64),
+        other => panic!("append answer: {other:?}"),
+    }
+    too_large(append(1), max_value);
+    match call(Op::Get(phalanx_proto::GetRequest { key: "grown".into() })) {
+        Ok(phalanx_proto::client_response::Result::Get(g)) => assert_eq!(g.value.len(), max_value),
+        other => panic!("get of the grown value: {other:?}"),
     }
     assert!(srv.node.as_ref().expect("running").handle().failure().is_none());
-    put("small".into(), 10).expect("the node serves on");
+    put("small", 10).expect("the node serves on");
 }

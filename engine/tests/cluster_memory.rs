@@ -522,6 +522,29 @@ fn entries_at_every_size_boundary_never_stop_a_node() {
     assert_eq!(block_on(c.handle(leader).replicate_batch(p, log_type, many)).status, Status::TooLarge);
     let two = vec![Bytes::from(vec![2u8; max / 2]); 2];
     assert_eq!(block_on(c.handle(leader).replicate_batch(p, log_type, two)).status, Status::Success);
+    // Issue 12, item 5: the largest entry the door takes — the largest payload with the
+    // longest log type — is exactly the store's largest entry. It is stored and replicated
+    // to every node; one byte more of payload, or of log type, is refused.
+    let longest = "l".repeat(phalanx::config::MAX_LOG_TYPE_BYTES);
+    let r = block_on(c.handle(leader).replicate(p, &longest, Bytes::from(vec![3u8; max])));
+    assert_eq!(r.status, Status::Success, "the largest entry");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in 1..=3 {
+        loop {
+            let applied =
+                block_on(c.handle(id).status()).into_iter().find(|s| s.id == p).map(|s| s.applied_index);
+            if applied >= Some(r.log_index) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not apply the largest entry: {applied:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let over = block_on(c.handle(leader).replicate(p, &longest, Bytes::from(vec![4u8; max + 1])));
+    assert_eq!(over.status, Status::TooLarge);
+    let longer = format!("{longest}l");
+    let over = block_on(c.handle(leader).replicate(p, &longer, Bytes::from(vec![5u8; 1])));
+    assert_eq!(over.status, Status::InvalidRequest, "a log type one byte too long");
     for id in 1..=3 {
         assert!(c.handle(id).failure().is_none(), "node {id} stopped");
     }
@@ -573,4 +596,35 @@ fn a_write_the_store_refuses_stops_only_its_partition() {
     block_on(h.wait_for_leader(1, Duration::from_secs(10))).expect("a leader again");
     assert_eq!(block_on(h.replicate(1, "t", Bytes::from_static(b"again"))).status, Status::Success);
     node.shutdown();
+}
+
+/// Issue 12, item 5: a transport whose frames cannot carry the node's largest Raft message
+/// (here: one entry of the largest size) would drop it and every resend; the node refuses
+/// to start, naming the setting, instead of running a partition that can never replicate.
+/// With the entry limits lowered to fit, the same transport starts and serves.
+#[test]
+fn a_transport_frame_below_the_largest_message_refuses_start() {
+    let frame = 1 << 20;
+    let net = MemoryNetwork::new(MemoryConfig { max_frame_bytes: frame, ..MemoryConfig::default() });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = single_node(dir.path(), 1, None);
+    match Node::start(cfg.clone(), net.factory(1), kv_factory()) {
+        Err(phalanx::Error::Config(m)) => {
+            assert!(m.contains("max_frame_bytes") && m.contains(&frame.to_string()), "{m}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("started with frames smaller than its largest message"),
+    }
+    let mut small = cfg;
+    small.raft.max_bytes_per_append = 256 << 10;
+    small.raft.snapshot_chunk_bytes = 256 << 10;
+    small.max_entry_bytes = 256 << 10;
+    small.raft.max_entry_bytes = small.max_entry_bytes + phalanx::config::MAX_LOG_TYPE_BYTES;
+    let node = Node::start(small, net.factory(1), kv_factory()).expect("entries that fit the frames");
+    let h = node.handle();
+    block_on(h.wait_for_leader(1, Duration::from_secs(10))).expect("a leader");
+    let r = block_on(h.replicate(1, "t", Bytes::from(vec![1u8; 256 << 10])));
+    assert_eq!(r.status, Status::Success);
+    let r = block_on(h.replicate(1, "t", Bytes::from(vec![1u8; (256 << 10) + 1])));
+    assert_eq!(r.status, Status::TooLarge);
 }

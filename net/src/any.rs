@@ -51,6 +51,13 @@ impl Transport for AnyTransport {
         }
     }
 
+    fn max_frame_bytes(&self) -> usize {
+        match self {
+            AnyTransport::Tcp(t) => t.max_frame_bytes(),
+            AnyTransport::Memory(t) => t.max_frame_bytes(),
+        }
+    }
+
     async fn shutdown(self) {
         match self {
             AnyTransport::Tcp(t) => t.shutdown().await,

@@ -356,6 +356,10 @@ impl Transport for MemoryTransport {
         self.inner.counters.snapshot()
     }
 
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.net.cfg.max_frame_bytes
+    }
+
     async fn shutdown(self) {
         self.inner.unregister();
         self.inner.tasks.shutdown().await;

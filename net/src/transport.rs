@@ -74,6 +74,11 @@ pub trait Transport: 'static {
     /// A snapshot of this shard's counters.
     fn stats(&self) -> TransportStats;
 
+    /// The largest batch encoding this transport carries, in bytes (its `max_frame_bytes`):
+    /// a larger batch is dropped and counted as `batches_dropped_oversize`. Senders cut their
+    /// batches below it, and must never need one message larger than it.
+    fn max_frame_bytes(&self) -> usize;
+
     /// Stops every task of this shard's transport and closes its sockets; resolves when they
     /// are gone. Batches still queued are dropped. Dropping a transport without calling this
     /// cancels its tasks too, but does not wait for them.

@@ -20,6 +20,15 @@ pub const REQUEST_KIND: u8 = 64;
 pub const RESPONSE_KIND: u8 = 65;
 /// Largest client frame (request or response).
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 << 20;
+/// Bytes a request or an answer adds at most to the value it carries: its id, the
+/// operation's tags and lengths, a partition and log index, and a key of at most
+/// `MAX_KEY_BYTES`.
+const CLIENT_FRAME_ENVELOPE_BYTES: usize = crate::kv::MAX_KEY_BYTES + 128;
+// Every answer fits in one frame: the largest carries one value (a get's, or the current value
+// of a compare-and-set). A request is a value within one entry payload (a compare-and-set's
+// two values together), so the largest the node accepts fits too; larger ones are read
+// whole, up to the frame, and refused `TOO_LARGE`.
+const _: () = assert!(crate::kv::MAX_VALUE_BYTES + CLIENT_FRAME_ENVELOPE_BYTES <= MAX_CLIENT_FRAME_BYTES);
 /// How long the blocking client waits for a connection, by default. Well below
 /// [`CLIENT_REQUEST_TIMEOUT`]: a dead or paused endpoint must leave time to try the others.
 pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -33,7 +33,7 @@ use phalanx_proto::{
 
 use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
 use crate::handle::NodeHandle;
-use crate::kv::{KV_LOG_TYPE, MAX_KEY_BYTES};
+use crate::kv::{KV_LOG_TYPE, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::raft::{NodeId, Status};
 use crate::runtime::ReplicationResult;
 
@@ -610,9 +610,20 @@ async fn dispatch(
         }
         Op::AppendValue(a) => {
             let key = a.key.clone();
+            let append_len = a.value.len();
             let (partition, r) = replicate_kv(ctx, &key, kv_command::Op::AppendValue(a)).await?;
             let mut out = AppendValueResponse::decode(r.response.as_ref())
                 .map_err(|_| error(ClientErrorCode::Internal, "undecodable state machine answer"))?;
+            if out.too_large {
+                return Err(error(
+                    ClientErrorCode::TooLarge,
+                    format!(
+                        "TooLarge: a value may hold at most {MAX_VALUE_BYTES} bytes; it holds {} and the append \
+                         adds {}",
+                        out.length, append_len
+                    ),
+                ));
+            }
             out.partition = partition;
             out.log_index = r.log_index;
             R::AppendValue(out)

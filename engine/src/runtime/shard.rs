@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use phalanx_net::Transport;
-use phalanx_storage::limits::{ENTRY_BYTES_MAX, ENTRY_RECORD_OVERHEAD_BYTES};
 use phalanx_storage::{AnyStore, LogPosition, LogStore, StoreOptions};
 
 use super::bus::{Bus, ShardMsg};
@@ -29,6 +28,7 @@ use crate::Error;
 use crate::config::NodeConfig;
 use crate::events::Event;
 use crate::raft::Status;
+use crate::shard::limits::ShardLimits;
 use crate::shard::{CoreSetup, ShardCore};
 use crate::state_machine::{PartitionId, StateMachineFactory};
 
@@ -104,6 +104,9 @@ impl<T: Transport> Shard<T> {
         let mut store = AnyStore::open(cfg.wal, &dir, opts).await.map_err(|e| {
             Error::storage(shard, format!("opening the {} store in {}", cfg.wal.name(), dir.display()), e)
         })?;
+        // What the shard may build is bounded by what one write and one frame hold; a
+        // configuration they cannot carry is refused before anything is loaded.
+        let limits = ShardLimits::derive(&cfg, store.max_batch_cost(), transport.max_frame_bytes())?;
         // Snapshots live beside the WAL shards, not inside them: a WAL directory holds only
         // the store's own files (it refuses anything else as foreign).
         let snapshot_dir = cfg.data_dir.join("snapshots").join(format!("shard-{shard}"));
@@ -127,18 +130,12 @@ impl<T: Transport> Shard<T> {
         let positions =
             loaded_snapshots.iter().map(|(p, s)| (*p, LogPosition::new(s.meta.index, s.meta.term))).collect();
         let marked = lost_state::settle_at_open(shard, &cfg, &mut store, &mut loaded, &positions).await?;
-        // A write splits into batches of at most the store's batch cost; one entry (with its
-        // partition's other records) must fit in one of them.
-        let batch_room = store
-            .max_batch_cost()
-            .saturating_sub(phalanx_storage::limits::PARTITION_RECORDS_BYTES + ENTRY_RECORD_OVERHEAD_BYTES);
-        let entry_bytes_max = batch_room.min(ENTRY_BYTES_MAX) as usize;
         let core_setup = CoreSetup {
             shard,
             shards,
             cfg: cfg.clone(),
             state_machines,
-            entry_bytes_max,
+            limits,
             now: Instant::now(),
             wall_ms: physical_ms(),
         };

@@ -136,12 +136,14 @@ impl<R> ShardCore<R> {
     }
 
     /// The door's size check (issue 11): every entry within the caller's limit and within
-    /// what one log write holds, and the request's entries together within one write too,
-    /// so no client input can build a write the store refuses. (Several requests' entries
+    /// what one log write holds, and the request's entries together within one write and one
+    /// peer frame too (`limits.rs`), so no client input can build a write the store refuses
+    /// or a forwarded request the transport drops. (Several requests' entries
     /// may still fill a turn beyond one write: the writer splits those.)
     fn check_size(&self, log_type: &[u8], payloads: &[Bytes]) -> Result<(), Status> {
         let envelope = log_type.len() + LOG_ENTRY_ENVELOPE_BYTES;
-        let per_entry_max = self.cfg.max_entry_bytes.min(self.entry_bytes_max.saturating_sub(envelope));
+        let per_entry_max =
+            self.cfg.max_entry_bytes.min(self.limits.entry_bytes_max.saturating_sub(envelope));
         let mut total = 0usize;
         for p in payloads {
             if p.len() > per_entry_max {
@@ -149,7 +151,7 @@ impl<R> ShardCore<R> {
             }
             total += p.len() + envelope + ENTRY_RECORD_OVERHEAD_BYTES as usize;
         }
-        if total > self.entry_bytes_max { Err(Status::TooLarge) } else { Ok(()) }
+        if total > self.limits.request_bytes_max { Err(Status::TooLarge) } else { Ok(()) }
     }
 
     fn track_proposal(

@@ -32,6 +32,7 @@
 //! | `dispatch.rs` | requests: the door's checks, proposals, reads, controls, leader waits |
 //! | `pipeline.rs` | the Ready pipeline: Readies into write jobs, applying, completions |
 //! | `waiters.rs` | callers waiting for commits and reads, and their deadlines |
+//! | `limits.rs` | the byte limits, derived from the store's and the transport's |
 //! | `outbox.rs` | a turn's messages cut into one frame per peer |
 //! | `write.rs` | write jobs for the log writer and their completions |
 //! | `lost_state.rs` | at open: which partitions lost durable state, and the store aligned with snapshot files |
@@ -44,6 +45,7 @@
 mod balance;
 mod checkpoints;
 mod dispatch;
+pub mod limits;
 pub mod lost_state;
 pub(crate) mod outbox;
 mod pipeline;
@@ -65,6 +67,7 @@ use phalanx_proto::{MessageBatch, RaftMessage};
 pub use system_duties::SYSTEM_LOG_TYPE;
 
 use self::dispatch::LeaderWaiter;
+use self::limits::ShardLimits;
 use self::outbox::Outbox;
 use self::request::Answer;
 use self::waiters::Waiters;
@@ -133,8 +136,8 @@ pub struct CoreSetup {
     pub cfg: Arc<NodeConfig>,
     /// The application's state machines.
     pub state_machines: StateMachineFactory,
-    /// The largest entry (encoded) one write of the shard's store holds.
-    pub entry_bytes_max: usize,
+    /// The shard's byte limits, derived from its store and transport (`limits.rs`).
+    pub limits: ShardLimits,
     /// The time the shard starts.
     pub now: Instant,
     /// The wall clock then, ms since the Unix epoch.
@@ -180,9 +183,9 @@ pub struct ShardCore<R> {
     now: Instant,
     /// The turn's wall clock, ms since the Unix epoch (the HLC's physical part).
     wall_ms: u64,
-    /// The largest entry (encoded) one log write of this shard's store holds, and so the
-    /// largest a caller may propose; a request's entries together must fit too.
-    entry_bytes_max: usize,
+    /// The byte limits: the largest entry and request a caller may propose, the largest batch
+    /// to a peer.
+    limits: ShardLimits,
     /// Partitions stopped on this node because the store refused their write (see
     /// `stopping.rs`), with the reason; their requests are refused.
     stopped: BTreeMap<PartitionId, String>,

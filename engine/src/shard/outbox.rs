@@ -6,40 +6,8 @@ use std::collections::BTreeMap;
 
 use phalanx_proto::{MessageBatch, RaftMessage};
 
-use crate::config::LOG_ENTRY_ENVELOPE_BYTES;
+use super::limits::message_bytes_bound;
 use crate::raft::NodeId;
-
-/// Bytes of messages in one batch to a peer (one frame). Half the transport's default frame
-/// limit: a batch is split before it, and one message alone (an append holds at most
-/// `max_bytes_per_append` plus one entry of at most `MAX_ENTRY_PAYLOAD_BYTES`) stays below
-/// the limit too.
-pub(crate) const PEER_BATCH_BYTES_MAX: usize = phalanx_net::frame::DEFAULT_MAX_FRAME_BYTES / 2;
-
-/// An upper bound of a message's encoding from lengths alone (encoding every append once
-/// more to size the batches cost measurable CPU per write): what carries data counts its
-/// data plus the envelope per entry, the rest a fixed allowance.
-fn message_bytes_bound(m: &RaftMessage) -> usize {
-    use phalanx_proto::raft_message::Body;
-    /// Everything but the data: ids, terms, indexes, flags, a membership of a few nodes.
-    const FIXED: usize = 256;
-    let per_entry = LOG_ENTRY_ENVELOPE_BYTES + 8;
-    FIXED
-        + match &m.body {
-            Some(Body::AppendRequest(a)) => {
-                a.entries.iter().map(|e| e.payload.len() + e.log_type.len() + per_entry).sum()
-            }
-            Some(Body::Snapshot(s)) => {
-                let members = s.conf_state.as_ref().map_or(0, |c| 11 * (c.voters.len() + c.learners.len()));
-                let pending: usize =
-                    s.pending_two_step.iter().map(|e| e.payload.len() + e.log_type.len() + per_entry).sum();
-                s.data.len() + members + pending
-            }
-            Some(Body::ForwardedProposal(f)) => {
-                f.log_type.len() + f.payloads.iter().map(|p| p.len() + 8).sum::<usize>()
-            }
-            _ => 0,
-        }
-}
 
 /// The turn's messages, in the order they were produced.
 #[derive(Default)]
@@ -61,11 +29,12 @@ impl Outbox {
         self.messages.retain(|m| m.group != p);
     }
 
-    /// Cuts the queued messages into batches of at most [`PEER_BATCH_BYTES_MAX`] per peer, in
-    /// order, into `frames`. (A turn's appends of large entries to several partitions once
+    /// Cuts the queued messages into batches of at most `batch_bytes_max` (by
+    /// [`message_bytes_bound`]; the transport's frame limit, `limits.rs`) per peer, in order,
+    /// into `frames`. (A turn's appends of large entries to several partitions once
     /// made a 22 MiB batch, which the transport drops as above its frame limit — and the
     /// resends, coalesced the same way, again.) A peer's messages keep their order.
-    pub(crate) fn flush(&mut self, frames: &mut Vec<(NodeId, MessageBatch)>) {
+    pub(crate) fn flush(&mut self, batch_bytes_max: usize, frames: &mut Vec<(NodeId, MessageBatch)>) {
         if self.messages.is_empty() {
             return;
         }
@@ -74,7 +43,7 @@ impl Outbox {
             let len = message_bytes_bound(&m);
             let to = m.to;
             let (messages, bytes) = per_peer.entry(to).or_default();
-            if !messages.is_empty() && *bytes + len > PEER_BATCH_BYTES_MAX {
+            if !messages.is_empty() && *bytes + len > batch_bytes_max {
                 frames.push((to, MessageBatch { messages: std::mem::take(messages) }));
                 *bytes = 0;
             }

@@ -90,7 +90,7 @@ impl<R> ShardCore<R> {
             self.out.writes.push(job);
         }
         // Every message of the turn at once (see `outbox.rs`).
-        self.outbox.flush(&mut self.out.frames);
+        self.outbox.flush(self.limits.peer_batch_bytes_max, &mut self.out.frames);
     }
 
     /// Step 5: the writer finished a job. `Err` is fatal for the shard: the store failed

@@ -37,7 +37,7 @@ impl<R> ShardCore<R> {
         mut snapshots: BTreeMap<PartitionId, Snapshot>,
         mut marked: BTreeMap<PartitionId, HardState>,
     ) -> Result<Self, Error> {
-        let CoreSetup { shard, shards, cfg, state_machines, entry_bytes_max, now, wall_ms } = setup;
+        let CoreSetup { shard, shards, cfg, state_machines, limits, now, wall_ms } = setup;
         let initial = Membership::with_voters(cfg.initial_voters());
         let mut multi = MultiRaft::new();
         let mut sms: IdHashMap<PartitionId, Box<dyn StateMachine>> = IdHashMap::default();
@@ -118,7 +118,7 @@ impl<R> ShardCore<R> {
             stopping: false,
             now,
             wall_ms,
-            entry_bytes_max,
+            limits,
             stopped: BTreeMap::new(),
             out,
             observer: None,

@@ -339,6 +339,10 @@ impl Transport for TcpTransport {
         self.inner.counters.snapshot()
     }
 
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.cfg.max_frame_bytes
+    }
+
     async fn shutdown(self) {
         self.unregister();
         self.inner.tasks.shutdown().await;

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use phalanx::NodeConfig;
 use phalanx::raft::{Config, GroupId, MultiRaft, NodeId};
+use phalanx::shard::limits::ShardLimits;
 use phalanx::shard::lost_state::settle;
 use phalanx::shard::request::Answer;
 use phalanx::shard::write::{Completion, MAX_JOBS_PER_BATCH, WriteJob, WriteStep, merge_jobs, plan};
 use phalanx::shard::{CoreSetup, ShardCore};
 use phalanx::state_machine::PartitionId;
 use phalanx::{StateMachine, StateMachineFactory};
+use phalanx_net::frame::DEFAULT_MAX_FRAME_BYTES;
 use phalanx_proto::{LogEntry, RaftMessage};
 use phalanx_storage::{DamagedTail, LogPosition};
 
@@ -184,9 +186,10 @@ pub fn base_config() -> Config {
     c
 }
 
-/// The largest encoded entry a simulated write takes (the real store's is 8 MiB; the
-/// simulator's entries are tiny).
-const SIM_ENTRY_BYTES_MAX: usize = 1 << 20;
+/// The batch cost one simulated write holds, as the core sizes its entries by it (the real
+/// store's is 16 MiB; the simulator's entries are tiny). The writer still splits writes at the
+/// seed's much smaller `split_cost`.
+const SIM_WRITE_COST_BYTES: u64 = 1 << 20;
 
 impl SimNode {
     /// A new node with an empty disk, started at wall time `wall_ms`.
@@ -443,7 +446,7 @@ impl SimNode {
             shards: 1,
             cfg: self.cfg.clone(),
             state_machines,
-            entry_bytes_max: SIM_ENTRY_BYTES_MAX,
+            limits: ShardLimits::derive(&self.cfg, SIM_WRITE_COST_BYTES, DEFAULT_MAX_FRAME_BYTES)?,
             now: self.now(),
             wall_ms,
         };
