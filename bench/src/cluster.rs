@@ -1,8 +1,8 @@
 //! An embedded cluster: N nodes in this process, each with its own shards, WAL shards (in a
 //! temporary directory removed when the cluster is dropped, on every path, errors included)
 //! and Raft port on loopback (or the in-memory transport for framework-mode runs). Every
-//! node's transport is wrapped by [`crate::netcount`] so the bench can count traffic and
-//! crash a node in-process.
+//! node's transport is wrapped by [`crate::isolate`] so the bench can crash a node
+//! in-process; traffic figures come from the engine's own counters (`NodeHandle::stats`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use phalanx_net::{
 };
 use phalanx_storage::StorageKind;
 
-use crate::netcount::{CountingFactory, NetCounters, NetTotals};
+use crate::isolate::{IsolatingFactory, Isolation};
 
 /// Which transport the embedded nodes use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,49 @@ struct Member {
     addr: String,
     node: Option<Node>,
     handle: NodeHandle,
-    counters: Arc<NetCounters>,
+    isolation: Arc<Isolation>,
+}
+
+/// Traffic a node sent, from its own counters (cumulative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetTotals {
+    /// Raft messages the shards handed to their transports.
+    pub messages_handed: u64,
+    /// Frames written to peers (the transports' `batches_sent`).
+    pub frames_sent: u64,
+    /// Frame bytes written to peers, headers included (the transports' `bytes_sent`).
+    pub bytes_sent: u64,
+}
+
+impl NetTotals {
+    fn of(s: &phalanx::stats::NodeStats) -> NetTotals {
+        let t = s.transport();
+        NetTotals {
+            messages_handed: s.core().messages_sent,
+            frames_sent: t.batches_sent,
+            bytes_sent: t.bytes_sent,
+        }
+    }
+
+    /// Element-wise difference (`self` later than `earlier`).
+    #[must_use]
+    pub fn since(&self, earlier: &NetTotals) -> NetTotals {
+        NetTotals {
+            messages_handed: self.messages_handed.saturating_sub(earlier.messages_handed),
+            frames_sent: self.frames_sent.saturating_sub(earlier.frames_sent),
+            bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
+        }
+    }
+
+    /// Element-wise sum.
+    #[must_use]
+    pub fn plus(&self, o: &NetTotals) -> NetTotals {
+        NetTotals {
+            messages_handed: self.messages_handed + o.messages_handed,
+            frames_sent: self.frames_sent + o.frames_sent,
+            bytes_sent: self.bytes_sent + o.bytes_sent,
+        }
+    }
 }
 
 /// Running nodes and where they keep their data.
@@ -123,15 +165,15 @@ impl EmbeddedCluster {
             cfg.wal = opts.wal;
             cfg.sync_writes = opts.sync_writes;
             cfg.tick_interval_ms = opts.tick_ms;
-            let counters = Arc::new(NetCounters::default());
+            let isolation = Arc::new(Isolation::default());
             let node = Node::start(
                 cfg.clone(),
-                CountingFactory::new(factory, counters.clone()),
+                IsolatingFactory::new(factory, isolation.clone()),
                 cluster.sms.clone(),
             )
             .map_err(|e| format!("node {id}: {e}"))?;
             let handle = node.handle();
-            cluster.members.push(Member { cfg, addr: addr.clone(), node: Some(node), handle, counters });
+            cluster.members.push(Member { cfg, addr: addr.clone(), node: Some(node), handle, isolation });
         }
         Ok(cluster)
     }
@@ -161,10 +203,18 @@ impl EmbeddedCluster {
         self.members.get(i).map(|m| m.cfg.data_dir.clone())
     }
 
-    /// Traffic totals of node slot `i`.
+    /// What node slot `i` counts (`None` when it is not running).
+    #[must_use]
+    pub fn stats(&self, i: usize) -> Option<phalanx::stats::NodeStats> {
+        let m = self.members.get(i)?;
+        m.node.as_ref()?;
+        Some(futures_lite::future::block_on(m.handle.stats()))
+    }
+
+    /// Traffic totals of node slot `i` since it (re)started (zero when it is not running).
     #[must_use]
     pub fn net_totals(&self, i: usize) -> NetTotals {
-        self.members.get(i).map(|m| m.counters.totals()).unwrap_or_default()
+        self.stats(i).map(|s| NetTotals::of(&s)).unwrap_or_default()
     }
 
     /// Traffic totals of every node (what crossed between nodes: each frame is counted once,
@@ -172,6 +222,18 @@ impl EmbeddedCluster {
     #[must_use]
     pub fn net_totals_all(&self) -> NetTotals {
         (0..self.members.len()).fold(NetTotals::default(), |acc, i| acc.plus(&self.net_totals(i)))
+    }
+
+    /// Every running node's store counters and write latencies, added up.
+    #[must_use]
+    pub fn store_totals_all(&self) -> (phalanx_storage::StoreStats, phalanx::stats::LatencyHistogram) {
+        let mut store = phalanx_storage::StoreStats::default();
+        let mut latency = phalanx::stats::LatencyHistogram::default();
+        for s in (0..self.members.len()).filter_map(|i| self.stats(i)) {
+            store = phalanx::stats::add_store(&store, &s.store());
+            latency.merge(&s.write_latency());
+        }
+        (store, latency)
     }
 
     /// The running node that leads `partition`, if one does.
@@ -238,7 +300,7 @@ impl EmbeddedCluster {
     pub fn kill(&mut self, i: usize) -> Result<Instant, String> {
         let m = self.members.get_mut(i).ok_or_else(|| format!("no node slot {i}"))?;
         let node = m.node.take().ok_or_else(|| format!("node {} is not running", m.cfg.node_id))?;
-        m.counters.isolate();
+        m.isolation.isolate();
         let at = Instant::now();
         node.shutdown();
         Ok(at)
@@ -275,15 +337,15 @@ impl EmbeddedCluster {
             }
             TransportKind::Memory => self.memory.factory(id).into(),
         };
-        let counters = Arc::new(NetCounters::default());
+        let isolation = Arc::new(Isolation::default());
         let started = Instant::now();
         let node =
-            Node::start(m.cfg.clone(), CountingFactory::new(factory, counters.clone()), self.sms.clone())
+            Node::start(m.cfg.clone(), IsolatingFactory::new(factory, isolation.clone()), self.sms.clone())
                 .map_err(|e| format!("node {id}: restart: {e}"))?;
         let took = started.elapsed();
         m.handle = node.handle();
         m.node = Some(node);
-        m.counters = counters;
+        m.isolation = isolation;
         Ok(took)
     }
 }

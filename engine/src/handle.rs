@@ -299,6 +299,20 @@ impl NodeHandle {
         all
     }
 
+    /// What the node counts, per shard and partition (see [`crate::stats`]): each shard
+    /// answers between two loop turns. A shard that stopped is missing.
+    pub async fn stats(&self) -> crate::stats::NodeStats {
+        let mut shards = Vec::new();
+        for shard in 0..self.inner.bus.shards() {
+            let (reply, rx) = oneshot::channel();
+            self.inner.bus.request_to(shard, Request { op: Op::Stats, reply: Responder::Stats(reply) });
+            if let Some(s) = answer(rx, None).await {
+                shards.push(*s);
+            }
+        }
+        crate::stats::NodeStats { node_id: self.node_id(), shards }
+    }
+
     /// Subscribes to this node's events (leader changes, restores, failures).
     #[must_use]
     pub fn subscribe(&self) -> flume::Receiver<Event> {

@@ -104,6 +104,7 @@ pub mod raft;
 pub mod runtime;
 pub mod shard;
 pub mod state_machine;
+pub mod stats;
 pub mod system;
 
 pub use config::{NodeConfig, derive_node_id};

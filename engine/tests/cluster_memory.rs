@@ -628,3 +628,50 @@ fn a_transport_frame_below_the_largest_message_refuses_start() {
     let r = block_on(h.replicate(1, "t", Bytes::from(vec![1u8; (256 << 10) + 1])));
     assert_eq!(r.status, Status::TooLarge);
 }
+
+/// Issue 12, item 6: `NodeHandle::stats` reads what the engine counts, per node, shard and
+/// partition, and the figures agree with what happened: every partition on every node with
+/// its state, one leader per partition across the nodes, the writes' entries in the stores
+/// and their latencies, the messages handed to the transports and the frames those sent.
+#[test]
+fn stats_report_what_the_engine_counts() {
+    let c = Cluster::with_leaders(3, 4, StorageKind::Wal);
+    let before: Vec<_> = (1..=3).map(|id| block_on(c.handle(id).stats())).collect();
+    let writes = 40;
+    c.put_all("s", writes, "v");
+    let after: Vec<_> = (1..=3).map(|id| block_on(c.handle(id).stats())).collect();
+    let mut leaders = 0;
+    for (b, a) in before.iter().zip(&after) {
+        let id = a.node_id;
+        assert_eq!(a.shards.len(), 2, "node {id}: one entry per shard");
+        let ids: Vec<u64> = a.partitions().map(|p| p.status.id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..=4).collect::<Vec<u64>>(), "node {id}: every partition once");
+        for p in a.partitions() {
+            assert!(p.status.applied_index <= p.status.commit_index && p.status.commit_index <= p.status.last_index);
+        }
+        // Every node holds every write: the leader's and the followers' stores wrote them.
+        let entries = a.store().entries_written - b.store().entries_written;
+        assert!(entries >= writes as u64, "node {id}: {entries} entries written for {writes} writes");
+        let latency = a.write_latency().since(&b.write_latency());
+        assert!(latency.count > 0 && latency.count <= a.store().batches - b.store().batches + 1, "{latency:?}");
+        assert!(latency.quantile_us(0.5) <= latency.max_us);
+        let core = a.core();
+        let t = a.transport();
+        assert!(core.messages_sent >= core.batches_sent && core.batches_sent > 0, "node {id}: {core:?}");
+        // Over the in-memory transport, every batch handed over is sent (none oversized).
+        assert_eq!(t.batches_sent + t.batches_dropped_unreachable + t.batches_dropped_queue_full, core.batches_sent);
+        assert!(t.bytes_sent > 0 && t.batches_received > 0 && core.messages_received > 0);
+        assert_eq!(core.unknown_group_messages, 0);
+        leaders += a.leaders();
+    }
+    assert_eq!(leaders, 5, "one leader per partition, system partition included");
+    // The stats agree with the status answer.
+    let status = block_on(c.handle(1).status());
+    let stats = block_on(c.handle(1).stats());
+    for s in &status {
+        let p = stats.partitions().find(|p| p.status.id == s.id).expect("every partition");
+        assert_eq!(p.status.term, s.term);
+    }
+}

@@ -92,6 +92,7 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
         progress: true,
     };
     let net0 = cluster.map(EmbeddedCluster::net_totals_all);
+    let store0 = cluster.map(EmbeddedCluster::store_totals_all);
     let cpu = CpuMeter::start();
     let l = load::run(spec, &opts)?;
     report.cpu_percent = Some(cpu.percent());
@@ -102,6 +103,26 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
         report.extra.insert("net_frames_per_sec".into(), json!(d.frames_sent as f64 / t));
         report.extra.insert("net_bytes_per_sec".into(), json!(d.bytes_sent as f64 / t));
         report.extra.insert("net_messages_per_sec".into(), json!(d.messages_handed as f64 / t));
+    }
+    if let (Some(c), Some((stats0, lat0))) = (cluster, store0) {
+        // The engine's own write counters (`NodeHandle::stats`): how often the WAL wrote and
+        // how long its writes took, every node together.
+        let (stats, lat) = c.store_totals_all();
+        let lat = lat.since(&lat0);
+        let writes = stats.batches.saturating_sub(stats0.batches);
+        let entries = stats.entries_written.saturating_sub(stats0.entries_written);
+        let t = l.elapsed.as_secs_f64().max(1e-9);
+        report.extra.insert("store_writes_per_sec".into(), json!(writes as f64 / t));
+        report.extra.insert("store_entries_per_write".into(), json!(entries as f64 / (writes.max(1) as f64)));
+        report.extra.insert("store_write_p50_us".into(), json!(lat.quantile_us(0.5)));
+        report.extra.insert("store_write_p99_us".into(), json!(lat.quantile_us(0.99)));
+        report.lines.push(format!(
+            "  log writes (all nodes): {:.0}/s, {:.1} entries each, latency p50 ≤ {} µs, p99 ≤ {} µs (engine counters)",
+            writes as f64 / t,
+            entries as f64 / (writes.max(1) as f64),
+            lat.quantile_us(0.5),
+            lat.quantile_us(0.99)
+        ));
     }
     if let (Some(f), Some(r)) = (report.extra.get("probe_fsync_p50_us"), report.extra.get("probe_rtt_p50_us"))
     {

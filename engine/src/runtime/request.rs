@@ -17,6 +17,7 @@ pub(crate) enum Responder {
     Control(oneshot::Sender<Result<(), Status>>),
     Lag(oneshot::Sender<Option<u64>>),
     Status(oneshot::Sender<Vec<PartitionStatus>>),
+    Stats(oneshot::Sender<Option<Box<crate::stats::ShardStats>>>),
     Leader(oneshot::Sender<Result<NodeId, Status>>),
 }
 
@@ -32,6 +33,7 @@ impl Responder {
             (Responder::Control(tx), Answer::Control(a)) => drop(tx.send(a)),
             (Responder::Lag(tx), Answer::Lag(a)) => drop(tx.send(a)),
             (Responder::Status(tx), Answer::Status(a)) => drop(tx.send(a)),
+            (Responder::Stats(tx), Answer::Stats(a)) => drop(tx.send(a)),
             (Responder::Leader(tx), Answer::Leader(a)) => drop(tx.send(a)),
             (_, a) => debug_assert!(false, "an answer of another kind than its question: {a:?}"),
         }

@@ -11,6 +11,8 @@
 //! The writer task runs only when the loop yields, so a leader's appends still leave before
 //! its own write.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,12 +25,13 @@ use super::placement::partitions_of;
 use super::request::Responder;
 use super::shared::NodeShared;
 use super::snapshots::SnapshotStore;
-use super::writer::{self, Completion, WriteJob};
+use super::writer::{self, Completion, WriteJob, WriterStats};
 use crate::Error;
 use crate::config::NodeConfig;
 use crate::events::Event;
 use crate::raft::Status;
 use crate::shard::limits::ShardLimits;
+use crate::shard::request::Answer;
 use crate::shard::{CoreSetup, ShardCore};
 use crate::state_machine::{PartitionId, StateMachineFactory};
 
@@ -60,6 +63,8 @@ pub(crate) struct Shard<T: Transport> {
     jobs: Option<flume::Sender<WriteJob>>,
     done: flume::Receiver<Completion>,
     writer_task: Option<glommio::Task<()>>,
+    /// The writer's counters (for `Op::Stats`).
+    writer_stats: Rc<RefCell<WriterStats>>,
     transport: T,
     inbox: flume::Receiver<ShardMsg>,
     bus: Bus,
@@ -142,7 +147,15 @@ impl<T: Transport> Shard<T> {
         let core = ShardCore::restore(core_setup, loaded, loaded_snapshots, marked)?;
         let (jobs, jobs_rx) = flume::unbounded();
         let (done_tx, done) = flume::unbounded();
-        let writer_task = glommio::spawn_local(writer::run(shard, store, snapshots, jobs_rx, done_tx));
+        let writer_stats = Rc::new(RefCell::new(WriterStats::default()));
+        let writer_task = glommio::spawn_local(writer::run(
+            shard,
+            store,
+            snapshots,
+            jobs_rx,
+            done_tx,
+            writer_stats.clone(),
+        ));
         let mut shard = Shard {
             id: shard,
             cfg,
@@ -150,6 +163,7 @@ impl<T: Transport> Shard<T> {
             jobs: Some(jobs),
             done,
             writer_task: Some(writer_task),
+            writer_stats,
             transport,
             inbox,
             bus,
@@ -302,7 +316,15 @@ impl<T: Transport> Shard<T> {
                 _ => writer_gone = true,
             }
         }
-        for (reply, answer) in out.answers.drain(..) {
+        for (reply, mut answer) in out.answers.drain(..) {
+            if let Answer::Stats(Some(s)) = &mut answer {
+                // What the core cannot see: its inbox, its transport, its store.
+                s.inbox_depth = self.inbox.len();
+                s.transport = self.transport.stats();
+                let w = self.writer_stats.borrow();
+                s.store = w.store;
+                s.write_latency = w.write_latency;
+            }
             reply.send(answer);
         }
         if writer_gone { Err(Error::WriterStopped { shard: self.id }) } else { Ok(()) }

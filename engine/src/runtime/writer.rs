@@ -8,9 +8,12 @@
 //! Completions come back in job order; the shard then sends the messages that needed
 //! durable state and acknowledges the Ready (`MultiRaft::advance`).
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Instant;
 
-use phalanx_storage::{AnyStore, LogStore, StorageError, WriteBatch};
+use phalanx_storage::{AnyStore, LogStore, StorageError, StoreStats, WriteBatch};
 
 use super::snapshots::SnapshotStore;
 use crate::Error;
@@ -18,6 +21,17 @@ use crate::raft::Snapshot;
 pub(crate) use crate::shard::write::{Completion, WriteJob};
 use crate::shard::write::{MAX_JOBS_PER_BATCH, Merged, WriteStep, merge_jobs, plan, strip};
 use crate::state_machine::PartitionId;
+use crate::stats::LatencyHistogram;
+
+/// What the writer counts, shared with its shard's driver for `NodeHandle::stats` (one
+/// executor: no lock).
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    /// The store's counters as of the last write.
+    pub store: StoreStats,
+    /// How long each write took (snapshot files saved before it included).
+    pub write_latency: LatencyHistogram,
+}
 
 /// Runs the writer until the job channel closes, then closes the store.
 ///
@@ -34,7 +48,9 @@ pub(crate) async fn run(
     snapshots: SnapshotStore,
     jobs: flume::Receiver<WriteJob>,
     done: flume::Sender<Completion>,
+    stats: Rc<RefCell<WriterStats>>,
 ) {
+    stats.borrow_mut().store = store.stats();
     let mut failed: Option<Error> = None;
     let mut refused: BTreeSet<PartitionId> = BTreeSet::new();
     while let Ok(first) = jobs.recv_async().await {
@@ -55,7 +71,14 @@ pub(crate) async fn run(
             let result = match &failed {
                 // A failed write is fatal: nothing after it is acknowledged.
                 Some(e) => Err(e.clone()),
-                None => write(shard, &mut store, &snapshots, batch, snaps, &mut newly).await,
+                None => {
+                    let started = Instant::now();
+                    let r = write(shard, &mut store, &snapshots, batch, snaps, &mut newly).await;
+                    let mut s = stats.borrow_mut();
+                    s.write_latency.record(started.elapsed());
+                    s.store = store.stats();
+                    r
+                }
             };
             if let Err(e) = &result {
                 failed.get_or_insert_with(|| e.clone());
@@ -219,9 +242,14 @@ mod tests {
             jobs.send(job(3, vec![write(vec![e(11)], None)], vec![(1, LogFetch { lo: 9, hi: 12, ..fetch })]))
                 .unwrap();
             drop(jobs);
-            run(0, store, snapshots, rx, tx).await;
-            done.drain().collect::<Vec<Completion>>()
+            let stats = Rc::new(RefCell::new(WriterStats::default()));
+            run(0, store, snapshots, rx, tx, stats.clone()).await;
+            (done.drain().collect::<Vec<Completion>>(), stats.take())
         });
+        let (done, stats) = done;
+        // The counters the driver reads for `NodeHandle::stats`: one merged write, timed.
+        assert_eq!(stats.store.entries_written, 11);
+        assert_eq!(stats.write_latency.count, stats.store.batches);
         assert_eq!(done.iter().map(|c| c.number).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(
             done.iter().all(|c| c.result.is_ok()),

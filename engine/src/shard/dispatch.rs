@@ -12,8 +12,9 @@ use super::system_duties::SYSTEM_LOG_TYPE;
 use super::waiters::{ProposalWaiter, ReadKind};
 use crate::config::{LOG_ENTRY_ENVELOPE_BYTES, MAX_LOG_TYPE_BYTES};
 use crate::hlc::Ticket;
-use crate::raft::{Proposal, ProposalKind, Proposed, Status};
+use crate::raft::{Proposal, ProposalKind, Proposed, RaftGroup, Status};
 use crate::state_machine::PartitionId;
+use crate::stats::{CoreStats, PartitionStats, ShardStats};
 
 /// A caller waiting for a partition to have a leader.
 pub(crate) struct LeaderWaiter<R> {
@@ -106,22 +107,12 @@ impl<R> ShardCore<R> {
                 self.answer(reply, Answer::Lag(lag));
             }
             Op::Status => {
-                let mut out: Vec<PartitionStatus> = self
-                    .multi
-                    .group_ids()
-                    .filter_map(|p| self.multi.group(p))
-                    .map(|g| PartitionStatus {
-                        id: g.group_id(),
-                        leader: g.leader(),
-                        term: g.term(),
-                        commit_index: g.log().committed(),
-                        applied_index: g.log().applied(),
-                        last_index: g.log().last_index(),
-                        is_leader: g.is_leader(),
-                    })
-                    .collect();
-                out.sort_by_key(|s| s.id);
+                let out = self.groups_by_id().map(partition_status).collect();
                 self.answer(reply, Answer::Status(out));
+            }
+            Op::Stats => {
+                let stats = self.stats();
+                self.answer(reply, Answer::Stats(Some(Box::new(stats))));
             }
             Op::WaitLeader { partition, timeout_ms } => {
                 match self.multi.group(partition).and_then(|g| g.leader()) {
@@ -214,5 +205,44 @@ impl<R> ShardCore<R> {
                 self.leader_waiters.push(w);
             }
         }
+    }
+}
+
+/// One partition's state as this node sees it.
+fn partition_status(g: &RaftGroup) -> PartitionStatus {
+    PartitionStatus {
+        id: g.group_id(),
+        leader: g.leader(),
+        term: g.term(),
+        commit_index: g.log().committed(),
+        applied_index: g.log().applied(),
+        last_index: g.log().last_index(),
+        is_leader: g.is_leader(),
+    }
+}
+
+impl<R> ShardCore<R> {
+    /// The shard's groups, by partition id.
+    fn groups_by_id(&self) -> impl Iterator<Item = &RaftGroup> {
+        let mut ids: Vec<PartitionId> = self.multi.group_ids().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|p| self.multi.group(p))
+    }
+
+    /// What the core counts, for `Op::Stats` (the driver fills in the rest: inbox depth,
+    /// transport, store, write latencies).
+    pub fn stats(&self) -> ShardStats {
+        let partitions: Vec<PartitionStats> = self
+            .groups_by_id()
+            .map(|g| PartitionStats { status: partition_status(g), raft: g.stats().clone() })
+            .collect();
+        let core = CoreStats {
+            leaders: partitions.iter().filter(|p| p.status.is_leader).count(),
+            unknown_group_messages: self.multi.unknown_group_messages(),
+            writes_in_flight: self.writes_in_flight,
+            waiting_callers: self.waiters.len() + self.leader_waiters.len(),
+            ..self.counters
+        };
+        ShardStats { shard: self.id, partitions, core, ..ShardStats::default() }
     }
 }

@@ -192,6 +192,8 @@ pub struct ShardCore<R> {
     out: Output<R>,
     /// Sees every group's Ready as the core takes it ([`ShardCore::set_observer`]).
     observer: Option<ReadyObserver>,
+    /// The cumulative counters of [`ShardCore::stats`] (its depths are read when asked).
+    counters: crate::stats::CoreStats,
 }
 
 /// A watcher of the Readies a core takes: the group (its log as the Ready left it) and the
@@ -250,6 +252,7 @@ impl<R> ShardCore<R> {
     pub fn on_peer(&mut self, from: NodeId, messages: Vec<RaftMessage>) {
         self.peers_seen.insert(from, self.now);
         let mut elsewhere: BTreeMap<usize, Vec<RaftMessage>> = BTreeMap::new();
+        self.counters.messages_received += messages.len() as u64;
         for m in messages {
             let owner = crate::runtime::placement::shard_of(m.group, self.shards);
             if owner != self.id {
@@ -257,7 +260,10 @@ impl<R> ShardCore<R> {
                 elsewhere.entry(owner).or_default().push(m);
                 continue;
             }
+            let known = self.multi.group(m.group).is_some();
             if let Err(status) = self.multi.step(m) {
+                // Unknown groups are counted by `MultiRaft`.
+                self.counters.messages_refused += u64::from(known);
                 tracing::trace!(shard = self.id, from, %status, "peer message rejected");
             }
         }

@@ -90,7 +90,11 @@ impl<R> ShardCore<R> {
             self.out.writes.push(job);
         }
         // Every message of the turn at once (see `outbox.rs`).
+        let before = self.out.frames.len();
         self.outbox.flush(self.limits.peer_batch_bytes_max, &mut self.out.frames);
+        let sent = &self.out.frames[before..];
+        self.counters.batches_sent += sent.len() as u64;
+        self.counters.messages_sent += sent.iter().map(|(_, b)| b.messages.len() as u64).sum::<u64>();
     }
 
     /// Step 5: the writer finished a job. `Err` is fatal for the shard: the store failed

@@ -130,6 +130,8 @@ pub enum Op {
     },
     /// Every partition of the shard as this node sees it.
     Status,
+    /// The shard's counters (`stats.rs`); the driver adds its transport's and store's.
+    Stats,
     /// Wait until the partition has a known leader.
     WaitLeader {
         /// The partition.
@@ -154,6 +156,8 @@ pub enum Answer {
     Lag(Option<u64>),
     /// `Status`.
     Status(Vec<PartitionStatus>),
+    /// `Stats` (`None`: the shard is stopping).
+    Stats(Option<Box<crate::stats::ShardStats>>),
     /// `WaitLeader`.
     Leader(Result<NodeId, Status>),
 }
@@ -179,7 +183,7 @@ impl Op {
             | Op::Control { partition, .. }
             | Op::FollowerLag { partition, .. }
             | Op::WaitLeader { partition, .. } => Some(*partition),
-            Op::Status => None,
+            Op::Status | Op::Stats => None,
         }
     }
 
@@ -195,6 +199,7 @@ impl Op {
             Op::Control { .. } => Answer::Control(Err(status)),
             Op::FollowerLag { .. } => Answer::Lag(None),
             Op::Status => Answer::Status(Vec::new()),
+            Op::Stats => Answer::Stats(None),
             Op::WaitLeader { .. } => Answer::Leader(Err(status)),
         }
     }

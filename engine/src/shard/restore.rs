@@ -122,6 +122,7 @@ impl<R> ShardCore<R> {
             stopped: BTreeMap::new(),
             out,
             observer: None,
+            counters: Default::default(),
         })
     }
 

@@ -108,6 +108,11 @@ impl<R> Waiters<R> {
         }
     }
 
+    /// Callers waiting: proposals and reads.
+    pub(crate) fn len(&self) -> usize {
+        self.proposals.len() + self.reads.len() + self.applying_at.len()
+    }
+
     pub(crate) fn add_proposal(
         &mut self,
         partition: PartitionId,
