@@ -106,8 +106,14 @@ impl NodeConfig {
         }
     }
 
-    /// Checks the configuration, naming the first bad field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the configuration: [`Error::Config`](crate::Error::Config) naming the first bad
+    /// field.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.first_problem().map_err(crate::Error::Config)
+    }
+
+    /// The first bad field, described.
+    fn first_problem(&self) -> Result<(), String> {
         if self.node_id == 0 {
             return Err("node_id must be non-zero".into());
         }
@@ -250,38 +256,38 @@ mod tests {
     /// Issue 11, item 6: configurations that cannot work are refused at start, naming why.
     #[test]
     fn configurations_that_cannot_work_are_refused() {
-        assert_eq!(three(2).validate(), Ok(()));
+        assert_eq!(three(2).first_problem(), Ok(()));
         let mut c = three(2);
         c.initial_partitions = 0;
-        assert!(c.validate().is_err_and(|e| e.contains("initial_partitions") && e.contains("system")));
+        assert!(c.first_problem().is_err_and(|e| e.contains("initial_partitions") && e.contains("system")));
         // This node listed at an address it does not listen on: peers would never reach it.
         let mut c = three(2);
         c.raft_port = 7009;
-        let e = c.validate().expect_err("listed elsewhere");
+        let e = c.first_problem().expect_err("listed elsewhere");
         assert!(e.contains("127.0.0.1:7002") && e.contains("127.0.0.1:7009"), "{e}");
         // The same place spelled another way is fine.
         let mut c = three(2);
         c.initial_cluster[1].1 = "localhost:7002".into();
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.first_problem(), Ok(()));
         // Port 0 (pick one at bind time) cannot be checked here.
         let mut c = three(2);
         c.raft_port = 0;
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.first_problem(), Ok(()));
         let mut c = three(2);
         c.initial_cluster[2].1 = c.initial_cluster[0].1.clone();
-        assert!(c.validate().is_err_and(|e| e.contains("two nodes")));
+        assert!(c.first_problem().is_err_and(|e| e.contains("two nodes")));
         let mut c = three(2);
         c.initial_cluster[2].0 = 1;
-        assert!(c.validate().is_err_and(|e| e.contains("twice")));
+        assert!(c.first_problem().is_err_and(|e| e.contains("twice")));
         let mut c = three(2);
         c.max_entry_bytes = MAX_ENTRY_PAYLOAD_BYTES + 1;
-        assert!(c.validate().is_err_and(|e| e.contains("max_entry_bytes")));
+        assert!(c.first_problem().is_err_and(|e| e.contains("max_entry_bytes")));
         // The followers' limit one byte below the door's largest entry; at it, fine.
         let mut c = three(2);
         c.max_entry_bytes = 1000;
         c.raft.max_entry_bytes = 1000 + MAX_LOG_TYPE_BYTES - 1;
-        assert!(c.validate().is_err_and(|e| e.contains("raft.max_entry_bytes")));
+        assert!(c.first_problem().is_err_and(|e| e.contains("raft.max_entry_bytes")));
         c.raft.max_entry_bytes += 1;
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.first_problem(), Ok(()));
     }
 }

@@ -649,19 +649,28 @@ fn stats_report_what_the_engine_counts() {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..=4).collect::<Vec<u64>>(), "node {id}: every partition once");
         for p in a.partitions() {
-            assert!(p.status.applied_index <= p.status.commit_index && p.status.commit_index <= p.status.last_index);
+            assert!(
+                p.status.applied_index <= p.status.commit_index
+                    && p.status.commit_index <= p.status.last_index
+            );
         }
         // Every node holds every write: the leader's and the followers' stores wrote them.
         let entries = a.store().entries_written - b.store().entries_written;
         assert!(entries >= writes as u64, "node {id}: {entries} entries written for {writes} writes");
         let latency = a.write_latency().since(&b.write_latency());
-        assert!(latency.count > 0 && latency.count <= a.store().batches - b.store().batches + 1, "{latency:?}");
+        assert!(
+            latency.count > 0 && latency.count <= a.store().batches - b.store().batches + 1,
+            "{latency:?}"
+        );
         assert!(latency.quantile_us(0.5) <= latency.max_us);
         let core = a.core();
         let t = a.transport();
         assert!(core.messages_sent >= core.batches_sent && core.batches_sent > 0, "node {id}: {core:?}");
         // Over the in-memory transport, every batch handed over is sent (none oversized).
-        assert_eq!(t.batches_sent + t.batches_dropped_unreachable + t.batches_dropped_queue_full, core.batches_sent);
+        assert_eq!(
+            t.batches_sent + t.batches_dropped_unreachable + t.batches_dropped_queue_full,
+            core.batches_sent
+        );
         assert!(t.bytes_sent > 0 && t.batches_received > 0 && core.messages_received > 0);
         assert_eq!(core.unknown_group_messages, 0);
         leaders += a.leaders();

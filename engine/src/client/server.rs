@@ -86,8 +86,13 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
-    /// Checks the limits against each other, naming the first that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the limits against each other: [`Error::Config`] naming the first that cannot
+    /// work.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.first_problem().map_err(|e| Error::Config(format!("client port limits: {e}")))
+    }
+
+    fn first_problem(&self) -> Result<(), String> {
         if self.max_connections == 0 || self.max_inflight_per_connection == 0 {
             return Err("max_connections and max_inflight_per_connection must be at least 1".into());
         }
@@ -196,7 +201,7 @@ impl ClientServer {
         directory: Directory,
         limits: ServerLimits,
     ) -> Result<ClientServer, Error> {
-        limits.validate().map_err(|e| Error::Config(format!("client port limits: {e}")))?;
+        limits.validate()?;
         let local = listener
             .local_addr()
             .map_err(|e| Error::ClientPort { addr: "(unknown)".into(), source: Arc::new(e) })?;

@@ -44,7 +44,7 @@ impl Node {
         transports: F,
         sms: StateMachineFactory,
     ) -> Result<Node, Error> {
-        cfg.validate().map_err(Error::Config)?;
+        cfg.validate()?;
         check_data_dir(&cfg)?;
         let shards = cfg.cores;
         let (txs, rxs): (Vec<_>, Vec<_>) =
