@@ -230,7 +230,7 @@ impl EmbeddedCluster {
         let mut store = phalanx_storage::StoreStats::default();
         let mut latency = phalanx::stats::LatencyHistogram::default();
         for s in (0..self.members.len()).filter_map(|i| self.stats(i)) {
-            store = phalanx::stats::add_store(&store, &s.store());
+            store = store.plus(&s.store());
             latency.merge(&s.write_latency());
         }
         (store, latency)

@@ -26,13 +26,13 @@ impl NodeStats {
     /// The shards' transport counters added up (gauges too).
     #[must_use]
     pub fn transport(&self) -> TransportStats {
-        self.shards.iter().fold(TransportStats::default(), |a, s| add_transport(&a, &s.transport))
+        self.shards.iter().fold(TransportStats::default(), |a, s| a.plus(&s.transport))
     }
 
     /// The shards' store counters added up.
     #[must_use]
     pub fn store(&self) -> StoreStats {
-        self.shards.iter().fold(StoreStats::default(), |a, s| add_store(&a, &s.store))
+        self.shards.iter().fold(StoreStats::default(), |a, s| a.plus(&s.store))
     }
 
     /// The shards' core counters and depths added up.
@@ -213,47 +213,6 @@ impl LatencyHistogram {
     #[must_use]
     pub fn mean_us(&self) -> u64 {
         self.sum_us.checked_div(self.count).unwrap_or(0)
-    }
-}
-
-/// Two sets of transport counters added up (gauges too).
-#[must_use]
-pub fn add_transport(a: &TransportStats, b: &TransportStats) -> TransportStats {
-    TransportStats {
-        batches_sent: a.batches_sent + b.batches_sent,
-        bytes_sent: a.bytes_sent + b.bytes_sent,
-        batches_dropped_queue_full: a.batches_dropped_queue_full + b.batches_dropped_queue_full,
-        batches_dropped_unreachable: a.batches_dropped_unreachable + b.batches_dropped_unreachable,
-        batches_dropped_oversize: a.batches_dropped_oversize + b.batches_dropped_oversize,
-        batches_dropped_invalid: a.batches_dropped_invalid + b.batches_dropped_invalid,
-        batches_received: a.batches_received + b.batches_received,
-        bytes_received: a.bytes_received + b.bytes_received,
-        batches_dropped_inbox_full: a.batches_dropped_inbox_full + b.batches_dropped_inbox_full,
-        connects: a.connects + b.connects,
-        connect_failures: a.connect_failures + b.connect_failures,
-        handshakes_refused_by_peer: a.handshakes_refused_by_peer + b.handshakes_refused_by_peer,
-        connections_lost: a.connections_lost + b.connections_lost,
-        handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
-        protocol_errors: a.protocol_errors + b.protocol_errors,
-        frame_timeouts: a.frame_timeouts + b.frame_timeouts,
-        inbound_accepted: a.inbound_accepted + b.inbound_accepted,
-        connections_open: a.connections_open + b.connections_open,
-    }
-}
-
-/// Two sets of store counters added up.
-#[must_use]
-pub fn add_store(a: &StoreStats, b: &StoreStats) -> StoreStats {
-    StoreStats {
-        batches: a.batches + b.batches,
-        write_syncs: a.write_syncs + b.write_syncs,
-        background_syncs: a.background_syncs + b.background_syncs,
-        bytes_written: a.bytes_written + b.bytes_written,
-        entries_written: a.entries_written + b.entries_written,
-        entries_relocated: a.entries_relocated + b.entries_relocated,
-        segments_created: a.segments_created + b.segments_created,
-        segments_recycled: a.segments_recycled + b.segments_recycled,
-        entry_reads: a.entry_reads + b.entry_reads,
     }
 }
 

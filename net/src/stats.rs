@@ -49,6 +49,34 @@ pub struct TransportStats {
     pub connections_open: u64,
 }
 
+impl TransportStats {
+    /// Element-wise sum (gauges too): the counters of several shards or nodes together.
+    #[must_use]
+    pub fn plus(&self, b: &TransportStats) -> TransportStats {
+        let a = self;
+        TransportStats {
+            batches_sent: a.batches_sent + b.batches_sent,
+            bytes_sent: a.bytes_sent + b.bytes_sent,
+            batches_dropped_queue_full: a.batches_dropped_queue_full + b.batches_dropped_queue_full,
+            batches_dropped_unreachable: a.batches_dropped_unreachable + b.batches_dropped_unreachable,
+            batches_dropped_oversize: a.batches_dropped_oversize + b.batches_dropped_oversize,
+            batches_dropped_invalid: a.batches_dropped_invalid + b.batches_dropped_invalid,
+            batches_received: a.batches_received + b.batches_received,
+            bytes_received: a.bytes_received + b.bytes_received,
+            batches_dropped_inbox_full: a.batches_dropped_inbox_full + b.batches_dropped_inbox_full,
+            connects: a.connects + b.connects,
+            connect_failures: a.connect_failures + b.connect_failures,
+            handshakes_refused_by_peer: a.handshakes_refused_by_peer + b.handshakes_refused_by_peer,
+            connections_lost: a.connections_lost + b.connections_lost,
+            handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
+            protocol_errors: a.protocol_errors + b.protocol_errors,
+            frame_timeouts: a.frame_timeouts + b.frame_timeouts,
+            inbound_accepted: a.inbound_accepted + b.inbound_accepted,
+            connections_open: a.connections_open + b.connections_open,
+        }
+    }
+}
+
 /// The live counters behind [`TransportStats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

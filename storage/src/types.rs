@@ -208,3 +208,21 @@ pub struct StoreStats {
     /// `load_partitions`; native WAL only — the other adapters leave it at 0).
     pub entry_reads: u64,
 }
+
+impl StoreStats {
+    /// Element-wise sum: the counters of several stores together.
+    #[must_use]
+    pub fn plus(&self, b: &StoreStats) -> StoreStats {
+        StoreStats {
+            batches: self.batches + b.batches,
+            write_syncs: self.write_syncs + b.write_syncs,
+            background_syncs: self.background_syncs + b.background_syncs,
+            bytes_written: self.bytes_written + b.bytes_written,
+            entries_written: self.entries_written + b.entries_written,
+            entries_relocated: self.entries_relocated + b.entries_relocated,
+            segments_created: self.segments_created + b.segments_created,
+            segments_recycled: self.segments_recycled + b.segments_recycled,
+            entry_reads: self.entry_reads + b.entry_reads,
+        }
+    }
+}

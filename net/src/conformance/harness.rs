@@ -181,7 +181,7 @@ impl TestNode {
     /// Every shard's stats added up.
     #[must_use]
     pub fn total_stats(&self) -> TransportStats {
-        (0..self.shards()).map(|s| self.stats(s)).fold(TransportStats::default(), sum)
+        (0..self.shards()).map(|s| self.stats(s)).fold(TransportStats::default(), |a, b| a.plus(&b))
     }
 
     /// Blocks one shard's executor thread for `d` (returns at once).
@@ -227,29 +227,6 @@ fn stop_all(threads: &mut Vec<ShardThread>) -> bool {
     }
     threads.clear();
     ok
-}
-
-fn sum(a: TransportStats, b: TransportStats) -> TransportStats {
-    TransportStats {
-        batches_sent: a.batches_sent + b.batches_sent,
-        bytes_sent: a.bytes_sent + b.bytes_sent,
-        batches_dropped_queue_full: a.batches_dropped_queue_full + b.batches_dropped_queue_full,
-        batches_dropped_unreachable: a.batches_dropped_unreachable + b.batches_dropped_unreachable,
-        batches_dropped_oversize: a.batches_dropped_oversize + b.batches_dropped_oversize,
-        batches_dropped_invalid: a.batches_dropped_invalid + b.batches_dropped_invalid,
-        batches_received: a.batches_received + b.batches_received,
-        bytes_received: a.bytes_received + b.bytes_received,
-        batches_dropped_inbox_full: a.batches_dropped_inbox_full + b.batches_dropped_inbox_full,
-        connects: a.connects + b.connects,
-        connect_failures: a.connect_failures + b.connect_failures,
-        handshakes_refused_by_peer: a.handshakes_refused_by_peer + b.handshakes_refused_by_peer,
-        connections_lost: a.connections_lost + b.connections_lost,
-        handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
-        protocol_errors: a.protocol_errors + b.protocol_errors,
-        frame_timeouts: a.frame_timeouts + b.frame_timeouts,
-        inbound_accepted: a.inbound_accepted + b.inbound_accepted,
-        connections_open: a.connections_open + b.connections_open,
-    }
 }
 
 /// Total batches a sender dropped for any reason.
