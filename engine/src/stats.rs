@@ -78,8 +78,8 @@ pub struct ShardStats {
     pub transport: TransportStats,
     /// The shard's log store, as of its last completed write.
     pub store: StoreStats,
-    /// How long the shard's log writes took, from the writer starting one to its completion
-    /// (snapshot files saved before it included).
+    /// How long the shard's log writes took (`LogStore::write`: one batch, synced when the
+    /// store syncs).
     pub write_latency: LatencyHistogram,
 }
 
