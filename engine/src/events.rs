@@ -47,8 +47,18 @@ pub enum Event {
         /// The peer.
         node: NodeId,
     },
-    /// The system partition's cluster directory changed (a node announced itself).
+    /// The system partition's cluster directory changed (a node announced itself, or the
+    /// roster changed).
     DirectoryChanged,
+    /// The roster changed (each node's replica of the system partition applied the change):
+    /// its version after the change, and the change. In commit order, including changes
+    /// replayed when the node starts.
+    RosterChanged {
+        /// The roster's version after the change.
+        version: u64,
+        /// The change.
+        change: crate::roster::Change,
+    },
     /// A partition stopped on this node because the store refused its write (see
     /// `shard/stopping.rs`); it recovers when the node restarts.
     PartitionStopped {

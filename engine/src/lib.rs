@@ -101,6 +101,7 @@ pub mod kv;
 pub mod log_type;
 pub mod partition_key;
 pub mod raft;
+pub mod roster;
 pub mod runtime;
 pub mod shard;
 pub mod state_machine;

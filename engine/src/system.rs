@@ -13,18 +13,23 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use phalanx_proto::{
-    LogEntry, Message, NodeAnnouncement, SystemCommand, SystemSnapshot, SystemState, system_command,
+    LogEntry, Message, NodeAnnouncement, RosterOutcome, SystemCommand, SystemSnapshot, SystemState,
+    system_command,
 };
 
 use crate::raft::{NodeId, Status};
+use crate::roster::{Change, Refusal, Roster};
 use crate::runtime::SYSTEM_LOG_TYPE;
 use crate::state_machine::{PartitionId, StateMachine};
 
-/// The cluster as the system partition knows it: the latest announcement of each node.
+/// The cluster as the system partition knows it: the latest announcement of each node, and
+/// the roster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterDirectory {
     /// node id → its announcement.
     pub nodes: BTreeMap<NodeId, NodeAnnouncement>,
+    /// Who belongs to the cluster (version 0 until seeded).
+    pub roster: Roster,
 }
 
 impl ClusterDirectory {
@@ -35,11 +40,14 @@ impl ClusterDirectory {
     }
 
     fn to_proto(&self) -> SystemState {
-        SystemState { nodes: self.nodes.values().cloned().collect() }
+        SystemState { nodes: self.nodes.values().cloned().collect(), roster: Some(self.roster.to_proto()) }
     }
 
     fn from_proto(s: SystemState) -> Self {
-        ClusterDirectory { nodes: s.nodes.into_iter().map(|n| (n.node_id, n)).collect() }
+        ClusterDirectory {
+            nodes: s.nodes.into_iter().map(|n| (n.node_id, n)).collect(),
+            roster: s.roster.as_ref().map(Roster::from_proto).unwrap_or_default(),
+        }
     }
 }
 
@@ -49,6 +57,9 @@ pub(crate) struct SystemView {
     pub directory: ClusterDirectory,
     /// Changed since the shard last broadcast it.
     pub changed: bool,
+    /// Roster changes applied since the shard last published events, in order: (the
+    /// roster's version after each, the change).
+    pub roster_changes: Vec<(u64, Change)>,
 }
 
 /// Partition 0's state machine: system commands here, everything else to the application's.
@@ -62,21 +73,37 @@ impl SystemStateMachine {
         SystemStateMachine { user, view }
     }
 
-    fn apply_system(&mut self, entry: &LogEntry) {
+    /// Applies one system command; answers what a roster change decided (empty for the
+    /// rest).
+    fn apply_system(&mut self, entry: &LogEntry) -> Bytes {
         // Every replica decodes the same bytes: a malformed command is ignored everywhere.
         let Ok(cmd) = SystemCommand::decode(entry.payload.as_ref()) else {
             tracing::warn!(index = entry.index, "undecodable system command ignored");
-            return;
+            return Bytes::new();
         };
+        let mut v = self.view.borrow_mut();
         match cmd.cmd {
             Some(system_command::Cmd::Announce(a)) if a.node_id != 0 => {
-                let mut v = self.view.borrow_mut();
                 if v.directory.nodes.get(&a.node_id) != Some(&a) {
                     v.directory.nodes.insert(a.node_id, a);
                     v.changed = true;
                 }
+                Bytes::new()
             }
-            _ => {}
+            Some(system_command::Cmd::RosterChange(c)) => {
+                let Some((expected, change)) = Change::from_proto(&c) else {
+                    let invalid = Refusal::Invalid("a roster change with no change in it".into());
+                    return outcome(&v.directory.roster, Err(&invalid));
+                };
+                let decided = v.directory.roster.apply(expected, &change);
+                if decided == Ok(true) {
+                    let version = v.directory.roster.version;
+                    v.roster_changes.push((version, change));
+                    v.changed = true;
+                }
+                outcome(&v.directory.roster, decided.as_ref().map(|c| *c))
+            }
+            _ => Bytes::new(),
         }
     }
 }
@@ -84,15 +111,14 @@ impl SystemStateMachine {
 impl StateMachine for SystemStateMachine {
     fn apply(&mut self, partition: PartitionId, entry: &LogEntry) -> Bytes {
         if entry.log_type == SYSTEM_LOG_TYPE {
-            self.apply_system(entry);
-            return Bytes::new();
+            return self.apply_system(entry);
         }
         self.user.apply(partition, entry)
     }
 
     fn restore_entry(&mut self, partition: PartitionId, entry: &LogEntry) {
         if entry.log_type == SYSTEM_LOG_TYPE {
-            self.apply_system(entry);
+            let _ = self.apply_system(entry);
         } else {
             self.user.restore_entry(partition, entry);
         }
@@ -137,6 +163,27 @@ impl StateMachine for SystemStateMachine {
     }
 }
 
+/// What a roster change decided, as the system partition answers it.
+fn outcome(roster: &Roster, decided: Result<bool, &Refusal>) -> Bytes {
+    let o = match decided {
+        Ok(changed) => RosterOutcome { version: roster.version, changed, ..Default::default() },
+        Err(r) => RosterOutcome {
+            refusal: r.to_proto() as i32,
+            version: roster.version,
+            changed: false,
+            reason: r.to_string(),
+        },
+    };
+    o.encode_to_vec().into()
+}
+
+/// The `_RaftSystem` payload of a roster change against `expected_version`.
+#[must_use]
+pub fn roster_change(expected_version: u64, change: &Change) -> Bytes {
+    let c = change.to_proto(expected_version);
+    SystemCommand { cmd: Some(system_command::Cmd::RosterChange(c)) }.encode_to_vec().into()
+}
+
 /// The `_RaftSystem` payload announcing a node.
 #[must_use]
 pub fn announcement(a: NodeAnnouncement) -> Bytes {
@@ -178,5 +225,55 @@ mod tests {
             ..Default::default()
         };
         sm2.apply(0, &bad);
+    }
+
+    fn system_entry(payload: Bytes) -> LogEntry {
+        LogEntry { log_type: SYSTEM_LOG_TYPE.into(), payload, ..Default::default() }
+    }
+
+    fn decided(answer: &Bytes) -> RosterOutcome {
+        RosterOutcome::decode(answer.as_ref()).expect("an outcome")
+    }
+
+    /// Issue 13, item 1: roster changes are system commands; every replica decides the same,
+    /// answers the proposer with the outcome, queues one event per applied change, and a
+    /// snapshot carries the roster, so a compacted log still restores it.
+    #[test]
+    fn roster_changes_are_decided_by_every_replica_and_survive_snapshots() {
+        use phalanx_proto::RosterRefusal;
+        let view = Rc::new(RefCell::new(SystemView::default()));
+        let mut sm = SystemStateMachine::new(Box::new(NoopStateMachine), view.clone());
+        let seed = Change::Seed((1..=3).map(|i| (i, format!("h:{i}"), String::new())).collect());
+        let o = decided(&sm.apply(0, &system_entry(roster_change(0, &seed))));
+        assert_eq!((o.refusal, o.version, o.changed), (0, 1, true));
+        let add = Change::Add(4, "h:4".into(), "c:4".into());
+        // Against a stale version: refused, nothing changes, no event.
+        let o = decided(&sm.apply(0, &system_entry(roster_change(0, &add))));
+        assert_eq!(o.refusal, RosterRefusal::StaleVersion as i32);
+        assert!(o.reason.contains("version 1"), "{}", o.reason);
+        let o = decided(&sm.apply(0, &system_entry(roster_change(1, &add))));
+        assert_eq!((o.refusal, o.version, o.changed), (0, 2, true));
+        let o = decided(
+            &sm.apply(0, &system_entry(roster_change(2, &Change::Add(5, "h:5".into(), String::new())))),
+        );
+        assert_eq!(o.refusal, RosterRefusal::ChangeInFlight as i32);
+        // A command with no change in it is refused as invalid, not a crash.
+        let empty = SystemCommand {
+            cmd: Some(system_command::Cmd::RosterChange(phalanx_proto::RosterChange::default())),
+        };
+        let o = decided(&sm.apply(0, &system_entry(empty.encode_to_vec().into())));
+        assert_eq!(o.refusal, RosterRefusal::Invalid as i32);
+        let v = view.borrow();
+        assert_eq!(v.roster_changes, vec![(1, seed), (2, add)]);
+        assert_eq!(v.directory.roster.members[&4].role, crate::roster::Role::Learner);
+        drop(v);
+        let image = sm.snapshot(0);
+        let view2 = Rc::new(RefCell::new(SystemView::default()));
+        let mut sm2 = SystemStateMachine::new(Box::new(NoopStateMachine), view2.clone());
+        sm2.restore(0, &image);
+        assert_eq!(view2.borrow().directory.roster, view.borrow().directory.roster);
+        // The restored replica decides the next change as the others do.
+        let o = decided(&sm2.apply(0, &system_entry(roster_change(2, &Change::Promote(4)))));
+        assert_eq!((o.refusal, o.version), (0, 3));
     }
 }

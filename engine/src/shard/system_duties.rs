@@ -92,9 +92,13 @@ impl<R> ShardCore<R> {
         }
         v.changed = false;
         let d = Arc::new(v.directory.clone());
+        let roster_changes = std::mem::take(&mut v.roster_changes);
         drop(v);
         self.directory = d.clone();
         self.out.directory = Some(d);
+        self.out.events.extend(
+            roster_changes.into_iter().map(|(version, change)| Event::RosterChanged { version, change }),
+        );
         self.out.events.push(Event::DirectoryChanged);
     }
 }

@@ -1,0 +1,527 @@
+//! The roster: who belongs to the cluster, replicated on the system partition (issue 13,
+//! item 1). A versioned record of members — id, Raft and client addresses, role (learner,
+//! voter, leaving), the version that added each — that every partition's membership will
+//! follow. Deterministic: every replica applies the same changes to the same roster and
+//! reaches the same decision, so a change's outcome is part of the replicated state.
+//!
+//! Rules (what an operator of etcd or CockroachDB expects, and what keeps partitions able to
+//! follow one change at a time):
+//! - every change names the version it expects; another version is refused (`StaleVersion`),
+//!   so two operators cannot both act on what they read;
+//! - the first roster (`Seed`, version 0 → 1) is the initial cluster, every member a voter;
+//! - one member at a time is in transition (a learner not yet promoted, or a member leaving):
+//!   a second join or leave is refused (`ChangeInFlight`) until the first finishes or is
+//!   removed, so partitions converge through one single-server change at a time;
+//! - ids and addresses are unique; re-adding a member as it is, promoting a voter, removing an
+//!   absent id, or leaving twice change nothing (idempotent retries after a lost answer);
+//! - no change may leave the roster without a voter (`InsufficientVoters`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use phalanx_proto::{MemberRole, RosterMember, roster_change};
+
+use crate::raft::NodeId;
+
+/// Most members a roster holds: the transport's bound on a cluster's nodes.
+pub const MAX_MEMBERS: usize = phalanx_net::discovery::MAX_NODES;
+/// Longest address (Raft or client) a member may have, in bytes: a DNS name and a port.
+pub const MAX_ADDRESS_BYTES: usize = phalanx_net::discovery::MAX_HOST_BYTES + 6;
+
+/// A member's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Receives every partition's log; votes in none until promoted.
+    Learner,
+    /// Votes in every partition.
+    Voter,
+    /// Hands its leaderships over and is removed from every partition, then from the roster.
+    Leaving,
+}
+
+impl Role {
+    /// The name used in reports and JSON (`learner`, `voter`, `leaving`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Learner => "learner",
+            Role::Voter => "voter",
+            Role::Leaving => "leaving",
+        }
+    }
+
+    fn from_proto(r: i32) -> Option<Role> {
+        match MemberRole::try_from(r).ok()? {
+            MemberRole::Learner => Some(Role::Learner),
+            MemberRole::Voter => Some(Role::Voter),
+            MemberRole::Leaving => Some(Role::Leaving),
+            MemberRole::Unspecified => None,
+        }
+    }
+
+    fn to_proto(self) -> MemberRole {
+        match self {
+            Role::Learner => MemberRole::Learner,
+            Role::Voter => MemberRole::Voter,
+            Role::Leaving => MemberRole::Leaving,
+        }
+    }
+}
+
+/// One member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its node id (non-zero).
+    pub id: NodeId,
+    /// "host:port" of its Raft listener.
+    pub raft_address: String,
+    /// "host:port" of its client port ("" when it serves none or has not said).
+    pub client_address: String,
+    /// Its role.
+    pub role: Role,
+    /// The roster version that added it.
+    pub joined_version: u64,
+}
+
+/// A change of the roster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The first roster (at version 0 only): these members, every one a voter.
+    Seed(Vec<(NodeId, String, String)>),
+    /// A new member (id, Raft address, client address), as a learner.
+    Add(NodeId, String, String),
+    /// A learner becomes a voter.
+    Promote(NodeId),
+    /// A member starts leaving.
+    Leave(NodeId),
+    /// A member is removed.
+    Remove(NodeId),
+}
+
+/// Why a change was refused (nothing changed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The roster is at another version than the change expected: read it again.
+    StaleVersion {
+        /// The version the change expected.
+        expected: u64,
+        /// The roster's version.
+        current: u64,
+    },
+    /// Another member is in transition (joining as a learner, or leaving).
+    ChangeInFlight {
+        /// That member.
+        member: NodeId,
+    },
+    /// No member has this id.
+    UnknownMember(NodeId),
+    /// The change would leave the roster without a voter.
+    InsufficientVoters,
+    /// The change is malformed or not allowed as it is (said why).
+    Invalid(String),
+}
+
+impl Refusal {
+    /// The refusal as the system partition answers it.
+    #[must_use]
+    pub fn to_proto(&self) -> phalanx_proto::RosterRefusal {
+        use phalanx_proto::RosterRefusal as P;
+        match self {
+            Refusal::StaleVersion { .. } => P::StaleVersion,
+            Refusal::ChangeInFlight { .. } => P::ChangeInFlight,
+            Refusal::UnknownMember(_) => P::UnknownMember,
+            Refusal::InsufficientVoters => P::InsufficientVoters,
+            Refusal::Invalid(_) => P::Invalid,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::StaleVersion { expected, current } => {
+                write!(f, "the roster is at version {current}, not {expected}: read it again")
+            }
+            Refusal::ChangeInFlight { member } => {
+                write!(f, "member {member} is still joining or leaving: one change at a time")
+            }
+            Refusal::UnknownMember(id) => write!(f, "no member has id {id}"),
+            Refusal::InsufficientVoters => f.write_str("the change would leave no voter"),
+            Refusal::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The roster at one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roster {
+    /// Its version: 0 before the seed, then one more per applied change.
+    pub version: u64,
+    /// Its members, by id.
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+impl Roster {
+    /// The voters' ids.
+    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.values().filter(|m| m.role == Role::Voter).map(|m| m.id)
+    }
+
+    /// The member in transition (a learner or a leaving member), if any.
+    #[must_use]
+    pub fn in_transition(&self) -> Option<&Member> {
+        self.members.values().find(|m| m.role != Role::Voter)
+    }
+
+    /// Applies `change` if the roster is at `expected_version`: `Ok(true)` when it changed
+    /// (the version went up by one), `Ok(false)` when it already was as asked (idempotent),
+    /// `Err` when refused (nothing changed).
+    pub fn apply(&mut self, expected_version: u64, change: &Change) -> Result<bool, Refusal> {
+        if expected_version != self.version {
+            return Err(Refusal::StaleVersion { expected: expected_version, current: self.version });
+        }
+        let next = self.version + 1;
+        match change {
+            Change::Seed(members) => {
+                if self.version != 0 {
+                    return Err(Refusal::Invalid(format!(
+                        "the roster is already seeded (version {})",
+                        self.version
+                    )));
+                }
+                if members.is_empty() {
+                    return Err(Refusal::InsufficientVoters);
+                }
+                let mut seeded = Roster { version: next, members: BTreeMap::new() };
+                for (id, raft, client) in members {
+                    seeded.check_new(*id, raft, client)?;
+                    seeded.members.insert(*id, member(*id, raft, client, Role::Voter, next));
+                }
+                *self = seeded;
+                Ok(true)
+            }
+            Change::Add(id, raft, client) => {
+                if let Some(m) = self.members.get(id)
+                    && m.raft_address == *raft
+                    && m.client_address == *client
+                {
+                    return Ok(false);
+                }
+                self.check_new(*id, raft, client)?;
+                if let Some(m) = self.in_transition() {
+                    return Err(Refusal::ChangeInFlight { member: m.id });
+                }
+                self.members.insert(*id, member(*id, raft, client, Role::Learner, next));
+                self.version = next;
+                Ok(true)
+            }
+            Change::Promote(id) => {
+                let m = self.members.get(id).ok_or(Refusal::UnknownMember(*id))?;
+                match m.role {
+                    Role::Voter => Ok(false),
+                    Role::Leaving => {
+                        Err(Refusal::Invalid(format!("member {id} is leaving: it cannot be promoted")))
+                    }
+                    Role::Learner => {
+                        self.set_role(*id, Role::Voter, next);
+                        Ok(true)
+                    }
+                }
+            }
+            Change::Leave(id) => {
+                let m = self.members.get(id).ok_or(Refusal::UnknownMember(*id))?;
+                if m.role == Role::Leaving {
+                    return Ok(false);
+                }
+                if let Some(other) = self.in_transition().filter(|o| o.id != *id) {
+                    return Err(Refusal::ChangeInFlight { member: other.id });
+                }
+                if m.role == Role::Voter && self.voters().all(|v| v == *id) {
+                    return Err(Refusal::InsufficientVoters);
+                }
+                self.set_role(*id, Role::Leaving, next);
+                Ok(true)
+            }
+            Change::Remove(id) => {
+                let Some(m) = self.members.get(id) else { return Ok(false) };
+                if m.role == Role::Voter {
+                    // A voter removed outright (a dead node being replaced): only when nothing
+                    // else is in transition, and never the last voter.
+                    if let Some(other) = self.in_transition() {
+                        return Err(Refusal::ChangeInFlight { member: other.id });
+                    }
+                    if self.voters().all(|v| v == *id) {
+                        return Err(Refusal::InsufficientVoters);
+                    }
+                }
+                self.members.remove(id);
+                self.version = next;
+                Ok(true)
+            }
+        }
+    }
+
+    fn set_role(&mut self, id: NodeId, role: Role, next: u64) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.role = role;
+            self.version = next;
+        }
+    }
+
+    /// A new member's id and addresses: well formed, and used by no member yet.
+    fn check_new(&self, id: NodeId, raft: &str, client: &str) -> Result<(), Refusal> {
+        if id == 0 {
+            return Err(Refusal::Invalid("node id 0 means 'no node'".into()));
+        }
+        if raft.is_empty() || raft.len() > MAX_ADDRESS_BYTES || client.len() > MAX_ADDRESS_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "member {id}: a Raft address of 1..={MAX_ADDRESS_BYTES} bytes and a client address of at most as many"
+            )));
+        }
+        if self.members.len() >= MAX_MEMBERS {
+            return Err(Refusal::Invalid(format!("the roster holds at most {MAX_MEMBERS} members")));
+        }
+        if self.members.contains_key(&id) {
+            return Err(Refusal::Invalid(format!("node id {id} is already a member (with other addresses)")));
+        }
+        for a in [raft, client].into_iter().filter(|a| !a.is_empty()) {
+            if let Some(owner) = self.members.values().find(|m| m.raft_address == a || m.client_address == a)
+            {
+                return Err(Refusal::Invalid(format!("address {a} is already member {}'s", owner.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The roster as it is carried in partition 0's snapshot.
+    #[must_use]
+    pub fn to_proto(&self) -> phalanx_proto::Roster {
+        phalanx_proto::Roster {
+            version: self.version,
+            members: self.members.values().map(member_to_proto).collect(),
+        }
+    }
+
+    /// The roster from partition 0's snapshot; members with an unknown role or id 0 are
+    /// dropped (a snapshot this code did not write), never a panic.
+    #[must_use]
+    pub fn from_proto(r: &phalanx_proto::Roster) -> Roster {
+        let members = r
+            .members
+            .iter()
+            .filter(|m| m.node_id != 0)
+            .filter_map(|m| {
+                Some((
+                    m.node_id,
+                    Member {
+                        id: m.node_id,
+                        raft_address: m.raft_address.clone(),
+                        client_address: m.client_address.clone(),
+                        role: Role::from_proto(m.role)?,
+                        joined_version: m.joined_version,
+                    },
+                ))
+            })
+            .collect();
+        Roster { version: r.version, members }
+    }
+}
+
+fn member(id: NodeId, raft: &str, client: &str, role: Role, joined_version: u64) -> Member {
+    Member { id, raft_address: raft.to_string(), client_address: client.to_string(), role, joined_version }
+}
+
+fn member_to_proto(m: &Member) -> RosterMember {
+    RosterMember {
+        node_id: m.id,
+        raft_address: m.raft_address.clone(),
+        client_address: m.client_address.clone(),
+        role: m.role.to_proto() as i32,
+        joined_version: m.joined_version,
+    }
+}
+
+impl Change {
+    /// The change as a system command's payload part, against `expected_version`.
+    #[must_use]
+    pub fn to_proto(&self, expected_version: u64) -> phalanx_proto::RosterChange {
+        use roster_change::Change as C;
+        let new = |id: NodeId, raft: &str, client: &str| RosterMember {
+            node_id: id,
+            raft_address: raft.into(),
+            client_address: client.into(),
+            ..Default::default()
+        };
+        let change = match self {
+            Change::Seed(ms) => C::Seed(phalanx_proto::RosterSeed {
+                members: ms.iter().map(|(id, r, c)| new(*id, r, c)).collect(),
+            }),
+            Change::Add(id, r, c) => C::Add(new(*id, r, c)),
+            Change::Promote(id) => C::Promote(*id),
+            Change::Leave(id) => C::Leave(*id),
+            Change::Remove(id) => C::Remove(*id),
+        };
+        phalanx_proto::RosterChange { expected_version, change: Some(change) }
+    }
+
+    /// A change read from a system command (`None`: no change in it).
+    #[must_use]
+    pub fn from_proto(c: &phalanx_proto::RosterChange) -> Option<(u64, Change)> {
+        use roster_change::Change as C;
+        let triple = |m: &RosterMember| (m.node_id, m.raft_address.clone(), m.client_address.clone());
+        let change = match c.change.as_ref()? {
+            C::Seed(s) => Change::Seed(s.members.iter().map(triple).collect()),
+            C::Add(m) => {
+                let (id, r, cl) = triple(m);
+                Change::Add(id, r, cl)
+            }
+            C::Promote(id) => Change::Promote(*id),
+            C::Leave(id) => Change::Leave(*id),
+            C::Remove(id) => Change::Remove(*id),
+        };
+        Some((c.expected_version, change))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(n: u64) -> Roster {
+        let mut r = Roster::default();
+        let members = (1..=n).map(|i| (i, format!("h:{i}"), format!("c:{i}"))).collect();
+        assert_eq!(r.apply(0, &Change::Seed(members)), Ok(true));
+        r
+    }
+
+    fn add(id: NodeId) -> Change {
+        Change::Add(id, format!("h:{id}"), format!("c:{id}"))
+    }
+
+    #[test]
+    fn the_seed_makes_version_one_with_every_member_a_voter() {
+        let r = seeded(3);
+        assert_eq!(r.version, 1);
+        assert_eq!(r.voters().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(r.members.values().all(|m| m.joined_version == 1));
+        let mut again = r.clone();
+        assert!(matches!(
+            again.apply(1, &Change::Seed(vec![(9, "x:1".into(), String::new())])),
+            Err(Refusal::Invalid(_))
+        ));
+        assert_eq!(again, r);
+        // A seed that lists an id or an address twice is refused whole.
+        let mut empty = Roster::default();
+        let twice = vec![(1, "a:1".into(), String::new()), (2, "a:1".into(), String::new())];
+        assert!(matches!(empty.apply(0, &Change::Seed(twice)), Err(Refusal::Invalid(_))));
+        assert_eq!(empty, Roster::default());
+        assert_eq!(empty.apply(0, &Change::Seed(Vec::new())), Err(Refusal::InsufficientVoters));
+    }
+
+    #[test]
+    fn a_join_is_a_learner_then_a_voter_one_at_a_time() {
+        let mut r = seeded(3);
+        assert_eq!(r.apply(1, &add(4)), Ok(true));
+        assert_eq!(r.members[&4].role, Role::Learner);
+        assert_eq!(r.members[&4].joined_version, 2);
+        // The same add again (a retry after a lost answer) changes nothing.
+        assert_eq!(r.apply(2, &add(4)), Ok(false));
+        // A second join waits for the first.
+        assert_eq!(r.apply(2, &add(5)), Err(Refusal::ChangeInFlight { member: 4 }));
+        assert_eq!(r.apply(2, &Change::Leave(1)), Err(Refusal::ChangeInFlight { member: 4 }));
+        assert_eq!(r.apply(2, &Change::Remove(1)), Err(Refusal::ChangeInFlight { member: 4 }));
+        assert_eq!(r.apply(2, &Change::Promote(4)), Ok(true));
+        assert_eq!(r.version, 3);
+        assert_eq!(r.apply(3, &Change::Promote(4)), Ok(false));
+        assert_eq!(r.apply(3, &add(5)), Ok(true));
+        assert_eq!(r.voters().count(), 4);
+    }
+
+    #[test]
+    fn every_change_names_the_version_it_expects() {
+        let mut r = seeded(3);
+        let before = r.clone();
+        assert_eq!(r.apply(0, &add(4)), Err(Refusal::StaleVersion { expected: 0, current: 1 }));
+        assert_eq!(r.apply(2, &Change::Remove(3)), Err(Refusal::StaleVersion { expected: 2, current: 1 }));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn ids_and_addresses_are_unique() {
+        let mut r = seeded(3);
+        let before = r.clone();
+        assert!(
+            matches!(r.apply(1, &Change::Add(2, "other:1".into(), String::new())), Err(Refusal::Invalid(m)) if m.contains("already a member"))
+        );
+        assert!(
+            matches!(r.apply(1, &Change::Add(7, "h:2".into(), String::new())), Err(Refusal::Invalid(m)) if m.contains("member 2"))
+        );
+        assert!(
+            matches!(r.apply(1, &Change::Add(7, "new:1".into(), "c:3".into())), Err(Refusal::Invalid(m)) if m.contains("member 3"))
+        );
+        assert!(matches!(
+            r.apply(1, &Change::Add(0, "new:1".into(), String::new())),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(matches!(
+            r.apply(1, &Change::Add(7, String::new(), String::new())),
+            Err(Refusal::Invalid(_))
+        ));
+        let long = "x".repeat(MAX_ADDRESS_BYTES + 1);
+        assert!(matches!(r.apply(1, &Change::Add(7, long, String::new())), Err(Refusal::Invalid(_))));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn leaving_and_removing_never_leave_the_roster_without_a_voter() {
+        let mut r = seeded(2);
+        assert_eq!(r.apply(1, &Change::Leave(1)), Ok(true));
+        assert_eq!(r.members[&1].role, Role::Leaving);
+        assert_eq!(r.apply(2, &Change::Leave(1)), Ok(false));
+        // Node 2 is now the only voter: it can neither leave nor be removed.
+        assert_eq!(r.apply(2, &Change::Leave(2)), Err(Refusal::ChangeInFlight { member: 1 }));
+        assert_eq!(r.apply(2, &Change::Remove(1)), Ok(true));
+        assert_eq!(r.apply(3, &Change::Leave(2)), Err(Refusal::InsufficientVoters));
+        assert_eq!(r.apply(3, &Change::Remove(2)), Err(Refusal::InsufficientVoters));
+        // Removing an absent member changes nothing; promoting one is refused.
+        assert_eq!(r.apply(3, &Change::Remove(1)), Ok(false));
+        assert_eq!(r.apply(3, &Change::Promote(1)), Err(Refusal::UnknownMember(1)));
+        assert_eq!(r.apply(3, &Change::Leave(9)), Err(Refusal::UnknownMember(9)));
+        // A leaving member cannot be promoted back.
+        let mut r = seeded(3);
+        r.apply(1, &Change::Leave(3)).expect("leaves");
+        assert!(matches!(r.apply(2, &Change::Promote(3)), Err(Refusal::Invalid(_))));
+    }
+
+    #[test]
+    fn a_dead_voter_is_removed_outright_and_a_stuck_learner_too() {
+        let mut r = seeded(3);
+        assert_eq!(r.apply(1, &Change::Remove(3)), Ok(true));
+        assert_eq!(r.voters().collect::<Vec<_>>(), vec![1, 2]);
+        // A learner that never caught up is removed even though it is the one in transition.
+        r.apply(2, &add(4)).expect("joins");
+        assert_eq!(r.apply(3, &Change::Remove(4)), Ok(true));
+        assert_eq!(r.in_transition(), None);
+    }
+
+    #[test]
+    fn the_roster_and_its_changes_survive_their_encoding() {
+        let mut r = seeded(3);
+        r.apply(1, &add(4)).expect("joins");
+        assert_eq!(Roster::from_proto(&r.to_proto()), r);
+        for c in [
+            Change::Seed(vec![(1, "a:1".into(), "b:1".into())]),
+            add(4),
+            Change::Promote(4),
+            Change::Leave(2),
+            Change::Remove(3),
+        ] {
+            assert_eq!(Change::from_proto(&c.to_proto(7)), Some((7, c)));
+        }
+        // Members this code cannot read are dropped, not a panic.
+        let mut p = r.to_proto();
+        p.members[0].role = 99;
+        p.members[1].node_id = 0;
+        assert_eq!(Roster::from_proto(&p).members.len(), 2);
+    }
+}
