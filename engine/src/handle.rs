@@ -299,6 +299,33 @@ impl NodeHandle {
         all
     }
 
+    /// The roster as this node's replica of the system partition last applied it (version 0
+    /// until the system partition's first leader seeds it from the initial cluster).
+    #[must_use]
+    pub fn roster(&self) -> crate::roster::Roster {
+        self.inner.shared.directory().roster.clone()
+    }
+
+    /// Proposes a roster change on the system partition, applied only if the roster is at
+    /// `expected_version`, and waits until it is committed and applied here. Ask the system
+    /// partition's leader (`leader_of(0)`): elsewhere the answer is `NodeIsNotLeader`.
+    pub async fn change_roster(
+        &self,
+        expected_version: u64,
+        change: crate::roster::Change,
+    ) -> crate::roster::RosterResult {
+        use crate::roster::RosterResult;
+        let payload = crate::system::roster_change(expected_version, &change);
+        let r = self.propose(0, SYSTEM_LOG_TYPE, vec![payload], true, true).await;
+        if !r.success() {
+            return RosterResult::failed(r.status);
+        }
+        match <phalanx_proto::RosterOutcome as prost::Message>::decode(r.response.as_ref()) {
+            Ok(o) => RosterResult::from_outcome(&o),
+            Err(_) => RosterResult::failed(Status::Errored),
+        }
+    }
+
     /// What the node counts, per shard and partition (see [`crate::stats`]): each shard
     /// answers between two loop turns. A shard that stopped is missing.
     pub async fn stats(&self) -> crate::stats::NodeStats {

@@ -21,7 +21,7 @@ use std::fmt;
 
 use phalanx_proto::{MemberRole, RosterMember, roster_change};
 
-use crate::raft::NodeId;
+use crate::raft::{NodeId, Status};
 
 /// Most members a roster holds: the transport's bound on a cluster's nodes.
 pub const MAX_MEMBERS: usize = phalanx_net::discovery::MAX_NODES;
@@ -149,6 +149,57 @@ impl fmt::Display for Refusal {
             Refusal::InsufficientVoters => f.write_str("the change would leave no voter"),
             Refusal::Invalid(why) => f.write_str(why),
         }
+    }
+}
+
+/// The status a caller gets for a refusal (as the system partition answered it).
+#[must_use]
+pub fn refusal_status(r: phalanx_proto::RosterRefusal) -> Status {
+    use phalanx_proto::RosterRefusal as P;
+    match r {
+        P::None => Status::Success,
+        P::StaleVersion => Status::StaleMembership,
+        P::ChangeInFlight => Status::ConcurrentMembershipChange,
+        P::UnknownMember => Status::MemberNotFound,
+        P::InsufficientVoters => Status::InsufficientVoters,
+        P::Invalid => Status::InvalidRequest,
+    }
+}
+
+/// What a roster change came to (`NodeHandle::change_roster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterResult {
+    /// `Success` (applied, or already as asked), the refusal's status (`StaleMembership`,
+    /// `ConcurrentMembershipChange`, `MemberNotFound`, `InsufficientVoters`,
+    /// `InvalidRequest`), or why the change never reached the roster (`NodeIsNotLeader`,
+    /// `ProposalTimeout`, ...).
+    pub status: Status,
+    /// The roster's version after the change (0 when it never reached the roster).
+    pub version: u64,
+    /// Whether the roster changed.
+    pub changed: bool,
+    /// Why it was refused, for people (empty on success).
+    pub reason: String,
+}
+
+impl RosterResult {
+    /// The result the system partition's answer `outcome` stands for.
+    #[must_use]
+    pub fn from_outcome(o: &phalanx_proto::RosterOutcome) -> RosterResult {
+        let refusal = phalanx_proto::RosterRefusal::try_from(o.refusal)
+            .unwrap_or(phalanx_proto::RosterRefusal::Invalid);
+        RosterResult {
+            status: refusal_status(refusal),
+            version: o.version,
+            changed: o.changed,
+            reason: o.reason.clone(),
+        }
+    }
+
+    /// A change that never reached the roster.
+    #[must_use]
+    pub fn failed(status: Status) -> RosterResult {
+        RosterResult { status, version: 0, changed: false, reason: status.name().to_string() }
     }
 }
 

@@ -681,3 +681,87 @@ fn stats_report_what_the_engine_counts() {
         assert_eq!(p.status.term, s.term);
     }
 }
+
+/// Waits until every running node's roster is at `version`, and returns node 1's view.
+fn roster_at(c: &Cluster, version: u64) -> phalanx::roster::Roster {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rosters: Vec<_> = c.up().into_iter().map(|id| c.handle(id).roster()).collect();
+        if rosters.iter().all(|r| r.version == version && r == &rosters[0]) {
+            return rosters[0].clone();
+        }
+        assert!(Instant::now() < deadline, "rosters not at version {version}: {rosters:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13, item 1: the system partition's first leader seeds the roster with the initial
+/// cluster; changes through its leader are decided against the expected version (stale
+/// versions, a second join while one is in flight, unknown members, the last voter are
+/// refused with their statuses); every node applies them and emits one event each, in order;
+/// a node that restarts from its log, and one that restarts from a compacted log (the
+/// system partition's snapshot), both hold the same roster.
+#[test]
+fn the_roster_is_seeded_changed_by_version_and_survives_restarts() {
+    use phalanx::roster::{Change, Role};
+    let mut c = Cluster::with_leaders(3, 2, StorageKind::Wal);
+    let events = c.handle(2).subscribe();
+    let seeded = roster_at(&c, 1);
+    assert_eq!(seeded.voters().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(seeded.members[&2].raft_address, "mem-2");
+    let change = |expected: u64, ch: Change| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = c.leader(0) {
+                let r = block_on(c.handle(l).change_roster(expected, ch.clone()));
+                if !matches!(r.status, Status::NodeIsNotLeader | Status::ProposalTimeout) {
+                    return r;
+                }
+            }
+            assert!(Instant::now() < deadline, "no system partition leader took {ch:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let add4 = Change::Add(4, "mem-4".into(), "client-4:1".into());
+    let r = change(1, add4.clone());
+    assert_eq!((r.status, r.version, r.changed), (Status::Success, 2, true));
+    assert_eq!(change(1, Change::Promote(4)).status, Status::StaleMembership);
+    assert_eq!(change(2, add4.clone()).status, Status::Success, "the same add again is idempotent");
+    assert_eq!(
+        change(2, Change::Add(5, "mem-5".into(), String::new())).status,
+        Status::ConcurrentMembershipChange
+    );
+    assert_eq!(change(2, Change::Promote(9)).status, Status::MemberNotFound);
+    let dup = change(2, Change::Add(6, "mem-1".into(), String::new()));
+    assert_eq!(dup.status, Status::InvalidRequest);
+    assert!(dup.reason.contains("mem-1"), "{}", dup.reason);
+    assert_eq!(change(2, Change::Remove(4)).status, Status::Success);
+    let r = change(3, Change::Leave(3));
+    assert_eq!((r.status, r.version), (Status::Success, 4));
+    let roster = roster_at(&c, 4);
+    assert_eq!(roster.members[&3].role, Role::Leaving);
+    assert!(!roster.members.contains_key(&4));
+    // Node 2 saw every applied change once, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.recv_timeout(Duration::from_secs(10)) {
+            Ok(phalanx::Event::RosterChanged { version, .. }) => seen.push(version),
+            Ok(_) => {}
+            Err(e) => panic!("roster events {seen:?}: {e}"),
+        }
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4]);
+    // A restart replays the roster from the log.
+    c.crash(2);
+    c.restart(2);
+    assert_eq!(roster_at(&c, 4), roster);
+    // A restart from a compacted system partition restores it from the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.leader(0).is_some_and(|l| block_on(c.handle(l).replicate_checkpoint(0)).success()) {
+        assert!(Instant::now() < deadline, "could not checkpoint the system partition");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.crash(1);
+    c.restart(1);
+    assert_eq!(roster_at(&c, 4), roster);
+}

@@ -1,7 +1,8 @@
 //! Operation statuses: the expected outcomes callers must handle.
 //!
-//! These mirror the reference's `RaftOperationStatus` plus the statuses Phalanx adds
-//! (`PartitionMoved`, `Busy`, `InsufficientVoters`, `InvalidRequest`, `TooLarge`). They are
+//! These mirror the reference's `RaftOperationStatus` (the roster's `StaleMembership`,
+//! `ConcurrentMembershipChange` and `MemberNotFound` among them) plus the statuses Phalanx
+//! adds (`PartitionMoved`, `Busy`, `InvalidRequest`, `TooLarge`). They are
 //! *expected* outcomes, returned as values; broken invariants panic and storage failures are
 //! fatal (`phalanx::Error`). Every variant is produced somewhere except `PartitionMoved`,
 //! reserved for elastic partitions (splits and merges, planned after quiescence, issue 14).
@@ -49,6 +50,12 @@ pub enum Status {
     /// The request is larger than the node accepts: an entry beyond the largest one log
     /// write may hold, or a request whose entries together are. Not retryable as it is.
     TooLarge,
+    /// A roster change named another version than the roster's: read the roster again.
+    StaleMembership,
+    /// A roster change while another member is still joining or leaving.
+    ConcurrentMembershipChange,
+    /// A roster change names no member of the roster.
+    MemberNotFound,
 }
 
 impl Status {
@@ -78,11 +85,14 @@ impl Status {
             Status::InsufficientVoters => "InsufficientVoters",
             Status::InvalidRequest => "InvalidRequest",
             Status::TooLarge => "TooLarge",
+            Status::StaleMembership => "StaleMembership",
+            Status::ConcurrentMembershipChange => "ConcurrentMembershipChange",
+            Status::MemberNotFound => "MemberNotFound",
         }
     }
 
     /// Every status, for exhaustive tables (metrics, docs).
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 19] = [
         Status::Success,
         Status::Errored,
         Status::NodeIsNotLeader,
@@ -99,6 +109,9 @@ impl Status {
         Status::InsufficientVoters,
         Status::InvalidRequest,
         Status::TooLarge,
+        Status::StaleMembership,
+        Status::ConcurrentMembershipChange,
+        Status::MemberNotFound,
     ];
 }
 

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use super::ShardCore;
 use crate::events::Event;
 use crate::raft::{NodeId, Proposal, ProposalKind};
+use crate::roster::Change;
 use crate::state_machine::PartitionId;
-use crate::system::announcement;
+use crate::system::{announcement, roster_change};
 
 /// The reserved log type of the system partition's own entries.
 pub const SYSTEM_LOG_TYPE: &str = "_RaftSystem";
@@ -28,6 +29,7 @@ impl<R> ShardCore<R> {
             return;
         }
         self.next_announce = now + ANNOUNCE_RETRY;
+        self.seed_roster_if_needed();
         let me = phalanx_proto::NodeAnnouncement {
             node_id: self.cfg.node_id,
             raft_address: format!("{}:{}", self.cfg.raft_host, self.cfg.raft_port),
@@ -42,6 +44,40 @@ impl<R> ShardCore<R> {
             kind: ProposalKind::System,
             log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
             payloads: vec![announcement(me)],
+            ticket,
+        };
+        let _ = self.multi.update(0, |g| g.propose_or_forward(p));
+    }
+
+    /// Shard 0, while it leads the system partition: seeds the roster with the initial
+    /// cluster (every member a voter) until the seed is applied. Only the leader proposes it
+    /// (a follower's copy would be refused as stale anyway); the seed is an entry like any
+    /// change, so a replica that replays the log, or a node that joins later, learns the same
+    /// first roster.
+    pub(super) fn seed_roster_if_needed(&mut self) {
+        let Some(view) = &self.system else { return };
+        if view.borrow().directory.roster.version != 0 || !self.multi.group(0).is_some_and(|g| g.is_leader())
+        {
+            return;
+        }
+        let own = format!("{}:{}", self.cfg.raft_host, self.cfg.raft_port);
+        let members: Vec<(NodeId, String, String)> = if self.cfg.initial_cluster.is_empty() {
+            vec![(self.cfg.node_id, own, self.cfg.client_address.clone().unwrap_or_default())]
+        } else {
+            self.cfg
+                .initial_cluster
+                .iter()
+                .map(|(id, addr)| {
+                    let client = if *id == self.cfg.node_id { self.cfg.client_address.clone() } else { None };
+                    (*id, addr.clone(), client.unwrap_or_default())
+                })
+                .collect()
+        };
+        let ticket = self.hlc.now(self.wall_ms);
+        let p = Proposal {
+            kind: ProposalKind::System,
+            log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
+            payloads: vec![roster_change(0, &Change::Seed(members))],
             ticket,
         };
         let _ = self.multi.update(0, |g| g.propose_or_forward(p));
