@@ -168,6 +168,15 @@ impl NodeConfig {
                 self.raft.max_entry_bytes, self.max_entry_bytes
             ));
         }
+        // A snapshot followers accept must be one a restart can load back from its file (which
+        // also holds the snapshot's metadata and pending two-step entries).
+        let file_max = crate::runtime::snapshots::MAX_SNAPSHOT_FILE_BYTES;
+        if self.raft.max_snapshot_bytes as u64 >= file_max {
+            return Err(format!(
+                "raft.max_snapshot_bytes ({}) must be below the snapshot file limit ({file_max} bytes)",
+                self.raft.max_snapshot_bytes
+            ));
+        }
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))

@@ -108,6 +108,9 @@ pub struct CoreStats {
     pub unknown_group_messages: u64,
     /// Received messages a group refused (bad peer input, a stale leader's message).
     pub messages_refused: u64,
+    /// Checkpoints not compacted because the state machine's snapshot exceeded
+    /// `raft.max_snapshot_bytes` (the log below them is kept).
+    pub snapshots_too_large: u64,
     /// Depth: write jobs handed to the writer and not yet complete.
     pub writes_in_flight: usize,
     /// Depth: callers waiting for a proposal or a read.
@@ -125,6 +128,7 @@ impl CoreStats {
             messages_received: self.messages_received + o.messages_received,
             unknown_group_messages: self.unknown_group_messages + o.unknown_group_messages,
             messages_refused: self.messages_refused + o.messages_refused,
+            snapshots_too_large: self.snapshots_too_large + o.snapshots_too_large,
             writes_in_flight: self.writes_in_flight + o.writes_in_flight,
             waiting_callers: self.waiting_callers + o.waiting_callers,
         }

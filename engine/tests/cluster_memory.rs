@@ -40,6 +40,8 @@ struct Cluster {
     wal: StorageKind,
     /// Shards per node (by id - 1); 2 when not listed.
     cores: Vec<usize>,
+    /// Changes every node's configuration (the defaults otherwise).
+    tweak: fn(&mut NodeConfig),
 }
 
 impl Cluster {
@@ -55,7 +57,23 @@ impl Cluster {
     }
 
     fn with_cores(n: u64, partitions: u32, wal: StorageKind, cores: Vec<usize>) -> Self {
+        Self::build(n, partitions, wal, cores, |_| {})
+    }
+
+    /// A cluster whose nodes' configuration `tweak` changes.
+    fn with_tweak(n: u64, partitions: u32, wal: StorageKind, tweak: fn(&mut NodeConfig)) -> Self {
+        Self::build(n, partitions, wal, Vec::new(), tweak)
+    }
+
+    fn build(
+        n: u64,
+        partitions: u32,
+        wal: StorageKind,
+        cores: Vec<usize>,
+        tweak: fn(&mut NodeConfig),
+    ) -> Self {
         let mut c = Cluster {
+            tweak,
             cores,
             net: MemoryNetwork::new(MemoryConfig::default()),
             dir: tempfile::tempdir().expect("temp dir"),
@@ -82,6 +100,7 @@ impl Cluster {
         cfg.request_timeout_ms = 5_000;
         cfg.client_address = Some(format!("client-{id}:1"));
         cfg.leader_balance_interval_ms = 100;
+        (self.tweak)(&mut cfg);
         cfg
     }
 
@@ -764,4 +783,33 @@ fn the_roster_is_seeded_changed_by_version_and_survives_restarts() {
     c.crash(1);
     c.restart(1);
     assert_eq!(roster_at(&c, 4), roster);
+}
+
+/// Issue 12, item 5: a checkpoint whose state machine snapshot is larger than followers
+/// accept (`raft.max_snapshot_bytes`) once compacted the log below it, so a follower that
+/// needed those entries could only be sent a snapshot it refuses, forever. Now the log is
+/// kept (counted in the stats, logged): a follower that was down catches up from the log and
+/// reads every write.
+#[test]
+fn a_snapshot_larger_than_followers_accept_keeps_the_log() {
+    let mut c = Cluster::with_tweak(3, 1, StorageKind::Wal, |cfg| {
+        cfg.raft.max_snapshot_bytes = 4 << 10;
+        cfg.raft.log_cache_entries = 4;
+        cfg.leader_balance_interval_ms = 0;
+    });
+    c.wait_all_leaders(Duration::from_secs(20));
+    c.crash(3);
+    let value = "v".repeat(1000);
+    c.put_all("big", 10, &value);
+    c.checkpoint_all();
+    let leader = c.leader(1).expect("a leader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while block_on(c.handle(leader).stats()).core().snapshots_too_large == 0 {
+        assert!(Instant::now() < deadline, "the oversized snapshot was not reported");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.restart(3);
+    for i in 0..10 {
+        assert_eq!(c.get(3, &format!("big{i}")).as_deref(), Some(value.as_str()), "node 3 never caught up");
+    }
 }

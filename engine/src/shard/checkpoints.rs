@@ -15,6 +15,21 @@ impl<R> ShardCore<R> {
         for p in wanted {
             let Some(sm) = self.sms.get_mut(&p) else { continue };
             let image = sm.snapshot(p);
+            // A snapshot larger than followers accept (`raft.max_snapshot_bytes`) would be
+            // refused by every follower that needs it, which would then never catch up: keep
+            // the log instead (it is what they can be sent), and say so.
+            let limit = self.cfg.raft.max_snapshot_bytes;
+            if image.len() > limit {
+                self.counters.snapshots_too_large += 1;
+                tracing::error!(
+                    partition = p,
+                    bytes = image.len(),
+                    limit,
+                    "checkpoint not compacted: the state machine's snapshot is larger than raft.max_snapshot_bytes \
+                     (followers would refuse it); the log below the checkpoint is kept"
+                );
+                continue;
+            }
             match self.multi.update(p, |g| g.compact(image.clone()).map(|_| g.snapshot_meta().cloned())) {
                 Some(Ok(Some(meta))) => {
                     // An older snapshot of the partition not yet saved is superseded.
