@@ -523,6 +523,42 @@ mod wal_specific {
         });
     }
 
+    /// A store dropped (not closed) at different points of preparing its next segment, then
+    /// reopened at once, 200 times: every reopen finds the directory whole. (It guards the
+    /// drop path; it did not reproduce, with or without the fix, the rare race it is written
+    /// against — `relocation_keeps_younger_entries` once failing with `open spare-….seg: not
+    /// found`, which a cancelled preparation's in-flight rename explains; see `impl Drop for
+    /// WalStore`.)
+    #[test]
+    fn a_store_dropped_while_preparing_a_segment_reopens_whole() {
+        run(|| async {
+            let f = WalFixture::with_segment_bytes(128 << 10);
+            let mut m = Model::default();
+            let mut next = 1;
+            for i in 0..200u64 {
+                let mut s = f.open(true).await.unwrap();
+                verify(&s, &m).await.unwrap();
+                // ~100 KiB: the active segment fills and the next one starts being prepared.
+                let b = batch_of(1, next, next + 9, 10_000);
+                s.write(&b).await.unwrap();
+                m.apply(&b);
+                next += 10;
+                let mut c = PartitionWrite::new(1);
+                c.compact_to = Some(next - 6);
+                let b = WriteBatch { partitions: vec![c], meta: vec![] };
+                s.write(&b).await.unwrap();
+                m.apply(&b);
+                // Drop at a different point of the preparation each time (it runs while this
+                // task waits): a crash, mid-preparation.
+                glommio::timer::sleep(std::time::Duration::from_micros((i % 40) * 100)).await;
+                drop(s);
+            }
+            let s = f.open(true).await.unwrap();
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
     #[test]
     fn no_descriptor_leak_across_reopens() {
         // glommio only queues a dropped file for closing; a store must close its files
