@@ -526,9 +526,9 @@ mod wal_specific {
     /// A store dropped (not closed) at different points of preparing its next segment, then
     /// reopened at once, 200 times: every reopen finds the directory whole. (It guards the
     /// drop path; it did not reproduce, with or without the fix, the rare race it is written
-    /// against — `relocation_keeps_younger_entries` once failing with `open spare-….seg: not
-    /// found`, which a cancelled preparation's in-flight rename explains; see `impl Drop for
-    /// WalStore`.)
+    /// against — `relocation_keeps_younger_entries` failing with `open spare-….seg: not
+    /// found`, which a cancelled preparation's in-flight rename explains; the fix, in
+    /// `segment::prepare_next`, is tested directly by `a_vanished_spare_is_skipped`.)
     #[test]
     fn a_store_dropped_while_preparing_a_segment_reopens_whole() {
         run(|| async {
@@ -556,6 +556,32 @@ mod wal_specific {
             let s = f.open(true).await.unwrap();
             verify(&s, &m).await.unwrap();
             s.close().await.unwrap();
+        });
+    }
+
+    /// A spare listed at open that is gone when the store activates it (renamed by a
+    /// cancelled preparation of a store dropped in this process) is skipped: the next spare is
+    /// used, or a new one made, instead of failing the open.
+    #[test]
+    fn a_vanished_spare_is_skipped() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let bytes = 128 << 10;
+            let gone = dir.path().join(crate::wal::segment::spare_name(9));
+            let p = crate::wal::segment::prepare_next(
+                dir.path().to_path_buf(),
+                1,
+                bytes,
+                Vec::new(),
+                vec![gone],
+                2,
+                true,
+            )
+            .await
+            .expect("a vanished spare is no failure");
+            assert!(p.created, "a new spare was made in its place");
+            assert_eq!(p.segment.seq, 1);
+            assert!(dir.path().join(crate::wal::segment::segment_name(1)).exists());
         });
     }
 

@@ -200,22 +200,6 @@ pub struct WalStore {
     damaged_tail: Option<crate::types::DamagedTail>,
 }
 
-/// A store dropped without `close` (a crash simulated in-process, a shard torn down after a
-/// failure) lets the segment being prepared finish in the background instead of cancelling it.
-/// glommio cancels a dropped task at its current await point, dropping the directory lock the
-/// task holds while an io_uring operation it had submitted (the rename of a spare into a
-/// segment, `segment::activate`) may still complete: the next `open` could then list a spare
-/// that vanishes under it — the likely cause of `relocation_keeps_younger_entries` failing,
-/// twice in many runs, with `open spare-….seg: not found`. Detached, the task keeps the lock
-/// until its last operation completed; `open` waits for it (`LOCK_WAIT`).
-impl Drop for WalStore {
-    fn drop(&mut self) {
-        if let NextSegment::Pending(task) = std::mem::replace(&mut self.next, NextSegment::None) {
-            task.detach();
-        }
-    }
-}
-
 impl std::fmt::Debug for WalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalStore")
@@ -227,13 +211,9 @@ impl std::fmt::Debug for WalStore {
 }
 
 /// How long `open` waits for the directory lock. A store dropped without `close` (a shard
-/// torn down after a failure) releases it only when the segment it was preparing is ready
-/// (zero-filled and synced: up to `SEGMENT_BYTES_MAX` at the disk's write speed); another
-/// live store keeps it, and `open` then fails with `Locked`.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How often `open` tries the lock again while it waits.
-const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// torn down after a failure) releases it only when its background task has wound down,
+/// which takes a moment; another live store keeps it, and `open` then fails with `Locked`.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Size of the `LOCK` file: one block of zeros, so it can prime glommio's device probe
 /// (see `segment::prime_iopoll_probe`).
@@ -268,10 +248,27 @@ async fn lock_dir(dir: &Path) -> Result<File> {
         if std::time::Instant::now() >= deadline {
             return Err(StorageError::Locked { dir: dir.to_path_buf() });
         }
-        // Let a dropped store's background task finish: it waits on its own IO, which the
-        // executor only completes while this task is parked (a yield in a loop kept the
-        // executor busy, and the task starved). The deadline bounds the loop.
-        glommio::timer::sleep(LOCK_POLL).await;
+        // Let other tasks (a dropped store's background task) run, then nap briefly. No
+        // glommio timer here: timers have been reported to hang on some VMs, and this loop
+        // must stay bounded by the deadline whatever happens.
+        YieldOnce(false).await;
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// A future that lets every other ready task run once before it completes.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

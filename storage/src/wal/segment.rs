@@ -230,15 +230,31 @@ pub(crate) async fn prepare_next(
         sync_dir(&dir).await?;
         syncs += 1;
     }
-    let created = spares.is_empty();
-    let spare = match spares.pop() {
-        Some(s) => s,
-        None => {
-            syncs += 1;
-            create_spare(&dir, seq, bytes).await?
+    let mut created = false;
+    let segment = loop {
+        let spare = match spares.pop() {
+            Some(s) => s,
+            None => {
+                syncs += 1;
+                created = true;
+                create_spare(&dir, seq, bytes).await?
+            }
+        };
+        match activate(&dir, &spare, seq, bytes, dsync).await {
+            // A listed spare that is gone: a store of this process dropped without `close`
+            // had its preparation cancelled while the io_uring rename of that spare into a
+            // segment was in flight, and the rename completed after this store listed the
+            // directory (seen as `open spare-….seg: not found` reopening a dropped store). A
+            // spare is disposable: take the next, or make one. (The segment the rename made
+            // holds only a header; this store's own segment of that number replaces it.)
+            Err(StorageError::Io { source, .. })
+                if !created && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(spare = %spare.display(), "a spare segment vanished before use; taking another");
+            }
+            r => break r?,
         }
     };
-    let segment = activate(&dir, &spare, seq, bytes, dsync).await?;
     syncs += 2;
     Ok(Prepared { segment, spares, syncs, created, recycled })
 }
