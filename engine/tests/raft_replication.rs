@@ -446,3 +446,38 @@ fn trimmed_entries_are_fetched_from_storage_for_a_lagging_follower() {
     assert_eq!(c.node(3).applied_strings(), c.node(1).applied_strings());
     assert!(c.node(1).readies.iter().any(|r| !r.fetches.is_empty()), "entries came back from storage");
 }
+
+/// A follower far behind the log cache catches up with few storage reads: one read fetches
+/// several appends' worth of entries (within one append's bytes), sent as separate appends
+/// while the pipelining window allows. One read per append made a catch-up with small appends
+/// wait for a read per entry.
+#[test]
+fn catching_up_reads_several_appends_per_fetch() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        plain(cfg);
+        cfg.log_cache_entries = 2;
+        cfg.max_entries_per_append = 1;
+    });
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..40 {
+        c.propose(1, &format!("e{i}")).unwrap();
+        c.stabilize();
+    }
+    let last = c.raft(1).log().last_index();
+    let fetches = |c: &Cluster| c.node(1).readies.iter().map(|r| r.fetches.len()).sum::<usize>();
+    let before = fetches(&c);
+    c.heal();
+    c.stabilize();
+    for _ in 0..20 {
+        c.tick_all();
+        c.stabilize();
+    }
+    assert_eq!(c.raft(3).log().last_index(), last, "the lagging follower caught up");
+    assert_eq!(c.node(3).applied_strings(), c.node(1).applied_strings());
+    let reads = fetches(&c) - before;
+    assert!(
+        (1..=40 / 8 + 3).contains(&reads),
+        "{reads} storage reads to catch up about 40 one-entry appends"
+    );
+}
