@@ -16,7 +16,11 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// entries), 515 (read ids reused across a restart: a stale read), 9414 (a recovering replica
 /// answered a stale leader: a stale read). They replay the scenario only while the
 /// simulator draws as it does now; the engine's own tests keep each case deterministically.
-const REGRESSION_SEEDS: &[u64] = &[82, 515, 9414];
+/// When a change moves a scenario to another seed, the seed that now finds its mutant is
+/// added: 9507 finds `recovering-replica-answers-before-its-floor` since the roster seed and
+/// the catch-up read-ahead changed what the simulator draws (9414 no longer does; it is kept,
+/// as it costs one seed).
+const REGRESSION_SEEDS: &[u64] = &[82, 515, 9414, 9507];
 const DEFAULT_STEPS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {
