@@ -658,8 +658,22 @@ fn stats_report_what_the_engine_counts() {
     let before: Vec<_> = (1..=3).map(|id| block_on(c.handle(id).stats())).collect();
     let writes = 40;
     c.put_all("s", writes, "v");
-    let after: Vec<_> = (1..=3).map(|id| block_on(c.handle(id).stats())).collect();
-    let mut leaders = 0;
+    // A write is acknowledged once a quorum holds it: the third node's store may still be
+    // writing it. Every node holds every write once its store's counters say so.
+    let after: Vec<_> = (1..=3)
+        .map(|id| {
+            let b = &before[(id - 1) as usize];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let a = block_on(c.handle(id).stats());
+                if a.store().entries_written - b.store().entries_written >= writes as u64 {
+                    return a;
+                }
+                assert!(Instant::now() < deadline, "node {id}'s store never wrote every write");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .collect();
     for (b, a) in before.iter().zip(&after) {
         let id = a.node_id;
         assert_eq!(a.shards.len(), 2, "node {id}: one entry per shard");
@@ -673,9 +687,6 @@ fn stats_report_what_the_engine_counts() {
                     && p.status.commit_index <= p.status.last_index
             );
         }
-        // Every node holds every write: the leader's and the followers' stores wrote them.
-        let entries = a.store().entries_written - b.store().entries_written;
-        assert!(entries >= writes as u64, "node {id}: {entries} entries written for {writes} writes");
         let latency = a.write_latency().since(&b.write_latency());
         assert!(latency.count > 0 && latency.count <= a.store().batches - b.store().batches, "{latency:?}");
         assert!(latency.quantile_us(0.5) <= latency.max_us);
@@ -689,15 +700,26 @@ fn stats_report_what_the_engine_counts() {
         );
         assert!(t.bytes_sent > 0 && t.batches_received > 0 && core.messages_received > 0);
         assert_eq!(core.unknown_group_messages, 0);
-        leaders += a.leaders();
     }
-    assert_eq!(leaders, 5, "one leader per partition, system partition included");
-    // The stats agree with the status answer.
+    // One leader per partition, system partition included: the nodes answer one after the
+    // other, and leadership may move between their answers (balancing), so until one round
+    // of answers agrees.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaders: usize = (1..=3).map(|id| block_on(c.handle(id).stats()).leaders()).sum();
+        if leaders == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{leaders} leaders for 5 partitions");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The stats agree with the status answer taken just before (terms and indexes only grow).
     let status = block_on(c.handle(1).status());
     let stats = block_on(c.handle(1).stats());
+    assert_eq!(stats.partitions().count(), status.len());
     for s in &status {
         let p = stats.partitions().find(|p| p.status.id == s.id).expect("every partition");
-        assert_eq!(p.status.term, s.term);
+        assert!(p.status.term >= s.term && p.status.commit_index >= s.commit_index, "{p:?} after {s:?}");
     }
 }
 
@@ -760,16 +782,17 @@ fn the_roster_is_seeded_changed_by_version_and_survives_restarts() {
     let roster = roster_at(&c, 4);
     assert_eq!(roster.members[&3].role, Role::Leaving);
     assert!(!roster.members.contains_key(&4));
-    // Node 2 saw every applied change once, in order.
+    // Node 2 saw every applied change once, in order (the seed may have come before it
+    // subscribed; every change after it did not).
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.last() != Some(&4) {
         match events.recv_timeout(Duration::from_secs(10)) {
             Ok(phalanx::Event::RosterChanged { version, .. }) => seen.push(version),
             Ok(_) => {}
             Err(e) => panic!("roster events {seen:?}: {e}"),
         }
     }
-    assert_eq!(seen, vec![1, 2, 3, 4]);
+    assert!(seen == vec![1, 2, 3, 4] || seen == vec![2, 3, 4], "roster events {seen:?}");
     // A restart replays the roster from the log.
     c.crash(2);
     c.restart(2);

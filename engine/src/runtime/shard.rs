@@ -316,9 +316,13 @@ impl<T: Transport> Shard<T> {
                 _ => writer_gone = true,
             }
         }
-        for (reply, mut answer) in out.answers.drain(..) {
+        let mut answers = std::mem::take(&mut out.answers);
+        for (reply, mut answer) in answers.drain(..) {
             if let Answer::Stats(Some(s)) = &mut answer {
-                // What the core cannot see: its inbox, its transport, its store.
+                // One snapshot, taken now that this turn's frames went to the transport: the
+                // core's counters again (it answered before its turn's flush), and what it
+                // cannot see: its inbox, its transport, its store.
+                **s = self.core.stats();
                 s.inbox_depth = self.inbox.len();
                 s.transport = self.transport.stats();
                 let w = self.writer_stats.borrow();
@@ -326,6 +330,11 @@ impl<T: Transport> Shard<T> {
                 s.write_latency = w.write_latency;
             }
             reply.send(answer);
+        }
+        // The emptied buffer goes back: its capacity serves the next turn.
+        let out = self.core.output();
+        if out.answers.is_empty() {
+            out.answers = answers;
         }
         if writer_gone { Err(Error::WriterStopped { shard: self.id }) } else { Ok(()) }
     }
