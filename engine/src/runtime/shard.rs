@@ -322,7 +322,7 @@ impl<T: Transport> Shard<T> {
                 // One snapshot, taken now that this turn's frames went to the transport: the
                 // core's counters again (it answered before its turn's flush), and what it
                 // cannot see: its inbox, its transport, its store.
-                **s = self.core.stats();
+                s.core = self.core.core_stats();
                 s.inbox_depth = self.inbox.len();
                 s.transport = self.transport.stats();
                 let w = self.writer_stats.borrow();

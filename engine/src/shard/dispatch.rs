@@ -236,13 +236,24 @@ impl<R> ShardCore<R> {
             .groups_by_id()
             .map(|g| PartitionStats { status: partition_status(g), raft: g.stats().clone() })
             .collect();
-        let core = CoreStats {
-            leaders: partitions.iter().filter(|p| p.status.is_leader).count(),
-            unknown_group_messages: self.multi.unknown_group_messages(),
+        ShardStats { shard: self.id, partitions, core: self.core_stats(), ..ShardStats::default() }
+    }
+
+    /// The core's counters and depths alone (no walk over the partitions' state).
+    pub fn core_stats(&self) -> CoreStats {
+        let unknown = self.multi.unknown_group_messages();
+        CoreStats {
+            leaders: self
+                .multi
+                .group_ids()
+                .filter(|p| self.multi.group(*p).is_some_and(RaftGroup::is_leader))
+                .count(),
+            unknown_group_messages: unknown,
+            // The core counts every refusal; the unknown groups' are in both counts.
+            messages_refused: self.counters.messages_refused.saturating_sub(unknown),
             writes_in_flight: self.writes_in_flight,
             waiting_callers: self.waiters.len() + self.leader_waiters.len(),
             ..self.counters
-        };
-        ShardStats { shard: self.id, partitions, core, ..ShardStats::default() }
+        }
     }
 }
