@@ -86,9 +86,10 @@ fn simulator_sweep() {
     let live = reports.iter().filter(|r| r.liveness_checked).count();
     let fetches: u64 = reports.iter().map(|r| r.fetches).sum();
     let overtaken: u64 = reports.iter().map(|r| r.fetches_overtaken).sum();
+    let rosters: u64 = reports.iter().map(|r| r.roster_versions).sum();
     println!(
         "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} disk-losses={disk_losses} snapshots={snapshots} \
-         liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} wall={:.1}s)",
+         liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} roster-versions={rosters} wall={:.1}s)",
         seeds.len(),
         total_steps,
         violations,

@@ -236,6 +236,12 @@ impl<R> ShardCore<R> {
         &mut self.multi
     }
 
+    /// The roster as this shard's replica of the system partition has applied it (`None`
+    /// on shards without the system partition), for observers (simulators, tests).
+    pub fn roster(&self) -> Option<crate::roster::Roster> {
+        self.system.as_ref().map(|v| v.borrow().directory.roster.clone())
+    }
+
     /// Shows every group's Ready to `observer` as the core takes it (a simulator's checker
     /// sees each entry appended and committed).
     pub fn set_observer(&mut self, observer: ReadyObserver) {

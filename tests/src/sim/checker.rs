@@ -112,6 +112,17 @@ pub enum Violation {
         /// Index of an earlier acknowledged write.
         acked_before: u64,
     },
+    /// Two replicas of the system partition hold different rosters after applying the same
+    /// prefix of its log: a roster change was not decided deterministically (or not
+    /// replayed, or not restored) on one of them.
+    RosterDivergence {
+        /// Node.
+        node: NodeId,
+        /// The system partition's applied index.
+        applied: u64,
+        /// The two rosters.
+        detail: String,
+    },
     /// A node could not restart from what its disk holds (the stored state breaks an
     /// invariant the core checks at restore, e.g. a commit index past the stored log).
     Unrecoverable {
@@ -177,6 +188,9 @@ struct Positions {
 pub struct Checker {
     groups: BTreeMap<GroupId, GroupRegistry>,
     positions: HashMap<(NodeId, GroupId), Positions>,
+    /// The roster seen at each applied index of the system partition (one per index the
+    /// replicas were observed at: bounded by the system partition's log).
+    rosters: BTreeMap<u64, phalanx::roster::Roster>,
     /// Violations found so far.
     pub violations: Vec<Violation>,
 }
@@ -340,6 +354,27 @@ impl Checker {
         if read_index < acked_before {
             self.violations.push(Violation::StaleRead { group, read_index, acked_before });
         }
+    }
+
+    /// `node`'s system partition state machine, holding the log up to `applied`, holds
+    /// `roster`: every replica at that index must hold the same one.
+    pub fn on_roster(&mut self, node: NodeId, applied: u64, roster: &phalanx::roster::Roster) {
+        match self.rosters.get(&applied) {
+            Some(seen) if seen != roster => {
+                let detail = format!("{roster:?} here, {seen:?} elsewhere");
+                self.violations.push(Violation::RosterDivergence { node, applied, detail });
+            }
+            Some(_) => {}
+            None => {
+                self.rosters.insert(applied, roster.clone());
+            }
+        }
+    }
+
+    /// The highest roster version any replica held.
+    #[must_use]
+    pub fn roster_versions(&self) -> u64 {
+        self.rosters.values().map(|r| r.version).max().unwrap_or(0)
     }
 
     /// Records a restart the engine refused.

@@ -166,6 +166,8 @@ pub struct Report {
     pub fetches: u64,
     /// Fetches whose range a compaction removed before they were read.
     pub fetches_overtaken: u64,
+    /// Roster versions the system partition reached (its seed included).
+    pub roster_versions: u64,
     /// Each node's view of each group at the end (for debugging a failing seed).
     pub final_state: String,
 }
@@ -239,6 +241,7 @@ impl Sim {
             self.check_convergence();
         }
         self.checker.finish();
+        let roster_versions = self.checker.roster_versions();
         let final_state = self.describe();
         Report {
             final_state,
@@ -255,6 +258,7 @@ impl Sim {
             liveness_checked: self.cfg.liveness_expected(),
             fetches: self.fetches.fetches,
             fetches_overtaken: self.fetches.overtaken,
+            roster_versions,
         }
     }
 
@@ -573,6 +577,9 @@ impl Sim {
                     self.workload.note_leader(g, grp.term());
                     self.checker.on_leader(g, grp.term(), n.id, log);
                 }
+            }
+            if let Some((at, roster)) = n.roster() {
+                self.checker.on_roster(n.id, at, &roster);
             }
         }
         self.net.sent.hash(&mut self.trace);

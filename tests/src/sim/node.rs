@@ -7,6 +7,7 @@
 //! queue and whatever of the write in flight had not reached the disk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,10 @@ pub struct SimNode {
     /// Answers to the simulated clients, by request id.
     pub answers: Vec<(u64, Answer)>,
     recorded: Arc<Mutex<Recorded>>,
+    /// The last index of the system partition its state machine holds (a snapshot's, or the
+    /// last committed entry handed to it). The group's applied index lags it: it moves when
+    /// the local write completes, while entries are applied as soon as they commit.
+    system_position: Arc<std::sync::atomic::AtomicU64>,
     /// Lost durable state that the next start finds (a wiped disk, a damaged log tail).
     lost_pending: bool,
     /// The damaged tail the store reports at the next start.
@@ -205,6 +210,7 @@ impl SimNode {
             writer: Writer::default(),
             answers: Vec::new(),
             recorded: Arc::new(Mutex::new(Recorded::default())),
+            system_position: Arc::default(),
             lost_pending: false,
             damaged: None,
             clock: 0,
@@ -223,6 +229,13 @@ impl SimNode {
     #[must_use]
     pub fn multi(&self) -> &MultiRaft {
         self.core.as_ref().map_or(&self.empty, |c| c.multi())
+    }
+
+    /// The roster the node's system partition has applied, while it is up, and the index
+    /// of the system partition's log it reflects.
+    pub fn roster(&self) -> Option<(u64, phalanx::roster::Roster)> {
+        let roster = self.core.as_ref().and_then(|c| c.roster())?;
+        Some((self.system_position.load(Ordering::Relaxed), roster))
     }
 
     /// The node's core, while it is up.
@@ -452,9 +465,18 @@ impl SimNode {
         };
         let mut core = ShardCore::restore(setup, loaded, snapshots, settled.marked)?;
         let log = self.recorded.clone();
+        let system_position = self.system_position.clone();
+        system_position.store(core.multi().group(0).map_or(0, |g| g.log().applied()), Ordering::Relaxed);
         core.set_observer(Box::new(move |g, r| {
-            let Ok(mut rec) = log.lock() else { return };
             let gid = g.group_id();
+            if gid == 0 {
+                let at =
+                    r.committed_entries.last().map(|e| e.index).or(r.snapshot.as_ref().map(|s| s.meta.index));
+                if let Some(at) = at {
+                    system_position.store(at, Ordering::Relaxed);
+                }
+            }
+            let Ok(mut rec) = log.lock() else { return };
             for (k, e) in r.entries.iter().enumerate() {
                 let prev = if k == 0 { g.log().term(e.index - 1) } else { Some(r.entries[k - 1].term) };
                 rec.appended.push((gid, e.clone(), prev));

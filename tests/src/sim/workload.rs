@@ -135,6 +135,7 @@ impl Workload {
             410..412 if !calm => self.control(nodes, g, rng, ControlOp::StepDown),
             412..415 if !calm => self.control(nodes, g, rng, ControlOp::SuspendHeartbeats),
             415..430 => self.control(nodes, g, rng, ControlOp::ResumeHeartbeats),
+            430..440 if !calm => self.roster_change(nodes, rng),
             _ => {}
         }
         self.resolve_two_step(nodes, rng, now);
@@ -212,6 +213,32 @@ impl Workload {
             system: false,
         };
         self.ask(nodes, i, g, op, What::Write { probe, payloads });
+    }
+
+    /// A roster change through the system partition's leader: add, promote, leave or remove
+    /// a member (ids beyond the nodes too), mostly against the roster's version, sometimes a
+    /// stale one. The roster drives no group's membership yet; the checker holds every
+    /// replica to the same roster at the same applied index.
+    fn roster_change(&mut self, nodes: &mut [SimNode], rng: &mut SeededRng) {
+        use phalanx::roster::Change;
+        let Some(i) = Self::leader_of(nodes, 0, rng) else { return };
+        let Some((_, roster)) = nodes[i].roster() else { return };
+        let id = rng.range(1, nodes.len() as u64 + 3);
+        let change = match rng.range(0, 4) {
+            0 => Change::Add(id, format!("sim-{id}"), String::new()),
+            1 => Change::Promote(id),
+            2 => Change::Leave(id),
+            _ => Change::Remove(id),
+        };
+        let expected = if rng.range(0, 5) == 0 { roster.version.saturating_sub(1) } else { roster.version };
+        let op = Op::Replicate {
+            partition: 0,
+            log_type: Bytes::from_static(phalanx::shard::SYSTEM_LOG_TYPE.as_bytes()),
+            payloads: vec![phalanx::system::roster_change(expected, &change)],
+            auto_commit: true,
+            system: true,
+        };
+        self.ask(nodes, i, 0, op, What::Other);
     }
 
     fn two_step(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
