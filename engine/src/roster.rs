@@ -8,15 +8,21 @@
 //! follow one change at a time):
 //! - every change names the version it expects; another version is refused (`StaleVersion`),
 //!   so two operators cannot both act on what they read;
-//! - the first roster (`Seed`, version 0 → 1) is the initial cluster, every member a voter;
-//! - one member at a time is in transition (a learner not yet promoted, or a member leaving):
-//!   a second join or leave is refused (`ChangeInFlight`) until the first finishes or is
-//!   removed, so partitions converge through one single-server change at a time;
+//! - the first roster (`Seed`, version 0 → 1) is the initial cluster, every member a voter,
+//!   and the number of partitions that follow it;
+//! - one member at a time is in transition (a learner not yet promoted, or a voter leaving):
+//!   a second join or removal is refused (`ChangeInFlight`) until the first finishes (a
+//!   learner may be removed at any time), so partitions converge through one single-server
+//!   change at a time;
+//! - a transition completes by itself once every partition reported it done
+//!   ([`Roster::note_progress`]): a learner caught up everywhere becomes a voter, a leaving
+//!   voter dropped everywhere leaves the roster. So no partition ever has voters that left
+//!   the roster in a majority, and a second removal cannot start before the first is done;
 //! - ids and addresses are unique; re-adding a member as it is, promoting a voter, removing an
 //!   absent id, or leaving twice change nothing (idempotent retries after a lost answer);
 //! - no change may leave the roster without a voter (`InsufficientVoters`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use phalanx_proto::{MemberRole, RosterMember, roster_change};
@@ -86,15 +92,21 @@ pub struct Member {
 /// A change of the roster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// The first roster (at version 0 only): these members, every one a voter.
-    Seed(Vec<(NodeId, String, String)>),
+    /// The first roster (at version 0 only): these members, every one a voter, and the user
+    /// partitions that follow it.
+    Seed {
+        /// The members: id, Raft address, client address.
+        members: Vec<(NodeId, String, String)>,
+        /// The user partitions (`1..=partitions`; partition 0 follows too).
+        partitions: u32,
+    },
     /// A new member (id, Raft address, client address), as a learner.
     Add(NodeId, String, String),
-    /// A learner becomes a voter.
+    /// A learner becomes a voter: only once every partition reported it caught up (which
+    /// the roster does by itself, so an operator's promote confirms or says what is missing).
     Promote(NodeId),
-    /// A member starts leaving.
-    Leave(NodeId),
-    /// A member is removed.
+    /// A member is removed: a learner at once (it votes nowhere); a voter becomes `Leaving`,
+    /// hands its leaderships over and leaves the roster once every partition dropped it.
     Remove(NodeId),
 }
 
@@ -210,6 +222,10 @@ pub struct Roster {
     pub version: u64,
     /// Its members, by id.
     pub members: BTreeMap<NodeId, Member>,
+    /// The user partitions that follow it (`1..=partitions`, and partition 0).
+    pub partitions: u32,
+    /// The partitions that reported the member in transition done (cleared at every version).
+    pub progress: BTreeSet<u32>,
 }
 
 impl Roster {
@@ -232,8 +248,21 @@ impl Roster {
             return Err(Refusal::StaleVersion { expected: expected_version, current: self.version });
         }
         let next = self.version + 1;
+        let changed = self.decide(next, change)?;
+        if changed {
+            self.progress.clear();
+        }
+        Ok(changed)
+    }
+
+    fn decide(&mut self, next: u64, change: &Change) -> Result<bool, Refusal> {
+        if self.version == 0 && !matches!(change, Change::Seed { .. }) {
+            // Before the seed there is no cluster to change: a member added now would be the
+            // only one, and every partition would follow it away from its real voters.
+            return Err(Refusal::Invalid("the roster is not seeded yet: try again shortly".into()));
+        }
         match change {
-            Change::Seed(members) => {
+            Change::Seed { members, partitions } => {
                 if self.version != 0 {
                     return Err(Refusal::Invalid(format!(
                         "the roster is already seeded (version {})",
@@ -243,7 +272,12 @@ impl Roster {
                 if members.is_empty() {
                     return Err(Refusal::InsufficientVoters);
                 }
-                let mut seeded = Roster { version: next, members: BTreeMap::new() };
+                let mut seeded = Roster {
+                    version: next,
+                    members: BTreeMap::new(),
+                    partitions: *partitions,
+                    progress: BTreeSet::new(),
+                };
                 for (id, raft, client) in members {
                     seeded.check_new(*id, raft, client)?;
                     seeded.members.insert(*id, member(*id, raft, client, Role::Voter, next));
@@ -273,42 +307,77 @@ impl Roster {
                     Role::Leaving => {
                         Err(Refusal::Invalid(format!("member {id} is leaving: it cannot be promoted")))
                     }
-                    Role::Learner => {
+                    // Like etcd, only a learner that has caught up: a voter that never did (or
+                    // never came) would count toward every partition's quorum while holding
+                    // none of its log.
+                    Role::Learner if self.progress.len() as u64 > u64::from(self.partitions) => {
                         self.set_role(*id, Role::Voter, next);
+                        Ok(true)
+                    }
+                    Role::Learner => {
+                        let missing: Vec<u32> =
+                            self.partition_ids().filter(|p| !self.progress.contains(p)).collect();
+                        Err(Refusal::Invalid(format!(
+                            "member {id} has not caught up yet on partitions {missing:?}: the roster promotes it \
+                             once every partition reports it caught up"
+                        )))
+                    }
+                }
+            }
+            Change::Remove(id) => {
+                let Some(m) = self.members.get(id) else { return Ok(false) };
+                match m.role {
+                    // Already on its way out.
+                    Role::Leaving => Ok(false),
+                    // It votes in no partition: gone at once (a stuck join is undone so).
+                    Role::Learner => {
+                        self.members.remove(id);
+                        self.version = next;
+                        Ok(true)
+                    }
+                    // Partitions drop it one single-server change at a time; the roster lets
+                    // it go when all did, and starts no other transition meanwhile.
+                    Role::Voter => {
+                        if let Some(other) = self.in_transition() {
+                            return Err(Refusal::ChangeInFlight { member: other.id });
+                        }
+                        if self.voters().all(|v| v == *id) {
+                            return Err(Refusal::InsufficientVoters);
+                        }
+                        self.set_role(*id, Role::Leaving, next);
                         Ok(true)
                     }
                 }
             }
-            Change::Leave(id) => {
-                let m = self.members.get(id).ok_or(Refusal::UnknownMember(*id))?;
-                if m.role == Role::Leaving {
-                    return Ok(false);
-                }
-                if let Some(other) = self.in_transition().filter(|o| o.id != *id) {
-                    return Err(Refusal::ChangeInFlight { member: other.id });
-                }
-                if m.role == Role::Voter && self.voters().all(|v| v == *id) {
-                    return Err(Refusal::InsufficientVoters);
-                }
-                self.set_role(*id, Role::Leaving, next);
-                Ok(true)
-            }
-            Change::Remove(id) => {
-                let Some(m) = self.members.get(id) else { return Ok(false) };
-                if m.role == Role::Voter {
-                    // A voter removed outright (a dead node being replaced): only when nothing
-                    // else is in transition, and never the last voter.
-                    if let Some(other) = self.in_transition() {
-                        return Err(Refusal::ChangeInFlight { member: other.id });
-                    }
-                    if self.voters().all(|v| v == *id) {
-                        return Err(Refusal::InsufficientVoters);
-                    }
-                }
-                self.members.remove(id);
-                self.version = next;
-                Ok(true)
-            }
+        }
+    }
+
+    /// The partitions that follow the roster: 0 and the user partitions.
+    pub fn partition_ids(&self) -> impl Iterator<Item = u32> + use<> {
+        0..=self.partitions
+    }
+
+    /// Partition leaders report that the member in transition is done on `partitions` (a
+    /// learner caught up, a leaving member dropped), as of roster `version`. A report for
+    /// another version or member, or of partitions the roster does not have, changes
+    /// nothing. When every partition has reported, the transition completes: the change
+    /// that did it (`Promote` or `Remove`, the version one more) is returned.
+    pub fn note_progress(&mut self, version: u64, member: NodeId, partitions: &[u32]) -> Option<Change> {
+        let m = self.in_transition().filter(|m| m.id == member && version == self.version)?;
+        let role = m.role;
+        self.progress.extend(partitions.iter().copied().filter(|p| *p <= self.partitions));
+        if self.progress.len() as u64 <= u64::from(self.partitions) {
+            return None;
+        }
+        let next = self.version + 1;
+        self.progress.clear();
+        if role == Role::Learner {
+            self.set_role(member, Role::Voter, next);
+            Some(Change::Promote(member))
+        } else {
+            self.members.remove(&member);
+            self.version = next;
+            Some(Change::Remove(member))
         }
     }
 
@@ -350,6 +419,8 @@ impl Roster {
         phalanx_proto::Roster {
             version: self.version,
             members: self.members.values().map(member_to_proto).collect(),
+            partitions: self.partitions,
+            progress: self.progress.iter().copied().collect(),
         }
     }
 
@@ -374,7 +445,8 @@ impl Roster {
                 ))
             })
             .collect();
-        Roster { version: r.version, members }
+        let progress = r.progress.iter().copied().filter(|p| *p <= r.partitions).collect();
+        Roster { version: r.version, members, partitions: r.partitions, progress }
     }
 }
 
@@ -404,12 +476,12 @@ impl Change {
             ..Default::default()
         };
         let change = match self {
-            Change::Seed(ms) => C::Seed(phalanx_proto::RosterSeed {
-                members: ms.iter().map(|(id, r, c)| new(*id, r, c)).collect(),
+            Change::Seed { members, partitions } => C::Seed(phalanx_proto::RosterSeed {
+                members: members.iter().map(|(id, r, c)| new(*id, r, c)).collect(),
+                partitions: *partitions,
             }),
             Change::Add(id, r, c) => C::Add(new(*id, r, c)),
             Change::Promote(id) => C::Promote(*id),
-            Change::Leave(id) => C::Leave(*id),
             Change::Remove(id) => C::Remove(*id),
         };
         phalanx_proto::RosterChange { expected_version, change: Some(change) }
@@ -421,13 +493,14 @@ impl Change {
         use roster_change::Change as C;
         let triple = |m: &RosterMember| (m.node_id, m.raft_address.clone(), m.client_address.clone());
         let change = match c.change.as_ref()? {
-            C::Seed(s) => Change::Seed(s.members.iter().map(triple).collect()),
+            C::Seed(s) => {
+                Change::Seed { members: s.members.iter().map(triple).collect(), partitions: s.partitions }
+            }
             C::Add(m) => {
                 let (id, r, cl) = triple(m);
                 Change::Add(id, r, cl)
             }
             C::Promote(id) => Change::Promote(*id),
-            C::Leave(id) => Change::Leave(*id),
             C::Remove(id) => Change::Remove(*id),
         };
         Some((c.expected_version, change))
@@ -438,10 +511,14 @@ impl Change {
 mod tests {
     use super::*;
 
+    fn seed(n: u64, partitions: u32) -> Change {
+        let members = (1..=n).map(|i| (i, format!("h:{i}"), format!("c:{i}"))).collect();
+        Change::Seed { members, partitions }
+    }
+
     fn seeded(n: u64) -> Roster {
         let mut r = Roster::default();
-        let members = (1..=n).map(|i| (i, format!("h:{i}"), format!("c:{i}"))).collect();
-        assert_eq!(r.apply(0, &Change::Seed(members)), Ok(true));
+        assert_eq!(r.apply(0, &seed(n, 2)), Ok(true));
         r
     }
 
@@ -453,20 +530,33 @@ mod tests {
     fn the_seed_makes_version_one_with_every_member_a_voter() {
         let r = seeded(3);
         assert_eq!(r.version, 1);
+        assert_eq!(r.partitions, 2);
+        assert_eq!(r.partition_ids().collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(r.voters().collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(r.members.values().all(|m| m.joined_version == 1));
         let mut again = r.clone();
-        assert!(matches!(
-            again.apply(1, &Change::Seed(vec![(9, "x:1".into(), String::new())])),
-            Err(Refusal::Invalid(_))
-        ));
+        assert!(matches!(again.apply(1, &seed(1, 2)), Err(Refusal::Invalid(_))));
         assert_eq!(again, r);
         // A seed that lists an id or an address twice is refused whole.
         let mut empty = Roster::default();
         let twice = vec![(1, "a:1".into(), String::new()), (2, "a:1".into(), String::new())];
-        assert!(matches!(empty.apply(0, &Change::Seed(twice)), Err(Refusal::Invalid(_))));
+        assert!(matches!(
+            empty.apply(0, &Change::Seed { members: twice, partitions: 1 }),
+            Err(Refusal::Invalid(_))
+        ));
         assert_eq!(empty, Roster::default());
-        assert_eq!(empty.apply(0, &Change::Seed(Vec::new())), Err(Refusal::InsufficientVoters));
+        // Nothing but the seed changes an unseeded roster.
+        for c in [add(1), Change::Promote(1), Change::Remove(1)] {
+            assert!(
+                matches!(empty.apply(0, &c), Err(Refusal::Invalid(m)) if m.contains("not seeded")),
+                "{c:?}"
+            );
+        }
+        assert_eq!(empty, Roster::default());
+        assert_eq!(
+            empty.apply(0, &Change::Seed { members: Vec::new(), partitions: 1 }),
+            Err(Refusal::InsufficientVoters)
+        );
     }
 
     #[test]
@@ -477,11 +567,14 @@ mod tests {
         assert_eq!(r.members[&4].joined_version, 2);
         // The same add again (a retry after a lost answer) changes nothing.
         assert_eq!(r.apply(2, &add(4)), Ok(false));
-        // A second join waits for the first.
+        // A second join waits for the first, and so does removing a voter.
         assert_eq!(r.apply(2, &add(5)), Err(Refusal::ChangeInFlight { member: 4 }));
-        assert_eq!(r.apply(2, &Change::Leave(1)), Err(Refusal::ChangeInFlight { member: 4 }));
         assert_eq!(r.apply(2, &Change::Remove(1)), Err(Refusal::ChangeInFlight { member: 4 }));
-        assert_eq!(r.apply(2, &Change::Promote(4)), Ok(true));
+        // Not before it caught up on every partition.
+        assert!(
+            matches!(r.apply(2, &Change::Promote(4)), Err(Refusal::Invalid(m)) if m.contains("[0, 1, 2]"))
+        );
+        assert_eq!(r.note_progress(2, 4, &[0, 1, 2]), Some(Change::Promote(4)));
         assert_eq!(r.version, 3);
         assert_eq!(r.apply(3, &Change::Promote(4)), Ok(false));
         assert_eq!(r.apply(3, &add(5)), Ok(true));
@@ -489,90 +582,82 @@ mod tests {
     }
 
     #[test]
-    fn every_change_names_the_version_it_expects() {
+    fn a_learner_is_promoted_once_every_partition_reported_it_caught_up() {
         let mut r = seeded(3);
+        r.apply(1, &add(4)).expect("joins");
+        // Reports of another version, another member, or unknown partitions count for nothing.
+        assert_eq!(r.note_progress(1, 4, &[0, 1, 2]), None);
+        assert_eq!(r.note_progress(2, 3, &[0, 1, 2]), None);
+        assert_eq!(r.note_progress(2, 4, &[0, 7]), None);
+        assert_eq!(r.progress, BTreeSet::from([0]));
+        assert_eq!(r.note_progress(2, 4, &[1, 0]), None);
+        assert_eq!(r.members[&4].role, Role::Learner);
+        assert_eq!(r.note_progress(2, 4, &[2]), Some(Change::Promote(4)));
+        assert_eq!((r.version, r.members[&4].role), (3, Role::Voter));
+        assert!(r.progress.is_empty());
+        // Nothing is in transition: reports change nothing.
         let before = r.clone();
-        assert_eq!(r.apply(0, &add(4)), Err(Refusal::StaleVersion { expected: 0, current: 1 }));
-        assert_eq!(r.apply(2, &Change::Remove(3)), Err(Refusal::StaleVersion { expected: 2, current: 1 }));
+        assert_eq!(r.note_progress(3, 4, &[0, 1, 2]), None);
         assert_eq!(r, before);
     }
 
     #[test]
-    fn ids_and_addresses_are_unique() {
+    fn a_removed_voter_leaves_once_every_partition_dropped_it() {
         let mut r = seeded(3);
-        let before = r.clone();
-        assert!(
-            matches!(r.apply(1, &Change::Add(2, "other:1".into(), String::new())), Err(Refusal::Invalid(m)) if m.contains("already a member"))
-        );
-        assert!(
-            matches!(r.apply(1, &Change::Add(7, "h:2".into(), String::new())), Err(Refusal::Invalid(m)) if m.contains("member 2"))
-        );
-        assert!(
-            matches!(r.apply(1, &Change::Add(7, "new:1".into(), "c:3".into())), Err(Refusal::Invalid(m)) if m.contains("member 3"))
-        );
-        assert!(matches!(
-            r.apply(1, &Change::Add(0, "new:1".into(), String::new())),
-            Err(Refusal::Invalid(_))
-        ));
-        assert!(matches!(
-            r.apply(1, &Change::Add(7, String::new(), String::new())),
-            Err(Refusal::Invalid(_))
-        ));
-        let long = "x".repeat(MAX_ADDRESS_BYTES + 1);
-        assert!(matches!(r.apply(1, &Change::Add(7, long, String::new())), Err(Refusal::Invalid(_))));
-        assert_eq!(r, before);
+        assert_eq!(r.apply(1, &Change::Remove(3)), Ok(true));
+        assert_eq!(r.members[&3].role, Role::Leaving);
+        assert_eq!(r.voters().collect::<Vec<_>>(), vec![1, 2]);
+        // Removing it again changes nothing; no other transition starts meanwhile.
+        assert_eq!(r.apply(2, &Change::Remove(3)), Ok(false));
+        assert_eq!(r.apply(2, &Change::Remove(2)), Err(Refusal::ChangeInFlight { member: 3 }));
+        assert_eq!(r.apply(2, &add(4)), Err(Refusal::ChangeInFlight { member: 3 }));
+        // A leaving member cannot be promoted back.
+        assert!(matches!(r.apply(2, &Change::Promote(3)), Err(Refusal::Invalid(_))));
+        assert_eq!(r.note_progress(2, 3, &[0, 1]), None);
+        assert_eq!(r.note_progress(2, 3, &[2]), Some(Change::Remove(3)));
+        assert_eq!((r.version, r.members.contains_key(&3)), (3, false));
+        assert_eq!(r.apply(3, &add(4)), Ok(true));
     }
 
     #[test]
-    fn leaving_and_removing_never_leave_the_roster_without_a_voter() {
+    fn removing_never_leaves_the_roster_without_a_voter() {
         let mut r = seeded(2);
-        assert_eq!(r.apply(1, &Change::Leave(1)), Ok(true));
-        assert_eq!(r.members[&1].role, Role::Leaving);
-        assert_eq!(r.apply(2, &Change::Leave(1)), Ok(false));
-        // Node 2 is now the only voter: it can neither leave nor be removed.
-        assert_eq!(r.apply(2, &Change::Leave(2)), Err(Refusal::ChangeInFlight { member: 1 }));
-        assert_eq!(r.apply(2, &Change::Remove(1)), Ok(true));
-        assert_eq!(r.apply(3, &Change::Leave(2)), Err(Refusal::InsufficientVoters));
+        assert_eq!(r.apply(1, &Change::Remove(1)), Ok(true));
+        r.note_progress(2, 1, &[0, 1, 2]).expect("done");
+        // Node 2 is now the only voter: it cannot be removed.
         assert_eq!(r.apply(3, &Change::Remove(2)), Err(Refusal::InsufficientVoters));
         // Removing an absent member changes nothing; promoting one is refused.
         assert_eq!(r.apply(3, &Change::Remove(1)), Ok(false));
         assert_eq!(r.apply(3, &Change::Promote(1)), Err(Refusal::UnknownMember(1)));
-        assert_eq!(r.apply(3, &Change::Leave(9)), Err(Refusal::UnknownMember(9)));
-        // A leaving member cannot be promoted back.
-        let mut r = seeded(3);
-        r.apply(1, &Change::Leave(3)).expect("leaves");
-        assert!(matches!(r.apply(2, &Change::Promote(3)), Err(Refusal::Invalid(_))));
     }
 
     #[test]
-    fn a_dead_voter_is_removed_outright_and_a_stuck_learner_too() {
+    fn a_stuck_learner_is_removed_at_once() {
         let mut r = seeded(3);
-        assert_eq!(r.apply(1, &Change::Remove(3)), Ok(true));
-        assert_eq!(r.voters().collect::<Vec<_>>(), vec![1, 2]);
-        // A learner that never caught up is removed even though it is the one in transition.
-        r.apply(2, &add(4)).expect("joins");
-        assert_eq!(r.apply(3, &Change::Remove(4)), Ok(true));
+        r.apply(1, &add(4)).expect("joins");
+        r.note_progress(2, 4, &[0]);
+        // The learner that never caught up is removed even though it is the one in transition.
+        assert_eq!(r.apply(2, &Change::Remove(4)), Ok(true));
         assert_eq!(r.in_transition(), None);
+        assert!(r.progress.is_empty());
     }
 
     #[test]
     fn the_roster_and_its_changes_survive_their_encoding() {
         let mut r = seeded(3);
         r.apply(1, &add(4)).expect("joins");
+        r.note_progress(2, 4, &[1]);
         assert_eq!(Roster::from_proto(&r.to_proto()), r);
-        for c in [
-            Change::Seed(vec![(1, "a:1".into(), "b:1".into())]),
-            add(4),
-            Change::Promote(4),
-            Change::Leave(2),
-            Change::Remove(3),
-        ] {
+        for c in [seed(1, 4), add(4), Change::Promote(4), Change::Remove(3)] {
             assert_eq!(Change::from_proto(&c.to_proto(7)), Some((7, c)));
         }
         // Members this code cannot read are dropped, not a panic.
         let mut p = r.to_proto();
         p.members[0].role = 99;
         p.members[1].node_id = 0;
-        assert_eq!(Roster::from_proto(&p).members.len(), 2);
+        p.progress.push(1000);
+        let read = Roster::from_proto(&p);
+        assert_eq!(read.members.len(), 2);
+        assert_eq!(read.progress, BTreeSet::from([1]));
     }
 }

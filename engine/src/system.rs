@@ -103,6 +103,18 @@ impl SystemStateMachine {
                 }
                 outcome(&v.directory.roster, decided.as_ref().map(|c| *c))
             }
+            Some(system_command::Cmd::MemberProgress(p)) => {
+                let roster = &mut v.directory.roster;
+                let before = roster.progress.len();
+                let completed = roster.note_progress(p.version, p.member, &p.partitions);
+                let version = roster.version;
+                // Published when it grew too, so reporters stop repeating what is recorded.
+                v.changed |= completed.is_some() || v.directory.roster.progress.len() != before;
+                if let Some(change) = completed {
+                    v.roster_changes.push((version, change));
+                }
+                Bytes::new()
+            }
             _ => Bytes::new(),
         }
     }
@@ -184,6 +196,14 @@ pub fn roster_change(expected_version: u64, change: &Change) -> Bytes {
     SystemCommand { cmd: Some(system_command::Cmd::RosterChange(c)) }.encode_to_vec().into()
 }
 
+/// The `_RaftSystem` payload reporting `member`'s progress on `partitions` as of
+/// roster `version` (see [`Roster::note_progress`]).
+#[must_use]
+pub fn member_progress(version: u64, member: NodeId, partitions: Vec<u32>) -> Bytes {
+    let p = phalanx_proto::MemberProgress { version, member, partitions };
+    SystemCommand { cmd: Some(system_command::Cmd::MemberProgress(p)) }.encode_to_vec().into()
+}
+
 /// The `_RaftSystem` payload announcing a node.
 #[must_use]
 pub fn announcement(a: NodeAnnouncement) -> Bytes {
@@ -243,7 +263,8 @@ mod tests {
         use phalanx_proto::RosterRefusal;
         let view = Rc::new(RefCell::new(SystemView::default()));
         let mut sm = SystemStateMachine::new(Box::new(NoopStateMachine), view.clone());
-        let seed = Change::Seed((1..=3).map(|i| (i, format!("h:{i}"), String::new())).collect());
+        let members = (1..=3).map(|i| (i, format!("h:{i}"), String::new())).collect();
+        let seed = Change::Seed { members, partitions: 1 };
         let o = decided(&sm.apply(0, &system_entry(roster_change(0, &seed))));
         assert_eq!((o.refusal, o.version, o.changed), (0, 1, true));
         let add = Change::Add(4, "h:4".into(), "c:4".into());
@@ -274,6 +295,16 @@ mod tests {
         assert_eq!(view2.borrow().directory.roster, view.borrow().directory.roster);
         // The restored replica decides the next change as the others do.
         let o = decided(&sm2.apply(0, &system_entry(roster_change(2, &Change::Promote(4)))));
-        assert_eq!((o.refusal, o.version), (0, 3));
+        assert_eq!((o.refusal, o.version), (RosterRefusal::Invalid as i32, 2), "not caught up yet");
+        // Partition leaders report it caught up: once every partition did, it is a voter.
+        sm2.apply(0, &system_entry(member_progress(2, 4, vec![1])));
+        assert_eq!(view2.borrow().directory.roster.progress.len(), 1);
+        sm2.apply(0, &system_entry(member_progress(2, 4, vec![0])));
+        let v = view2.borrow();
+        assert_eq!(
+            (v.directory.roster.version, v.directory.roster.members[&4].role),
+            (3, crate::roster::Role::Voter)
+        );
+        assert_eq!(v.roster_changes.last(), Some(&(3, Change::Promote(4))));
     }
 }

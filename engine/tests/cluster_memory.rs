@@ -777,10 +777,13 @@ fn the_roster_is_seeded_changed_by_version_and_survives_restarts() {
     assert_eq!(dup.status, Status::InvalidRequest);
     assert!(dup.reason.contains("mem-1"), "{}", dup.reason);
     assert_eq!(change(2, Change::Remove(4)).status, Status::Success);
-    let r = change(3, Change::Leave(3));
+    // Member 4 never came: removed at once, as a learner. A second member that never comes
+    // joins (it stays a learner: no partition can report it caught up).
+    let r = change(3, Change::Add(5, "mem-5".into(), String::new()));
     assert_eq!((r.status, r.version), (Status::Success, 4));
+    assert_eq!(change(4, Change::Promote(5)).status, Status::InvalidRequest, "not caught up");
     let roster = roster_at(&c, 4);
-    assert_eq!(roster.members[&3].role, Role::Leaving);
+    assert_eq!(roster.members[&5].role, Role::Learner);
     assert!(!roster.members.contains_key(&4));
     // Node 2 saw every applied change once, in order (the seed may have come before it
     // subscribed; every change after it did not).
