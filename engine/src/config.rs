@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub leader_balance_interval_ms: u64,
     /// Per-group Raft tuning (id, group and seed are filled in per group).
     pub raft: RaftConfig,
+    /// How partitions follow the roster.
+    pub membership: MembershipConfig,
     /// Start even though a WAL's damaged last batch may hold acknowledged writes of a
     /// partition no other node holds a copy of (this node is its only voter): drop the
     /// batch and accept the loss. Off by default: such a node refuses to start, naming the
@@ -101,6 +103,7 @@ impl NodeConfig {
             max_entry_bytes: MAX_ENTRY_PAYLOAD_BYTES,
             leader_balance_interval_ms: 2_000,
             raft,
+            membership: MembershipConfig::default(),
             truncate_damaged_wal_tail: false,
             store_faults: None,
         }
@@ -177,6 +180,12 @@ impl NodeConfig {
                 self.raft.max_snapshot_bytes
             ));
         }
+        let m = &self.membership;
+        if m.promote_window_ms == 0 || m.reconcile_interval_ms == 0 || m.max_catch_ups_per_shard == 0 {
+            return Err("membership.promote_window_ms, membership.reconcile_interval_ms and \
+                 membership.max_catch_ups_per_shard must be at least 1"
+                .into());
+        }
         let mut raft = self.raft.clone();
         raft.id = self.node_id;
         raft.validate().map_err(|e| format!("raft: {e}"))
@@ -231,6 +240,48 @@ impl NodeConfig {
         } else {
             self.initial_cluster.iter().map(|(id, _)| *id).collect()
         }
+    }
+}
+
+/// How every partition follows the roster (`shard/membership.rs`): a new member joins each
+/// partition as a learner, and the roster makes it a voter once it has kept up on every
+/// partition for a while.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// A learner keeps up with a partition while it lags its leader's log by at most this
+    /// many entries. 0 (the default): one append's worth, `raft.max_entries_per_append` — a
+    /// learner within it is one round trip from the leader's log.
+    pub promote_max_lag_entries: u64,
+    /// How long, in ms, a learner must keep up with a partition before that partition reports
+    /// it caught up (a burst of load must not make a voter of a member that falls behind).
+    pub promote_window_ms: u64,
+    /// Most partitions one shard brings a new member into at once (each sends it a snapshot
+    /// or its whole log): a join must not take every partition's bandwidth at once.
+    pub max_catch_ups_per_shard: usize,
+    /// How often, in ms, a shard compares the partitions it leads with the roster and
+    /// reports progress.
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            promote_max_lag_entries: 0,
+            promote_window_ms: 1_000,
+            max_catch_ups_per_shard: 4,
+            reconcile_interval_ms: 200,
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// The lag bound in entries, derived from `raft` when not set.
+    #[must_use]
+    pub fn max_lag(&self, raft: &RaftConfig) -> u64 {
+        if self.promote_max_lag_entries > 0 {
+            return self.promote_max_lag_entries;
+        }
+        raft.max_entries_per_append as u64
     }
 }
 

@@ -108,7 +108,7 @@ pub mod state_machine;
 pub mod stats;
 pub mod system;
 
-pub use config::{NodeConfig, derive_node_id};
+pub use config::{MembershipConfig, NodeConfig, derive_node_id};
 pub use error::Error;
 pub use events::Event;
 pub use handle::NodeHandle;

@@ -352,6 +352,41 @@ impl RaftGroup {
         change > self.log.committed() && self.conf.at(change - 1).voters.contains(&me)
     }
 
+    /// Whether the latest configuration change in the log is not committed yet (no other
+    /// change may be proposed until it is).
+    #[must_use]
+    pub fn conf_change_pending(&self) -> bool {
+        self.conf.last_change_index() > self.log.committed()
+    }
+
+    /// How many configuration changes the log holds above the commit index. At most one on
+    /// a leader (single-server changes, thesis §4.1); a simulator checks it.
+    #[must_use]
+    pub fn uncommitted_conf_changes(&self) -> usize {
+        self.conf.changes_after(self.log.committed())
+    }
+
+    /// Leader only: whether `voters`, as a configuration, would have a quorum of active
+    /// members — this leader, and followers heard from within an election timeout that are
+    /// not recovering lost state. A membership change that fails it would leave the
+    /// partition unable to commit until absent voters return (etcd's strict reconfiguration
+    /// check), so the roster's changes wait for it.
+    #[must_use]
+    pub fn quorum_active_in(&self, voters: &BTreeSet<NodeId>) -> bool {
+        let active = voters.iter().filter(|v| self.is_active(**v)).count();
+        self.is_leader() && active >= super::quorum::majority(voters.len())
+    }
+
+    /// Leader only: whether member `id` is active — this leader, or a follower heard from
+    /// within an election timeout that is not recovering lost state.
+    #[must_use]
+    pub fn is_active(&self, id: NodeId) -> bool {
+        id == self.cfg.id
+            || self.progress.get(&id).is_some_and(|p| {
+                !p.recovering && self.now.saturating_sub(p.last_heard) < self.cfg.election_ticks_min
+            })
+    }
+
     /// Voters of the configuration in force.
     pub(super) fn voters(&self) -> BTreeSet<NodeId> {
         self.conf.current().voters.clone()

@@ -39,6 +39,12 @@ impl ConfHistory {
         self.changes.last().map_or(0, |(i, _)| *i)
     }
 
+    /// How many configuration entries lie above `index`.
+    #[must_use]
+    pub fn changes_after(&self, index: u64) -> usize {
+        self.changes.len() - self.changes.partition_point(|(i, _)| *i <= index)
+    }
+
     /// The configuration in force at `index` (after applying entries up to it).
     #[must_use]
     pub fn at(&self, index: u64) -> &Membership {

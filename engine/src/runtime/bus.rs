@@ -23,6 +23,9 @@ pub(crate) enum ShardMsg {
     System(Arc<ClusterDirectory>),
     /// The failure detector's view of a peer changed.
     PeerStatus { node: NodeId, up: bool },
+    /// A system command for the system partition (to the shard that owns it), from a shard
+    /// reporting membership progress.
+    SystemCommand(bytes::Bytes),
     /// Stop the shard.
     Stop,
 }
@@ -65,6 +68,12 @@ impl Bus {
     /// Delivers peer messages into `shard`'s inbox (the transport's sink). False if dropped.
     pub(crate) fn deliver_peer(&self, shard: usize, from: NodeId, messages: Vec<RaftMessage>) -> bool {
         self.inboxes.get(shard).is_some_and(|tx| tx.try_send(ShardMsg::Peer { from, messages }).is_ok())
+    }
+
+    /// Hands `shard` a system command to propose. False if dropped (its inbox is full: the
+    /// sender reports again at its next round).
+    pub(crate) fn system_command(&self, shard: usize, command: bytes::Bytes) -> bool {
+        self.inboxes.get(shard).is_some_and(|tx| tx.try_send(ShardMsg::SystemCommand(command)).is_ok())
     }
 
     /// Sends a message built by `make` to every shard but `except`; a full inbox drops it

@@ -270,6 +270,7 @@ impl<T: Transport> Shard<T> {
             ShardMsg::Peer { from, messages } => self.core.on_peer(from, messages),
             ShardMsg::System(d) => self.core.on_directory(d),
             ShardMsg::PeerStatus { node, up } => self.core.on_peer_status(node, up),
+            ShardMsg::SystemCommand(c) => self.core.propose_system_command(c),
             ShardMsg::Stop => self.core.stop(),
         }
     }
@@ -300,6 +301,11 @@ impl<T: Transport> Shard<T> {
         }
         if let Some(d) = out.directory.take() {
             self.bus.broadcast(self.id, || ShardMsg::System(d.clone()));
+        }
+        for command in out.system_commands.drain(..) {
+            if !self.bus.system_command(0, command) {
+                tracing::debug!("bus full: dropped a system command for shard 0");
+            }
         }
         for (shard, from, messages) in out.forwards.drain(..) {
             if !self.bus.deliver_peer(shard, from, messages) {

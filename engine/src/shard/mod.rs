@@ -40,6 +40,7 @@
 //! | `checkpoints.rs` | snapshots at checkpoints, compaction behind them |
 //! | `system_duties.rs` | shard 0: announcements, the directory, failure detection |
 //! | `balance.rs` | leader balancing |
+//! | `membership.rs` | every partition this shard leads follows the roster |
 //! | `stopping.rs` | a partition the store refused; the shard's clean stop |
 
 mod balance;
@@ -47,6 +48,7 @@ mod checkpoints;
 mod dispatch;
 pub mod limits;
 pub mod lost_state;
+pub mod membership;
 pub(crate) mod outbox;
 mod pipeline;
 pub mod request;
@@ -108,6 +110,9 @@ pub struct Output<R> {
     pub forwards: Vec<(usize, NodeId, Vec<RaftMessage>)>,
     /// When peers were last heard from by this shard, since the last tick.
     pub activity: Vec<(NodeId, Instant)>,
+    /// System commands for the system partition's shard (0) to propose: membership
+    /// progress this shard's partitions report (`membership.rs`).
+    pub system_commands: Vec<bytes::Bytes>,
 }
 
 impl<R> Default for Output<R> {
@@ -122,6 +127,7 @@ impl<R> Default for Output<R> {
             peer_status: Vec::new(),
             forwards: Vec::new(),
             activity: Vec::new(),
+            system_commands: Vec::new(),
         }
     }
 }
@@ -194,6 +200,8 @@ pub struct ShardCore<R> {
     observer: Option<ReadyObserver>,
     /// The cumulative counters of [`ShardCore::stats`] (its depths are read when asked).
     counters: crate::stats::CoreStats,
+    /// Following the roster (`membership.rs`).
+    membership: membership::Reconciler,
 }
 
 /// A watcher of the Readies a core takes: the group (its log as the Ready left it) and the
@@ -309,6 +317,7 @@ impl<R> ShardCore<R> {
             self.detect_failures(now, &last_heard);
         }
         self.out.activity.extend(seen);
+        self.follow_roster_if_due();
         if self.cfg.leader_balance_interval_ms > 0 && now >= self.next_balance {
             self.next_balance = now + Duration::from_millis(self.cfg.leader_balance_interval_ms);
             self.balance_leaders();

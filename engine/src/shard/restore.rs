@@ -123,6 +123,7 @@ impl<R> ShardCore<R> {
             out,
             observer: None,
             counters: Default::default(),
+            membership: Default::default(),
         })
     }
 

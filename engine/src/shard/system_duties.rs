@@ -5,11 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::ShardCore;
 use crate::events::Event;
-use crate::raft::{NodeId, Proposal, ProposalKind};
+use crate::raft::NodeId;
 use crate::roster::Change;
 use crate::state_machine::PartitionId;
 use crate::system::{announcement, roster_change};
@@ -29,7 +27,6 @@ impl<R> ShardCore<R> {
             return;
         }
         self.next_announce = now + ANNOUNCE_RETRY;
-        self.seed_roster_if_needed();
         let me = phalanx_proto::NodeAnnouncement {
             node_id: self.cfg.node_id,
             raft_address: format!("{}:{}", self.cfg.raft_host, self.cfg.raft_port),
@@ -39,18 +36,12 @@ impl<R> ShardCore<R> {
         if self.directory.nodes.get(&me.node_id) == Some(&me) {
             return;
         }
-        let ticket = self.hlc.now(self.wall_ms);
-        let p = Proposal {
-            kind: ProposalKind::System,
-            log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
-            payloads: vec![announcement(me)],
-            ticket,
-        };
-        let _ = self.multi.update(0, |g| g.propose_or_forward(p));
+        self.propose_system_command(announcement(me));
     }
 
     /// Shard 0, while it leads the system partition: seeds the roster with the initial
-    /// cluster (every member a voter) until the seed is applied. Only the leader proposes it
+    /// cluster (every member a voter) until the seed is applied (asked at every membership
+    /// round). Only the leader proposes it
     /// (a follower's copy would be refused as stale anyway); the seed is an entry like any
     /// change, so a replica that replays the log, or a node that joins later, learns the same
     /// first roster.
@@ -73,14 +64,8 @@ impl<R> ShardCore<R> {
                 })
                 .collect()
         };
-        let ticket = self.hlc.now(self.wall_ms);
-        let p = Proposal {
-            kind: ProposalKind::System,
-            log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
-            payloads: vec![roster_change(0, &Change::Seed(members))],
-            ticket,
-        };
-        let _ = self.multi.update(0, |g| g.propose_or_forward(p));
+        let partitions = self.cfg.initial_partitions;
+        self.propose_system_command(roster_change(0, &Change::Seed { members, partitions }));
     }
 
     /// Shard 0: the failure detector. A peer not heard from (by any shard) within an election

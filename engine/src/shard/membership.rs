@@ -1,0 +1,329 @@
+//! Every partition follows the roster (issue 13, item 2). The roster on the system partition
+//! is the desired state; each shard, for the partitions it leads, compares the group's
+//! configuration with it and proposes the next single-server change, one at a time per
+//! partition (the group refuses a second while one is uncommitted):
+//!
+//! 1. learners the roster no longer has are dropped (they vote nowhere);
+//! 2. members the partition lacks join as learners — at most
+//!    `membership.max_catch_ups_per_shard` partitions of a shard bring members up to date at
+//!    once, so a join does not take every partition's bandwidth;
+//! 3. learners the roster made voters become voters once they keep up (lag within
+//!    `membership.promote_max_lag_entries`); voters the roster has as learners stop voting;
+//! 4. members that left the roster (or are leaving) are removed; a leader that is one hands
+//!    its leadership to the voter furthest along first. The system partition removes a
+//!    leaving voter last, so it learns the roster until it has handed over everything.
+//!
+//! A change of voters waits until the configuration it makes has a quorum of active members
+//! (`RaftGroup::quorum_active_in`), so following the roster never strands a partition that
+//! could still commit: a removal waits while another voter is down or recovering its disk.
+//!
+//! The roster completes a transition itself once every partition has reported it done
+//! (`Roster::note_progress`): the partition leaders here report the member in transition
+//! caught up (kept up for `membership.promote_window_ms`) or dropped. Reports go to the
+//! system partition, through shard 0 (`Output::system_commands`), every
+//! `membership.reconcile_interval_ms` while there is news.
+//!
+//! Nothing here needs to survive a crash: the roster and every group's configuration are
+//! replicated, and the comparison resumes from them after any restart or leader change.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use phalanx_proto::{ConfChange, ConfChangeType};
+
+use super::ShardCore;
+use super::system_duties::SYSTEM_LOG_TYPE;
+use crate::id_hash::IdHashMap;
+use crate::raft::{Membership, NodeId, Proposal, ProposalKind};
+use crate::roster::{Role, Roster};
+use crate::state_machine::PartitionId;
+
+/// The next step that brings a partition toward the roster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Add the member as a learner (or make a voter a learner).
+    AddLearner(NodeId),
+    /// Make the learner a voter.
+    AddVoter(NodeId),
+    /// Remove the member.
+    Remove(NodeId),
+    /// The leader leaves: hand leadership to this voter first.
+    HandOver(NodeId),
+}
+
+/// The next single-server change that brings configuration `conf` of `partition`, led by
+/// `me`, toward `roster`, in the order of the module's list; `lag(m)` is how many entries
+/// member `m` lags the leader's log (`None`: unknown). `None`: nothing to do now.
+#[must_use]
+pub fn next_step(
+    partition: PartitionId,
+    conf: &Membership,
+    me: NodeId,
+    roster: &Roster,
+    lag: &dyn Fn(NodeId) -> Option<u64>,
+    max_lag: u64,
+) -> Option<Step> {
+    let role = |id: NodeId| roster.members.get(&id).map(|m| m.role);
+    let kept = |id: NodeId| matches!(role(id), Some(Role::Voter | Role::Learner));
+    if let Some(l) = conf.learners.iter().find(|l| !kept(**l)) {
+        return Some(Step::Remove(*l));
+    }
+    if let Some(m) = roster.members.values().find(|m| m.role != Role::Leaving && !conf.contains(m.id)) {
+        return Some(Step::AddLearner(m.id));
+    }
+    for m in roster.members.values() {
+        match m.role {
+            Role::Voter if conf.learners.contains(&m.id) && lag(m.id).is_some_and(|l| l <= max_lag) => {
+                return Some(Step::AddVoter(m.id));
+            }
+            Role::Learner if m.id != me && conf.voters.contains(&m.id) => {
+                return Some(Step::AddLearner(m.id));
+            }
+            _ => {}
+        }
+    }
+    if role(me) != Some(Role::Voter) {
+        // A leader the roster no longer has vote here hands over before anything else: once
+        // it is not the leader, the new one removes it.
+        return conf
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me && role(*v) == Some(Role::Voter))
+            .min_by_key(|v| lag(*v).unwrap_or(u64::MAX))
+            .map(Step::HandOver);
+    }
+    // The system partition drops a leaving voter last: until then the member still learns
+    // the roster there, and so hands over the other partitions it leads.
+    let others_done = || roster.partition_ids().skip(1).all(|p| roster.progress.contains(&p));
+    conf.voters
+        .iter()
+        .copied()
+        .find(|v| !kept(*v) && (partition != 0 || role(*v) != Some(Role::Leaving) || others_done()))
+        .map(Step::Remove)
+}
+
+/// The voters `step` leaves the partition with, when it changes them.
+fn voters_after(conf: &Membership, step: Step) -> Option<std::collections::BTreeSet<NodeId>> {
+    let mut voters = conf.voters.clone();
+    let changed = match step {
+        Step::AddVoter(m) => voters.insert(m),
+        Step::AddLearner(m) | Step::Remove(m) => voters.remove(&m),
+        Step::HandOver(_) => false,
+    };
+    changed.then_some(voters)
+}
+
+/// A shard's memory of its last rounds (none of it needs to survive a restart).
+#[derive(Default)]
+pub(crate) struct Reconciler {
+    /// When the next round is due.
+    next_round: Option<Instant>,
+    /// Partitions led here where the learner in transition keeps up: the learner, and
+    /// since when.
+    keeping_up: IdHashMap<PartitionId, (NodeId, Instant)>,
+}
+
+impl<R> ShardCore<R> {
+    /// A round of following the roster, when one is due (see the module's comment).
+    pub(super) fn follow_roster_if_due(&mut self) {
+        let now = self.now;
+        if self.stopping || self.membership.next_round.is_some_and(|t| now < t) {
+            return;
+        }
+        let cfg = &self.cfg.membership;
+        self.membership.next_round = Some(now + Duration::from_millis(cfg.reconcile_interval_ms));
+        let dir = self.directory.clone();
+        let roster = &dir.roster;
+        if roster.version == 0 {
+            self.seed_roster_if_needed();
+            return;
+        }
+        let me = self.cfg.node_id;
+        let max_lag = cfg.max_lag(&self.cfg.raft);
+        let window = Duration::from_millis(cfg.promote_window_ms);
+        let led: Vec<PartitionId> = self
+            .multi
+            .group_ids()
+            .filter(|p| !self.stopped.contains_key(p) && self.multi.group(*p).is_some_and(|g| g.is_leader()))
+            .collect();
+        // Partitions busy bringing a member of the roster up to date (one that does not
+        // answer takes no bandwidth, and must not hold the others' joins back).
+        let catching_up = led
+            .iter()
+            .filter_map(|p| self.multi.group(*p))
+            .filter(|g| {
+                g.membership().learners.iter().any(|l| {
+                    roster.members.contains_key(l)
+                        && g.is_active(*l)
+                        && g.follower_lag(*l).is_none_or(|lag| lag > max_lag)
+                })
+            })
+            .count();
+        let mut room = cfg.max_catch_ups_per_shard.saturating_sub(catching_up);
+        let transition = roster.in_transition().map(|m| (m.id, m.role));
+        let mut keeping_up = IdHashMap::default();
+        let mut done = Vec::new();
+        for p in led {
+            let Some(g) = self.multi.group(p) else { continue };
+            let conf = g.membership();
+            if let Some((member, role)) = transition
+                && let Ok(p32) = u32::try_from(p)
+                && !roster.progress.contains(&p32)
+            {
+                match role {
+                    Role::Learner => {
+                        if conf.contains(member) && g.follower_lag(member).is_some_and(|l| l <= max_lag) {
+                            let since = match self.membership.keeping_up.get(&p) {
+                                Some(&(m, since)) if m == member => since,
+                                _ => now,
+                            };
+                            keeping_up.insert(p, (member, since));
+                            if now.saturating_duration_since(since) >= window {
+                                done.push(p32);
+                            }
+                        }
+                    }
+                    Role::Leaving => {
+                        if !conf.contains(member) && !g.conf_change_pending() {
+                            done.push(p32);
+                        }
+                    }
+                    Role::Voter => {}
+                }
+            }
+            let lag = |m: NodeId| g.follower_lag(m);
+            let Some(step) = next_step(p, conf, me, roster, &lag, max_lag) else { continue };
+            if matches!(step, Step::AddLearner(m) if !conf.contains(m)) {
+                if room == 0 {
+                    continue;
+                }
+                room -= 1;
+            }
+            // A change of voters waits until the new configuration has a quorum of active
+            // members: removing a voter while another is down or recovering its lost disk
+            // would leave the partition unable to commit.
+            if let Some(voters) = voters_after(conf, step)
+                && !g.quorum_active_in(&voters)
+            {
+                continue;
+            }
+            self.multi.update(p, |g| {
+                let cc =
+                    |change: ConfChangeType, node_id: NodeId| ConfChange { change: change as i32, node_id };
+                // Refusals are expected and harmless: a change still uncommitted, no entry of
+                // the leader's term committed yet, a transfer under way. The next round asks
+                // again.
+                let _ = match step {
+                    Step::AddLearner(m) => g.propose_conf_change(cc(ConfChangeType::AddLearner, m)).map(drop),
+                    Step::AddVoter(m) => g.propose_conf_change(cc(ConfChangeType::AddVoter, m)).map(drop),
+                    Step::Remove(m) => g.propose_conf_change(cc(ConfChangeType::Remove, m)).map(drop),
+                    Step::HandOver(v) => g.transfer_leadership(v),
+                };
+            });
+        }
+        self.membership.keeping_up = keeping_up;
+        if let Some((member, _)) = transition
+            && !done.is_empty()
+        {
+            self.propose_system_command(crate::system::member_progress(roster.version, member, done));
+        }
+    }
+
+    /// Proposes a system command on the system partition: on shard 0 to its group (the
+    /// leader's, or forwarded to it), elsewhere through shard 0. A command lost on the way
+    /// (no leader, a full inbox) is not retried here: its sender repeats it while needed.
+    pub fn propose_system_command(&mut self, payload: Bytes) {
+        if self.system.is_none() {
+            self.out.system_commands.push(payload);
+            return;
+        }
+        let ticket = self.hlc.now(self.wall_ms);
+        let p = Proposal {
+            kind: ProposalKind::System,
+            log_type: Bytes::from_static(SYSTEM_LOG_TYPE.as_bytes()),
+            payloads: vec![payload],
+            ticket,
+        };
+        let _ = self.multi.update(0, |g| g.propose_or_forward(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roster::Change;
+
+    fn roster(voters: &[NodeId]) -> Roster {
+        let mut r = Roster::default();
+        let members = voters.iter().map(|i| (*i, format!("h:{i}"), String::new())).collect();
+        r.apply(0, &Change::Seed { members, partitions: 1 }).expect("seeds");
+        r
+    }
+
+    fn conf(voters: &[NodeId], learners: &[NodeId]) -> Membership {
+        Membership { voters: voters.iter().copied().collect(), learners: learners.iter().copied().collect() }
+    }
+
+    const CAUGHT_UP: &dyn Fn(NodeId) -> Option<u64> = &|_| Some(0);
+
+    #[test]
+    fn a_partition_that_matches_the_roster_has_nothing_to_do() {
+        let r = roster(&[1, 2, 3]);
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[]), 1, &r, CAUGHT_UP, 10), None);
+    }
+
+    #[test]
+    fn a_new_member_joins_as_a_learner_and_votes_once_the_roster_says_so_and_it_keeps_up() {
+        let mut r = roster(&[1, 2, 3]);
+        r.apply(1, &Change::Add(4, "h:4".into(), String::new())).expect("adds");
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[]), 1, &r, CAUGHT_UP, 10), Some(Step::AddLearner(4)));
+        // A learner of the roster stays a learner.
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[4]), 1, &r, CAUGHT_UP, 10), None);
+        assert_eq!(r.note_progress(2, 4, &[0, 1]), Some(Change::Promote(4)));
+        let c = conf(&[1, 2, 3], &[4]);
+        assert_eq!(next_step(1, &c, 1, &r, &|_| Some(11), 10), None, "it lags: not yet");
+        assert_eq!(next_step(1, &c, 1, &r, &|_| None, 10), None, "its lag is unknown: not yet");
+        assert_eq!(next_step(1, &c, 1, &r, &|_| Some(10), 10), Some(Step::AddVoter(4)));
+    }
+
+    #[test]
+    fn members_that_left_are_removed_learners_first_and_a_leaving_leader_hands_over() {
+        let mut r = roster(&[1, 2, 3]);
+        // A learner the roster does not have goes before anything else.
+        r.apply(1, &Change::Add(5, "h:5".into(), String::new())).expect("adds");
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[4]), 1, &r, CAUGHT_UP, 10), Some(Step::Remove(4)));
+        r.apply(2, &Change::Remove(5)).expect("removes the learner");
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[5]), 1, &r, CAUGHT_UP, 10), Some(Step::Remove(5)));
+        r.apply(3, &Change::Remove(3)).expect("3 leaves");
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[]), 1, &r, CAUGHT_UP, 10), Some(Step::Remove(3)));
+        // Led by the leaving member: hand over to the remaining voter furthest along.
+        let lag = |m: NodeId| Some(if m == 1 { 5 } else { 1 });
+        assert_eq!(next_step(1, &conf(&[1, 2, 3], &[]), 3, &r, &lag, 10), Some(Step::HandOver(2)));
+        assert_eq!(next_step(1, &conf(&[1, 2], &[]), 1, &r, CAUGHT_UP, 10), None);
+    }
+
+    #[test]
+    fn the_system_partition_drops_a_leaving_voter_after_every_other_partition() {
+        let mut r = roster(&[1, 2, 3]);
+        r.apply(1, &Change::Remove(3)).expect("3 leaves");
+        let c = conf(&[1, 2, 3], &[]);
+        assert_eq!(next_step(0, &c, 1, &r, CAUGHT_UP, 10), None);
+        assert_eq!(next_step(1, &c, 1, &r, CAUGHT_UP, 10), Some(Step::Remove(3)));
+        // Led by the leaving member, it hands over at once all the same.
+        assert_eq!(next_step(0, &c, 3, &r, CAUGHT_UP, 10), Some(Step::HandOver(1)));
+        assert_eq!(r.note_progress(2, 3, &[1]), None);
+        assert_eq!(next_step(0, &c, 1, &r, CAUGHT_UP, 10), Some(Step::Remove(3)));
+    }
+
+    #[test]
+    fn a_voter_the_roster_does_not_have_is_removed_and_a_sole_leaving_leader_waits() {
+        let r = roster(&[1, 2]);
+        assert_eq!(next_step(1, &conf(&[1, 2, 7], &[]), 1, &r, CAUGHT_UP, 10), Some(Step::Remove(7)));
+        // The leader is not in the roster and no voter of the roster is here yet: it adds
+        // them first, and hands over when one votes.
+        assert_eq!(next_step(1, &conf(&[7], &[]), 7, &r, CAUGHT_UP, 10), Some(Step::AddLearner(1)));
+        assert_eq!(next_step(1, &conf(&[7], &[1, 2]), 7, &r, CAUGHT_UP, 10), Some(Step::AddVoter(1)));
+        assert_eq!(next_step(1, &conf(&[7, 1, 2], &[]), 7, &r, CAUGHT_UP, 10), Some(Step::HandOver(1)));
+    }
+}
