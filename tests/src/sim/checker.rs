@@ -123,6 +123,26 @@ pub enum Violation {
         /// The two rosters.
         detail: String,
     },
+    /// A leader's log holds more than one uncommitted configuration change: two
+    /// configurations whose majorities need not overlap could be in use at once.
+    ConcurrentConfChanges {
+        /// Group.
+        group: GroupId,
+        /// The leader.
+        node: NodeId,
+        /// Uncommitted changes in its log.
+        pending: usize,
+    },
+    /// A group's committed configuration has a majority of voters the roster no longer has:
+    /// the roster let members go faster than the group could drop them.
+    VotersOutsideRoster {
+        /// Group.
+        group: GroupId,
+        /// Its voters.
+        voters: Vec<NodeId>,
+        /// The roster's version.
+        roster_version: u64,
+    },
     /// A node could not restart from what its disk holds (the stored state breaks an
     /// invariant the core checks at restore, e.g. a commit index past the stored log).
     Unrecoverable {
@@ -191,6 +211,10 @@ pub struct Checker {
     /// The roster seen at each applied index of the system partition (one per index the
     /// replicas were observed at: bounded by the system partition's log).
     rosters: BTreeMap<u64, phalanx::roster::Roster>,
+    /// The roster of the highest version seen.
+    latest_roster: Option<phalanx::roster::Roster>,
+    /// Groups already reported for a membership violation (one report per group and kind).
+    membership_flagged: BTreeSet<(GroupId, u8)>,
     /// Violations found so far.
     pub violations: Vec<Violation>,
 }
@@ -342,6 +366,12 @@ impl Checker {
         reg.max_acked_index = reg.max_acked_index.max(index);
     }
 
+    /// The highest index any replica of `group` was seen to commit.
+    #[must_use]
+    pub fn highest_commit(&self, group: GroupId) -> u64 {
+        self.groups.get(&group).and_then(|g| g.committed.last_key_value()).map_or(0, |(i, _)| *i)
+    }
+
     /// The highest acknowledged write index so far (a read started now must see it).
     #[must_use]
     pub fn acked_floor(&self, group: GroupId) -> u64 {
@@ -369,6 +399,34 @@ impl Checker {
                 self.rosters.insert(applied, roster.clone());
             }
         }
+        if roster.version > self.latest_roster.as_ref().map_or(0, |r| r.version) {
+            self.latest_roster = Some(roster.clone());
+        }
+    }
+
+    /// A leader of `group` on `node` holds `pending` uncommitted configuration changes.
+    pub fn on_leader_conf_changes(&mut self, group: GroupId, node: NodeId, pending: usize) {
+        if pending > 1 && self.membership_flagged.insert((group, 0)) {
+            self.violations.push(Violation::ConcurrentConfChanges { group, node, pending });
+        }
+    }
+
+    /// `voters` is `group`'s committed configuration: a majority of them must still be in
+    /// the latest roster any replica applied.
+    pub fn on_committed_voters(&mut self, group: GroupId, voters: &BTreeSet<NodeId>) {
+        let Some(roster) = &self.latest_roster else { return };
+        let absent = voters.iter().filter(|v| !roster.members.contains_key(v)).count();
+        if absent * 2 > voters.len() && self.membership_flagged.insert((group, 1)) {
+            let roster_version = roster.version;
+            let voters = voters.iter().copied().collect();
+            self.violations.push(Violation::VotersOutsideRoster { group, voters, roster_version });
+        }
+    }
+
+    /// The roster of the highest version any replica applied (`None` before the seed).
+    #[must_use]
+    pub fn latest_roster(&self) -> Option<&phalanx::roster::Roster> {
+        self.latest_roster.as_ref()
     }
 
     /// The highest roster version any replica held.

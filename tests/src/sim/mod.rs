@@ -239,6 +239,7 @@ impl Sim {
             let live: Vec<GroupId> = self.live_groups();
             self.workload.check_liveness(&live, &mut self.checker);
             self.check_convergence();
+            self.check_roster_followed();
         }
         self.checker.finish();
         let roster_versions = self.checker.roster_versions();
@@ -341,37 +342,16 @@ impl Sim {
             if self.nodes[victim].up {
                 let others_lost =
                     (0..self.nodes.len()).any(|i| i != victim && self.nodes[i].has_lost_state());
-                // A replica that lost its disk does not vote until it caught up from a leader:
-                // only a group whose other voters are a majority can still elect one (a
-                // 3-voter group loses one disk, a 2-voter group none — as with crashes).
-                // Judged by every running node's view of each group (views differ while a
-                // change is in flight, and a recovering node's is stale). A group that cannot
-                // is stranded until an operator replaces the member (issue 13): its safety is
-                // still checked, its liveness no longer.
-                let stranded: Vec<GroupId> = self
-                    .groups
-                    .iter()
-                    .copied()
-                    .filter(|&g| {
-                        self.nodes.iter().filter_map(|n| n.multi().group(g)).any(|grp| {
-                            let voters = &grp.membership().voters;
-                            voters.contains(&(victim as u64 + 1))
-                                && voters.len() <= phalanx::raft::majority(voters.len())
-                        })
-                    })
-                    .collect();
                 // Down nodes' views are unknown (a shrinking change may wait in one's log).
                 let all_up = self.nodes.iter().all(|n| n.up);
                 if !others_lost && all_up && self.rng.range(0, 100) < self.cfg.disk_loss_pct {
                     if self.rng.range(0, 2) == 0 {
                         self.nodes[victim].wipe();
-                        self.stranded.extend(stranded);
                     } else {
                         let groups: Vec<GroupId> =
                             self.groups.iter().copied().filter(|_| self.rng.range(0, 2) == 0).collect();
                         let k = self.rng.range(1, 6) as usize;
                         self.nodes[victim].cut_tails(&groups, k);
-                        self.stranded.extend(stranded.into_iter().filter(|g| groups.contains(g)));
                     }
                     self.disk_losses += 1;
                 } else {
@@ -516,6 +496,84 @@ impl Sim {
         }
     }
 
+    /// A replica that lost durable state does not vote until it caught up from a leader: a
+    /// group whose configuration (in any running node's view: views differ while a change is
+    /// in flight) has it among one or two voters can elect none. Such a group is stranded
+    /// until an operator replaces the member: its safety is still checked, its liveness no
+    /// longer. (A three-voter group survives one lost disk; following the roster waits for a
+    /// quorum of active voters before it shrinks a group, but a disk may be lost just after.)
+    fn note_stranded(&mut self) {
+        for &g in &self.groups {
+            if self.stranded.contains(&g) {
+                continue;
+            }
+            let lost: Vec<NodeId> = self.nodes.iter().filter(|n| n.lost_state_in(g)).map(|n| n.id).collect();
+            if lost.is_empty() {
+                continue;
+            }
+            let stranded = self.nodes.iter().filter(|n| n.up).filter_map(|n| n.multi().group(g)).any(|grp| {
+                let voters = &grp.membership().voters;
+                voters.len() <= phalanx::raft::majority(voters.len())
+                    && lost.iter().any(|l| voters.contains(l))
+            });
+            if stranded {
+                self.stranded.insert(g);
+            }
+        }
+    }
+
+    /// After the heal every group converged to the roster: its committed configuration has
+    /// the roster's voters as voters and its learners as learners, and no member is still
+    /// leaving. Members the run has no node for (added by the workload, never started) can
+    /// never catch up: they are left out of the comparison. A stranded group holds every
+    /// transition back, so a run with one is not checked; nor are the slowest runs (one
+    /// entry per append: a group that is behind moves one entry per round trip, often read
+    /// back from disk, and may still be finishing a change — their progress is checked by
+    /// `check_convergence`).
+    fn check_roster_followed(&mut self) {
+        use phalanx::roster::Role as R;
+        if !self.stranded.is_empty() || self.cfg.raft.max_entries_per_append == 1 {
+            return;
+        }
+        let Some(roster) = self.checker.latest_roster().cloned() else { return };
+        let real = |id: &NodeId| *id <= self.cfg.nodes;
+        let with = |role: R| -> std::collections::BTreeSet<NodeId> {
+            roster.members.values().filter(|m| m.role == role).map(|m| m.id).filter(real).collect()
+        };
+        let leaving = with(R::Leaving);
+        if !leaving.is_empty() {
+            let detail = format!("members {leaving:?} still leaving {LIVENESS_TICKS} ticks after the heal");
+            self.checker.on_liveness_failure(0, detail);
+        }
+        let (voters, learners) = (with(R::Voter), with(R::Learner));
+        for g in self.live_groups() {
+            let furthest =
+                self.nodes.iter().filter_map(|n| n.multi().group(g)).max_by_key(|grp| grp.log().committed());
+            let Some(grp) = furthest else { continue };
+            let conf = grp.membership();
+            // A learner the roster made a voter votes once it keeps up; the slowest runs (one
+            // entry per append, read back from disk) may still be closing the gap.
+            let leader = self.nodes.iter().filter_map(|n| n.multi().group(g)).find(|l| l.is_leader());
+            let catching_up = |m: &NodeId| {
+                leader.is_some_and(|l| l.follower_lag(*m).is_some_and(|lag| lag > PROMOTE_MAX_LAG_ENTRIES))
+            };
+            let mut has_voters: std::collections::BTreeSet<NodeId> =
+                conf.voters.iter().copied().filter(real).collect();
+            has_voters.extend(conf.learners.iter().filter(|m| voters.contains(m) && catching_up(m)));
+            let has_learners: std::collections::BTreeSet<NodeId> =
+                conf.learners.iter().copied().filter(real).filter(|m| !has_voters.contains(m)).collect();
+            if grp.conf_change_pending() || has_voters != voters || has_learners != learners {
+                let detail = format!(
+                    "configuration {conf:?}{} is not the roster's (version {}: voters {voters:?}, learners \
+                     {learners:?}) {LIVENESS_TICKS} ticks after the heal",
+                    if grp.conf_change_pending() { " (a change pending)" } else { "" },
+                    roster.version
+                );
+                self.checker.on_liveness_failure(g, detail);
+            }
+        }
+    }
+
     /// A human-readable picture of every node's groups.
     #[must_use]
     pub fn describe(&self) -> String {
@@ -576,10 +634,29 @@ impl Sim {
                 if grp.role() == Role::Leader {
                     self.workload.note_leader(g, grp.term());
                     self.checker.on_leader(g, grp.term(), n.id, log);
+                    self.checker.on_leader_conf_changes(g, n.id, grp.uncommitted_conf_changes());
                 }
             }
             if let Some((at, roster)) = n.roster() {
                 self.checker.on_roster(n.id, at, &roster);
+            }
+        }
+        self.note_stranded();
+        // Each group's committed configuration, from a replica at the highest commit index
+        // seen (its latest configuration is committed when none is pending; a replica further
+        // behind, such as one that lost its disk, may hold an old one).
+        for &g in &self.groups {
+            let highest = self.checker.highest_commit(g);
+            let furthest = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .filter_map(|n| n.multi().group(g))
+                .find(|grp| grp.log().committed() == highest);
+            if let Some(grp) = furthest
+                && !grp.conf_change_pending()
+            {
+                self.checker.on_committed_voters(g, &grp.membership().voters);
             }
         }
         self.net.sent.hash(&mut self.trace);
@@ -624,10 +701,20 @@ fn node_config(cfg: &SimConfig, id: NodeId) -> NodeConfig {
     c.tick_interval_ms = 1;
     c.request_timeout_ms = REQUEST_TIMEOUT_TICKS;
     c.leader_balance_interval_ms = 0;
+    // Membership rounds and the promotion window in ticks, short against a run's length; at
+    // most two partitions of a node take a new member at once, so the bound is exercised.
+    c.membership.reconcile_interval_ms = 5;
+    c.membership.promote_window_ms = 20;
+    c.membership.max_catch_ups_per_shard = 2;
+    // A learner keeps up within a few appends (the runs' appends carry 1 to 8 entries).
+    c.membership.promote_max_lag_entries = PROMOTE_MAX_LAG_ENTRIES;
     c.raft = cfg.raft.clone();
     c.raft.seed = cfg.seed;
     c
 }
+
+/// A learner keeps up with a group while it lags by at most this many entries.
+const PROMOTE_MAX_LAG_ENTRIES: u64 = 16;
 
 /// How long a simulated client waits for an answer, in ticks.
 const REQUEST_TIMEOUT_TICKS: u64 = 500;

@@ -292,6 +292,7 @@ impl SimNode {
         out.peer_status.clear();
         out.directory = None;
         out.forwards.clear();
+        out.system_commands.clear();
         sent
     }
 
@@ -413,6 +414,12 @@ impl SimNode {
     #[must_use]
     pub fn has_lost_state(&self) -> bool {
         self.lost_pending || self.disk.groups.values().any(|gd| gd.hard_state.recovering)
+    }
+
+    /// Whether the node lost durable state of group `g` it has not recovered yet.
+    #[must_use]
+    pub fn lost_state_in(&self, g: GroupId) -> bool {
+        self.lost_pending || self.disk.groups.get(&g).is_some_and(|gd| gd.hard_state.recovering)
     }
 
     /// Restarts from the disk at wall time `wall_ms`; `Err` when the engine refuses to

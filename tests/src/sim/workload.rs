@@ -1,9 +1,10 @@
 //! The simulated clients: proposals (auto-commit and two-step, with their commit or
-//! rollback), checkpoints, membership changes, leadership transfers and step-downs,
+//! rollback), checkpoints, roster changes, leadership transfers and step-downs,
 //! heartbeat suspension, linearizable reads, and the post-heal liveness probes. They ask
 //! each node's shard core as a `NodeHandle` would (`phalanx::shard::request::Op`) and learn
-//! the outcome from its answers; only what the shell has no request for yet (membership
-//! changes, forwarding a write to the leader) goes to the groups directly.
+//! the outcome from its answers; only what the shell has no request for yet (forwarding a
+//! write to the leader) goes to the groups directly. Membership changes go through the
+//! roster, which every partition follows.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use phalanx::hlc::Ticket;
 use phalanx::raft::{GroupId, NodeId, Proposal, ProposalKind, SeededRng};
 use phalanx::shard::request::{Answer, ControlOp, Op, Request};
-use phalanx_proto::{ConfChange, ConfChangeType, EntryKind, LogEntry};
+use phalanx_proto::{EntryKind, LogEntry};
 
 use super::checker::{Checker, entry_id};
 use super::node::SimNode;
@@ -127,7 +128,6 @@ impl Workload {
             300..330 => self.two_step(nodes, g, rng),
             330..340 => self.checkpoint(nodes, g, rng),
             340..400 => self.read(nodes, g, rng, checker),
-            400..405 if !calm => self.conf_change(nodes, g, rng),
             405..410 if !calm => {
                 let target = rng.range(1, nodes.len() as u64 + 1);
                 self.control(nodes, g, rng, ControlOp::Transfer(target));
@@ -135,7 +135,7 @@ impl Workload {
             410..412 if !calm => self.control(nodes, g, rng, ControlOp::StepDown),
             412..415 if !calm => self.control(nodes, g, rng, ControlOp::SuspendHeartbeats),
             415..430 => self.control(nodes, g, rng, ControlOp::ResumeHeartbeats),
-            430..440 if !calm => self.roster_change(nodes, rng),
+            430..445 if !calm => self.roster_change(nodes, rng),
             _ => {}
         }
         self.resolve_two_step(nodes, rng, now);
@@ -215,21 +215,31 @@ impl Workload {
         self.ask(nodes, i, g, op, What::Write { probe, payloads });
     }
 
-    /// A roster change through the system partition's leader: add, promote, leave or remove
-    /// a member (ids beyond the nodes too), mostly against the roster's version, sometimes a
-    /// stale one. The roster drives no group's membership yet; the checker holds every
-    /// replica to the same roster at the same applied index.
+    /// A roster change through the system partition's leader: add a member (a node of the
+    /// run, or one that never comes), promote one by hand, or remove one — mostly against the
+    /// roster's version, sometimes a stale one. Every partition follows the roster
+    /// (`shard/membership.rs`); the checker holds every replica to the same roster at the same
+    /// applied index, and every partition to it.
     fn roster_change(&mut self, nodes: &mut [SimNode], rng: &mut SeededRng) {
-        use phalanx::roster::Change;
+        use phalanx::roster::{Change, Role};
         let Some(i) = Self::leader_of(nodes, 0, rng) else { return };
         let Some((_, roster)) = nodes[i].roster() else { return };
-        let id = rng.range(1, nodes.len() as u64 + 3);
-        let change = match rng.range(0, 4) {
-            0 => Change::Add(id, format!("sim-{id}"), String::new()),
-            1 => Change::Promote(id),
-            2 => Change::Leave(id),
+        let id = rng.range(1, nodes.len() as u64 + 2);
+        let change = match rng.range(0, 5) {
+            0 | 1 => Change::Add(id, format!("sim-{id}:1"), String::new()),
+            2 => Change::Promote(id),
             _ => Change::Remove(id),
         };
+        // Like an operator: do not remove a voter while a replica that lost its disk
+        // recovers and fewer than three voters would remain (it does not vote until it caught
+        // up, so two could elect no leader to catch up from).
+        if let Change::Remove(id) = change
+            && roster.members.get(&id).is_some_and(|m| m.role == Role::Voter)
+            && roster.voters().count() <= 3
+            && nodes.iter().any(SimNode::has_lost_state)
+        {
+            return;
+        }
         let expected = if rng.range(0, 5) == 0 { roster.version.saturating_sub(1) } else { roster.version };
         let op = Op::Replicate {
             partition: 0,
@@ -265,56 +275,6 @@ impl Workload {
         let i = rng.range(0, nodes.len() as u64) as usize;
         let acked_before = checker.acked_floor(g);
         self.ask(nodes, i, g, Op::ReadBarrier { partition: g }, What::Read { acked_before });
-    }
-
-    fn conf_change(&mut self, nodes: &mut [SimNode], g: GroupId, rng: &mut SeededRng) {
-        let Some(i) = Self::leader_of(nodes, g, rng) else { return };
-        let all: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
-        let target = all[rng.range(0, all.len() as u64) as usize];
-        let change = match rng.range(0, 3) {
-            0 => ConfChangeType::AddLearner,
-            1 => ConfChangeType::AddVoter,
-            _ => ConfChangeType::Remove,
-        };
-        // Like an operator (and as the roster will, issue 13), do not make a voter of a member
-        // far behind where every majority needs it (a group of two): it would hold every
-        // commit until it caught up, an append round trip per `max_entries_per_append`
-        // entries. Larger groups commit without it meanwhile.
-        if change == ConfChangeType::AddVoter
-            && let Some(grp) = nodes[i].multi().group(g)
-            && !grp.membership().voters.contains(&target)
-            && grp.membership().voters.len() + 1 < 3
-            && grp.follower_lag(target).is_none_or(|lag| lag > grp.config().max_uncommitted_entries as u64)
-        {
-            return;
-        }
-        // A replica that lost its disk does not vote until it caught up: like an operator,
-        // do not shrink a group below 3 voters while one recovers (it could then elect no
-        // leader to catch up from).
-        if nodes.iter().any(SimNode::has_lost_state)
-            && let Some(grp) = nodes[i].multi().group(g)
-        {
-            let mut voters = grp.membership().voters.clone();
-            match change {
-                ConfChangeType::AddVoter => {
-                    voters.insert(target);
-                }
-                _ => {
-                    voters.remove(&target);
-                }
-            }
-            if voters.len() < 3 {
-                return;
-            }
-        }
-        // The shell has no membership request until the roster drives changes (issue 13):
-        // straight to the group.
-        let cc = ConfChange { change: change as i32, node_id: target };
-        if let Some(core) = nodes[i].core() {
-            core.multi_mut().update(g, |grp| {
-                let _ = grp.propose_conf_change(cc);
-            });
-        }
     }
 
     fn resolve_two_step(&mut self, nodes: &mut [SimNode], rng: &mut SeededRng, now: u64) {
