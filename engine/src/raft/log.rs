@@ -402,6 +402,10 @@ impl RaftLog {
             self.last_index = index;
             self.cache_start = index + 1;
             self.persisted = self.persisted.min(index);
+            // Nothing after the floor is left: an entry appended at `index + 1` on is new,
+            // even where a discarded one was handed to storage (else a leader elected right
+            // after the install never writes its first entry and writes the next past a gap).
+            self.unstable_from = index + 1;
         }
         self.floor_index = index;
         self.floor_term = term;
@@ -481,6 +485,22 @@ mod tests {
         assert_eq!(l.find_conflict_by_term(10, 5), (7, 5));
         assert_eq!(l.find_conflict_by_term(20, 6), (10, 6));
         assert_eq!(l.find_conflict_by_term(10, 0), (0, 0));
+    }
+
+    /// Found by the simulator (seed 325 with the `answer-before-commit` mutant, whose clients
+    /// took another path): a follower held entries past a snapshot's index, already handed to
+    /// storage, from an older term; the snapshot's term differed, so the whole log went; it
+    /// was elected at once, and its no-op at the index of a discarded entry was never written.
+    #[test]
+    fn a_snapshot_that_discards_the_log_leaves_every_later_entry_to_write() {
+        // Entries 1..=4 of term 5, stored.
+        let mut l = log_with(&[5, 5, 5, 5]);
+        assert!(!l.has_unstable());
+        l.restore_snapshot(3, 6);
+        assert_eq!((l.last_index(), l.persisted()), (3, 3));
+        l.append([e(4, 8), e(5, 8)]);
+        let unstable: Vec<(u64, u64)> = l.take_unstable().iter().map(|x| (x.index, x.term)).collect();
+        assert_eq!(unstable, vec![(4, 8), (5, 8)]);
     }
 
     #[test]
