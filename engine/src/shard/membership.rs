@@ -167,13 +167,16 @@ impl<R> ShardCore<R> {
         for p in led {
             let Some(g) = self.multi.group(p) else { continue };
             let conf = g.membership();
+            // How far a member lags, known only for one that answers: a learner that never
+            // did has matched nothing, and lags a short log by little.
+            let lag = |m: NodeId| g.follower_lag(m).filter(|_| g.is_active(m));
             if let Some((member, role)) = transition
                 && let Ok(p32) = u32::try_from(p)
                 && !roster.progress.contains(&p32)
             {
                 match role {
                     Role::Learner => {
-                        if conf.contains(member) && g.follower_lag(member).is_some_and(|l| l <= max_lag) {
+                        if conf.contains(member) && lag(member).is_some_and(|l| l <= max_lag) {
                             let since = match self.membership.keeping_up.get(&p) {
                                 Some(&(m, since)) if m == member => since,
                                 _ => now,
@@ -192,7 +195,6 @@ impl<R> ShardCore<R> {
                     Role::Voter => {}
                 }
             }
-            let lag = |m: NodeId| g.follower_lag(m);
             let Some(step) = next_step(p, conf, me, roster, &lag, max_lag) else { continue };
             if matches!(step, Step::AddLearner(m) if !conf.contains(m)) {
                 if room == 0 {
