@@ -18,8 +18,14 @@ pub struct NodeConfig {
     pub raft_host: String,
     /// This node's Raft port (0: pick a free one, useful in tests).
     pub raft_port: u16,
-    /// Every node of the initial cluster, this one included: (id, "host:port").
+    /// Every node of the initial cluster, this one included: (id, "host:port"). When
+    /// `joining`, the voters of the cluster it joins instead, without this node.
     pub initial_cluster: Vec<(NodeId, String)>,
+    /// This node joins a running cluster that has already added it to its roster (as a
+    /// learner): its partitions start from the cluster's voters (`initial_cluster`) as their
+    /// members, without this node, and wait for their leaders to bring it in. It never seeds
+    /// a roster.
+    pub joining: bool,
     /// This node's client address ("host:port"), announced through the system partition so
     /// other nodes can point clients at it. `None` when it serves no client port.
     pub client_address: Option<String>,
@@ -88,6 +94,7 @@ impl NodeConfig {
             raft_host: "127.0.0.1".into(),
             raft_port: 0,
             initial_cluster: Vec::new(),
+            joining: false,
             client_address: None,
             initial_partitions: 8,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -141,8 +148,15 @@ impl NodeConfig {
                 "initial_partitions must be in 1..={MAX_PARTITIONS} (partition 0 is reserved for the system)"
             ));
         }
-        if !self.initial_cluster.is_empty() && !self.initial_cluster.iter().any(|(id, _)| *id == self.node_id)
-        {
+        let listed = self.initial_cluster.iter().any(|(id, _)| *id == self.node_id);
+        if self.joining && (self.initial_cluster.is_empty() || listed) {
+            return Err(format!(
+                "a joining node's initial_cluster lists the voters of the cluster it joins, without this node \
+                 (id {})",
+                self.node_id
+            ));
+        }
+        if !self.joining && !self.initial_cluster.is_empty() && !listed {
             return Err(format!("initial_cluster does not list this node (id {})", self.node_id));
         }
         let mut ids: Vec<NodeId> = self.initial_cluster.iter().map(|(id, _)| *id).collect();

@@ -27,8 +27,8 @@ use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
 use phalanx_proto::{
     AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientError, ClientErrorCode,
     ClientPortStats, ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand,
-    Message, NodeInfo, PartitionInfo, PutResponse, StatusResponse, TransferLeaderResponse, client_request,
-    client_response, kv_command,
+    MemberChangeResponse, MemberInfo, MemberListResponse, Message, NodeInfo, PartitionInfo, PutResponse,
+    StatusResponse, TransferLeaderResponse, client_request, client_response, kv_command,
 };
 
 use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
@@ -532,9 +532,11 @@ fn status_error(ctx: &Ctx, partition: u64, status: Status) -> client_response::R
         Status::NodeIsNotLeader => ClientErrorCode::NotLeader,
         Status::Busy => ClientErrorCode::Busy,
         Status::ProposalTimeout => ClientErrorCode::Timeout,
-        Status::InvalidRequest | Status::ProposalNotFound | Status::InsufficientVoters => {
-            ClientErrorCode::Invalid
-        }
+        Status::InvalidRequest | Status::ProposalNotFound => ClientErrorCode::Invalid,
+        Status::InsufficientVoters => ClientErrorCode::InsufficientVoters,
+        Status::StaleMembership => ClientErrorCode::StaleMembership,
+        Status::ConcurrentMembershipChange => ClientErrorCode::ConcurrentMembershipChange,
+        Status::MemberNotFound => ClientErrorCode::MemberNotFound,
         Status::TooLarge => ClientErrorCode::TooLarge,
         _ => ClientErrorCode::Internal,
     };
@@ -679,6 +681,51 @@ async fn dispatch(
                 return Err(status_error(ctx, c.partition, r.status));
             }
             R::Checkpoint(CheckpointResponse { partition: c.partition, log_index: r.log_index })
+        }
+        Op::MemberList(_) => {
+            let roster = ctx.handle.roster();
+            let down = ctx.handle.down_nodes();
+            let me = ctx.handle.node_id();
+            let members = roster
+                .members
+                .values()
+                .map(|m| MemberInfo {
+                    id: m.id,
+                    raft_address: m.raft_address.clone(),
+                    client_address: m.client_address.clone(),
+                    role: m.role.name().to_string(),
+                    liveness: if m.id != me && down.contains(&m.id) { "down" } else { "up" }.to_string(),
+                })
+                .collect();
+            R::MemberList(MemberListResponse {
+                version: roster.version,
+                members,
+                partitions: roster.partitions,
+            })
+        }
+        Op::MemberChange(c) => {
+            use crate::roster::Change;
+            use phalanx_proto::member_change_request::Change as C;
+            let change = match c.change {
+                Some(C::Add(a)) => Change::Add(a.id, a.raft_address, a.client_address),
+                Some(C::Promote(id)) => Change::Promote(id),
+                Some(C::Remove(id)) => Change::Remove(id),
+                None => return Err(error(ClientErrorCode::Invalid, "a member change with no change in it")),
+            };
+            let expected =
+                if c.expected_version == 0 { ctx.handle.roster().version } else { c.expected_version };
+            let r = ctx.handle.change_roster(expected, change).await;
+            if r.status != Status::Success {
+                let mut e = status_error(ctx, 0, r.status);
+                if let client_response::Result::Error(err) = &mut e
+                    && !r.reason.is_empty()
+                    && r.reason != r.status.name()
+                {
+                    err.message = format!("{}: {}", r.status.name(), r.reason);
+                }
+                return Err(e);
+            }
+            R::MemberChange(MemberChangeResponse { version: r.version, changed: r.changed })
         }
         Op::Status(_) => {
             // Nodes from the configuration, completed by what they announced through the

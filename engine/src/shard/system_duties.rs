@@ -47,7 +47,9 @@ impl<R> ShardCore<R> {
     /// first roster.
     pub(super) fn seed_roster_if_needed(&mut self) {
         let Some(view) = &self.system else { return };
-        if view.borrow().directory.roster.version != 0 || !self.multi.group(0).is_some_and(|g| g.is_leader())
+        if self.cfg.joining
+            || view.borrow().directory.roster.version != 0
+            || !self.multi.group(0).is_some_and(|g| g.is_leader())
         {
             return;
         }
@@ -72,8 +74,19 @@ impl<R> ShardCore<R> {
     /// timeout is down; heard again, it is up. Changes become events and go to every shard.
     pub(super) fn detect_failures(&mut self, now: Instant, last_heard: &dyn Fn(NodeId) -> Option<Instant>) {
         let timeout = self.tick * self.cfg.raft.election_ticks_max as u32;
-        let peers: Vec<NodeId> =
-            self.cfg.initial_voters().into_iter().filter(|n| *n != self.cfg.node_id).collect();
+        // The roster's members once it is seeded (members join and leave), the initial cluster
+        // before; a member that left is forgotten (its verdict is withdrawn as up).
+        let mut peers: std::collections::BTreeSet<NodeId> = if self.directory.roster.version > 0 {
+            self.directory.roster.members.keys().copied().collect()
+        } else {
+            self.cfg.initial_voters().into_iter().collect()
+        };
+        peers.remove(&self.cfg.node_id);
+        let gone: Vec<NodeId> = self.down.iter().copied().filter(|n| !peers.contains(n)).collect();
+        for peer in gone {
+            self.out.peer_status.push((peer, true));
+            self.on_peer_status(peer, true);
+        }
         for peer in peers {
             let last = last_heard(peer).unwrap_or(self.started);
             let down = now.saturating_duration_since(last) > timeout;

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use phalanx::client::{CLIENT_CONNECT_TIMEOUT, Client, ClientFailure, ClientTimeouts};
 use phalanx_proto::{
-    AppendRequest, CasRequest, CheckpointRequest, ClientErrorCode, DeleteRequest, GetRequest, PutRequest,
-    StatusRequest, StatusResponse, TransferLeaderRequest, client_request::Op, client_response::Result as R,
+    AppendRequest, CasRequest, CheckpointRequest, ClientErrorCode, DeleteRequest, GetRequest, MemberAdd,
+    MemberChangeRequest, MemberListRequest, MemberListResponse, PutRequest, StatusRequest, StatusResponse,
+    TransferLeaderRequest, client_request::Op, client_response::Result as R,
 };
 
 /// Pause before another round over the endpoints, when every one was tried and none could
@@ -95,6 +96,50 @@ enum CtlCommand {
     /// Replicates a checkpoint on PARTITION: once applied, every replica snapshots the
     /// partition and compacts its log below the checkpoint.
     Checkpoint { partition: u64 },
+    /// The roster: who belongs to the cluster.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Every member: id, role, liveness (by the answering node's failure detector),
+    /// addresses.
+    List {
+        /// Print JSON: {"version":N,"members":[{"id","raft_address","client_address","role","liveness"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds node ID, reachable for Raft at RAFT_ADDRESS, as a learner: every partition brings
+    /// it up to date, then the roster makes it a voter.
+    Add {
+        id: u64,
+        raft_address: String,
+        /// Its client port ("host:port"), for leader hints.
+        #[arg(long, default_value = "")]
+        client_address: String,
+        /// The roster version the change expects (default: the one the answering node holds).
+        #[arg(long, default_value_t = 0)]
+        expected_version: u64,
+    },
+    /// Confirms learner ID is a voter (refused until every partition reported it caught up,
+    /// which makes it a voter by itself).
+    Promote {
+        id: u64,
+        /// The roster version the change expects (default: the one the answering node holds).
+        #[arg(long, default_value_t = 0)]
+        expected_version: u64,
+    },
+    /// Removes member ID: a learner at once; a voter hands over its leaderships, leaves every
+    /// partition, then the roster. Replacing a dead node: remove it, then start a new one.
+    Remove {
+        id: u64,
+        /// The roster version the change expects (default: the one the answering node holds).
+        #[arg(long, default_value_t = 0)]
+        expected_version: u64,
+    },
 }
 
 /// Runs a ctl command; the exit code says whether it succeeded.
@@ -166,6 +211,7 @@ pub fn run(a: CtlArgs) -> ExitCode {
         CtlCommand::TransferLeader { partition, target } => ctl
             .write(Op::TransferLeader(TransferLeaderRequest { partition, target }))
             .map(|_| "OK".to_string()),
+        CtlCommand::Member { command } => member(&mut ctl, command),
         CtlCommand::Checkpoint { partition } => {
             ctl.write(Op::Checkpoint(CheckpointRequest { partition })).map(|r| match r {
                 R::Checkpoint(c) => format!("OK (partition {}, index {})", c.partition, c.log_index),
@@ -183,6 +229,123 @@ pub fn run(a: CtlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `phalanx ctl member …`.
+fn member(ctl: &mut Ctl, command: MemberCommand) -> Result<String, String> {
+    use phalanx_proto::member_change_request::Change as C;
+    let (expected_version, change) = match command {
+        MemberCommand::List { json } => {
+            // Every reachable endpoint's roster, the newest wins: a node that left the cluster
+            // (or lags) holds an older one.
+            let mut newest: Option<MemberListResponse> = None;
+            for e in ctl.round() {
+                if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
+                    && newest.as_ref().is_none_or(|n| l.version > n.version)
+                {
+                    newest = Some(l);
+                }
+            }
+            let l = match newest {
+                Some(l) => l,
+                None => match ctl.read(Op::MemberList(MemberListRequest {}))? {
+                    R::MemberList(l) => l,
+                    other => return Err(format!("unexpected answer to a member list: {other:?}")),
+                },
+            };
+            return Ok(member_list(&l, json));
+        }
+        MemberCommand::Add { id, raft_address, client_address, expected_version } => {
+            check_endpoint(&raft_address).map_err(|e| e.replace("--endpoints", "RAFT_ADDRESS"))?;
+            if !client_address.is_empty() {
+                check_endpoint(&client_address).map_err(|e| e.replace("--endpoints", "--client-address"))?;
+            }
+            (expected_version, C::Add(MemberAdd { id, raft_address, client_address }))
+        }
+        MemberCommand::Promote { id, expected_version } => (expected_version, C::Promote(id)),
+        MemberCommand::Remove { id, expected_version } => (expected_version, C::Remove(id)),
+    };
+    match ctl.write(Op::MemberChange(MemberChangeRequest { expected_version, change: Some(change) }))? {
+        R::MemberChange(c) if c.changed => Ok(format!("OK (roster version {})", c.version)),
+        R::MemberChange(c) => Ok(format!("OK (already so; roster version {})", c.version)),
+        other => Err(format!("unexpected answer to a member change: {other:?}")),
+    }
+}
+
+/// `phalanx node --join`: asks the cluster behind `endpoints` to add node `id` (as a learner),
+/// through the system partition's leader (following hints), and returns the roster once one
+/// of the endpoints holds it with the node in it — all within `timeout`. While another member
+/// is joining or leaving it waits (one change at a time); a refused add (the id or an address
+/// already another member's) fails at once, saying why.
+pub fn join(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    id: u64,
+    raft_address: String,
+    client_address: String,
+) -> Result<MemberListResponse, String> {
+    use phalanx_proto::member_change_request::Change as C;
+    if let Some(bad) = endpoints.iter().find_map(|e| check_endpoint(e).err()) {
+        return Err(bad.replace("--endpoints", "--join"));
+    }
+    let mut ctl = Ctl::new(endpoints, timeout);
+    let add = MemberAdd { id, raft_address, client_address };
+    loop {
+        let op =
+            Op::MemberChange(MemberChangeRequest { expected_version: 0, change: Some(C::Add(add.clone())) });
+        match ctl.write(op) {
+            Ok(R::MemberChange(_)) => break,
+            Ok(other) => return Err(format!("unexpected answer to joining: {other:?}")),
+            // Another member in transition, or the answering node's roster was behind the
+            // leader's: ask again until the time is up.
+            Err(e)
+                if (e.starts_with("CONCURRENT_MEMBERSHIP_CHANGE") || e.starts_with("STALE_MEMBERSHIP"))
+                    && !ctl.left().is_zero() =>
+            {
+                tracing::info!("joining: {e}; asking again");
+                std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
+            }
+            Err(e) => return Err(format!("the cluster did not add node {id}: {e}")),
+        }
+    }
+    while !ctl.left().is_zero() {
+        for e in ctl.round() {
+            if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
+                && l.members.iter().any(|m| m.id == id)
+            {
+                return Ok(l);
+            }
+        }
+        std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
+    }
+    Err(format!("node {id} was added, but no endpoint showed it in the roster within {timeout:?}"))
+}
+
+/// A member list as a table or as JSON (the JSON's fields are an interface: checks outside
+/// the repository read them).
+fn member_list(l: &MemberListResponse, json: bool) -> String {
+    if json {
+        let members: Vec<serde_json::Value> = l
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({"id": m.id, "raft_address": m.raft_address, "client_address": m.client_address,
+                    "role": m.role, "liveness": m.liveness})
+            })
+            .collect();
+        return serde_json::json!({"version": l.version, "members": members}).to_string();
+    }
+    let mut out = format!(
+        "roster version {}\n{:<20} {:<8} {:<8} {:<24} CLIENT",
+        l.version, "ID", "ROLE", "LIVENESS", "RAFT"
+    );
+    for m in &l.members {
+        out.push_str(&format!(
+            "\n{:<20} {:<8} {:<8} {:<24} {}",
+            m.id, m.role, m.liveness, m.raft_address, m.client_address
+        ));
+    }
+    out
 }
 
 /// What ctl knows of one endpoint during this command.

@@ -9,7 +9,7 @@ use clap::Args;
 use phalanx::client::server::{ClientServer, Directory, ServerLimits};
 use phalanx::kv::KvStateMachine;
 use phalanx::{Node, NodeConfig, StateMachineFactory, derive_node_id};
-use phalanx_net::{StaticDiscovery, TcpConfig, TcpFactory, parse_node_list};
+use phalanx_net::{Discovery, DynamicDiscovery, TcpConfig, TcpFactory, parse_node_list};
 use phalanx_storage::StorageKind;
 
 /// Flags of `phalanx node`.
@@ -33,6 +33,16 @@ pub struct NodeArgs {
     /// from the address). This node is added if it is not listed.
     #[arg(long, default_value = "")]
     initial_cluster: String,
+    /// Joins a running cluster instead, through the client ports of some of its members
+    /// ("host:port,…"): asks the system partition's leader to add this node (following leader
+    /// hints), then starts with the cluster's voters and partitions; every partition brings
+    /// it up to date and the roster makes it a voter. Starts from an empty data directory;
+    /// a node restarted with it asks again (an add of the same member changes nothing).
+    #[arg(long, value_delimiter = ',', conflicts_with = "initial_cluster")]
+    join: Vec<String>,
+    /// How long --join may wait for the cluster to take the node in, in seconds.
+    #[arg(long, default_value_t = 30)]
+    join_timeout_secs: u64,
     /// Client addresses of the cluster's nodes ("id=host:port", comma separated), used to
     /// point clients at the leader. Optional.
     #[arg(long, default_value = "")]
@@ -97,7 +107,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         (None, Some(name)) => derive_node_id(name),
         (None, None) => derive_node_id(&raft_addr),
     };
-    if a.initial_cluster_partitions == 0 {
+    if a.initial_cluster_partitions == 0 && a.join.is_empty() {
         return Err(
             "--initial-cluster-partitions must be at least 1 (partition 0 is the system's own)".into()
         );
@@ -109,9 +119,45 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     if !StorageKind::built().contains(&wal) {
         return Err(format!("--wal-adapter {}: not compiled into this build", a.wal_adapter));
     }
-    let mut cluster = parse_node_list(&a.initial_cluster).map_err(|e| format!("--initial-cluster: {e}"))?;
+    let client_addr = format!("{}:{}", a.client_host, a.client_port);
+    let joining = !a.join.is_empty();
+    let mut partitions = a.initial_cluster_partitions;
+    // Joining: the cluster's voters are the partitions' first members; every member's
+    // address is the transport's to dial (this node's too, for its own listing).
+    let (mut cluster, voters) = if joining {
+        if a.join_timeout_secs == 0 || a.join_timeout_secs > 86_400 {
+            return Err("--join-timeout-secs must be in 1..=86400".into());
+        }
+        let timeout = std::time::Duration::from_secs(a.join_timeout_secs);
+        let endpoints: Vec<String> =
+            a.join.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let roster = crate::ctl::join(endpoints, timeout, node_id, raft_addr.clone(), client_addr.clone())
+            .map_err(|e| format!("--join: {e}"))?;
+        tracing::info!(node_id, version = roster.version, "the cluster added this node");
+        if roster.partitions != a.initial_cluster_partitions {
+            tracing::info!(partitions = roster.partitions, "taking the cluster's partition count");
+        }
+        partitions = roster.partitions;
+        let all: Vec<phalanx_net::NodeAddr> =
+            roster.members.iter().map(|m| phalanx_net::NodeAddr::new(m.id, m.raft_address.clone())).collect();
+        let voters = roster
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| (m.id, m.raft_address.clone()))
+            .collect();
+        (all, voters)
+    } else {
+        let cluster = parse_node_list(&a.initial_cluster).map_err(|e| format!("--initial-cluster: {e}"))?;
+        let voters = cluster.iter().map(|n| (n.id, n.addr.clone())).collect();
+        (cluster, voters)
+    };
     if !cluster.iter().any(|n| n.id == node_id) {
         cluster.push(phalanx_net::NodeAddr::new(node_id, raft_addr.clone()));
+    }
+    let mut voters: Vec<(u64, String)> = voters;
+    if !joining && !voters.iter().any(|(id, _)| *id == node_id) {
+        voters.push((node_id, raft_addr.clone()));
     }
     let clients =
         parse_node_list(&a.initial_cluster_clients).map_err(|e| format!("--initial-cluster-clients: {e}"))?;
@@ -121,14 +167,14 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
             stranger.id, stranger.addr
         ));
     }
-    let client_addr = format!("{}:{}", a.client_host, a.client_port);
 
     let mut cfg = NodeConfig::new(node_id, &a.data_dir);
     cfg.cluster_id = a.cluster_id.clone();
     cfg.raft_host = a.raft_host.clone();
     cfg.raft_port = a.raft_port;
-    cfg.initial_cluster = cluster.iter().map(|n| (n.id, n.addr.clone())).collect();
-    cfg.initial_partitions = a.initial_cluster_partitions;
+    cfg.initial_cluster = voters;
+    cfg.joining = joining;
+    cfg.initial_partitions = partitions;
     if let Some(c) = a.cores {
         cfg.cores = c;
     }
@@ -141,10 +187,14 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.client_address = Some(client_addr.clone());
     cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
 
-    let discovery =
-        Arc::new(StaticDiscovery::new(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?);
-    let tcp = TcpFactory::bind(TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone()), discovery)
-        .map_err(|e| format!("raft port: {e}"))?;
+    // The transport dials what the roster says: members added later are reached without a
+    // restart (see `follow_roster`).
+    let discovery = Arc::new(
+        DynamicDiscovery::with_nodes(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?,
+    );
+    let tcp =
+        TcpFactory::bind(TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone()), discovery.clone())
+            .map_err(|e| format!("raft port: {e}"))?;
     let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
     // Both ports are bound before anything starts: a port in use stops the node here.
     let client_listener = ClientServer::bind(client_sock).map_err(|e| e.to_string())?;
@@ -170,12 +220,12 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         node_id,
         raft = %raft_addr,
         client = %server.local_addr(),
-        partitions = a.initial_cluster_partitions,
+        partitions,
         wal = wal.name(),
         "node started"
     );
 
-    if let Some(reason) = wait_for_stop(&node.handle())? {
+    if let Some(reason) = wait_for_stop(&node.handle(), &discovery)? {
         // A storage failure is fatal (an fsync is never retried): stop serving and exit
         // non-zero so a supervisor restarts the node, which recovers from its WAL.
         tracing::error!(node_id, "stopping: {reason}");
@@ -194,15 +244,44 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Points the transport's discovery at the roster's members once the roster is past version
+/// `followed` (the initial cluster until it is seeded); returns the version followed. Members
+/// that left are forgotten: the transport stops dialling them.
+fn follow_roster(node: &phalanx::NodeHandle, discovery: &DynamicDiscovery, followed: u64) -> u64 {
+    let roster = node.roster();
+    if roster.version <= followed {
+        return followed;
+    }
+    let mut nodes: Vec<phalanx_net::NodeAddr> =
+        roster.members.values().map(|m| phalanx_net::NodeAddr::new(m.id, m.raft_address.clone())).collect();
+    if !roster.members.contains_key(&node.node_id())
+        && let Some(me) = discovery.address(node.node_id())
+    {
+        nodes.push(phalanx_net::NodeAddr::new(node.node_id(), me));
+    }
+    match discovery.replace_all(nodes) {
+        Ok(()) => {
+            tracing::info!(version = roster.version, members = roster.members.len(), "following the roster")
+        }
+        // An address the transport cannot use (the roster checks only its length): keep the
+        // addresses in use and say why.
+        Err(e) => tracing::warn!(version = roster.version, "roster addresses not taken: {e}"),
+    }
+    roster.version
+}
+
 /// How often the main thread looks for a stop signal or a failed shard.
 const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Waits for SIGTERM / SIGINT (`None`) or for a shard of the node to fail (its reason).
-fn wait_for_stop(node: &phalanx::NodeHandle) -> Result<Option<String>, String> {
+/// Waits for SIGTERM / SIGINT (`None`) or for a shard of the node to fail (its reason);
+/// meanwhile keeps the transport's discovery on the roster.
+fn wait_for_stop(node: &phalanx::NodeHandle, discovery: &DynamicDiscovery) -> Result<Option<String>, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let mut followed = 0;
     loop {
+        followed = follow_roster(node, discovery, followed);
         if let Some(sig) = signals.pending().next() {
             tracing::info!(signal = sig, "signal received");
             return Ok(None);
