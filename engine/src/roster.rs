@@ -352,6 +352,28 @@ impl Roster {
         }
     }
 
+    /// A member announced its client address (the seed and an operator's add may not know
+    /// it): recorded when the member is at that Raft address and no other member has the
+    /// address. Not a change of membership: the version stays. Returns whether it changed.
+    pub fn note_client_address(&mut self, id: NodeId, raft: &str, client: &str) -> bool {
+        if client.is_empty()
+            || client.len() > MAX_ADDRESS_BYTES
+            || self
+                .members
+                .values()
+                .any(|m| m.id != id && (m.client_address == client || m.raft_address == client))
+        {
+            return false;
+        }
+        match self.members.get_mut(&id) {
+            Some(m) if m.raft_address == raft && m.client_address != client => {
+                m.client_address = client.to_string();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The partitions that follow the roster: 0 and the user partitions.
     pub fn partition_ids(&self) -> impl Iterator<Item = u32> + use<> {
         0..=self.partitions
@@ -640,6 +662,20 @@ mod tests {
         assert_eq!(r.apply(2, &Change::Remove(4)), Ok(true));
         assert_eq!(r.in_transition(), None);
         assert!(r.progress.is_empty());
+    }
+
+    #[test]
+    fn an_announced_client_address_fills_the_member_without_a_version() {
+        let mut r = Roster::default();
+        let members = vec![(1, "h:1".into(), String::new()), (2, "h:2".into(), "c:2".into())];
+        r.apply(0, &Change::Seed { members, partitions: 1 }).expect("seeds");
+        assert!(r.note_client_address(1, "h:1", "c:1"));
+        assert_eq!((r.version, r.members[&1].client_address.as_str()), (1, "c:1"));
+        assert!(!r.note_client_address(1, "h:1", "c:1"), "already so");
+        assert!(!r.note_client_address(1, "h:1", "c:2"), "member 2's");
+        assert!(!r.note_client_address(1, "elsewhere:1", "c:9"), "another Raft address");
+        assert!(!r.note_client_address(7, "h:7", "c:7"), "not a member");
+        assert_eq!(r.members[&1].client_address, "c:1");
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl SystemStateMachine {
         let mut v = self.view.borrow_mut();
         match cmd.cmd {
             Some(system_command::Cmd::Announce(a)) if a.node_id != 0 => {
+                if v.directory.roster.note_client_address(a.node_id, &a.raft_address, &a.client_address) {
+                    v.changed = true;
+                }
                 if v.directory.nodes.get(&a.node_id) != Some(&a) {
                     v.directory.nodes.insert(a.node_id, a);
                     v.changed = true;

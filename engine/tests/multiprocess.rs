@@ -2,7 +2,8 @@
 //! for every partition; writes through `phalanx ctl` and the client port; `kill -9` of the
 //! node leading the most partitions while writers run; writes keep succeeding; the node
 //! restarts from its WAL and catches up; every acknowledged write is read back on every node
-//! and nothing is applied twice.
+//! and nothing is applied twice. And members that join (`--join`), leave (`ctl member
+//! remove`, SIGTERM with `--leave-on-shutdown`) and are replaced under the same load.
 //!
 //! "Applied twice" is observable: writers use `append_value`, which concatenates a unique
 //! token to a key's value — a command applied twice would show its token twice. A write
@@ -52,6 +53,9 @@ struct Cluster {
     raft: Vec<u16>,
     client: Vec<u16>,
     procs: Vec<Proc>,
+    /// Nodes `0..initial` form the initial cluster; the others join later.
+    initial: usize,
+    partitions: u32,
 }
 
 impl Cluster {
@@ -60,11 +64,16 @@ impl Cluster {
     }
 
     fn with_nodes(dir: &Path, n: usize) -> Self {
-        let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let client: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let mut c = Cluster { dir: dir.to_path_buf(), raft, client, procs: Vec::new() };
-        for i in 0..n {
-            let p = c.spawn(i);
+        Self::with_slots(dir, n, n, PARTITIONS)
+    }
+
+    /// `initial` nodes started, ports for `slots` (the rest join later).
+    fn with_slots(dir: &Path, initial: usize, slots: usize, partitions: u32) -> Self {
+        let raft: Vec<u16> = (0..slots).map(|_| free_port()).collect();
+        let client: Vec<u16> = (0..slots).map(|_| free_port()).collect();
+        let mut c = Cluster { dir: dir.to_path_buf(), raft, client, procs: Vec::new(), initial, partitions };
+        for i in 0..slots {
+            let p = if i < initial { c.spawn(i) } else { Proc { child: None } };
             c.procs.push(p);
         }
         c
@@ -88,21 +97,33 @@ impl Cluster {
 
     /// Starts node `i` with `extra` flags; also returns its log file's path.
     fn spawn_with(&self, i: usize, extra: &[&str]) -> (Proc, PathBuf) {
-        let n = self.raft.len();
+        let n = self.initial;
         let cluster: Vec<String> = (0..n).map(|j| format!("{}=127.0.0.1:{}", j + 1, self.raft[j])).collect();
         let clients: Vec<String> =
             (0..n).map(|j| format!("{}=127.0.0.1:{}", j + 1, self.client[j])).collect();
+        let start: Vec<String> = if i < n {
+            vec![
+                "--initial-cluster".into(),
+                cluster.join(","),
+                "--initial-cluster-clients".into(),
+                clients.join(","),
+                "--initial-cluster-partitions".into(),
+                self.partitions.to_string(),
+            ]
+        } else {
+            // A node beyond the initial cluster joins through the members' client ports.
+            let members: Vec<String> = (0..self.raft.len())
+                .filter(|j| *j != i && self.procs.get(*j).is_some_and(|p| p.child.is_some()))
+                .map(|j| self.endpoint(j))
+                .collect();
+            vec!["--join".into(), members.join(",")]
+        };
         let log_path = self.dir.join(format!("node{}.log", i + 1));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
         let child = Command::new(BIN)
             .args(["node", "--raft-nodeid", &(i + 1).to_string(), "--raft-port", &self.raft[i].to_string()])
-            .args(["--client-port", &self.client[i].to_string(), "--initial-cluster", &cluster.join(",")])
-            .args([
-                "--initial-cluster-clients",
-                &clients.join(","),
-                "--initial-cluster-partitions",
-                &PARTITIONS.to_string(),
-            ])
+            .args(["--client-port", &self.client[i].to_string()])
+            .args(&start)
             .args(["--wal-adapter", "wal", "--cores", "2", "--pin-cores", "false", "--tick-ms", "20"])
             .arg("--data-dir")
             .arg(self.data_dir(i))
@@ -131,9 +152,58 @@ impl Cluster {
         self.procs[i] = self.spawn(i);
     }
 
+    /// The roster, newest among the running nodes (via `ctl member list --json`).
+    fn roster(&self) -> serde_json::Value {
+        let out = self.ctl(&["member", "list", "--json"]);
+        assert!(out.status.success(), "ctl member list: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("member list --json is JSON")
+    }
+
+    /// Waits until the roster's members are exactly `want` (node numbers 1-based), each with
+    /// role `voter`; returns the roster version.
+    fn wait_for_voters(&self, want: &[u64]) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self.roster();
+            let members: Vec<(u64, String)> = r["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| (m["id"].as_u64().unwrap_or(0), m["role"].as_str().unwrap_or("").to_string()))
+                .collect();
+            if members.len() == want.len()
+                && members.iter().all(|(id, role)| want.contains(id) && role == "voter")
+            {
+                return r["version"].as_u64().unwrap_or(0);
+            }
+            assert!(Instant::now() < deadline, "roster never reached voters {want:?}: {r}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Per partition, its voters as its leader reports them.
+    fn partition_voters(&self) -> BTreeMap<u64, Vec<u64>> {
+        let mut out = BTreeMap::new();
+        for e in self.endpoints() {
+            let Ok(mut c) = Client::connect(&e) else { continue };
+            if let Ok(R::Status(s)) = c.call(Op::Status(StatusRequest {})) {
+                for p in s.partitions {
+                    if p.leader == s.node_id {
+                        out.insert(p.id, p.voters);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let running: Vec<String> = (0..self.raft.len())
+            .filter(|i| self.procs.get(*i).is_some_and(|p| p.child.is_some()))
+            .map(|i| self.endpoint(i))
+            .collect();
         Command::new(BIN)
-            .args(["ctl", "--endpoints", &self.endpoints().join(",")])
+            .args(["ctl", "--endpoints", &running.join(",")])
             .args(args)
             .output()
             .expect("run phalanx ctl")
@@ -159,14 +229,14 @@ impl Cluster {
         let deadline = Instant::now() + WAIT;
         loop {
             let l = self.leaders();
-            if l.len() == PARTITIONS as usize + 1 {
+            if l.len() == self.partitions as usize + 1 {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
                 "only {} of {} partitions have a leader",
                 l.len(),
-                PARTITIONS + 1
+                self.partitions + 1
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -239,11 +309,11 @@ fn writer(
 /// Checkpoints every partition in turn until `stop` (so logs are compacted behind the load,
 /// and the restarted node recovers from snapshots and a compacted WAL). Returns how many
 /// checkpoints were replicated.
-fn checkpointer(endpoints: Vec<String>, stop: Arc<AtomicBool>) -> u64 {
+fn checkpointer(endpoints: Vec<String>, partitions: u32, stop: Arc<AtomicBool>) -> u64 {
     let mut done = 0;
     let mut p = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        p = p % u64::from(PARTITIONS) + 1;
+        p = p % u64::from(partitions) + 1;
         let mut endpoint = endpoints[p as usize % endpoints.len()].clone();
         // A few hops along NOT_LEADER hints; an unreachable or leaderless partition waits
         // for its next turn.
@@ -301,7 +371,7 @@ fn survives(name: &str, fault: Box<Fault>) {
         .collect();
     let checkpoints = {
         let (stop, eps) = (stop.clone(), c.endpoints());
-        std::thread::spawn(move || checkpointer(eps, stop))
+        std::thread::spawn(move || checkpointer(eps, PARTITIONS, stop))
     };
     std::thread::sleep(Duration::from_secs(3));
 
@@ -611,4 +681,147 @@ fn bad_flags_and_a_taken_client_port_stop_the_node_at_start() {
     let taken = TcpListener::bind(("127.0.0.1", client)).expect("take the client port");
     refused(&[], "client port");
     drop(taken);
+}
+
+/// Issue 13, item 5: membership changes of running processes under client load. Three
+/// nodes; a fourth and a fifth join (`--join`) and become voters; node 1 is removed while node
+/// 2 is killed with SIGKILL in the middle of the change and restarted; node 3's disk dies
+/// (killed, data directory wiped), it is removed and a sixth node joins in its place. Every
+/// acknowledged write reads back exactly once on every remaining member, and every partition
+/// ends with the roster's voters.
+#[test]
+fn members_join_leave_and_are_replaced_under_load() {
+    const MEMBERSHIP_PARTITIONS: u32 = 16;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = Cluster::with_slots(dir.path(), 3, 6, MEMBERSHIP_PARTITIONS);
+    c.wait_for_all_leaders();
+    let v1 = c.wait_for_voters(&[1, 2, 3]);
+    let out = c.ctl(&["member", "add", "1", "127.0.0.1:1"]);
+    assert!(!out.status.success(), "an id already a member is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVALID"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(History::default()));
+    let acks = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (stop, history, acks, eps) = (stop.clone(), history.clone(), acks.clone(), c.endpoints());
+            std::thread::spawn(move || writer(format!("list-{w}"), eps, stop, history, acks))
+        })
+        .collect();
+    let checkpoints = {
+        let (stop, eps) = (stop.clone(), c.endpoints());
+        std::thread::spawn(move || checkpointer(eps, MEMBERSHIP_PARTITIONS, stop))
+    };
+    acks_grow(&acks, 100, "before the changes");
+    let mut steps = Vec::new();
+    let timed = |steps: &mut Vec<String>, what: &str, t0: Instant| {
+        steps.push(format!("{what}_ms={}", t0.elapsed().as_millis()));
+    };
+
+    // Two nodes join.
+    for (slot, voters) in [(3, vec![1, 2, 3, 4]), (4, vec![1, 2, 3, 4, 5])] {
+        let t0 = Instant::now();
+        c.procs[slot] = c.spawn(slot);
+        c.wait_for_voters(&voters);
+        timed(&mut steps, &format!("join_node{}", slot + 1), t0);
+        acks_grow(&acks, 20, "after a join");
+    }
+
+    // Node 1 leaves; node 2 is killed in the middle of it and restarted.
+    let t0 = Instant::now();
+    let out = c.ctl(&["member", "remove", "1"]);
+    assert!(out.status.success(), "ctl member remove 1: {}", String::from_utf8_lossy(&out.stderr));
+    c.kill9(1);
+    std::thread::sleep(Duration::from_secs(1));
+    c.restart(1);
+    c.wait_for_voters(&[2, 3, 4, 5]);
+    timed(&mut steps, "remove_node1_with_node2_killed", t0);
+    c.kill9(0);
+    acks_grow(&acks, 20, "after node 1 left");
+
+    // Node 3's disk dies: it is removed and node 6 joins in its place.
+    let t0 = Instant::now();
+    c.kill9(2);
+    std::fs::remove_dir_all(c.data_dir(2)).expect("wipe the data directory");
+    let out = c.ctl(&["member", "remove", "3"]);
+    assert!(out.status.success(), "ctl member remove 3: {}", String::from_utf8_lossy(&out.stderr));
+    c.wait_for_voters(&[2, 4, 5]);
+    c.procs[5] = c.spawn_with(5, &["--leave-on-shutdown"]).0;
+    let last = c.wait_for_voters(&[2, 4, 5, 6]);
+    timed(&mut steps, "replace_node3_by_node6", t0);
+    acks_grow(&acks, 20, "after the replacement");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    let checkpoints = checkpoints.join().expect("checkpointer thread");
+
+    // Every partition has the roster's voters (as its leader reports them).
+    c.wait_for_all_leaders();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let voters = c.partition_voters();
+        let done =
+            voters.len() == MEMBERSHIP_PARTITIONS as usize + 1 && voters.values().all(|v| v == &[2, 4, 5, 6]);
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions do not follow the roster: {voters:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Every acknowledged token exactly once on every member; unknown ones at most once.
+    let h = history.lock().expect("history");
+    let (mut total_acked, mut lost) = (0, 0);
+    for (key, acked) in &h.acked {
+        total_acked += acked.len();
+        let allowed: BTreeSet<&String> =
+            acked.iter().chain(h.unknown.get(key).into_iter().flatten()).collect();
+        for node in [1, 3, 4, 5] {
+            let value = read(&c.endpoint(node), key).unwrap_or_default();
+            let tokens: Vec<String> = value.split_inclusive(';').map(str::to_string).collect();
+            let unique: BTreeSet<&String> = tokens.iter().collect();
+            assert_eq!(unique.len(), tokens.len(), "node {}: a token of {key} was applied twice", node + 1);
+            for t in &tokens {
+                assert!(allowed.contains(t), "node {}: {key} holds {t}, which was never written", node + 1);
+            }
+            lost += acked.iter().filter(|t| !unique.contains(t)).count();
+        }
+    }
+    let unknown: usize = h.unknown.values().map(Vec::len).sum();
+
+    // SIGTERM with --leave-on-shutdown: node 6 leaves the roster and every partition, then
+    // exits cleanly.
+    let t0 = Instant::now();
+    let mut child = c.procs[5].child.take().expect("node 6 runs");
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM to node 6");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for node 6") {
+            break s;
+        }
+        assert!(t0.elapsed() < WAIT, "node 6 did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "node 6 exited with {status}");
+    c.wait_for_voters(&[2, 4, 5]);
+    let partitions_after_leave = c.partition_voters();
+    assert!(
+        partitions_after_leave.values().all(|v| v == &[2, 4, 5]),
+        "partitions still count node 6: {partitions_after_leave:?}"
+    );
+    timed(&mut steps, "leave_on_sigterm_node6", t0);
+    println!(
+        "multiprocess membership: acknowledged={total_acked} unknown_outcome={unknown} lost={lost} \
+         checkpoints={checkpoints} roster_versions={v1}..{last} {}",
+        steps.join(" ")
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost");
+    assert!(total_acked > 100, "the load made progress");
 }

@@ -767,6 +767,8 @@ async fn dispatch(
                     commit_index: s.commit_index,
                     applied_index: s.applied_index,
                     last_index: s.last_index,
+                    voters: s.membership.voters.iter().copied().collect(),
+                    learners: s.membership.learners.iter().copied().collect(),
                 })
                 .collect();
             R::Status(StatusResponse {

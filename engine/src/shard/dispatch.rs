@@ -218,6 +218,7 @@ fn partition_status(g: &RaftGroup) -> PartitionStatus {
         applied_index: g.log().applied(),
         last_index: g.log().last_index(),
         is_leader: g.is_leader(),
+        membership: g.membership().clone(),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct PartitionStatus {
     pub last_index: u64,
     /// Whether this node leads the partition.
     pub is_leader: bool,
+    /// The partition's voters and learners in this node's latest configuration.
+    pub membership: crate::raft::Membership,
 }
 
 /// Leadership controls.

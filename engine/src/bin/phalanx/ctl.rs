@@ -321,6 +321,45 @@ pub fn join(
     Err(format!("node {id} was added, but no endpoint showed it in the roster within {timeout:?}"))
 }
 
+/// `phalanx node --leave-on-shutdown`: asks the cluster behind `endpoints` to remove node
+/// `id` (waiting while another member is in transition), then waits until the roster no
+/// longer has it — every partition dropped it — all within `timeout`. Returns the roster
+/// version without it.
+pub fn leave(endpoints: Vec<String>, timeout: Duration, id: u64) -> Result<u64, String> {
+    use phalanx_proto::member_change_request::Change as C;
+    let mut ctl = Ctl::new(endpoints, timeout);
+    loop {
+        let op = Op::MemberChange(MemberChangeRequest { expected_version: 0, change: Some(C::Remove(id)) });
+        match ctl.write(op) {
+            Ok(_) => break,
+            Err(e)
+                if (e.starts_with("CONCURRENT_MEMBERSHIP_CHANGE") || e.starts_with("STALE_MEMBERSHIP"))
+                    && !ctl.left().is_zero() =>
+            {
+                std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
+            }
+            Err(e) => return Err(format!("the cluster did not take node {id}'s leave: {e}")),
+        }
+    }
+    while !ctl.left().is_zero() {
+        let mut newest: Option<MemberListResponse> = None;
+        for e in ctl.round() {
+            if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
+                && newest.as_ref().is_none_or(|n| l.version > n.version)
+            {
+                newest = Some(l);
+            }
+        }
+        if let Some(l) = newest
+            && !l.members.iter().any(|m| m.id == id)
+        {
+            return Ok(l.version);
+        }
+        std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
+    }
+    Err(format!("node {id} is leaving, but the roster still had it after {timeout:?}"))
+}
+
 /// A member list as a table or as JSON (the JSON's fields are an interface: checks outside
 /// the repository read them).
 fn member_list(l: &MemberListResponse, json: bool) -> String {
@@ -561,7 +600,7 @@ impl Ctl {
                     Some((b_own, b)) => (own, p.term, p.commit_index) > (*b_own, b.term, b.commit_index),
                 };
                 if better {
-                    best.insert(p.id, (own, *p));
+                    best.insert(p.id, (own, p.clone()));
                 }
             }
         }

@@ -43,6 +43,14 @@ pub struct NodeArgs {
     /// How long --join may wait for the cluster to take the node in, in seconds.
     #[arg(long, default_value_t = 30)]
     join_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, leave the cluster before stopping: the node is removed from the
+    /// roster, hands over its leaderships and is dropped from every partition (waiting at
+    /// most --leave-timeout-secs), so the cluster is not left counting a voter that is gone.
+    #[arg(long)]
+    leave_on_shutdown: bool,
+    /// How long --leave-on-shutdown may wait, in seconds.
+    #[arg(long, default_value_t = 60)]
+    leave_timeout_secs: u64,
     /// Client addresses of the cluster's nodes ("id=host:port", comma separated), used to
     /// point clients at the leader. Optional.
     #[arg(long, default_value = "")]
@@ -233,6 +241,9 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         node.shutdown();
         return Err(format!("node {node_id} failed: {reason}"));
     }
+    if a.leave_on_shutdown {
+        leave(&node.handle(), &client_addr, a.leave_timeout_secs);
+    }
     tracing::info!(node_id, "stopping: handing over leadership");
     // Stepping down is answered by each shard at once; no timer is needed.
     if let Err(e) = futures_lite::future::block_on(node.handle().leave_cluster()) {
@@ -242,6 +253,31 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     node.shutdown();
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+/// `--leave-on-shutdown`: leaves the cluster through the members' client ports (this node's
+/// first) before the node stops; a failure is logged, and the node stops anyway.
+fn leave(node: &phalanx::NodeHandle, own_client: &str, timeout_secs: u64) {
+    let id = node.node_id();
+    let mut endpoints = vec![own_client.to_string()];
+    let roster = node.roster();
+    endpoints.extend(
+        roster
+            .members
+            .values()
+            .filter(|m| m.id != id && !m.client_address.is_empty())
+            .map(|m| m.client_address.clone()),
+    );
+    endpoints.extend(
+        node.cluster_directory().nodes.values().filter(|n| n.node_id != id).map(|n| n.client_address.clone()),
+    );
+    endpoints.retain(|e| !e.is_empty());
+    endpoints.dedup();
+    tracing::info!(node_id = id, "leaving the cluster");
+    match crate::ctl::leave(endpoints, std::time::Duration::from_secs(timeout_secs.max(1)), id) {
+        Ok(version) => tracing::info!(node_id = id, version, "left the cluster"),
+        Err(e) => tracing::error!(node_id = id, "leaving: {e}"),
+    }
 }
 
 /// Points the transport's discovery at the roster's members once the roster is past version
