@@ -130,6 +130,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0, help_heading = "Recovery")]
     pub lag_entries: u64,
 
+    /// Join: bytes of values the cluster holds when the new node joins [default: 1 GiB;
+    /// smoke: 4 MiB].
+    #[arg(long, help_heading = "Join")]
+    pub join_data_bytes: Option<u64>,
+    /// Join: bytes of each of those values [default: 65536; smoke: 4096].
+    #[arg(long, help_heading = "Join")]
+    pub join_value_bytes: Option<usize>,
+
     /// Write every figure as JSON to this file (fields: bench/README.md).
     #[arg(long, help_heading = "Output")]
     pub json: Option<PathBuf>,
@@ -166,6 +174,9 @@ pub enum ScenarioArg {
     Failover,
     /// Restart a node whose WAL holds N entries: time to ready and caught up.
     Recovery,
+    /// A new node joins a loaded cluster holding data: time to voter everywhere, the load
+    /// before and during; then time from a kill to `down`.
+    Join,
 }
 
 impl ScenarioArg {
@@ -177,6 +188,7 @@ impl ScenarioArg {
             ScenarioArg::Idle => "idle",
             ScenarioArg::Failover => "failover",
             ScenarioArg::Recovery => "recovery",
+            ScenarioArg::Join => "join",
         }
     }
 }
@@ -273,6 +285,10 @@ pub struct Settings {
     pub entries: u64,
     /// Recovery: entries while down.
     pub lag_entries: u64,
+    /// Join: bytes of data the cluster holds.
+    pub join_data_bytes: u64,
+    /// Join: bytes of each value of that data.
+    pub join_value_bytes: usize,
     /// openraft sweep: clients.
     pub sweep_clients: Vec<usize>,
     /// openraft sweep: batches.
@@ -391,7 +407,7 @@ impl Settings {
             None => match (scenario, smoke) {
                 (ScenarioArg::Idle, false) => 10_000,
                 (ScenarioArg::Idle, true) => 200,
-                (ScenarioArg::Failover | ScenarioArg::Recovery, true) => 8,
+                (ScenarioArg::Failover | ScenarioArg::Recovery | ScenarioArg::Join, true) => 8,
                 _ => 64,
             },
         };
@@ -482,10 +498,23 @@ impl Settings {
         if scenario == ScenarioArg::Failover && a.nodes < 3 {
             return Err("--scenario failover needs --nodes 3 or more (a majority must survive)".into());
         }
+        let join_data_bytes = a.join_data_bytes.unwrap_or(if smoke { 4 << 20 } else { 1 << 30 });
+        let join_value_bytes = a.join_value_bytes.unwrap_or(if smoke { 4096 } else { 65_536 });
+        if join_value_bytes == 0 || join_value_bytes > MAX_VALUE_BYTES {
+            return Err(format!("--join-value-bytes {join_value_bytes}: expected 1..={MAX_VALUE_BYTES}"));
+        }
+        if join_data_bytes > 64 << 30 {
+            return Err(format!("--join-data-bytes {join_data_bytes}: at most 64 GiB"));
+        }
+        if scenario == ScenarioArg::Join && a.nodes < 3 {
+            return Err("--scenario join needs --nodes 3 or more (one is killed at the end)".into());
+        }
         if scenario == ScenarioArg::Recovery && a.nodes < 2 {
             return Err("--scenario recovery needs --nodes 2 or more".into());
         }
-        if a.plot.is_some() && matches!(scenario, ScenarioArg::Idle | ScenarioArg::Recovery) {
+        if a.plot.is_some()
+            && matches!(scenario, ScenarioArg::Idle | ScenarioArg::Recovery | ScenarioArg::Join)
+        {
             return Err(format!(
                 "--plot: the {} scenario has no load or per-partition times to plot",
                 scenario.name()
@@ -551,6 +580,8 @@ impl Settings {
             warmup,
             entries,
             lag_entries: a.lag_entries,
+            join_data_bytes,
+            join_value_bytes,
             sweep_clients,
             sweep_batches,
             json: a.json.clone(),

@@ -293,6 +293,63 @@ impl EmbeddedCluster {
         }
     }
 
+    /// Starts one more node that joins the running cluster (`NodeConfig::joining`): its
+    /// partitions start from the current voters, and its transport is reachable at once.
+    /// The caller adds it to the roster. Returns its slot and node id.
+    pub fn add_joining_node(&mut self) -> Result<(usize, u64), String> {
+        let id = self.members.iter().map(|m| m.cfg.node_id).max().unwrap_or(0) + 1;
+        let (factory, addr): (AnyFactory, String) = match self.opts.transport {
+            TransportKind::Tcp => {
+                let f = TcpFactory::bind(
+                    TcpConfig::new(id, "phalanx-bench", "127.0.0.1:0"),
+                    self.discovery.clone(),
+                )
+                .map_err(|e| format!("node {id}: {e}"))?;
+                let addr = f.local_addr().to_string();
+                self.discovery
+                    .upsert(NodeAddr::new(id, addr.clone()))
+                    .map_err(|e| format!("discovery: {e}"))?;
+                (f.into(), addr)
+            }
+            TransportKind::Memory => (self.memory.factory(id).into(), format!("memory-{id}")),
+        };
+        let voters = self
+            .members
+            .first()
+            .map(|m| m.handle.roster())
+            .map(|r| {
+                r.members
+                    .values()
+                    .filter(|m| m.role == phalanx::roster::Role::Voter)
+                    .map(|m| (m.id, m.raft_address.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if voters.is_empty() {
+            return Err("the roster has no voter yet".into());
+        }
+        let mut cfg = self.members[0].cfg.clone();
+        cfg.node_id = id;
+        cfg.data_dir = self.dir.path().join(format!("node-{id}"));
+        cfg.raft_port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+        cfg.raft.id = id;
+        cfg.initial_cluster = voters;
+        cfg.joining = true;
+        let isolation = Arc::new(Isolation::default());
+        let node =
+            Node::start(cfg.clone(), IsolatingFactory::new(factory, isolation.clone()), self.sms.clone())
+                .map_err(|e| format!("node {id}: {e}"))?;
+        let handle = node.handle();
+        self.members.push(Member { cfg, addr, node: Some(node), handle, isolation });
+        Ok((self.members.len() - 1, id))
+    }
+
+    /// The Raft address of node slot `i`.
+    #[must_use]
+    pub fn address(&self, i: usize) -> Option<&str> {
+        self.members.get(i).map(|m| m.addr.as_str())
+    }
+
     /// Crashes node slot `i` as far as its peers can tell: its transport drops every batch in
     /// and out from this instant (returned), then its shards are stopped. The engine has no
     /// abrupt in-process kill; `Node::shutdown` alone lets the WAL writer finish, which peers

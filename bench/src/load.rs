@@ -143,6 +143,9 @@ pub struct LoadOpts {
     /// Stop once this many requests completed (warm-up included), before `duration` if
     /// sooner (used to fill a WAL with a known number of entries).
     pub stop_after_ops: Option<u64>,
+    /// Stop once this is set, before `duration` if sooner (a scenario that measures an
+    /// event of unknown length under load).
+    pub stop: Option<Arc<AtomicBool>>,
     /// Print the live progress line.
     pub progress: bool,
 }
@@ -490,7 +493,9 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
         TargetSpec::Remote(..) => None,
     };
     let done = |s: &Shared| {
-        opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n) || failure().is_some()
+        opts.stop_after_ops.is_some_and(|n| s.completed.load(Ordering::Relaxed) >= n)
+            || opts.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            || failure().is_some()
     };
     let warm_until = Instant::now() + opts.warmup;
     while Instant::now() < warm_until && !done(&shared) {

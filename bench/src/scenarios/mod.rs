@@ -4,6 +4,7 @@
 
 pub mod failover;
 pub mod idle;
+pub mod join;
 pub mod recovery;
 pub mod throughput;
 
@@ -99,6 +100,7 @@ pub fn run(s: &Settings) -> Result<Vec<Report>, String> {
         crate::cli::ScenarioArg::Idle => idle::run(s).map(|r| vec![r]),
         crate::cli::ScenarioArg::Failover => failover::run(s).map(|r| vec![r]),
         crate::cli::ScenarioArg::Recovery => recovery::run(s).map(|r| vec![r]),
+        crate::cli::ScenarioArg::Join => join::run(s).map(|r| vec![r]),
     }
 }
 

@@ -40,6 +40,7 @@ fn fill(s: &Settings, spec: &TargetSpec, entries: u64) -> Result<u64, String> {
         warmup: Duration::ZERO,
         // The WAL must hold every entry written: no compaction.
         checkpoint_every: 0,
+        stop: None,
         stop_after_ops: Some(entries.div_ceil(batch)),
         progress: false,
     };

@@ -88,6 +88,7 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
         duration: s.duration,
         warmup: s.warmup,
         checkpoint_every: s.checkpoint_every,
+        stop: None,
         stop_after_ops: None,
         progress: true,
     };
