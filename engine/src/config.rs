@@ -275,6 +275,12 @@ pub struct MembershipConfig {
     /// How often, in ms, a shard compares the partitions it leads with the roster and
     /// reports progress.
     pub reconcile_interval_ms: u64,
+    /// Longest log, in entries above the last snapshot, a new member is streamed from the
+    /// leader's log; a longer one is checkpointed first, so the member gets a snapshot and a
+    /// short tail. (Streaming a long tail reads it back from the leader's WAL, in the writer
+    /// that also makes the leader's own writes durable: the cluster's writes stalled for
+    /// seconds.) 0 (the default): eight appends' worth, `8 × raft.max_entries_per_append`.
+    pub catch_up_max_log_entries: u64,
 }
 
 impl Default for MembershipConfig {
@@ -284,6 +290,7 @@ impl Default for MembershipConfig {
             promote_window_ms: 1_000,
             max_catch_ups_per_shard: 4,
             reconcile_interval_ms: 200,
+            catch_up_max_log_entries: 0,
         }
     }
 }
@@ -296,6 +303,15 @@ impl MembershipConfig {
             return self.promote_max_lag_entries;
         }
         raft.max_entries_per_append as u64
+    }
+
+    /// The catch-up log bound in entries, derived from `raft` when not set.
+    #[must_use]
+    pub fn catch_up_max_log(&self, raft: &RaftConfig) -> u64 {
+        if self.catch_up_max_log_entries > 0 {
+            return self.catch_up_max_log_entries;
+        }
+        (raft.max_entries_per_append as u64).saturating_mul(8)
     }
 }
 

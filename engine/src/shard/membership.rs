@@ -6,7 +6,9 @@
 //! 1. learners the roster no longer has are dropped (they vote nowhere);
 //! 2. members the partition lacks join as learners — at most
 //!    `membership.max_catch_ups_per_shard` partitions of a shard bring members up to date at
-//!    once, so a join does not take every partition's bandwidth;
+//!    once, so a join does not take every partition's bandwidth; a partition whose log above
+//!    its snapshot is longer than `membership.catch_up_max_log_entries` is checkpointed first
+//!    (the member then gets a snapshot and a short tail, not the log read back from disk);
 //! 3. learners the roster made voters become voters once they keep up (lag within
 //!    `membership.promote_max_lag_entries`); voters the roster has as learners stop voting;
 //! 4. members that left the roster (or are leaving) are removed; a leader that is one hands
@@ -122,6 +124,9 @@ pub(crate) struct Reconciler {
     /// Partitions led here where the learner in transition keeps up: the learner, and
     /// since when.
     keeping_up: IdHashMap<PartitionId, (NodeId, Instant)>,
+    /// Partitions checkpointed here before a member joins them: the member, and the index of
+    /// the checkpoint (the member is added once the log is compacted up to it).
+    checkpointed: IdHashMap<PartitionId, (NodeId, u64)>,
 }
 
 impl<R> ShardCore<R> {
@@ -141,6 +146,7 @@ impl<R> ShardCore<R> {
         }
         let me = self.cfg.node_id;
         let max_lag = cfg.max_lag(&self.cfg.raft);
+        let catch_up_log = cfg.catch_up_max_log(&self.cfg.raft);
         let window = Duration::from_millis(cfg.promote_window_ms);
         let led: Vec<PartitionId> = self
             .multi
@@ -196,9 +202,29 @@ impl<R> ShardCore<R> {
                 }
             }
             let Some(step) = next_step(p, conf, me, roster, &lag, max_lag) else { continue };
-            if matches!(step, Step::AddLearner(m) if !conf.contains(m)) {
+            if let Step::AddLearner(m) = step
+                && !conf.contains(m)
+            {
                 if room == 0 {
                     continue;
+                }
+                // A long log is checkpointed first: the member then gets a snapshot and a
+                // short tail instead of the whole log read back from disk.
+                let (floor, last) = (g.log().floor_index(), g.log().last_index());
+                match self.membership.checkpointed.get(&p) {
+                    // Until it is applied (then compacted behind at once, unless its snapshot
+                    // is too large to send: then the log is what the member gets).
+                    Some(&(member, at)) if member == m && floor < at && g.last_checkpoint() < at => continue,
+                    Some(&(member, _)) if member == m => {}
+                    _ if last - floor > catch_up_log => {
+                        let ticket = self.hlc.now(self.wall_ms);
+                        let proposed = self.multi.update(p, |g| g.propose_checkpoint(ticket));
+                        if let Some(Ok(at)) = proposed {
+                            self.membership.checkpointed.insert(p, (m, at.last_index));
+                        }
+                        continue;
+                    }
+                    _ => {}
                 }
                 room -= 1;
             }
@@ -225,6 +251,11 @@ impl<R> ShardCore<R> {
             });
         }
         self.membership.keeping_up = keeping_up;
+        // Forget checkpoints for members already in their partition (or no longer led here).
+        let multi = &self.multi;
+        self.membership.checkpointed.retain(|p, (m, _)| {
+            multi.group(*p).is_some_and(|g| g.is_leader() && !g.membership().contains(*m))
+        });
         if let Some((member, _)) = transition
             && !done.is_empty()
         {
