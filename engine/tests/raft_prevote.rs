@@ -173,6 +173,24 @@ fn lease_follower_ignores_vote_requests_while_leader_is_fresh() {
     assert_eq!(vote_answers(&all_msgs(&rd)), vec![(3, true, false, 9)]);
 }
 
+/// The same lease with PreVote but without CheckQuorum: PreVote alone let a server whose log
+/// was as long as a lagging voter's win an election — a member being removed, which never
+/// heard of its removal, deposed the leader removing it again and again (the simulator, seed
+/// 3378, before the lease applied here).
+#[test]
+fn lease_holds_with_prevote_alone() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.check_quorum = false);
+    c.elect(1);
+    c.ticks(3);
+    // A pre-vote and a vote of a later term, from a server whose log is longer.
+    for pre_vote in [true, false] {
+        c.raft_mut(2).step(msg(3, 2, vote_req(9, 100, 9, pre_vote))).unwrap();
+        let rd = c.process(2).unwrap_or_default();
+        assert_eq!(c.raft(2).term(), 1, "term not updated inside the lease");
+        assert!(vote_answers(&all_msgs(&rd)).is_empty(), "no answer inside the lease");
+    }
+}
+
 /// Thesis §4.2.3 applied to the leader itself: a leader that keeps hearing from a quorum is
 /// a "current leader", so a disruptive RequestVote of a higher term (here from a node that
 /// was partitioned without PreVote and bumped its term) must not depose it — at any time in

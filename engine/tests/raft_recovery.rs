@@ -219,3 +219,60 @@ fn leadership_is_not_transferred_to_a_recovering_replica() {
     assert!(!c.raft(3).is_recovering());
     assert_eq!(c.raft_mut(1).transfer_leadership(3), Ok(()));
 }
+
+/// Found by the simulator (seed 892 with the `lost-state-ignored` mutant): a follower whose
+/// entry at its match index differs from the leader's (it lost state it did not report)
+/// rejects the probe there. The leader's probe could not go below the match point, so every
+/// rejection — and every duplicate the network made of one — sent the same append again: a
+/// storm that grew with each round trip until the simulator ran out of memory. Now such a
+/// rejection starts the follower over, and its duplicates are stale.
+#[test]
+fn duplicated_rejections_at_the_match_point_do_not_multiply_appends() {
+    use phalanx_proto::AppendEntriesResponse;
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    for i in 0..8 {
+        c.propose(1, &format!("v{i}")).expect("leader takes it");
+    }
+    c.stabilize();
+    let last = c.raft(1).log().last_index();
+    let term = c.raft(1).term();
+    assert_eq!(c.raft(1).progress(3).map(|p| p.matched), Some(last));
+    // One more entry, whose append 3 rejects as if its log ended at the match point: the
+    // leader probes 3 from there.
+    c.propose(1, "more").expect("leader takes it");
+    c.process(1);
+    c.clear_net();
+    let past = AppendEntriesResponse {
+        term,
+        success: false,
+        match_index: last + 1,
+        conflict_term: 0,
+        conflict_index: last + 1,
+        last_log_index: last,
+        ..Default::default()
+    };
+    c.deliver(msg(3, 1, Body::AppendResponse(past)));
+    c.process(1);
+    c.clear_net();
+    assert_eq!(c.raft(1).progress(3).map(|p| p.state), Some(phalanx::raft::ProgressState::Probe));
+    // Now 3 says its entry at the match point is of another term.
+    let reject = AppendEntriesResponse {
+        term,
+        success: false,
+        match_index: last,
+        conflict_term: 1,
+        conflict_index: 1,
+        last_log_index: last,
+        ..Default::default()
+    };
+    let mut appends = 0;
+    for _ in 0..5 {
+        c.deliver(msg(3, 1, Body::AppendResponse(reject.clone())));
+        if let Some(rd) = c.process(1) {
+            appends += all_msgs(&rd).iter().filter(|m| m.to == 3 && kind(m) == "Append").count();
+        }
+    }
+    assert!(appends <= 2, "{appends} appends for five copies of one rejection");
+    assert!(c.raft(1).stats().followers_restarted >= 1, "the leader did not start the follower over");
+}

@@ -67,9 +67,13 @@ impl RaftGroup {
     }
 
     /// Whether this node heard from a leader recently enough that it refuses to help depose
-    /// it (the lease that makes CheckQuorum safe for reads and stops disruptive servers).
+    /// it (thesis §4.2.3: the lease that stops disruptive servers, and makes CheckQuorum safe
+    /// for reads). With PreVote too, not only CheckQuorum: PreVote alone lets a server whose
+    /// log is as long as a lagging voter's win elections — a member being removed, which may
+    /// never hear of its removal, deposed the leader removing it again and again (the
+    /// simulator, seed 3378: a pre-vote-only run where the removal never committed).
     pub(super) fn in_lease(&self) -> bool {
-        self.cfg.check_quorum
+        (self.cfg.check_quorum || self.cfg.pre_vote)
             && self.leader.is_some()
             && self.leader_contact.is_some_and(|t| self.now < t + self.cfg.election_ticks_min)
     }

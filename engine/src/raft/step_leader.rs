@@ -59,12 +59,17 @@ impl RaftGroup {
             return;
         }
         self.stats.log_mismatches += 1;
-        if resp.last_log_index < pr.matched {
-            // Its log is shorter than what it acknowledged: it lost entries (a wiped disk, a
-            // damaged tail). A stale rejection from before the match can look the same; then
-            // starting over costs a probe round. Keeping the match point would leave it
-            // behind for good (every later rejection looks stale against it) and count it
-            // for entries it no longer holds.
+        if resp.last_log_index < pr.matched
+            || (pr.state == ProgressState::Probe && resp.match_index <= pr.matched)
+        {
+            // Its log is shorter than what it acknowledged, or differs at or below the match
+            // point: it lost entries (a wiped disk, a damaged tail). A stale rejection from
+            // before the match can look the same; then starting over costs a probe round.
+            // Keeping the match point would leave it behind for good (every later rejection
+            // looks stale against it, and a probe cannot go below the match point: the same
+            // append went out again for every rejection, and for every duplicate of one — a
+            // storm that grew with each round trip) and count it for entries it no longer
+            // holds.
             pr.restart_after_loss(self.log.last_index());
             self.stats.followers_restarted += 1;
         }

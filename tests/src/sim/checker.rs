@@ -143,6 +143,14 @@ pub enum Violation {
         /// The roster's version.
         roster_version: u64,
     },
+    /// A node sent more messages in one tick than any run needs: traffic that feeds on itself
+    /// (each answer causing more than one message) grows without bound.
+    MessageStorm {
+        /// Node.
+        node: NodeId,
+        /// Messages it sent in the tick.
+        messages: usize,
+    },
     /// A node could not restart from what its disk holds (the stored state breaks an
     /// invariant the core checks at restore, e.g. a commit index past the stored log).
     Unrecoverable {
@@ -213,7 +221,8 @@ pub struct Checker {
     rosters: BTreeMap<u64, phalanx::roster::Roster>,
     /// The roster of the highest version seen.
     latest_roster: Option<phalanx::roster::Roster>,
-    /// Groups already reported for a membership violation (one report per group and kind).
+    /// Groups (or nodes) already reported for a membership or storm violation (one report
+    /// per group and kind).
     membership_flagged: BTreeSet<(GroupId, u8)>,
     /// Violations found so far.
     pub violations: Vec<Violation>,
@@ -433,6 +442,13 @@ impl Checker {
     #[must_use]
     pub fn roster_versions(&self) -> u64 {
         self.rosters.values().map(|r| r.version).max().unwrap_or(0)
+    }
+
+    /// Records a node that sent `messages` in one round, beyond any run's need.
+    pub fn on_message_storm(&mut self, node: NodeId, messages: usize) {
+        if self.membership_flagged.insert((node, 2)) {
+            self.violations.push(Violation::MessageStorm { node, messages });
+        }
     }
 
     /// Records a restart the engine refused.

@@ -197,6 +197,9 @@ pub struct Sim {
     trace_from: Option<u64>,
 }
 
+/// Messages one node may send in one round: far above what any run needs (a few groups, a
+/// few peers, appends of at most 8 entries), far below what exhausts memory.
+const MAX_MESSAGES_PER_ROUND: usize = 10_000;
 /// Upper bound on ready/persist rounds per node per tick (each round may enable another).
 const MAX_ROUNDS_PER_TICK: usize = 16;
 /// Ticks after the heal within which every group must elect a leader and commit.
@@ -414,7 +417,13 @@ impl Sim {
         for _ in 0..MAX_ROUNDS_PER_TICK {
             let latency = self.rng.range(0, self.cfg.max_disk_latency + 1);
             let wrote = self.nodes[i].run_writer(now, latency, self.cfg.split_cost, &mut self.fetches);
-            let sent = self.nodes[i].process();
+            let mut sent = self.nodes[i].process();
+            if sent.len() > MAX_MESSAGES_PER_ROUND {
+                // Reported, and dropped: the run goes on to its other checks instead of
+                // running out of memory.
+                self.checker.on_message_storm(self.nodes[i].id, sent.len());
+                sent.clear();
+            }
             let quiet = !wrote && sent.is_empty();
             for m in sent {
                 self.net.send(m, now, &mut self.rng);
