@@ -268,7 +268,7 @@ fn duplicated_rejections_at_the_match_point_do_not_multiply_appends() {
     };
     let mut appends = 0;
     for _ in 0..5 {
-        c.deliver(msg(3, 1, Body::AppendResponse(reject.clone())));
+        c.deliver(msg(3, 1, Body::AppendResponse(reject)));
         if let Some(rd) = c.process(1) {
             appends += all_msgs(&rd).iter().filter(|m| m.to == 3 && kind(m) == "Append").count();
         }
