@@ -686,6 +686,13 @@ async fn dispatch(
             let roster = ctx.handle.roster();
             let down = ctx.handle.down_nodes();
             let me = ctx.handle.node_id();
+            let mut lags: HashMap<NodeId, HashMap<u32, u64>> = HashMap::new();
+            for st in ctx.handle.status().await.into_iter().filter(|st| st.is_leader) {
+                let Ok(p) = u32::try_from(st.id) else { continue };
+                for (m, lag) in st.follower_lags {
+                    lags.entry(m).or_default().insert(p, lag);
+                }
+            }
             let members = roster
                 .members
                 .values()
@@ -695,6 +702,7 @@ async fn dispatch(
                     client_address: m.client_address.clone(),
                     role: m.role.name().to_string(),
                     liveness: if m.id != me && down.contains(&m.id) { "down" } else { "up" }.to_string(),
+                    partition_lag: lags.remove(&m.id).unwrap_or_default(),
                 })
                 .collect();
             R::MemberList(MemberListResponse {

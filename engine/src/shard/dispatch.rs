@@ -219,6 +219,15 @@ fn partition_status(g: &RaftGroup) -> PartitionStatus {
         last_index: g.log().last_index(),
         is_leader: g.is_leader(),
         membership: g.membership().clone(),
+        follower_lags: if g.is_leader() {
+            g.membership()
+                .members()
+                .filter(|m| *m != g.id())
+                .filter_map(|m| Some((m, g.follower_lag(m)?)))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -57,6 +57,8 @@ pub struct PartitionStatus {
     pub is_leader: bool,
     /// The partition's voters and learners in this node's latest configuration.
     pub membership: crate::raft::Membership,
+    /// When this node leads: how many entries each other member lags its log.
+    pub follower_lags: Vec<(NodeId, u64)>,
 }
 
 /// Leadership controls.

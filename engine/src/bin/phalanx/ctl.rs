@@ -237,15 +237,29 @@ fn member(ctl: &mut Ctl, command: MemberCommand) -> Result<String, String> {
     let (expected_version, change) = match command {
         MemberCommand::List { json } => {
             // Every reachable endpoint's roster, the newest wins: a node that left the cluster
-            // (or lags) holds an older one.
+            // (or lags) holds an older one. Each knows the lag of the partitions it leads.
             let mut newest: Option<MemberListResponse> = None;
+            let mut lags: BTreeMap<u64, BTreeMap<u32, u64>> = BTreeMap::new();
             for e in ctl.round() {
-                if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
-                    && newest.as_ref().is_none_or(|n| l.version > n.version)
-                {
-                    newest = Some(l);
+                if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {})) {
+                    for m in &l.members {
+                        lags.entry(m.id)
+                            .or_default()
+                            .extend(m.partition_lag.iter().map(|(p, lag)| (*p, *lag)));
+                    }
+                    if newest.as_ref().is_none_or(|n| l.version > n.version) {
+                        newest = Some(l);
+                    }
                 }
             }
+            let newest = newest.map(|mut l| {
+                for m in &mut l.members {
+                    if let Some(all) = lags.remove(&m.id) {
+                        m.partition_lag = all.into_iter().collect();
+                    }
+                }
+                l
+            });
             let l = match newest {
                 Some(l) => l,
                 None => match ctl.read(Op::MemberList(MemberListRequest {}))? {
@@ -368,20 +382,26 @@ fn member_list(l: &MemberListResponse, json: bool) -> String {
             .members
             .iter()
             .map(|m| {
+                let lag: BTreeMap<String, u64> = m.partition_lag.iter().map(|(p, l)| (p.to_string(), *l)).collect();
                 serde_json::json!({"id": m.id, "raft_address": m.raft_address, "client_address": m.client_address,
-                    "role": m.role, "liveness": m.liveness})
+                    "role": m.role, "liveness": m.liveness, "partition_lag": lag})
             })
             .collect();
         return serde_json::json!({"version": l.version, "members": members}).to_string();
     }
     let mut out = format!(
-        "roster version {}\n{:<20} {:<8} {:<8} {:<24} CLIENT",
-        l.version, "ID", "ROLE", "LIVENESS", "RAFT"
+        "roster version {}\n{:<20} {:<8} {:<8} {:<16} {:<24} CLIENT",
+        l.version, "ID", "ROLE", "LIVENESS", "LAG (MAX/PARTS)", "RAFT"
     );
     for m in &l.members {
+        // The largest lag over the partitions whose leaders answered, and how many those are.
+        let lag = match m.partition_lag.values().max() {
+            Some(max) => format!("{max}/{}", m.partition_lag.len()),
+            None => "-".into(),
+        };
         out.push_str(&format!(
-            "\n{:<20} {:<8} {:<8} {:<24} {}",
-            m.id, m.role, m.liveness, m.raft_address, m.client_address
+            "\n{:<20} {:<8} {:<8} {:<16} {:<24} {}",
+            m.id, m.role, m.liveness, lag, m.raft_address, m.client_address
         ));
     }
     out
