@@ -142,7 +142,9 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let seconds = l.per_second.as_slice();
     let before = window(seconds, 0, second(join_at));
     let during = window(seconds, second(join_at), second(joined) + 1);
-    let after = window(seconds, second(joined) + 1, seconds.len());
+    // The seconds after the join while the load still ran at full strength (not the
+    // partial seconds of its stop).
+    let after = window(seconds, second(joined) + 1, second(joined) + 1 + BEFORE.as_secs() as usize - 1);
     let bytes = u64::from(s.partitions) * keys_per_partition * s.join_value_bytes as u64;
 
     let mut r = Report { meta: super::meta(s), load: Some(l), ..Default::default() };
