@@ -183,15 +183,16 @@ impl Cluster {
 
     /// Per partition, its voters as its leader reports them.
     fn partition_voters(&self) -> BTreeMap<u64, Vec<u64>> {
+        self.led_partitions().into_iter().map(|(id, p)| (id, p.voters)).collect()
+    }
+
+    /// Per partition, what the node that leads it reports of it.
+    fn led_partitions(&self) -> BTreeMap<u64, phalanx_proto::PartitionInfo> {
         let mut out = BTreeMap::new();
         for e in self.endpoints() {
             let Ok(mut c) = Client::connect(&e) else { continue };
             if let Ok(R::Status(s)) = c.call(Op::Status(StatusRequest {})) {
-                for p in s.partitions {
-                    if p.leader == s.node_id {
-                        out.insert(p.id, p.voters);
-                    }
-                }
+                out.extend(s.partitions.into_iter().filter(|p| p.leader == s.node_id).map(|p| (p.id, p)));
             }
         }
         out
@@ -211,18 +212,7 @@ impl Cluster {
 
     /// Per partition, the leader as its own node reports it.
     fn leaders(&self) -> BTreeMap<u64, u64> {
-        let mut out = BTreeMap::new();
-        for e in self.endpoints() {
-            let Ok(mut c) = Client::connect(&e) else { continue };
-            if let Ok(R::Status(s)) = c.call(Op::Status(StatusRequest {})) {
-                for p in s.partitions {
-                    if p.leader == s.node_id {
-                        out.insert(p.id, p.leader);
-                    }
-                }
-            }
-        }
-        out
+        self.led_partitions().into_iter().map(|(id, p)| (id, p.leader)).collect()
     }
 
     fn wait_for_all_leaders(&self) {
