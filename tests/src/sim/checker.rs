@@ -151,6 +151,14 @@ pub enum Violation {
         /// Messages it sent in the tick.
         messages: usize,
     },
+    /// A node's core asked its store for a write the store refuses (entries that do not
+    /// continue the stored log): the real store would stop the partition.
+    StoreRefused {
+        /// Node.
+        node: NodeId,
+        /// What the store said.
+        detail: String,
+    },
     /// A node could not restart from what its disk holds (the stored state breaks an
     /// invariant the core checks at restore, e.g. a commit index past the stored log).
     Unrecoverable {
@@ -221,9 +229,9 @@ pub struct Checker {
     rosters: BTreeMap<u64, phalanx::roster::Roster>,
     /// The roster of the highest version seen.
     latest_roster: Option<phalanx::roster::Roster>,
-    /// Groups (or nodes) already reported for a membership or storm violation (one report
-    /// per group and kind).
-    membership_flagged: BTreeSet<(GroupId, u8)>,
+    /// Groups or nodes already reported for a violation reported once per id and kind (0
+    /// concurrent changes, 1 voters outside the roster, 2 message storm, 3 store refused).
+    flagged: BTreeSet<(GroupId, u8)>,
     /// Violations found so far.
     pub violations: Vec<Violation>,
 }
@@ -415,7 +423,7 @@ impl Checker {
 
     /// A leader of `group` on `node` holds `pending` uncommitted configuration changes.
     pub fn on_leader_conf_changes(&mut self, group: GroupId, node: NodeId, pending: usize) {
-        if pending > 1 && self.membership_flagged.insert((group, 0)) {
+        if pending > 1 && self.flagged.insert((group, 0)) {
             self.violations.push(Violation::ConcurrentConfChanges { group, node, pending });
         }
     }
@@ -425,7 +433,7 @@ impl Checker {
     pub fn on_committed_voters(&mut self, group: GroupId, voters: &BTreeSet<NodeId>) {
         let Some(roster) = &self.latest_roster else { return };
         let absent = voters.iter().filter(|v| !roster.members.contains_key(v)).count();
-        if absent * 2 > voters.len() && self.membership_flagged.insert((group, 1)) {
+        if absent * 2 > voters.len() && self.flagged.insert((group, 1)) {
             let roster_version = roster.version;
             let voters = voters.iter().copied().collect();
             self.violations.push(Violation::VotersOutsideRoster { group, voters, roster_version });
@@ -446,8 +454,15 @@ impl Checker {
 
     /// Records a node that sent `messages` in one round, beyond any run's need.
     pub fn on_message_storm(&mut self, node: NodeId, messages: usize) {
-        if self.membership_flagged.insert((node, 2)) {
+        if self.flagged.insert((node, 2)) {
             self.violations.push(Violation::MessageStorm { node, messages });
+        }
+    }
+
+    /// Records a write the store refused.
+    pub fn on_store_refused(&mut self, node: NodeId, detail: String) {
+        if self.flagged.insert((node, 3)) {
+            self.violations.push(Violation::StoreRefused { node, detail });
         }
     }
 

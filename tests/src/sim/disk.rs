@@ -42,8 +42,31 @@ impl GroupDisk {
     }
 
     /// Stores one group's part of a log-store write, in the store's order: the floor of a
-    /// snapshot install, entries, hard state, compaction.
-    pub fn store(&mut self, w: &PartitionWrite) {
+    /// snapshot install, entries, hard state, compaction. Entries that do not continue the
+    /// stored log are refused, as the real store refuses them (`storage/src/plan.rs`): the
+    /// whole part is dropped and the reason returned.
+    pub fn store(&mut self, w: &PartitionWrite) -> Result<(), String> {
+        let mut floor = self.floor;
+        let mut held = self.entries.len() as u64;
+        if let Some(at) = w.snapshot {
+            if !(self.term(at.index) == Some(at.term) && at.index >= floor.0) {
+                held = 0;
+            } else {
+                held -= (at.index - floor.0).min(held);
+            }
+            floor = (at.index, at.term);
+        }
+        if let Some(first) = w.entries.first()
+            && (first.index <= floor.0 || first.index > floor.0 + held + 1)
+        {
+            return Err(format!(
+                "partition {}: entries start at {} but must start in {}..={}",
+                w.partition,
+                first.index,
+                floor.0 + 1,
+                floor.0 + held + 1
+            ));
+        }
         self.written |= w.snapshot.is_some() || !w.entries.is_empty() || w.hard_state.is_some();
         if let Some(at) = w.snapshot {
             self.install_floor(at.index, at.term);
@@ -55,6 +78,7 @@ impl GroupDisk {
         if let Some(c) = w.compact_to {
             self.compact(c);
         }
+        Ok(())
     }
 
     /// Moves the floor to a snapshot's last entry (keeping the suffix if the log holds it).
@@ -68,12 +92,11 @@ impl GroupDisk {
         self.floor = (i, t);
     }
 
-    /// Stores entries, replacing any at or after the first one's index.
+    /// Stores entries (checked by `store` to continue the log), replacing any at or after the
+    /// first one's index.
     fn append(&mut self, entries: &[LogEntry]) {
         let Some(first) = entries.first() else { return };
-        assert!(first.index > self.floor.0, "write below the floor");
         let keep = (first.index - self.floor.0 - 1) as usize;
-        assert!(keep <= self.entries.len(), "gap in the stored log");
         self.entries.truncate(keep);
         self.entries.extend_from_slice(entries);
     }
@@ -130,6 +153,8 @@ impl GroupDisk {
 pub struct Disk {
     /// Per group.
     pub groups: BTreeMap<GroupId, GroupDisk>,
+    /// Writes refused since the simulator last looked (a core broke the store's contract).
+    pub refused: Vec<String>,
 }
 
 impl Disk {
@@ -143,7 +168,9 @@ impl Disk {
             }
             WriteStep::Batch(batch) => {
                 for w in &batch.partitions {
-                    self.groups.entry(w.partition).or_default().store(w);
+                    if let Err(e) = self.groups.entry(w.partition).or_default().store(w) {
+                        self.refused.push(e);
+                    }
                 }
             }
         }

@@ -429,6 +429,9 @@ impl Sim {
                 self.net.send(m, now, &mut self.rng);
             }
             self.check_recorded(i);
+            for detail in std::mem::take(&mut self.nodes[i].disk.refused) {
+                self.checker.on_store_refused(self.nodes[i].id, detail);
+            }
             self.workload.take_answers(&mut self.nodes[i], &mut self.checker, now);
             if quiet {
                 break;

@@ -453,7 +453,9 @@ impl SimNode {
         };
         let settled = settle(0, &self.cfg, &mut loaded, &positions, self.damaged.as_ref(), &holds)?;
         for w in settled.align.into_iter().chain(settled.mark) {
-            self.disk.groups.entry(w.partition).or_default().store(&w);
+            if let Err(e) = self.disk.groups.entry(w.partition).or_default().store(&w) {
+                self.disk.refused.push(e);
+            }
         }
         self.damaged = None;
         self.recovered_commit = self.disk.groups.iter().map(|(g, gd)| (*g, gd.hard_state.commit)).collect();
