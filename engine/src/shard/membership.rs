@@ -36,7 +36,7 @@ use phalanx_proto::{ConfChange, ConfChangeType};
 use super::ShardCore;
 use super::system_duties::SYSTEM_LOG_TYPE;
 use crate::id_hash::IdHashMap;
-use crate::raft::{Membership, NodeId, Proposal, ProposalKind};
+use crate::raft::{Membership, NodeId, Proposal, ProposalKind, RaftGroup, apply_change};
 use crate::roster::{Role, Roster};
 use crate::state_machine::PartitionId;
 
@@ -105,15 +105,23 @@ pub fn next_step(
         .map(Step::Remove)
 }
 
-/// The voters `step` leaves the partition with, when it changes them.
-fn voters_after(conf: &Membership, step: Step) -> Option<std::collections::BTreeSet<NodeId>> {
-    let mut voters = conf.voters.clone();
-    let changed = match step {
-        Step::AddVoter(m) => voters.insert(m),
-        Step::AddLearner(m) | Step::Remove(m) => voters.remove(&m),
-        Step::HandOver(_) => false,
-    };
-    changed.then_some(voters)
+impl Step {
+    /// The configuration change the step proposes (`None`: a hand-over).
+    fn conf_change(self) -> Option<ConfChange> {
+        let (change, node_id) = match self {
+            Step::AddLearner(m) => (ConfChangeType::AddLearner, m),
+            Step::AddVoter(m) => (ConfChangeType::AddVoter, m),
+            Step::Remove(m) => (ConfChangeType::Remove, m),
+            Step::HandOver(_) => return None,
+        };
+        Some(ConfChange { change: change as i32, node_id })
+    }
+}
+
+/// How many entries member `m` lags the leader's log, known only while it answers: a member
+/// that never did has matched nothing, and lags a short log by little.
+fn answering_lag(g: &RaftGroup, m: NodeId) -> Option<u64> {
+    g.follower_lag(m).filter(|_| g.is_active(m))
 }
 
 /// A shard's memory of its last rounds (none of it needs to survive a restart).
@@ -160,9 +168,7 @@ impl<R> ShardCore<R> {
             .filter_map(|p| self.multi.group(*p))
             .filter(|g| {
                 g.membership().learners.iter().any(|l| {
-                    roster.members.contains_key(l)
-                        && g.is_active(*l)
-                        && g.follower_lag(*l).is_none_or(|lag| lag > max_lag)
+                    roster.members.contains_key(l) && answering_lag(g, *l).is_some_and(|lag| lag > max_lag)
                 })
             })
             .count();
@@ -173,9 +179,7 @@ impl<R> ShardCore<R> {
         for p in led {
             let Some(g) = self.multi.group(p) else { continue };
             let conf = g.membership();
-            // How far a member lags, known only for one that answers: a learner that never
-            // did has matched nothing, and lags a short log by little.
-            let lag = |m: NodeId| g.follower_lag(m).filter(|_| g.is_active(m));
+            let lag = |m: NodeId| answering_lag(g, m);
             if let Some((member, role)) = transition
                 && let Ok(p32) = u32::try_from(p)
                 && !roster.progress.contains(&p32)
@@ -231,23 +235,19 @@ impl<R> ShardCore<R> {
             // A change of voters waits until the new configuration has a quorum of active
             // members: removing a voter while another is down or recovering its lost disk
             // would leave the partition unable to commit.
-            if let Some(voters) = voters_after(conf, step)
-                && !g.quorum_active_in(&voters)
+            let cc = step.conf_change();
+            if let Some(next) = cc.as_ref().and_then(|cc| apply_change(conf, cc).ok())
+                && next.voters != conf.voters
+                && !g.quorum_active_in(&next.voters)
             {
                 continue;
             }
-            self.multi.update(p, |g| {
-                let cc =
-                    |change: ConfChangeType, node_id: NodeId| ConfChange { change: change as i32, node_id };
-                // Refusals are expected and harmless: a change still uncommitted, no entry of
-                // the leader's term committed yet, a transfer under way. The next round asks
-                // again.
-                let _ = match step {
-                    Step::AddLearner(m) => g.propose_conf_change(cc(ConfChangeType::AddLearner, m)).map(drop),
-                    Step::AddVoter(m) => g.propose_conf_change(cc(ConfChangeType::AddVoter, m)).map(drop),
-                    Step::Remove(m) => g.propose_conf_change(cc(ConfChangeType::Remove, m)).map(drop),
-                    Step::HandOver(v) => g.transfer_leadership(v),
-                };
+            // Refusals are expected and harmless: a change still uncommitted, no entry of the
+            // leader's term committed yet, a transfer under way. The next round asks again.
+            self.multi.update(p, |g| match (cc, step) {
+                (Some(cc), _) => drop(g.propose_conf_change(cc)),
+                (None, Step::HandOver(v)) => drop(g.transfer_leadership(v)),
+                (None, _) => {}
             });
         }
         self.membership.keeping_up = keeping_up;
