@@ -236,32 +236,9 @@ fn member(ctl: &mut Ctl, command: MemberCommand) -> Result<String, String> {
     use phalanx_proto::member_change_request::Change as C;
     let (expected_version, change) = match command {
         MemberCommand::List { json } => {
-            // Every reachable endpoint's roster, the newest wins: a node that left the cluster
-            // (or lags) holds an older one. Each knows the lag of the partitions it leads.
-            let mut newest: Option<MemberListResponse> = None;
-            let mut lags: BTreeMap<u64, BTreeMap<u32, u64>> = BTreeMap::new();
-            for e in ctl.round() {
-                if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {})) {
-                    for m in &l.members {
-                        lags.entry(m.id)
-                            .or_default()
-                            .extend(m.partition_lag.iter().map(|(p, lag)| (*p, *lag)));
-                    }
-                    if newest.as_ref().is_none_or(|n| l.version > n.version) {
-                        newest = Some(l);
-                    }
-                }
-            }
-            let newest = newest.map(|mut l| {
-                for m in &mut l.members {
-                    if let Some(all) = lags.remove(&m.id) {
-                        m.partition_lag = all.into_iter().collect();
-                    }
-                }
-                l
-            });
-            let l = match newest {
+            let l = match ctl.newest_roster() {
                 Some(l) => l,
+                // No endpoint answered: the usual retries and the failure naming each one.
                 None => match ctl.read(Op::MemberList(MemberListRequest {}))? {
                     R::MemberList(l) => l,
                     other => return Err(format!("unexpected answer to a member list: {other:?}")),
@@ -287,10 +264,10 @@ fn member(ctl: &mut Ctl, command: MemberCommand) -> Result<String, String> {
 }
 
 /// `phalanx node --join`: asks the cluster behind `endpoints` to add node `id` (as a learner),
-/// through the system partition's leader (following hints), and returns the roster once one
-/// of the endpoints holds it with the node in it — all within `timeout`. While another member
-/// is joining or leaving it waits (one change at a time); a refused add (the id or an address
-/// already another member's) fails at once, saying why.
+/// through the system partition's leader (following hints), and returns the roster once it
+/// has the node — all within `timeout`. While another member is joining or leaving it waits
+/// (one change at a time); a refused add (the id or an address already another member's)
+/// fails at once, saying why.
 pub fn join(
     endpoints: Vec<String>,
     timeout: Duration,
@@ -303,36 +280,11 @@ pub fn join(
         return Err(bad.replace("--endpoints", "--join"));
     }
     let mut ctl = Ctl::new(endpoints, timeout);
-    let add = MemberAdd { id, raft_address, client_address };
-    loop {
-        let op =
-            Op::MemberChange(MemberChangeRequest { expected_version: 0, change: Some(C::Add(add.clone())) });
-        match ctl.write(op) {
-            Ok(R::MemberChange(_)) => break,
-            Ok(other) => return Err(format!("unexpected answer to joining: {other:?}")),
-            // Another member in transition, or the answering node's roster was behind the
-            // leader's: ask again until the time is up.
-            Err(e)
-                if (e.starts_with("CONCURRENT_MEMBERSHIP_CHANGE") || e.starts_with("STALE_MEMBERSHIP"))
-                    && !ctl.left().is_zero() =>
-            {
-                tracing::info!("joining: {e}; asking again");
-                std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
-            }
-            Err(e) => return Err(format!("the cluster did not add node {id}: {e}")),
-        }
-    }
-    while !ctl.left().is_zero() {
-        for e in ctl.round() {
-            if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
-                && l.members.iter().any(|m| m.id == id)
-            {
-                return Ok(l);
-            }
-        }
-        std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
-    }
-    Err(format!("node {id} was added, but no endpoint showed it in the roster within {timeout:?}"))
+    ctl.change_member_waiting(C::Add(MemberAdd { id, raft_address, client_address }))
+        .map_err(|e| format!("the cluster did not add node {id}: {e}"))?;
+    ctl.wait_for_roster(|l| l.members.iter().any(|m| m.id == id)).ok_or_else(|| {
+        format!("node {id} was added, but no endpoint showed it in the roster within {timeout:?}")
+    })
 }
 
 /// `phalanx node --leave-on-shutdown`: asks the cluster behind `endpoints` to remove node
@@ -342,36 +294,11 @@ pub fn join(
 pub fn leave(endpoints: Vec<String>, timeout: Duration, id: u64) -> Result<u64, String> {
     use phalanx_proto::member_change_request::Change as C;
     let mut ctl = Ctl::new(endpoints, timeout);
-    loop {
-        let op = Op::MemberChange(MemberChangeRequest { expected_version: 0, change: Some(C::Remove(id)) });
-        match ctl.write(op) {
-            Ok(_) => break,
-            Err(e)
-                if (e.starts_with("CONCURRENT_MEMBERSHIP_CHANGE") || e.starts_with("STALE_MEMBERSHIP"))
-                    && !ctl.left().is_zero() =>
-            {
-                std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
-            }
-            Err(e) => return Err(format!("the cluster did not take node {id}'s leave: {e}")),
-        }
-    }
-    while !ctl.left().is_zero() {
-        let mut newest: Option<MemberListResponse> = None;
-        for e in ctl.round() {
-            if let Ok(R::MemberList(l)) = ctl.call(&e, Op::MemberList(MemberListRequest {}))
-                && newest.as_ref().is_none_or(|n| l.version > n.version)
-            {
-                newest = Some(l);
-            }
-        }
-        if let Some(l) = newest
-            && !l.members.iter().any(|m| m.id == id)
-        {
-            return Ok(l.version);
-        }
-        std::thread::sleep(RETRY_PAUSE.min(ctl.left()));
-    }
-    Err(format!("node {id} is leaving, but the roster still had it after {timeout:?}"))
+    ctl.change_member_waiting(C::Remove(id))
+        .map_err(|e| format!("the cluster did not take node {id}'s leave: {e}"))?;
+    ctl.wait_for_roster(|l| !l.members.iter().any(|m| m.id == id))
+        .map(|l| l.version)
+        .ok_or_else(|| format!("node {id} is leaving, but the roster still had it after {timeout:?}"))
 }
 
 /// A member list as a table or as JSON (the JSON's fields are an interface: checks outside
@@ -504,6 +431,68 @@ impl Ctl {
     /// Whether every endpoint failed at the connection level in the last round.
     fn all_unreachable(&self) -> bool {
         self.endpoints.iter().all(|e| self.state.get(e).is_some_and(|s| s.failed))
+    }
+
+    /// Every reachable endpoint's roster, the newest winning (a node that left the cluster,
+    /// or lags, holds an older one), with the lags each endpoint knows (of the partitions it
+    /// leads) merged into it. `None` when no endpoint answered.
+    fn newest_roster(&mut self) -> Option<MemberListResponse> {
+        let mut newest: Option<MemberListResponse> = None;
+        let mut lags: BTreeMap<u64, BTreeMap<u32, u64>> = BTreeMap::new();
+        for e in self.round() {
+            if let Ok(R::MemberList(l)) = self.call(&e, Op::MemberList(MemberListRequest {})) {
+                for m in &l.members {
+                    lags.entry(m.id).or_default().extend(m.partition_lag.iter().map(|(p, lag)| (*p, *lag)));
+                }
+                if newest.as_ref().is_none_or(|n| l.version > n.version) {
+                    newest = Some(l);
+                }
+            }
+        }
+        let mut l = newest?;
+        for m in &mut l.members {
+            if let Some(all) = lags.remove(&m.id) {
+                m.partition_lag = all.into_iter().collect();
+            }
+        }
+        Some(l)
+    }
+
+    /// The newest roster once `done` holds of it, asking again until the time is up.
+    fn wait_for_roster(&mut self, done: impl Fn(&MemberListResponse) -> bool) -> Option<MemberListResponse> {
+        while !self.left().is_zero() {
+            if let Some(l) = self.newest_roster().filter(|l| done(l)) {
+                return Some(l);
+            }
+            std::thread::sleep(RETRY_PAUSE.min(self.left()));
+        }
+        None
+    }
+
+    /// A roster change against the answering node's version, asked again while another
+    /// member is in transition or that node's roster was behind the leader's, until the time
+    /// is up.
+    fn change_member_waiting(
+        &mut self,
+        change: phalanx_proto::member_change_request::Change,
+    ) -> Result<(), String> {
+        loop {
+            let op =
+                Op::MemberChange(MemberChangeRequest { expected_version: 0, change: Some(change.clone()) });
+            match self.write(op) {
+                Ok(R::MemberChange(_)) => return Ok(()),
+                Ok(other) => return Err(format!("unexpected answer: {other:?}")),
+                Err(e)
+                    if (e.starts_with("CONCURRENT_MEMBERSHIP_CHANGE")
+                        || e.starts_with("STALE_MEMBERSHIP"))
+                        && !self.left().is_zero() =>
+                {
+                    tracing::info!("{e}; asking again");
+                    std::thread::sleep(RETRY_PAUSE.min(self.left()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn learn_ids(&mut self) {

@@ -132,7 +132,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     let mut partitions = a.initial_cluster_partitions;
     // Joining: the cluster's voters are the partitions' first members; every member's
     // address is the transport's to dial (this node's too, for its own listing).
-    let (mut cluster, voters) = if joining {
+    let (mut cluster, mut voters): (Vec<phalanx_net::NodeAddr>, Vec<(u64, String)>) = if joining {
         if a.join_timeout_secs == 0 || a.join_timeout_secs > 86_400 {
             return Err("--join-timeout-secs must be in 1..=86400".into());
         }
@@ -163,7 +163,6 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     if !cluster.iter().any(|n| n.id == node_id) {
         cluster.push(phalanx_net::NodeAddr::new(node_id, raft_addr.clone()));
     }
-    let mut voters: Vec<(u64, String)> = voters;
     if !joining && !voters.iter().any(|(id, _)| *id == node_id) {
         voters.push((node_id, raft_addr.clone()));
     }
@@ -259,20 +258,15 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
 /// first) before the node stops; a failure is logged, and the node stops anyway.
 fn leave(node: &phalanx::NodeHandle, own_client: &str, timeout_secs: u64) {
     let id = node.node_id();
-    let mut endpoints = vec![own_client.to_string()];
-    let roster = node.roster();
-    endpoints.extend(
-        roster
-            .members
-            .values()
-            .filter(|m| m.id != id && !m.client_address.is_empty())
-            .map(|m| m.client_address.clone()),
-    );
-    endpoints.extend(
+    // The other members' client ports, as the roster and their announcements give them.
+    let mut others: std::collections::BTreeSet<String> =
+        node.roster().members.into_values().filter(|m| m.id != id).map(|m| m.client_address).collect();
+    others.extend(
         node.cluster_directory().nodes.values().filter(|n| n.node_id != id).map(|n| n.client_address.clone()),
     );
-    endpoints.retain(|e| !e.is_empty());
-    endpoints.dedup();
+    others.remove("");
+    others.remove(own_client);
+    let endpoints: Vec<String> = std::iter::once(own_client.to_string()).chain(others).collect();
     tracing::info!(node_id = id, "leaving the cluster");
     match crate::ctl::leave(endpoints, std::time::Duration::from_secs(timeout_secs.max(1)), id) {
         Ok(version) => tracing::info!(node_id = id, version, "left the cluster"),
