@@ -338,6 +338,67 @@ fn read(endpoint: &str, key: &str) -> Option<String> {
     }
 }
 
+/// Reads every key the writers wrote from each node slot in `nodes`: no token twice, none
+/// never written; returns (acknowledged tokens, tokens of unknown outcome, acknowledged
+/// tokens missing from a node — counted once per node).
+fn check_history(h: &History, c: &Cluster, nodes: &[usize]) -> (usize, usize, usize) {
+    let (mut total_acked, mut lost) = (0, 0);
+    for (key, acked) in &h.acked {
+        total_acked += acked.len();
+        let allowed: BTreeSet<&String> =
+            acked.iter().chain(h.unknown.get(key).into_iter().flatten()).collect();
+        for &node in nodes {
+            let value = read(&c.endpoint(node), key).unwrap_or_default();
+            let tokens: Vec<String> = value.split_inclusive(';').map(str::to_string).collect();
+            let unique: BTreeSet<&String> = tokens.iter().collect();
+            assert_eq!(unique.len(), tokens.len(), "node {}: a token of {key} was applied twice", node + 1);
+            for t in &tokens {
+                assert!(allowed.contains(t), "node {}: {key} holds {t}, which was never written", node + 1);
+            }
+            lost += acked.iter().filter(|t| !unique.contains(t)).count();
+        }
+    }
+    (total_acked, h.unknown.values().map(Vec::len).sum(), lost)
+}
+
+/// Writers (`append_value` to keys `list-0`, `list-1`, …) and a checkpointer loading a
+/// cluster through its client ports, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    acks: Arc<AtomicU64>,
+    writers: Vec<std::thread::JoinHandle<()>>,
+    checkpointer: std::thread::JoinHandle<u64>,
+}
+
+impl Load {
+    fn start(c: &Cluster, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(History::default()));
+        let acks = Arc::new(AtomicU64::new(0));
+        let writers = (0..writers)
+            .map(|w| {
+                let (stop, history, acks, eps) = (stop.clone(), history.clone(), acks.clone(), c.endpoints());
+                std::thread::spawn(move || writer(format!("list-{w}"), eps, stop, history, acks))
+            })
+            .collect();
+        let checkpointer = {
+            let (stop, eps, partitions) = (stop.clone(), c.endpoints(), c.partitions);
+            std::thread::spawn(move || checkpointer(eps, partitions, stop))
+        };
+        Load { stop, history, acks, writers, checkpointer }
+    }
+
+    /// Stops the load: what the writers saw, and how many checkpoints were replicated.
+    fn stop(self) -> (Arc<Mutex<History>>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.writers {
+            w.join().expect("writer thread");
+        }
+        (self.history, self.checkpointer.join().expect("checkpointer thread"))
+    }
+}
+
 /// What a fault does to node `victim` while writers run; returns a description for the
 /// summary line.
 type Fault = dyn FnOnce(&mut Cluster, usize, &Arc<AtomicU64>) -> String;
@@ -350,19 +411,8 @@ fn survives(name: &str, fault: Box<Fault>) {
     c.wait_for_all_leaders();
 
     // Load through the client port.
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acks = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (stop, history, acks, eps) = (stop.clone(), history.clone(), acks.clone(), c.endpoints());
-            std::thread::spawn(move || writer(format!("list-{w}"), eps, stop, history, acks))
-        })
-        .collect();
-    let checkpoints = {
-        let (stop, eps) = (stop.clone(), c.endpoints());
-        std::thread::spawn(move || checkpointer(eps, PARTITIONS, stop))
-    };
+    let load = Load::start(&c, 8);
+    let acks = load.acks.clone();
     std::thread::sleep(Duration::from_secs(3));
 
     let leaders = c.leaders();
@@ -374,37 +424,12 @@ fn survives(name: &str, fault: Box<Fault>) {
     let what = fault(&mut c, victim, &acks);
     c.wait_for_all_leaders();
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().expect("writer thread");
-    }
-    let checkpoints = checkpoints.join().expect("checkpointer thread");
+    let (history, checkpoints) = load.stop();
 
     // Every acknowledged token exactly once, unknown ones at most once, in order; on every
     // node (the one struck caught up through its WAL, or from scratch, and the leaders).
     let h = history.lock().expect("history");
-    let mut total_acked = 0;
-    let mut lost = 0;
-    for (key, acked) in &h.acked {
-        total_acked += acked.len();
-        let allowed: BTreeSet<&String> =
-            acked.iter().chain(h.unknown.get(key).into_iter().flatten()).collect();
-        for node in 0..3 {
-            let value = read(&c.endpoint(node), key).unwrap_or_default();
-            let tokens: Vec<String> = value.split_inclusive(';').map(str::to_string).collect();
-            let unique: BTreeSet<&String> = tokens.iter().collect();
-            assert_eq!(unique.len(), tokens.len(), "node {}: a token of {key} was applied twice", node + 1);
-            for t in &tokens {
-                assert!(allowed.contains(t), "node {}: {key} holds {t}, which was never written", node + 1);
-            }
-            for t in acked {
-                if !unique.contains(t) {
-                    lost += 1;
-                }
-            }
-        }
-    }
-    let unknown: usize = h.unknown.values().map(Vec::len).sum();
+    let (total_acked, unknown, lost) = check_history(&h, &c, &[0, 1, 2]);
     println!(
         "multiprocess {name}: acknowledged={total_acked} unknown_outcome={unknown} lost={lost} victim=node{} \
          partitions_led_by_victim={} checkpoints={checkpoints} {what}",
@@ -694,19 +719,8 @@ fn members_join_leave_and_are_replaced_under_load() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(History::default()));
-    let acks = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..6)
-        .map(|w| {
-            let (stop, history, acks, eps) = (stop.clone(), history.clone(), acks.clone(), c.endpoints());
-            std::thread::spawn(move || writer(format!("list-{w}"), eps, stop, history, acks))
-        })
-        .collect();
-    let checkpoints = {
-        let (stop, eps) = (stop.clone(), c.endpoints());
-        std::thread::spawn(move || checkpointer(eps, MEMBERSHIP_PARTITIONS, stop))
-    };
+    let load = Load::start(&c, 6);
+    let acks = load.acks.clone();
     acks_grow(&acks, 100, "before the changes");
     let mut steps = Vec::new();
     let timed = |steps: &mut Vec<String>, what: &str, t0: Instant| {
@@ -745,11 +759,7 @@ fn members_join_leave_and_are_replaced_under_load() {
     let last = c.wait_for_voters(&[2, 4, 5, 6]);
     timed(&mut steps, "replace_node3_by_node6", t0);
     acks_grow(&acks, 20, "after the replacement");
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().expect("writer thread");
-    }
-    let checkpoints = checkpoints.join().expect("checkpointer thread");
+    let (history, checkpoints) = load.stop();
 
     // Every partition has the roster's voters (as its leader reports them).
     c.wait_for_all_leaders();
@@ -767,23 +777,7 @@ fn members_join_leave_and_are_replaced_under_load() {
 
     // Every acknowledged token exactly once on every member; unknown ones at most once.
     let h = history.lock().expect("history");
-    let (mut total_acked, mut lost) = (0, 0);
-    for (key, acked) in &h.acked {
-        total_acked += acked.len();
-        let allowed: BTreeSet<&String> =
-            acked.iter().chain(h.unknown.get(key).into_iter().flatten()).collect();
-        for node in [1, 3, 4, 5] {
-            let value = read(&c.endpoint(node), key).unwrap_or_default();
-            let tokens: Vec<String> = value.split_inclusive(';').map(str::to_string).collect();
-            let unique: BTreeSet<&String> = tokens.iter().collect();
-            assert_eq!(unique.len(), tokens.len(), "node {}: a token of {key} was applied twice", node + 1);
-            for t in &tokens {
-                assert!(allowed.contains(t), "node {}: {key} holds {t}, which was never written", node + 1);
-            }
-            lost += acked.iter().filter(|t| !unique.contains(t)).count();
-        }
-    }
-    let unknown: usize = h.unknown.values().map(Vec::len).sum();
+    let (total_acked, unknown, lost) = check_history(&h, &c, &[1, 3, 4, 5]);
 
     // SIGTERM with --leave-on-shutdown: node 6 leaves the roster and every partition, then
     // exits cleanly.

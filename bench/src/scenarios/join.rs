@@ -59,20 +59,11 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let keys = Arc::new(KeySpace::new(s.partitions, s.keys, s.keys_per_partition, s.key_size));
     let opts = LoadOpts {
-        clients: s.clients,
-        drivers: s.drivers,
-        workload: s.workload,
-        read_ratio: s.read_ratio,
-        value_size: s.value_size,
-        batch: s.batch,
-        keys,
-        pacing: s.pacing,
         duration: JOIN_TIMEOUT,
         warmup: Duration::ZERO,
-        checkpoint_every: s.checkpoint_every,
-        stop_after_ops: None,
         stop: Some(stop.clone()),
         progress: false,
+        ..super::load_opts(s, keys)
     };
     let load_started = Instant::now();
     let load = {

@@ -54,6 +54,27 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
     Ok(cluster)
 }
 
+/// The load `s` describes on `keys`: its clients, workload, pacing, duration and warm-up,
+/// with the live progress line (scenarios change what they measure differently).
+pub fn load_opts(s: &Settings, keys: Arc<crate::keys::KeySpace>) -> crate::load::LoadOpts {
+    crate::load::LoadOpts {
+        clients: s.clients,
+        drivers: s.drivers,
+        workload: s.workload,
+        read_ratio: s.read_ratio,
+        value_size: s.value_size,
+        batch: s.batch,
+        keys,
+        pacing: s.pacing,
+        duration: s.duration,
+        warmup: s.warmup,
+        checkpoint_every: s.checkpoint_every,
+        stop: None,
+        stop_after_ops: None,
+        progress: true,
+    }
+}
+
 /// The report's fixed fields for `s`.
 pub fn meta(s: &Settings) -> Meta {
     let remote = s.mode == ModeArg::Remote;

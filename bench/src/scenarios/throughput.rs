@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::{ModeArg, Settings};
 use crate::cluster::EmbeddedCluster;
 use crate::keys::KeySpace;
-use crate::load::{self, LoadOpts, TargetSpec, Workload};
+use crate::load::{self, TargetSpec, Workload};
 use crate::probes;
 use crate::proc_stats::{self, CpuMeter};
 use crate::profiles::{self, Profile};
@@ -76,22 +76,7 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
             p.rtt_p50_us / 1000.0
         ));
     }
-    let opts = LoadOpts {
-        clients: s.clients,
-        drivers: s.drivers,
-        workload: s.workload,
-        read_ratio: s.read_ratio,
-        value_size: s.value_size,
-        batch: s.batch,
-        keys,
-        pacing: s.pacing,
-        duration: s.duration,
-        warmup: s.warmup,
-        checkpoint_every: s.checkpoint_every,
-        stop: None,
-        stop_after_ops: None,
-        progress: true,
-    };
+    let opts = super::load_opts(s, keys);
     let net0 = cluster.map(EmbeddedCluster::net_totals_all);
     let store0 = cluster.map(EmbeddedCluster::store_totals_all);
     let cpu = CpuMeter::start();
