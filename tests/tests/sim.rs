@@ -22,8 +22,11 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// as it costs one seed). 1820 finds `read-ids-reused-after-restart` since the roster joined
 /// the workload (274 and 515 no longer do); 1033 since partitions follow the roster (1820
 /// no longer does). 8770 promoted a member that never came: its partitions reported it
-/// caught up while their logs were shorter than the lag bound.
-const REGRESSION_SEEDS: &[u64] = &[82, 515, 1033, 1820, 8770, 9414, 9507];
+/// caught up while their logs were shorter than the lag bound. 3378 finds
+/// `lease-only-with-check-quorum` (a member being removed deposed its leader again and again),
+/// 2395 `membership-change-without-active-quorum` (a group shrunk to a voter recovering its
+/// disk and one other).
+const REGRESSION_SEEDS: &[u64] = &[82, 515, 1033, 1820, 2395, 3378, 8770, 9414, 9507];
 const DEFAULT_STEPS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {

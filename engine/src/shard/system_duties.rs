@@ -41,10 +41,9 @@ impl<R> ShardCore<R> {
 
     /// Shard 0, while it leads the system partition: seeds the roster with the initial
     /// cluster (every member a voter) until the seed is applied (asked at every membership
-    /// round). Only the leader proposes it
-    /// (a follower's copy would be refused as stale anyway); the seed is an entry like any
-    /// change, so a replica that replays the log, or a node that joins later, learns the same
-    /// first roster.
+    /// round). Only the leader proposes it (a follower's copy would be refused as stale
+    /// anyway); the seed is an entry like any change, so a replica that replays the log, or a
+    /// node that joins later, learns the same first roster.
     pub(super) fn seed_roster_if_needed(&mut self) {
         let Some(view) = &self.system else { return };
         if self.cfg.joining

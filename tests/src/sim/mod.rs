@@ -348,6 +348,7 @@ impl Sim {
                 // Down nodes' views are unknown (a shrinking change may wait in one's log).
                 let all_up = self.nodes.iter().all(|n| n.up);
                 if !others_lost && all_up && self.rng.range(0, 100) < self.cfg.disk_loss_pct {
+                    self.nodes[victim].lost_at = self.now;
                     if self.rng.range(0, 2) == 0 {
                         self.nodes[victim].wipe();
                     } else {
@@ -376,6 +377,9 @@ impl Sim {
 
     /// Restarts node `i`; a restore the core refuses is a violation (the node stays down).
     fn restart(&mut self, i: usize) {
+        if self.nodes[i].has_lost_state() {
+            self.nodes[i].lost_at = self.now;
+        }
         if let Err(e) = self.nodes[i].restart(self.now) {
             let id = self.nodes[i].id;
             self.checker.on_unrecoverable(id, e.to_string());
@@ -512,14 +516,24 @@ impl Sim {
     /// group whose configuration (in any running node's view: views differ while a change is
     /// in flight) has it among one or two voters can elect none. Such a group is stranded
     /// until an operator replaces the member: its safety is still checked, its liveness no
-    /// longer. (A three-voter group survives one lost disk; following the roster waits for a
-    /// quorum of active voters before it shrinks a group, but a disk may be lost just after.)
+    /// longer. That is the loss's doing only when the configuration appears before leaders
+    /// could know: within an election timeout and a round trip of the loss (or of the node's
+    /// start with the loss still unrecovered) — the time a leader takes to see the node
+    /// silent, or to hear it is recovering. A group shrunk later was shrunk by following the
+    /// roster, which must wait for a quorum of active voters: its liveness stays checked.
     fn note_stranded(&mut self) {
+        let grace = self.cfg.raft.election_ticks_max
+            + round_trip_ticks(self.cfg.faults.max_delay, self.cfg.max_disk_latency);
         for &g in &self.groups {
             if self.stranded.contains(&g) {
                 continue;
             }
-            let lost: Vec<NodeId> = self.nodes.iter().filter(|n| n.lost_state_in(g)).map(|n| n.id).collect();
+            let lost: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|n| n.lost_state_in(g) && self.now.saturating_sub(n.lost_at) <= grace)
+                .map(|n| n.id)
+                .collect();
             if lost.is_empty() {
                 continue;
             }
@@ -559,9 +573,7 @@ impl Sim {
         }
         let (voters, learners) = (with(R::Voter), with(R::Learner));
         for g in self.live_groups() {
-            let furthest =
-                self.nodes.iter().filter_map(|n| n.multi().group(g)).max_by_key(|grp| grp.log().committed());
-            let Some(grp) = furthest else { continue };
+            let Some(grp) = self.at_highest_commit(g) else { continue };
             let conf = grp.membership();
             // A learner the roster made a voter votes once it keeps up; the slowest runs (one
             // entry per append, read back from disk) may still be closing the gap.
@@ -584,6 +596,18 @@ impl Sim {
                 self.checker.on_liveness_failure(g, detail);
             }
         }
+    }
+
+    /// A running replica of group `g` at the highest commit index any replica reached: its
+    /// latest configuration is committed unless one is pending (a replica further behind,
+    /// such as one that lost its disk, may hold an old one).
+    fn at_highest_commit(&self, g: GroupId) -> Option<&phalanx::raft::RaftGroup> {
+        let highest = self.checker.highest_commit(g);
+        self.nodes
+            .iter()
+            .filter(|n| n.up)
+            .filter_map(|n| n.multi().group(g))
+            .find(|grp| grp.log().committed() == highest)
     }
 
     /// A human-readable picture of every node's groups.
@@ -654,22 +678,17 @@ impl Sim {
             }
         }
         self.note_stranded();
-        // Each group's committed configuration, from a replica at the highest commit index
-        // seen (its latest configuration is committed when none is pending; a replica further
-        // behind, such as one that lost its disk, may hold an old one).
-        for &g in &self.groups {
-            let highest = self.checker.highest_commit(g);
-            let furthest = self
-                .nodes
-                .iter()
-                .filter(|n| n.up)
-                .filter_map(|n| n.multi().group(g))
-                .find(|grp| grp.log().committed() == highest);
-            if let Some(grp) = furthest
-                && !grp.conf_change_pending()
-            {
-                self.checker.on_committed_voters(g, &grp.membership().voters);
-            }
+        // Each group's committed configuration against the roster.
+        let committed: Vec<_> = self
+            .groups
+            .iter()
+            .filter_map(|&g| {
+                let grp = self.at_highest_commit(g).filter(|grp| !grp.conf_change_pending())?;
+                Some((g, grp.membership().voters.clone()))
+            })
+            .collect();
+        for (g, voters) in committed {
+            self.checker.on_committed_voters(g, &voters);
         }
         self.net.sent.hash(&mut self.trace);
     }

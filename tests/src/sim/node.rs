@@ -160,6 +160,9 @@ pub struct SimNode {
     system_position: Arc<std::sync::atomic::AtomicU64>,
     /// Lost durable state that the next start finds (a wiped disk, a damaged log tail).
     lost_pending: bool,
+    /// The tick the node last lost durable state or started again with some still lost (set
+    /// by the simulator): until leaders heard from it since, they may not know.
+    pub lost_at: u64,
     /// The damaged tail the store reports at the next start.
     damaged: Option<DamagedTail>,
     /// This incarnation's monotonic clock, in ticks (ms).
@@ -212,6 +215,7 @@ impl SimNode {
             recorded: Arc::new(Mutex::new(Recorded::default())),
             system_position: Arc::default(),
             lost_pending: false,
+            lost_at: 0,
             damaged: None,
             clock: 0,
             heard: BTreeMap::new(),
