@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// How partitions follow the roster.
     pub membership: MembershipConfig,
+    /// The failure detector (SWIM, `swim/`).
+    pub swim: crate::swim::SwimConfig,
     /// Start even though a WAL's damaged last batch may hold acknowledged writes of a
     /// partition no other node holds a copy of (this node is its only voter): drop the
     /// batch and accept the loss. Off by default: such a node refuses to start, naming the
@@ -111,6 +113,7 @@ impl NodeConfig {
             leader_balance_interval_ms: 2_000,
             raft,
             membership: MembershipConfig::default(),
+            swim: crate::swim::SwimConfig::default(),
             truncate_damaged_wal_tail: false,
             store_faults: None,
         }
@@ -194,6 +197,7 @@ impl NodeConfig {
                 self.raft.max_snapshot_bytes
             ));
         }
+        self.swim.check(self.tick_interval_ms)?;
         let m = &self.membership;
         if m.promote_window_ms == 0 || m.reconcile_interval_ms == 0 || m.max_catch_ups_per_shard == 0 {
             return Err("membership.promote_window_ms, membership.reconcile_interval_ms and \

@@ -37,12 +37,19 @@ pub enum Event {
         /// Why.
         status: Status,
     },
-    /// The failure detector has not heard from a peer within the failure timeout.
+    /// The failure detector (SWIM) holds a peer dead: suspected, and no refutation within
+    /// the suspicion timeout.
     NodeDown {
         /// The peer.
         node: NodeId,
     },
-    /// A peer the failure detector considered down was heard from again.
+    /// The failure detector suspects a peer: it answered no probe, direct or indirect, for
+    /// a probe round.
+    NodeSuspect {
+        /// The peer.
+        node: NodeId,
+    },
+    /// A peer the failure detector suspected or held dead is alive again (it refuted).
     NodeUp {
         /// The peer.
         node: NodeId,

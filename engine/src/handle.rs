@@ -275,10 +275,24 @@ impl NodeHandle {
         self.inner.shared.last_activity(node)
     }
 
-    /// Peers the failure detector considers down (not heard from within an election timeout).
+    /// Peers the failure detector (SWIM, `swim/`) holds dead: suspected and not refuted
+    /// within the suspicion timeout.
     #[must_use]
     pub fn down_nodes(&self) -> Vec<NodeId> {
-        self.inner.shared.down_nodes()
+        self.inner.shared.nodes_in(crate::swim::Liveness::Dead)
+    }
+
+    /// Peers the failure detector suspects: a probe round failed, the suspicion has not
+    /// timed out yet.
+    #[must_use]
+    pub fn suspect_nodes(&self) -> Vec<NodeId> {
+        self.inner.shared.nodes_in(crate::swim::Liveness::Suspect)
+    }
+
+    /// The failure detector's verdict on `node` (alive unless it said otherwise).
+    #[must_use]
+    pub fn liveness(&self, node: NodeId) -> crate::swim::Liveness {
+        self.inner.shared.liveness(node)
     }
 
     /// The cluster as the system partition knows it (nodes' announced addresses).

@@ -106,6 +106,7 @@ pub mod runtime;
 pub mod shard;
 pub mod state_machine;
 pub mod stats;
+pub mod swim;
 pub mod system;
 
 pub use config::{MembershipConfig, NodeConfig, derive_node_id};

@@ -1,6 +1,6 @@
 //! The Raft core and the shard core must stay deterministic: no IO, no clock reads, no
 //! unseeded randomness, no iteration over randomly seeded hash maps. This test scans
-//! `engine/src/raft/` and `engine/src/shard/` and fails on anything that could break that
+//! `engine/src/raft/`, `engine/src/shard/` and `engine/src/swim/` and fails on anything that could break that
 //! (see ARCHITECTURE.md, "Layers and crates").
 
 use std::path::Path;
@@ -48,13 +48,18 @@ const FORBIDDEN_IN_SHARD: &[(&str, &str)] = &[
     ("SnapshotStore", "snapshot files are saved by the writer"),
 ];
 
+/// Files compiled only for unit tests (`#[cfg(test)] mod tests;`), which may read the clock.
+const TEST_ONLY: &[&str] = &["tests.rs"];
+
 fn scan(dir: &str, extra: &[(&str, &str)], min_files: usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut found = Vec::new();
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).expect("the core's directory exists") {
         let path = entry.expect("readable dir entry").path();
-        if path.extension().is_none_or(|e| e != "rs") {
+        if path.extension().is_none_or(|e| e != "rs")
+            || path.file_name().is_some_and(|f| TEST_ONLY.iter().any(|t| f == *t))
+        {
             continue;
         }
         files += 1;
@@ -80,4 +85,9 @@ fn raft_core_is_deterministic_and_io_free() {
 #[test]
 fn shard_core_is_deterministic_and_io_free() {
     scan("src/shard", FORBIDDEN_IN_SHARD, 10);
+}
+
+#[test]
+fn failure_detector_is_deterministic_and_io_free() {
+    scan("src/swim", FORBIDDEN_IN_SHARD, 2);
 }

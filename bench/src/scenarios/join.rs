@@ -3,7 +3,7 @@
 //! voter of every partition (its partitions' leaders report it), the cluster's write
 //! throughput and latency per second before and during the join, and then the time from
 //! killing a node (its transport cut at one instant, as by SIGKILL) to the others' failure
-//! detector calling it down.
+//! detector suspecting it everywhere, and calling it down everywhere (SWIM, `engine/src/swim/`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,7 +116,14 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let victim_id = cluster.handle(victim).map_or(0, |h| h.node_id());
     let killed_at = cluster.kill(victim)?;
     let observers: Vec<_> = cluster.handles();
+    let mut suspect_ms = None;
     let down_ms = loop {
+        // Suspected (or already dead: news of the death can outrun the suspicion) everywhere.
+        if suspect_ms.is_none()
+            && observers.iter().all(|h| h.liveness(victim_id) != phalanx::swim::Liveness::Alive)
+        {
+            suspect_ms = Some(killed_at.elapsed().as_secs_f64() * 1000.0);
+        }
         if observers.iter().all(|h| h.down_nodes().contains(&victim_id)) {
             break Some(killed_at.elapsed().as_secs_f64() * 1000.0);
         }
@@ -152,6 +159,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         ("during", during.to_json()),
         ("after", after.to_json()),
         ("killed_node", json!(victim_id)),
+        ("kill_to_suspect_ms", json!(suspect_ms)),
         ("kill_to_down_ms", json!(down_ms)),
         ("election_timeout_ms", json!([s.tick_ms * 10, s.tick_ms * 20])),
     ] {
@@ -175,7 +183,10 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         ));
     }
     r.lines.push(match down_ms {
-        Some(ms) => format!("  node {victim_id} killed: down on every other node after {ms:.0} ms"),
+        Some(ms) => format!(
+            "  node {victim_id} killed: suspect on every other node after {}, down after {ms:.0} ms",
+            suspect_ms.map_or("-".into(), |m| format!("{m:.0} ms"))
+        ),
         None => format!("  node {victim_id} killed: not called down within {JOIN_TIMEOUT:?}"),
     });
     Ok(r)

@@ -684,7 +684,6 @@ async fn dispatch(
         }
         Op::MemberList(_) => {
             let roster = ctx.handle.roster();
-            let down = ctx.handle.down_nodes();
             let me = ctx.handle.node_id();
             let mut lags: HashMap<NodeId, HashMap<u32, u64>> = HashMap::new();
             for st in ctx.handle.status().await.into_iter().filter(|st| st.is_leader) {
@@ -701,7 +700,7 @@ async fn dispatch(
                     raft_address: m.raft_address.clone(),
                     client_address: m.client_address.clone(),
                     role: m.role.name().to_string(),
-                    liveness: if m.id != me && down.contains(&m.id) { "down" } else { "up" }.to_string(),
+                    liveness: if m.id == me { "up" } else { ctx.handle.liveness(m.id).name() }.to_string(),
                     partition_lag: lags.remove(&m.id).unwrap_or_default(),
                 })
                 .collect();

@@ -24,6 +24,7 @@ fn body_term(b: &Body) -> u64 {
         Body::ForwardedProposal(m) => m.term,
         Body::RecoveryProbe(_) => 0,
         Body::RecoveryProbeResponse(m) => m.term,
+        Body::Gossip(_) => 0,
     }
 }
 
@@ -59,6 +60,8 @@ impl RaftGroup {
                 self.handle_recovery_probe_response(from, r);
                 return Ok(());
             }
+            // The shard's failure detector takes these before any group sees them.
+            Body::Gossip(_) => return self.reject(Status::InvalidRequest),
             _ => {}
         }
         if self.ignores_leaders()

@@ -22,7 +22,7 @@ pub(crate) enum ShardMsg {
     /// The system partition's state changed (from the shard that owns partition 0).
     System(Arc<ClusterDirectory>),
     /// The failure detector's view of a peer changed.
-    PeerStatus { node: NodeId, up: bool },
+    PeerStatus { node: NodeId, liveness: crate::swim::Liveness },
     /// A system command for the system partition (to the shard that owns it), from a shard
     /// reporting membership progress.
     SystemCommand(bytes::Bytes),

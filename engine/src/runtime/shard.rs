@@ -226,8 +226,7 @@ impl<T: Transport> Shard<T> {
             if self.core.stopping() {
                 break;
             }
-            let shared = &self.shared;
-            self.core.tick_if_due(&|n| shared.last_activity(n));
+            self.core.tick_if_due();
             self.core.process_readies();
             if let Err(e) = self.execute() {
                 failed = self.fatal(e);
@@ -269,7 +268,7 @@ impl<T: Transport> Shard<T> {
             ShardMsg::Request(r) => self.core.on_request(r),
             ShardMsg::Peer { from, messages } => self.core.on_peer(from, messages),
             ShardMsg::System(d) => self.core.on_directory(d),
-            ShardMsg::PeerStatus { node, up } => self.core.on_peer_status(node, up),
+            ShardMsg::PeerStatus { node, liveness } => self.core.on_peer_status(node, liveness),
             ShardMsg::SystemCommand(c) => self.core.propose_system_command(c),
             ShardMsg::Stop => self.core.stop(),
         }
@@ -283,8 +282,8 @@ impl<T: Transport> Shard<T> {
         for (p, leader, term) in out.leaders.drain(..) {
             self.shared.set_leader(p, leader, term);
         }
-        for &(node, up) in &out.peer_status {
-            self.shared.set_down(node, !up);
+        for &(node, liveness) in &out.peer_status {
+            self.shared.set_liveness(node, liveness);
         }
         if let Some(d) = &out.directory {
             self.shared.set_directory(d.clone());
@@ -296,8 +295,8 @@ impl<T: Transport> Shard<T> {
         for e in out.events.drain(..) {
             self.shared.events.publish(e);
         }
-        for (node, up) in out.peer_status.drain(..) {
-            self.bus.broadcast(self.id, || ShardMsg::PeerStatus { node, up });
+        for (node, liveness) in out.peer_status.drain(..) {
+            self.bus.broadcast(self.id, || ShardMsg::PeerStatus { node, liveness });
         }
         if let Some(d) = out.directory.take() {
             self.bus.broadcast(self.id, || ShardMsg::System(d.clone()));

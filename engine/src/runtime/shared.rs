@@ -1,9 +1,10 @@
 //! State shared by a node's shards and handles: a cache of each partition's leader (so
 //! `am_i_leader_quick` and routing need no round trip), when each peer was last heard from,
+//! the failure detector's verdicts,
 //! the event hub, and whether a shard failed. Written rarely (leader changes, once per tick),
 //! read from any thread; never on the per-entry path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use crate::Error;
 use crate::events::EventHub;
 use crate::raft::NodeId;
 use crate::state_machine::PartitionId;
+use crate::swim::Liveness;
 use crate::system::ClusterDirectory;
 
 /// Shared state of one node.
@@ -27,7 +29,8 @@ pub(crate) struct NodeShared {
     failed: AtomicBool,
     failure: Mutex<Option<Error>>,
     directory: Mutex<Arc<ClusterDirectory>>,
-    down: Mutex<BTreeSet<NodeId>>,
+    /// The failure detector's verdicts on peers not alive.
+    liveness: Mutex<BTreeMap<NodeId, Liveness>>,
 }
 
 impl NodeShared {
@@ -41,7 +44,7 @@ impl NodeShared {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             directory: Mutex::new(Arc::new(ClusterDirectory::default())),
-            down: Mutex::new(BTreeSet::new()),
+            liveness: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -98,17 +101,23 @@ impl NodeShared {
         }
     }
 
-    /// Peers the failure detector considers down.
-    pub(crate) fn down_nodes(&self) -> Vec<NodeId> {
-        self.down.lock().map(|d| d.iter().copied().collect()).unwrap_or_default()
+    /// Peers the failure detector holds in `state`, in id order.
+    pub(crate) fn nodes_in(&self, state: Liveness) -> Vec<NodeId> {
+        let Ok(l) = self.liveness.lock() else { return Vec::new() };
+        l.iter().filter(|(_, s)| **s == state).map(|(n, _)| *n).collect()
     }
 
-    pub(crate) fn set_down(&self, node: NodeId, down: bool) {
-        if let Ok(mut d) = self.down.lock() {
-            if down {
-                d.insert(node);
+    /// The failure detector's verdict on `node` (alive unless it said otherwise).
+    pub(crate) fn liveness(&self, node: NodeId) -> Liveness {
+        self.liveness.lock().ok().and_then(|l| l.get(&node).copied()).unwrap_or(Liveness::Alive)
+    }
+
+    pub(crate) fn set_liveness(&self, node: NodeId, state: Liveness) {
+        if let Ok(mut l) = self.liveness.lock() {
+            if state == Liveness::Alive {
+                l.remove(&node);
             } else {
-                d.remove(&node);
+                l.insert(node, state);
             }
         }
     }

@@ -103,8 +103,8 @@ pub struct Output<R> {
     pub leaders: Vec<(PartitionId, Option<NodeId>, u64)>,
     /// Shard 0: the system partition's new directory, for every shard and every handle.
     pub directory: Option<Arc<ClusterDirectory>>,
-    /// Shard 0: the failure detector's verdicts (node, up), for every shard and handle.
-    pub peer_status: Vec<(NodeId, bool)>,
+    /// Shard 0: the failure detector's verdicts, for every shard and handle.
+    pub peer_status: Vec<(NodeId, crate::swim::Liveness)>,
     /// Peer messages for partitions of another shard (a sender with another core count):
     /// shard, sender, messages.
     pub forwards: Vec<(usize, NodeId, Vec<RaftMessage>)>,
@@ -178,9 +178,10 @@ pub struct ShardCore<R> {
     /// The latest cluster directory (from the system partition, via the bus).
     directory: Arc<ClusterDirectory>,
     next_announce: Instant,
-    /// Peers the failure detector considers down (shard 0 decides; the others hear it).
+    /// Peers the failure detector holds dead (shard 0 decides; the others hear it).
     down: BTreeSet<NodeId>,
-    started: Instant,
+    /// Shard 0: the failure detector (`swim/`).
+    swim: Option<crate::swim::Detector>,
     next_balance: Instant,
     tick: Duration,
     next_tick: Instant,
@@ -262,12 +263,16 @@ impl<R> ShardCore<R> {
         &mut self.out
     }
 
-    /// Consensus messages from peer `from`.
+    /// Consensus messages from peer `from`, and the failure detector's.
     pub fn on_peer(&mut self, from: NodeId, messages: Vec<RaftMessage>) {
         self.peers_seen.insert(from, self.now);
         let mut elsewhere: BTreeMap<usize, Vec<RaftMessage>> = BTreeMap::new();
         self.counters.messages_received += messages.len() as u64;
         for m in messages {
+            if let Some(phalanx_proto::raft_message::Body::Gossip(_)) = &m.body {
+                self.on_gossip(from, m);
+                continue;
+            }
             let owner = crate::runtime::placement::shard_of(m.group, self.shards);
             if owner != self.id {
                 // The sender has another core count than we do: route through the bus.
@@ -292,9 +297,8 @@ impl<R> ShardCore<R> {
     }
 
     /// Step 2 of the loop: ticks the groups if due, expires callers, and runs the periodic
-    /// duties. `heard` tells when a peer was last heard from by any shard of the node (the
-    /// failure detector's input; this shard's own sightings since the last tick count too).
-    pub fn tick_if_due(&mut self, heard: &dyn Fn(NodeId) -> Option<Instant>) {
+    /// duties (shard 0's include the failure detector).
+    pub fn tick_if_due(&mut self) {
         let now = self.now;
         if now < self.next_tick {
             return;
@@ -313,8 +317,8 @@ impl<R> ShardCore<R> {
         let seen = std::mem::take(&mut self.peers_seen);
         if self.system.is_some() {
             self.announce_if_needed(now);
-            let last_heard = |n: NodeId| heard(n).max(seen.get(&n).copied());
-            self.detect_failures(now, &last_heard);
+            self.run_detector(now);
+            self.evict_dead_if_due(now);
         }
         self.out.activity.extend(seen);
         self.follow_roster_if_due();

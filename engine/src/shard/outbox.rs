@@ -24,6 +24,16 @@ impl Outbox {
         self.messages.extend(messages);
     }
 
+    /// The peers the turn sends to that get no failure-detector message yet.
+    pub(crate) fn peers_without_gossip(&self) -> Vec<NodeId> {
+        use phalanx_proto::raft_message::Body;
+        let mut to: Vec<NodeId> = self.messages.iter().map(|m| m.to).collect();
+        to.sort_unstable();
+        to.dedup();
+        to.retain(|p| !self.messages.iter().any(|m| m.to == *p && matches!(m.body, Some(Body::Gossip(_)))));
+        to
+    }
+
     /// Drops every queued message of group `p` (it stopped here).
     pub(crate) fn forget_group(&mut self, p: u64) {
         self.messages.retain(|m| m.group != p);

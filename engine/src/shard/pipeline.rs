@@ -89,7 +89,9 @@ impl<R> ShardCore<R> {
             }
             self.out.writes.push(job);
         }
-        // Every message of the turn at once (see `outbox.rs`).
+        // Every message of the turn at once (see `outbox.rs`), with the failure detector's
+        // news for peers the frames go to anyway.
+        self.piggyback_gossip();
         let before = self.out.frames.len();
         self.outbox.flush(self.limits.peer_batch_bytes_max, &mut self.out.frames);
         let sent = &self.out.frames[before..];

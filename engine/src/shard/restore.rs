@@ -92,6 +92,12 @@ impl<R> ShardCore<R> {
         }
         let tick = Duration::from_millis(cfg.tick_interval_ms);
         let balance_every = Duration::from_millis(cfg.leader_balance_interval_ms);
+        // Shard 0 runs the failure detector; its incarnation starts at the wall clock's ms,
+        // above anything said about the node's previous run.
+        let swim = (shard == 0).then(|| {
+            let seed = crate::raft::mix_seed(&[cfg.raft.seed, cfg.node_id, 0x5317]);
+            crate::swim::Detector::new(cfg.node_id, cfg.swim.clone(), wall_ms, seed, now)
+        });
         Ok(ShardCore {
             id: shard,
             shards,
@@ -111,7 +117,7 @@ impl<R> ShardCore<R> {
             directory: Arc::new(ClusterDirectory::default()),
             next_announce: now,
             down: Default::default(),
-            started: now,
+            swim,
             next_balance: now + balance_every,
             tick,
             next_tick: now + tick,

@@ -1,15 +1,20 @@
 //! Shard 0's duties for the node: announcing the node on the system partition until the
-//! announcement is applied, publishing the directory the system partition holds, and the
-//! failure detector. Every shard hears the detector's verdicts.
+//! announcement is applied, publishing the directory the system partition holds, and running
+//! the failure detector (`swim/`; optionally evicting members dead past a grace). Every shard
+//! hears the detector's verdicts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use phalanx_proto::RaftMessage;
+use phalanx_proto::raft_message::Body;
 
 use super::ShardCore;
 use crate::events::Event;
 use crate::raft::NodeId;
 use crate::roster::Change;
 use crate::state_machine::PartitionId;
+use crate::swim::Liveness;
 use crate::system::{announcement, roster_change};
 
 /// The reserved log type of the system partition's own entries.
@@ -69,43 +74,101 @@ impl<R> ShardCore<R> {
         self.propose_system_command(roster_change(0, &Change::Seed { members, partitions }));
     }
 
-    /// Shard 0: the failure detector. A peer not heard from (by any shard) within an election
-    /// timeout is down; heard again, it is up. Changes become events and go to every shard.
-    pub(super) fn detect_failures(&mut self, now: Instant, last_heard: &dyn Fn(NodeId) -> Option<Instant>) {
-        let timeout = self.tick * self.cfg.raft.election_ticks_max as u32;
-        // The roster's members once it is seeded (members join and leave), the initial cluster
-        // before; a member that left is forgotten (its verdict is withdrawn as up).
-        let mut peers: std::collections::BTreeSet<NodeId> = if self.directory.roster.version > 0 {
-            self.directory.roster.members.keys().copied().collect()
+    /// Shard 0: the failure detector's turn (`swim/`): it watches the roster's members (the
+    /// initial cluster before the roster is seeded), probes, and times out suspicions; what
+    /// it sends joins the turn's frames, what it decides reaches every shard and handle.
+    pub(super) fn run_detector(&mut self, now: Instant) {
+        let roster = &self.directory.roster;
+        let (members, version): (Vec<NodeId>, u64) = if roster.version > 0 {
+            (roster.members.keys().copied().collect(), roster.version)
         } else {
-            self.cfg.initial_voters().into_iter().collect()
+            (self.cfg.initial_voters(), 0)
         };
-        peers.remove(&self.cfg.node_id);
-        let gone: Vec<NodeId> = self.down.iter().copied().filter(|n| !peers.contains(n)).collect();
-        for peer in gone {
-            self.out.peer_status.push((peer, true));
-            self.on_peer_status(peer, true);
+        let Some(swim) = &mut self.swim else { return };
+        swim.set_members(&members, version, now);
+        swim.tick(now);
+        self.detector_output();
+    }
+
+    /// Shard 0: a gossip message from `from` for the failure detector.
+    pub(super) fn on_gossip(&mut self, from: NodeId, m: RaftMessage) {
+        let (Some(swim), Some(Body::Gossip(g))) = (&mut self.swim, m.body) else {
+            // Gossip goes shard 0 to shard 0 (`group` 0); anything else is a confused peer.
+            self.counters.messages_refused += 1;
+            return;
+        };
+        if m.group != 0 || m.to != self.cfg.node_id {
+            self.counters.messages_refused += 1;
+            return;
         }
-        for peer in peers {
-            let last = last_heard(peer).unwrap_or(self.started);
-            let down = now.saturating_duration_since(last) > timeout;
-            if down == self.down.contains(&peer) {
-                continue;
-            }
-            self.out.peer_status.push((peer, !down));
-            self.out.events.push(if down {
-                Event::NodeDown { node: peer }
-            } else {
-                Event::NodeUp { node: peer }
+        swim.on_gossip(from, g, self.now);
+        self.detector_output();
+    }
+
+    /// The detector's messages into the outbox; its verdicts into events, the shared views
+    /// and this shard's own state.
+    fn detector_output(&mut self) {
+        let Some(swim) = &mut self.swim else { return };
+        let me = self.cfg.node_id;
+        let messages = swim.take_messages();
+        let changes = swim.take_changes();
+        self.outbox.extend(messages.into_iter().map(|(to, g)| RaftMessage {
+            group: 0,
+            from: me,
+            to,
+            body: Some(Body::Gossip(g)),
+        }));
+        for (node, state) in changes {
+            self.out.peer_status.push((node, state));
+            self.out.events.push(match state {
+                Liveness::Alive => Event::NodeUp { node },
+                Liveness::Suspect => Event::NodeSuspect { node },
+                Liveness::Dead => Event::NodeDown { node },
             });
-            self.on_peer_status(peer, !down);
+            self.on_peer_status(node, state);
         }
     }
 
+    /// Shard 0: news for peers the turn's frames go to anyway (`swim/`: dissemination rides
+    /// on the Raft traffic).
+    pub(super) fn piggyback_gossip(&mut self) {
+        let Some(swim) = &mut self.swim else { return };
+        if !swim.has_news() {
+            return;
+        }
+        let me = self.cfg.node_id;
+        for to in self.outbox.peers_without_gossip() {
+            if let Some(g) = swim.piggyback(to) {
+                self.outbox.extend([RaftMessage { group: 0, from: me, to, body: Some(Body::Gossip(g)) }]);
+            }
+        }
+    }
+
+    /// Shard 0, while it leads the system partition: removes from the roster a member dead
+    /// for longer than `swim.eviction_grace_ms` (off when 0), one at a time, never while
+    /// another member is in transition.
+    pub(super) fn evict_dead_if_due(&mut self, now: Instant) {
+        let grace = self.cfg.swim.eviction_grace_ms;
+        if grace == 0 || !self.multi.group(0).is_some_and(|g| g.is_leader()) {
+            return;
+        }
+        let roster = self.directory.roster.clone();
+        if roster.version == 0 || roster.in_transition().is_some() {
+            return;
+        }
+        let Some(swim) = &mut self.swim else { return };
+        let Some(node) = swim.eviction_candidate(Duration::from_millis(grace), now) else { return };
+        if !roster.members.contains_key(&node) {
+            return;
+        }
+        tracing::warn!(node, grace_ms = grace, "evicting a member dead for longer than the grace");
+        self.propose_system_command(roster_change(roster.version, &Change::Remove(node)));
+    }
+
     /// The failure detector's verdict on a peer (shard 0's own, or heard on the bus): reads
-    /// forwarded to a peer that is down fail at once, and leadership is not handed to it.
-    pub fn on_peer_status(&mut self, node: NodeId, up: bool) {
-        if up {
+    /// forwarded to a dead peer fail at once, and leadership is not handed to it.
+    pub fn on_peer_status(&mut self, node: NodeId, state: Liveness) {
+        if state != Liveness::Dead {
             self.down.remove(&node);
             return;
         }
@@ -114,6 +177,18 @@ impl<R> ShardCore<R> {
         for p in groups {
             self.multi.update(p, |g| g.peer_unreachable(node));
         }
+    }
+
+    /// Shard 0: the failure detector's view of `node` (`None`: not a member, or this node).
+    #[must_use]
+    pub fn liveness(&self, node: NodeId) -> Option<Liveness> {
+        self.swim.as_ref()?.liveness(node)
+    }
+
+    /// Shard 0: the failure detector, for observers (simulators, tests).
+    #[must_use]
+    pub fn detector(&self) -> Option<&crate::swim::Detector> {
+        self.swim.as_ref()
     }
 
     /// Shard 0: after applying partition 0, publish a changed directory.

@@ -139,6 +139,7 @@ pub fn kind(m: &RaftMessage) -> &'static str {
         Some(Body::ForwardedProposal(_)) => "Forward",
         Some(Body::RecoveryProbe(_)) => "RecoveryProbe",
         Some(Body::RecoveryProbeResponse(_)) => "RecoveryProbeResp",
+        Some(Body::Gossip(_)) => "Gossip",
         None => "Empty",
     }
 }

@@ -244,6 +244,7 @@ impl Sim {
             self.check_convergence();
             self.check_roster_followed();
         }
+        self.check_detectors();
         self.checker.finish();
         let roster_versions = self.checker.roster_versions();
         let final_state = self.describe();
@@ -548,6 +549,41 @@ impl Sim {
         }
     }
 
+    /// After the heal every node's failure detector sees every other running node that is a
+    /// member alive (a death heard during the faults was refuted: SWIM's accuracy once the
+    /// network is whole), and every member the run has no node for dead (completeness).
+    fn check_detectors(&mut self) {
+        let real = |id: NodeId| id <= self.cfg.nodes;
+        let up: std::collections::BTreeSet<NodeId> =
+            self.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
+        let mut wrong = Vec::new();
+        for n in &mut self.nodes {
+            let id = n.id;
+            let Some(core) = n.core() else { continue };
+            let Some(d) = core.detector() else { continue };
+            for (m, e) in d.table().iter() {
+                let want = if up.contains(&m) {
+                    phalanx::swim::Liveness::Alive
+                } else if !real(m) {
+                    phalanx::swim::Liveness::Dead
+                } else {
+                    continue;
+                };
+                if e.view.state != want {
+                    wrong.push(format!(
+                        "node {id} holds node {m} {:?} (incarnation {})",
+                        e.view.state, e.view.incarnation
+                    ));
+                }
+            }
+        }
+        if !wrong.is_empty() {
+            let detail =
+                format!("failure detectors {LIVENESS_TICKS} ticks after the heal: {}", wrong.join("; "));
+            self.checker.on_liveness_failure(0, detail);
+        }
+    }
+
     /// After the heal every group converged to the roster: its committed configuration has
     /// the roster's voters as voters and its learners as learners, and no member is still
     /// leaving. Members the run has no node for (added by the workload, never started) can
@@ -739,6 +775,10 @@ fn node_config(cfg: &SimConfig, id: NodeId) -> NodeConfig {
     c.membership.max_catch_ups_per_shard = 2;
     // A learner keeps up within a few appends (the runs' appends carry 1 to 8 entries).
     c.membership.promote_max_lag_entries = PROMOTE_MAX_LAG_ENTRIES;
+    // The failure detector at the runs' scale: a direct probe gets a message round trip
+    // (and a little), the round twice that; suspicions last four rounds.
+    c.swim.probe_timeout_ms = 2 * cfg.faults.max_delay + 2;
+    c.swim.probe_interval_ms = 2 * c.swim.probe_timeout_ms;
     c.raft = cfg.raft.clone();
     c.raft.seed = cfg.seed;
     c

@@ -167,8 +167,6 @@ pub struct SimNode {
     damaged: Option<DamagedTail>,
     /// This incarnation's monotonic clock, in ticks (ms).
     clock: u64,
-    /// When each peer was last heard from (the failure detector's input).
-    heard: BTreeMap<NodeId, Instant>,
     /// Per group, the commit index this incarnation recovered from its disk: what a restart
     /// may replay.
     pub recovered_commit: BTreeMap<GroupId, u64>,
@@ -218,7 +216,6 @@ impl SimNode {
             lost_at: 0,
             damaged: None,
             clock: 0,
-            heard: BTreeMap::new(),
             recovered_commit: BTreeMap::new(),
             cfg,
             base,
@@ -256,10 +253,9 @@ impl SimNode {
     pub fn tick(&mut self, wall_ms: u64) {
         self.clock += 1;
         let now = self.now();
-        let heard = &self.heard;
         if let Some(core) = self.core.as_mut() {
             core.set_clock(now, wall_ms);
-            core.tick_if_due(&|n| heard.get(&n).copied());
+            core.tick_if_due();
         }
     }
 
@@ -287,10 +283,8 @@ impl SimNode {
         }
         self.writer.queue.extend(out.writes.drain(..));
         self.answers.append(&mut out.answers);
-        for (node, at) in out.activity.drain(..) {
-            self.heard.insert(node, at);
-        }
         // One shard: nothing to tell other shards or handles.
+        out.activity.clear();
         out.events.clear();
         out.leaders.clear();
         out.peer_status.clear();
@@ -366,7 +360,6 @@ impl SimNode {
         self.core = None;
         self.writer = Writer::default();
         self.answers.clear();
-        self.heard.clear();
         self.take_recorded();
     }
 

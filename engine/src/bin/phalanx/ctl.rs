@@ -105,7 +105,7 @@ enum CtlCommand {
 
 #[derive(Subcommand, Debug)]
 enum MemberCommand {
-    /// Every member: id, role, liveness (by the answering node's failure detector),
+    /// Every member: id, role, liveness (up, suspect or down, by the answering node's SWIM detector),
     /// addresses.
     List {
         /// Print JSON: {"version":N,"members":[{"id","raft_address","client_address","role","liveness"}]}.
