@@ -49,6 +49,12 @@ pub enum Event {
         /// The peer.
         node: NodeId,
     },
+    /// A peer's roster, at `version` (newer than this node's), does not list this node: it
+    /// left the cluster or was removed, and the system partition no longer replicates to it.
+    NotInRoster {
+        /// The peer's roster version.
+        version: u64,
+    },
     /// A peer the failure detector suspected or held dead is alive again (it refuted).
     NodeUp {
         /// The peer.

@@ -289,6 +289,13 @@ impl NodeHandle {
         self.inner.shared.nodes_in(crate::swim::Liveness::Suspect)
     }
 
+    /// The newest roster version a peer said does not list this node (newer than the roster
+    /// this node holds): for a member, it left or was removed ([`crate::Event::NotInRoster`]).
+    #[must_use]
+    pub fn unlisted_at(&self) -> Option<u64> {
+        self.inner.shared.unlisted_at().filter(|v| *v > self.roster().version)
+    }
+
     /// The failure detector's verdict on `node` (alive unless it said otherwise).
     #[must_use]
     pub fn liveness(&self, node: NodeId) -> crate::swim::Liveness {
@@ -362,21 +369,155 @@ impl NodeHandle {
 
     // ----- membership -----
 
-    /// Waits until every partition (system included) has a known leader: the node has
-    /// joined its cluster and can serve. Fails with `ProposalTimeout` after `timeout`.
+    /// Waits until every partition (system included) has a known leader and, once the
+    /// roster is seeded, this node is one of its voters: the node has joined its cluster and
+    /// can serve. A node started with `NodeConfig::joining` becomes a voter once a member
+    /// added it ([`NodeHandle::change_membership`] with `Change::Add`, on any member) and
+    /// every partition caught it up. Fails with `ProposalTimeout` after `timeout`.
     pub async fn join_cluster(&self, timeout: Duration) -> Result<(), Status> {
+        use crate::roster::Role;
         let deadline = Instant::now() + timeout;
         for p in 0..=u64::from(self.partitions()) {
             let left = deadline.saturating_duration_since(Instant::now());
             self.wait_for_leader(p, left).await?;
         }
-        Ok(())
+        let me = self.node_id();
+        loop {
+            let roster = self.roster();
+            let voter = roster.members.get(&me).is_some_and(|m| m.role == Role::Voter);
+            if voter || (roster.version == 0 && !self.config().joining) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::ProposalTimeout);
+            }
+            self.wait_roster_change(roster.version, left).await;
+        }
     }
 
-    /// Leaves gracefully: hands over leadership of every partition this node leads, so the
-    /// cluster does not wait for election timeouts when the node stops. Stop the node with
+    /// Waits until this node's roster is past `after_version`, at most `timeout`; returns the
+    /// roster then (at `after_version` or below when the time ran out).
+    pub async fn wait_roster_change(&self, after_version: u64, timeout: Duration) -> crate::roster::Roster {
+        let (reply, rx) = oneshot::channel();
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.send(Request {
+            op: Op::WaitRoster { after_version, timeout_ms },
+            reply: Responder::Roster(reply),
+        });
+        *answer(rx, Box::new(self.roster())).await
+    }
+
+    /// Changes the roster from any member: checked here first against this node's roster with
+    /// the rules the system partition's leader applies (a refusal other than another member's
+    /// transition comes back at once, with its status), then proposed — by this node if it
+    /// leads the system partition, else forwarded to the leader — and confirmed when this
+    /// node's roster shows it. While another member is in transition, or the roster moved
+    /// under the change, it asks again at the new version; an operator's `phalanx ctl member`
+    /// does the same through the client port. `ProposalTimeout` after `timeout`.
+    pub async fn change_membership(
+        &self,
+        change: crate::roster::Change,
+        timeout: Duration,
+    ) -> crate::roster::RosterResult {
+        use crate::roster::{Refusal, RosterResult};
+        /// How long one forwarded attempt waits for the roster before it is sent again (it is
+        /// lost when the system partition has no leader).
+        const RETRY: Duration = Duration::from_secs(1);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let roster = self.roster();
+            let unseeded = roster.version == 0 && !matches!(change, crate::roster::Change::Seed { .. });
+            let waiting = unseeded
+                || match roster.clone().apply(roster.version, &change) {
+                    // Already as asked (an add of the same member, a second remove of a leaver).
+                    Ok(false) => {
+                        return RosterResult {
+                            status: Status::Success,
+                            version: roster.version,
+                            changed: false,
+                            reason: String::new(),
+                        };
+                    }
+                    Ok(true) => false,
+                    Err(Refusal::ChangeInFlight { .. }) => true,
+                    Err(r) => {
+                        return RosterResult {
+                            status: crate::roster::refusal_status(r.to_proto()),
+                            version: roster.version,
+                            changed: false,
+                            reason: r.to_string(),
+                        };
+                    }
+                };
+            if !waiting {
+                if self.am_i_leader_quick(0) {
+                    let r = self.change_roster(roster.version, change.clone()).await;
+                    if !matches!(
+                        r.status,
+                        Status::StaleMembership
+                            | Status::ConcurrentMembershipChange
+                            | Status::NodeIsNotLeader
+                    ) {
+                        return r;
+                    }
+                } else if !self
+                    .inner
+                    .bus
+                    .system_command(0, crate::system::roster_change(roster.version, &change))
+                {
+                    tracing::debug!("shard 0's inbox is full: the roster change is sent again");
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return RosterResult::failed(Status::ProposalTimeout);
+            }
+            let after = self.wait_roster_change(roster.version, left.min(RETRY)).await;
+            if after.version > roster.version && shows(&after, &change) {
+                return RosterResult {
+                    status: Status::Success,
+                    version: after.version,
+                    changed: true,
+                    reason: String::new(),
+                };
+            }
+        }
+    }
+
+    /// Leaves the cluster: asks the roster to remove this node ([`Self::change_membership`]),
+    /// then waits until it no longer lists it — every partition handed its leadership over and
+    /// dropped it. Returns the roster's version then; stop the node with
+    /// [`crate::Node::shutdown`] afterwards. `InsufficientVoters` for the last voter.
+    pub async fn leave_cluster(&self, timeout: Duration) -> Result<u64, Status> {
+        let deadline = Instant::now() + timeout;
+        let me = self.node_id();
+        let r = self.change_membership(crate::roster::Change::Remove(me), timeout).await;
+        if r.status != Status::Success {
+            return Err(r.status);
+        }
+        loop {
+            let roster = self.roster();
+            if !roster.members.contains_key(&me) {
+                return Ok(roster.version);
+            }
+            // Partition 0 drops this node last and stops replicating to it: a peer's word
+            // that its newer roster no longer lists us is how we learn the end.
+            if let Some(v) = self.inner.shared.unlisted_at().filter(|v| *v > roster.version) {
+                return Ok(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::ProposalTimeout);
+            }
+            self.wait_roster_change(roster.version, left).await;
+        }
+    }
+
+    /// Hands over leadership of every partition this node leads, so the cluster does not
+    /// wait for election timeouts when the node stops (it stays a member). Stop the node with
     /// [`crate::Node::shutdown`] afterwards.
-    pub async fn leave_cluster(&self) -> Result<(), Status> {
+    pub async fn hand_over_leadership(&self) -> Result<(), Status> {
         for p in 0..=u64::from(self.partitions()) {
             if self.am_i_leader_quick(p) {
                 match self.step_down(p).await {
@@ -386,5 +527,16 @@ impl NodeHandle {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `roster` shows `change` done (a removed voter shows as leaving first).
+fn shows(roster: &crate::roster::Roster, change: &crate::roster::Change) -> bool {
+    use crate::roster::{Change, Role};
+    match change {
+        Change::Seed { .. } => roster.version > 0,
+        Change::Add(id, _, _) => roster.members.contains_key(id),
+        Change::Promote(id) => roster.members.get(id).is_some_and(|m| m.role == Role::Voter),
+        Change::Remove(id) => roster.members.get(id).is_none_or(|m| m.role == Role::Leaving),
     }
 }

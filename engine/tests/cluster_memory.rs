@@ -217,6 +217,16 @@ impl Cluster {
         }
     }
 
+    /// Starts node `id`, new to the cluster, to join it (`NodeConfig::joining`: its initial
+    /// cluster lists the cluster's voters, not itself).
+    fn start_joining(&mut self, id: u64) {
+        let mut cfg = self.config(id);
+        cfg.joining = true;
+        let node = Node::start(cfg, self.net.factory(id), kv_factory()).expect("node starts");
+        self.ids.push(id);
+        self.nodes.push(Some(node));
+    }
+
     fn restart(&mut self, id: u64) {
         self.net.rejoin(id);
         let node = self.start(id);
@@ -837,5 +847,65 @@ fn a_snapshot_larger_than_followers_accept_keeps_the_log() {
     c.restart(3);
     for i in 0..10 {
         assert_eq!(c.get(3, &format!("big{i}")).as_deref(), Some(value.as_str()), "node 3 never caught up");
+    }
+}
+
+/// Issue 13, item 3 for embedders: the roster changes through any member's handle (a node
+/// that does not lead the system partition forwards the change and confirms it in its own
+/// roster); a new node joins with `joining` and `join_cluster` returns once it is a voter; a
+/// member leaves with `leave_cluster`, which returns once every partition dropped it.
+#[test]
+fn embedders_add_join_and_leave_through_the_handle() {
+    use phalanx::roster::{Change, Role};
+    let mut c = Cluster::with_leaders(3, 2, StorageKind::Memory);
+    roster_at(&c, 1);
+    c.put_all("before-", 20, "v");
+    let timeout = Duration::from_secs(30);
+    // Asked of a node that does not lead the system partition.
+    let leader0 = c.leader(0).expect("a system partition leader");
+    let asker = (1..=3).find(|i| *i != leader0).expect("a follower");
+    let h = c.handle(asker);
+    let add = Change::Add(4, "mem-4".into(), "client-4:1".into());
+    let r = block_on(h.change_membership(add.clone(), timeout));
+    assert_eq!((r.status, r.changed), (Status::Success, true), "{r:?}");
+    assert_eq!(r.version, 2);
+    // Refusals come back at once with their status; a repeated add is already done.
+    assert_eq!(block_on(h.change_membership(Change::Promote(99), timeout)).status, Status::MemberNotFound);
+    let again = block_on(h.change_membership(add, timeout));
+    assert_eq!((again.status, again.changed), (Status::Success, false));
+    c.start_joining(4);
+    block_on(c.handle(4).join_cluster(timeout)).expect("node 4 becomes a voter");
+    let roster = c.handle(4).roster();
+    assert_eq!(roster.members[&4].role, Role::Voter);
+    assert_eq!(c.get(4, "before-7").as_deref(), Some("v"));
+    // Node 2 leaves: the roster marks it leaving, every partition drops it, the roster lets
+    // it go; writes go on meanwhile.
+    let left = block_on(c.handle(2).leave_cluster(timeout)).expect("node 2 leaves");
+    c.put_all("after-", 10, "w");
+    let roster = roster_at_least(&c, left);
+    assert!(!roster.members.contains_key(&2), "{roster:?}");
+    for p in 0..=2u64 {
+        let l = c.leader(p).expect("a leader");
+        let st = block_on(c.handle(l).status());
+        let s = st.iter().find(|s| s.id == p).expect("the partition");
+        assert!(
+            !s.membership.voters.contains(&2) && !s.membership.learners.contains(&2),
+            "{p}: {:?}",
+            s.membership
+        );
+        assert!(s.membership.voters.contains(&4), "{p}: {:?}", s.membership);
+    }
+}
+
+/// Waits until node 1's roster is at `version` or later.
+fn roster_at_least(c: &Cluster, version: u64) -> phalanx::roster::Roster {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.handle(1).roster();
+        if r.version >= version {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "roster at {} below {version}", r.version);
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -19,6 +19,7 @@ pub(crate) enum Responder {
     Status(oneshot::Sender<Vec<PartitionStatus>>),
     Stats(oneshot::Sender<Option<Box<crate::stats::ShardStats>>>),
     Leader(oneshot::Sender<Result<NodeId, Status>>),
+    Roster(oneshot::Sender<Box<crate::roster::Roster>>),
 }
 
 impl Responder {
@@ -35,6 +36,7 @@ impl Responder {
             (Responder::Status(tx), Answer::Status(a)) => drop(tx.send(a)),
             (Responder::Stats(tx), Answer::Stats(a)) => drop(tx.send(a)),
             (Responder::Leader(tx), Answer::Leader(a)) => drop(tx.send(a)),
+            (Responder::Roster(tx), Answer::Roster(a)) => drop(tx.send(a)),
             (_, a) => debug_assert!(false, "an answer of another kind than its question: {a:?}"),
         }
     }

@@ -285,6 +285,9 @@ impl<T: Transport> Shard<T> {
         for &(node, liveness) in &out.peer_status {
             self.shared.set_liveness(node, liveness);
         }
+        if let Some(v) = out.unlisted_at.take() {
+            self.shared.set_unlisted_at(v);
+        }
         if let Some(d) = &out.directory {
             self.shared.set_directory(d.clone());
         }

@@ -31,6 +31,8 @@ pub(crate) struct NodeShared {
     directory: Mutex<Arc<ClusterDirectory>>,
     /// The failure detector's verdicts on peers not alive.
     liveness: Mutex<BTreeMap<NodeId, Liveness>>,
+    /// The newest roster version a peer said does not list this node (0: none).
+    unlisted_at: AtomicU64,
 }
 
 impl NodeShared {
@@ -45,6 +47,7 @@ impl NodeShared {
             failure: Mutex::new(None),
             directory: Mutex::new(Arc::new(ClusterDirectory::default())),
             liveness: Mutex::new(BTreeMap::new()),
+            unlisted_at: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +113,15 @@ impl NodeShared {
     /// The failure detector's verdict on `node` (alive unless it said otherwise).
     pub(crate) fn liveness(&self, node: NodeId) -> Liveness {
         self.liveness.lock().ok().and_then(|l| l.get(&node).copied()).unwrap_or(Liveness::Alive)
+    }
+
+    /// The newest roster version a peer said does not list this node.
+    pub(crate) fn unlisted_at(&self) -> Option<u64> {
+        Some(self.unlisted_at.load(Ordering::Acquire)).filter(|v| *v > 0)
+    }
+
+    pub(crate) fn set_unlisted_at(&self, version: u64) {
+        self.unlisted_at.fetch_max(version, Ordering::AcqRel);
     }
 
     pub(crate) fn set_liveness(&self, node: NodeId, state: Liveness) {

@@ -16,11 +16,19 @@ use crate::raft::{Proposal, ProposalKind, Proposed, RaftGroup, Status};
 use crate::state_machine::PartitionId;
 use crate::stats::{CoreStats, PartitionStats, ShardStats};
 
-/// A caller waiting for a partition to have a leader.
+/// A caller waiting for a partition to have a leader, or for the roster to change.
 pub(crate) struct LeaderWaiter<R> {
-    partition: PartitionId,
+    awaited: Awaited,
     deadline: Instant,
     reply: R,
+}
+
+/// What a [`LeaderWaiter`] waits for.
+enum Awaited {
+    /// A leader of the partition.
+    Leader(PartitionId),
+    /// A roster past this version (shard 0, which applies the system partition).
+    RosterAfter(u64),
 }
 
 impl<R> ShardCore<R> {
@@ -119,8 +127,21 @@ impl<R> ShardCore<R> {
                     Some(l) => self.answer(reply, Answer::Leader(Ok(l))),
                     None => {
                         let deadline = self.now + Duration::from_millis(timeout_ms);
-                        self.leader_waiters.push(LeaderWaiter { partition, deadline, reply });
+                        self.leader_waiters.push(LeaderWaiter {
+                            awaited: Awaited::Leader(partition),
+                            deadline,
+                            reply,
+                        });
                     }
+                }
+            }
+            Op::WaitRoster { after_version, timeout_ms } => {
+                if self.directory.roster.version > after_version {
+                    self.answer(reply, Answer::Roster(Box::new(self.directory.roster.clone())));
+                } else {
+                    let deadline = self.now + Duration::from_millis(timeout_ms);
+                    let awaited = Awaited::RosterAfter(after_version);
+                    self.leader_waiters.push(LeaderWaiter { awaited, deadline, reply });
                 }
             }
         }
@@ -177,32 +198,48 @@ impl<R> ShardCore<R> {
         }
     }
 
-    /// Answers callers waiting for a leader: the leader once known, `ProposalTimeout` at their
-    /// deadline.
+    /// Answers callers waiting for a leader (the leader once known, `ProposalTimeout` at
+    /// their deadline) or for a roster change (the roster once past their version, the
+    /// roster as it is at their deadline).
     pub(super) fn check_leader_waiters(&mut self, now: Instant) {
         if self.leader_waiters.is_empty() {
             return;
         }
         let mut keep = Vec::with_capacity(self.leader_waiters.len());
         for w in std::mem::take(&mut self.leader_waiters) {
-            match self.multi.group(w.partition).and_then(|g| g.leader()) {
-                Some(l) => self.answer(w.reply, Answer::Leader(Ok(l))),
-                None if w.deadline <= now => {
-                    self.answer(w.reply, Answer::Leader(Err(Status::ProposalTimeout)))
+            match w.awaited {
+                Awaited::Leader(p) => match self.multi.group(p).and_then(|g| g.leader()) {
+                    Some(l) => self.answer(w.reply, Answer::Leader(Ok(l))),
+                    None if w.deadline <= now => {
+                        self.answer(w.reply, Answer::Leader(Err(Status::ProposalTimeout)))
+                    }
+                    None => keep.push(w),
+                },
+                Awaited::RosterAfter(v)
+                    if self.directory.roster.version > v
+                        || self.swim.as_ref().and_then(|s| s.unlisted_at()).is_some_and(|u| u > v)
+                        || w.deadline <= now =>
+                {
+                    self.answer(w.reply, Answer::Roster(Box::new(self.directory.roster.clone())));
                 }
-                None => keep.push(w),
+                Awaited::RosterAfter(_) => keep.push(w),
             }
         }
         self.leader_waiters = keep;
     }
 
-    /// Fails every caller waiting for a leader of `p` (`None`: of any partition).
+    /// Fails every caller waiting for a leader of `p` (`None`: of any partition; those waiting
+    /// for the roster then get it as it is).
     pub(super) fn fail_leader_waiters(&mut self, p: Option<PartitionId>, status: Status) {
         for w in std::mem::take(&mut self.leader_waiters) {
-            if p.is_none_or(|p| p == w.partition) {
-                self.answer(w.reply, Answer::Leader(Err(status)));
-            } else {
-                self.leader_waiters.push(w);
+            match w.awaited {
+                Awaited::Leader(q) if p.is_none_or(|p| p == q) => {
+                    self.answer(w.reply, Answer::Leader(Err(status)));
+                }
+                Awaited::RosterAfter(_) if p.is_none() => {
+                    self.answer(w.reply, Answer::Roster(Box::new(self.directory.roster.clone())));
+                }
+                _ => self.leader_waiters.push(w),
             }
         }
     }

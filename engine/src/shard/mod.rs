@@ -108,6 +108,9 @@ pub struct Output<R> {
     /// Peer messages for partitions of another shard (a sender with another core count):
     /// shard, sender, messages.
     pub forwards: Vec<(usize, NodeId, Vec<RaftMessage>)>,
+    /// Shard 0: a peer's roster, at this version (newer than this node's), does not list
+    /// this node (`swim/`).
+    pub unlisted_at: Option<u64>,
     /// When peers were last heard from by this shard, since the last tick.
     pub activity: Vec<(NodeId, Instant)>,
     /// System commands for the system partition's shard (0) to propose: membership
@@ -125,6 +128,7 @@ impl<R> Default for Output<R> {
             leaders: Vec::new(),
             directory: None,
             peer_status: Vec::new(),
+            unlisted_at: None,
             forwards: Vec::new(),
             activity: Vec::new(),
             system_commands: Vec::new(),

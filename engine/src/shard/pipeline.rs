@@ -76,6 +76,8 @@ impl<R> ShardCore<R> {
             }
             if system_touched {
                 self.publish_system_state();
+                let now = self.now;
+                self.check_leader_waiters(now);
             }
             self.writes_in_flight += 1;
             if self.writes_in_flight == 1

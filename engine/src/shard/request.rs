@@ -143,6 +143,14 @@ pub enum Op {
         /// How long to wait, in milliseconds.
         timeout_ms: u64,
     },
+    /// Waits until the roster's version is past `after_version` (or `timeout_ms`), then
+    /// answers the roster (shard 0, which applies the system partition).
+    WaitRoster {
+        /// The version the caller has seen.
+        after_version: u64,
+        /// How long to wait at most, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// A shard's answer, one variant per kind of question (see [`Op::refusal`] for which).
@@ -164,6 +172,8 @@ pub enum Answer {
     Stats(Option<Box<crate::stats::ShardStats>>),
     /// `WaitLeader`.
     Leader(Result<NodeId, Status>),
+    /// `WaitRoster`: the roster then.
+    Roster(Box<crate::roster::Roster>),
 }
 
 /// A question and where its answer goes.
@@ -187,7 +197,7 @@ impl Op {
             | Op::Control { partition, .. }
             | Op::FollowerLag { partition, .. }
             | Op::WaitLeader { partition, .. } => Some(*partition),
-            Op::Status | Op::Stats => None,
+            Op::Status | Op::Stats | Op::WaitRoster { .. } => None,
         }
     }
 
@@ -205,6 +215,7 @@ impl Op {
             Op::Status => Answer::Status(Vec::new()),
             Op::Stats => Answer::Stats(None),
             Op::WaitLeader { .. } => Answer::Leader(Err(status)),
+            Op::WaitRoster { .. } => Answer::Roster(Box::default()),
         }
     }
 }

@@ -112,6 +112,16 @@ impl<R> ShardCore<R> {
         let me = self.cfg.node_id;
         let messages = swim.take_messages();
         let changes = swim.take_changes();
+        if let Some(version) = swim.take_unlisted() {
+            tracing::warn!(
+                version,
+                "a peer's roster no longer lists this node: it left the cluster or was removed"
+            );
+            self.out.unlisted_at = Some(version);
+            self.out.events.push(Event::NotInRoster { version });
+            let now = self.now;
+            self.check_leader_waiters(now);
+        }
         self.outbox.extend(messages.into_iter().map(|(to, g)| RaftMessage {
             group: 0,
             from: me,

@@ -188,6 +188,10 @@ pub struct Detector {
     /// News to pass on: per member, its view and how often it was sent.
     broadcasts: BTreeMap<NodeId, (View, u32)>,
     roster_version: u64,
+    /// The newest roster version a peer said does not list this node, and whether it was
+    /// reported ([`Detector::take_unlisted`]).
+    not_in_roster: Option<u64>,
+    unlisted_reported: bool,
     /// Each member's roster version, as its last message said.
     peer_rosters: BTreeMap<NodeId, u64>,
     out: Vec<(NodeId, Gossip)>,
@@ -215,6 +219,8 @@ impl Detector {
             relays: VecDeque::new(),
             broadcasts: BTreeMap::new(),
             roster_version: 0,
+            not_in_roster: None,
+            unlisted_reported: true,
             peer_rosters: BTreeMap::new(),
             out: Vec::new(),
             changes: Vec::new(),
@@ -244,6 +250,24 @@ impl Detector {
     #[must_use]
     pub fn peer_roster_version(&self, node: NodeId) -> Option<u64> {
         self.peer_rosters.get(&node).copied()
+    }
+
+    /// The newest roster version, above this node's own, that a peer said does not list this
+    /// node. For a node that was a member: it left or was removed (the system partition no
+    /// longer replicates to it, so its own roster may never show it). A node not added yet
+    /// hears the same until its roster catches up.
+    #[must_use]
+    pub fn unlisted_at(&self) -> Option<u64> {
+        self.not_in_roster.filter(|v| *v > self.roster_version)
+    }
+
+    /// [`Self::unlisted_at`] when it is news since the last call.
+    pub fn take_unlisted(&mut self) -> Option<u64> {
+        if self.unlisted_reported {
+            return None;
+        }
+        self.unlisted_reported = true;
+        self.unlisted_at()
     }
 
     /// The counters.
@@ -350,6 +374,10 @@ impl Detector {
     pub fn on_gossip(&mut self, from: NodeId, g: Gossip, now: Instant) {
         if self.table.get(from).is_some() {
             self.peer_rosters.insert(from, g.roster_version);
+        }
+        if g.not_in_roster > self.roster_version && Some(g.not_in_roster) > self.not_in_roster {
+            self.not_in_roster = Some(g.not_in_roster);
+            self.unlisted_reported = false;
         }
         for u in g.updates.iter().take(MAX_UPDATES_READ) {
             let Some(state) = Liveness::from_proto(u.state) else { continue };
@@ -573,7 +601,18 @@ impl Detector {
                 self.broadcasts.remove(&n);
             }
         }
-        Gossip { kind: kind as i32, seq, target, incarnation, roster_version: self.roster_version, updates }
+        // A stranger to our roster (a node that left, one not added yet) hears it from us.
+        let not_in_roster =
+            if self.roster_version > 0 && self.table.get(to).is_none() { self.roster_version } else { 0 };
+        Gossip {
+            kind: kind as i32,
+            seq,
+            target,
+            incarnation,
+            roster_version: self.roster_version,
+            updates,
+            not_in_roster,
+        }
     }
 }
 

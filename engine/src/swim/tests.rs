@@ -366,3 +366,23 @@ fn news_of_strangers_is_ignored_and_leavers_are_forgotten() {
     assert_eq!(t.set_members(&[3], now), vec![2]);
     assert_eq!(t.len(), 1);
 }
+
+#[test]
+fn a_member_dropped_from_the_roster_hears_it_from_its_peers() {
+    let mut net = Net::new(3);
+    net.run(Duration::from_millis(300));
+    // Nodes 1 and 2 apply roster version 2 without node 3; node 3 never gets it.
+    let now = net.now;
+    net.node(1).set_members(&[1, 2], 2, now);
+    net.node(2).set_members(&[1, 2], 2, now);
+    assert_eq!(net.node(3).unlisted_at(), None);
+    net.run(detection_bound(3));
+    assert_eq!(net.node(3).unlisted_at(), Some(2));
+    assert_eq!(net.node(3).take_unlisted(), Some(2));
+    assert_eq!(net.node(3).take_unlisted(), None, "reported once");
+    // Its own roster catching up to that version makes it old news; a member never hears it.
+    let now = net.now;
+    net.node(3).set_members(&[1, 2], 2, now);
+    assert_eq!(net.node(3).unlisted_at(), None);
+    assert_eq!(net.node(1).unlisted_at(), None);
+}

@@ -288,6 +288,7 @@ impl SimNode {
         out.events.clear();
         out.leaders.clear();
         out.peer_status.clear();
+        out.unlisted_at = None;
         out.directory = None;
         out.forwards.clear();
         out.system_commands.clear();

@@ -34,7 +34,7 @@ enum Command {
     // Negative numbers are taken as values so the parser names the flag and the problem
     // ("invalid digit") instead of calling `-1` an unexpected argument.
     #[command(allow_negative_numbers = true)]
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Talk to running nodes through their client ports.
     #[command(allow_negative_numbers = true)]
     Ctl(ctl::CtlArgs),
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => {
             init_logging();
-            match node::run(args) {
+            match node::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("phalanx node: {e}");

@@ -97,6 +97,26 @@ pub struct NodeArgs {
     /// unpinned, with a warning. Restrict a node's CPUs with `taskset`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pin_cores: bool,
+    /// Failure detector (SWIM): how often this node probes one member, in ms. Default 200,
+    /// or twice the probe timeout if that is larger.
+    #[arg(long)]
+    swim_probe_interval_ms: Option<u64>,
+    /// Failure detector: how long a direct probe may take before other members are asked to
+    /// probe too, in ms; at least two ticks. Default 100, or two ticks if that is larger.
+    #[arg(long)]
+    swim_probe_timeout_ms: Option<u64>,
+    /// Failure detector: how many members probe for this node when a direct probe fails.
+    #[arg(long, default_value_t = 3)]
+    swim_indirect_probes: usize,
+    /// Failure detector: a suspected member is declared down after this many probe intervals
+    /// (times ⌈log10 members⌉) without refuting.
+    #[arg(long, default_value_t = 4)]
+    swim_suspicion_mult: u32,
+    /// Remove from the roster a member the failure detector has held down for this many
+    /// seconds (partition 0's leader does, one member at a time). 0 (the default): never; a
+    /// down member is usually a restart or a repair in progress.
+    #[arg(long, default_value_t = 0)]
+    evict_dead_after_secs: u64,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -191,8 +211,16 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.wal_dir = a.wal_path.clone();
     cfg.sync_writes = a.sync_writes;
     cfg.tick_interval_ms = a.tick_ms;
+    let defaults = phalanx::swim::SwimConfig::default();
+    cfg.swim.probe_timeout_ms =
+        a.swim_probe_timeout_ms.unwrap_or(defaults.probe_timeout_ms.max(2 * a.tick_ms));
+    cfg.swim.probe_interval_ms =
+        a.swim_probe_interval_ms.unwrap_or(defaults.probe_interval_ms.max(2 * cfg.swim.probe_timeout_ms));
+    cfg.swim.indirect_probes = a.swim_indirect_probes;
+    cfg.swim.suspicion_mult = a.swim_suspicion_mult;
+    cfg.swim.eviction_grace_ms = a.evict_dead_after_secs.saturating_mul(1000);
     cfg.client_address = Some(client_addr.clone());
-    cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    cfg.validate().map_err(|e| e.to_string())?;
 
     // The transport dials what the roster says: members added later are reached without a
     // restart (see `follow_roster`).
@@ -245,7 +273,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     }
     tracing::info!(node_id, "stopping: handing over leadership");
     // Stepping down is answered by each shard at once; no timer is needed.
-    if let Err(e) = futures_lite::future::block_on(node.handle().leave_cluster()) {
+    if let Err(e) = futures_lite::future::block_on(node.handle().hand_over_leadership()) {
         tracing::warn!("leaving: {e}");
     }
     server.shutdown();
