@@ -909,3 +909,51 @@ fn roster_at_least(c: &Cluster, version: u64) -> phalanx::roster::Roster {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Issue 13, item 4: with `swim.eviction_grace_ms` set, partition 0's leader removes a member
+/// the failure detector has held dead for that long; every partition drops it. Off by
+/// default: without it the dead member stays.
+#[test]
+fn a_member_dead_past_the_grace_is_evicted() {
+    let mut c = Cluster::with_tweak(3, 2, StorageKind::Memory, |cfg| cfg.swim.eviction_grace_ms = 500);
+    c.wait_all_leaders(Duration::from_secs(20));
+    roster_at(&c, 1);
+    let events = c.handle(1).subscribe();
+    c.crash(3);
+    // Suspect, then down, then removed (leaving, then gone once every partition dropped it).
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.handle(1).roster().members.get(&3).is_none() {
+        assert!(Instant::now() < deadline, "node 3 not evicted: {:?}, events {seen:?}", c.handle(1).roster());
+        if let Ok(e) = events.recv_timeout(Duration::from_millis(50)) {
+            if matches!(e, phalanx::Event::NodeSuspect { node: 3 } | phalanx::Event::NodeDown { node: 3 }) {
+                seen.push(e);
+            }
+        }
+    }
+    assert!(seen.contains(&phalanx::Event::NodeDown { node: 3 }), "{seen:?}");
+    for p in 0..=2u64 {
+        let l = c.leader(p).expect("a leader");
+        let st = block_on(c.handle(l).status());
+        let s = st.iter().find(|s| s.id == p).expect("the partition");
+        assert_eq!(s.membership.voters.iter().copied().collect::<Vec<_>>(), vec![1, 2], "{p}");
+    }
+    c.put("after-eviction", "v");
+}
+
+#[test]
+fn without_a_grace_a_dead_member_stays() {
+    let mut c = Cluster::with_leaders(3, 1, StorageKind::Memory);
+    roster_at(&c, 1);
+    c.crash(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.handle(1).down_nodes().contains(&3) {
+        assert!(Instant::now() < deadline, "node 3 never down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Well past any grace a test would use: still a voter.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = c.handle(1).roster();
+    assert_eq!(r.members[&3].role, phalanx::roster::Role::Voter, "{r:?}");
+    assert_eq!(r.version, 1);
+}

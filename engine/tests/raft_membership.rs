@@ -278,3 +278,28 @@ fn leader_demoting_itself_steps_down_and_stays_a_learner() {
     c.ticks(200);
     assert_eq!(c.raft(1).stats().elections_started, 1, "only its original election");
 }
+
+/// etcd's strict reconfiguration check, as the roster's changes use it: a follower counts as
+/// active only once it answered an append of this leader. A new leader counts everyone as
+/// heard at its election (CheckQuorum's grace), which says nothing of a voter that is silent
+/// or recovering a lost disk: shrinking a group onto one would strand it (simulator seed
+/// 2377).
+#[test]
+fn a_new_leader_counts_only_followers_that_answered_as_active() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    // Node 3 hears the election but never answers an append of the new leader.
+    assert!(c.campaign_settle(1, 1));
+    c.cut_pair(1, 3);
+    c.stabilize();
+    assert!(c.raft(1).is_leader());
+    assert!(c.raft(1).is_active(2), "node 2 answered");
+    assert!(!c.raft(1).is_active(3), "node 3 never answered this leader");
+    let two_three: std::collections::BTreeSet<u64> = [2, 3].into_iter().collect();
+    assert!(!c.raft(1).quorum_active_in(&two_three), "{{2, 3}} has one active member");
+    let one_two: std::collections::BTreeSet<u64> = [1, 2].into_iter().collect();
+    assert!(c.raft(1).quorum_active_in(&one_two));
+    c.heal();
+    c.ticks(config(1).heartbeat_ticks * 2);
+    c.stabilize();
+    assert!(c.raft(1).is_active(3), "node 3 answered once healed");
+}

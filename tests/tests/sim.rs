@@ -25,8 +25,10 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// caught up while their logs were shorter than the lag bound. 3378 finds
 /// `lease-only-with-check-quorum` (a member being removed deposed its leader again and again),
 /// 2395 `membership-change-without-active-quorum` (a group shrunk to a voter recovering its
-/// disk and one other).
-const REGRESSION_SEEDS: &[u64] = &[82, 515, 1033, 1820, 2395, 3378, 8770, 9414, 9507];
+/// disk and one other). 2377, 6479 and 6941 find `active-before-answering` (a leader a few
+/// ticks old counted followers it had not heard from as active and shrank a group onto a
+/// replica recovering its disk).
+const REGRESSION_SEEDS: &[u64] = &[82, 515, 1033, 1820, 2377, 2395, 3378, 6479, 6941, 8770, 9414, 9507];
 const DEFAULT_STEPS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -377,13 +377,19 @@ impl RaftGroup {
         self.is_leader() && active >= super::quorum::majority(voters.len())
     }
 
-    /// Leader only: whether member `id` is active — this leader, or a follower heard from
-    /// within an election timeout that is not recovering lost state.
+    /// Leader only: whether member `id` is active — this leader, or a follower that answered
+    /// an append of this leader, heard from within an election timeout, not recovering lost
+    /// state. A new leader counts everyone heard at its election (CheckQuorum's grace), but
+    /// that says nothing of a follower that lost its disk: until it answers, it is not
+    /// active (the simulator, seed 2377: a leader six ticks old shrank a group to two voters,
+    /// one of them recovering, and stranded it).
     #[must_use]
     pub fn is_active(&self, id: NodeId) -> bool {
         id == self.cfg.id
             || self.progress.get(&id).is_some_and(|p| {
-                !p.recovering && self.now.saturating_sub(p.last_heard) < self.cfg.election_ticks_min
+                p.answered
+                    && !p.recovering
+                    && self.now.saturating_sub(p.last_heard) < self.cfg.election_ticks_min
             })
     }
 

@@ -43,6 +43,9 @@ pub struct Progress {
     /// The follower said (in its latest append answer) that it is recovering from lost state:
     /// it cannot take leadership.
     pub recovering: bool,
+    /// The follower answered an append of this leader: `recovering` is its word, not the
+    /// default, and `last_heard` a real answer, not the election's benefit of the doubt.
+    pub answered: bool,
 }
 
 impl Progress {
@@ -65,6 +68,7 @@ impl Progress {
             read_ack: 0,
             fetch_pending: None,
             recovering: false,
+            answered: false,
         }
     }
 

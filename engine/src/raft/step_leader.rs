@@ -37,6 +37,7 @@ impl RaftGroup {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.last_heard = self.now;
         pr.recovering = resp.recovering;
+        pr.answered = true;
         if resp.success {
             if pr.maybe_update(resp.match_index) {
                 match pr.state {
