@@ -7,8 +7,9 @@
 //! 2. members the partition lacks join as learners — at most
 //!    `membership.max_catch_ups_per_shard` partitions of a shard bring members up to date at
 //!    once, so a join does not take every partition's bandwidth; a partition whose log above
-//!    its snapshot is longer than `membership.catch_up_max_log_entries` is checkpointed first
-//!    (the member then gets a snapshot and a short tail, not the log read back from disk);
+//!    its snapshot is longer than `membership.catch_up_max_log_entries`, or not all in the
+//!    leader's memory, is checkpointed first (the member then gets a snapshot and a short
+//!    tail, not the log read back from disk);
 //! 3. learners the roster made voters become voters once they keep up (lag within
 //!    `membership.promote_max_lag_entries`); voters the roster has as learners stop voting;
 //! 4. members that left the roster (or are leaving) are removed; a leader that is one hands
@@ -212,15 +213,19 @@ impl<R> ShardCore<R> {
                 if room == 0 {
                     continue;
                 }
-                // A long log is checkpointed first: the member then gets a snapshot and a
-                // short tail instead of the whole log read back from disk.
+                // A log that is long, or not all in the leader's memory, is checkpointed
+                // first: the member then gets a snapshot and a short tail instead of the log
+                // read back from disk — by the writer the leader's own writes wait on, one
+                // small read per append (a log of a few hundred 64 KiB entries, short by the
+                // count, stalled every write of a 1 GiB join for tens of seconds).
                 let (floor, last) = (g.log().floor_index(), g.log().last_index());
+                let uncached = g.log().cache_start() > floor + 1;
                 match self.membership.checkpointed.get(&p) {
                     // Until it is applied (then compacted behind at once, unless its snapshot
                     // is too large to send: then the log is what the member gets).
                     Some(&(member, at)) if member == m && floor < at && g.last_checkpoint() < at => continue,
                     Some(&(member, _)) if member == m => {}
-                    _ if last - floor > catch_up_log => {
+                    _ if last - floor > catch_up_log || uncached => {
                         let ticket = self.hlc.now(self.wall_ms);
                         let proposed = self.multi.update(p, |g| g.propose_checkpoint(ticket));
                         if let Some(Ok(at)) = proposed {
