@@ -96,7 +96,13 @@ impl<R> ShardCore<R> {
         // above anything said about the node's previous run.
         let swim = (shard == 0).then(|| {
             let seed = crate::raft::mix_seed(&[cfg.raft.seed, cfg.node_id, 0x5317]);
-            crate::swim::Detector::new(cfg.node_id, cfg.swim.clone(), wall_ms, seed, now)
+            crate::swim::Detector::new(
+                cfg.node_id,
+                cfg.swim.resolved(cfg.tick_interval_ms),
+                wall_ms,
+                seed,
+                now,
+            )
         });
         Ok(ShardCore {
             id: shard,

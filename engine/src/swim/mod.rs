@@ -57,10 +57,13 @@ pub const MAX_RELAYS: usize = 64;
 /// The detector's settings (`NodeConfig::swim`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SwimConfig {
-    /// How often, in ms, the node probes one member.
+    /// How often, in ms, the node probes one member. 0 (the default): 200, or twice the
+    /// probe timeout if that is more.
     pub probe_interval_ms: u64,
     /// How long, in ms, a direct probe may take before others are asked to probe too; below
-    /// the interval (the rest of the interval is the indirect probes' time).
+    /// the interval (the rest of the interval is the indirect probes' time), and at least two
+    /// ticks (timers fire on the shard's ticks). 0 (the default): 100, or two ticks if that
+    /// is more.
     pub probe_timeout_ms: u64,
     /// How many members are asked to probe a member that did not answer directly.
     pub indirect_probes: usize,
@@ -78,8 +81,8 @@ pub struct SwimConfig {
 impl Default for SwimConfig {
     fn default() -> Self {
         SwimConfig {
-            probe_interval_ms: 200,
-            probe_timeout_ms: 100,
+            probe_interval_ms: 0,
+            probe_timeout_ms: 0,
             indirect_probes: 3,
             suspicion_mult: 4,
             retransmit_mult: 4,
@@ -88,10 +91,33 @@ impl Default for SwimConfig {
     }
 }
 
+/// The direct probe's timeout when not set, in ms: a loopback or LAN round trip is far below
+/// it; what it must cover is a busy shard loop's turn on both sides.
+const DEFAULT_PROBE_TIMEOUT_MS: u64 = 100;
+
 impl SwimConfig {
-    /// The first bad setting, described. Timers fire on the shard's ticks, so the direct
-    /// probe's timeout must span two of them.
+    /// The settings with the derived ones filled in, for shards ticking every
+    /// `tick_interval_ms` (so a slower tick never makes the defaults invalid).
+    #[must_use]
+    pub fn resolved(&self, tick_interval_ms: u64) -> SwimConfig {
+        let mut c = self.clone();
+        if c.probe_timeout_ms == 0 {
+            c.probe_timeout_ms = DEFAULT_PROBE_TIMEOUT_MS.max(2 * tick_interval_ms);
+        }
+        if c.probe_interval_ms == 0 {
+            c.probe_interval_ms = (2 * DEFAULT_PROBE_TIMEOUT_MS).max(2 * c.probe_timeout_ms);
+        }
+        c
+    }
+
+    /// The first bad setting, described (of the settings as [`Self::resolved`] fills them).
+    /// Timers fire on the shard's ticks, so the direct probe's timeout must span two of them.
     pub fn check(&self, tick_interval_ms: u64) -> Result<(), String> {
+        let r = self.resolved(tick_interval_ms);
+        r.check_resolved(tick_interval_ms)
+    }
+
+    fn check_resolved(&self, tick_interval_ms: u64) -> Result<(), String> {
         if self.probe_timeout_ms < 2 * tick_interval_ms {
             return Err(format!(
                 "swim.probe_timeout_ms ({}) must be at least two ticks ({} ms)",

@@ -297,10 +297,17 @@ fn the_bounds_scale_with_the_members() {
     assert_eq!(log10_ceil(11), 2);
     assert_eq!(log10_ceil(1_000), 3);
     let c = SwimConfig::default();
-    assert_eq!(c.suspicion_timeout(5), Duration::from_millis(800));
+    let r = c.resolved(50);
+    assert_eq!((r.probe_timeout_ms, r.probe_interval_ms), (100, 200));
+    assert_eq!(r.suspicion_timeout(5), Duration::from_millis(800));
     assert!(c.check(50).is_ok());
-    assert!(c.check(60).is_err());
-    assert!(SwimConfig { probe_interval_ms: 100, ..c.clone() }.check(50).is_err());
+    // A slower tick stretches the defaults instead of making them invalid.
+    assert_eq!(c.resolved(100).probe_timeout_ms, 200);
+    assert_eq!(c.resolved(100).probe_interval_ms, 400);
+    assert!(c.check(100).is_ok());
+    // Explicit settings are checked as given.
+    assert!(SwimConfig { probe_timeout_ms: 100, ..c.clone() }.check(60).is_err());
+    assert!(SwimConfig { probe_interval_ms: 100, probe_timeout_ms: 100, ..c.clone() }.check(50).is_err());
 }
 
 // ----- the merge rule (`table.rs`) -----

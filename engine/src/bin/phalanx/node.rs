@@ -211,11 +211,9 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.wal_dir = a.wal_path.clone();
     cfg.sync_writes = a.sync_writes;
     cfg.tick_interval_ms = a.tick_ms;
-    let defaults = phalanx::swim::SwimConfig::default();
-    cfg.swim.probe_timeout_ms =
-        a.swim_probe_timeout_ms.unwrap_or(defaults.probe_timeout_ms.max(2 * a.tick_ms));
-    cfg.swim.probe_interval_ms =
-        a.swim_probe_interval_ms.unwrap_or(defaults.probe_interval_ms.max(2 * cfg.swim.probe_timeout_ms));
+    // Unset: derived from the tick (`SwimConfig::resolved`).
+    cfg.swim.probe_timeout_ms = a.swim_probe_timeout_ms.unwrap_or(0);
+    cfg.swim.probe_interval_ms = a.swim_probe_interval_ms.unwrap_or(0);
     cfg.swim.indirect_probes = a.swim_indirect_probes;
     cfg.swim.suspicion_mult = a.swim_suspicion_mult;
     cfg.swim.eviction_grace_ms = a.evict_dead_after_secs.saturating_mul(1000);
