@@ -1,6 +1,9 @@
 //! Leader balancing: each partition this node leads goes to its preferred leader (voter
-//! `p % voters`) when that node is up and fully caught up, so leadership spreads evenly over
-//! the nodes and returns to a node after it restarts.
+//! `p % voters`, of the voters the roster does not have leaving) when that node is up and
+//! fully caught up, so leadership spreads evenly over the nodes and returns to a node after
+//! it restarts. A leaving member is never preferred: the roster's reconciler hands its
+//! leaderships away, and balancing them back to it made the two fight (a leave that took
+//! up to 30 s in `embedders_add_join_and_leave_through_the_handle`).
 
 use super::ShardCore;
 use crate::raft::NodeId;
@@ -9,13 +12,17 @@ use crate::state_machine::PartitionId;
 impl<R> ShardCore<R> {
     pub(super) fn balance_leaders(&mut self) {
         let groups: Vec<PartitionId> = self.multi.group_ids().collect();
+        let roster = &self.directory.roster;
+        let leaving =
+            |n: &NodeId| roster.members.get(n).is_some_and(|m| m.role == crate::roster::Role::Leaving);
         for p in groups {
             let down = &self.down;
             let _ = self.multi.update(p, |g| {
                 if !g.is_leader() {
                     return;
                 }
-                let voters: Vec<NodeId> = g.membership().voters.iter().copied().collect();
+                let voters: Vec<NodeId> =
+                    g.membership().voters.iter().copied().filter(|v| !leaving(v)).collect();
                 if voters.is_empty() {
                     return;
                 }
