@@ -382,11 +382,24 @@ impl NodeHandle {
             self.wait_for_leader(p, left).await?;
         }
         let me = self.node_id();
+        let joining = self.config().joining;
+        self.wait_roster_until(deadline, |r| {
+            r.members.get(&me).is_some_and(|m| m.role == Role::Voter) || (r.version == 0 && !joining)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until `done` holds of this node's roster; `ProposalTimeout` at `deadline`.
+    async fn wait_roster_until(
+        &self,
+        deadline: Instant,
+        done: impl Fn(&crate::roster::Roster) -> bool,
+    ) -> Result<crate::roster::Roster, Status> {
         loop {
             let roster = self.roster();
-            let voter = roster.members.get(&me).is_some_and(|m| m.role == Role::Voter);
-            if voter || (roster.version == 0 && !self.config().joining) {
-                return Ok(());
+            if done(&roster) {
+                return Ok(roster);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -496,22 +509,15 @@ impl NodeHandle {
         if r.status != Status::Success {
             return Err(r.status);
         }
-        loop {
-            let roster = self.roster();
-            if !roster.members.contains_key(&me) {
-                return Ok(roster.version);
-            }
-            // Partition 0 drops this node last and stops replicating to it: a peer's word
-            // that its newer roster no longer lists us is how we learn the end.
-            if let Some(v) = self.inner.shared.unlisted_at().filter(|v| *v > roster.version) {
-                return Ok(v);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Status::ProposalTimeout);
-            }
-            self.wait_roster_change(roster.version, left).await;
-        }
+        // Partition 0 drops this node last and stops replicating to it: a peer's word that
+        // its newer roster no longer lists us is how we learn the end.
+        let unlisted = || self.inner.shared.unlisted_at();
+        let roster = self
+            .wait_roster_until(deadline, |r| {
+                !r.members.contains_key(&me) || unlisted().is_some_and(|v| v > r.version)
+            })
+            .await?;
+        Ok(unlisted().filter(|v| *v > roster.version).unwrap_or(roster.version))
     }
 
     /// Hands over leadership of every partition this node leads, so the cluster does not

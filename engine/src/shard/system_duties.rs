@@ -78,14 +78,17 @@ impl<R> ShardCore<R> {
     /// initial cluster before the roster is seeded), probes, and times out suspicions; what
     /// it sends joins the turn's frames, what it decides reaches every shard and handle.
     pub(super) fn run_detector(&mut self, now: Instant) {
-        let roster = &self.directory.roster;
-        let (members, version): (Vec<NodeId>, u64) = if roster.version > 0 {
-            (roster.members.keys().copied().collect(), roster.version)
-        } else {
-            (self.cfg.initial_voters(), 0)
-        };
         let Some(swim) = &mut self.swim else { return };
-        swim.set_members(&members, version, now);
+        let roster = &self.directory.roster;
+        // The members change only with the roster's version (the initial cluster before it).
+        if swim.members_version() != Some(roster.version) {
+            let members: Vec<NodeId> = if roster.version > 0 {
+                roster.members.keys().copied().collect()
+            } else {
+                self.cfg.initial_voters()
+            };
+            swim.set_members(&members, roster.version, now);
+        }
         swim.tick(now);
         self.detector_output();
     }
@@ -122,12 +125,7 @@ impl<R> ShardCore<R> {
             let now = self.now;
             self.check_leader_waiters(now);
         }
-        self.outbox.extend(messages.into_iter().map(|(to, g)| RaftMessage {
-            group: 0,
-            from: me,
-            to,
-            body: Some(Body::Gossip(g)),
-        }));
+        self.outbox.extend(messages.into_iter().map(|(to, g)| gossip_message(me, to, g)));
         for (node, state) in changes {
             self.out.peer_status.push((node, state));
             self.out.events.push(match state {
@@ -149,7 +147,7 @@ impl<R> ShardCore<R> {
         let me = self.cfg.node_id;
         for to in self.outbox.peers_without_gossip() {
             if let Some(g) = swim.piggyback(to) {
-                self.outbox.extend([RaftMessage { group: 0, from: me, to, body: Some(Body::Gossip(g)) }]);
+                self.outbox.extend([gossip_message(me, to, g)]);
             }
         }
     }
@@ -219,4 +217,10 @@ impl<R> ShardCore<R> {
         );
         self.out.events.push(Event::DirectoryChanged);
     }
+}
+
+/// A failure detector's message as the transport carries it: a `RaftMessage` of group 0, so
+/// it reaches the peer's shard 0 whatever its core count.
+fn gossip_message(from: NodeId, to: NodeId, g: phalanx_proto::Gossip) -> RaftMessage {
+    RaftMessage { group: 0, from, to, body: Some(Body::Gossip(g)) }
 }

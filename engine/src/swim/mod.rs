@@ -214,6 +214,8 @@ pub struct Detector {
     /// News to pass on: per member, its view and how often it was sent.
     broadcasts: BTreeMap<NodeId, (View, u32)>,
     roster_version: u64,
+    /// Whether [`Detector::set_members`] was called yet.
+    members_set: bool,
     /// The newest roster version a peer said does not list this node, and whether it was
     /// reported ([`Detector::take_unlisted`]).
     not_in_roster: Option<u64>,
@@ -245,6 +247,7 @@ impl Detector {
             relays: VecDeque::new(),
             broadcasts: BTreeMap::new(),
             roster_version: 0,
+            members_set: false,
             not_in_roster: None,
             unlisted_reported: true,
             peer_rosters: BTreeMap::new(),
@@ -325,11 +328,18 @@ impl Detector {
         Some(node)
     }
 
+    /// The roster version of the members last given to [`Self::set_members`] (`None`: never).
+    #[must_use]
+    pub fn members_version(&self) -> Option<u64> {
+        self.members_set.then_some(self.roster_version)
+    }
+
     /// The members to watch (this node is left out), at roster `version`. A new member starts
     /// alive; a member that left is forgotten, and reported alive if it was not (its verdict
     /// is withdrawn).
     pub fn set_members(&mut self, members: &[NodeId], version: u64, now: Instant) {
         self.roster_version = version;
+        self.members_set = true;
         let others: Vec<NodeId> = members.iter().copied().filter(|n| *n != self.me).collect();
         let was_down: Vec<NodeId> =
             self.table.iter().filter(|(_, e)| e.view.state != Liveness::Alive).map(|(n, _)| n).collect();
