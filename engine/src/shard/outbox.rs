@@ -27,11 +27,12 @@ impl Outbox {
     /// The peers the turn sends to that get no failure-detector message yet.
     pub(crate) fn peers_without_gossip(&self) -> Vec<NodeId> {
         use phalanx_proto::raft_message::Body;
-        let mut to: Vec<NodeId> = self.messages.iter().map(|m| m.to).collect();
-        to.sort_unstable();
-        to.dedup();
-        to.retain(|p| !self.messages.iter().any(|m| m.to == *p && matches!(m.body, Some(Body::Gossip(_)))));
-        to
+        // One pass: per peer, whether one of its messages is gossip already.
+        let mut peers: BTreeMap<NodeId, bool> = BTreeMap::new();
+        for m in &self.messages {
+            *peers.entry(m.to).or_default() |= matches!(m.body, Some(Body::Gossip(_)));
+        }
+        peers.into_iter().filter(|(_, has)| !has).map(|(p, _)| p).collect()
     }
 
     /// Drops every queued message of group `p` (it stopped here).
