@@ -59,6 +59,6 @@ pub use rng::{SeededRng, mix_seed};
 pub use status::Status;
 pub use two_step::TwoStep;
 pub use types::{
-    GroupId, LogFetch, Membership, NodeId, Proposal, ProposalKind, Proposed, ReadState, RestoreState, Role,
-    Snapshot, SnapshotMeta, SoftState,
+    GroupId, LEADER_CHECKPOINT, LogFetch, Membership, NodeId, Proposal, ProposalKind, Proposed, ReadState,
+    RestoreState, Role, Snapshot, SnapshotMeta, SoftState,
 };

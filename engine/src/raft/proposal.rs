@@ -8,7 +8,7 @@ use super::group::RaftGroup;
 use super::membership::apply_change;
 use super::replication::IfEmpty;
 use super::status::Status;
-use super::types::{NodeId, Proposal, ProposalKind, Proposed, Role};
+use super::types::{LEADER_CHECKPOINT, NodeId, Proposal, ProposalKind, Proposed, Role};
 use crate::hlc::{Ticket, ticket_of};
 
 impl RaftGroup {
@@ -140,6 +140,13 @@ impl RaftGroup {
     pub fn propose_checkpoint(&mut self, ticket: Ticket) -> Result<Proposed, Status> {
         self.check_can_propose(1)?;
         Ok(self.append_one(EntryKind::Checkpoint, ticket, bytes::Bytes::new()))
+    }
+
+    /// Proposes a checkpoint only its proposer compacts behind ([`LEADER_CHECKPOINT`]): the
+    /// leader needs a snapshot to send a new member, its followers need nothing.
+    pub fn propose_leader_checkpoint(&mut self, ticket: Ticket) -> Result<Proposed, Status> {
+        self.check_can_propose(1)?;
+        Ok(self.append_one(EntryKind::Checkpoint, ticket, bytes::Bytes::from_static(LEADER_CHECKPOINT)))
     }
 
     /// Proposes a single-server membership change. Refused with `ActiveProposal` while the

@@ -80,6 +80,12 @@ impl Membership {
     }
 }
 
+/// The payload of a checkpoint entry only the leader that proposed it compacts behind (a
+/// user's checkpoint has none: every replica compacts). A leader checkpoints a partition
+/// this way before it adds a member, so it has a snapshot to send; had its followers
+/// snapshotted too, a join would make every replica serialize and save every partition.
+pub const LEADER_CHECKPOINT: &[u8] = b"leader";
+
 /// What a snapshot covers: everything up to and including `index`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SnapshotMeta {

@@ -7,6 +7,9 @@
 //!
 //! Completions come back in job order; the shard then sends the messages that needed
 //! durable state and acknowledges the Ready (`MultiRaft::advance`).
+//!
+//! Checkpoint snapshots are saved by a background task beside the writes, one save at a
+//! time; their partitions' compactions wait for them (`shard/checkpoint_saves.rs`).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -18,6 +21,7 @@ use phalanx_storage::{AnyStore, LogStore, StorageError, StoreStats, WriteBatch};
 use super::snapshots::SnapshotStore;
 use crate::Error;
 use crate::raft::Snapshot;
+use crate::shard::checkpoint_saves::CheckpointSaves;
 pub(crate) use crate::shard::write::{Completion, WriteJob};
 use crate::shard::write::{MAX_JOBS_PER_BATCH, Merged, WriteStep, merge_jobs, plan, strip};
 use crate::state_machine::PartitionId;
@@ -53,7 +57,45 @@ pub(crate) async fn run(
     stats.borrow_mut().store = store.stats();
     let mut failed: Option<Error> = None;
     let mut refused: BTreeSet<PartitionId> = BTreeSet::new();
-    while let Ok(first) = jobs.recv_async().await {
+    let mut saves = CheckpointSaves::default();
+    // The background save's result (at most one save runs).
+    let (saved_tx, saved_rx) = flume::bounded::<Result<(), Error>>(1);
+    loop {
+        let first = if saves.is_saving() {
+            let got = futures_lite::future::or(async { Some(jobs.recv_async().await) }, async {
+                let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
+                note_saved(&mut saves, r, &mut failed);
+                None
+            })
+            .await;
+            match got {
+                Some(Ok(job)) => job,
+                Some(Err(_)) => break,
+                None => {
+                    // The save ended with no job waiting: its compactions go now, alone.
+                    if failed.is_none()
+                        && let Some(mut batch) = saves.take_released()
+                    {
+                        strip(&mut batch, &refused);
+                        let mut newly = Vec::new();
+                        if let Err(e) =
+                            write(shard, &mut store, &snapshots, batch, Vec::new(), &mut newly, &stats).await
+                        {
+                            failed.get_or_insert(e);
+                        }
+                        refused.extend(newly.iter().map(|(p, _)| *p));
+                        stats.borrow_mut().store = store.stats();
+                    }
+                    start_save(&mut saves, &snapshots, &saved_tx);
+                    continue;
+                }
+            }
+        } else {
+            match jobs.recv_async().await {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_JOBS_PER_BATCH {
             match jobs.try_recv() {
@@ -64,7 +106,12 @@ pub(crate) async fn run(
         // Consecutive jobs merged into as few batches as possible; jobs complete in order.
         let merged = merge_jobs(&mut group);
         let mut jobs_iter = group.into_iter();
-        for Merged { mut batch, snapshots: mut snaps, jobs: n } in merged {
+        for Merged { mut batch, snapshots: mut snaps, checkpoints, jobs: n } in merged {
+            if saves.admit(&mut batch, checkpoints) {
+                // An install of a partition whose checkpoint is being saved: that file first.
+                let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
+                note_saved(&mut saves, r, &mut failed);
+            }
             strip(&mut batch, &refused);
             snaps.retain(|(p, _)| !refused.contains(p));
             let mut newly: Vec<(PartitionId, String)> = Vec::new();
@@ -79,6 +126,9 @@ pub(crate) async fn run(
             };
             if let Err(e) = &result {
                 failed.get_or_insert_with(|| e.clone());
+            }
+            for (p, _) in &newly {
+                saves.forget(*p);
             }
             refused.extend(newly.iter().map(|(p, _)| *p));
             let mut report = Some(newly);
@@ -130,9 +180,86 @@ pub(crate) async fn run(
                 }
             }
         }
+        start_save(&mut saves, &snapshots, &saved_tx);
+    }
+    // A clean stop: the save under way ends, the queued ones are made, and the compactions
+    // they held back are written.
+    while failed.is_none() {
+        if saves.is_saving() {
+            let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
+            note_saved(&mut saves, r, &mut failed);
+        }
+        if failed.is_none()
+            && let Some(mut batch) = saves.take_released()
+        {
+            strip(&mut batch, &refused);
+            if let Err(e) =
+                write(shard, &mut store, &snapshots, batch, Vec::new(), &mut Vec::new(), &stats).await
+            {
+                failed.get_or_insert(e);
+            }
+        }
+        if !start_save(&mut saves, &snapshots, &saved_tx) {
+            break;
+        }
     }
     if let Err(e) = store.close().await {
         tracing::warn!("closing the store: {e}");
+    }
+}
+
+/// Starts saving the queued checkpoint snapshots in the background, when no save runs;
+/// its result arrives on `done`. Returns whether a save started.
+fn start_save(
+    saves: &mut CheckpointSaves,
+    snapshots: &SnapshotStore,
+    done: &flume::Sender<Result<(), Error>>,
+) -> bool {
+    let Some(files) = saves.next_save() else { return false };
+    let store = snapshots.clone();
+    let done = done.clone();
+    glommio::spawn_local(async move {
+        let r = save(&store, files).await;
+        // The channel holds one result and one save runs at a time: never full.
+        let _ = done.send_async(r).await;
+    })
+    .detach();
+    true
+}
+
+/// Saves snapshot files off the executor's thread (a blocking write and two syncs).
+async fn save(store: &SnapshotStore, files: Vec<(PartitionId, Snapshot)>) -> Result<(), Error> {
+    let ids: Vec<PartitionId> = files.iter().map(|(p, _)| *p).collect();
+    let files_store = store.clone();
+    glommio::executor()
+        .spawn_blocking(move || files_store.save_all(files.iter().map(|(p, s)| (*p, s))))
+        .await
+        .map_err(|e| Error::Io {
+            path: store.dir().to_path_buf(),
+            source: std::sync::Arc::new(std::io::Error::new(
+                e.kind(),
+                format!("saving the snapshots of partitions {ids:?}: {e}"),
+            )),
+        })
+}
+
+/// The background save's outcome: its compactions released, or the writer failed.
+fn note_saved(saves: &mut CheckpointSaves, r: Result<(), Error>, failed: &mut Option<Error>) {
+    match r {
+        Ok(()) => saves.saved(),
+        Err(e) => {
+            failed.get_or_insert(e);
+        }
+    }
+}
+
+/// The background save's result never arrived (its task was dropped): a failed save.
+fn save_lost(snapshots: &SnapshotStore) -> Error {
+    Error::Io {
+        path: snapshots.dir().to_path_buf(),
+        source: std::sync::Arc::new(std::io::Error::other(
+            "a checkpoint snapshot save ended without a result",
+        )),
     }
 }
 
@@ -150,18 +277,7 @@ async fn write(
     for step in plan(batch, snaps, store.max_batch_cost()) {
         let mut chunk = match step {
             WriteStep::Snapshots(snaps) => {
-                let ids: Vec<PartitionId> = snaps.iter().map(|(p, _)| *p).collect();
-                let files = snapshots.clone();
-                glommio::executor()
-                    .spawn_blocking(move || files.save_all(snaps.iter().map(|(p, s)| (*p, s))))
-                    .await
-                    .map_err(|e| Error::Io {
-                        path: snapshots.dir().to_path_buf(),
-                        source: std::sync::Arc::new(std::io::Error::new(
-                            e.kind(),
-                            format!("saving the snapshots of partitions {ids:?}: {e}"),
-                        )),
-                    })?;
+                save(snapshots, snaps).await?;
                 continue;
             }
             WriteStep::Batch(chunk) => chunk,
@@ -227,6 +343,7 @@ mod tests {
                 number,
                 batch: WriteBatch { partitions, meta: vec![] },
                 snapshots: vec![],
+                checkpoints: vec![],
                 persisted_messages: vec![],
                 fetches,
             };

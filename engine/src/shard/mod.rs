@@ -38,12 +38,14 @@
 //! | `lost_state.rs` | at open: which partitions lost durable state, and the store aligned with snapshot files |
 //! | `restore.rs` | building the groups from what the store loaded; replay after a restart |
 //! | `checkpoints.rs` | snapshots at checkpoints, compaction behind them |
+//! | `checkpoint_saves.rs` | writers: checkpoint snapshots saved beside the writes, compactions held until durable |
 //! | `system_duties.rs` | shard 0: announcements, the directory, failure detection |
 //! | `balance.rs` | leader balancing |
 //! | `membership.rs` | every partition this shard leads follows the roster |
 //! | `stopping.rs` | a partition the store refused; the shard's clean stop |
 
 mod balance;
+pub mod checkpoint_saves;
 mod checkpoints;
 mod dispatch;
 pub mod limits;

@@ -12,7 +12,7 @@ use super::waiters::ReadKind;
 use super::write::{Completion, WriteJob};
 use crate::Error;
 use crate::events::Event;
-use crate::raft::{LogFetch, Ready, Status};
+use crate::raft::{LEADER_CHECKPOINT, LogFetch, Ready, Status};
 use crate::state_machine::PartitionId;
 
 /// Ready rounds per loop turn: each round may enable another (an acknowledgement that lets
@@ -46,9 +46,10 @@ impl<R> ShardCore<R> {
             let mut job = WriteJob {
                 number: mr.number,
                 batch: WriteBatch::default(),
+                snapshots: Vec::new(),
                 // Checkpoint snapshots taken since the last job: this job's batch carries their
-                // compaction, and the writer saves snapshots before the batch.
-                snapshots: std::mem::take(&mut self.snapshots_to_save),
+                // compaction, which the writer holds back until they are saved.
+                checkpoints: std::mem::take(&mut self.snapshots_to_save),
                 persisted_messages: Vec::new(),
                 fetches: Vec::new(),
             };
@@ -155,7 +156,13 @@ impl<R> ShardCore<R> {
                     outputs.push((e.index, out));
                 }
             }
-            if e.kind == phalanx_proto::EntryKind::Checkpoint as i32 && !self.compact_wanted.contains(&p) {
+            if e.kind == phalanx_proto::EntryKind::Checkpoint as i32
+                && !self.compact_wanted.contains(&p)
+                // A leader's checkpoint: only by the leader that proposed it (of its term);
+                // a later leader proposes its own if it needs one.
+                && (e.payload.as_ref() != LEADER_CHECKPOINT
+                    || self.multi.group(p).is_some_and(|g| g.is_leader() && g.term() == e.term))
+            {
                 self.compact_wanted.push(p);
             }
         }

@@ -56,11 +56,12 @@ impl<R> ShardCore<R> {
                 partitions.push(PartitionWrite { partition: p, hard_state: Some(hs), ..Default::default() });
             }
         }
-        let snapshots = std::mem::take(&mut self.snapshots_to_save);
-        (!partitions.is_empty() || !snapshots.is_empty()).then(|| WriteJob {
+        let checkpoints = std::mem::take(&mut self.snapshots_to_save);
+        (!partitions.is_empty() || !checkpoints.is_empty()).then(|| WriteJob {
             number: 0,
             batch: WriteBatch { partitions, ..Default::default() },
-            snapshots,
+            snapshots: Vec::new(),
+            checkpoints,
             persisted_messages: Vec::new(),
             fetches: Vec::new(),
         })

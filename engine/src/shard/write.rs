@@ -3,8 +3,9 @@
 //! functions every writer shares (`runtime/writer.rs` and the simulator's): the jobs queued
 //! behind a write in progress are merged into as few batches as possible ([`merge_jobs`],
 //! group commit), and each merged batch becomes durable steps in a fixed order ([`plan`]):
-//! snapshot files first, then the batch cut into pieces the store takes ([`split`]). Jobs
-//! complete in order.
+//! received snapshot files first, then the batch cut into pieces the store takes
+//! ([`split`]). Checkpoint snapshots taken here are saved beside the writes, and hold back
+//! only their partitions' compactions (`checkpoint_saves.rs`). Jobs complete in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,9 +25,13 @@ pub struct WriteJob {
     pub number: u64,
     /// Per partition writes (at most one per partition).
     pub batch: WriteBatch,
-    /// Snapshots to make durable before the batch: received from leaders, or taken here at a
-    /// checkpoint (the batch then compacts the WAL below them).
+    /// Snapshots received from leaders, to make durable before the batch (which installs
+    /// them).
     pub snapshots: Vec<(PartitionId, Snapshot)>,
+    /// Snapshots taken here at a checkpoint (the batch then compacts the WAL below them):
+    /// saved in the background, the compaction held back until they are durable
+    /// (`checkpoint_saves.rs`).
+    pub checkpoints: Vec<(PartitionId, Snapshot)>,
     /// Messages to send once durable.
     pub persisted_messages: Vec<RaftMessage>,
     /// Entries to read back for lagging followers, after the write (so they see it).
@@ -58,26 +63,32 @@ pub const MAX_JOBS_PER_BATCH: usize = 64;
 pub struct Merged {
     /// Their writes, merged.
     pub batch: WriteBatch,
-    /// Snapshot files to make durable before the batch.
+    /// Received snapshot files to make durable before the batch.
     pub snapshots: Vec<(PartitionId, Snapshot)>,
+    /// Checkpoint snapshots taken up to the batch, in order.
+    pub checkpoints: Vec<(PartitionId, Snapshot)>,
     /// How many jobs (consecutive, in order) it covers.
     pub jobs: usize,
 }
 
 /// Takes the batches and snapshots out of `jobs` (consecutive jobs, in order) and merges
-/// them into as few batches as possible: a job with snapshot files, and a snapshot install
-/// (whose floor reset does not merge), start a new one.
+/// them into as few batches as possible: a job with received snapshot files, and a snapshot
+/// install (whose floor reset does not merge), start a new one.
 pub fn merge_jobs(jobs: &mut [WriteJob]) -> Vec<Merged> {
     let mut out: Vec<Merged> = Vec::new();
     for job in jobs {
         let batch = std::mem::take(&mut job.batch);
         let snapshots = std::mem::take(&mut job.snapshots);
+        let mut checkpoints = std::mem::take(&mut job.checkpoints);
         match out.last_mut() {
             Some(m) if snapshots.is_empty() && m.snapshots.is_empty() => match merge(&mut m.batch, batch) {
-                Ok(()) => m.jobs += 1,
-                Err(batch) => out.push(Merged { batch, snapshots, jobs: 1 }),
+                Ok(()) => {
+                    m.jobs += 1;
+                    m.checkpoints.append(&mut checkpoints);
+                }
+                Err(batch) => out.push(Merged { batch, snapshots, checkpoints, jobs: 1 }),
             },
-            _ => out.push(Merged { batch, snapshots, jobs: 1 }),
+            _ => out.push(Merged { batch, snapshots, checkpoints, jobs: 1 }),
         }
     }
     out
@@ -93,7 +104,7 @@ pub enum WriteStep {
 }
 
 /// The durable steps of one merged batch, in the order a writer must take them: the
-/// snapshot files before the batch that moves their partitions' floors (a crash between
+/// received snapshot files before the batch that moves their partitions' floors (a crash between
 /// them leaves a snapshot ahead of the log, which the start-up aligns; the other order would
 /// leave a compacted log with no snapshot below it), then the batch cut into pieces of at
 /// most `max_cost` ([`split`]).

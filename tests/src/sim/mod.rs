@@ -652,6 +652,7 @@ impl Sim {
         use std::fmt::Write;
         let mut s = format!("t={} cfg={:?}\n", self.now, self.cfg);
         for n in &self.nodes {
+            let _ = writeln!(s, "  n{} writer: {}", n.id, n.writer.describe());
             for &g in &self.groups {
                 let Some(grp) = n.multi().group(g) else {
                     let _ = writeln!(s, "  n{} g{g}: down", n.id);

@@ -2,9 +2,11 @@
 //! a shard: dispatch, the Ready pipeline, waiters, checkpoints, restore and replay, shard 0's
 //! duties), its simulated disk, and a simulated log writer that makes the core's write jobs
 //! durable as the real one does — queued jobs merged into batches by the same
-//! `merge_jobs`, each made durable in the steps of the same `plan` (snapshot files first,
-//! then the batch cut by `split`), jobs completed in order. A crash loses the core, the
-//! queue and whatever of the write in flight had not reached the disk.
+//! `merge_jobs`, each made durable in the steps of the same `plan` (received snapshot files
+//! first, then the batch cut by `split`), jobs completed in order; checkpoint snapshots saved
+//! beside the writes, one save at a time, their compactions held back by the same
+//! `CheckpointSaves`. A crash loses the core, the queue, the save in progress and whatever
+//! of the write in flight had not reached the disk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use phalanx::NodeConfig;
 use phalanx::raft::{Config, GroupId, MultiRaft, NodeId};
+use phalanx::shard::checkpoint_saves::CheckpointSaves;
 use phalanx::shard::limits::ShardLimits;
 use phalanx::shard::lost_state::settle;
 use phalanx::shard::request::Answer;
@@ -104,6 +107,9 @@ impl StateMachine for Recorder {
     }
 }
 
+/// How many times a write's latency a checkpoint snapshot's save takes.
+const SAVE_LATENCY_FACTOR: u64 = 8;
+
 /// A merged batch in flight: its durable steps, then the jobs it completes.
 struct MergedWrite {
     steps: Vec<WriteStep>,
@@ -117,13 +123,29 @@ pub struct Writer {
     queue: VecDeque<WriteJob>,
     /// The write in progress and the tick its last sync completes.
     in_flight: Option<(u64, Vec<MergedWrite>)>,
+    /// Checkpoint snapshots not durable yet and the compactions they hold back.
+    saves: CheckpointSaves,
+    /// The checkpoint save in progress and the tick it is durable.
+    saving: Option<(u64, WriteStep)>,
 }
 
 impl Writer {
-    /// Whether nothing is queued or in flight.
+    /// What the writer holds, for a violation's report.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        format!(
+            "queued {} jobs, write in flight until {:?}, checkpoint save until {:?}, {:?}",
+            self.queue.len(),
+            self.in_flight.as_ref().map(|(t, _)| t),
+            self.saving.as_ref().map(|(t, _)| t),
+            self.saves
+        )
+    }
+
+    /// Whether nothing is queued, in flight or being saved.
     #[must_use]
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.in_flight.is_none()
+        self.queue.is_empty() && self.in_flight.is_none() && self.saving.is_none()
     }
 }
 
@@ -300,6 +322,10 @@ impl SimNode {
     /// `latency` ticks from now. Returns whether anything happened.
     pub fn run_writer(&mut self, now: u64, latency: u64, split_cost: u64, counts: &mut FetchCounts) -> bool {
         let mut progressed = false;
+        if self.writer.saving.as_ref().is_some_and(|(done_at, _)| *done_at <= now) {
+            self.finish_save();
+            progressed = true;
+        }
         if self.writer.in_flight.as_ref().is_some_and(|(done_at, _)| *done_at <= now)
             && let Some((_, merged)) = self.writer.in_flight.take()
         {
@@ -324,14 +350,42 @@ impl SimNode {
             let batches = merge_jobs(&mut jobs);
             let mut jobs = jobs.into_iter();
             let mut merged = Vec::new();
-            for m in batches {
+            for mut m in batches {
+                if self.writer.saves.admit(&mut m.batch, m.checkpoints) {
+                    // The real writer waits for the save in progress here.
+                    self.finish_save();
+                }
                 let steps = plan(m.batch, m.snapshots, split_cost);
                 merged.push(MergedWrite { steps, jobs: jobs.by_ref().take(m.jobs).collect() });
             }
             self.writer.in_flight = Some((now + latency, merged));
             progressed = true;
         }
+        if self.writer.in_flight.is_none()
+            && let Some(batch) = self.writer.saves.take_released()
+        {
+            // Compactions released with no job to carry them go alone.
+            let steps = plan(batch, Vec::new(), split_cost);
+            self.writer.in_flight = Some((now + latency, vec![MergedWrite { steps, jobs: Vec::new() }]));
+            progressed = true;
+        }
+        if self.writer.saving.is_none()
+            && let Some(files) = self.writer.saves.next_save()
+        {
+            // A snapshot file is larger than a batch: its save takes longer, and overlaps
+            // more of what follows it (installs of its partition among them).
+            self.writer.saving = Some((now + SAVE_LATENCY_FACTOR * latency + 1, WriteStep::Snapshots(files)));
+            progressed = true;
+        }
         progressed
+    }
+
+    /// The checkpoint save in progress reaches the disk.
+    fn finish_save(&mut self) {
+        if let Some((_, files)) = self.writer.saving.take() {
+            self.disk.apply(files);
+            self.writer.saves.saved();
+        }
     }
 
     /// A job's completion: its messages, and its fetches read from the disk as it is now.
