@@ -13,7 +13,7 @@ use phalanx_proto::{HardState, RaftMessage, raft_message::Body};
 use super::config::Config;
 use super::log::RaftLog;
 use super::membership::ConfHistory;
-use super::progress::Progress;
+use super::progress::{Progress, ProgressState};
 use super::read_index::ReadIndexState;
 use super::ready::ReadyTracker;
 use super::rng::{SeededRng, mix_seed};
@@ -391,6 +391,16 @@ impl RaftGroup {
                     && !p.recovering
                     && self.now.saturating_sub(p.last_heard) < self.cfg.election_ticks_min
             })
+    }
+
+    /// Leader only: whether a snapshot is being sent to `id`, which answered within an
+    /// election timeout (one that stopped answering takes no bandwidth).
+    #[must_use]
+    pub fn is_receiving_snapshot(&self, id: NodeId) -> bool {
+        self.progress.get(&id).is_some_and(|p| {
+            p.state == ProgressState::Snapshot
+                && self.now.saturating_sub(p.last_heard) < self.cfg.election_ticks_min
+        })
     }
 
     /// Voters of the configuration in force.

@@ -133,9 +133,9 @@ pub(crate) struct Reconciler {
     /// Partitions led here where the learner in transition keeps up: the learner, and
     /// since when.
     keeping_up: IdHashMap<PartitionId, (NodeId, Instant)>,
-    /// Partitions checkpointed here before a member joins them: the member, and the index of
-    /// the checkpoint (the member is added once the log is compacted up to it).
-    checkpointed: IdHashMap<PartitionId, (NodeId, u64)>,
+    /// Partitions checkpointed here before a member joins them: the member, and the index and
+    /// term of the checkpoint (the member is added once the log is compacted up to it).
+    checkpointed: IdHashMap<PartitionId, (NodeId, u64, u64)>,
 }
 
 impl<R> ShardCore<R> {
@@ -162,18 +162,27 @@ impl<R> ShardCore<R> {
             .group_ids()
             .filter(|p| !self.stopped.contains_key(p) && self.multi.group(*p).is_some_and(|g| g.is_leader()))
             .collect();
-        // Partitions busy bringing a member of the roster up to date (one that does not
-        // answer takes no bandwidth, and must not hold the others' joins back).
+        // Partitions busy bringing a member of the roster up to date: sending it a snapshot,
+        // or entries while it lags (one that does not answer takes no bandwidth, and must not
+        // hold the others' joins back). A learner receiving a snapshot has not answered an
+        // append yet: counted by its lag alone, every partition of a 1 GiB join sent its
+        // snapshot at once, 37 chunks of 1 MiB in one frame.
         let catching_up = led
             .iter()
             .filter_map(|p| self.multi.group(*p))
             .filter(|g| {
                 g.membership().learners.iter().any(|l| {
-                    roster.members.contains_key(l) && answering_lag(g, *l).is_some_and(|lag| lag > max_lag)
+                    roster.members.contains_key(l)
+                        && (g.is_receiving_snapshot(*l)
+                            || answering_lag(g, *l).is_some_and(|lag| lag > max_lag))
                 })
             })
             .count();
-        let mut room = cfg.max_catch_ups_per_shard.saturating_sub(catching_up);
+        // Partitions checkpointing for a member before adding it hold a place as well: each
+        // checkpoint makes every replica snapshot and save its state machine, and a join that
+        // checkpointed every partition at once stalled the cluster's writes for seconds.
+        let checkpointing = led.iter().filter(|p| self.membership.checkpointed.contains_key(p)).count();
+        let mut room = cfg.max_catch_ups_per_shard.saturating_sub(catching_up + checkpointing);
         let transition = roster.in_transition().map(|m| (m.id, m.role));
         let mut keeping_up = IdHashMap::default();
         let mut done = Vec::new();
@@ -210,7 +219,10 @@ impl<R> ShardCore<R> {
             if let Step::AddLearner(m) = step
                 && !conf.contains(m)
             {
-                if room == 0 {
+                // A partition checkpointed for this member already holds its place.
+                let holds_place =
+                    self.membership.checkpointed.get(&p).is_some_and(|&(member, ..)| member == m);
+                if room == 0 && !holds_place {
                     continue;
                 }
                 // A log that is long, or not all in the leader's memory, is checkpointed
@@ -223,19 +235,21 @@ impl<R> ShardCore<R> {
                 match self.membership.checkpointed.get(&p) {
                     // Until it is applied (then compacted behind at once, unless its snapshot
                     // is too large to send: then the log is what the member gets).
-                    Some(&(member, at)) if member == m && floor < at && g.last_checkpoint() < at => continue,
-                    Some(&(member, _)) if member == m => {}
+                    Some(&(member, at, _)) if member == m && floor < at && g.last_checkpoint() < at => {
+                        continue;
+                    }
+                    Some(&(member, ..)) if member == m => {}
                     _ if last - floor > catch_up_log || uncached => {
                         let ticket = self.hlc.now(self.wall_ms);
-                        let proposed = self.multi.update(p, |g| g.propose_checkpoint(ticket));
+                        let proposed = self.multi.update(p, |g| g.propose_leader_checkpoint(ticket));
                         if let Some(Ok(at)) = proposed {
-                            self.membership.checkpointed.insert(p, (m, at.last_index));
+                            self.membership.checkpointed.insert(p, (m, at.last_index, at.term));
+                            room -= 1;
                         }
                         continue;
                     }
-                    _ => {}
+                    _ => room -= 1,
                 }
-                room -= 1;
             }
             // A change of voters waits until the new configuration has a quorum of active
             // members: removing a voter while another is down or recovering its lost disk
@@ -256,10 +270,17 @@ impl<R> ShardCore<R> {
             });
         }
         self.membership.keeping_up = keeping_up;
-        // Forget checkpoints for members already in their partition (or no longer led here).
+        // Forget checkpoints for members already in their partition, or no longer led here
+        // in the term that proposed them (a leader that lost its term and won another may
+        // have lost the entry: waiting for it held the partition's place for good, and hung a
+        // join). A checkpoint holds its place only while the roster still adds its member.
         let multi = &self.multi;
-        self.membership.checkpointed.retain(|p, (m, _)| {
-            multi.group(*p).is_some_and(|g| g.is_leader() && !g.membership().contains(*m))
+        let wanted = |m: &NodeId| roster.members.get(m).is_some_and(|r| r.role != Role::Leaving);
+        self.membership.checkpointed.retain(|p, (m, _, term)| {
+            wanted(m)
+                && multi
+                    .group(*p)
+                    .is_some_and(|g| g.is_leader() && g.term() == *term && !g.membership().contains(*m))
         });
         if let Some((member, _)) = transition
             && !done.is_empty()
