@@ -99,17 +99,27 @@ impl Pacing {
 /// Where the load goes.
 #[derive(Clone)]
 pub enum TargetSpec {
-    /// The embedded cluster's running nodes.
-    Embedded(Vec<NodeHandle>),
+    /// The embedded cluster's running nodes, and those that join it while the load runs.
+    Embedded(Vec<NodeHandle>, Joined),
     /// Remote nodes, with `connections` per endpoint per driver thread.
     Remote(Arc<RemoteInfo>, usize),
 }
 
+/// Nodes that joined an embedded cluster after its load started (requests look there only
+/// for a partition none of the first nodes leads: the hot path takes no lock).
+pub type Joined = Arc<std::sync::Mutex<Vec<NodeHandle>>>;
+
 impl TargetSpec {
+    /// The embedded cluster's running nodes; none joins later.
+    #[must_use]
+    pub fn embedded(handles: Vec<NodeHandle>) -> Self {
+        TargetSpec::Embedded(handles, Joined::default())
+    }
+
     /// The runtime its drivers need: remote connections are glommio sockets.
     fn flavor(&self) -> Flavor {
         match self {
-            TargetSpec::Embedded(_) => Flavor::Tokio,
+            TargetSpec::Embedded(..) => Flavor::Tokio,
             TargetSpec::Remote(..) => Flavor::Glommio,
         }
     }
@@ -426,7 +436,7 @@ async fn client(
 
 fn make_target(spec: &TargetSpec) -> Target {
     match spec {
-        TargetSpec::Embedded(h) => Target::Embedded(Arc::new(h.clone())),
+        TargetSpec::Embedded(h, joined) => Target::Embedded(Arc::new(h.clone()), joined.clone()),
         TargetSpec::Remote(info, conns) => Target::Remote(Rc::new(RemotePool::new(info.clone(), *conns))),
     }
 }
@@ -487,7 +497,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
     // A node that failed (a storage error stops its shard) ends the run with its reason
     // instead of measuring a broken cluster.
     let failure = || match spec {
-        TargetSpec::Embedded(handles) => {
+        TargetSpec::Embedded(handles, _) => {
             handles.iter().find_map(|h| h.failure().map(|f| format!("node {} failed: {f}", h.node_id())))
         }
         TargetSpec::Remote(..) => None,

@@ -2,6 +2,7 @@
 //! route each request to the partition's leader and retry while leadership moves (as any
 //! real client does); latency includes those retries.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +65,8 @@ impl Outcome {
 /// What a driver thread sends requests to.
 #[derive(Clone)]
 pub enum Target {
-    /// The embedded nodes (handles of the running ones).
-    Embedded(Arc<Vec<NodeHandle>>),
+    /// The embedded nodes (handles of the running ones, and of those that joined since).
+    Embedded(Arc<Vec<NodeHandle>>, crate::load::Joined),
     /// Running nodes' client ports.
     Remote(Rc<RemotePool>),
 }
@@ -81,18 +82,30 @@ impl Target {
     /// and gets; one key for a get).
     pub async fn exec(&self, kind: OpKind, p: u64, keys: &[String], value: &Bytes, batch: usize) -> Outcome {
         match self {
-            Target::Embedded(handles) => embedded(handles, kind, p, keys, value, batch).await,
+            Target::Embedded(handles, joined) => embedded(handles, joined, kind, p, keys, value, batch).await,
             Target::Remote(pool) => remote(pool, kind, p, keys, value, batch).await,
         }
     }
 }
 
-fn leader_of(handles: &[NodeHandle], p: u64) -> Option<&NodeHandle> {
-    handles.iter().find(|h| h.am_i_leader_quick(p))
+/// The node leading `p`: among the first nodes, else among those that joined since (a new
+/// member gets leaderships from the balancer: without it, a join's "after" load starved on
+/// them).
+fn leader_of<'a>(
+    handles: &'a [NodeHandle],
+    joined: &crate::load::Joined,
+    p: u64,
+) -> Option<Cow<'a, NodeHandle>> {
+    if let Some(h) = handles.iter().find(|h| h.am_i_leader_quick(p)) {
+        return Some(Cow::Borrowed(h));
+    }
+    let joined = joined.lock().ok()?;
+    joined.iter().find(|h| h.am_i_leader_quick(p)).cloned().map(Cow::Owned)
 }
 
 async fn embedded(
     handles: &[NodeHandle],
+    joined: &crate::load::Joined,
     kind: OpKind,
     p: u64,
     keys: &[String],
@@ -100,7 +113,7 @@ async fn embedded(
     batch: usize,
 ) -> Outcome {
     for _ in 0..EMBEDDED_NO_LEADER_TRIES {
-        let Some(h) = leader_of(handles, p) else {
+        let Some(h) = leader_of(handles, joined, p) else {
             crate::driver::sleep(NO_LEADER_PAUSE).await;
             continue;
         };

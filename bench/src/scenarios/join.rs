@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::cli::Settings;
 use crate::keys::KeySpace;
-use crate::load::{self, LoadOpts, SecondStats, TargetSpec};
+use crate::load::{self, Joined, LoadOpts, SecondStats, TargetSpec};
 use crate::proc_stats::{self, CpuMeter};
 use crate::report::Report;
 
@@ -30,7 +30,9 @@ const BEFORE: Duration = Duration::from_secs(5);
 pub fn run(s: &Settings) -> Result<Report, String> {
     let mut cluster = super::start_cluster(s, s.partitions, true)?;
     let handles = cluster.handles();
-    let spec = TargetSpec::Embedded(handles.clone());
+    // The load reaches the new node too once it joins (the balancer gives it leaderships).
+    let joined = Joined::default();
+    let spec = TargetSpec::Embedded(handles.clone(), joined.clone());
 
     // The data a new node must receive: values of --value-size under enough keys per
     // partition to make --join-data-bytes, then a checkpoint of every partition (as after a
@@ -76,6 +78,9 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let join_at = Instant::now();
     let (slot, id) = cluster.add_joining_node()?;
     let addr = cluster.address(slot).unwrap_or_default().to_string();
+    if let (Some(h), Ok(mut j)) = (cluster.handle(slot), joined.lock()) {
+        j.push(h.clone());
+    }
     eprintln!("node {id} joins...");
     let add = phalanx::roster::Change::Add(id, addr, String::new());
     let mut learner_everywhere_ms = None;

@@ -58,11 +58,11 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let victim_id = cluster.handle(victim).map_or(0, |h| h.node_id());
     eprintln!("writing {} entries ({} bytes each)...", s.entries, s.value_size);
     let t = Instant::now();
-    let written = fill(s, &TargetSpec::Embedded(cluster.handles()), s.entries)?;
+    let written = fill(s, &TargetSpec::embedded(cluster.handles()), s.entries)?;
     let fill_secs = t.elapsed().as_secs_f64();
     eprintln!("wrote {written} entries in {fill_secs:.1} s; crashing node {victim_id}...");
     cluster.kill(victim)?;
-    let lagged = fill(s, &TargetSpec::Embedded(cluster.handles()), s.lag_entries)?;
+    let lagged = fill(s, &TargetSpec::embedded(cluster.handles()), s.lag_entries)?;
     // What the restarted node must reach: each partition's commit index on its leader now.
     let mut target = vec![0u64; s.partitions as usize + 1];
     for h in cluster.handles() {

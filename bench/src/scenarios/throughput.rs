@@ -44,7 +44,7 @@ fn one(s: &Settings) -> Result<Report, String> {
         }
         ModeArg::Embedded => {
             let c = super::start_cluster(&s, s.partitions, true)?;
-            (TargetSpec::Embedded(c.handles()), Some(c))
+            (TargetSpec::embedded(c.handles()), Some(c))
         }
     };
     let mut report = measure(&s, &spec, cluster.as_ref())?;
@@ -143,7 +143,7 @@ fn sweep(s: &Settings) -> Result<Vec<Report>, String> {
             row.clients = clients;
             row.batch = batch;
             let c = super::start_cluster(&row, row.partitions, true)?;
-            let spec = TargetSpec::Embedded(c.handles());
+            let spec = TargetSpec::embedded(c.handles());
             let r = measure(&row, &spec, Some(&c));
             drop(c);
             let r = r?;
