@@ -2,7 +2,8 @@
 //!
 //! - `cargo test --release -p phalanx-tests --test sim` runs the default sweep (1,000 seeds
 //!   of 2,000 steps) and prints `sim: seeds=N steps=S violations=V`.
-//! - `PHALANX_SIM_SEEDS=N` runs seeds `0..N`; `PHALANX_SIM_STEPS=S` sets the steps per seed.
+//! - `PHALANX_SIM_SEEDS=N` runs seeds `0..N` (`FIRST..FIRST+N` with `PHALANX_SIM_FIRST=FIRST`,
+//!   to search further for a mutant's seeds); `PHALANX_SIM_STEPS=S` sets the steps per seed.
 //!   Either way the regression seeds (`REGRESSION_SEEDS`) run too.
 //! - `PHALANX_SIM_SEED=X` replays seed X alone and prints its report.
 
@@ -72,7 +73,10 @@ fn simulator_sweep() {
     let steps = env_u64("PHALANX_SIM_STEPS").unwrap_or(DEFAULT_STEPS);
     let seeds: Vec<u64> = match (env_u64("PHALANX_SIM_SEED"), env_u64("PHALANX_SIM_SEEDS")) {
         (Some(one), _) => vec![one],
-        (None, Some(n)) => with_regressions(0..n),
+        (None, Some(n)) => {
+            let first = env_u64("PHALANX_SIM_FIRST").unwrap_or(0);
+            with_regressions(first..first.saturating_add(n))
+        }
         (None, None) => with_regressions(0..DEFAULT_SEEDS),
     };
     let started = Instant::now();

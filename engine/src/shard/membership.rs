@@ -6,7 +6,8 @@
 //! 1. learners the roster no longer has are dropped (they vote nowhere);
 //! 2. members the partition lacks join as learners — at most
 //!    `membership.max_catch_ups_per_shard` partitions of a shard bring members up to date at
-//!    once, so a join does not take every partition's bandwidth; a partition whose log above
+//!    once (checkpointing for one, sending it a snapshot, or entries while it lags), so a join
+//!    does not take every partition's bandwidth; a partition whose log above
 //!    its snapshot is longer than `membership.catch_up_max_log_entries`, or not all in the
 //!    leader's memory, is checkpointed first (the member then gets a snapshot and a short
 //!    tail, not the log read back from disk);
