@@ -63,8 +63,7 @@ pub(crate) async fn run(
     loop {
         let first = if saves.is_saving() {
             let got = futures_lite::future::or(async { Some(jobs.recv_async().await) }, async {
-                let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
-                note_saved(&mut saves, r, &mut failed);
+                await_save(&saved_rx, &mut saves, &mut failed, &snapshots).await;
                 None
             })
             .await;
@@ -73,19 +72,16 @@ pub(crate) async fn run(
                 Some(Err(_)) => break,
                 None => {
                     // The save ended with no job waiting: its compactions go now, alone.
-                    if failed.is_none()
-                        && let Some(mut batch) = saves.take_released()
-                    {
-                        strip(&mut batch, &refused);
-                        let mut newly = Vec::new();
-                        if let Err(e) =
-                            write(shard, &mut store, &snapshots, batch, Vec::new(), &mut newly, &stats).await
-                        {
-                            failed.get_or_insert(e);
-                        }
-                        refused.extend(newly.iter().map(|(p, _)| *p));
-                        stats.borrow_mut().store = store.stats();
-                    }
+                    write_released(
+                        shard,
+                        &mut store,
+                        &snapshots,
+                        &mut saves,
+                        &mut refused,
+                        &mut failed,
+                        &stats,
+                    )
+                    .await;
                     start_save(&mut saves, &snapshots, &saved_tx);
                     continue;
                 }
@@ -109,8 +105,7 @@ pub(crate) async fn run(
         for Merged { mut batch, snapshots: mut snaps, checkpoints, jobs: n } in merged {
             if saves.admit(&mut batch, checkpoints) {
                 // An install of a partition whose checkpoint is being saved: that file first.
-                let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
-                note_saved(&mut saves, r, &mut failed);
+                await_save(&saved_rx, &mut saves, &mut failed, &snapshots).await;
             }
             strip(&mut batch, &refused);
             snaps.retain(|(p, _)| !refused.contains(p));
@@ -186,19 +181,9 @@ pub(crate) async fn run(
     // they held back are written.
     while failed.is_none() {
         if saves.is_saving() {
-            let r = saved_rx.recv_async().await.unwrap_or_else(|_| Err(save_lost(&snapshots)));
-            note_saved(&mut saves, r, &mut failed);
+            await_save(&saved_rx, &mut saves, &mut failed, &snapshots).await;
         }
-        if failed.is_none()
-            && let Some(mut batch) = saves.take_released()
-        {
-            strip(&mut batch, &refused);
-            if let Err(e) =
-                write(shard, &mut store, &snapshots, batch, Vec::new(), &mut Vec::new(), &stats).await
-            {
-                failed.get_or_insert(e);
-            }
-        }
+        write_released(shard, &mut store, &snapshots, &mut saves, &mut refused, &mut failed, &stats).await;
         if !start_save(&mut saves, &snapshots, &saved_tx) {
             break;
         }
@@ -243,9 +228,21 @@ async fn save(store: &SnapshotStore, files: Vec<(PartitionId, Snapshot)>) -> Res
         })
 }
 
-/// The background save's outcome: its compactions released, or the writer failed.
-fn note_saved(saves: &mut CheckpointSaves, r: Result<(), Error>, failed: &mut Option<Error>) {
-    match r {
+/// Waits for the background save's outcome: its compactions released, or the writer failed
+/// (also if its result never arrives: its task was dropped).
+async fn await_save(
+    saved: &flume::Receiver<Result<(), Error>>,
+    saves: &mut CheckpointSaves,
+    failed: &mut Option<Error>,
+    snapshots: &SnapshotStore,
+) {
+    let lost = || Error::Io {
+        path: snapshots.dir().to_path_buf(),
+        source: std::sync::Arc::new(std::io::Error::other(
+            "a checkpoint snapshot save ended without a result",
+        )),
+    };
+    match saved.recv_async().await.unwrap_or_else(|_| Err(lost())) {
         Ok(()) => saves.saved(),
         Err(e) => {
             failed.get_or_insert(e);
@@ -253,14 +250,31 @@ fn note_saved(saves: &mut CheckpointSaves, r: Result<(), Error>, failed: &mut Op
     }
 }
 
-/// The background save's result never arrived (its task was dropped): a failed save.
-fn save_lost(snapshots: &SnapshotStore) -> Error {
-    Error::Io {
-        path: snapshots.dir().to_path_buf(),
-        source: std::sync::Arc::new(std::io::Error::other(
-            "a checkpoint snapshot save ended without a result",
-        )),
+/// Writes the compactions the saves released, alone (no job carries them), unless the
+/// writer failed.
+async fn write_released(
+    shard: usize,
+    store: &mut AnyStore,
+    snapshots: &SnapshotStore,
+    saves: &mut CheckpointSaves,
+    refused: &mut BTreeSet<PartitionId>,
+    failed: &mut Option<Error>,
+    stats: &RefCell<WriterStats>,
+) {
+    if failed.is_some() {
+        return;
     }
+    let Some(mut batch) = saves.take_released() else { return };
+    strip(&mut batch, refused);
+    let mut newly = Vec::new();
+    if let Err(e) = write(shard, store, snapshots, batch, Vec::new(), &mut newly, stats).await {
+        failed.get_or_insert(e);
+    }
+    for (p, _) in &newly {
+        saves.forget(*p);
+    }
+    refused.extend(newly.iter().map(|(p, _)| *p));
+    stats.borrow_mut().store = store.stats();
 }
 
 async fn write(

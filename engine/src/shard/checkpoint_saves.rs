@@ -48,6 +48,10 @@ impl CheckpointSaves {
     /// durable, adds those released, drops what its installs supersede. Returns whether the
     /// writer must wait for the save in progress to end (`saved`) before it writes the batch.
     pub fn admit(&mut self, batch: &mut WriteBatch, checkpoints: Vec<(PartitionId, Snapshot)>) -> bool {
+        // Almost every batch: no checkpoint anywhere, nothing to look at per partition.
+        if checkpoints.is_empty() && self.is_idle() {
+            return false;
+        }
         for (p, s) in checkpoints {
             self.queued.retain(|(q, _)| *q != p);
             self.queued.push((p, s));
@@ -72,9 +76,7 @@ impl CheckpointSaves {
                 w.compact_to = w.compact_to.max(Some(c));
             }
         }
-        for (partition, c) in std::mem::take(&mut self.released) {
-            batch.partitions.push(PartitionWrite { partition, compact_to: Some(c), ..Default::default() });
-        }
+        batch.partitions.extend(self.drain_released());
         wait
     }
 
@@ -112,14 +114,25 @@ impl CheckpointSaves {
     /// The released compactions as a batch of their own, for a writer with no job to carry
     /// them.
     pub fn take_released(&mut self) -> Option<WriteBatch> {
-        if self.released.is_empty() {
-            return None;
-        }
-        let partitions = std::mem::take(&mut self.released)
-            .into_iter()
-            .map(|(partition, c)| PartitionWrite { partition, compact_to: Some(c), ..Default::default() })
-            .collect();
-        Some(WriteBatch { partitions, meta: Vec::new() })
+        (!self.released.is_empty())
+            .then(|| WriteBatch { partitions: self.drain_released().collect(), meta: Vec::new() })
+    }
+
+    /// The released compactions, as writes of their own, forgotten here.
+    fn drain_released(&mut self) -> impl Iterator<Item = PartitionWrite> + use<> {
+        std::mem::take(&mut self.released).into_iter().map(|(partition, c)| PartitionWrite {
+            partition,
+            compact_to: Some(c),
+            ..Default::default()
+        })
+    }
+
+    /// Whether nothing is queued, being saved, withheld or released.
+    fn is_idle(&self) -> bool {
+        self.queued.is_empty()
+            && self.saving.is_empty()
+            && self.withheld.is_empty()
+            && self.released.is_empty()
     }
 
     /// Forgets a partition the writer stopped (its store refused a write): nothing more of it
