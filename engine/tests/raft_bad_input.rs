@@ -136,7 +136,10 @@ fn hostile_field_values_never_panic() {
                 recovering: false,
             }),
         ),
-        ("heartbeat response ctx MAX", Body::HeartbeatResponse(HeartbeatResponse { term: 1, read_ctx: M })),
+        (
+            "heartbeat response ctx MAX",
+            Body::HeartbeatResponse(HeartbeatResponse { term: 1, read_ctx: M, quiesced: false }),
+        ),
         (
             "snapshot response MAX",
             Body::SnapshotResponse(InstallSnapshotResponse {

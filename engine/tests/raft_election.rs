@@ -164,7 +164,8 @@ fn higher_term_turns_leader_into_follower() {
     let mut c = Cluster::new(&[1, 2, 3], plain);
     c.elect(1);
     assert_eq!(c.raft(1).term(), 1);
-    let resp = Body::HeartbeatResponse(phalanx_proto::HeartbeatResponse { term: 5, read_ctx: 0 });
+    let resp =
+        Body::HeartbeatResponse(phalanx_proto::HeartbeatResponse { term: 5, read_ctx: 0, quiesced: false });
     c.raft_mut(1).step(msg(2, 1, resp)).unwrap();
     assert_eq!(c.raft(1).role(), Role::Follower);
     assert_eq!(c.raft(1).term(), 5);

@@ -110,7 +110,7 @@ fn request(seq: u64) -> MessageBatch {
             group: seq,
             from: 1,
             to: 2,
-            body: Some(Body::Heartbeat(Heartbeat { term: 1, commit: seq, read_ctx: 0 })),
+            body: Some(Body::Heartbeat(Heartbeat { term: 1, commit: seq, read_ctx: 0, quiesce: false })),
         }],
     }
 }
@@ -147,7 +147,11 @@ fn answer(to_seq: u64) -> MessageBatch {
             group: to_seq,
             from: 2,
             to: 1,
-            body: Some(Body::HeartbeatResponse(HeartbeatResponse { term: 1, read_ctx: to_seq })),
+            body: Some(Body::HeartbeatResponse(HeartbeatResponse {
+                term: 1,
+                read_ctx: to_seq,
+                quiesced: false,
+            })),
         }],
     }
 }

@@ -371,7 +371,12 @@ mod tests {
                     group: i,
                     from: 1,
                     to: 2,
-                    body: Some(Body::Heartbeat(Heartbeat { term: i, commit: 3, read_ctx: 0 })),
+                    body: Some(Body::Heartbeat(Heartbeat {
+                        term: i,
+                        commit: 3,
+                        read_ctx: 0,
+                        quiesce: false,
+                    })),
                 })
                 .collect(),
         }

@@ -52,6 +52,10 @@ pub struct Config {
     /// such proposals, so only a faulty peer sends one), before it reaches the log store,
     /// which would refuse it.
     pub max_entry_bytes: usize,
+    /// Ticks without a proposal or read after which a leader whose followers all caught up
+    /// quiesces the group (`quiesce.rs`): no heartbeats, no election timers, while the failure
+    /// detector holds the leader alive. 0 never quiesces.
+    pub quiesce_after_ticks: u64,
     /// Seed of the group's random generator (election timeouts). Mixed with `id` and `group`.
     pub seed: u64,
 }
@@ -79,6 +83,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
             max_entry_bytes: crate::config::MAX_ENTRY_PAYLOAD_BYTES + crate::config::MAX_LOG_TYPE_BYTES,
+            quiesce_after_ticks: 0,
             seed: 0,
         }
     }

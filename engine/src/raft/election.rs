@@ -72,10 +72,14 @@ impl RaftGroup {
     /// log is as long as a lagging voter's win elections — a member being removed, which may
     /// never hear of its removal, deposed the leader removing it again and again (the
     /// simulator, seed 3378: a pre-vote-only run where the removal never committed).
+    ///
+    /// A follower quiesced under its leader is in its lease for as long as the failure
+    /// detector holds that leader alive (the shell wakes it when it does not, `quiesce.rs`).
     pub(super) fn in_lease(&self) -> bool {
         (self.cfg.check_quorum || self.cfg.pre_vote)
             && self.leader.is_some()
-            && self.leader_contact.is_some_and(|t| self.now < t + self.cfg.election_ticks_min)
+            && (self.quiesced_leader().is_some()
+                || self.leader_contact.is_some_and(|t| self.now < t + self.cfg.election_ticks_min))
     }
 
     /// Answers a vote request whose term is at least ours (term handling done by `step`).

@@ -91,6 +91,10 @@ pub struct RaftGroup {
     pub(super) appends_unsent: bool,
     /// This replica lost durable state and has not caught up yet (`recovery.rs`).
     pub(super) recovery: Option<super::recovery::Recovery>,
+    /// Quiescence (`quiesce.rs`).
+    pub(super) quiet: super::quiesce::Quiet,
+    /// Leader: tick of the last proposal, read or wake (the idle period counts from it).
+    pub(super) last_activity: u64,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -198,6 +202,8 @@ impl RaftGroup {
             commit_unsent: false,
             appends_unsent: false,
             recovery: hard_state.recovering.then(super::recovery::Recovery::default),
+            quiet: super::quiesce::Quiet::Awake,
+            last_activity: 0,
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so
@@ -443,6 +449,7 @@ impl RaftGroup {
         self.transfer = None;
         self.progress.clear();
         self.heartbeats_suspended = false;
+        self.quiet = super::quiesce::Quiet::Awake;
         self.reset_election_deadline();
     }
 
@@ -484,6 +491,9 @@ impl RaftGroup {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.leader_contact = Some(self.now);
+        // The idle period counts from the election, not from the last proposal of another
+        // leader.
+        self.last_activity = self.now;
         self.stats.became_leader += 1;
         let last = self.log.last_index();
         let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();

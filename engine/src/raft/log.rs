@@ -353,6 +353,12 @@ impl RaftLog {
         self.cache_start += n as u64;
     }
 
+    /// Gives back spare capacity of the entry cache and the term runs (a quiescing group).
+    pub fn shrink(&mut self) {
+        self.entries.shrink_to_fit();
+        self.runs.shrink_to_fit();
+    }
+
     /// Discards entries up to and including `index` (which must be applied).
     pub fn compact(&mut self, index: u64) {
         if index <= self.floor_index {

@@ -17,6 +17,7 @@
 //! - `read_index.rs` — linearizable reads (ReadIndex)
 //! - `snapshot.rs` — compaction floor, snapshot sending and installing
 //! - `recovery.rs` — a replica that lost durable state: no vote until it caught up
+//! - `quiesce.rs` — idle groups stop heartbeats and election timers
 //! - `two_step.rs` — two-step proposals (commit / rollback markers)
 //! - `proposal.rs` — the write API and leadership controls
 //! - `tick.rs` — deadlines: election timeout, heartbeats, CheckQuorum
@@ -32,6 +33,7 @@ mod membership;
 mod multi;
 mod progress;
 mod proposal;
+mod quiesce;
 mod quorum;
 mod read_index;
 mod ready;
@@ -53,6 +55,7 @@ pub use log::RaftLog;
 pub use membership::{ConfHistory, apply_change};
 pub use multi::{MultiRaft, MultiReady};
 pub use progress::{Progress, ProgressState};
+pub use quiesce::Quiet;
 pub use quorum::{VoteResult, committed_value, majority, vote_result};
 pub use ready::Ready;
 pub use rng::{SeededRng, mix_seed};

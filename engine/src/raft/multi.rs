@@ -4,9 +4,13 @@
 //! a deadline due (a timer heap keyed by each group's `next_deadline`), and merges the
 //! Readies of every group that has work into one `MultiReady` — one WAL batch and one frame
 //! per peer for the whole shard.
+//!
+//! A quiesced group (`quiesce.rs`) has no deadline and leaves the heap; the container keeps
+//! the failure detector's verdicts so a group quiesced under a leader the detector doubts
+//! wakes at once, whenever the two meet.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use phalanx_proto::RaftMessage;
 
@@ -14,7 +18,7 @@ use super::config::Config;
 use super::group::RaftGroup;
 use super::ready::Ready;
 use super::status::Status;
-use super::types::{GroupId, RestoreState};
+use super::types::{GroupId, NodeId, RestoreState};
 use crate::id_hash::IdHashMap;
 
 struct Slot {
@@ -44,6 +48,8 @@ pub struct MultiRaft {
     next_number: u64,
     outstanding: VecDeque<(u64, Vec<(GroupId, u64)>)>,
     unknown_group_messages: u64,
+    /// Peers the failure detector does not hold alive (suspect or dead).
+    unreachable: BTreeSet<NodeId>,
 }
 
 impl MultiRaft {
@@ -117,10 +123,43 @@ impl MultiRaft {
     pub fn update<R>(&mut self, gid: GroupId, f: impl FnOnce(&mut RaftGroup) -> R) -> Option<R> {
         let now = self.now;
         let slot = self.groups.get_mut(&gid)?;
-        slot.group.tick_to(now);
+        slot.group.tick_to_with(now, &self.unreachable);
         let r = f(&mut slot.group);
+        // Quiesced (again) under a leader the detector already doubts: no timer would notice.
+        if let Some(leader) = slot.group.quiesced_leader()
+            && self.unreachable.contains(&leader)
+        {
+            slot.group.leader_suspected(leader);
+        }
         self.touch(gid);
         Some(r)
+    }
+
+    /// The failure detector's verdict on `node`: followers quiesced under it wake and
+    /// campaign when it is no longer alive (`quiesce.rs`).
+    pub fn set_peer_alive(&mut self, node: NodeId, alive: bool) {
+        if alive {
+            self.unreachable.remove(&node);
+            return;
+        }
+        if !self.unreachable.insert(node) {
+            return;
+        }
+        let quiesced: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| s.group.quiesced_leader() == Some(node))
+            .map(|(gid, _)| *gid)
+            .collect();
+        for gid in quiesced {
+            self.update(gid, |g| g.leader_suspected(node));
+        }
+    }
+
+    /// Groups quiesced on this shard (a scan: for statistics).
+    #[must_use]
+    pub fn quiesced_groups(&self) -> usize {
+        self.groups.values().filter(|s| s.group.is_quiesced()).count()
     }
 
     /// Routes a message to its group.
@@ -173,7 +212,7 @@ impl MultiRaft {
                 continue; // superseded by an earlier entry already handled
             }
             slot.scheduled = u64::MAX;
-            slot.group.tick_to(now);
+            slot.group.tick_to_with(now, &self.unreachable);
             Self::reschedule(&mut self.timers, gid, slot);
             if !slot.dirty {
                 slot.dirty = true;

@@ -46,6 +46,8 @@ pub struct Progress {
     /// The follower answered an append of this leader: `recovering` is its word, not the
     /// default, and `last_heard` a real answer, not the election's benefit of the doubt.
     pub answered: bool,
+    /// The follower acknowledged the leader's quiescence (`quiesce.rs`).
+    pub quiet_acked: bool,
 }
 
 impl Progress {
@@ -69,6 +71,7 @@ impl Progress {
             fetch_pending: None,
             recovering: false,
             answered: false,
+            quiet_acked: false,
         }
     }
 

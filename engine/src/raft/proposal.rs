@@ -178,6 +178,7 @@ impl RaftGroup {
     }
 
     fn append_proposal(&mut self, entries: Vec<LogEntry>) -> Proposed {
+        self.note_activity();
         let first_index = entries[0].index;
         let last_index = first_index + entries.len() as u64 - 1;
         self.append_entries(entries);
@@ -223,6 +224,7 @@ impl RaftGroup {
             }
             return Err(Status::ActiveProposal);
         }
+        self.note_activity();
         self.transfer = Some((target, self.now + self.cfg.election_ticks_min));
         let caught_up = self.progress.get(&target).is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {

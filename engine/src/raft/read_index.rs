@@ -75,6 +75,18 @@ impl ReadIndexState {
     fn queued(&self) -> usize {
         self.pending.len() + self.waiting.len()
     }
+
+    /// Whether no read is pending, waiting or owed a broadcast (a group may quiesce).
+    pub(super) fn is_idle(&self) -> bool {
+        self.queued() == 0 && !self.needs_broadcast && self.forwarded.is_empty() && self.out.is_empty()
+    }
+
+    /// Gives back spare capacity (a quiescing group, `quiesce.rs`).
+    pub(super) fn shrink(&mut self) {
+        self.pending.shrink_to_fit();
+        self.waiting.shrink_to_fit();
+        self.out.shrink_to_fit();
+    }
 }
 
 impl RaftGroup {
@@ -98,6 +110,9 @@ impl RaftGroup {
         if self.reads.queued() >= self.cfg.max_pending_reads {
             return Err(Status::Busy);
         }
+        // A read is activity: a quiesced leader wakes, and its heartbeat round confirms the
+        // read (a quorum must answer in this term, quiesced or not).
+        self.note_activity();
         if !self.reads.committed_in_term {
             self.reads.waiting.push_back(who);
             return Ok(());

@@ -105,6 +105,11 @@ impl ReadyTracker {
         }
     }
 
+    /// Gives back spare capacity (a quiescing group).
+    pub(super) fn shrink(&mut self) {
+        self.outstanding.shrink_to_fit();
+    }
+
     /// Whether a Ready was handed out and not acknowledged yet.
     pub(super) fn has_outstanding(&self) -> bool {
         !self.outstanding.is_empty()

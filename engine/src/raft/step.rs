@@ -38,6 +38,21 @@ impl RaftGroup {
         if group != self.cfg.group || to != self.cfg.id || from == 0 || from == self.cfg.id {
             return self.reject(Status::InvalidRequest);
         }
+        if self.role == Role::Leader {
+            // A quiesced leader wakes for anything but an acknowledgement of its quiescence.
+            self.leader_heard(matches!(&body, Body::HeartbeatResponse(r) if r.quiesced));
+        } else if !matches!(
+            body,
+            Body::AppendRequest(_)
+                | Body::Heartbeat(_)
+                | Body::Snapshot(_)
+                | Body::TimeoutNow(_)
+                | Body::ReadIndexResponse(_)
+        ) {
+            // From a quiesced follower's leader, anything a leader does not send means it
+            // restarted: it campaigns, or recovers lost state (`quiesce.rs`).
+            self.leader_restarted(from);
+        }
         // ReadIndex traffic does not move terms: a confirmation from any leader that proved
         // its leadership after the request was sent is a valid read point.
         match body {
@@ -101,7 +116,11 @@ impl RaftGroup {
                     // lease) would never learn the new term.
                     self.send(
                         from,
-                        Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: 0 }),
+                        Body::HeartbeatResponse(HeartbeatResponse {
+                            term: self.term,
+                            read_ctx: 0,
+                            quiesced: false,
+                        }),
                     );
                     // Refused, but not bad input (not counted as a rejection): the sender
                     // lost its leadership and learns it from the answer.

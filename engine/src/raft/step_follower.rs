@@ -22,6 +22,10 @@ impl RaftGroup {
             }
             self.leader_contact = Some(self.now);
             self.reset_election_deadline();
+            if !matches!(body, Body::Heartbeat(_)) {
+                // Entries or a snapshot: the group is busy again (`quiesce.rs`).
+                self.quiet = super::quiesce::Quiet::Awake;
+            }
         }
         match body {
             Body::AppendRequest(req) => self.handle_append(from, req),
@@ -132,9 +136,10 @@ impl RaftGroup {
         // The leader clamps `commit` to what it knows we hold; clamp again to our log in case
         // we restarted and lost unacknowledged entries.
         self.log.commit_to(hb.commit.min(self.log.last_index()));
+        let quiesced = self.follower_heartbeat(hb.quiesce);
         self.send(
             from,
-            Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: hb.read_ctx }),
+            Body::HeartbeatResponse(HeartbeatResponse { term: self.term, read_ctx: hb.read_ctx, quiesced }),
         );
     }
 }

@@ -89,6 +89,9 @@ impl RaftGroup {
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) {
+        if resp.quiesced {
+            self.on_quiesce_ack(from);
+        }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.last_heard = self.now;
         if resp.read_ctx > pr.read_ack {

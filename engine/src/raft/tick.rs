@@ -1,10 +1,13 @@
 //! Time. The group keeps absolute deadlines (in ticks) instead of elapsed counters, so a
 //! container can skip groups with nothing due (`next_deadline`) and tick only active ones.
 
+use std::collections::BTreeSet;
+
 use phalanx_proto::raft_message::Body;
 
 use super::group::RaftGroup;
-use super::types::Role;
+use super::quiesce::Quiet;
+use super::types::{NodeId, Role};
 
 impl RaftGroup {
     /// Advances time by one tick.
@@ -15,19 +18,26 @@ impl RaftGroup {
     /// Advances time to `now` (ticks), firing every deadline that is due. Time never goes
     /// backwards: an earlier `now` is ignored.
     pub fn tick_to(&mut self, now: u64) {
+        self.tick_to_with(now, &BTreeSet::new());
+    }
+
+    /// `tick_to`, knowing which peers the failure detector does not hold alive: a leader
+    /// quiesces without waiting for them (`quiesce.rs`).
+    pub fn tick_to_with(&mut self, now: u64, unreachable: &BTreeSet<NodeId>) {
         if now <= self.now {
             return;
         }
         self.now = now;
         self.expire_forwarded_reads();
         if self.role == Role::Leader {
-            self.tick_leader();
+            self.tick_leader(unreachable);
             return;
         }
         if self.next_probe_deadline() <= now {
             self.recovery_tick();
         }
-        if self.election_deadline <= now {
+        // A quiesced follower has no election timer: the failure detector watches its leader.
+        if self.election_deadline <= now && self.quiet != Quiet::Quiesced {
             if self.promotable() {
                 self.hup(false);
             } else {
@@ -42,6 +52,7 @@ impl RaftGroup {
     #[must_use]
     pub fn next_deadline(&self) -> u64 {
         let timers = match self.role {
+            Role::Leader if self.quiet == Quiet::Quiesced => u64::MAX,
             Role::Leader => {
                 let mut d = if self.cfg.check_quorum { self.check_quorum_deadline } else { u64::MAX };
                 if !self.heartbeats_suspended {
@@ -52,23 +63,32 @@ impl RaftGroup {
                 }
                 d
             }
-            _ if self.promotable() => self.election_deadline,
+            _ if self.promotable() && self.quiet != Quiet::Quiesced => self.election_deadline,
             _ => u64::MAX,
         };
         timers.min(self.forwarded_reads_deadline()).min(self.next_probe_deadline())
     }
 
-    fn tick_leader(&mut self) {
+    fn tick_leader(&mut self, unreachable: &BTreeSet<NodeId>) {
         let now = self.now;
+        if self.quiet == Quiet::Quiesced {
+            return;
+        }
         if self.heartbeat_deadline <= now {
             self.heartbeat_deadline = now + self.cfg.heartbeat_ticks;
+            self.maybe_quiesce(unreachable);
+            if self.quiet == Quiet::Quiesced {
+                return;
+            }
             if !self.heartbeats_suspended {
                 self.bcast_heartbeat();
             }
         }
         if self.cfg.check_quorum && self.check_quorum_deadline <= now {
             // The latest tick by which a quorum of voters had all been heard from (this node
-            // counts as heard now if it votes).
+            // counts as heard now if it votes). A leader woken from quiescence checks first an
+            // election timeout after the wake (`quiesce.rs`): its wake-up heartbeat's answers
+            // count, the silence of the quiescence does not.
             let heard = self.quorum_heard_at();
             if heard + self.cfg.election_ticks_min <= now {
                 // §6.2 / CheckQuorum: a leader that has not heard from a quorum within an
@@ -116,7 +136,8 @@ impl RaftGroup {
         let Some(p) = self.progress.get_mut(&to) else { return };
         let commit = self.log.committed().min(p.matched);
         p.commit_sent = p.commit_sent.max(commit);
-        let hb = phalanx_proto::Heartbeat { term: self.term, commit, read_ctx: ctx };
+        let quiesce = self.quiet == Quiet::Quiescing;
+        let hb = phalanx_proto::Heartbeat { term: self.term, commit, read_ctx: ctx, quiesce };
         self.send(to, Body::Heartbeat(hb));
     }
 }

@@ -836,5 +836,5 @@ pub fn vote_resp(term: u64, granted: bool, pre_vote: bool) -> Body {
 /// A heartbeat body.
 #[must_use]
 pub fn heartbeat(term: u64, commit: u64) -> Body {
-    Body::Heartbeat(phalanx_proto::Heartbeat { term, commit, read_ctx: 0 })
+    Body::Heartbeat(phalanx_proto::Heartbeat { term, commit, read_ctx: 0, quiesce: false })
 }

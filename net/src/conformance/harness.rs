@@ -246,7 +246,7 @@ pub fn seq_batch(from: NodeId, to: NodeId, shard: usize, seq: u64) -> MessageBat
             group: shard as u64,
             from,
             to,
-            body: Some(Body::Heartbeat(Heartbeat { term: 1, commit: seq, read_ctx: 0 })),
+            body: Some(Body::Heartbeat(Heartbeat { term: 1, commit: seq, read_ctx: 0, quiesce: false })),
         }],
     }
 }

@@ -1,0 +1,205 @@
+//! Quiescence of idle groups (`raft/quiesce.rs`): an idle, settled group stops heartbeating
+//! and its followers stop their election timers; proposals, reads, votes and the failure
+//! detector's suspicion wake it; reads and CheckQuorum stay sound.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use phalanx::raft::{Config, NodeId, Role};
+
+/// Ticks of idleness before a leader quiesces, in these tests.
+const QUIESCE_AFTER: u64 = 10;
+
+fn quiescing(c: &mut Config) {
+    c.quiesce_after_ticks = QUIESCE_AFTER;
+}
+
+/// A three-voter group led by 1 with one committed write, quiesced.
+fn quiesced_cluster() -> Cluster {
+    let mut c = Cluster::new(&[1, 2, 3], quiescing);
+    c.elect(1);
+    c.propose(1, "a").expect("accepted");
+    c.stabilize();
+    c.ticks(QUIESCE_AFTER + 3 * 2);
+    for id in [1, 2, 3] {
+        assert!(c.raft(id).is_quiesced(), "node {id} did not quiesce: {:?}", c.raft(id).soft_state());
+    }
+    c
+}
+
+fn leader_messages_since(c: &Cluster, from: usize) -> usize {
+    c.trace[from..].len()
+}
+
+#[test]
+fn an_idle_group_quiesces_and_goes_silent() {
+    let mut c = quiesced_cluster();
+    let before = c.trace.len();
+    c.ticks(500);
+    assert_eq!(leader_messages_since(&c, before), 0, "a quiesced group still sends messages");
+    for id in [1, 2, 3] {
+        assert_eq!(c.raft(id).next_deadline(), u64::MAX, "node {id} still has a timer");
+    }
+    assert_eq!(c.leader(), Some(1));
+    // Nothing cached: an idle replica keeps its term runs, not its entries.
+    for id in [1, 2, 3] {
+        assert_eq!(c.raft(id).log().cached_len(), 0, "node {id} keeps entries in memory");
+    }
+}
+
+#[test]
+fn quiescence_off_keeps_heartbeats() {
+    let mut c = Cluster::new(&[1, 2, 3], defaults);
+    c.elect(1);
+    c.ticks(100);
+    let before = c.trace.len();
+    c.ticks(10);
+    assert!(c.trace[before..].iter().any(|m| kind(m) == "Heartbeat"));
+    assert!(!c.raft(1).is_quiesced());
+}
+
+#[test]
+fn a_proposal_wakes_the_group_and_commits_after_a_long_idle() {
+    let mut c = quiesced_cluster();
+    // Far longer than an election timeout: the woken leader must not take its followers'
+    // old answers as a lost quorum.
+    c.ticks(300);
+    c.propose(1, "b").expect("accepted");
+    // A tick passes before any follower answers the wake-up.
+    c.tick_node(1, 1);
+    assert!(c.raft(1).is_leader(), "the woken leader judged its quorum by the quiescence's silence");
+    c.stabilize();
+    for id in [1, 2, 3] {
+        assert!(!c.raft(id).is_quiesced(), "node {id} still quiesced after a write");
+        assert_eq!(c.raft(id).log().committed(), c.raft(1).log().last_index());
+    }
+    c.ticks(5);
+    assert_eq!(c.leader(), Some(1), "the woken leader stepped down");
+    assert_eq!(c.raft(1).role(), Role::Leader);
+    // Idle again: it quiesces again.
+    c.ticks(QUIESCE_AFTER + 6);
+    assert!(c.raft(1).is_quiesced());
+}
+
+#[test]
+fn a_read_wakes_the_leader_and_needs_a_quorum() {
+    let mut c = quiesced_cluster();
+    c.ticks(100);
+    c.raft_mut(1).read_index(7).expect("accepted");
+    c.stabilize();
+    let rs = c.node(1).read_states.last().copied().expect("read answered");
+    assert_eq!(rs.request_id, 7);
+    assert_eq!(rs.result, Ok(c.raft(1).log().committed()));
+
+    // A quiesced leader cut off from its followers cannot confirm a read: the round needs a
+    // quorum's answers in its term.
+    let mut c = quiesced_cluster();
+    c.isolate(1);
+    c.raft_mut(1).read_index(8).expect("accepted");
+    c.stabilize();
+    c.ticks(3);
+    assert!(c.node(1).read_states.iter().all(|r| r.request_id != 8 || r.result.is_err()));
+}
+
+#[test]
+fn quiesced_followers_wait_for_the_detector_then_elect_at_once() {
+    let mut c = quiesced_cluster();
+    c.crash(1);
+    c.ticks(200);
+    assert!(c.leader().is_none() || c.leader() == Some(1));
+    for id in [2, 3] {
+        assert_eq!(c.raft(id).role(), Role::Follower, "node {id} campaigned while its leader was alive");
+    }
+    // The detector suspects 1 on node 2 first: it campaigns at once, node 3 (still trusting
+    // its leader) refuses.
+    c.raft_mut(2).leader_suspected(1);
+    c.stabilize();
+    assert!(c.raft(3).is_quiesced(), "a quiesced follower followed a challenger of a live leader");
+    // Node 3 suspects it too: it campaigns at once and node 2, awake, grants.
+    c.raft_mut(3).leader_suspected(1);
+    c.stabilize();
+    let new = c.leader().filter(|l| *l != 1);
+    assert!(new.is_some(), "no new leader after both suspected the old one");
+    c.propose(new.unwrap_or(2), "after").expect("accepted");
+    c.stabilize();
+}
+
+#[test]
+fn a_suspicion_of_someone_else_changes_nothing() {
+    let mut c = quiesced_cluster();
+    c.raft_mut(2).leader_suspected(3);
+    c.stabilize();
+    assert!(c.raft(2).is_quiesced());
+}
+
+#[test]
+fn a_restarted_leader_is_followed_again() {
+    let mut c = quiesced_cluster();
+    c.crash(1);
+    c.restart(1);
+    // Node 1 restarts as a follower with an election timer: it campaigns, and its old
+    // followers, quiesced under it, take it for what it is — a candidate.
+    for _ in 0..100 {
+        c.tick_all();
+        if c.leader().is_some() && !c.raft(c.leader().unwrap_or(1)).is_quiesced() {
+            break;
+        }
+    }
+    let l = c.leader().expect("a leader after the old one restarted");
+    c.propose(l, "again").expect("accepted");
+    c.stabilize();
+    assert_eq!(c.raft(2).log().committed(), c.raft(l).log().last_index());
+}
+
+#[test]
+fn a_lagging_follower_holds_quiescence_unless_the_detector_holds_it_down() {
+    let mut c = Cluster::new(&[1, 2, 3], quiescing);
+    c.elect(1);
+    c.cut_pair(1, 3);
+    c.propose(1, "a").expect("accepted");
+    c.stabilize();
+    c.ticks(QUIESCE_AFTER * 4);
+    assert!(!c.raft(1).is_quiesced(), "quiesced with a follower behind");
+    let down: BTreeSet<NodeId> = [3].into();
+    for _ in 0..4 {
+        let now = c.raft(1).now() + 2;
+        c.raft_mut(1).tick_to_with(now, &down);
+        c.stabilize();
+    }
+    assert!(c.raft(1).is_quiesced(), "a follower the detector holds down kept the group awake");
+    // The follower returns: its election timer runs (it never quiesced), its PreVote wakes
+    // the leader, which catches it up.
+    c.heal();
+    for _ in 0..60 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(1), "the returning follower deposed a live leader");
+    assert_eq!(c.raft(3).log().committed(), c.raft(1).log().last_index());
+}
+
+#[test]
+fn a_woken_leader_without_a_quorum_steps_down() {
+    let mut c = quiesced_cluster();
+    c.crash(2);
+    c.crash(3);
+    c.propose(1, "lost").expect("accepted");
+    c.stabilize();
+    let min = c.raft(1).config().election_ticks_min;
+    c.ticks(min + 2);
+    assert_ne!(c.raft(1).role(), Role::Leader, "CheckQuorum did not run after the wake");
+}
+
+#[test]
+fn a_vote_request_wakes_a_quiesced_leader_which_keeps_its_lease() {
+    let mut c = quiesced_cluster();
+    // Node 3 missed everything (a restart with its state): it campaigns.
+    c.crash(3);
+    c.restart(3);
+    for _ in 0..60 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(1), "a restarted follower deposed a live quiesced leader");
+    assert_eq!(c.raft(1).term(), c.raft(3).term());
+}
