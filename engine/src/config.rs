@@ -82,7 +82,16 @@ pub struct NodeConfig {
     pub store_faults: Option<FaultInjector>,
 }
 
+/// How long a partition is idle before its leader quiesces it, by default, in ms.
+pub const DEFAULT_QUIESCE_AFTER_MS: u64 = 1500;
+
 impl NodeConfig {
+    /// Quiesces idle partitions after `ms` (0: never), in whole ticks (at least one).
+    pub fn set_quiesce_after_ms(&mut self, ms: u64) {
+        self.raft.quiesce_after_ticks =
+            if ms == 0 { 0 } else { ms.div_ceil(self.tick_interval_ms.max(1)).max(1) };
+    }
+
     /// A single-node configuration with defaults, storing under `data_dir`.
     #[must_use]
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
@@ -90,7 +99,7 @@ impl NodeConfig {
         raft.election_ticks_min = 10;
         raft.election_ticks_max = 20;
         raft.heartbeat_ticks = 2;
-        NodeConfig {
+        let mut c = NodeConfig {
             node_id,
             cluster_id: "phalanx".into(),
             raft_host: "127.0.0.1".into(),
@@ -116,7 +125,11 @@ impl NodeConfig {
             swim: crate::swim::SwimConfig::default(),
             truncate_damaged_wal_tail: false,
             store_faults: None,
-        }
+        };
+        // As the reference's `QuiesceAfter` (`raft.quiesce_after_ticks` counts ticks: set it
+        // again after changing the tick).
+        c.set_quiesce_after_ms(DEFAULT_QUIESCE_AFTER_MS);
+        c
     }
 
     /// Checks the configuration: [`Error::Config`](crate::Error::Config) naming the first bad

@@ -97,6 +97,8 @@ pub struct PartitionStats {
 pub struct CoreStats {
     /// Partitions this shard leads.
     pub leaders: usize,
+    /// Depth: partitions quiesced on this shard, led or followed (`raft/quiesce.rs`).
+    pub quiesced: usize,
     /// Raft messages handed to the transport.
     pub messages_sent: u64,
     /// Batches (one frame each) handed to the transport.
@@ -123,6 +125,7 @@ impl CoreStats {
     pub fn plus(&self, o: &CoreStats) -> CoreStats {
         CoreStats {
             leaders: self.leaders + o.leaders,
+            quiesced: self.quiesced + o.quiesced,
             messages_sent: self.messages_sent + o.messages_sent,
             batches_sent: self.batches_sent + o.batches_sent,
             messages_received: self.messages_received + o.messages_received,

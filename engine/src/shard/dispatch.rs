@@ -295,6 +295,7 @@ impl<R> ShardCore<R> {
                 .group_ids()
                 .filter(|p| self.multi.group(*p).is_some_and(RaftGroup::is_leader))
                 .count(),
+            quiesced: self.multi.quiesced_groups(),
             unknown_group_messages: unknown,
             // The core counts every refusal; the unknown groups' are in both counts.
             messages_refused: self.counters.messages_refused.saturating_sub(unknown),

@@ -187,10 +187,26 @@ impl<R> ShardCore<R> {
         let transition = roster.in_transition().map(|m| (m.id, m.role));
         let mut keeping_up = IdHashMap::default();
         let mut done = Vec::new();
+        let mut wake = Vec::new();
         for p in led {
             let Some(g) = self.multi.group(p) else { continue };
             let conf = g.membership();
             let lag = |m: NodeId| answering_lag(g, m);
+            // A quiesced partition has heard from no follower lately, so none counts as
+            // active: one the roster wants changed (or a transition to report on) is woken
+            // first and looked at again next round, with fresh answers (`raft/quiesce.rs`).
+            // Its member's keeping-up window carries over: it was caught up to quiesce. (What
+            // the roster wants is judged by lag alone here: by the answers, nobody is active.)
+            let pending =
+                transition.is_some() && u32::try_from(p).is_ok_and(|p32| !roster.progress.contains(&p32));
+            let quiet_lag = |m: NodeId| g.follower_lag(m);
+            if g.is_quiesced() && (pending || next_step(p, conf, me, roster, &quiet_lag, max_lag).is_some()) {
+                if let Some(&entry) = self.membership.keeping_up.get(&p) {
+                    keeping_up.insert(p, entry);
+                }
+                wake.push(p);
+                continue;
+            }
             if let Some((member, role)) = transition
                 && let Ok(p32) = u32::try_from(p)
                 && !roster.progress.contains(&p32)
@@ -269,6 +285,9 @@ impl<R> ShardCore<R> {
                 (None, Step::HandOver(v)) => drop(g.transfer_leadership(v)),
                 (None, _) => {}
             });
+        }
+        for p in wake {
+            self.multi.update(p, RaftGroup::wake);
         }
         self.membership.keeping_up = keeping_up;
         // Forget checkpoints for members already in their partition, or no longer led here

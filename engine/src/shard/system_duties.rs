@@ -173,9 +173,11 @@ impl<R> ShardCore<R> {
         self.propose_system_command(roster_change(roster.version, &Change::Remove(node)));
     }
 
-    /// The failure detector's verdict on a peer (shard 0's own, or heard on the bus): reads
+    /// The failure detector's verdict on a peer (shard 0's own, or heard on the bus): groups
+    /// quiesced under a peer no longer alive wake and campaign (`raft/quiesce.rs`), reads
     /// forwarded to a dead peer fail at once, and leadership is not handed to it.
     pub fn on_peer_status(&mut self, node: NodeId, state: Liveness) {
+        self.multi.set_peer_alive(node, state == Liveness::Alive);
         if state != Liveness::Dead {
             self.down.remove(&node);
             return;

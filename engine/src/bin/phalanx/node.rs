@@ -112,6 +112,11 @@ pub struct NodeArgs {
     /// (times ⌈log10 members⌉) without refuting.
     #[arg(long, default_value_t = 4)]
     swim_suspicion_mult: u32,
+    /// Quiesce a partition idle for this many ms: its leader stops heartbeating and its
+    /// followers stop their election timers while the failure detector holds the leader
+    /// alive; a write, a read or a suspicion wakes it. 0 never quiesces.
+    #[arg(long, default_value_t = phalanx::config::DEFAULT_QUIESCE_AFTER_MS)]
+    quiesce_after_ms: u64,
     /// Remove from the roster a member the failure detector has held down for this many
     /// seconds (partition 0's leader does, one member at a time). 0 (the default): never; a
     /// down member is usually a restart or a repair in progress.
@@ -211,6 +216,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     cfg.wal_dir = a.wal_path.clone();
     cfg.sync_writes = a.sync_writes;
     cfg.tick_interval_ms = a.tick_ms;
+    cfg.set_quiesce_after_ms(a.quiesce_after_ms);
     // Unset: derived from the tick (`SwimConfig::resolved`).
     cfg.swim.probe_timeout_ms = a.swim_probe_timeout_ms.unwrap_or(0);
     cfg.swim.probe_interval_ms = a.swim_probe_interval_ms.unwrap_or(0);
