@@ -112,9 +112,11 @@ fn simulator_sweep() {
     let fetches: u64 = reports.iter().map(|r| r.fetches).sum();
     let overtaken: u64 = reports.iter().map(|r| r.fetches_overtaken).sum();
     let rosters: u64 = reports.iter().map(|r| r.roster_versions).sum();
+    let quiesced: u64 = reports.iter().map(|r| r.quiesced_ticks).sum();
     println!(
         "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} disk-losses={disk_losses} snapshots={snapshots} \
-         liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} roster-versions={rosters} wall={:.1}s)",
+         liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} roster-versions={rosters} \
+         quiesced-leader-ticks={quiesced} wall={:.1}s)",
         seeds.len(),
         total_steps,
         violations,

@@ -60,6 +60,9 @@ pub struct SimConfig {
     pub partition_per_10k: u64,
     /// The Raft configuration of every group (id, group, seed filled in per node).
     pub raft: phalanx::raft::Config,
+    /// At the heal, crash the node leading the most groups (when the others can do without
+    /// it) and hold it down until its groups must have elected again (`check_failover`).
+    pub down_at_heal: bool,
 }
 
 impl SimConfig {
@@ -99,6 +102,7 @@ impl SimConfig {
             disk_loss_pct: [0, 10, 30, 60][r.range(0, 4) as usize],
             split_cost: [200, 400, 1000, u64::MAX][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
+            down_at_heal: r.range(0, 3) == 0,
             raft: {
                 let mut c = node::base_config();
                 // Small appends split a new leader's no-op from the older entries before it,
@@ -115,6 +119,9 @@ impl SimConfig {
                 c.election_ticks_max = c.election_ticks_min + [2, rtt, 2 * rtt][r.range(0, 3) as usize];
                 c.pre_vote = r.range(0, 4) != 0;
                 c.check_quorum = r.range(0, 4) != 0;
+                // Quiescence (`raft/quiesce.rs`) in most runs: groups the workload leaves
+                // alone for a while quiesce, and crashes, partitions and writes meet them so.
+                c.quiesce_after_ticks = [0, 15, 40, 40][r.range(0, 4) as usize];
                 c
             },
         }
@@ -168,9 +175,14 @@ pub struct Report {
     pub fetches_overtaken: u64,
     /// Roster versions the system partition reached (its seed included).
     pub roster_versions: u64,
+    /// Ticks × groups a leader spent quiesced (`raft/quiesce.rs`).
+    pub quiesced_ticks: u64,
     /// Each node's view of each group at the end (for debugging a failing seed).
     pub final_state: String,
 }
+
+/// A group the node crashed at the heal led: its id, the term, whether it was quiesced.
+type LedAtHeal = (GroupId, u64, bool);
 
 /// A running simulation.
 pub struct Sim {
@@ -195,6 +207,11 @@ pub struct Sim {
     stranded: std::collections::BTreeSet<GroupId>,
     /// `PHALANX_SIM_TRACE=<tick>`: print every delivered message from that tick on.
     trace_from: Option<u64>,
+    /// Ticks × groups a leader spent quiesced.
+    quiesced_ticks: u64,
+    /// The node crashed at the heal (`SimConfig::down_at_heal`), and the groups it led then
+    /// with their terms and whether they were quiesced.
+    down_at_heal: Option<(usize, Vec<LedAtHeal>)>,
 }
 
 /// Messages one node may send in one round: far above what any run needs (a few groups, a
@@ -202,6 +219,9 @@ pub struct Sim {
 const MAX_MESSAGES_PER_ROUND: usize = 10_000;
 /// Upper bound on ready/persist rounds per node per tick (each round may enable another).
 const MAX_ROUNDS_PER_TICK: usize = 16;
+/// With `down_at_heal`, the clients leave every group alone for this many ticks before the
+/// heal: time to settle and quiesce (`quiesce_after_ticks` is at most 40).
+const QUIET_BEFORE_HEAL: u64 = 150;
 /// Ticks after the heal within which every group must elect a leader and commit.
 pub const LIVENESS_TICKS: u64 = 1000;
 
@@ -228,6 +248,8 @@ impl Sim {
             fetches: FetchCounts::default(),
             stranded: std::collections::BTreeSet::new(),
             trace_from: std::env::var("PHALANX_SIM_TRACE").ok().and_then(|v| v.parse().ok()),
+            quiesced_ticks: 0,
+            down_at_heal: None,
             cfg,
         }
     }
@@ -264,6 +286,7 @@ impl Sim {
             fetches: self.fetches.fetches,
             fetches_overtaken: self.fetches.overtaken,
             roster_versions,
+            quiesced_ticks: self.quiesced_ticks,
         }
     }
 
@@ -271,10 +294,18 @@ impl Sim {
     pub fn step(&mut self) {
         self.now += 1;
         let now = self.now;
+        if self.cfg.down_at_heal && now + QUIET_BEFORE_HEAL == self.cfg.heal_at {
+            // The groups go idle before the heal, so the leader crashed then is most likely
+            // quiesced: its followers have only the failure detector to notice.
+            self.workload.rest_all(&self.groups, self.cfg.heal_at + 1);
+        }
         if self.cfg.chaos && now < self.cfg.heal_at {
             self.inject_faults();
         } else if now == self.cfg.heal_at {
             self.heal();
+            self.crash_a_leader_at_heal();
+        } else if now == self.cfg.heal_at + self.failover_ticks() {
+            self.check_failover();
         }
         for m in self.net.due(now) {
             let to = m.to as usize - 1;
@@ -413,6 +444,86 @@ impl Sim {
                 self.commit_at_heal.insert((g, n.id), c);
             }
         }
+    }
+
+    /// How long after the heal the groups of a node crashed then must have a leader again:
+    /// the failure detector's time to suspect it (a probe round over every member, its
+    /// timeouts) and to pass the word on, plus two election timeouts (a PreVote refused by a
+    /// follower that did not suspect yet is tried again), plus a few round trips.
+    fn failover_ticks(&self) -> u64 {
+        let c = node_config(&self.cfg, 1);
+        let rtt = round_trip_ticks(self.cfg.faults.max_delay, self.cfg.max_disk_latency);
+        c.swim.probe_interval_ms * (self.cfg.nodes + 1) + 2 * self.cfg.raft.election_ticks_max + 4 * rtt
+    }
+
+    /// At the heal, with `down_at_heal`: crashes the node leading the most groups, when every
+    /// group keeps a majority of its voters without it and no replica is recovering lost
+    /// state, and keeps it down until `check_failover`.
+    fn crash_a_leader_at_heal(&mut self) {
+        if !self.cfg.down_at_heal || !self.cfg.liveness_expected() || !self.stranded.is_empty() {
+            return;
+        }
+        if self.nodes.iter().any(|n| !n.up || n.has_lost_state()) {
+            return;
+        }
+        let led = |n: &SimNode| -> Vec<(GroupId, u64, bool)> {
+            self.groups
+                .iter()
+                .filter_map(|&g| {
+                    n.multi()
+                        .group(g)
+                        .filter(|grp| grp.is_leader())
+                        .map(|grp| (g, grp.term(), grp.is_quiesced()))
+                })
+                .collect()
+        };
+        let Some(victim) =
+            (0..self.nodes.len()).max_by_key(|&i| (led(&self.nodes[i]).len(), std::cmp::Reverse(i)))
+        else {
+            return;
+        };
+        let id = self.nodes[victim].id;
+        let spared = self.groups.iter().all(|&g| {
+            self.nodes.iter().filter_map(|n| n.multi().group(g)).all(|grp| {
+                let voters = &grp.membership().voters;
+                !voters.contains(&id) || voters.len() > phalanx::raft::majority(voters.len())
+            })
+        });
+        let groups = led(&self.nodes[victim]);
+        if !spared || groups.is_empty() {
+            return;
+        }
+        self.nodes[victim].crash_mid_write(usize::MAX);
+        self.workload.forget_node(id);
+        self.crashes += 1;
+        self.down_at_heal = Some((victim, groups));
+    }
+
+    /// The groups the node crashed at the heal led have a leader again (quiesced ones too:
+    /// their followers have no election timer, the failure detector must wake them), and the
+    /// node restarts.
+    fn check_failover(&mut self) {
+        let Some((victim, groups)) = self.down_at_heal.take() else { return };
+        let id = self.nodes[victim].id;
+        let ticks = self.failover_ticks();
+        for (g, term, quiesced) in groups {
+            let led = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .filter_map(|n| n.multi().group(g))
+                .any(|grp| grp.is_leader() && grp.term() > term);
+            if !led {
+                self.checker.on_liveness_failure(
+                    g,
+                    format!(
+                        "no leader {ticks} ticks after node {id}, its leader in term {term} (quiesced: {quiesced}), \
+                         crashed at the heal"
+                    ),
+                );
+            }
+        }
+        self.restart(victim);
     }
 
     /// Completes due writes, runs the node's Ready pipeline and carries out its output
@@ -662,7 +773,7 @@ impl Sim {
                 let _ = writeln!(
                     s,
                     "  n{} g{g}: up={} {:?} term={} vote={} leader={:?} floor={} last={}/{} commit={} applied={} \
-                     members={:?} writing={} next_deadline={} now={} recovering={}",
+                     members={:?} writing={} next_deadline={} now={} recovering={} quiesced={}",
                     n.id,
                     n.up,
                     grp.role(),
@@ -679,6 +790,7 @@ impl Sim {
                     grp.next_deadline(),
                     grp.now(),
                     grp.is_recovering(),
+                    grp.is_quiesced(),
                 );
                 for m in grp.membership().members() {
                     if let Some(p) = grp.progress(m) {
@@ -705,6 +817,7 @@ impl Sim {
                 (grp.term(), grp.role() as u8, log.committed(), log.last_index()).hash(&mut self.trace);
                 self.checker.on_positions(g, n.id, n.incarnation, log.committed(), log.applied());
                 if grp.role() == Role::Leader {
+                    self.quiesced_ticks += u64::from(grp.is_quiesced());
                     self.workload.note_leader(g, grp.term());
                     self.checker.on_leader(g, grp.term(), n.id, log);
                     self.checker.on_leader_conf_changes(g, n.id, grp.uncommitted_conf_changes());

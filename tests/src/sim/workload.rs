@@ -68,10 +68,17 @@ pub struct Workload {
     /// When faults stopped.
     pub heal_at: Option<u64>,
     live: BTreeSet<GroupId>,
+    /// Groups the clients leave alone until the given tick (so they go idle and quiesce).
+    resting: std::collections::BTreeMap<GroupId, u64>,
 }
 
 /// Tries to resolve a two-step proposal at most this many times.
 const MAX_RESOLUTION_TRIES: u32 = 50;
+/// Chance per tick, in units of 1/1000, that a group starts resting.
+const REST_PER_MILLE: u64 = 3;
+/// Shortest and longest rest, in ticks: long enough for any seed's quiescence to set in and
+/// last (`quiesce_after_ticks` is at most 40).
+const REST_TICKS: (u64, u64) = (60, 400);
 /// Ticks between liveness probes of a group.
 const PROBE_EVERY: u64 = 20;
 /// The log types of the simulated writes.
@@ -100,6 +107,14 @@ impl Workload {
         self.next_id
     }
 
+    /// Leaves every group alone until `until` (liveness probes still go out).
+    pub fn rest_all(&mut self, groups: &[GroupId], until: u64) {
+        for &g in groups {
+            let t = self.resting.entry(g).or_default();
+            *t = (*t).max(until);
+        }
+    }
+
     /// Notes a leader (for the report).
     pub fn note_leader(&mut self, g: GroupId, term: u64) {
         if self.leaders.insert((g, term)) {
@@ -118,12 +133,22 @@ impl Workload {
         now: u64,
         calm: bool,
     ) {
+        if rng.range(0, 1000) < REST_PER_MILLE {
+            let g = groups[rng.range(0, groups.len() as u64) as usize];
+            self.resting.insert(g, now + rng.range(REST_TICKS.0, REST_TICKS.1));
+        }
+        self.resting.retain(|_, until| *until > now);
         let g = groups[rng.range(0, groups.len() as u64) as usize];
+        // A resting group gets nothing from the clients (the roster, membership and
+        // liveness probes still reach it): its leader quiesces it, and the next write or
+        // read after the rest wakes it.
+        let resting = self.resting.contains_key(&g);
         // After the heal the load drops, so a group whose configuration has little
         // throughput (one append in flight of one entry) drains its backlog: liveness is
         // about making progress, not about keeping up with an overload.
         let roll = if calm { rng.range(0, 1000) + rng.range(0, 2) * 200 } else { rng.range(0, 1000) };
         match roll {
+            _ if resting && roll < 430 => {}
             0..300 => self.write(nodes, g, rng, false),
             300..330 => self.two_step(nodes, g, rng),
             330..340 => self.checkpoint(nodes, g, rng),
