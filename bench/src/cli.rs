@@ -78,6 +78,10 @@ pub struct Args {
     /// Raft tick in milliseconds (heartbeat 2 ticks, election timeout 10-20 ticks).
     #[arg(long, default_value_t = 50, help_heading = "Embedded cluster")]
     pub tick_ms: u64,
+    /// Quiesce partitions idle this many ms (the engine's default); 0 never quiesces (to
+    /// measure side by side).
+    #[arg(long, default_value_t = phalanx::config::DEFAULT_QUIESCE_AFTER_MS, help_heading = "Embedded cluster")]
+    pub quiesce_after_ms: u64,
 
     /// Request type [default: append; etcd profiles: put].
     #[arg(long, value_enum, help_heading = "Load")]
@@ -255,6 +259,8 @@ pub struct Settings {
     pub sync_writes: bool,
     /// Raft tick.
     pub tick_ms: u64,
+    /// Idle period before a partition quiesces, ms (0: never).
+    pub quiesce_after_ms: u64,
     /// Workload.
     pub workload: Workload,
     /// Share of gets (mix).
@@ -553,6 +559,7 @@ impl Settings {
             wal,
             sync_writes: a.sync_writes,
             tick_ms: a.tick_ms,
+            quiesce_after_ms: a.quiesce_after_ms,
             workload,
             read_ratio: if workload == Workload::Mix {
                 a.read_ratio

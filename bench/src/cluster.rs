@@ -52,6 +52,8 @@ pub struct ClusterOpts {
     pub sync_writes: bool,
     /// Raft tick.
     pub tick_ms: u64,
+    /// Idle period before a partition quiesces, ms (0: never).
+    pub quiesce_after_ms: u64,
 }
 
 /// One node slot: running or stopped, with what it needs to start again.
@@ -165,6 +167,7 @@ impl EmbeddedCluster {
             cfg.wal = opts.wal;
             cfg.sync_writes = opts.sync_writes;
             cfg.tick_interval_ms = opts.tick_ms;
+            cfg.set_quiesce_after_ms(opts.quiesce_after_ms);
             let isolation = Arc::new(Isolation::default());
             let node = Node::start(
                 cfg.clone(),

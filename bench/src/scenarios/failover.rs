@@ -14,6 +14,9 @@ use crate::proc_stats::{self, CpuMeter};
 use crate::report::Report;
 use crate::target::APPEND_LOG_TYPE;
 
+/// How long past the idle period the scenario waits for quiescence: the leader's next
+/// heartbeat tick, its followers' acknowledgements, the tick after (a few hundred ms).
+const QUIESCE_SETTLE: Duration = Duration::from_secs(1);
 /// Give up on a partition after this long.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,6 +41,14 @@ pub fn run(s: &Settings) -> Result<Report, String> {
             }
         }
     }
+    // With quiescence on, the partitions go idle first: the crash meets them quiesced, their
+    // followers without election timers, and only the failure detector to notice.
+    if s.quiesce_after_ms > 0 {
+        let settle = Duration::from_millis(s.quiesce_after_ms) + QUIESCE_SETTLE;
+        eprintln!("waiting {:.1} s for the partitions to quiesce...", settle.as_secs_f64());
+        std::thread::sleep(settle);
+    }
+    let quiesced = super::quiesced_replicas(&cluster);
     let mut led = vec![0usize; cluster.node_count()];
     for p in 0..=u64::from(s.partitions) {
         if let Some(i) = cluster.leader_index(p) {
@@ -95,6 +106,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         .map_err(|e| format!("failover thread: {e}"))?;
     let results = j.join().map_err(|e| format!("failover: {e}"))?;
     let cpu_percent = cpu.percent();
+    let cluster_nodes = cluster.node_count();
     drop(cluster);
     let leader: Vec<f64> = results.iter().filter_map(|r| r.leader_ms).collect();
     let write: Vec<f64> = results.iter().filter_map(|r| r.write_ms).collect();
@@ -119,6 +131,8 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         ("write_accepted_max_ms", json!(wmax)),
         ("all_recovered_ms", json!(if failed.is_empty() { Some(wmax) } else { None })),
         ("election_timeout_ms", json!([s.tick_ms * 10, s.tick_ms * 20])),
+        ("quiesce_after_ms", json!(s.quiesce_after_ms)),
+        ("quiesced_replicas_at_crash", json!(quiesced)),
         (
             "per_partition",
             json!(results.iter().map(|x| json!({"partition": x.partition, "leader_ms": x.leader_ms, "write_ms": x.write_ms})).collect::<Vec<_>>()),
@@ -131,6 +145,11 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         affected.len(),
         s.tick_ms * 10,
         s.tick_ms * 20
+    ));
+    r.lines.push(format!(
+        "  quiesced at the crash: {quiesced} of {} replicas (quiescence {})",
+        (u64::from(s.partitions) + 1) * cluster_nodes as u64,
+        if s.quiesce_after_ms == 0 { "off".to_string() } else { format!("after {} ms", s.quiesce_after_ms) }
     ));
     r.lines.push(format!("{:>28} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms"));
     r.lines.push(format!("{:>28} {l50:>9.1} {l99:>9.1} {lmax:>9.1}", "new leader"));

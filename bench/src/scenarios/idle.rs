@@ -1,7 +1,8 @@
 //! `--scenario idle`: K partitions on the cluster's nodes and no load. Reports what idling
 //! costs — CPU of the process, frames, messages and bytes per second between nodes (counted
-//! by the bench's transport wrapper), and memory per partition — the baseline that
-//! quiescence (not built yet) should bring down.
+//! by the bench's transport wrapper), and memory per partition. With quiescence (the
+//! engine's default) idle partitions stop heartbeating after `--quiesce-after-ms`; with
+//! `--quiesce-after-ms 0` they heartbeat forever: the two side by side show what it saves.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let cpu_percent = cpu.percent();
     let net = cluster.net_totals_all().since(&net0);
     let rss_now = proc_stats::current_rss_bytes();
+    let quiesced = super::quiesced_replicas(&cluster);
     let partitions = f64::from(s.partitions);
     // Partition 0 (system) is there too; the per-partition figure spreads over user ones.
     let rss_growth = rss_now.saturating_sub(rss_before) as f64;
@@ -53,6 +55,8 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     r.rss_bytes = proc_stats::peak_rss_bytes();
     for (k, v) in [
         ("idle_secs", json!(secs)),
+        ("quiesce_after_ms", json!(s.quiesce_after_ms)),
+        ("quiesced_replicas", json!(quiesced)),
         ("election_secs", json!(elected.as_secs_f64())),
         ("frames_per_sec", json!(frames)),
         ("bytes_per_sec", json!(bytes)),
@@ -66,9 +70,14 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         r.extra.insert(k.into(), v);
     }
     r.lines.push(format!(
-        "  idle {secs:.1} s, {} partitions x {nodes} replicas (leaders elected in {:.1} s)",
+        "  idle {secs:.1} s, {} partitions x {nodes} replicas (leaders elected in {:.1} s), quiescence {}",
         s.partitions,
-        elected.as_secs_f64()
+        elected.as_secs_f64(),
+        if s.quiesce_after_ms == 0 { "off".to_string() } else { format!("after {} ms", s.quiesce_after_ms) }
+    ));
+    r.lines.push(format!(
+        "  quiesced: {quiesced} of {} replicas (partition 0 included)",
+        (u64::from(s.partitions) + 1) * nodes as u64
     ));
     r.lines.push(format!(
         "  between nodes: {frames:.0} frames/s, {messages:.0} messages/s, {:.1} KiB/s",

@@ -35,6 +35,7 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
         wal: s.wal,
         sync_writes: s.sync_writes,
         tick_ms: s.tick_ms,
+        quiesce_after_ms: s.quiesce_after_ms,
     };
     let sms: StateMachineFactory = Arc::new(|_| Box::new(KvStateMachine::new()));
     eprintln!(
@@ -52,6 +53,11 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
         cluster.balance_leaders(leader_timeout(partitions))?;
     }
     Ok(cluster)
+}
+
+/// Replicas quiesced on the cluster's running nodes, from their statistics.
+pub fn quiesced_replicas(cluster: &EmbeddedCluster) -> usize {
+    cluster.handles().iter().map(|h| futures_lite::future::block_on(h.stats()).core().quiesced).sum()
 }
 
 /// The load `s` describes on `keys`: its clients, workload, pacing, duration and warm-up,
