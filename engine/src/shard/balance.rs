@@ -11,27 +11,26 @@ use crate::state_machine::PartitionId;
 
 impl<R> ShardCore<R> {
     pub(super) fn balance_leaders(&mut self) {
-        let groups: Vec<PartitionId> = self.multi.group_ids().collect();
         let roster = &self.directory.roster;
         let leaving =
             |n: &NodeId| roster.members.get(n).is_some_and(|m| m.role == crate::roster::Role::Leaving);
-        for p in groups {
-            let down = &self.down;
-            let _ = self.multi.update(p, |g| {
-                if !g.is_leader() {
-                    return;
-                }
+        // Read-only first: touching a group schedules it for the next Ready, and a round
+        // that touched all of them cost ten thousand quiesced partitions a Ready walk each.
+        let moves: Vec<(PartitionId, NodeId)> = self
+            .multi
+            .group_ids()
+            .filter_map(|p| {
+                let g = self.multi.group(p).filter(|g| g.is_leader())?;
                 let voters: Vec<NodeId> =
                     g.membership().voters.iter().copied().filter(|v| !leaving(v)).collect();
-                if voters.is_empty() {
-                    return;
-                }
-                let preferred = voters[(p % voters.len() as u64) as usize];
+                let preferred = *voters.get((p % voters.len().max(1) as u64) as usize)?;
                 let caught_up = g.progress(preferred).is_some_and(|pr| pr.matched == g.log().last_index());
-                if preferred != g.id() && caught_up && !down.contains(&preferred) {
-                    let _ = g.transfer_leadership(preferred);
-                }
-            });
+                (preferred != g.id() && caught_up && !self.down.contains(&preferred))
+                    .then_some((p, preferred))
+            })
+            .collect();
+        for (p, to) in moves {
+            let _ = self.multi.update(p, |g| g.transfer_leadership(to));
         }
     }
 }
