@@ -137,7 +137,19 @@ pub(crate) struct Reconciler {
     /// Partitions checkpointed here before a member joins them: the member, and the index and
     /// term of the checkpoint (the member is added once the log is compacted up to it).
     checkpointed: IdHashMap<PartitionId, (NodeId, u64, u64)>,
+    /// The roster version at which the last round found nothing to do, anywhere.
+    settled_at: Option<u64>,
+    /// A partition of the shard changed leader or configuration since that round.
+    pub(super) changed: bool,
+    /// Rounds skipped since the last that looked at every partition.
+    skipped: u32,
 }
+
+/// A shard whose partitions all follow the roster skips its rounds until the roster, a leader
+/// or a configuration changes — a round walks every partition the shard leads (with ten
+/// thousand idle ones, most of an idle node's time) — but looks anyway every this many
+/// rounds (5 s at the default 200 ms), should anything else have moved.
+const SETTLED_ROUNDS_SKIPPED: u32 = 24;
 
 impl<R> ShardCore<R> {
     /// A round of following the roster, when one is due (see the module's comment).
@@ -154,6 +166,14 @@ impl<R> ShardCore<R> {
             self.seed_roster_if_needed();
             return;
         }
+        let m = &mut self.membership;
+        if m.settled_at == Some(roster.version) && !m.changed && m.skipped < SETTLED_ROUNDS_SKIPPED {
+            m.skipped += 1;
+            return;
+        }
+        m.skipped = 0;
+        m.changed = false;
+        let mut busy = false;
         let me = self.cfg.node_id;
         let max_lag = cfg.max_lag(&self.cfg.raft);
         let catch_up_log = cfg.catch_up_max_log(&self.cfg.raft);
@@ -207,6 +227,7 @@ impl<R> ShardCore<R> {
                 wake.push(p);
                 continue;
             }
+            busy |= pending;
             if let Some((member, role)) = transition
                 && let Ok(p32) = u32::try_from(p)
                 && !roster.progress.contains(&p32)
@@ -233,6 +254,7 @@ impl<R> ShardCore<R> {
                 }
             }
             let Some(step) = next_step(p, conf, me, roster, &lag, max_lag) else { continue };
+            busy = true;
             if let Step::AddLearner(m) = step
                 && !conf.contains(m)
             {
@@ -286,6 +308,7 @@ impl<R> ShardCore<R> {
                 (None, _) => {}
             });
         }
+        busy |= !wake.is_empty() || !keeping_up.is_empty() || catching_up > 0 || checkpointing > 0;
         for p in wake {
             self.multi.update(p, RaftGroup::wake);
         }
@@ -302,6 +325,8 @@ impl<R> ShardCore<R> {
                     .group(*p)
                     .is_some_and(|g| g.is_leader() && g.term() == *term && !g.membership().contains(*m))
         });
+        busy |= transition.is_some() || !self.membership.checkpointed.is_empty();
+        self.membership.settled_at = (!busy).then_some(roster.version);
         if let Some((member, _)) = transition
             && !done.is_empty()
         {

@@ -138,6 +138,12 @@ impl<R> ShardCore<R> {
     fn apply_ready(&mut self, p: PartitionId, r: Ready) {
         let replay_limit = self.replay_limit(p);
         let Some(sm) = self.sms.get_mut(&p) else { return };
+        if r.soft_state.is_some()
+            || r.committed_entries.iter().any(|e| e.kind == phalanx_proto::EntryKind::ConfChange as i32)
+        {
+            // The roster's rounds look at the partitions again (`membership.rs`).
+            self.membership.changed = true;
+        }
         if let Some(ss) = r.soft_state {
             self.out.leaders.push((p, ss.leader, ss.term));
             self.out.events.push(Event::LeaderChanged { partition: p, leader: ss.leader, term: ss.term });
