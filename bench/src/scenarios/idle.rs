@@ -12,6 +12,11 @@ use crate::cli::Settings;
 use crate::proc_stats::{self, CpuMeter};
 use crate::report::Report;
 
+/// Longest wait for quiescence before measuring.
+const QUIESCE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// A quiesced count unchanged this long has stopped rising: measure anyway.
+const QUIESCE_STALL: Duration = Duration::from_secs(5);
+
 /// Runs the idle scenario.
 pub fn run(s: &Settings) -> Result<Report, String> {
     let rss_before = proc_stats::current_rss_bytes();
@@ -24,6 +29,27 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         s.warmup.as_secs_f64()
     );
     std::thread::sleep(s.warmup);
+    if s.quiesce_after_ms > 0 {
+        // Measured once quiesced: until every replica is (or stops getting there).
+        let t = Instant::now();
+        let total = (s.partitions as usize + 1) * cluster.node_count();
+        let mut last = (0, Instant::now());
+        while t.elapsed() < QUIESCE_WAIT_MAX {
+            let q = super::quiesced_replicas(&cluster);
+            if q == total || (q == last.0 && last.1.elapsed() >= QUIESCE_STALL) {
+                break;
+            }
+            if q != last.0 {
+                last = (q, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "{} of {total} replicas quiesced {:.1} s after the warm-up",
+            super::quiesced_replicas(&cluster),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let nodes = cluster.node_count();
     let net0 = cluster.net_totals_all();
     let cpu = CpuMeter::start();
