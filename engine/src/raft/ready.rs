@@ -229,6 +229,10 @@ impl RaftGroup {
         if self.role == Role::Leader && self.maybe_commit() {
             self.commit_advanced();
         }
+        if self.is_quiesced() && !self.ready.has_outstanding() {
+            // The queue grew while the group was busy; idle, it needs none of it.
+            self.ready.shrink();
+        }
         self.trim_log_cache();
         self.log.debug_check();
     }

@@ -9,6 +9,11 @@ use phalanx_proto::{MessageBatch, RaftMessage};
 use super::limits::message_bytes_bound;
 use crate::raft::NodeId;
 
+/// Message slots the outbox keeps between turns: a busy turn's worth (4,096 inputs a turn,
+/// a few messages each). An election of ten thousand partitions at start-up grew it to 4 MiB,
+/// kept for good.
+const RETAINED_MESSAGES: usize = 16_384;
+
 /// The turn's messages, in the order they were produced.
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -64,5 +69,6 @@ impl Outbox {
         for (to, (messages, _)) in per_peer {
             frames.push((to, MessageBatch { messages }));
         }
+        self.messages.shrink_to(RETAINED_MESSAGES);
     }
 }
