@@ -15,8 +15,11 @@
 //! [`RaftGroup::leader_suspected`] when it no longer does — the follower then campaigns at
 //! once. Any other message of its leader (an append, a heartbeat without `quiesce`) wakes it;
 //! so does one a leader does not send — a vote request, a recovery probe: the leader
-//! restarted, campaigns or recovers lost state, and leads no more (the detector cannot tell:
-//! the node is alive).
+//! restarted, campaigns or recovers lost state, and leads no more. A restart faster than a
+//! suspicion shows in the detector as a higher incarnation; the shell then wakes the
+//! followers quiesced under that node and they campaign at once (a leader that lost its disk
+//! probes only the voters of its bootstrap configuration: a member added since would wait
+//! for it forever — the simulator, seeds 4785 and 7623).
 //!
 //! **Waking the leader.** A proposal, a read, a transfer, a vote request, or any message other
 //! than an acknowledgement of its quiescence wakes it: it heartbeats at once (which wakes its

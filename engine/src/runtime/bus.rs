@@ -23,6 +23,8 @@ pub(crate) enum ShardMsg {
     System(Arc<ClusterDirectory>),
     /// The failure detector's view of a peer changed.
     PeerStatus { node: NodeId, liveness: crate::swim::Liveness },
+    /// The failure detector heard a peer alive at a higher incarnation: it restarted.
+    PeerReincarnated { node: NodeId },
     /// A system command for the system partition (to the shard that owns it), from a shard
     /// reporting membership progress.
     SystemCommand(bytes::Bytes),

@@ -33,6 +33,10 @@ use crate::raft::Status;
 use crate::shard::limits::ShardLimits;
 use crate::shard::request::Answer;
 use crate::shard::{CoreSetup, ShardCore};
+
+/// Leader changes and events the output keeps room for between turns (a busy turn's worth;
+/// beyond it, a spike's capacity is given back).
+const RETAINED_OUTPUT_ENTRIES: usize = 4096;
 use crate::state_machine::{PartitionId, StateMachineFactory};
 
 pub use crate::shard::SYSTEM_LOG_TYPE;
@@ -269,6 +273,7 @@ impl<T: Transport> Shard<T> {
             ShardMsg::Peer { from, messages } => self.core.on_peer(from, messages),
             ShardMsg::System(d) => self.core.on_directory(d),
             ShardMsg::PeerStatus { node, liveness } => self.core.on_peer_status(node, liveness),
+            ShardMsg::PeerReincarnated { node } => self.core.on_peer_reincarnated(node),
             ShardMsg::SystemCommand(c) => self.core.propose_system_command(c),
             ShardMsg::Stop => self.core.stop(),
         }
@@ -298,8 +303,15 @@ impl<T: Transport> Shard<T> {
         for e in out.events.drain(..) {
             self.shared.events.publish(e);
         }
+        // A start-up or an election of every partition fills these once, two entries per
+        // partition; what a busy turn needs is kept, not ten thousand partitions' worth.
+        out.leaders.shrink_to(RETAINED_OUTPUT_ENTRIES);
+        out.events.shrink_to(RETAINED_OUTPUT_ENTRIES);
         for (node, liveness) in out.peer_status.drain(..) {
             self.bus.broadcast(self.id, || ShardMsg::PeerStatus { node, liveness });
+        }
+        for node in out.peer_reincarnations.drain(..) {
+            self.bus.broadcast(self.id, || ShardMsg::PeerReincarnated { node });
         }
         if let Some(d) = out.directory.take() {
             self.bus.broadcast(self.id, || ShardMsg::System(d.clone()));

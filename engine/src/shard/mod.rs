@@ -107,6 +107,8 @@ pub struct Output<R> {
     pub directory: Option<Arc<ClusterDirectory>>,
     /// Shard 0: the failure detector's verdicts, for every shard and handle.
     pub peer_status: Vec<(NodeId, crate::swim::Liveness)>,
+    /// Shard 0: peers the failure detector heard restarted, for every shard.
+    pub peer_reincarnations: Vec<NodeId>,
     /// Peer messages for partitions of another shard (a sender with another core count):
     /// shard, sender, messages.
     pub forwards: Vec<(usize, NodeId, Vec<RaftMessage>)>,
@@ -130,6 +132,7 @@ impl<R> Default for Output<R> {
             leaders: Vec::new(),
             directory: None,
             peer_status: Vec::new(),
+            peer_reincarnations: Vec::new(),
             unlisted_at: None,
             forwards: Vec::new(),
             activity: Vec::new(),

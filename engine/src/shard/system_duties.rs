@@ -115,6 +115,7 @@ impl<R> ShardCore<R> {
         let me = self.cfg.node_id;
         let messages = swim.take_messages();
         let changes = swim.take_changes();
+        let reincarnated = swim.take_reincarnations();
         if let Some(version) = swim.take_unlisted() {
             tracing::warn!(
                 version,
@@ -134,6 +135,10 @@ impl<R> ShardCore<R> {
                 Liveness::Dead => Event::NodeDown { node },
             });
             self.on_peer_status(node, state);
+        }
+        for node in reincarnated {
+            self.out.peer_reincarnations.push(node);
+            self.on_peer_reincarnated(node);
         }
     }
 
@@ -187,6 +192,13 @@ impl<R> ShardCore<R> {
         for p in groups {
             self.multi.update(p, |g| g.peer_unreachable(node));
         }
+    }
+
+    /// The failure detector heard `node` alive at a higher incarnation (shard 0's own, or
+    /// heard on the bus): it restarted, so partitions quiesced under it as their leader wake
+    /// and elect (`raft/quiesce.rs`) — a node back faster than a suspicion still leads nothing.
+    pub fn on_peer_reincarnated(&mut self, node: NodeId) {
+        self.multi.peer_restarted(node);
     }
 
     /// Shard 0: the failure detector's view of `node` (`None`: not a member, or this node).

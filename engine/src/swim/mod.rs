@@ -224,6 +224,9 @@ pub struct Detector {
     peer_rosters: BTreeMap<NodeId, u64>,
     out: Vec<(NodeId, Gossip)>,
     changes: Vec<(NodeId, Liveness)>,
+    /// Members heard alive at a higher incarnation while held alive: they restarted (or
+    /// refuted a suspicion this node never held).
+    reincarnated: Vec<NodeId>,
     stats: SwimStats,
 }
 
@@ -253,6 +256,7 @@ impl Detector {
             peer_rosters: BTreeMap::new(),
             out: Vec::new(),
             changes: Vec::new(),
+            reincarnated: Vec::new(),
             stats: SwimStats::default(),
         }
     }
@@ -360,6 +364,13 @@ impl Detector {
         std::mem::take(&mut self.out)
     }
 
+    /// Members heard alive at a higher incarnation while held alive, in order (drains them):
+    /// a node restarted faster than it could be suspected (or refuted a suspicion this node
+    /// did not hold). What they did before — leading a quiesced partition — is over.
+    pub fn take_reincarnations(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.reincarnated)
+    }
+
     /// Members whose state changed, in order (drains them).
     pub fn take_changes(&mut self) -> Vec<(NodeId, Liveness)> {
         std::mem::take(&mut self.changes)
@@ -441,6 +452,8 @@ impl Detector {
             self.spread(node, news);
             if before != news.state {
                 self.changes.push((node, news.state));
+            } else if news.state == Liveness::Alive {
+                self.reincarnated.push(node);
             }
         }
     }

@@ -489,7 +489,18 @@ impl Sim {
                 !voters.contains(&id) || voters.len() > phalanx::raft::majority(voters.len())
             })
         });
-        let groups = led(&self.nodes[victim]);
+        // Only groups with a follower quiesced under it: an awake group elects on its timers,
+        // and its liveness is the later probes' to check (a voter far behind can take longer
+        // than this check's bound to vote).
+        let groups: Vec<LedAtHeal> = led(&self.nodes[victim])
+            .into_iter()
+            .filter(|(g, ..)| {
+                self.nodes
+                    .iter()
+                    .filter_map(|n| n.multi().group(*g))
+                    .any(|grp| grp.quiesced_leader() == Some(id))
+            })
+            .collect();
         if !spared || groups.is_empty() {
             return;
         }
@@ -499,9 +510,9 @@ impl Sim {
         self.down_at_heal = Some((victim, groups));
     }
 
-    /// The groups the node crashed at the heal led have a leader again (quiesced ones too:
-    /// their followers have no election timer, the failure detector must wake them), and the
-    /// node restarts.
+    /// The groups the node crashed at the heal led, with followers quiesced under it, have a
+    /// leader again (their followers have no election timer: the failure detector must wake
+    /// them), and the node restarts.
     fn check_failover(&mut self) {
         let Some((victim, groups)) = self.down_at_heal.take() else { return };
         let id = self.nodes[victim].id;
@@ -517,8 +528,8 @@ impl Sim {
                 self.checker.on_liveness_failure(
                     g,
                     format!(
-                        "no leader {ticks} ticks after node {id}, its leader in term {term} (quiesced: {quiesced}), \
-                         crashed at the heal"
+                        "no leader {ticks} ticks after node {id}, its leader in term {term} (quiesced: {quiesced}, \
+                         followers quiesced), crashed at the heal"
                     ),
                 );
             }

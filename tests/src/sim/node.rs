@@ -310,6 +310,7 @@ impl SimNode {
         out.events.clear();
         out.leaders.clear();
         out.peer_status.clear();
+        out.peer_reincarnations.clear();
         out.unlisted_at = None;
         out.directory = None;
         out.forwards.clear();
