@@ -145,14 +145,14 @@ impl MultiRaft {
             return;
         }
         if self.unreachable.insert(node) {
-            self.peer_restarted(node);
+            self.wake_quiesced_under(node);
         }
     }
 
-    /// `node` restarted (the failure detector heard it at a higher incarnation): followers
-    /// quiesced under it wake and campaign — it leads nothing since its restart, and a
-    /// replica that lost its disk does not even tell every member (`quiesce.rs`).
-    pub fn peer_restarted(&mut self, node: NodeId) {
+    /// Followers quiesced under `node` wake and campaign: the detector doubts it, or heard it
+    /// restarted (at a higher incarnation) — then it leads nothing since, and a replica that
+    /// lost its disk does not even tell every member (`quiesce.rs`).
+    pub fn wake_quiesced_under(&mut self, node: NodeId) {
         let quiesced: Vec<GroupId> = self
             .groups
             .iter()

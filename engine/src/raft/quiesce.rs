@@ -66,14 +66,9 @@ impl RaftGroup {
     /// The failure detector no longer holds `node` alive: a follower quiesced under it wakes
     /// and campaigns at once (its leader stopped heartbeating, so no timer would notice).
     pub fn leader_suspected(&mut self, node: NodeId) {
-        if self.quiesced_leader() != Some(node) {
-            return;
+        if self.leader_restarted(node) {
+            self.hup(false);
         }
-        self.quiet = Quiet::Awake;
-        // The lease rested on the detector, which now doubts the leader.
-        self.leader_contact = None;
-        self.reset_election_deadline();
-        self.hup(false);
     }
 
     /// Leader: wakes the group for work that needs fresh word from its followers (the shell's
@@ -101,9 +96,6 @@ impl RaftGroup {
         self.leader_contact = Some(self.now);
         self.check_quorum_deadline = self.now + self.cfg.election_ticks_min;
         self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks;
-        for p in self.progress.values_mut() {
-            p.quiet_acked = false;
-        }
         if was == Quiet::Quiesced {
             // Followers do not expect heartbeats: one without `quiesce` wakes them now.
             self.bcast_heartbeat();
@@ -124,6 +116,8 @@ impl RaftGroup {
         match self.quiet {
             Quiet::Awake if self.may_quiesce(unreachable) => {
                 self.quiet = Quiet::Quiescing;
+                // Acknowledgements count only from this round on (one of an earlier round may
+                // predate a wake the follower followed).
                 for p in self.progress.values_mut() {
                     p.quiet_acked = false;
                 }
@@ -143,15 +137,18 @@ impl RaftGroup {
         }
     }
 
-    /// Follower: a message the leader it is quiesced under would not send as leader (a vote
-    /// request, a recovery probe): it restarted, and is no longer the leader the quiescence
-    /// trusted. The follower wakes, out of its lease.
-    pub(super) fn leader_restarted(&mut self, from: NodeId) {
-        if self.quiesced_leader() == Some(from) {
-            self.quiet = Quiet::Awake;
-            self.leader_contact = None;
-            self.reset_election_deadline();
+    /// Follower: the leader it is quiesced under (`from`) is no longer the leader the
+    /// quiescence trusted — it sent what a leader does not (a vote request, a recovery probe:
+    /// it restarted), or the detector doubts or saw a restart of its node. The follower wakes,
+    /// out of the lease that rested on the detector. Returns whether it did.
+    pub(super) fn leader_restarted(&mut self, from: NodeId) -> bool {
+        if self.quiesced_leader() != Some(from) {
+            return false;
         }
+        self.quiet = Quiet::Awake;
+        self.leader_contact = None;
+        self.reset_election_deadline();
+        true
     }
 
     fn finish_quiescing(&mut self, unreachable: &BTreeSet<NodeId>) {

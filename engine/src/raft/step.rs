@@ -51,7 +51,7 @@ impl RaftGroup {
         ) {
             // From a quiesced follower's leader, anything a leader does not send means it
             // restarted: it campaigns, or recovers lost state (`quiesce.rs`).
-            self.leader_restarted(from);
+            let _ = self.leader_restarted(from);
         }
         // ReadIndex traffic does not move terms: a confirmation from any leader that proved
         // its leadership after the request was sent is a valid read point.

@@ -198,7 +198,7 @@ impl<R> ShardCore<R> {
     /// heard on the bus): it restarted, so partitions quiesced under it as their leader wake
     /// and elect (`raft/quiesce.rs`) — a node back faster than a suspicion still leads nothing.
     pub fn on_peer_reincarnated(&mut self, node: NodeId) {
-        self.multi.peer_restarted(node);
+        self.multi.wake_quiesced_under(node);
     }
 
     /// Shard 0: the failure detector's view of `node` (`None`: not a member, or this node).
