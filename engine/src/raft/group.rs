@@ -93,8 +93,9 @@ pub struct RaftGroup {
     pub(super) recovery: Option<super::recovery::Recovery>,
     /// Quiescence (`quiesce.rs`).
     pub(super) quiet: super::quiesce::Quiet,
-    /// Leader: tick of the last proposal, read or wake (the idle period counts from it).
-    pub(super) last_activity: u64,
+    /// Leader: tick of the last proposal, read or wake (the idle period counts from it);
+    /// `None` when there was none since the election.
+    pub(super) last_activity: Option<u64>,
 }
 
 /// Forwarded proposals a leader remembers to drop duplicates.
@@ -203,7 +204,7 @@ impl RaftGroup {
             appends_unsent: false,
             recovery: hard_state.recovering.then(super::recovery::Recovery::default),
             quiet: super::quiesce::Quiet::Awake,
-            last_activity: 0,
+            last_activity: None,
             cfg,
         };
         // Checkpoints at or below the applied index are not replayed; find the last one so
@@ -491,9 +492,13 @@ impl RaftGroup {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.leader_contact = Some(self.now);
-        // The idle period counts from the election, not from the last proposal of another
-        // leader.
-        self.last_activity = self.now;
+        // An election is not activity: a new leader quiesces as soon as its followers hold
+        // its first entry, unless a proposal or a read comes first (then the idle period
+        // counts from it). After a start or a failover most partitions are idle, and each
+        // one heartbeating through a whole idle period was what a 100,000-partition start
+        // could not afford (`pacer.rs`). Quiescing costs a busy partition nothing: its next
+        // write wakes the followers with its append.
+        self.last_activity = None;
         self.stats.became_leader += 1;
         let last = self.log.last_index();
         let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();

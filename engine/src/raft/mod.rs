@@ -18,6 +18,7 @@
 //! - `snapshot.rs` — compaction floor, snapshot sending and installing
 //! - `recovery.rs` — a replica that lost durable state: no vote until it caught up
 //! - `quiesce.rs` — idle groups stop heartbeats and election timers
+//! - `pacer.rs` — a shard's groups start dormant and wake a bounded number at a time
 //! - `two_step.rs` — two-step proposals (commit / rollback markers)
 //! - `proposal.rs` — the write API and leadership controls
 //! - `tick.rs` — deadlines: election timeout, heartbeats, CheckQuorum
@@ -31,6 +32,7 @@ mod group;
 mod log;
 mod membership;
 mod multi;
+mod pacer;
 mod progress;
 mod proposal;
 mod quiesce;
@@ -54,6 +56,7 @@ pub use group::{GroupStats, RaftGroup};
 pub use log::RaftLog;
 pub use membership::{ConfHistory, apply_change};
 pub use multi::{MultiRaft, MultiReady};
+pub use pacer::{MAX_WAKING_GROUPS, preferred_leader};
 pub use progress::{Progress, ProgressState};
 pub use quiesce::Quiet;
 pub use quorum::{VoteResult, committed_value, majority, vote_result};

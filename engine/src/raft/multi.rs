@@ -16,6 +16,7 @@ use phalanx_proto::RaftMessage;
 
 use super::config::Config;
 use super::group::RaftGroup;
+use super::pacer::Pacer;
 use super::ready::Ready;
 use super::status::Status;
 use super::types::{GroupId, NodeId, RestoreState};
@@ -52,6 +53,8 @@ pub struct MultiRaft {
     unknown_group_messages: u64,
     /// Peers the failure detector does not hold alive (suspect or dead).
     unreachable: BTreeSet<NodeId>,
+    /// Dormant groups and their waking order, when paced (`pacer.rs`).
+    pacer: Pacer,
 }
 
 impl MultiRaft {
@@ -59,6 +62,19 @@ impl MultiRaft {
     #[must_use]
     pub fn new() -> Self {
         MultiRaft { next_number: 1, ..Default::default() }
+    }
+
+    /// An empty container whose groups start dormant and wake at most `max_waking` at a time
+    /// (`pacer.rs`; 0: not paced, as `new`).
+    #[must_use]
+    pub fn paced(max_waking: usize) -> Self {
+        MultiRaft { pacer: Pacer::new(max_waking), ..Self::new() }
+    }
+
+    /// Dormant groups waiting for their turn to wake (`pacer.rs`).
+    #[must_use]
+    pub fn dormant_queued(&self) -> usize {
+        self.pacer.queued()
     }
 
     /// Current time in ticks.
@@ -98,6 +114,10 @@ impl MultiRaft {
         // group joining a container past its election timeout would campaign at once).
         group.now = self.now;
         group.reset_timers_from_now();
+        if self.pacer.is_on() {
+            group.start_dormant();
+            self.pacer.add(&group);
+        }
         self.groups.insert(gid, Slot { group: Box::new(group), scheduled: u64::MAX, dirty: false });
         self.touch(gid);
         Ok(())
@@ -226,6 +246,19 @@ impl MultiRaft {
                 slot.dirty = true;
                 self.dirty.push(gid);
             }
+        }
+        self.pace();
+    }
+
+    /// Wakes the dormant groups whose turn came (`pacer.rs`).
+    fn pace(&mut self) {
+        if !self.pacer.is_on() {
+            return;
+        }
+        let groups = &self.groups;
+        let wake = self.pacer.due(self.now, |gid| groups.get(&gid).map(|s| s.group.pace_view()));
+        for gid in wake {
+            self.update(gid, RaftGroup::wake_dormant);
         }
     }
 

@@ -83,7 +83,7 @@ impl RaftGroup {
     /// Records activity: a leader's idle period starts over, and a quiescing or quiesced
     /// leader wakes.
     pub(super) fn note_activity(&mut self) {
-        self.last_activity = self.now;
+        self.last_activity = Some(self.now);
         if self.role == Role::Leader && self.quiet != Quiet::Awake {
             self.wake_leader();
         }
@@ -163,7 +163,7 @@ impl RaftGroup {
         let last = self.log.last_index();
         self.cfg.quiesce_after_ticks > 0
             && self.role == Role::Leader
-            && self.now >= self.last_activity + self.cfg.quiesce_after_ticks
+            && self.last_activity.is_none_or(|t| self.now >= t + self.cfg.quiesce_after_ticks)
             && self.transfer.is_none()
             && !self.heartbeats_suspended
             && self.reads.is_idle()

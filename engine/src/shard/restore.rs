@@ -39,7 +39,8 @@ impl<R> ShardCore<R> {
     ) -> Result<Self, Error> {
         let CoreSetup { shard, shards, cfg, state_machines, limits, now, wall_ms } = setup;
         let initial = Membership::with_voters(cfg.initial_voters());
-        let mut multi = MultiRaft::new();
+        // Groups start dormant and wake a bounded number at a time (`raft/pacer.rs`).
+        let mut multi = MultiRaft::paced(crate::raft::MAX_WAKING_GROUPS);
         let mut sms: IdHashMap<PartitionId, Box<dyn StateMachine>> = IdHashMap::default();
         let mut replay_until = IdHashMap::default();
         let mut out = Output::default();
@@ -125,6 +126,7 @@ impl<R> ShardCore<R> {
             down: Default::default(),
             swim,
             next_balance: now + balance_every,
+            balance: Default::default(),
             tick,
             next_tick: now + tick,
             stopping: false,
