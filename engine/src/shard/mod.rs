@@ -192,6 +192,8 @@ pub struct ShardCore<R> {
     /// Shard 0: the failure detector (`swim/`).
     swim: Option<crate::swim::Detector>,
     next_balance: Instant,
+    /// The leader balancer's work list (`balance.rs`).
+    balance: balance::Balance,
     tick: Duration,
     next_tick: Instant,
     stopping: bool,

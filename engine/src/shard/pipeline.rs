@@ -141,8 +141,10 @@ impl<R> ShardCore<R> {
         if r.soft_state.is_some()
             || r.committed_entries.iter().any(|e| e.kind == phalanx_proto::EntryKind::ConfChange as i32)
         {
-            // The roster's rounds look at the partitions again (`membership.rs`).
+            // The roster's rounds look at the partitions again (`membership.rs`), and so
+            // does the leader balancer at this one (`balance.rs`).
             self.membership.changed = true;
+            self.balance.changed(p);
         }
         if let Some(ss) = r.soft_state {
             self.out.leaders.push((p, ss.leader, ss.term));
