@@ -21,7 +21,7 @@ const QUIESCE_STALL: Duration = Duration::from_secs(5);
 pub fn run(s: &Settings) -> Result<Report, String> {
     let rss_before = proc_stats::current_rss_bytes();
     let started = Instant::now();
-    let cluster = super::start_cluster(s, s.partitions, false)?;
+    let mut cluster = super::start_cluster(s, s.partitions, false)?;
     let elected = started.elapsed();
     eprintln!(
         "every partition has a leader after {:.1} s; settling {:.1} s...",
@@ -73,6 +73,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let frames = net.frames_sent as f64 / secs;
     let bytes = net.bytes_sent as f64 / secs;
     let messages = net.messages_handed as f64 / secs;
+    let restart = restart_all(&mut cluster, s)?;
     drop(cluster);
     let mut r = Report { meta: super::meta(s), ..Default::default() };
     r.meta.clients = 0;
@@ -92,6 +93,9 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         ("rss_per_partition_bytes", json!(per_partition)),
         ("rss_per_replica_bytes", json!(per_replica)),
         ("cpu_percent_per_1000_partitions", json!(cpu_percent / partitions * 1000.0)),
+        ("restart_open_secs", json!(restart.open.as_secs_f64())),
+        ("restart_election_secs", json!(restart.elected.as_secs_f64())),
+        ("restart_quiesced_secs", json!(restart.quiesced.map(|d| d.as_secs_f64()))),
     ] {
         r.extra.insert(k.into(), v);
     }
@@ -119,5 +123,60 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         per_partition / 1024.0,
         per_replica / 1024.0
     ));
+    r.lines.push(format!(
+        "  restart of every node from its WAL: open {:.1} s, every partition has a leader after {:.1} s{}",
+        restart.open.as_secs_f64(),
+        restart.elected.as_secs_f64(),
+        match restart.quiesced {
+            Some(q) => format!(", every replica quiesced after {:.1} s", q.as_secs_f64()),
+            None if s.quiesce_after_ms == 0 => String::new(),
+            None => format!(" (not every replica quiesced within {} s)", QUIESCE_WAIT_MAX.as_secs()),
+        }
+    ));
     Ok(r)
+}
+
+/// What a restart of every node took, each from the start of the restart.
+struct Restart {
+    /// Until every node's `Node::start` returned (WAL shards opened, partitions restored).
+    open: Duration,
+    /// Until every partition had a leader again.
+    elected: Duration,
+    /// Until every replica was quiesced again (`None`: quiescence off, or not within
+    /// `QUIESCE_WAIT_MAX`).
+    quiesced: Option<Duration>,
+}
+
+/// Stops every node, then starts them all again from their data directories: the time a
+/// cluster of this many partitions takes to come back.
+fn restart_all(cluster: &mut crate::cluster::EmbeddedCluster, s: &Settings) -> Result<Restart, String> {
+    eprintln!("restarting every node from its WAL...");
+    for i in 0..cluster.node_count() {
+        cluster.kill(i)?;
+    }
+    let t = Instant::now();
+    for i in 0..cluster.node_count() {
+        cluster.restart(i)?;
+    }
+    let open = t.elapsed();
+    cluster.wait_for_leaders(super::leader_timeout(s.partitions))?;
+    let elected = t.elapsed();
+    let mut quiesced = None;
+    if s.quiesce_after_ms > 0 {
+        let total = (s.partitions as usize + 1) * cluster.node_count();
+        while t.elapsed() < elected + QUIESCE_WAIT_MAX {
+            if super::quiesced_replicas(cluster) == total {
+                quiesced = Some(t.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "restarted: open {:.1} s, leaders after {:.1} s, quiesced after {}",
+        open.as_secs_f64(),
+        elected.as_secs_f64(),
+        quiesced.map_or("-".to_string(), |q| format!("{:.1} s", q.as_secs_f64()))
+    );
+    Ok(Restart { open, elected, quiesced })
 }
