@@ -13,7 +13,7 @@ use phalanx_proto::{HardState, RaftMessage, raft_message::Body};
 use super::config::Config;
 use super::log::RaftLog;
 use super::membership::ConfHistory;
-use super::progress::{Progress, ProgressState};
+use super::progress::{Progress, ProgressMap, ProgressState};
 use super::read_index::ReadIndexState;
 use super::ready::ReadyTracker;
 use super::rng::{SeededRng, mix_seed};
@@ -50,7 +50,7 @@ pub struct RaftGroup {
     pub(super) log: RaftLog,
     pub(super) conf: ConfHistory,
     /// Leader only: every other member's replication progress.
-    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) progress: ProgressMap,
     /// Candidate / pre-candidate: votes received.
     pub(super) votes: BTreeMap<NodeId, bool>,
     /// Logical time in ticks.
@@ -69,10 +69,10 @@ pub struct RaftGroup {
     /// Index of the last applied checkpoint entry (the compaction limit).
     pub(super) last_checkpoint: u64,
     /// The latest local snapshot, sent to followers that need entries below the floor.
-    pub(super) snapshot: Option<Snapshot>,
+    pub(super) snapshot: Option<Box<Snapshot>>,
     /// Follower: a snapshot received from the leader, to hand to the shell in the next Ready.
-    pub(super) snapshot_to_install: Option<Snapshot>,
-    pub(super) incoming_snapshot: Option<IncomingSnapshot>,
+    pub(super) snapshot_to_install: Option<Box<Snapshot>>,
+    pub(super) incoming_snapshot: Option<Box<IncomingSnapshot>>,
     /// Prefix compaction to hand to storage in the next Ready.
     pub(super) compact_to: Option<u64>,
     pub(super) msgs: Vec<RaftMessage>,
@@ -80,7 +80,7 @@ pub struct RaftGroup {
     pub(super) ready: ReadyTracker,
     pub(super) stats: GroupStats,
     /// Tickets of proposals recently forwarded to us, to drop network duplicates.
-    pub(super) recent_forwards: RecentTickets,
+    pub(super) recent_forwards: Option<Box<RecentTickets>>,
     /// Storage reads the shell must do for followers (entries no longer in memory).
     pub(super) fetches: Vec<super::types::LogFetch>,
     /// Leader: the commit index advanced and some follower may not have been told yet
@@ -90,7 +90,7 @@ pub struct RaftGroup {
     /// (see `flush_appends`).
     pub(super) appends_unsent: bool,
     /// This replica lost durable state and has not caught up yet (`recovery.rs`).
-    pub(super) recovery: Option<super::recovery::Recovery>,
+    pub(super) recovery: Option<Box<super::recovery::Recovery>>,
     /// Quiescence (`quiesce.rs`).
     pub(super) quiet: super::quiesce::Quiet,
     /// Leader: tick of the last proposal, read or wake (the idle period counts from it);
@@ -177,7 +177,7 @@ impl RaftGroup {
             leader: None,
             log,
             conf,
-            progress: BTreeMap::new(),
+            progress: ProgressMap::default(),
             votes: BTreeMap::new(),
             now: 0,
             election_deadline: 0,
@@ -190,7 +190,7 @@ impl RaftGroup {
             reads: ReadIndexState::default(),
             two_step: TwoStep::from_entries(&pending),
             last_checkpoint: 0,
-            snapshot,
+            snapshot: snapshot.map(Box::new),
             snapshot_to_install: None,
             incoming_snapshot: None,
             compact_to: None,
@@ -198,11 +198,11 @@ impl RaftGroup {
             msgs_after_persist: Vec::new(),
             ready: ReadyTracker::new(hard_state),
             stats: GroupStats::default(),
-            recent_forwards: RecentTickets::default(),
+            recent_forwards: None,
             fetches: Vec::new(),
             commit_unsent: false,
             appends_unsent: false,
-            recovery: hard_state.recovering.then(super::recovery::Recovery::default),
+            recovery: hard_state.recovering.then(Box::default),
             quiet: super::quiesce::Quiet::Awake,
             last_activity: None,
             cfg,
@@ -502,6 +502,7 @@ impl RaftGroup {
         self.stats.became_leader += 1;
         let last = self.log.last_index();
         let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();
+        self.progress = ProgressMap::with_capacity(members.len());
         for m in members {
             self.progress.insert(m, Progress::new(last, self.now));
         }

@@ -57,7 +57,7 @@ pub use log::RaftLog;
 pub use membership::{ConfHistory, apply_change};
 pub use multi::{MultiRaft, MultiReady};
 pub use pacer::{MAX_WAKING_GROUPS, preferred_leader};
-pub use progress::{Progress, ProgressState};
+pub use progress::{Progress, ProgressMap, ProgressState};
 pub use quiesce::Quiet;
 pub use quorum::{VoteResult, committed_value, majority, vote_result};
 pub use ready::Ready;

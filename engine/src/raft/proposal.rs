@@ -101,7 +101,7 @@ impl RaftGroup {
         let ticket: Ticket = ticket.into();
         // The network may deliver a forward twice; a ticket identifies one proposal, so the
         // copy is dropped (within the window of recent forwards this leader remembers).
-        if !self.recent_forwards.insert(ticket) {
+        if !self.recent_forwards.get_or_insert_with(Box::default).insert(ticket) {
             return Ok(());
         }
         let p = Proposal { kind, log_type: f.log_type, payloads: f.payloads, ticket };

@@ -195,7 +195,7 @@ impl RaftGroup {
             number,
             soft_state,
             hard_state,
-            snapshot,
+            snapshot: snapshot.map(|s| *s),
             entries,
             compact_to: self.compact_to.take(),
             messages: std::mem::take(&mut self.msgs),

@@ -280,8 +280,7 @@ impl RaftGroup {
             let conf = self.conf.current();
             for m in conf.members().filter(|&m| m != me) {
                 self.progress
-                    .entry(m)
-                    .or_insert_with(|| super::progress::Progress::new(last.saturating_sub(1), now));
+                    .get_or_insert_with(m, || super::progress::Progress::new(last.saturating_sub(1), now));
             }
             self.progress.retain(|id, _| conf.contains(*id));
         }

@@ -44,7 +44,7 @@ impl RaftGroup {
             membership: self.conf.at(applied).clone(),
             pending_two_step: self.two_step.pending_entries(),
         };
-        self.snapshot = Some(Snapshot { meta, data });
+        self.snapshot = Some(Box::new(Snapshot { meta, data }));
         // Kommander's rule: only history older than the last committed checkpoint goes.
         let floor = self.last_checkpoint.saturating_sub(1).min(applied);
         if floor > self.log.floor_index() {
@@ -146,14 +146,14 @@ impl RaftGroup {
             return self.reject(Status::InvalidRequest);
         }
         let same = |inc: &IncomingSnapshot| inc.index == index && inc.term == c.last_included_term;
-        if c.offset == 0 && !self.incoming_snapshot.as_ref().is_some_and(same) {
+        if c.offset == 0 && !self.incoming_snapshot.as_deref().is_some_and(same) {
             let cap = (c.total_size as usize).min(self.cfg.snapshot_chunk_bytes.saturating_mul(4));
-            self.incoming_snapshot = Some(IncomingSnapshot {
+            self.incoming_snapshot = Some(Box::new(IncomingSnapshot {
                 index,
                 term: c.last_included_term,
                 total: c.total_size,
                 data: Vec::with_capacity(cap),
-            });
+            }));
         }
         let term = self.term;
         let Some(inc) = self.incoming_snapshot.as_mut() else {
@@ -207,7 +207,7 @@ impl RaftGroup {
         self.conf.on_truncate(self.log.last_index() + 1);
         self.two_step = TwoStep::from_entries(&snap.meta.pending_two_step);
         self.last_checkpoint = 0;
-        self.snapshot = Some(snap.clone());
-        self.snapshot_to_install = Some(snap);
+        self.snapshot = Some(Box::new(snap.clone()));
+        self.snapshot_to_install = Some(Box::new(snap));
     }
 }
