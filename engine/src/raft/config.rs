@@ -4,7 +4,7 @@
 use super::types::{GroupId, NodeId};
 
 /// Configuration of one Raft group on one node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This node's id (non-zero).
     pub id: NodeId,
@@ -86,6 +86,13 @@ impl Config {
             quiesce_after_ticks: 0,
             seed: 0,
         }
+    }
+
+    /// Whether `other` differs from this configuration at most in `group` and `seed`: groups
+    /// may then share one (`MultiRaft::add_group`).
+    #[must_use]
+    pub fn same_tuning(&self, other: &Config) -> bool {
+        Config { group: other.group, seed: other.seed, ..self.clone() } == *other
     }
 
     /// Checks the configuration, naming the first bad field.

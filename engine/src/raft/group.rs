@@ -7,6 +7,7 @@
 //! `replication`, `read_index`, `snapshot`, `proposal`, `ready`, `tick`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use phalanx_proto::{HardState, RaftMessage, raft_message::Body};
 
@@ -42,7 +43,11 @@ pub struct GroupStats {
 /// One node's Raft state machine for one group.
 #[derive(Debug)]
 pub struct RaftGroup {
-    pub(super) cfg: Config,
+    /// Shared by the groups of a container with the same tuning (`MultiRaft::add_group`): a
+    /// copy per group was 152 bytes of every replica. Its `group` and `seed` are those of the
+    /// first group that used it; this group's are below (the seed only seeds `rng`).
+    pub(super) cfg: Arc<Config>,
+    pub(super) group: GroupId,
     pub(super) term: u64,
     pub(super) vote: NodeId,
     pub(super) role: Role,
@@ -128,6 +133,18 @@ impl RaftGroup {
     /// Starts (or restarts) a group from what storage recovered. Errors name what is
     /// inconsistent in `restore` (e.g. a commit index beyond the log).
     pub fn new(cfg: Config, restore: RestoreState) -> Result<Self, String> {
+        let (group, seed) = (cfg.group, cfg.seed);
+        Self::with_shared_config(Arc::new(cfg), group, seed, restore)
+    }
+
+    /// `new`, with a configuration other groups may share: `cfg`'s own `group` and `seed`
+    /// are ignored for `group` and `seed`.
+    pub fn with_shared_config(
+        cfg: Arc<Config>,
+        group: GroupId,
+        seed: u64,
+        restore: RestoreState,
+    ) -> Result<Self, String> {
         cfg.validate()?;
         let RestoreState { hard_state, floor, entries, snapshot, initial_membership } = restore;
         for (i, e) in entries.iter().enumerate() {
@@ -169,8 +186,9 @@ impl RaftGroup {
         // Entries at or below the snapshot index are reflected in its membership already.
         let above: Vec<_> = log.entries().filter(|e| e.index > applied).cloned().collect();
         conf.on_append(&above);
-        let seed = mix_seed(&[cfg.seed, cfg.id, cfg.group]);
+        let seed = mix_seed(&[seed, cfg.id, group]);
         let mut g = RaftGroup {
+            group,
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
@@ -232,10 +250,11 @@ impl RaftGroup {
     /// The group's id.
     #[must_use]
     pub fn group_id(&self) -> GroupId {
-        self.cfg.group
+        self.group
     }
 
-    /// The configuration.
+    /// The configuration. Shared by the groups of a container with the same tuning: its
+    /// `group` and `seed` may be another group's (this one's is [`RaftGroup::group_id`]).
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -419,14 +438,14 @@ impl RaftGroup {
 
     /// Queues a message that may leave at once.
     pub(super) fn send(&mut self, to: NodeId, body: Body) {
-        let m = RaftMessage { group: self.cfg.group, from: self.cfg.id, to, body: Some(body) };
+        let m = RaftMessage { group: self.group, from: self.cfg.id, to, body: Some(body) };
         self.msgs.push(m);
     }
 
     /// Queues a message that may leave only once this turn's state is durable (vote grants,
     /// append acknowledgements, snapshot installation).
     pub(super) fn send_after_persist(&mut self, to: NodeId, body: Body) {
-        let m = RaftMessage { group: self.cfg.group, from: self.cfg.id, to, body: Some(body) };
+        let m = RaftMessage { group: self.group, from: self.cfg.id, to, body: Some(body) };
         self.msgs_after_persist.push(m);
     }
 

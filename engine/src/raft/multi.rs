@@ -55,6 +55,8 @@ pub struct MultiRaft {
     unreachable: BTreeSet<NodeId>,
     /// Dormant groups and their waking order, when paced (`pacer.rs`).
     pacer: Pacer,
+    /// The configuration the latest group added shares with the groups before it.
+    shared_config: Option<std::sync::Arc<Config>>,
 }
 
 impl MultiRaft {
@@ -108,7 +110,12 @@ impl MultiRaft {
         if self.groups.contains_key(&gid) {
             return Err(format!("group {gid} already exists"));
         }
-        let mut group = RaftGroup::new(cfg, restore)?;
+        let shared = match &self.shared_config {
+            Some(c) if c.same_tuning(&cfg) => c.clone(),
+            _ => std::sync::Arc::new(cfg.clone()),
+        };
+        self.shared_config = Some(shared.clone());
+        let mut group = RaftGroup::with_shared_config(shared, gid, cfg.seed, restore)?;
         // The group's clock starts now: its deadlines are relative to the join. Setting the
         // clock, not ticking to it, so deadlines drawn relative to tick 0 do not fire (a
         // group joining a container past its election timeout would campaign at once).

@@ -97,9 +97,9 @@ impl Pacer {
     /// Queues a group that starts dormant.
     pub(super) fn add(&mut self, group: &RaftGroup) {
         if group.prefers_itself() {
-            self.preferred.push_back(group.cfg.group);
+            self.preferred.push_back(group.group);
         } else {
-            self.others.push_back(group.cfg.group);
+            self.others.push_back(group.group);
         }
     }
 
@@ -159,7 +159,7 @@ impl RaftGroup {
     /// Whether this node is the group's preferred leader.
     fn prefers_itself(&self) -> bool {
         let voters: Vec<NodeId> = self.conf.current().voters.iter().copied().collect();
-        preferred_leader(self.cfg.group, &voters) == Some(self.cfg.id)
+        preferred_leader(self.group, &voters) == Some(self.cfg.id)
     }
 
     /// What the pacer needs to know of this group (see the module).

@@ -22,7 +22,7 @@ impl RaftGroup {
             ProposalKind::AutoCommit => EntryKind::Normal,
             ProposalKind::TwoStep => EntryKind::Proposed,
             // `_RaftSystem` entries belong to the system partition (group 0) only.
-            ProposalKind::System if self.cfg.group != 0 => return Err(Status::InvalidRequest),
+            ProposalKind::System if self.group != 0 => return Err(Status::InvalidRequest),
             ProposalKind::System => EntryKind::System,
         };
         self.check_can_propose(p.payloads.len())?;

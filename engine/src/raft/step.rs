@@ -35,7 +35,7 @@ impl RaftGroup {
     pub fn step(&mut self, m: RaftMessage) -> Result<(), Status> {
         let RaftMessage { group, from, to, body } = m;
         let Some(body) = body else { return self.reject(Status::InvalidRequest) };
-        if group != self.cfg.group || to != self.cfg.id || from == 0 || from == self.cfg.id {
+        if group != self.group || to != self.cfg.id || from == 0 || from == self.cfg.id {
             return self.reject(Status::InvalidRequest);
         }
         if self.role == Role::Leader {
