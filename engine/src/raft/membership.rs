@@ -7,6 +7,8 @@
 //! other change is uncommitted, so any two configurations in use differ by one server and
 //! their majorities overlap.
 
+use std::sync::Arc;
+
 use phalanx_proto::{ConfChange, ConfChangeType, EntryKind, LogEntry, Message};
 
 use super::status::Status;
@@ -16,7 +18,10 @@ use super::types::{Membership, NodeId};
 /// configuration entry above it.
 #[derive(Clone, Debug, Default)]
 pub struct ConfHistory {
-    base: Membership,
+    /// Shared with the other groups of a container that have the same one (`share_base`):
+    /// most partitions of a cluster have the same members, and a copy per group was 150
+    /// bytes of every idle replica.
+    base: Arc<Membership>,
     changes: Vec<(u64, Membership)>,
 }
 
@@ -24,13 +29,22 @@ impl ConfHistory {
     /// A history whose configuration at the floor is `base`.
     #[must_use]
     pub fn new(base: Membership) -> Self {
-        ConfHistory { base, changes: Vec::new() }
+        ConfHistory { base: Arc::new(base), changes: Vec::new() }
+    }
+
+    /// Shares the base with other histories: takes `shared` when it is the same
+    /// configuration, else offers this one's to the next history.
+    pub fn share_base(&mut self, shared: &mut Option<Arc<Membership>>) {
+        match shared {
+            Some(s) if **s == *self.base => self.base = s.clone(),
+            _ => *shared = Some(self.base.clone()),
+        }
     }
 
     /// The configuration in force: the latest one in the log.
     #[must_use]
     pub fn current(&self) -> &Membership {
-        self.changes.last().map_or(&self.base, |(_, m)| m)
+        self.changes.last().map_or(&*self.base, |(_, m)| m)
     }
 
     /// Index of the latest configuration entry (0 when the current one predates the log).
@@ -48,7 +62,7 @@ impl ConfHistory {
     /// The configuration in force at `index` (after applying entries up to it).
     #[must_use]
     pub fn at(&self, index: u64) -> &Membership {
-        self.changes.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base, |(_, m)| m)
+        self.changes.iter().rev().find(|(i, _)| *i <= index).map_or(&*self.base, |(_, m)| m)
     }
 
     /// Notes the configuration entries among `entries` (appended in index order). Entries
@@ -71,7 +85,7 @@ impl ConfHistory {
     pub fn on_compact(&mut self, index: u64) {
         let keep_from = self.changes.partition_point(|(i, _)| *i <= index);
         if keep_from > 0 {
-            self.base = self.changes[keep_from - 1].1.clone();
+            self.base = Arc::new(self.changes[keep_from - 1].1.clone());
             self.changes.drain(..keep_from);
         }
     }
@@ -80,7 +94,7 @@ impl ConfHistory {
     /// changes at or below `index` are gone.
     pub fn on_snapshot(&mut self, index: u64, membership: Membership) {
         self.changes.retain(|(i, _)| *i > index);
-        self.base = membership;
+        self.base = Arc::new(membership);
     }
 }
 

@@ -57,6 +57,8 @@ pub struct MultiRaft {
     pacer: Pacer,
     /// The configuration the latest group added shares with the groups before it.
     shared_config: Option<std::sync::Arc<Config>>,
+    /// The membership the latest group added shares with the groups before it.
+    shared_membership: Option<std::sync::Arc<super::types::Membership>>,
 }
 
 impl MultiRaft {
@@ -116,6 +118,7 @@ impl MultiRaft {
         };
         self.shared_config = Some(shared.clone());
         let mut group = RaftGroup::with_shared_config(shared, gid, cfg.seed, restore)?;
+        group.conf.share_base(&mut self.shared_membership);
         // The group's clock starts now: its deadlines are relative to the join. Setting the
         // clock, not ticking to it, so deadlines drawn relative to tick 0 do not fire (a
         // group joining a container past its election timeout would campaign at once).
