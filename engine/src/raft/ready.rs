@@ -128,7 +128,7 @@ impl RaftGroup {
             || !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
             || self.log.has_committed_to_apply()
-            || !self.reads.out.is_empty()
+            || self.reads.has_answers()
             || self.reads.needs_broadcast()
             || self.commit_unsent
             || self.appends_unsent
@@ -202,7 +202,7 @@ impl RaftGroup {
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
             committed_entries,
             deliveries,
-            read_states: std::mem::take(&mut self.reads.out),
+            read_states: self.reads.take_answers(),
             fetches: std::mem::take(&mut self.fetches),
         })
     }
