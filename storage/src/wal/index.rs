@@ -165,6 +165,11 @@ impl Index {
                         }
                     }
                     part.locs.resize(k, EntryLoc::HOLE);
+                    if part.locs.capacity() == 0 {
+                        // Most partitions of a large node are idle with one entry (their
+                        // leader's first): room for 4, the default, was 72 wasted bytes each.
+                        part.locs.reserve_exact(1);
+                    }
                     part.locs.push_back(loc);
                 }
                 pin_entry(pins, &loc);
