@@ -34,11 +34,9 @@ use serde_json::Value;
 use cli::{Args, Command, Settings};
 use profiles::Profile;
 
-/// mimalloc: the engine allocates and frees many small buffers on every shard thread at
-/// once; glibc's allocator spent a third of the benchmark's CPU time in malloc/free and
-/// consolidation, mimalloc's per-thread heaps avoid that.
+/// mimalloc, as the node binary (why, and how `main` sets it up: `phalanx::runtime::allocator`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: phalanx::runtime::allocator::MiMalloc = phalanx::runtime::allocator::MiMalloc;
 
 /// Log filter when `RUST_LOG` is unset. glommio's reactor reports at error level that a
 /// device does not support polled IO and falls back to interrupts; that is expected on
@@ -49,6 +47,9 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = phalanx::runtime::allocator::configure_for_many_partitions() {
+        tracing::warn!("transparent huge pages stay on: {e}");
+    }
     let args = Args::parse();
     if let Some(Command::Storage(s)) = args.command {
         return ExitCode::from(storage::run(s));

@@ -11,6 +11,7 @@
 //! - `snapshots.rs` — durable snapshot files
 //! - `lost_state.rs` — at open: partitions that lost durable state recover (or the node refuses)
 
+pub mod allocator;
 pub(crate) mod bus;
 pub(crate) mod cpus;
 pub(crate) mod lost_state;

@@ -14,11 +14,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: the engine allocates and frees many small buffers on every shard thread at
-/// once; glibc's allocator spent a third of the benchmark's CPU time in malloc/free and
-/// consolidation, mimalloc's per-thread heaps avoid that.
+/// mimalloc (why, and how `main` sets it up: `phalanx::runtime::allocator`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: phalanx::runtime::allocator::MiMalloc = phalanx::runtime::allocator::MiMalloc;
 
 /// Phalanx: a thread-per-core multi-Raft consensus engine.
 #[derive(Parser, Debug)]
@@ -50,6 +48,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => {
             init_logging();
+            if let Err(e) = phalanx::runtime::allocator::configure_for_many_partitions() {
+                tracing::warn!("transparent huge pages stay on: {e}");
+            }
             match node::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
