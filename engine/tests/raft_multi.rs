@@ -31,7 +31,6 @@ fn restore(voters: &[u64], learners: &[u64]) -> RestoreState {
 /// Three shards (one per node), each holding the same `groups`.
 struct Shards {
     nodes: BTreeMap<u64, MultiRaft>,
-    net: Vec<RaftMessage>,
     /// Number of groups in each MultiReady handled, per node.
     merged: Vec<(u64, usize)>,
 }
@@ -46,37 +45,21 @@ impl Shards {
             }
             nodes.insert(id, m);
         }
-        Shards { nodes, net: Vec::new(), merged: Vec::new() }
+        Shards { nodes, merged: Vec::new() }
     }
 
     /// Handles every shard's MultiReady (messages out, acknowledged at once), then delivers
     /// the messages; repeats until quiet.
     fn stabilize(&mut self) {
-        for _ in 0..1000 {
-            let mut any = false;
-            for (&id, m) in self.nodes.iter_mut() {
-                if let Some(mr) = m.ready() {
-                    any = true;
-                    self.merged.push((id, mr.groups.len()));
-                    for (gid, rd) in &mr.groups {
-                        for msg in rd.messages.iter().chain(rd.persisted_messages.iter()) {
-                            assert_eq!(msg.group, *gid, "a group's Ready carries only its own messages");
-                            self.net.push(msg.clone());
-                        }
-                    }
-                    m.advance(mr.number);
+        let merged = &mut self.merged;
+        settle_shards(&mut self.nodes, |id, mr| {
+            merged.push((id, mr.groups.len()));
+            for (gid, rd) in &mr.groups {
+                for msg in rd.messages.iter().chain(rd.persisted_messages.iter()) {
+                    assert_eq!(msg.group, *gid, "a group's Ready carries only its own messages");
                 }
             }
-            if !any && self.net.is_empty() {
-                return;
-            }
-            for msg in std::mem::take(&mut self.net) {
-                let to = msg.to;
-                let node = self.nodes.get_mut(&to).expect("known node");
-                node.step(msg).expect("well-formed message");
-            }
-        }
-        panic!("shards did not settle");
+        });
     }
 
     fn tick(&mut self) {

@@ -2,10 +2,13 @@
 //! number at a time, the preferred leader campaigns at once, every other replica waits for
 //! its leader or its timer, and a group whose preferred node is down still elects.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
+use common::settle_shards;
+
 use phalanx::raft::{Config, Membership, MultiRaft, RestoreState, preferred_leader};
-use phalanx_proto::RaftMessage;
 
 const NODES: [u64; 3] = [1, 2, 3];
 /// Woken groups per shard in these tests (small, so the bound shows).
@@ -50,26 +53,7 @@ impl Shards {
 
     /// Hands out every Ready (acknowledged at once) and delivers messages until quiet.
     fn stabilize(&mut self) {
-        for _ in 0..1000 {
-            let mut net: Vec<RaftMessage> = Vec::new();
-            for m in self.nodes.values_mut() {
-                if let Some(mr) = m.ready() {
-                    for (_, rd) in &mr.groups {
-                        net.extend(rd.messages.iter().chain(rd.persisted_messages.iter()).cloned());
-                    }
-                    m.advance(mr.number);
-                }
-            }
-            if net.is_empty() {
-                return;
-            }
-            for msg in net {
-                if let Some(node) = self.nodes.get_mut(&msg.to) {
-                    node.step(msg).expect("well-formed message");
-                }
-            }
-        }
-        panic!("shards did not settle");
+        settle_shards(&mut self.nodes, |_, _| {});
     }
 
     fn tick(&mut self) {

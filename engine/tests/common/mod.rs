@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use phalanx::hlc::Ticket;
 use phalanx::raft::{
-    Config, LogFetch, Membership, NodeId, Proposal, ProposalKind, Proposed, RaftGroup, ReadState, Ready,
-    RestoreState, Role, Snapshot, Status,
+    Config, LogFetch, Membership, MultiRaft, MultiReady, NodeId, Proposal, ProposalKind, Proposed, RaftGroup,
+    ReadState, Ready, RestoreState, Role, Snapshot, Status,
 };
 use phalanx_proto::{
     AppendEntriesRequest, ConfChange, ConfChangeType, EntryKind, HardState, LogEntry, RaftMessage,
@@ -837,4 +837,36 @@ pub fn vote_resp(term: u64, granted: bool, pre_vote: bool) -> Body {
 #[must_use]
 pub fn heartbeat(term: u64, commit: u64) -> Body {
     Body::Heartbeat(phalanx_proto::Heartbeat { term, commit, read_ctx: 0, quiesce: false })
+}
+
+/// Most rounds `settle_shards` runs before it gives up on a cluster that does not go quiet.
+pub const MAX_SETTLE_ROUNDS: usize = 1000;
+
+/// Drives shards (`MultiRaft`, one per node) until quiet: every shard's MultiReady is handed
+/// out (`seen` gets it first) and acknowledged at once, then its messages are delivered; a
+/// message to a node not in `nodes` (down) is lost. Panics after `MAX_SETTLE_ROUNDS`.
+pub fn settle_shards(nodes: &mut BTreeMap<NodeId, MultiRaft>, mut seen: impl FnMut(NodeId, &MultiReady)) {
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        let mut net = Vec::new();
+        let mut any = false;
+        for (&id, m) in nodes.iter_mut() {
+            if let Some(mr) = m.ready() {
+                any = true;
+                seen(id, &mr);
+                for (_, rd) in &mr.groups {
+                    net.extend(rd.messages.iter().chain(rd.persisted_messages.iter()).cloned());
+                }
+                m.advance(mr.number);
+            }
+        }
+        if !any && net.is_empty() {
+            return;
+        }
+        for msg in net {
+            if let Some(node) = nodes.get_mut(&msg.to) {
+                node.step(msg).expect("well-formed message");
+            }
+        }
+    }
+    panic!("shards did not settle");
 }
