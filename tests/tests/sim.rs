@@ -40,9 +40,14 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// `active-before-answering` (1 of 30,000), 50065 `recovering-replica-answers-before-its-floor`
 /// (a stale read; none in 0..30,000, 1 in 30,000..60,000). Quiescence (idle groups, a leader
 /// crashed at the heal) moved them again: 5066 finds `active-before-answering` (1 of 10,000).
+/// The start pacer (groups start dormant, a new leader quiesces at once) moved them again; in
+/// 1,000..10,000 with 9,000 seeds: 5232 finds both `active-before-answering` (5 seeds, the
+/// first 3201) and `membership-change-without-active-quorum` (8, the first 4594), 5481
+/// `lease-only-with-check-quorum` (the only one), 2894 `quiesce-with-a-lagging-follower` (the
+/// only one), 2096 `vote-grant-before-persist` (the first of 26).
 const REGRESSION_SEEDS: &[u64] = &[
-    82, 515, 1033, 1075, 1418, 1446, 1820, 2011, 2240, 2377, 2395, 2797, 3378, 4227, 5066, 6479, 6482, 6941,
-    8770, 9414, 9507, 22475, 50065,
+    82, 515, 1033, 1075, 1418, 1446, 1820, 2011, 2096, 2240, 2377, 2395, 2797, 2894, 3378, 4227, 5066, 5232,
+    5481, 6479, 6482, 6941, 8770, 9414, 9507, 22475, 50065,
 ];
 const DEFAULT_STEPS: u64 = 2000;
 
