@@ -111,7 +111,7 @@ fn paced_start_elects_each_preferred_leader_a_bounded_number_at_a_time() {
         ticks += 1;
     }
     for &g in &s.groups {
-        let want = preferred_leader(g, &NODES);
+        let want = preferred_leader(g, NODES.into_iter());
         for (id, m) in &s.nodes {
             let r = m.group(g).expect("group");
             assert_eq!(r.leader(), want, "node {id} group {g}");
@@ -145,7 +145,7 @@ fn a_group_whose_preferred_node_is_down_still_elects() {
 fn a_leader_message_wakes_a_dormant_replica() {
     let mut s = Shards::new(&NODES, 3);
     // Node 2 prefers group 1 (voter 1 % 3 of [1, 2, 3]) and node 3 group 2.
-    assert_eq!(preferred_leader(1, &NODES), Some(2));
+    assert_eq!(preferred_leader(1, NODES.into_iter()), Some(2));
     s.tick();
     let r = s.nodes[&1].group(1).expect("group");
     assert_eq!(r.leader(), Some(2));

@@ -53,11 +53,12 @@ pub const HOLD_ELECTION_TIMEOUTS: u64 = 10;
 /// Leader preferred for `group` among `voters` (ascending): voter `group % voters`. Spreads
 /// leadership evenly over the nodes; the leader balancer and the start share it.
 #[must_use]
-pub fn preferred_leader(group: GroupId, voters: &[NodeId]) -> Option<NodeId> {
-    if voters.is_empty() {
+pub fn preferred_leader(group: GroupId, mut voters: impl ExactSizeIterator<Item = NodeId>) -> Option<NodeId> {
+    let n = voters.len() as u64;
+    if n == 0 {
         return None;
     }
-    voters.get((group % voters.len() as u64) as usize).copied()
+    voters.nth((group % n) as usize)
 }
 
 /// What the pacer needs to know of a group.
@@ -158,8 +159,7 @@ impl RaftGroup {
 
     /// Whether this node is the group's preferred leader.
     fn prefers_itself(&self) -> bool {
-        let voters: Vec<NodeId> = self.conf.current().voters.iter().copied().collect();
-        preferred_leader(self.group, &voters) == Some(self.cfg.id)
+        preferred_leader(self.group, self.conf.current().voters.iter().copied()) == Some(self.cfg.id)
     }
 
     /// What the pacer needs to know of this group (see the module).

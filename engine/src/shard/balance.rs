@@ -50,7 +50,9 @@ impl<R> ShardCore<R> {
             // Not leading (any more): whoever leads balances it.
             let Some(g) = multi.group(p).filter(|g| g.is_leader()) else { return false };
             let voters: Vec<NodeId> = g.membership().voters.iter().copied().filter(|v| !leaving(v)).collect();
-            let Some(preferred) = crate::raft::preferred_leader(p, &voters) else { return false };
+            let Some(preferred) = crate::raft::preferred_leader(p, voters.iter().copied()) else {
+                return false;
+            };
             if preferred == g.id() {
                 return false;
             }
