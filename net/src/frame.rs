@@ -17,9 +17,13 @@
 //! client port: they decode as [`FrameKind::App`] and their meaning is the application's.
 //! Kind 0 is never valid (an all-zero header is a common sign of a desynchronised stream).
 
+use std::time::Instant;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
 use prost::Message;
+
+use crate::spare::Spare;
 
 /// Bytes in a frame header: the 4-byte length and the kind byte.
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -321,6 +325,23 @@ impl FrameDecoder {
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
         self.buf.capacity() + self.scratch.capacity()
+    }
+
+    /// Gives back what recent reads did not need (`spare` follows this decoder's reads,
+    /// `read` bytes the last one, at `now`): the read chunk beyond twice the largest recent
+    /// read and, when no partial frame is buffered, a buffer that large. A connection that
+    /// carried a burst (ten thousand partitions electing at start-up) and then a trickle
+    /// (the failure detector's) kept the burst's buffers otherwise. The next reads grow them
+    /// again as [`read_from`](Self::read_from) does.
+    pub fn give_back_spare(&mut self, spare: &mut Spare, read: usize, now: Instant) {
+        let keep = spare.note(read, now).max(MIN_READ_CHUNK_BYTES);
+        if self.scratch.len() > keep.saturating_mul(2) {
+            self.scratch.truncate(keep);
+            self.scratch.shrink_to_fit();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > keep.saturating_mul(2) {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// At end of stream: `Ok` when the stream ended on a frame boundary.

@@ -9,6 +9,7 @@
 //! - [`tcp`]: glommio (io_uring) TCP transport, one advertised port per node.
 //! - [`memory`]: in-process transport with fault hooks, for tests and single-process clusters.
 //! - [`discovery`]: where peers are; static and application-controlled lists.
+//! - [`spare`]: how much of a reused buffer's capacity to keep after a burst.
 //!
 //! See `net/README.md` for the wire format and how to run the conformance suite and the
 //! network probe.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod memory;
+pub mod spare;
 pub mod stats;
 mod tasks;
 pub mod tcp;

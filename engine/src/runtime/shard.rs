@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use phalanx_net::Transport;
+use phalanx_net::spare::Spare;
 use phalanx_storage::{AnyStore, LogPosition, LogStore, StoreOptions};
 
+use super::allocator;
 use super::bus::{Bus, ShardMsg};
 use super::lost_state;
 use super::placement::partitions_of;
@@ -34,9 +36,6 @@ use crate::shard::limits::ShardLimits;
 use crate::shard::request::Answer;
 use crate::shard::{CoreSetup, ShardCore};
 
-/// Leader changes and events the output keeps room for between turns (a busy turn's worth;
-/// beyond it, a spike's capacity is given back).
-const RETAINED_OUTPUT_ENTRIES: usize = 4096;
 use crate::state_machine::{PartitionId, StateMachineFactory};
 
 pub use crate::shard::SYSTEM_LOG_TYPE;
@@ -73,6 +72,11 @@ pub(crate) struct Shard<T: Transport> {
     inbox: flume::Receiver<ShardMsg>,
     bus: Bus,
     shared: Arc<NodeShared>,
+    /// Recent turns' leader changes and events: the room the output keeps for them.
+    spare_leaders: Spare,
+    spare_events: Spare,
+    /// When the allocator returns freed memory (`allocator.rs`).
+    purge: allocator::PurgePolicy,
 }
 
 fn physical_ms() -> u64 {
@@ -172,6 +176,9 @@ impl<T: Transport> Shard<T> {
             inbox,
             bus,
             shared,
+            spare_leaders: Spare::new(),
+            spare_events: Spare::new(),
+            purge: allocator::PurgePolicy::new(),
         };
         // The restore's events.
         shard.execute()?;
@@ -181,8 +188,13 @@ impl<T: Transport> Shard<T> {
     /// Runs until asked to stop or the store fails.
     pub(crate) async fn run(mut self) {
         let mut failed = false;
+        let mut last_look = Instant::now();
         loop {
             let now = self.read_clocks();
+            if now.duration_since(last_look) >= allocator::PURGE_LOOK_INTERVAL {
+                self.purge.look(now.duration_since(last_look));
+                last_look = now;
+            }
             if now < self.core.next_tick() && self.done.is_empty() {
                 let wait = self.core.next_tick() - now;
                 let (inbox, done) = (self.inbox.clone(), self.done.clone());
@@ -268,6 +280,10 @@ impl<T: Transport> Shard<T> {
     }
 
     fn input(&mut self, m: ShardMsg) {
+        // A peer's batch counts its messages: a shard heartbeating ten thousand partitions
+        // gets a few batches a turn, each of thousands.
+        let n = if let ShardMsg::Peer { messages, .. } = &m { messages.len() } else { 1 };
+        self.purge.inputs(n as u64);
         match m {
             ShardMsg::Request(r) => self.core.on_request(r),
             ShardMsg::Peer { from, messages } => self.core.on_peer(from, messages),
@@ -283,7 +299,11 @@ impl<T: Transport> Shard<T> {
     /// an event sees what it announces), then events, bus messages, frames, write jobs and
     /// answers. `Err` when the writer is gone.
     fn execute(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
         let out = self.core.output();
+        // A start-up or an election of every partition fills these once, two entries per
+        // partition; what recent turns needed is kept, not ten thousand partitions' worth.
+        let (leaders, events) = (out.leaders.len(), out.events.len());
         for (p, leader, term) in out.leaders.drain(..) {
             self.shared.set_leader(p, leader, term);
         }
@@ -303,10 +323,8 @@ impl<T: Transport> Shard<T> {
         for e in out.events.drain(..) {
             self.shared.events.publish(e);
         }
-        // A start-up or an election of every partition fills these once, two entries per
-        // partition; what a busy turn needs is kept, not ten thousand partitions' worth.
-        out.leaders.shrink_to(RETAINED_OUTPUT_ENTRIES);
-        out.events.shrink_to(RETAINED_OUTPUT_ENTRIES);
+        self.spare_leaders.trim(&mut out.leaders, leaders, now);
+        self.spare_events.trim(&mut out.events, events, now);
         for (node, liveness) in out.peer_status.drain(..) {
             self.bus.broadcast(self.id, || ShardMsg::PeerStatus { node, liveness });
         }

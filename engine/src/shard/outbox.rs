@@ -4,20 +4,22 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Instant;
+
+use phalanx_net::spare::Spare;
 use phalanx_proto::{MessageBatch, RaftMessage};
 
 use super::limits::message_bytes_bound;
 use crate::raft::NodeId;
 
-/// Message slots the outbox keeps between turns: a busy turn's worth (4,096 inputs a turn,
-/// a few messages each). An election of ten thousand partitions at start-up grew it to 4 MiB,
-/// kept for good.
-const RETAINED_MESSAGES: usize = 16_384;
-
 /// The turn's messages, in the order they were produced.
 #[derive(Default)]
 pub(crate) struct Outbox {
     messages: Vec<RaftMessage>,
+    /// The largest recent turns: the message slots kept between turns (`spare.rs`). An
+    /// election of ten thousand partitions at start-up grew the outbox to 4 MiB; a fixed
+    /// busy turn's worth (16,384 slots) still kept 1.5 MiB of it per shard for good.
+    spare: Spare,
 }
 
 impl Outbox {
@@ -50,8 +52,17 @@ impl Outbox {
     /// into `frames`. (A turn's appends of large entries to several partitions once
     /// made a 22 MiB batch, which the transport drops as above its frame limit — and the
     /// resends, coalesced the same way, again.) A peer's messages keep their order.
-    pub(crate) fn flush(&mut self, batch_bytes_max: usize, frames: &mut Vec<(NodeId, MessageBatch)>) {
-        if self.messages.is_empty() {
+    /// Run every turn (at `now`), with messages or not: an idle turn is what lets a burst's
+    /// slots go.
+    pub(crate) fn flush(
+        &mut self,
+        batch_bytes_max: usize,
+        frames: &mut Vec<(NodeId, MessageBatch)>,
+        now: Instant,
+    ) {
+        let used = self.messages.len();
+        if used == 0 {
+            self.spare.trim(&mut self.messages, 0, now);
             return;
         }
         let mut per_peer: BTreeMap<NodeId, (Vec<RaftMessage>, usize)> = BTreeMap::new();
@@ -69,6 +80,6 @@ impl Outbox {
         for (to, (messages, _)) in per_peer {
             frames.push((to, MessageBatch { messages }));
         }
-        self.messages.shrink_to(RETAINED_MESSAGES);
+        self.spare.trim(&mut self.messages, used, now);
     }
 }

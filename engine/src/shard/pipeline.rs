@@ -96,7 +96,7 @@ impl<R> ShardCore<R> {
         // news for peers the frames go to anyway.
         self.piggyback_gossip();
         let before = self.out.frames.len();
-        self.outbox.flush(self.limits.peer_batch_bytes_max, &mut self.out.frames);
+        self.outbox.flush(self.limits.peer_batch_bytes_max, &mut self.out.frames, self.now);
         let sent = &self.out.frames[before..];
         self.counters.batches_sent += sent.len() as u64;
         self.counters.messages_sent += sent.iter().map(|(_, b)| b.messages.len() as u64).sum::<u64>();

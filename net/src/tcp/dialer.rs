@@ -8,10 +8,13 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::IDLE_GIVE_BACK_MS;
+use super::IDLE_KEEP_BYTES;
 use super::Shard;
 use super::peer_queue::{PeerQueue, recycle};
 use super::socket::{Jitter, configure, duplicate, resolve, timeout};
 use crate::handshake::{self, HandshakeError};
+use crate::spare::Spare;
 use crate::stats::{OpenConnection, add, inc};
 use crate::transport::NodeId;
 
@@ -25,6 +28,7 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
     let mut jitter = Jitter::new(shard.local.node_id ^ peer.rotate_left(17) ^ u64::from(shard.shard) << 48);
     let mut failures_in_row: u64 = 0;
     let mut buf = Vec::new();
+    let mut spare = Spare::new();
     loop {
         match connect(&shard, peer, &addr).await {
             Ok(mut stream) => {
@@ -33,12 +37,12 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
                 let since = Instant::now();
                 let reason = {
                     let _open = OpenConnection::new(&shard.counters);
-                    pump(&shard, &mut stream, &queue, &mut buf).await
+                    pump(&shard, &mut stream, &queue, &mut buf, &mut spare).await
                 };
                 inc(&shard.counters.connections_lost);
                 info!(node = shard.local.node_id, shard = shard.shard, peer, addr, %reason, "connection lost");
                 // What was handed to the dead connection is gone; nothing is replayed.
-                recycle(&mut buf);
+                recycle(&mut buf, &mut spare);
                 // Only a connection that lasted counts as recovery: a peer that accepts and
                 // drops us at once keeps us backing off instead of reconnecting in a loop.
                 if since.elapsed() >= Duration::from_millis(cfg.backoff_max_ms) {
@@ -99,7 +103,13 @@ async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, H
 }
 
 /// Writes queued frames until the connection fails; returns why it ended.
-async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mut Vec<u8>) -> String {
+async fn pump(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    queue: &PeerQueue,
+    buf: &mut Vec<u8>,
+    spare: &mut Spare,
+) -> String {
     let fd = match duplicate(stream) {
         Ok(fd) => fd,
         Err(e) => return format!("cannot duplicate the socket: {e}"),
@@ -113,9 +123,19 @@ async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mu
         // side) at once instead of at the next failed write. Dropping the watch read when the
         // queue wins costs nothing: glommio reads with a non-blocking `recv` and keeps its
         // readiness poll on the stream, not in the future.
+        //
+        // Holding more than a quiet connection needs, it gives that back once nothing was
+        // queued for two windows (`spare.rs`): otherwise the burst of a start-up stays with
+        // a connection that carries nothing after it. Below that it waits without a timer.
         let woke = futures_lite::future::or(
             async {
-                queue.ready().await;
+                if buf.capacity() + queue.capacity() <= IDLE_KEEP_BYTES {
+                    queue.ready().await;
+                } else if timeout(IDLE_GIVE_BACK_MS, queue.ready()).await.is_none() {
+                    spare.trim(buf, 0, Instant::now());
+                    queue.give_back_spare();
+                    queue.ready().await;
+                }
                 Ok(())
             },
             async {
@@ -137,7 +157,7 @@ async fn pump(shard: &Shard, stream: &mut TcpStream, queue: &PeerQueue, buf: &mu
         queue.written();
         add(&shard.counters.batches_sent, frames as u64);
         add(&shard.counters.bytes_sent, buf.len() as u64);
-        recycle(buf);
+        recycle(buf, spare);
         // A flood of sends must not starve the shard's other tasks.
         glommio::yield_if_needed().await;
     }

@@ -65,6 +65,15 @@ use crate::stats::{Counters, TransportStats, add, inc};
 use crate::tasks::{TaskId, TaskSet};
 use crate::transport::{InboundSink, NodeId, Transport, TransportFactory};
 
+/// Buffer capacity of a connection (its write buffers, or its read buffers) below which an
+/// idle connection keeps it and waits without a timer: a few turns' frames of a quiet node.
+pub(crate) const IDLE_KEEP_BYTES: usize = 64 << 10;
+
+/// How long a connection holding more than [`IDLE_KEEP_BYTES`] waits with nothing to carry
+/// before it gives the excess back: two windows of `spare.rs`, after which a buffer trimmed on
+/// use would have kept nothing of the last burst either.
+pub(crate) const IDLE_GIVE_BACK_MS: u64 = 2 * crate::spare::SPARE_WINDOW.as_millis() as u64;
+
 /// A connection passed from shard 0 to the shard that reads it.
 struct Handoff {
     fd: OwnedFd,

@@ -29,13 +29,7 @@ use phalanx_proto::MessageBatch;
 
 use super::socket::try_send;
 use crate::frame::{FRAME_HEADER_BYTES, FrameKind, encode_frame_sized};
-
-/// Capacity kept by an idle buffer; a burst's larger allocation is released after it. It
-/// holds a frame carrying a snapshot chunk (1 MiB by default, `raft.snapshot_chunk_bytes`)
-/// with a turn's other frames beside it: at 1 MiB every chunk grew the buffer past it and
-/// the write shrank it back, so each chunk mapped, zeroed and copied fresh memory — page
-/// zeroing alone was 38 % of the leaders' time while a 1 GiB join streamed snapshots.
-const RETAINED_BUFFER_BYTES: usize = 4 << 20;
+use crate::spare::Spare;
 
 /// What happened to a pushed batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +70,12 @@ pub(crate) struct PeerQueue {
     oldest: Cell<Option<Instant>>,
     /// How long a frame may wait for the dialer before a send writes it through.
     coalesce_max: Duration,
+    /// The largest recent writes through `pending`: what its capacity keeps (`spare.rs`).
+    /// A burst's larger allocation is released after it, but not while the burst goes on: a
+    /// fixed 1 MiB cap once made every snapshot chunk (1 MiB by default) grow the buffer past
+    /// it and the write shrink it back, so each chunk mapped, zeroed and copied fresh memory —
+    /// page zeroing alone was 38 % of the leaders' time while a 1 GiB join streamed snapshots.
+    spare: RefCell<Spare>,
     waker: Cell<Option<Waker>>,
     max_frames: usize,
     max_bytes: usize,
@@ -98,6 +98,7 @@ impl PeerQueue {
             writing: Cell::new(false),
             oldest: Cell::new(None),
             coalesce_max,
+            spare: RefCell::new(Spare::new()),
             waker: Cell::new(None),
             max_frames,
             max_bytes,
@@ -139,9 +140,11 @@ impl PeerQueue {
                     Ok(n) => {
                         let (done, bound) = written_frames(&pending[head..], self.bound.get(), n);
                         if head + n == pending.len() {
-                            // Keeps the buffer's capacity: the next frame encodes without
-                            // allocating.
+                            // Keeps the capacity recent writes needed: the next frame
+                            // encodes without allocating.
+                            let used = pending.len();
                             pending.clear();
+                            self.spare.borrow_mut().trim(&mut pending, used, Instant::now());
                             self.head.set(0);
                             self.oldest.set(None);
                         } else {
@@ -199,6 +202,22 @@ impl PeerQueue {
         self.frames.replace(0)
     }
 
+    /// Capacity of the pending buffer, in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.pending.borrow().capacity()
+    }
+
+    /// The connection has been idle: gives back the pending buffer's spare capacity
+    /// (nothing while frames wait or a write is under way).
+    pub(crate) fn give_back_spare(&self) {
+        if self.frames.get() == 0 && !self.writing.get() {
+            let mut pending = self.pending.borrow_mut();
+            if pending.is_empty() {
+                self.spare.borrow_mut().trim(&mut pending, 0, Instant::now());
+            }
+        }
+    }
+
     /// The dialer finished writing what it took.
     pub(crate) fn written(&self) {
         self.writing.set(false);
@@ -207,8 +226,9 @@ impl PeerQueue {
     /// Drops every queued frame; returns how many.
     pub(crate) fn clear(&self) -> usize {
         let mut pending = self.pending.borrow_mut();
+        let used = pending.len();
         pending.clear();
-        pending.shrink_to(RETAINED_BUFFER_BYTES);
+        self.spare.borrow_mut().trim(&mut pending, used, Instant::now());
         self.head.set(0);
         self.bound.set(0);
         self.oldest.set(None);
@@ -262,10 +282,12 @@ fn written_frames(pending: &[u8], bound: usize, n: usize) -> (usize, usize) {
     (done, 0)
 }
 
-/// Empties a written buffer for reuse, releasing a burst's excess capacity.
-pub(crate) fn recycle(buf: &mut Vec<u8>) {
+/// Empties a written buffer for reuse, releasing what recent writes did not need
+/// (`spare` follows this buffer's uses).
+pub(crate) fn recycle(buf: &mut Vec<u8>, spare: &mut Spare) {
+    let used = buf.len();
     buf.clear();
-    buf.shrink_to(RETAINED_BUFFER_BYTES);
+    spare.trim(buf, used, Instant::now());
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use glommio::net::TcpStream;
 use phalanx_proto::MessageBatch;
 use tracing::{debug, warn};
 
-use super::Shard;
 use super::socket::timeout;
+use super::{IDLE_GIVE_BACK_MS, IDLE_KEEP_BYTES, Shard};
 use crate::frame::{FRAME_HEADER_BYTES, FrameDecoder, FrameError, FrameKind};
+use crate::spare::Spare;
 use crate::stats::{OpenConnection, add, inc};
 use crate::transport::{BatchError, Inbound, NodeId, check_batch};
 
@@ -36,6 +37,7 @@ pub(super) async fn run(
     let mut decoder = FrameDecoder::new(shard.cfg.max_frame_bytes);
     decoder.push(&leftover);
     let mut frame_started: Option<std::time::Instant> = None;
+    let (mut spare, mut last_read) = (Spare::new(), 0);
     loop {
         let delivered = match drain(shard, &mut decoder, from) {
             Ok(n) => n,
@@ -57,11 +59,13 @@ pub(super) async fn run(
         // when it also completed the frame before).
         if decoder.buffered() == 0 {
             frame_started = None;
+            decoder.give_back_spare(&mut spare, last_read, std::time::Instant::now());
         } else if frame_started.is_none() || delivered > 0 {
             frame_started = Some(std::time::Instant::now());
         }
         // Between frames a peer may be quiet for as long as it likes; within one, the rest
         // must arrive within the frame timeout.
+        let holding = decoder.memory_bytes();
         let read = decoder.read_from(&mut stream, shard.cfg.read_chunk_bytes);
         let result = if let Some(t0) = frame_started {
             let left = shard.cfg.frame_timeout_ms.saturating_sub(t0.elapsed().as_millis() as u64);
@@ -78,6 +82,15 @@ pub(super) async fn run(
                     return;
                 }
             }
+        } else if holding > IDLE_KEEP_BYTES {
+            // Between frames, holding what a burst grew: given back if the peer stays quiet.
+            match timeout(IDLE_GIVE_BACK_MS, read).await {
+                Some(r) => r,
+                None => {
+                    decoder.give_back_spare(&mut spare, 0, std::time::Instant::now());
+                    decoder.read_from(&mut stream, shard.cfg.read_chunk_bytes).await
+                }
+            }
         } else {
             read.await
         };
@@ -90,7 +103,7 @@ pub(super) async fn run(
                 }
                 return;
             }
-            Ok(_) => {}
+            Ok(n) => last_read = n,
             Err(e) => {
                 debug!(node = shard.local.node_id, peer = from.0, error = %e, "read failed");
                 return;
