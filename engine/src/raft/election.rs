@@ -7,6 +7,9 @@ use super::group::RaftGroup;
 use super::quorum::{VoteResult, vote_result};
 use super::types::{NodeId, Role};
 
+/// The votes of a node not campaigning.
+static NO_VOTES: std::collections::BTreeMap<NodeId, bool> = std::collections::BTreeMap::new();
+
 impl RaftGroup {
     /// The election timer fired (or a transfer asked us to run): start a PreVote round, or a
     /// real election when PreVote is off or this is a leadership transfer.
@@ -29,7 +32,7 @@ impl RaftGroup {
     fn campaign_pre_vote(&mut self) {
         self.become_pre_candidate();
         // A PreVote needs no persistence: nothing changes on disk.
-        self.votes.insert(self.cfg.id, true);
+        self.votes.get_or_insert_with(Box::default).insert(self.cfg.id, true);
         if self.poll() != VoteResult::Pending {
             return;
         }
@@ -126,21 +129,21 @@ impl RaftGroup {
         if !expected {
             return;
         }
-        self.votes.insert(from, resp.granted);
+        self.votes.get_or_insert_with(Box::default).insert(from, resp.granted);
         self.poll();
     }
 
     /// Our own vote became durable: count it.
     pub(super) fn on_self_vote_persisted(&mut self) {
         if self.role == Role::Candidate && self.vote == self.cfg.id {
-            self.votes.insert(self.cfg.id, true);
+            self.votes.get_or_insert_with(Box::default).insert(self.cfg.id, true);
             self.poll();
         }
     }
 
     /// Acts on the votes counted so far.
     pub(super) fn poll(&mut self) -> VoteResult {
-        let result = vote_result(&self.conf.current().voters, &self.votes);
+        let result = vote_result(&self.conf.current().voters, self.votes.as_deref().unwrap_or(&NO_VOTES));
         match result {
             VoteResult::Won if self.role == Role::PreCandidate => self.run_election(false),
             VoteResult::Won => self.become_leader(),

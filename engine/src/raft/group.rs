@@ -16,7 +16,7 @@ use super::log::RaftLog;
 use super::membership::ConfHistory;
 use super::progress::{Progress, ProgressMap, ProgressState};
 use super::read_index::ReadIndexState;
-use super::ready::ReadyTracker;
+use super::ready::{Pipeline, ReadyTracker};
 use super::rng::{SeededRng, mix_seed};
 use super::snapshot::IncomingSnapshot;
 use super::two_step::TwoStep;
@@ -56,8 +56,9 @@ pub struct RaftGroup {
     pub(super) conf: ConfHistory,
     /// Leader only: every other member's replication progress.
     pub(super) progress: ProgressMap,
-    /// Candidate / pre-candidate: votes received.
-    pub(super) votes: BTreeMap<NodeId, bool>,
+    /// Candidate / pre-candidate: votes received (`None` in any other role; boxed like the
+    /// other rare state below, so an idle replica does not carry it).
+    pub(super) votes: Option<Box<BTreeMap<NodeId, bool>>>,
     /// Logical time in ticks.
     pub(super) now: u64,
     pub(super) election_deadline: u64,
@@ -66,7 +67,7 @@ pub struct RaftGroup {
     /// Tick at which this node last heard from a leader of its term (for the vote lease).
     pub(super) leader_contact: Option<u64>,
     /// Leader only: a leadership transfer in progress (target, deadline).
-    pub(super) transfer: Option<(NodeId, u64)>,
+    pub(super) transfer: Option<Box<(NodeId, u64)>>,
     pub(super) heartbeats_suspended: bool,
     pub(super) rng: SeededRng,
     pub(super) reads: ReadIndexState,
@@ -75,19 +76,15 @@ pub struct RaftGroup {
     pub(super) last_checkpoint: u64,
     /// The latest local snapshot, sent to followers that need entries below the floor.
     pub(super) snapshot: Option<Box<Snapshot>>,
-    /// Follower: a snapshot received from the leader, to hand to the shell in the next Ready.
-    pub(super) snapshot_to_install: Option<Box<Snapshot>>,
     pub(super) incoming_snapshot: Option<Box<IncomingSnapshot>>,
-    /// Prefix compaction to hand to storage in the next Ready.
-    pub(super) compact_to: Option<u64>,
-    pub(super) msgs: Vec<RaftMessage>,
-    pub(super) msgs_after_persist: Vec<RaftMessage>,
     pub(super) ready: ReadyTracker,
-    pub(super) stats: GroupStats,
+    /// The next Ready's output and the Readies not acknowledged yet; `None` when there is
+    /// none of either (`ready.rs`).
+    pub(super) pipe: Option<Box<Pipeline>>,
+    /// `None` until the first event.
+    pub(super) stats: Option<Box<GroupStats>>,
     /// Tickets of proposals recently forwarded to us, to drop network duplicates.
     pub(super) recent_forwards: Option<Box<RecentTickets>>,
-    /// Storage reads the shell must do for followers (entries no longer in memory).
-    pub(super) fetches: Vec<super::types::LogFetch>,
     /// Leader: the commit index advanced and some follower may not have been told yet
     /// (sent at the next `ready`, see `flush_commit`).
     pub(super) commit_unsent: bool,
@@ -196,7 +193,7 @@ impl RaftGroup {
             log,
             conf,
             progress: ProgressMap::default(),
-            votes: BTreeMap::new(),
+            votes: None,
             now: 0,
             election_deadline: 0,
             heartbeat_deadline: 0,
@@ -209,15 +206,11 @@ impl RaftGroup {
             two_step: TwoStep::from_entries(&pending),
             last_checkpoint: 0,
             snapshot: snapshot.map(Box::new),
-            snapshot_to_install: None,
             incoming_snapshot: None,
-            compact_to: None,
-            msgs: Vec::new(),
-            msgs_after_persist: Vec::new(),
             ready: ReadyTracker::new(hard_state),
-            stats: GroupStats::default(),
+            pipe: None,
+            stats: None,
             recent_forwards: None,
-            fetches: Vec::new(),
             commit_unsent: false,
             appends_unsent: false,
             recovery: hard_state.recovering.then(Box::default),
@@ -343,7 +336,20 @@ impl RaftGroup {
     /// Event counters.
     #[must_use]
     pub fn stats(&self) -> &GroupStats {
-        &self.stats
+        static NONE: GroupStats = GroupStats {
+            rejected_messages: 0,
+            elections_started: 0,
+            became_leader: 0,
+            snapshots_sent: 0,
+            log_mismatches: 0,
+            followers_restarted: 0,
+        };
+        self.stats.as_deref().unwrap_or(&NONE)
+    }
+
+    /// Event counters, to count one.
+    pub(super) fn stats_mut(&mut self) -> &mut GroupStats {
+        self.stats.get_or_insert_with(Box::default)
     }
 
     /// Index of the last applied checkpoint.
@@ -439,14 +445,14 @@ impl RaftGroup {
     /// Queues a message that may leave at once.
     pub(super) fn send(&mut self, to: NodeId, body: Body) {
         let m = RaftMessage { group: self.group, from: self.cfg.id, to, body: Some(body) };
-        self.msgs.push(m);
+        self.pipe().msgs.push(m);
     }
 
     /// Queues a message that may leave only once this turn's state is durable (vote grants,
     /// append acknowledgements, snapshot installation).
     pub(super) fn send_after_persist(&mut self, to: NodeId, body: Body) {
         let m = RaftMessage { group: self.group, from: self.cfg.id, to, body: Some(body) };
-        self.msgs_after_persist.push(m);
+        self.pipe().msgs_after_persist.push(m);
     }
 
     // ----- role transitions -----
@@ -465,7 +471,7 @@ impl RaftGroup {
             self.fail_forwarded_reads();
         }
         self.leader = None;
-        self.votes.clear();
+        self.votes = None;
         self.transfer = None;
         self.progress.clear();
         self.heartbeats_suspended = false;
@@ -492,7 +498,7 @@ impl RaftGroup {
         // A PreVote round changes neither term nor vote (§9.6): only the role.
         self.role = Role::PreCandidate;
         self.leader = None;
-        self.votes.clear();
+        self.votes = None;
         self.reset_election_deadline();
     }
 
@@ -501,7 +507,7 @@ impl RaftGroup {
         self.reset(self.term + 1);
         self.vote = self.cfg.id;
         self.role = Role::Candidate;
-        self.stats.elections_started += 1;
+        self.stats_mut().elections_started += 1;
     }
 
     pub(super) fn become_leader(&mut self) {
@@ -518,7 +524,7 @@ impl RaftGroup {
         // could not afford (`pacer.rs`). Quiescing costs a busy partition nothing: its next
         // write wakes the followers with its append.
         self.last_activity = None;
-        self.stats.became_leader += 1;
+        self.stats_mut().became_leader += 1;
         let last = self.log.last_index();
         let members: Vec<NodeId> = self.conf.current().members().filter(|&m| m != self.cfg.id).collect();
         self.progress = ProgressMap::with_capacity(members.len());

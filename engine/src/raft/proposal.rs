@@ -218,14 +218,14 @@ impl RaftGroup {
             // would only hold proposals back until it timed out.
             return Err(Status::Busy);
         }
-        if let Some((t, _)) = self.transfer {
+        if let Some(&(t, _)) = self.transfer.as_deref() {
             if t == target {
                 return Ok(());
             }
             return Err(Status::ActiveProposal);
         }
         self.note_activity();
-        self.transfer = Some((target, self.now + self.cfg.election_ticks_min));
+        self.transfer = Some(Box::new((target, self.now + self.cfg.election_ticks_min)));
         let caught_up = self.progress.get(&target).is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
             self.send(target, Body::TimeoutNow(TimeoutNow { term: self.term }));

@@ -195,6 +195,6 @@ impl RaftGroup {
             p.inflight = std::collections::VecDeque::new();
         }
         self.reads.shrink();
-        self.ready.shrink();
+        self.drop_empty_pipeline();
     }
 }

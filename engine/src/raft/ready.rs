@@ -86,33 +86,46 @@ struct Record {
     applied_to: u64,
 }
 
-/// Numbering and bookkeeping of Readies.
+/// Numbering of Readies and what the last ones carried.
 #[derive(Clone, Debug)]
 pub struct ReadyTracker {
     next_number: u64,
-    outstanding: VecDeque<Record>,
     last_hard_state: HardState,
     last_soft_state: Option<SoftState>,
 }
 
 impl ReadyTracker {
     pub(super) fn new(persisted: HardState) -> Self {
-        ReadyTracker {
-            next_number: 1,
-            outstanding: VecDeque::new(),
-            last_hard_state: persisted,
-            last_soft_state: None,
-        }
+        ReadyTracker { next_number: 1, last_hard_state: persisted, last_soft_state: None }
     }
+}
 
-    /// Gives back spare capacity (a quiescing group).
-    pub(super) fn shrink(&mut self) {
-        self.outstanding.shrink_to_fit();
-    }
+/// What a working group holds for the shell: the next Ready's messages, storage reads,
+/// prefix compaction and snapshot to install, and the Readies handed out and not
+/// acknowledged yet. Boxed and made by the first use; a quiesced group with none of it drops
+/// it (`shed_memory`): its empty queues were 120 bytes of every idle replica.
+#[derive(Debug, Default)]
+pub(super) struct Pipeline {
+    pub(super) msgs: Vec<RaftMessage>,
+    /// Messages that may leave only once this Ready is durable.
+    pub(super) msgs_after_persist: Vec<RaftMessage>,
+    /// Storage reads the shell must do for followers (entries no longer in memory).
+    pub(super) fetches: Vec<LogFetch>,
+    /// Prefix compaction to hand to storage in the next Ready.
+    pub(super) compact_to: Option<u64>,
+    /// Follower: a snapshot received from the leader, to hand to the shell in the next Ready.
+    pub(super) snapshot_to_install: Option<Box<Snapshot>>,
+    outstanding: VecDeque<Record>,
+}
 
-    /// Whether a Ready was handed out and not acknowledged yet.
-    pub(super) fn has_outstanding(&self) -> bool {
-        !self.outstanding.is_empty()
+impl Pipeline {
+    /// Whether the next Ready has something of this.
+    fn has_output(&self) -> bool {
+        self.snapshot_to_install.is_some()
+            || self.compact_to.is_some()
+            || !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || !self.fetches.is_empty()
     }
 }
 
@@ -122,17 +135,30 @@ impl RaftGroup {
     pub fn has_ready(&self) -> bool {
         Some(self.soft_state()) != self.ready.last_soft_state
             || self.hard_state_must_persist()
-            || self.snapshot_to_install.is_some()
+            || self.pipe.as_deref().is_some_and(Pipeline::has_output)
             || self.log.has_unstable()
-            || self.compact_to.is_some()
-            || !self.msgs.is_empty()
-            || !self.msgs_after_persist.is_empty()
             || self.log.has_committed_to_apply()
             || self.reads.has_answers()
             || self.reads.needs_broadcast()
             || self.commit_unsent
             || self.appends_unsent
-            || !self.fetches.is_empty()
+    }
+
+    /// The Ready pipeline, made if the group had none.
+    pub(super) fn pipe(&mut self) -> &mut Pipeline {
+        self.pipe.get_or_insert_with(Box::default)
+    }
+
+    /// Whether a Ready was handed out and not acknowledged yet.
+    pub(super) fn has_outstanding_ready(&self) -> bool {
+        self.pipe.as_ref().is_some_and(|p| !p.outstanding.is_empty())
+    }
+
+    /// Drops the pipeline if it holds nothing (an idle group).
+    pub(super) fn drop_empty_pipeline(&mut self) {
+        if self.pipe.as_ref().is_some_and(|p| !p.has_output() && p.outstanding.is_empty()) {
+            self.pipe = None;
+        }
     }
 
     /// Whether term, vote or recovery changed since the last hard state a Ready carried
@@ -163,7 +189,12 @@ impl RaftGroup {
         let soft = self.soft_state();
         let soft_state = (Some(soft) != self.ready.last_soft_state).then_some(soft);
         self.ready.last_soft_state = Some(soft);
-        let snapshot = self.snapshot_to_install.take();
+        let pipe = self.pipe.get_or_insert_with(Box::default);
+        let snapshot = pipe.snapshot_to_install.take();
+        let compact_to = pipe.compact_to.take();
+        let messages = std::mem::take(&mut pipe.msgs);
+        let persisted_messages = std::mem::take(&mut pipe.msgs_after_persist);
+        let fetches = std::mem::take(&mut pipe.fetches);
         let entries = self.log.take_unstable();
         let committed_entries = self.log.take_committed(self.cfg.max_apply_entries_per_ready);
         let mut deliveries = Vec::with_capacity(committed_entries.len());
@@ -176,7 +207,7 @@ impl RaftGroup {
         // Every entry up to the commit index is in the log and so is persisted with this
         // Ready or an earlier one: recording the commit index now never points past the
         // durable log after a crash.
-        let writes = !entries.is_empty() || snapshot.is_some() || self.compact_to.is_some();
+        let writes = !entries.is_empty() || snapshot.is_some() || compact_to.is_some();
         let hard_state =
             if self.hard_state_must_persist() || writes { self.unsaved_hard_state() } else { None };
         if let Some(hs) = hard_state {
@@ -184,34 +215,40 @@ impl RaftGroup {
         }
         let number = self.ready.next_number;
         self.ready.next_number += 1;
-        self.ready.outstanding.push_back(Record {
+        let record = Record {
             number,
             last_entry: entries.last().map(|e| (e.index, e.term)),
             snapshot: snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)),
             hard_state,
             applied_to: self.log.apply_handed(),
-        });
+        };
+        self.pipe().outstanding.push_back(record);
         Some(Ready {
             number,
             soft_state,
             hard_state,
             snapshot: snapshot.map(|s| *s),
             entries,
-            compact_to: self.compact_to.take(),
-            messages: std::mem::take(&mut self.msgs),
-            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            compact_to,
+            messages,
+            persisted_messages,
             committed_entries,
             deliveries,
             read_states: self.reads.take_answers(),
-            fetches: std::mem::take(&mut self.fetches),
+            fetches,
         })
     }
 
     /// The shell persisted, sent and applied everything in Readies up to `number`.
     pub fn advance(&mut self, number: u64) {
         let mut self_vote = false;
-        while self.ready.outstanding.front().is_some_and(|r| r.number <= number) {
-            let Some(r) = self.ready.outstanding.pop_front() else { break };
+        while let Some(r) = self.pipe.as_mut().and_then(|p| {
+            if p.outstanding.front().is_some_and(|r| r.number <= number) {
+                p.outstanding.pop_front()
+            } else {
+                None
+            }
+        }) {
             if let Some((i, t)) = r.snapshot {
                 self.log.stable_to(i, t);
             }
@@ -229,9 +266,9 @@ impl RaftGroup {
         if self.role == Role::Leader && self.maybe_commit() {
             self.commit_advanced();
         }
-        if self.is_quiesced() && !self.ready.has_outstanding() {
-            // The queue grew while the group was busy; idle, it needs none of it.
-            self.ready.shrink();
+        if self.is_quiesced() {
+            // Idle, it needs none of it.
+            self.drop_empty_pipeline();
         }
         self.trim_log_cache();
         self.log.debug_check();

@@ -55,7 +55,7 @@ impl RaftGroup {
                 if let Some(pr) = self.progress.get_mut(&to) {
                     pr.fetch_pending = Some(lo);
                 }
-                self.fetches.push(fetch);
+                self.pipe().fetches.push(fetch);
             }
             return false;
         }

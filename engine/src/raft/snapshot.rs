@@ -31,7 +31,7 @@ impl RaftGroup {
     /// otherwise it answers `Busy`. Returns the new compaction floor. The shell must make the
     /// snapshot durable before it applies the `compact_to` of the next Ready.
     pub fn compact(&mut self, data: Bytes) -> Result<u64, Status> {
-        if self.ready.has_outstanding() || self.log.has_committed_to_apply() {
+        if self.has_outstanding_ready() || self.log.has_committed_to_apply() {
             return Err(Status::Busy);
         }
         let applied = self.log.applied();
@@ -50,7 +50,7 @@ impl RaftGroup {
         if floor > self.log.floor_index() {
             self.log.compact(floor);
             self.conf.on_compact(floor);
-            self.compact_to = Some(floor);
+            self.pipe().compact_to = Some(floor);
         }
         Ok(self.log.floor_index())
     }
@@ -64,7 +64,7 @@ impl RaftGroup {
             .expect("a compacted log always has a snapshot (compact() stores it first)");
         let Some(pr) = self.progress.get_mut(&to) else { return };
         pr.become_snapshot(index);
-        self.stats.snapshots_sent += 1;
+        self.stats_mut().snapshots_sent += 1;
         self.send_snapshot_chunk(to);
     }
 
@@ -208,6 +208,6 @@ impl RaftGroup {
         self.two_step = TwoStep::from_entries(&snap.meta.pending_two_step);
         self.last_checkpoint = 0;
         self.snapshot = Some(Box::new(snap.clone()));
-        self.snapshot_to_install = Some(Box::new(snap));
+        self.pipe().snapshot_to_install = Some(Box::new(snap));
     }
 }

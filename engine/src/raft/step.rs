@@ -152,7 +152,7 @@ impl RaftGroup {
 
     /// Counts and returns a rejection of bad peer input.
     pub(super) fn reject(&mut self, status: Status) -> Result<(), Status> {
-        self.stats.rejected_messages += 1;
+        self.stats_mut().rejected_messages += 1;
         Err(status)
     }
 

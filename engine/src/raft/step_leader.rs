@@ -59,7 +59,7 @@ impl RaftGroup {
             self.send_appends(from, IfEmpty::Skip);
             return;
         }
-        self.stats.log_mismatches += 1;
+        self.stats.get_or_insert_with(Box::default).log_mismatches += 1;
         if resp.last_log_index < pr.matched
             || (pr.state == ProgressState::Probe && resp.match_index <= pr.matched)
         {
@@ -72,7 +72,7 @@ impl RaftGroup {
             // storm that grew with each round trip) and count it for entries it no longer
             // holds.
             pr.restart_after_loss(self.log.last_index());
-            self.stats.followers_restarted += 1;
+            self.stats.get_or_insert_with(Box::default).followers_restarted += 1;
         }
         // Backtrack with the follower's hint: jump to the last index where our term is no
         // greater than the follower's term at its hinted index.
@@ -130,7 +130,7 @@ impl RaftGroup {
 
     /// Hands over leadership once the transfer target has caught up.
     pub(super) fn maybe_send_timeout_now(&mut self, to: NodeId) {
-        if let Some((target, _)) = self.transfer
+        if let Some(&(target, _)) = self.transfer.as_deref()
             && target == to
             && self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index())
         {

@@ -58,7 +58,7 @@ impl RaftGroup {
                 if !self.heartbeats_suspended {
                     d = d.min(self.heartbeat_deadline);
                 }
-                if let Some((_, t)) = self.transfer {
+                if let Some(&(_, t)) = self.transfer.as_deref() {
                     d = d.min(t);
                 }
                 d
@@ -103,7 +103,7 @@ impl RaftGroup {
             self.check_quorum_deadline = heard + self.cfg.election_ticks_min;
             self.leader_contact = Some(heard);
         }
-        if let Some((_, deadline)) = self.transfer
+        if let Some(&(_, deadline)) = self.transfer.as_deref()
             && deadline <= now
         {
             // The target did not take over within an election timeout: give up so the

@@ -16,7 +16,8 @@ use crate::hlc::{Ticket, ticket_of};
 /// Committed entries of two-step proposals that wait for their marker.
 #[derive(Clone, Debug, Default)]
 pub struct TwoStep {
-    pending: BTreeMap<Ticket, Vec<LogEntry>>,
+    /// `None` while nothing is pending (most groups, always): 16 bytes less per replica.
+    pending: Option<Box<BTreeMap<Ticket, Vec<LogEntry>>>>,
 }
 
 impl TwoStep {
@@ -25,33 +26,47 @@ impl TwoStep {
     pub fn from_entries(entries: &[LogEntry]) -> Self {
         let mut t = TwoStep::default();
         for e in entries {
-            t.pending.entry(ticket_of(e)).or_default().push(e.clone());
+            t.map().entry(ticket_of(e)).or_default().push(e.clone());
         }
         t
+    }
+
+    fn map(&mut self) -> &mut BTreeMap<Ticket, Vec<LogEntry>> {
+        self.pending.get_or_insert_with(Box::default)
+    }
+
+    /// Removes `ticket`'s entries; forgets the map once it is empty.
+    fn remove(&mut self, ticket: &Ticket) -> Option<Vec<LogEntry>> {
+        let map = self.pending.as_mut()?;
+        let entries = map.remove(ticket);
+        if map.is_empty() {
+            self.pending = None;
+        }
+        entries
     }
 
     /// Whether a two-step proposal with `ticket` is committed and waits for its marker.
     #[must_use]
     pub fn is_pending(&self, ticket: &Ticket) -> bool {
-        self.pending.contains_key(ticket)
+        self.pending.as_ref().is_some_and(|m| m.contains_key(ticket))
     }
 
     /// Every pending entry, for a snapshot.
     #[must_use]
     pub fn pending_entries(&self) -> Vec<LogEntry> {
-        self.pending.values().flatten().cloned().collect()
+        self.pending.iter().flat_map(|m| m.values().flatten().cloned()).collect()
     }
 
     /// Number of pending proposals.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.as_ref().map_or(0, |m| m.len())
     }
 
     /// Whether nothing is pending.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_none()
     }
 
     /// Consumes one committed entry (in log order) and pushes what the state machine must
@@ -59,16 +74,16 @@ impl TwoStep {
     pub fn on_committed(&mut self, e: &LogEntry, out: &mut Vec<LogEntry>) {
         match EntryKind::try_from(e.kind) {
             Ok(EntryKind::Normal | EntryKind::System | EntryKind::Checkpoint) => out.push(e.clone()),
-            Ok(EntryKind::Proposed) => self.pending.entry(ticket_of(e)).or_default().push(e.clone()),
+            Ok(EntryKind::Proposed) => self.map().entry(ticket_of(e)).or_default().push(e.clone()),
             Ok(EntryKind::CommitMarker) => {
                 // A marker for an unknown or already resolved ticket changes nothing: the
                 // first marker wins, identically everywhere.
-                if let Some(entries) = self.pending.remove(&ticket_of(e)) {
+                if let Some(entries) = self.remove(&ticket_of(e)) {
                     out.extend(entries);
                 }
             }
             Ok(EntryKind::RollbackMarker) => {
-                self.pending.remove(&ticket_of(e));
+                self.remove(&ticket_of(e));
             }
             // No-ops and membership changes are the core's own business.
             Ok(EntryKind::Noop | EntryKind::ConfChange | EntryKind::Unspecified) | Err(_) => {}
