@@ -58,6 +58,7 @@ pub struct RaftGroup {
     pub(super) progress: ProgressMap,
     /// Candidate / pre-candidate: votes received (`None` in any other role; boxed like the
     /// other rare state below, so an idle replica does not carry it).
+    #[allow(clippy::box_collection)] // 8 bytes in every replica, not an empty map's 24
     pub(super) votes: Option<Box<BTreeMap<NodeId, bool>>>,
     /// Logical time in ticks.
     pub(super) now: u64,
