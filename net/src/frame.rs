@@ -580,4 +580,36 @@ mod tests {
         assert_eq!(f.decode::<MessageBatch>().unwrap(), batch(2));
         d.finish().unwrap();
     }
+
+    #[test]
+    fn a_burst_of_reads_is_given_back_once_reads_are_small_again() {
+        // One large frame read in large chunks grows the read chunk and the buffer.
+        let big = MessageBatch {
+            messages: (0..20_000u64).map(|i| RaftMessage { group: i, from: 1, to: 2, body: None }).collect(),
+        };
+        let mut out = Vec::new();
+        encode_frame(FrameKind::Batch, &big, DEFAULT_MAX_FRAME_BYTES, &mut out).unwrap();
+        let mut reader = futures_lite::io::Cursor::new(out);
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let (mut spare, t0) = (Spare::new(), Instant::now());
+        futures_lite::future::block_on(async {
+            loop {
+                let n = d.read_from(&mut reader, 1 << 20).await.unwrap();
+                while d.next_frame().unwrap().is_some() {}
+                if d.buffered() == 0 {
+                    d.give_back_spare(&mut spare, n, t0);
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let grown = d.memory_bytes();
+        assert!(grown > 4 * MIN_READ_CHUNK_BYTES, "the burst grew the decoder: {grown}");
+        // Kept while the burst is recent, given back two windows after it.
+        d.give_back_spare(&mut spare, 10, t0 + crate::spare::SPARE_WINDOW / 2);
+        assert_eq!(d.memory_bytes(), grown);
+        d.give_back_spare(&mut spare, 10, t0 + 3 * crate::spare::SPARE_WINDOW);
+        assert!(d.memory_bytes() <= MIN_READ_CHUNK_BYTES, "{} left", d.memory_bytes());
+    }
 }

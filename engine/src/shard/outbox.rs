@@ -3,7 +3,6 @@
 //! sends once per peer, not once per Ready round and per completed write.
 
 use std::collections::BTreeMap;
-
 use std::time::Instant;
 
 use phalanx_net::spare::Spare;

@@ -8,11 +8,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::IDLE_GIVE_BACK_MS;
-use super::IDLE_KEEP_BYTES;
-use super::Shard;
 use super::peer_queue::{PeerQueue, recycle};
 use super::socket::{Jitter, configure, duplicate, resolve, timeout};
+use super::{IDLE_GIVE_BACK_MS, IDLE_KEEP_BYTES, Shard};
 use crate::handshake::{self, HandshakeError};
 use crate::spare::Spare;
 use crate::stats::{OpenConnection, add, inc};
