@@ -14,11 +14,20 @@
 //! well-formed Hello first (or one Ack/Reject in reply) closes the connection. Every refusal
 //! is logged with its reason by the caller and counted.
 //!
+//! With a shared secret (`LocalIdentity::auth`) both sides authenticate (`auth.rs`): the
+//! dialer signs its Hello and checks the ack's MAC, the acceptor checks the Hello's after the
+//! checks above and signs its ack; a failure on either side ends the handshake
+//! ([`HandshakeError::Unauthenticated`], the acceptor sending a reject first).
+//!
 //! Handshake frames are tiny; they are read with [`MAX_HANDSHAKE_FRAME_BYTES`], so a peer
 //! that has not identified itself yet cannot make us buffer a full `max_frame_bytes`.
 
+use std::sync::Arc;
+
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use phalanx_proto::{Hello, HelloAck, HelloReject, PROTOCOL_VERSION, RejectCode};
+
+use crate::auth::{AuthFailure, NodeAuth, wall_ms};
 
 use crate::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 use crate::transport::NodeId;
@@ -36,7 +45,7 @@ pub const MAX_PEER_SHARDS: u32 = 4096;
 const HANDSHAKE_READ_CHUNK_BYTES: usize = 512;
 
 /// Who this node is, as the handshake checks it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct LocalIdentity {
     /// This cluster's id.
     pub cluster_id: String,
@@ -44,6 +53,8 @@ pub struct LocalIdentity {
     pub node_id: NodeId,
     /// This node's shard count.
     pub shards: u32,
+    /// The shared secrets every handshake must prove (`None`: no authentication).
+    pub auth: Option<Arc<NodeAuth>>,
 }
 
 /// Why a handshake failed, on either side.
@@ -74,6 +85,15 @@ pub enum HandshakeError {
     /// The peer closed the connection before the handshake completed.
     #[error("connection closed during the handshake")]
     Closed,
+    /// Shared-secret authentication failed (the Hello's, at the acceptor, which names the
+    /// node the Hello claimed; the ack's, at the dialer).
+    #[error("authentication of node {node} failed: {failure}")]
+    Unauthenticated {
+        /// The node the failed message claimed to come from.
+        node: NodeId,
+        /// Why.
+        failure: AuthFailure,
+    },
     /// The handshake did not complete in time.
     #[error("handshake timed out")]
     Timeout,
@@ -92,6 +112,7 @@ pub fn hello(local: &LocalIdentity, shard: u32, target: NodeId) -> Hello {
         shard,
         shards: local.shards,
         target_node_id: target,
+        ..Default::default()
     }
 }
 
@@ -149,13 +170,24 @@ async fn read_one_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Dialer side: sends `hello`, waits for the reply, checks it comes from `hello.target_node_id`.
+/// Dialer side: sends `hello` (signed with `auth`, if given), waits for the reply, checks it
+/// comes from `hello.target_node_id` (and, with `auth`, that its MAC answers this Hello).
 /// After the ack nothing may follow from the acceptor: bytes already buffered are an error.
 pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     hello: &Hello,
+    auth: Option<&NodeAuth>,
 ) -> Result<HelloAck, HandshakeError> {
-    let mut out = Vec::with_capacity(64);
+    let mut signed;
+    let hello = match auth {
+        Some(a) => {
+            signed = hello.clone();
+            a.sign_hello(&mut signed, wall_ms())?;
+            &signed
+        }
+        None => hello,
+    };
+    let mut out = Vec::with_capacity(128);
     encode_frame(FrameKind::Hello, hello, MAX_HANDSHAKE_FRAME_BYTES, &mut out)?;
     stream.write_all(&out).await?;
     stream.flush().await?;
@@ -166,6 +198,10 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
             let ack: HelloAck = frame.decode()?;
             if ack.node_id != hello.target_node_id {
                 return Err(HandshakeError::WrongNode { expected: hello.target_node_id, got: ack.node_id });
+            }
+            if let Some(a) = auth {
+                a.verify_ack(&ack, hello, &hello.cluster_id, wall_ms())
+                    .map_err(|failure| HandshakeError::Unauthenticated { node: ack.node_id, failure })?;
             }
             if decoder.buffered() > 0 {
                 return Err(HandshakeError::Frame(FrameError::Unexpected {
@@ -199,6 +235,13 @@ pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
         send_reject(stream, &r).await;
         return Err(HandshakeError::Rejected(r));
     }
+    // After the checks that need no secret: a misconfigured node hears what is wrong first.
+    if let Some(a) = &local.auth
+        && let Err(failure) = a.verify_hello(&h, wall_ms())
+    {
+        send_reject(stream, &reject(RejectCode::Authentication, failure.to_string())).await;
+        return Err(HandshakeError::Unauthenticated { node: h.node_id, failure });
+    }
     Ok((h, decoder.take_buffered().to_vec()))
 }
 
@@ -211,14 +254,19 @@ pub async fn send_reject<S: AsyncWrite + Unpin>(stream: &mut S, r: &HelloReject)
     }
 }
 
-/// Acceptor side, second half: acknowledges from the shard that will read the connection.
+/// Acceptor side, second half: acknowledges `hello` from the shard that will read the
+/// connection (signed, with a shared secret).
 pub async fn send_ack<S: AsyncWrite + Unpin>(
     stream: &mut S,
     local: &LocalIdentity,
     shard: u32,
+    hello: &Hello,
 ) -> Result<(), HandshakeError> {
-    let ack = HelloAck { node_id: local.node_id, shards: local.shards, shard };
-    let mut out = Vec::with_capacity(32);
+    let mut ack = HelloAck { node_id: local.node_id, shards: local.shards, shard, ..Default::default() };
+    if let Some(a) = &local.auth {
+        a.sign_ack(&mut ack, hello, &local.cluster_id, wall_ms())?;
+    }
+    let mut out = Vec::with_capacity(96);
     encode_frame(FrameKind::HelloAck, &ack, MAX_HANDSHAKE_FRAME_BYTES, &mut out)?;
     stream.write_all(&out).await?;
     stream.flush().await?;
@@ -239,11 +287,11 @@ mod tests {
     use super::*;
 
     fn local() -> LocalIdentity {
-        LocalIdentity { cluster_id: "c".into(), node_id: 2, shards: 4 }
+        LocalIdentity { cluster_id: "c".into(), node_id: 2, shards: 4, auth: None }
     }
 
     fn good() -> Hello {
-        hello(&LocalIdentity { cluster_id: "c".into(), node_id: 1, shards: 2 }, 1, 2)
+        hello(&LocalIdentity { cluster_id: "c".into(), node_id: 1, shards: 2, auth: None }, 1, 2)
     }
 
     #[test]
@@ -367,7 +415,7 @@ mod tests {
                 bytes[4] = (next() % 4 + 1) as u8;
             }
             let _ = block_on(accept_hello(&mut script(bytes.clone()), &local()));
-            let _ = block_on(dial(&mut script(bytes), &good()));
+            let _ = block_on(dial(&mut script(bytes), &good(), None));
         }
     }
 
@@ -375,29 +423,37 @@ mod tests {
     fn dial_checks_the_answer() {
         let ack = |node_id| {
             let mut v = Vec::new();
-            encode_frame(FrameKind::HelloAck, &HelloAck { node_id, shards: 4, shard: 1 }, 64, &mut v)
-                .unwrap();
+            encode_frame(
+                FrameKind::HelloAck,
+                &HelloAck { node_id, shards: 4, shard: 1, ..Default::default() },
+                64,
+                &mut v,
+            )
+            .unwrap();
             v
         };
         let mut s = script(ack(2));
-        assert_eq!(block_on(dial(&mut s, &good())).unwrap().shards, 4);
+        assert_eq!(block_on(dial(&mut s, &good(), None)).unwrap().shards, 4);
         let mut d = FrameDecoder::new(MAX_HANDSHAKE_FRAME_BYTES);
         d.push(&s.output);
         assert_eq!(d.next_frame().unwrap().unwrap().decode::<Hello>().unwrap(), good());
 
-        let e = block_on(dial(&mut script(ack(3)), &good()));
+        let e = block_on(dial(&mut script(ack(3)), &good(), None));
         assert!(matches!(e, Err(HandshakeError::WrongNode { expected: 2, got: 3 })));
 
         let mut trailing = ack(2);
         trailing.push(0);
-        assert!(matches!(block_on(dial(&mut script(trailing), &good())), Err(HandshakeError::Frame(_))));
+        assert!(matches!(
+            block_on(dial(&mut script(trailing), &good(), None)),
+            Err(HandshakeError::Frame(_))
+        ));
 
         let mut rej = Vec::new();
         encode_frame(FrameKind::HelloReject, &unavailable("busy"), 64, &mut rej).unwrap();
-        let e = block_on(dial(&mut script(rej), &good()));
+        let e = block_on(dial(&mut script(rej), &good(), None));
         assert!(
             matches!(e, Err(HandshakeError::Refused { code: RejectCode::Unavailable, ref reason }) if reason == "busy")
         );
-        assert!(matches!(block_on(dial(&mut script(vec![]), &good())), Err(HandshakeError::Closed)));
+        assert!(matches!(block_on(dial(&mut script(vec![]), &good(), None)), Err(HandshakeError::Closed)));
     }
 }

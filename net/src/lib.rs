@@ -3,7 +3,7 @@
 //! - [`frame`]: length-prefixed frames and an incremental decoder (also used by the engine's
 //!   client port, through the application frame kinds).
 //! - [`handshake`]: the first exchange on every connection (protocol version, cluster id,
-//!   node ids, shard numbers).
+//!   node ids, shard numbers), authenticated by [`auth`] when a shared secret is set.
 //! - [`transport`]: the [`Transport`] / [`TransportFactory`] contract every implementation
 //!   honours (ordering, loss, the never-blocking `send`, the inbound sink).
 //! - [`tcp`]: glommio (io_uring) TCP transport, one advertised port per node.
@@ -15,6 +15,7 @@
 //! network probe.
 
 pub mod any;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod frame;

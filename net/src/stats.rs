@@ -38,6 +38,18 @@ pub struct TransportStats {
     pub connections_lost: u64,
     /// Inbound connections whose handshake this node refused or that broke during it.
     pub handshakes_rejected: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused carrying no MAC while this node requires one.
+    pub auth_missing: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused with malformed authentication fields.
+    pub auth_malformed: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused with a timestamp outside the clock-skew window.
+    pub auth_expired: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused whose MAC no configured secret gives (wrong secret, tampered).
+    pub auth_bad_mac: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused replaying a nonce seen within the window.
+    pub auth_replayed: u64,
+    /// Handshakes (a peer's Hello, or the ack to ours) refused while the replay cache was full of live nonces.
+    pub auth_cache_full: u64,
     /// Inbound connections closed for a malformed, oversized or unexpected frame or batch.
     pub protocol_errors: u64,
     /// Inbound connections closed because a frame begun did not arrive whole within
@@ -69,6 +81,12 @@ impl TransportStats {
             handshakes_refused_by_peer: a.handshakes_refused_by_peer + b.handshakes_refused_by_peer,
             connections_lost: a.connections_lost + b.connections_lost,
             handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
+            auth_missing: a.auth_missing + b.auth_missing,
+            auth_malformed: a.auth_malformed + b.auth_malformed,
+            auth_expired: a.auth_expired + b.auth_expired,
+            auth_bad_mac: a.auth_bad_mac + b.auth_bad_mac,
+            auth_replayed: a.auth_replayed + b.auth_replayed,
+            auth_cache_full: a.auth_cache_full + b.auth_cache_full,
             protocol_errors: a.protocol_errors + b.protocol_errors,
             frame_timeouts: a.frame_timeouts + b.frame_timeouts,
             inbound_accepted: a.inbound_accepted + b.inbound_accepted,
@@ -94,6 +112,12 @@ pub(crate) struct Counters {
     pub handshakes_refused_by_peer: Cell<u64>,
     pub connections_lost: Cell<u64>,
     pub handshakes_rejected: Cell<u64>,
+    pub auth_missing: Cell<u64>,
+    pub auth_malformed: Cell<u64>,
+    pub auth_expired: Cell<u64>,
+    pub auth_bad_mac: Cell<u64>,
+    pub auth_replayed: Cell<u64>,
+    pub auth_cache_full: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub frame_timeouts: Cell<u64>,
     pub inbound_accepted: Cell<u64>,
@@ -132,6 +156,12 @@ impl Counters {
             handshakes_refused_by_peer: self.handshakes_refused_by_peer.get(),
             connections_lost: self.connections_lost.get(),
             handshakes_rejected: self.handshakes_rejected.get(),
+            auth_missing: self.auth_missing.get(),
+            auth_malformed: self.auth_malformed.get(),
+            auth_expired: self.auth_expired.get(),
+            auth_bad_mac: self.auth_bad_mac.get(),
+            auth_replayed: self.auth_replayed.get(),
+            auth_cache_full: self.auth_cache_full.get(),
             protocol_errors: self.protocol_errors.get(),
             frame_timeouts: self.frame_timeouts.get(),
             inbound_accepted: self.inbound_accepted.get(),
@@ -155,4 +185,17 @@ impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         dec(&self.0.connections_open);
     }
+}
+
+/// Counts one authentication failure under its reason.
+pub(crate) fn count_auth_failure(c: &Counters, f: crate::auth::AuthFailure) {
+    use crate::auth::AuthFailure;
+    inc(match f {
+        AuthFailure::Missing => &c.auth_missing,
+        AuthFailure::Malformed => &c.auth_malformed,
+        AuthFailure::Expired { .. } => &c.auth_expired,
+        AuthFailure::BadMac => &c.auth_bad_mac,
+        AuthFailure::Replayed => &c.auth_replayed,
+        AuthFailure::CacheFull => &c.auth_cache_full,
+    });
 }

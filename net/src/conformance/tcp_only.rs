@@ -53,6 +53,7 @@ fn hello(node_id: u64, target: u64) -> Hello {
         shard: 0,
         shards: 1,
         target_node_id: target,
+        ..Default::default()
     }
 }
 
@@ -314,4 +315,124 @@ fn a_half_sent_frame_is_closed_after_the_frame_timeout() {
     assert!(wait_until(WAIT_LIMIT, || b.stats(0).frame_timeouts == 1), "{:?}", b.stats(0));
     assert!(!closed_within(&mut quiet, Duration::from_millis(400)), "a quiet peer was closed");
     assert!(b.shutdown());
+}
+
+/// A node authentication with `secret` (32 bytes of it) as current, `previous` if given.
+fn auth(secret: u8, previous: Option<u8>) -> std::sync::Arc<crate::auth::NodeAuth> {
+    std::sync::Arc::new(crate::auth::NodeAuth::new(vec![secret; 32], previous.map(|p| vec![p; 32])).unwrap())
+}
+
+#[test]
+fn nodes_with_the_shared_secret_talk_and_a_node_without_it_is_refused_and_counted() {
+    let mut fx = TcpFixture::new();
+    let (tx, rx) = flume::unbounded();
+    let a =
+        TestNode::start(1, fx.factory_with(1, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
+    let b =
+        TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
+    let through = wait_until(WAIT_LIMIT, || {
+        a.send_seq(0, 2, 1);
+        rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|d| d.inbound.from == 1)
+    });
+    assert!(through, "{:?} {:?}", a.stats(0), b.stats(0));
+    // No secret, and the wrong secret: refused by b, counted under their reasons; and the
+    // node with the wrong secret refuses b's ack the other way.
+    let c = start(&mut fx, 3, &tx);
+    let d =
+        TestNode::start(4, fx.factory_with(4, |c| c.node_auth = Some(auth(2, None))), 1, tx.clone()).unwrap();
+    c.send_seq(0, 2, 1);
+    d.send_seq(0, 2, 1);
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_missing >= 1), "{:?}", b.stats(0));
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_bad_mac >= 1), "{:?}", b.stats(0));
+    assert!(c.stats(0).handshakes_refused_by_peer >= 1 && d.stats(0).handshakes_refused_by_peer >= 1);
+    b.send_seq(0, 4, 1);
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_bad_mac >= 2 || d.stats(0).auth_bad_mac >= 1));
+    while let Ok(m) = rx.try_recv() {
+        assert!(m.inbound.from != 3 && m.inbound.from != 4, "nothing from an unauthenticated node");
+    }
+    assert!(a.shutdown() && b.shutdown() && c.shutdown() && d.shutdown());
+}
+
+#[test]
+fn tampered_replayed_expired_and_wrong_cluster_hellos_are_refused_and_counted() {
+    use crate::auth::{MAX_CLOCK_SKEW_MS, wall_ms};
+    let mut fx = TcpFixture::new();
+    let (tx, _rx) = flume::unbounded();
+    let b =
+        TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
+    let port = fx.port(2).unwrap();
+    fx.add_absent(9);
+    let key = auth(1, None);
+    let signed = |h: Hello, at: u64| {
+        let mut h = h;
+        key.sign_hello(&mut h, at).unwrap();
+        h
+    };
+    let refused = |h: &Hello| {
+        let mut s = raw_send_hello(port, h);
+        let f = raw_read_frame(&mut s).expect("a reply");
+        assert_eq!(f.kind, FrameKind::HelloReject);
+        let r: HelloReject = f.decode().unwrap();
+        assert!(closed_within(&mut s, WAIT_LIMIT));
+        r
+    };
+    // A good one first, then the same bytes again: a replay.
+    let good = signed(hello(9, 2), wall_ms());
+    let mut s = raw_send_hello(port, &good);
+    assert_eq!(raw_read_frame(&mut s).unwrap().kind, FrameKind::HelloAck);
+    drop(s);
+    assert_eq!(refused(&good).code(), RejectCode::Authentication);
+    // Tampered after signing (claims another shard).
+    assert_eq!(
+        refused(&Hello { shard: 1, shards: 2, ..signed(hello(9, 2), wall_ms()) }).code(),
+        RejectCode::Authentication
+    );
+    // Signed too long ago.
+    assert_eq!(
+        refused(&signed(hello(9, 2), wall_ms() - 3 * MAX_CLOCK_SKEW_MS)).code(),
+        RejectCode::Authentication
+    );
+    // Unsigned.
+    assert_eq!(refused(&hello(9, 2)).code(), RejectCode::Authentication);
+    // Signed for another cluster: refused for the cluster id before the secret is looked at.
+    assert_eq!(
+        refused(&signed(Hello { cluster_id: "another-cluster".into(), ..hello(9, 2) }, wall_ms())).code(),
+        RejectCode::ClusterId
+    );
+    let st = b.stats(0);
+    assert!(
+        wait_until(WAIT_LIMIT, || {
+            let s = b.stats(0);
+            s.auth_replayed == 1 && s.auth_bad_mac == 1 && s.auth_expired == 1 && s.auth_missing == 1
+        }),
+        "{st:?}"
+    );
+    assert!(wait_until(WAIT_LIMIT, || b.stats(0).handshakes_rejected == 5), "{:?}", b.stats(0));
+    assert!(b.shutdown());
+}
+
+#[test]
+fn a_secret_rotates_through_two_rounds_of_restarts() {
+    // Round 0: both on secret 1. Round 1: each restarts accepting 2 as well (still signing
+    // with 1). Round 2: each restarts signing with 2 (accepting 1). Every mixed pair talks.
+    let rounds = [(1, None), (1, Some(2)), (2, Some(1))];
+    for w in rounds.windows(2) {
+        let (old, new) = (w[0], w[1]);
+        let mut fx = TcpFixture::new();
+        let (tx, rx) = flume::unbounded();
+        let a =
+            TestNode::start(1, fx.factory_with(1, |c| c.node_auth = Some(auth(old.0, old.1))), 1, tx.clone())
+                .unwrap();
+        let b =
+            TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(new.0, new.1))), 1, tx.clone())
+                .unwrap();
+        for (from, to, node) in [(1, 2, &a), (2, 1, &b)] {
+            let through = wait_until(WAIT_LIMIT, || {
+                node.send_seq(0, to, 1);
+                rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|d| d.inbound.from == from)
+            });
+            assert!(through, "{old:?} -> {new:?}: {:?} {:?}", a.stats(0), b.stats(0));
+        }
+        assert!(a.shutdown() && b.shutdown());
+    }
 }

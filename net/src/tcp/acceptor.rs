@@ -10,10 +10,10 @@ use phalanx_proto::{Hello, HelloReject, RejectCode};
 use tracing::{debug, warn};
 
 use super::socket::{adopt, configure, detach, timeout};
-use super::{Handoff, Shard, reader};
+use super::{AUTH_WARNED_MAX, Handoff, Shard, reader};
 use crate::error::NetError;
 use crate::handshake::{self, HandshakeError, unavailable};
-use crate::stats::inc;
+use crate::stats::{count_auth_failure, inc};
 use crate::transport::peer_shard;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
@@ -72,15 +72,36 @@ async fn handshake_inbound(shard: &Rc<Shard>, mut stream: TcpStream) {
     if let Err(e) = configure(&stream, shard.cfg.write_timeout_ms, shard.cfg.tcp_user_timeout_ms) {
         return refused(&e);
     }
-    let hello =
-        match timeout(shard.cfg.handshake_timeout_ms, handshake::accept_hello(&mut stream, &shard.local))
-            .await
-            .unwrap_or(Err(HandshakeError::Timeout))
-        {
-            Ok(h) => h,
-            Err(e) => return refused(&e),
-        };
+    let hello = match timeout(
+        shard.cfg.handshake_timeout_ms,
+        handshake::accept_hello(&mut stream, &shard.local),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout))
+    {
+        Ok(h) => h,
+        Err(HandshakeError::Unauthenticated { node, failure }) => {
+            inc(&shard.counters.handshakes_rejected);
+            count_auth_failure(&shard.counters, failure);
+            let mut warned = shard.auth_warned.borrow_mut();
+            if warned.len() >= AUTH_WARNED_MAX {
+                warned.clear();
+            }
+            if warned.insert(node) {
+                warn!(node = shard.local.node_id, peer = node, peer_addr = ?peer_addr, reason = %failure,
+                        "inbound connection refused: authentication failed (further failures of this node log at debug)");
+            } else {
+                debug!(node = shard.local.node_id, peer = node, peer_addr = ?peer_addr, reason = %failure,
+                        "inbound connection refused: authentication failed");
+            }
+            return;
+        }
+        Err(e) => return refused(&e),
+    };
     let (hello, leftover) = hello;
+    if shard.local.auth.is_some() {
+        shard.auth_warned.borrow_mut().remove(&hello.node_id);
+    }
     // A node id the cluster does not know is a stranger (or a misconfigured node): its
     // messages would be dropped one by one as from an unknown peer; refuse it once, here.
     if shard.discovery.address(hello.node_id).is_none() {
@@ -149,7 +170,7 @@ async fn serve(
         );
         return;
     }
-    if let Err(e) = handshake::send_ack(&mut stream, &shard.local, shard.shard).await {
+    if let Err(e) = handshake::send_ack(&mut stream, &shard.local, shard.shard, &hello).await {
         inc(&shard.counters.handshakes_rejected);
         debug!(node = shard.local.node_id, peer = hello.node_id, error = %e, "ack failed");
         return;

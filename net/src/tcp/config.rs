@@ -54,6 +54,9 @@ pub struct TcpConfig {
     pub node_id: NodeId,
     /// The cluster id checked in every handshake.
     pub cluster_id: String,
+    /// Shared secrets every handshake must prove, both ways (`crate::auth`); `None` accepts
+    /// any node that names the cluster id.
+    pub node_auth: Option<std::sync::Arc<crate::auth::NodeAuth>>,
     /// Address the Raft listener binds, `host:port` (the node's one advertised `raft_port`;
     /// port 0 lets the OS pick, see [`super::TcpFactory::local_addr`]).
     pub listen_addr: String,
@@ -100,6 +103,7 @@ impl TcpConfig {
         TcpConfig {
             node_id,
             cluster_id: cluster_id.into(),
+            node_auth: None,
             listen_addr: listen_addr.into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             peer_queue_batches: DEFAULT_PEER_QUEUE_BATCHES,

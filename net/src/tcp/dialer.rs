@@ -13,7 +13,7 @@ use super::socket::{Jitter, configure, duplicate, resolve, timeout};
 use super::{IDLE_GIVE_BACK_MS, IDLE_KEEP_BYTES, Shard};
 use crate::handshake::{self, HandshakeError};
 use crate::spare::Spare;
-use crate::stats::{OpenConnection, add, inc};
+use crate::stats::{OpenConnection, add, count_auth_failure, inc};
 use crate::transport::NodeId;
 
 /// Bytes read while watching an idle connection for the peer closing it.
@@ -52,6 +52,9 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
             }
             Err(e) => {
                 inc(&shard.counters.connect_failures);
+                if let HandshakeError::Unauthenticated { failure, .. } = &e {
+                    count_auth_failure(&shard.counters, *failure);
+                }
                 if matches!(e, HandshakeError::Refused { .. } | HandshakeError::WrongNode { .. }) {
                     inc(&shard.counters.handshakes_refused_by_peer);
                 }
@@ -86,9 +89,10 @@ async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, H
         .map_err(std::io::Error::from)?;
     configure(&stream, cfg.write_timeout_ms, cfg.tcp_user_timeout_ms)?;
     let hello = handshake::hello(&shard.local, shard.shard, peer);
-    let ack = timeout(cfg.handshake_timeout_ms, handshake::dial(&mut stream, &hello))
-        .await
-        .ok_or(HandshakeError::Timeout)??;
+    let ack =
+        timeout(cfg.handshake_timeout_ms, handshake::dial(&mut stream, &hello, shard.local.auth.as_deref()))
+            .await
+            .ok_or(HandshakeError::Timeout)??;
     debug!(
         node = shard.local.node_id,
         shard = shard.shard,

@@ -74,6 +74,10 @@ pub(crate) const IDLE_KEEP_BYTES: usize = 64 << 10;
 /// use would have kept nothing of the last burst either.
 pub(crate) const IDLE_GIVE_BACK_MS: u64 = 2 * crate::spare::SPARE_WINDOW.as_millis() as u64;
 
+/// Most nodes remembered as warned about a failed authentication (ids come from
+/// unauthenticated Hellos: when full the set starts over, costing one more warning each).
+const AUTH_WARNED_MAX: usize = 1024;
+
 /// A connection passed from shard 0 to the shard that reads it.
 struct Handoff {
     fd: OwnedFd,
@@ -189,6 +193,7 @@ impl TransportFactory for TcpFactory {
                 cluster_id: self.cfg.cluster_id.clone(),
                 node_id: self.cfg.node_id,
                 shards: shards as u32,
+                auth: self.cfg.node_auth.clone(),
             },
             shard: shard as u32,
             counters: Counters::default(),
@@ -201,6 +206,7 @@ impl TransportFactory for TcpFactory {
             inbound: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             pending_handshakes: Cell::new(0),
+            auth_warned: RefCell::new(std::collections::HashSet::new()),
             registry: self.registry.clone(),
         });
         if let Some(l) = listener {
@@ -236,6 +242,10 @@ struct Shard {
     inbound: RefCell<HashMap<(NodeId, u32), (u64, TaskId)>>,
     next_conn: Cell<u64>,
     pending_handshakes: Cell<usize>,
+    /// Nodes whose last handshake failed authentication and was logged as a warning: the
+    /// next failures of the same episode log at debug (a node with the wrong secret retries
+    /// every backoff). At most [`AUTH_WARNED_MAX`]; a node that authenticates leaves it.
+    auth_warned: RefCell<std::collections::HashSet<NodeId>>,
     registry: Arc<Registry>,
 }
 
