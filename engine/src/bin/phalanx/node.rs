@@ -122,6 +122,90 @@ pub struct NodeArgs {
     /// down member is usually a restart or a repair in progress.
     #[arg(long, default_value_t = 0)]
     evict_dead_after_secs: u64,
+    /// Shared secret every node of the cluster proves on the Raft port's handshake, both
+    /// ways (HMAC-SHA256; 16 to 1,024 bytes). Visible to other local users in the process
+    /// list: prefer --node-shared-secret-file.
+    #[arg(long, conflicts_with = "node_shared_secret_file")]
+    node_shared_secret: Option<String>,
+    /// File holding the shared secret (its bytes; one trailing newline is dropped).
+    #[arg(long)]
+    node_shared_secret_file: Option<PathBuf>,
+    /// The previous shared secret, still accepted while a new one rolls out: restart every
+    /// node with the old secret as current and the new as previous, then every node with the
+    /// new as current and the old as previous.
+    #[arg(long, conflicts_with = "node_shared_secret_previous_file")]
+    node_shared_secret_previous: Option<String>,
+    /// File holding the previous shared secret.
+    #[arg(long)]
+    node_shared_secret_previous_file: Option<PathBuf>,
+    /// Start even though a port is bound to a non-loopback address without authentication
+    /// (the Raft port without a shared secret; the client port, which has no authentication
+    /// yet). Without it such a node refuses to start.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+}
+
+/// A secret from a flag or a file (one trailing newline dropped); `None` if neither.
+fn secret(value: &Option<String>, file: &Option<PathBuf>, flag: &str) -> Result<Option<Vec<u8>>, String> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let mut b = std::fs::read(path).map_err(|e| format!("--{flag}-file {}: {e}", path.display()))?;
+            if b.last() == Some(&b'\n') {
+                b.pop();
+                if b.last() == Some(&b'\r') {
+                    b.pop();
+                }
+            }
+            Ok(Some(b))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Whether every address `host` resolves to is a loopback address.
+fn is_loopback_only(host: &str) -> Result<bool, String> {
+    let addrs: Vec<SocketAddr> = (host, 0).to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
+/// The node's shared secrets, and the fail-closed check: a port bound beyond loopback
+/// without authentication is refused unless --allow-unauthenticated.
+fn node_auth(a: &NodeArgs) -> Result<Option<Arc<phalanx_net::auth::NodeAuth>>, String> {
+    let current = secret(&a.node_shared_secret, &a.node_shared_secret_file, "node-shared-secret")?;
+    let previous = secret(
+        &a.node_shared_secret_previous,
+        &a.node_shared_secret_previous_file,
+        "node-shared-secret-previous",
+    )?;
+    let auth = match (current, previous) {
+        (None, Some(_)) => {
+            return Err(
+                "--node-shared-secret-previous needs --node-shared-secret (the one to sign with)".into()
+            );
+        }
+        (None, None) => None,
+        (Some(c), p) => Some(Arc::new(phalanx_net::auth::NodeAuth::new(c, p).map_err(|e| e.to_string())?)),
+    };
+    if !a.allow_unauthenticated {
+        if auth.is_none() && !is_loopback_only(&a.raft_host).map_err(|e| format!("--raft-host {e}"))? {
+            return Err(format!(
+                "--raft-host {} is not a loopback address and no --node-shared-secret is set: any host \
+                 that reaches the port could join the cluster. Set a shared secret, or pass \
+                 --allow-unauthenticated to run open",
+                a.raft_host
+            ));
+        }
+        if !is_loopback_only(&a.client_host).map_err(|e| format!("--client-host {e}"))? {
+            return Err(format!(
+                "--client-host {} is not a loopback address and the client port has no \
+                 authentication yet: any host that reaches it could write. Bind it to loopback, or \
+                 pass --allow-unauthenticated to run open",
+                a.client_host
+            ));
+        }
+    }
+    Ok(auth)
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -134,6 +218,7 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 /// Starts the node and blocks until SIGTERM or SIGINT.
 pub fn run(a: NodeArgs) -> Result<(), String> {
     let raft_addr = format!("{}:{}", a.raft_host, a.raft_port);
+    let auth = node_auth(&a)?;
     let node_id = match (a.raft_nodeid, &a.raft_nodename) {
         (Some(0), _) => return Err("--raft-nodeid must be non-zero".into()),
         (Some(id), _) => id,
@@ -231,9 +316,9 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     let discovery = Arc::new(
         DynamicDiscovery::with_nodes(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?,
     );
-    let tcp =
-        TcpFactory::bind(TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone()), discovery.clone())
-            .map_err(|e| format!("raft port: {e}"))?;
+    let mut tcp_cfg = TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone());
+    tcp_cfg.node_auth = auth;
+    let tcp = TcpFactory::bind(tcp_cfg, discovery.clone()).map_err(|e| format!("raft port: {e}"))?;
     let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
     // Both ports are bound before anything starts: a port in use stops the node here.
     let client_listener = ClientServer::bind(client_sock).map_err(|e| e.to_string())?;
