@@ -322,14 +322,23 @@ fn auth(secret: u8, previous: Option<u8>) -> std::sync::Arc<crate::auth::NodeAut
     std::sync::Arc::new(crate::auth::NodeAuth::new(vec![secret; 32], previous.map(|p| vec![p; 32])).unwrap())
 }
 
+/// Node `id` with the shared secret `auth(secret, previous)`.
+fn start_with_secret(
+    fx: &mut TcpFixture,
+    id: u64,
+    tx: &flume::Sender<Delivered>,
+    (secret, previous): (u8, Option<u8>),
+) -> TestNode {
+    TestNode::start(id, fx.factory_with(id, |c| c.node_auth = Some(auth(secret, previous))), 1, tx.clone())
+        .unwrap()
+}
+
 #[test]
 fn nodes_with_the_shared_secret_talk_and_a_node_without_it_is_refused_and_counted() {
     let mut fx = TcpFixture::new();
     let (tx, rx) = flume::unbounded();
-    let a =
-        TestNode::start(1, fx.factory_with(1, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
-    let b =
-        TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
+    let a = start_with_secret(&mut fx, 1, &tx, (1, None));
+    let b = start_with_secret(&mut fx, 2, &tx, (1, None));
     let through = wait_until(WAIT_LIMIT, || {
         a.send_seq(0, 2, 1);
         rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|d| d.inbound.from == 1)
@@ -338,13 +347,14 @@ fn nodes_with_the_shared_secret_talk_and_a_node_without_it_is_refused_and_counte
     // No secret, and the wrong secret: refused by b, counted under their reasons; and the
     // node with the wrong secret refuses b's ack the other way.
     let c = start(&mut fx, 3, &tx);
-    let d =
-        TestNode::start(4, fx.factory_with(4, |c| c.node_auth = Some(auth(2, None))), 1, tx.clone()).unwrap();
+    let d = start_with_secret(&mut fx, 4, &tx, (2, None));
     c.send_seq(0, 2, 1);
     d.send_seq(0, 2, 1);
     assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_missing >= 1), "{:?}", b.stats(0));
     assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_bad_mac >= 1), "{:?}", b.stats(0));
-    assert!(c.stats(0).handshakes_refused_by_peer >= 1 && d.stats(0).handshakes_refused_by_peer >= 1);
+    let refused_back =
+        || c.stats(0).handshakes_refused_by_peer >= 1 && d.stats(0).handshakes_refused_by_peer >= 1;
+    assert!(wait_until(WAIT_LIMIT, refused_back), "{:?} {:?}", c.stats(0), d.stats(0));
     b.send_seq(0, 4, 1);
     assert!(wait_until(WAIT_LIMIT, || b.stats(0).auth_bad_mac >= 2 || d.stats(0).auth_bad_mac >= 1));
     while let Ok(m) = rx.try_recv() {
@@ -358,8 +368,7 @@ fn tampered_replayed_expired_and_wrong_cluster_hellos_are_refused_and_counted() 
     use crate::auth::{MAX_CLOCK_SKEW_MS, wall_ms};
     let mut fx = TcpFixture::new();
     let (tx, _rx) = flume::unbounded();
-    let b =
-        TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(1, None))), 1, tx.clone()).unwrap();
+    let b = start_with_secret(&mut fx, 2, &tx, (1, None));
     let port = fx.port(2).unwrap();
     fx.add_absent(9);
     let key = auth(1, None);
@@ -420,12 +429,8 @@ fn a_secret_rotates_through_two_rounds_of_restarts() {
         let (old, new) = (w[0], w[1]);
         let mut fx = TcpFixture::new();
         let (tx, rx) = flume::unbounded();
-        let a =
-            TestNode::start(1, fx.factory_with(1, |c| c.node_auth = Some(auth(old.0, old.1))), 1, tx.clone())
-                .unwrap();
-        let b =
-            TestNode::start(2, fx.factory_with(2, |c| c.node_auth = Some(auth(new.0, new.1))), 1, tx.clone())
-                .unwrap();
+        let a = start_with_secret(&mut fx, 1, &tx, old);
+        let b = start_with_secret(&mut fx, 2, &tx, new);
         for (from, to, node) in [(1, 2, &a), (2, 1, &b)] {
             let through = wait_until(WAIT_LIMIT, || {
                 node.send_seq(0, to, 1);
