@@ -30,8 +30,26 @@ const PARTITIONS: u32 = 64;
 /// Bound on every wait in this test.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Ports handed to nodes come from below the kernel's ephemeral range (32768 and up by
+/// default, `ip_local_port_range`): a port from `bind(0)` is free only until a node binds it,
+/// and meanwhile — or while a node restarts — any outgoing connection of the tests running
+/// beside this one could take it as its local port ("raft port: Address already in use").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port of `PORTS` free now; never the same twice in this process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let span = u64::from(PORTS.end - PORTS.start);
+    // Each test process starts at its own place, so processes run side by side rarely meet.
+    let offset = u64::from(std::process::id()) * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + ((offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}")
 }
 
 /// A node process, killed when dropped so a failing test leaves nothing behind.
@@ -238,6 +256,25 @@ impl Cluster {
                 self.partitions + 1
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A failing test shows the tail of every node's log (they go with the temporary
+    /// directory otherwise).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.raft.len() {
+            let path = self.dir.join(format!("node{}.log", i + 1));
+            let Ok(log) = std::fs::read_to_string(&path) else { continue };
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- {} (last 30 of {} lines)", path.display(), lines.len());
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
+            }
         }
     }
 }
