@@ -317,7 +317,8 @@ fn fresh_nonce() -> std::io::Result<[u8; NONCE_BYTES]> {
     Ok(n)
 }
 
-/// Milliseconds of the wall clock (0 before 1970).
+/// Milliseconds of the wall clock (0 before 1970): the handshake's timestamps, and the
+/// shards' physical clock (`phalanx_net::wall_ms`).
 #[must_use]
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -31,6 +31,7 @@ pub mod transport;
 pub mod conformance;
 
 pub use any::{AnyFactory, AnyTransport};
+pub use auth::wall_ms;
 pub use discovery::{
     Discovery, DynamicDiscovery, NodeAddr, StaticDiscovery, derive_node_id, parse_node_list,
 };

@@ -127,6 +127,14 @@ impl RecentTickets {
     }
 }
 
+impl GroupStats {
+    /// The counters in `stats`, made at the first event (for callers that hold another part
+    /// of the group borrowed; the others use `RaftGroup::stats_mut`).
+    pub(super) fn count(stats: &mut Option<Box<GroupStats>>) -> &mut GroupStats {
+        stats.get_or_insert_with(Box::default)
+    }
+}
+
 impl RaftGroup {
     /// Starts (or restarts) a group from what storage recovered. Errors name what is
     /// inconsistent in `restore` (e.g. a commit index beyond the log).
@@ -350,7 +358,7 @@ impl RaftGroup {
 
     /// Event counters, to count one.
     pub(super) fn stats_mut(&mut self) -> &mut GroupStats {
-        self.stats.get_or_insert_with(Box::default)
+        GroupStats::count(&mut self.stats)
     }
 
     /// Index of the last applied checkpoint.

@@ -119,6 +119,11 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
+    /// The oldest unacknowledged Ready's record if `number` acknowledges it.
+    fn pop_acknowledged(&mut self, number: u64) -> Option<Record> {
+        if self.outstanding.front()?.number <= number { self.outstanding.pop_front() } else { None }
+    }
+
     /// Whether the next Ready has something of this.
     fn has_output(&self) -> bool {
         self.snapshot_to_install.is_some()
@@ -189,7 +194,7 @@ impl RaftGroup {
         let soft = self.soft_state();
         let soft_state = (Some(soft) != self.ready.last_soft_state).then_some(soft);
         self.ready.last_soft_state = Some(soft);
-        let pipe = self.pipe.get_or_insert_with(Box::default);
+        let pipe = self.pipe();
         let snapshot = pipe.snapshot_to_install.take();
         let compact_to = pipe.compact_to.take();
         let messages = std::mem::take(&mut pipe.msgs);
@@ -242,13 +247,7 @@ impl RaftGroup {
     /// The shell persisted, sent and applied everything in Readies up to `number`.
     pub fn advance(&mut self, number: u64) {
         let mut self_vote = false;
-        while let Some(r) = self.pipe.as_mut().and_then(|p| {
-            if p.outstanding.front().is_some_and(|r| r.number <= number) {
-                p.outstanding.pop_front()
-            } else {
-                None
-            }
-        }) {
+        while let Some(r) = self.pipe.as_mut().and_then(|p| p.pop_acknowledged(number)) {
             if let Some((i, t)) = r.snapshot {
                 self.log.stable_to(i, t);
             }

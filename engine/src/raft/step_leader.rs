@@ -4,7 +4,7 @@
 
 use phalanx_proto::{AppendEntriesResponse, HeartbeatResponse, TimeoutNow, raft_message::Body};
 
-use super::group::RaftGroup;
+use super::group::{GroupStats, RaftGroup};
 use super::progress::ProgressState;
 use super::replication::IfEmpty;
 use super::status::Status;
@@ -59,7 +59,7 @@ impl RaftGroup {
             self.send_appends(from, IfEmpty::Skip);
             return;
         }
-        self.stats.get_or_insert_with(Box::default).log_mismatches += 1;
+        GroupStats::count(&mut self.stats).log_mismatches += 1;
         if resp.last_log_index < pr.matched
             || (pr.state == ProgressState::Probe && resp.match_index <= pr.matched)
         {
@@ -72,7 +72,7 @@ impl RaftGroup {
             // storm that grew with each round trip) and count it for entries it no longer
             // holds.
             pr.restart_after_loss(self.log.last_index());
-            self.stats.get_or_insert_with(Box::default).followers_restarted += 1;
+            GroupStats::count(&mut self.stats).followers_restarted += 1;
         }
         // Backtrack with the follower's hint: jump to the last index where our term is no
         // greater than the follower's term at its hinted index.

@@ -79,10 +79,6 @@ pub(crate) struct Shard<T: Transport> {
     purge: allocator::PurgePolicy,
 }
 
-fn physical_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A stopped shard answers nothing, but handles may still send to its inbox, and requests
 /// already queued there would wait forever: a thread takes the inbox over and refuses every
 /// request with `Errored` until the last sender is gone (the node and every handle dropped).
@@ -150,7 +146,7 @@ impl<T: Transport> Shard<T> {
             state_machines,
             limits,
             now: Instant::now(),
-            wall_ms: physical_ms(),
+            wall_ms: phalanx_net::wall_ms(),
         };
         let core = ShardCore::restore(core_setup, loaded, loaded_snapshots, marked)?;
         let (jobs, jobs_rx) = flume::unbounded();
@@ -275,7 +271,7 @@ impl<T: Transport> Shard<T> {
     /// Reads the clocks for this turn (once: see `ShardCore::set_clock`).
     fn read_clocks(&mut self) -> Instant {
         let now = Instant::now();
-        self.core.set_clock(now, physical_ms());
+        self.core.set_clock(now, phalanx_net::wall_ms());
         now
     }
 
@@ -299,7 +295,8 @@ impl<T: Transport> Shard<T> {
     /// an event sees what it announces), then events, bus messages, frames, write jobs and
     /// answers. `Err` when the writer is gone.
     fn execute(&mut self) -> Result<(), Error> {
-        let now = Instant::now();
+        // The turn's clock (`read_clocks`), not a second reading.
+        let now = self.core.now();
         let out = self.core.output();
         // A start-up or an election of every partition fills these once, two entries per
         // partition; what recent turns needed is kept, not ten thousand partitions' worth.

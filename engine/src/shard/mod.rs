@@ -229,6 +229,11 @@ impl<R> ShardCore<R> {
         self.wall_ms = wall_ms;
     }
 
+    /// The turn's clock, as last set by [`ShardCore::set_clock`].
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// When the core next needs [`ShardCore::tick_if_due`].
     pub fn next_tick(&self) -> Instant {
         self.next_tick
