@@ -597,7 +597,24 @@ fn a_damaged_wal_tail_recovers_from_the_other_nodes() {
 /// returns the file and the batch's offset.
 fn damage_last_batch(data_dir: &Path) -> (PathBuf, u64) {
     let shard = data_dir.join("shard-0");
-    let batches = phalanx_storage::wal::inspect::list_batches(&shard).expect("readable WAL");
+    // Writes the killed process had in flight may still land after `wait` returned (its
+    // io_uring is torn down asynchronously): one landed behind the batch damaged here once,
+    // and recovery rightly called that a damaged batch followed by a valid one. The newest
+    // batch is the one still newest after a quiet 200 ms.
+    let list = || phalanx_storage::wal::inspect::list_batches(&shard).expect("readable WAL");
+    let newest =
+        |b: &[phalanx_storage::wal::inspect::BatchInfo]| b.last().map(|l| (l.segment.clone(), l.offset));
+    let deadline = Instant::now() + WAIT;
+    let mut batches = list();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let again = list();
+        if newest(&again) == newest(&batches) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the WAL never stopped changing");
+        batches = again;
+    }
     let last = batches.last().expect("a batch");
     let mut data = std::fs::read(&last.segment).expect("segment");
     // Batch header: body length (u32 LE) at offset 24, body from offset 40.
