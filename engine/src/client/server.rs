@@ -23,7 +23,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
-use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
+use phalanx_net::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 use phalanx_proto::{
     AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientError, ClientErrorCode,
     ClientPortStats, ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand,
@@ -456,21 +456,16 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
                     break 'conn;
                 }
             };
-            if frame.kind != FrameKind::App(REQUEST_KIND) {
-                bump(&ctx.counters.closed_bad_input);
-                tracing::info!(%peer, kind = ?frame.kind, "client port: unexpected frame, closing");
-                break 'conn;
-            }
-            completed_any = true;
-            let len = frame.payload.len() as u64;
-            let req: ClientRequest = match frame.decode() {
+            let req = match decode_request(&frame) {
                 Ok(r) => r,
                 Err(e) => {
                     bump(&ctx.counters.closed_bad_input);
-                    tracing::info!(%peer, "client port: undecodable request, closing: {e}");
+                    tracing::info!(%peer, "client port: bad request, closing: {e}");
                     break 'conn;
                 }
             };
+            completed_any = true;
+            let len = frame.payload.len() as u64;
             bump(&ctx.counters.requests);
             // Back-pressure: no more reading until this request fits in every budget. Each
             // permit is released when its answer is queued.
@@ -517,6 +512,17 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     }
     drop(tx);
     writer_task.await;
+}
+
+/// The request a frame received on the client port carries: an error (the connection is
+/// then closed) for a frame of another kind or an undecodable payload.
+///
+/// Public, but not part of the API, for the fuzz targets (`tests/fuzz`): they run the
+/// port's decoding on arbitrary bytes without a socket or a node.
+#[doc(hidden)]
+pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
+    frame.expect_kind(FrameKind::App(REQUEST_KIND), "a client request")?;
+    frame.decode()
 }
 
 fn error(code: ClientErrorCode, message: impl Into<String>) -> client_response::Result {
