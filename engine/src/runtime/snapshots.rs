@@ -115,7 +115,13 @@ impl SnapshotStore {
     }
 }
 
-fn decode(path: &Path, b: &[u8]) -> Result<Snapshot, Error> {
+/// Decodes the bytes of a snapshot file (`path` only names it in errors): a damaged or
+/// foreign file is an error, never a panic.
+///
+/// Public, but not part of the API, for the fuzz targets (`tests/fuzz`), which feed it
+/// arbitrary bytes; [`SnapshotStore::load`] is the way to read a snapshot.
+#[doc(hidden)]
+pub fn decode(path: &Path, b: &[u8]) -> Result<Snapshot, Error> {
     let bad = |what: &str, offset: usize| Error::Snapshot {
         path: path.to_path_buf(),
         reason: format!("{what} at offset {offset}"),

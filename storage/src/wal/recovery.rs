@@ -157,23 +157,7 @@ async fn read_segment(file: &DmaFile, path: &Path, seq: u64) -> Result<(SegmentH
     }
     let head =
         file.read_at_aligned(0, SEGMENT_HEADER_BYTES as usize).await.map_err(|e| gio("read", path, e))?;
-    let header = match SegmentHeader::decode(&head) {
-        Ok(h) => h,
-        Err(SegmentHeaderError::BadMagic) => {
-            return Err(StorageError::Foreign {
-                file: path.to_path_buf(),
-                reason: "no WAL segment magic".into(),
-            });
-        }
-        Err(SegmentHeaderError::TooNew(v)) => {
-            return Err(StorageError::FormatTooNew {
-                file: path.to_path_buf(),
-                found: v,
-                supported: WAL_FORMAT_VERSION,
-            });
-        }
-        Err(SegmentHeaderError::Corrupt(reason)) => return Err(StorageError::corrupt(path, 0, reason)),
-    };
+    let header = decode_header(&head, path)?;
     if header.seq != seq {
         return Err(StorageError::corrupt(
             path,
@@ -200,6 +184,53 @@ async fn read_segment(file: &DmaFile, path: &Path, seq: u64) -> Result<(SegmentH
     }
     data.truncate(header.segment_bytes as usize);
     Ok((header, data))
+}
+
+/// A segment's header, checked; the error names the file.
+fn decode_header(head: &[u8], path: &Path) -> Result<SegmentHeader> {
+    match SegmentHeader::decode(head) {
+        Ok(h) => Ok(h),
+        Err(SegmentHeaderError::BadMagic) => {
+            Err(StorageError::Foreign { file: path.to_path_buf(), reason: "no WAL segment magic".into() })
+        }
+        Err(SegmentHeaderError::TooNew(v)) => Err(StorageError::FormatTooNew {
+            file: path.to_path_buf(),
+            found: v,
+            supported: WAL_FORMAT_VERSION,
+        }),
+        Err(SegmentHeaderError::Corrupt(reason)) => Err(StorageError::corrupt(path, 0, reason)),
+    }
+}
+
+/// [`recover`] of a directory holding one segment, whose bytes (`data`, the whole file) are
+/// in memory and whose name is taken to match its header: the header's checks, the replay
+/// into a fresh index, the torn-tail and hole rules. Returns the header, what the scan found
+/// and the index.
+pub(crate) fn replay_image(path: &Path, data: &[u8]) -> Result<(SegmentHeader, SegmentScan, Index)> {
+    let size = data.len() as u64;
+    let Some(head) = data.get(..SEGMENT_HEADER_BYTES as usize) else {
+        return Err(StorageError::corrupt(path, 0, format!("segment file is only {size} bytes")));
+    };
+    let header = decode_header(head, path)?;
+    if size < header.segment_bytes {
+        return Err(StorageError::corrupt(
+            path,
+            size,
+            format!("segment is {size} bytes, its header says {}", header.segment_bytes),
+        ));
+    }
+    // As `read_segment`: what lies past the header's size is not part of the segment.
+    let data = &data[..header.segment_bytes as usize];
+    let mut index = Index::default();
+    let scan = scan_segment(&header, path, data, &mut index, &mut None, None)?;
+    if let Some((p, index)) = index.find_hole() {
+        return Err(StorageError::Corrupt {
+            file: path.to_path_buf(),
+            offset: None,
+            reason: format!("partition {p}: live entry {index} is in no segment"),
+        });
+    }
+    Ok((header, scan, index))
 }
 
 /// What replaying one segment found.
