@@ -97,9 +97,26 @@ pub enum HandshakeError {
     /// The handshake did not complete in time.
     #[error("handshake timed out")]
     Timeout,
+    /// The TLS handshake failed (the peer is not TLS, or a certificate was refused, by
+    /// either side: expired, from another CA, not pinned, not for the dialled address).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// Socket error.
     #[error("io error during the handshake: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for HandshakeError {
+    /// A TLS error surfacing through a read or write (with TLS 1.3 a dialer learns that the
+    /// acceptor refused its certificate only when it reads the alert, after its side of the
+    /// TLS handshake completed) is a [`HandshakeError::Tls`], not a socket error.
+    fn from(e: std::io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            HandshakeError::Tls(e.to_string())
+        } else {
+            HandshakeError::Io(e)
+        }
+    }
 }
 
 /// The Hello shard `shard` of `local` sends to reach `target`.

@@ -7,6 +7,8 @@
 //! - [`transport`]: the [`Transport`] / [`TransportFactory`] contract every implementation
 //!   honours (ordering, loss, the never-blocking `send`, the inbound sink).
 //! - [`tcp`]: glommio (io_uring) TCP transport, one advertised port per node.
+//! - [`tls`]: TLS and mutual TLS (rustls) on the Raft and client ports, reloaded when its
+//!   files change.
 //! - [`memory`]: in-process transport with fault hooks, for tests and single-process clusters.
 //! - [`discovery`]: where peers are; static and application-controlled lists.
 //! - [`spare`]: how much of a reused buffer's capacity to keep after a burst.
@@ -25,6 +27,7 @@ pub mod spare;
 pub mod stats;
 mod tasks;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 #[cfg(any(test, feature = "conformance"))]

@@ -50,6 +50,9 @@ pub struct TransportStats {
     pub auth_replayed: u64,
     /// Handshakes (a peer's Hello, or the ack to ours) refused while the replay cache was full of live nonces.
     pub auth_cache_full: u64,
+    /// TLS handshakes that failed, either side (a plaintext peer on a TLS port, a certificate
+    /// that is expired, from another CA or not pinned, a peer that is not TLS).
+    pub tls_failures: u64,
     /// Inbound connections closed for a malformed, oversized or unexpected frame or batch.
     pub protocol_errors: u64,
     /// Inbound connections closed because a frame begun did not arrive whole within
@@ -87,6 +90,7 @@ impl TransportStats {
             auth_bad_mac: a.auth_bad_mac + b.auth_bad_mac,
             auth_replayed: a.auth_replayed + b.auth_replayed,
             auth_cache_full: a.auth_cache_full + b.auth_cache_full,
+            tls_failures: a.tls_failures + b.tls_failures,
             protocol_errors: a.protocol_errors + b.protocol_errors,
             frame_timeouts: a.frame_timeouts + b.frame_timeouts,
             inbound_accepted: a.inbound_accepted + b.inbound_accepted,
@@ -118,6 +122,7 @@ pub(crate) struct Counters {
     pub auth_bad_mac: Cell<u64>,
     pub auth_replayed: Cell<u64>,
     pub auth_cache_full: Cell<u64>,
+    pub tls_failures: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub frame_timeouts: Cell<u64>,
     pub inbound_accepted: Cell<u64>,
@@ -162,6 +167,7 @@ impl Counters {
             auth_bad_mac: self.auth_bad_mac.get(),
             auth_replayed: self.auth_replayed.get(),
             auth_cache_full: self.auth_cache_full.get(),
+            tls_failures: self.tls_failures.get(),
             protocol_errors: self.protocol_errors.get(),
             frame_timeouts: self.frame_timeouts.get(),
             inbound_accepted: self.inbound_accepted.get(),

@@ -18,11 +18,13 @@ pub struct TcpFixture {
     /// Discovery shared by every node of the fixture.
     pub discovery: Arc<DynamicDiscovery>,
     ports: HashMap<NodeId, u16>,
+    /// Mutual TLS for every node (one certificate for all, from a throwaway CA).
+    tls: Option<(Arc<crate::tls::TlsContext>, Arc<crate::tls::test_certs::TestPki>)>,
 }
 
 impl Default for TcpFixture {
     fn default() -> Self {
-        TcpFixture { discovery: Arc::new(DynamicDiscovery::new()), ports: HashMap::new() }
+        TcpFixture { discovery: Arc::new(DynamicDiscovery::new()), ports: HashMap::new(), tls: None }
     }
 }
 
@@ -31,6 +33,17 @@ impl TcpFixture {
     #[must_use]
     pub fn new() -> Self {
         TcpFixture::default()
+    }
+
+    /// A fixture whose nodes all speak mutual TLS.
+    ///
+    /// # Panics
+    /// When the throwaway certificates cannot be made (a test setup failure).
+    #[must_use]
+    pub fn with_tls() -> Self {
+        let mut pki = crate::tls::test_certs::TestPki::new("conformance CA").expect("test CA");
+        let ctx = pki.node_context("node").expect("test node certificate");
+        TcpFixture { tls: Some((ctx, Arc::new(pki))), ..TcpFixture::default() }
     }
 
     /// The configuration checks start from.
@@ -48,6 +61,7 @@ impl TcpFixture {
     pub fn factory_with(&mut self, id: NodeId, tweak: impl FnOnce(&mut TcpConfig)) -> Arc<TcpFactory> {
         let port = self.ports.get(&id).copied().unwrap_or(0);
         let mut cfg = Self::config(id, &format!("127.0.0.1:{port}"));
+        cfg.tls = self.tls.as_ref().map(|(ctx, _)| ctx.clone());
         tweak(&mut cfg);
         let f = TcpFactory::bind(cfg, self.discovery.clone()).expect("bind 127.0.0.1");
         let port = f.local_addr().port();

@@ -19,6 +19,8 @@ mod memory_only;
 mod tcp_only;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_only;
 
 use std::collections::HashMap;
 use std::sync::Arc;

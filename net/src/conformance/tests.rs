@@ -1,4 +1,4 @@
-//! The generic suite, instantiated for both transports of this crate.
+//! The generic suite, instantiated for both transports of this crate, TCP also with TLS.
 
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -7,6 +7,14 @@ macro_rules! suite {
                 #[test]
                 fn $check() {
                     crate::conformance::$check(&mut crate::conformance::fixtures::TcpFixture::new());
+                }
+            )*
+        }
+        mod tls {
+            $(
+                #[test]
+                fn $check() {
+                    crate::conformance::$check(&mut crate::conformance::fixtures::TcpFixture::with_tls());
                 }
             )*
         }

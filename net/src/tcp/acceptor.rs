@@ -6,6 +6,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
+
+use crate::tls::{Conn, TlsStream};
 use phalanx_proto::{Hello, HelloReject, RejectCode};
 use tracing::{debug, warn};
 
@@ -63,7 +65,7 @@ impl Drop for Pending<'_> {
 }
 
 /// Reads and checks the Hello, then serves the connection here or hands it over.
-async fn handshake_inbound(shard: &Rc<Shard>, mut stream: TcpStream) {
+async fn handshake_inbound(shard: &Rc<Shard>, stream: TcpStream) {
     let peer_addr = stream.peer_addr().ok();
     let refused = |e: &dyn std::fmt::Display| {
         inc(&shard.counters.handshakes_rejected);
@@ -72,12 +74,26 @@ async fn handshake_inbound(shard: &Rc<Shard>, mut stream: TcpStream) {
     if let Err(e) = configure(&stream, shard.cfg.write_timeout_ms, shard.cfg.tcp_user_timeout_ms) {
         return refused(&e);
     }
-    let hello = match timeout(
-        shard.cfg.handshake_timeout_ms,
-        handshake::accept_hello(&mut stream, &shard.local),
-    )
-    .await
-    .unwrap_or(Err(HandshakeError::Timeout))
+    // One deadline for the TLS handshake and the Hello together.
+    let deadline = std::time::Instant::now() + Duration::from_millis(shard.cfg.handshake_timeout_ms);
+    let left = || deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+    let mut stream = match &shard.cfg.tls {
+        None => Conn::Plain(stream),
+        Some(tls) => match timeout(left(), TlsStream::accept(stream, tls.peer_server())).await {
+            Some(Ok(t)) => Conn::Tls(t),
+            Some(Err(e)) => {
+                inc(&shard.counters.tls_failures);
+                return refused(&format!("TLS handshake failed: {e}"));
+            }
+            None => {
+                inc(&shard.counters.tls_failures);
+                return refused(&HandshakeError::Timeout);
+            }
+        },
+    };
+    let hello = match timeout(left().max(1), handshake::accept_hello(&mut stream, &shard.local))
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
     {
         Ok(h) => h,
         Err(HandshakeError::Unauthenticated { node, failure }) => {
@@ -122,14 +138,14 @@ async fn handshake_inbound(shard: &Rc<Shard>, mut stream: TcpStream) {
         handshake::send_reject(&mut stream, &r).await;
         return refused(&HandshakeError::Rejected(r));
     };
-    let fd = match detach(stream) {
-        Ok(fd) => fd,
+    let (fd, tls) = match detach(stream) {
+        Ok(parts) => parts,
         Err(e) => return refused(&e),
     };
     // Only this thread sends into handoff channels and nothing awaited since the check, so
     // the channel still has room; if the target shard stopped meanwhile, the fd is dropped
     // (closed) with the message and the dialer reconnects.
-    if tx.try_send(Handoff { fd, hello, leftover, peer_addr }).is_err() {
+    if tx.try_send(Handoff { fd, tls, hello, leftover, peer_addr }).is_err() {
         refused(&format!("shard {target} stopped during the handoff"));
     } else {
         debug!(node = shard.local.node_id, target, "connection handed over");
@@ -141,7 +157,7 @@ pub(super) fn start_handoff_receiver(shard: &Rc<Shard>, rx: flume::Receiver<Hand
     let s = shard.clone();
     shard.tasks.spawn(async move {
         while let Ok(h) = rx.recv_async().await {
-            let stream = adopt(h.fd);
+            let stream = adopt(h.fd, h.tls);
             let s2 = s.clone();
             s.tasks.spawn(async move { serve(&s2, stream, h.hello, h.leftover, h.peer_addr).await });
         }
@@ -151,7 +167,7 @@ pub(super) fn start_handoff_receiver(shard: &Rc<Shard>, rx: flume::Receiver<Hand
 /// Acknowledges and reads an inbound connection on this shard.
 async fn serve(
     shard: &Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Conn,
     hello: Hello,
     leftover: Vec<u8>,
     peer_addr: Option<SocketAddr>,

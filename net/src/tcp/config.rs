@@ -57,6 +57,10 @@ pub struct TcpConfig {
     /// Shared secrets every handshake must prove, both ways (`crate::auth`); `None` accepts
     /// any node that names the cluster id.
     pub node_auth: Option<std::sync::Arc<crate::auth::NodeAuth>>,
+    /// Mutual TLS between nodes (`crate::tls`): every connection, both ways, is a TLS
+    /// session in which each side proved a certificate from the CA (and a pin, if set).
+    /// `None`: plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsContext>>,
     /// Address the Raft listener binds, `host:port` (the node's one advertised `raft_port`;
     /// port 0 lets the OS pick, see [`super::TcpFactory::local_addr`]).
     pub listen_addr: String,
@@ -104,6 +108,7 @@ impl TcpConfig {
             node_id,
             cluster_id: cluster_id.into(),
             node_auth: None,
+            tls: None,
             listen_addr: listen_addr.into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             peer_queue_batches: DEFAULT_PEER_QUEUE_BATCHES,

@@ -8,12 +8,13 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::peer_queue::{PeerQueue, recycle};
+use super::peer_queue::{PeerQueue, Target, recycle};
 use super::socket::{Jitter, configure, duplicate, resolve, timeout};
 use super::{IDLE_GIVE_BACK_MS, IDLE_KEEP_BYTES, Shard};
 use crate::handshake::{self, HandshakeError};
 use crate::spare::Spare;
 use crate::stats::{OpenConnection, add, count_auth_failure, inc};
+use crate::tls::{Conn, TlsStream};
 use crate::transport::NodeId;
 
 /// Bytes read while watching an idle connection for the peer closing it.
@@ -55,6 +56,9 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
                 if let HandshakeError::Unauthenticated { failure, .. } = &e {
                     count_auth_failure(&shard.counters, *failure);
                 }
+                if matches!(e, HandshakeError::Tls(_)) {
+                    inc(&shard.counters.tls_failures);
+                }
                 if matches!(e, HandshakeError::Refused { .. } | HandshakeError::WrongNode { .. }) {
                     inc(&shard.counters.handshakes_refused_by_peer);
                 }
@@ -80,19 +84,33 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
     }
 }
 
-/// Connects to `addr` and completes the handshake with `peer`.
-async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, HandshakeError> {
+/// Connects to `addr` and completes the handshake with `peer` (TLS first, when configured).
+async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<Conn, HandshakeError> {
     let cfg = &shard.cfg;
     let sa = resolve(addr).await?;
-    let mut stream = TcpStream::connect_timeout(sa, Duration::from_millis(cfg.connect_timeout_ms))
+    let tcp = TcpStream::connect_timeout(sa, Duration::from_millis(cfg.connect_timeout_ms))
         .await
         .map_err(std::io::Error::from)?;
-    configure(&stream, cfg.write_timeout_ms, cfg.tcp_user_timeout_ms)?;
+    configure(&tcp, cfg.write_timeout_ms, cfg.tcp_user_timeout_ms)?;
     let hello = handshake::hello(&shard.local, shard.shard, peer);
-    let ack =
-        timeout(cfg.handshake_timeout_ms, handshake::dial(&mut stream, &hello, shard.local.auth.as_deref()))
-            .await
-            .ok_or(HandshakeError::Timeout)??;
+    let handshake = async {
+        let mut stream = match &cfg.tls {
+            None => Conn::Plain(tcp),
+            Some(tls) => {
+                let name = crate::tls::server_name(addr).map_err(|e| HandshakeError::Tls(e.to_string()))?;
+                let t =
+                    TlsStream::connect(tcp, tls.peer_client(), name).await.map_err(|e| match e.into() {
+                        HandshakeError::Io(e) => HandshakeError::Tls(e.to_string()),
+                        e => e,
+                    })?;
+                Conn::Tls(t)
+            }
+        };
+        let ack = handshake::dial(&mut stream, &hello, shard.local.auth.as_deref()).await?;
+        Ok::<_, HandshakeError>((stream, ack))
+    };
+    let (stream, ack) =
+        timeout(cfg.handshake_timeout_ms, handshake).await.ok_or(HandshakeError::Timeout)??;
     debug!(
         node = shard.local.node_id,
         shard = shard.shard,
@@ -107,18 +125,22 @@ async fn connect(shard: &Shard, peer: NodeId, addr: &str) -> Result<TcpStream, H
 /// Writes queued frames until the connection fails; returns why it ended.
 async fn pump(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     queue: &PeerQueue,
     buf: &mut Vec<u8>,
     spare: &mut Spare,
 ) -> String {
-    let fd = match duplicate(stream) {
+    let fd = match duplicate(stream.tcp()) {
         Ok(fd) => fd,
         Err(e) => return format!("cannot duplicate the socket: {e}"),
     };
+    let target = match stream.session() {
+        None => Target::Plain(fd),
+        Some(session) => Target::Tls(fd, session),
+    };
     // Sends write through to this connection while it is idle (see `peer_queue`); the guard
     // detaches it on every exit path, cancellation included.
-    let _attached = queue.attach(fd);
+    let _attached = queue.attach(target);
     let mut watch = [0u8; WATCH_READ_BYTES];
     loop {
         // Idle: wait for frames, but notice the peer closing (restart, protocol error on its
@@ -153,7 +175,11 @@ async fn pump(
             return reason;
         }
         let frames = queue.take(buf);
+        // With TLS the flush also sends ciphertext a write-through left in the session.
         if let Err(e) = stream.write_all(buf).await {
+            return format!("write error: {e}");
+        }
+        if let Err(e) = stream.flush().await {
             return format!("write error: {e}");
         }
         queue.written();

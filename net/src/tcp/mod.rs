@@ -45,6 +45,8 @@ mod peer_queue;
 mod reader;
 mod socket;
 
+pub(crate) use socket::try_send;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -81,6 +83,8 @@ const AUTH_WARNED_MAX: usize = 1024;
 /// A connection passed from shard 0 to the shard that reads it.
 struct Handoff {
     fd: OwnedFd,
+    /// The connection's TLS session (with what it read and has not decrypted), if TLS.
+    tls: Option<crate::tls::stream::Session>,
     hello: Hello,
     leftover: Vec<u8>,
     peer_addr: Option<SocketAddr>,

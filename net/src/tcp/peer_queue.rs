@@ -21,7 +21,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,36 @@ use phalanx_proto::MessageBatch;
 use super::socket::try_send;
 use crate::frame::{FRAME_HEADER_BYTES, FrameKind, encode_frame_sized};
 use crate::spare::Spare;
+use crate::tls::stream::Session;
+
+/// Where a write-through goes: a duplicate of the connected socket, and the connection's TLS
+/// session when it has one. With TLS, "the socket took `n` bytes" means the session encrypted
+/// them and they leave on this connection or never (as for `send(2)`); ciphertext the socket
+/// did not take yet stays in the session, and the dialer is woken to flush it.
+pub(crate) enum Target {
+    /// Plaintext: bytes go to the socket as they are.
+    Plain(OwnedFd),
+    /// Through the connection's TLS session, shared with the dialer's stream.
+    Tls(OwnedFd, Rc<RefCell<Session>>),
+}
+
+impl Target {
+    /// Hands the socket (or session) as much of `buf` as it takes now; never blocks.
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Target::Plain(fd) => try_send(fd.as_fd(), buf),
+            Target::Tls(fd, session) => session.borrow_mut().write_through(fd.as_fd(), buf),
+        }
+    }
+
+    /// Ciphertext is waiting for the socket to take it.
+    fn has_unsent(&self) -> bool {
+        match self {
+            Target::Plain(_) => false,
+            Target::Tls(_, session) => session.borrow().has_unsent(),
+        }
+    }
+}
 
 /// What happened to a pushed batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +95,9 @@ pub(crate) struct PeerQueue {
     /// target). A duplicate, not the number of the dialer's fd: whatever the order in which
     /// the dialer's futures are dropped, this fd stays valid (never a reused number) until
     /// [`Attached`] is dropped.
-    conn: RefCell<Option<OwnedFd>>,
+    conn: RefCell<Option<Target>>,
+    /// A write-through left ciphertext in the TLS session: the dialer must flush it.
+    flush: Cell<bool>,
     /// The dialer has taken bytes it has not finished writing.
     writing: Cell<bool>,
     /// When the oldest frame in `pending` was queued (`None` while it is empty).
@@ -95,6 +129,7 @@ impl PeerQueue {
             frames: Cell::new(0),
             bound: Cell::new(0),
             conn: RefCell::new(None),
+            flush: Cell::new(false),
             writing: Cell::new(false),
             oldest: Cell::new(None),
             coalesce_max,
@@ -135,8 +170,12 @@ impl PeerQueue {
         let (mut frames, mut bytes) = (0, 0);
         if due && !self.writing.get() {
             let mut conn = self.conn.borrow_mut();
-            if let Some(fd) = conn.as_ref() {
-                match try_send(fd.as_fd(), &pending[head..]) {
+            if let Some(target) = conn.as_ref() {
+                let sent = target.send(&pending[head..]);
+                if target.has_unsent() {
+                    self.flush.set(true);
+                }
+                match sent {
                     Ok(n) => {
                         let (done, bound) = written_frames(&pending[head..], self.bound.get(), n);
                         if head + n == pending.len() {
@@ -160,7 +199,7 @@ impl PeerQueue {
                 }
             }
         }
-        if self.frames.get() > 0
+        if (self.frames.get() > 0 || self.flush.get())
             && let Some(w) = self.waker.take()
         {
             w.wake();
@@ -168,17 +207,18 @@ impl PeerQueue {
         Push::Queued { frames, bytes }
     }
 
-    /// Makes `fd` (a duplicate of the connected socket) the write-through target until the
-    /// returned guard is dropped.
-    pub(crate) fn attach(&self, fd: OwnedFd) -> Attached<'_> {
-        *self.conn.borrow_mut() = Some(fd);
+    /// Makes `target` (a duplicate of the connected socket, with its TLS session if any) the
+    /// write-through target until the returned guard is dropped.
+    pub(crate) fn attach(&self, target: Target) -> Attached<'_> {
+        *self.conn.borrow_mut() = Some(target);
         Attached(self)
     }
 
-    /// Waits until at least one frame is queued.
+    /// Waits until at least one frame is queued, or ciphertext a write-through left in the
+    /// TLS session needs flushing.
     pub(crate) async fn ready(&self) {
         poll_fn(|cx| {
-            if self.frames.get() > 0 {
+            if self.frames.get() > 0 || self.flush.get() {
                 Poll::Ready(())
             } else {
                 self.waker.set(Some(cx.waker().clone()));
@@ -198,6 +238,8 @@ impl PeerQueue {
         // The bound bytes now travel in `out`, which dies with the connection anyway.
         self.bound.set(0);
         self.oldest.set(None);
+        // The dialer flushes the session after writing what it took.
+        self.flush.set(false);
         self.writing.set(!out.is_empty());
         self.frames.replace(0)
     }
@@ -246,6 +288,7 @@ impl Drop for Attached<'_> {
         let q = self.0;
         *q.conn.borrow_mut() = None;
         q.writing.set(false);
+        q.flush.set(false);
         let bound = q.bound.replace(0);
         let head = q.head.replace(0);
         q.pending.borrow_mut().drain(..head + bound);
@@ -349,7 +392,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let q = PeerQueue::new(100, 1 << 20, 1 << 10, NO_DELAY);
         assert_eq!(q.push(&batch(1)), Q, "not attached yet");
-        let attached = q.attach(a.into());
+        let attached = q.attach(Target::Plain(a.into()));
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out), 1);
         assert_eq!(q.push(&batch(2)), Q, "the dialer is writing");
@@ -371,7 +414,7 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let q = PeerQueue::new(100, 1 << 20, 1 << 10, Duration::from_millis(20));
-        let _attached = q.attach(a.into());
+        let _attached = q.attach(Target::Plain(a.into()));
         assert_eq!(q.push(&batch(1)), Q);
         assert_eq!(q.push(&batch(2)), Q, "within the delay");
         std::thread::sleep(Duration::from_millis(25));
@@ -392,7 +435,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let q = PeerQueue::new(1 << 20, 64 << 20, 8 << 20, NO_DELAY);
-        let attached = q.attach(a.into());
+        let attached = q.attach(Target::Plain(a.into()));
         // Fill the socket until a frame does not fit whole.
         let big = batch(20_000);
         let mut sent_whole = 0;
@@ -424,7 +467,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let dup = a.try_clone().unwrap();
         let q = PeerQueue::new(1 << 20, 64 << 20, 8 << 20, NO_DELAY);
-        let attached = q.attach(a.into());
+        let attached = q.attach(Target::Plain(a.into()));
         let big = batch(20_000);
         let (mut pushed, mut written) = (0, 0);
         while q.head.get() == 0 {

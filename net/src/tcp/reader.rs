@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
 use phalanx_proto::MessageBatch;
 use tracing::{debug, warn};
 
@@ -27,7 +26,7 @@ enum Violation {
 /// Reads `stream` (sent by `from` = (node, shard)) until it ends or misbehaves.
 pub(super) async fn run(
     shard: &Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: crate::tls::Conn,
     from: (NodeId, u32),
     leftover: Vec<u8>,
     peer_addr: Option<SocketAddr>,

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use glommio::net::TcpStream;
 
+use crate::tls::stream::Session;
+use crate::tls::{Conn, TlsStream};
+
 /// Runs `fut` for at most `ms` milliseconds; `None` on timeout (the future is dropped).
 pub(crate) async fn timeout<T>(ms: u64, fut: impl Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(fut.await) }, async {
@@ -62,15 +65,23 @@ pub(crate) fn configure(
     Ok(())
 }
 
-/// Detaches the socket from this executor so another shard's executor can own it: a
-/// duplicate fd (same connection) is returned and `stream` is dropped, closing only its fd.
+/// Detaches the connection from this executor so another shard's executor can own it: a
+/// duplicate fd (same connection) is returned with the TLS session (by value, with any
+/// bytes it read and not yet decrypted), and the stream is dropped, closing only its fd.
 ///
 /// glommio's `TcpStream` cannot give up its fd, hence the duplicate. Must be called with no
-/// read or write in flight on `stream` (the handshake has completed), so no byte is lost.
-pub(crate) fn detach(stream: TcpStream) -> io::Result<OwnedFd> {
-    let fd = duplicate(&stream)?;
-    drop(stream);
-    Ok(fd)
+/// read or write in flight on the stream (the handshake has completed), so no byte is lost.
+pub(crate) fn detach(conn: Conn) -> io::Result<(OwnedFd, Option<Session>)> {
+    let (tcp, session) = match conn {
+        Conn::Plain(tcp) => (tcp, None),
+        Conn::Tls(t) => {
+            let (tcp, s) = t.into_parts()?;
+            (tcp, Some(s))
+        }
+    };
+    let fd = duplicate(&tcp)?;
+    drop(tcp);
+    Ok((fd, session))
 }
 
 /// A duplicate of `stream`'s fd (same connection), for writing to it outside the stream.
@@ -105,10 +116,14 @@ pub(crate) fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Adopts a socket detached by [`detach`] on the current executor.
-pub(crate) fn adopt(fd: OwnedFd) -> TcpStream {
+/// Adopts a connection detached by [`detach`] on the current executor.
+pub(crate) fn adopt(fd: OwnedFd, session: Option<Session>) -> Conn {
     // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the stream.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd.into_raw_fd()) }
+    let tcp: TcpStream = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd.into_raw_fd()) };
+    match session {
+        None => Conn::Plain(tcp),
+        Some(s) => Conn::Tls(TlsStream::from_parts(tcp, s)),
+    }
 }
 
 /// A small xorshift generator for reconnect jitter (not security relevant; keeps dialers of
