@@ -3,21 +3,27 @@
 //! serves it from a node; [`Client`] is a small blocking client (for `phalanx ctl`, tests
 //! and tools).
 
+pub mod security;
 pub mod server;
+
+pub use security::ClientSecurity;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use phalanx_net::frame::{FrameDecoder, FrameKind, encode_frame};
+use phalanx_net::tls::rustls::{ClientConnection, StreamOwned};
 use phalanx_proto::{
-    ClientError, ClientErrorCode, ClientRequest, ClientResponse, client_request, client_response,
+    ClientAuth, ClientError, ClientErrorCode, ClientRequest, ClientResponse, client_request, client_response,
 };
 
 /// Frame kind of a client request.
 pub const REQUEST_KIND: u8 = 64;
 /// Frame kind of a client response.
 pub const RESPONSE_KIND: u8 = 65;
+/// Frame kind of a connection's token (`phalanx.v1.ClientAuth`), sent first.
+pub const AUTH_KIND: u8 = 66;
 /// Largest client frame (request or response).
 pub const MAX_CLIENT_FRAME_BYTES: usize = 16 << 20;
 /// Bytes a request or an answer adds at most to the value it carries: its id, the
@@ -87,9 +93,49 @@ impl std::fmt::Display for ClientFailure {
 
 impl std::error::Error for ClientFailure {}
 
+/// The socket of a [`Client`], plain or through TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn sock(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A blocking connection to one node's client port. Requests are sent one at a time.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     decoder: FrameDecoder,
     next_id: u64,
     endpoint: String,
@@ -110,6 +156,25 @@ fn describe_io(e: &std::io::Error, what: &str, after: Duration) -> String {
     }
 }
 
+/// Completes a TLS handshake with `endpoint` within `limit`.
+fn tls_handshake(
+    endpoint: &str,
+    cfg: &std::sync::Arc<phalanx_net::tls::rustls::ClientConfig>,
+    mut sock: TcpStream,
+    limit: Duration,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientFailure> {
+    let name = phalanx_net::tls::server_name(endpoint).map_err(|e| ClientFailure::Io(e.to_string()))?;
+    let mut conn = ClientConnection::new(cfg.clone(), name)
+        .map_err(|e| ClientFailure::Io(format!("{endpoint}: TLS: {e}")))?;
+    let _ = sock.set_read_timeout(Some(limit));
+    let _ = sock.set_write_timeout(Some(limit));
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .map_err(|e| ClientFailure::Io(describe_io(&e, &format!("{endpoint}: TLS handshake"), limit)))?;
+    }
+    Ok(StreamOwned::new(conn, sock))
+}
+
 impl Client {
     /// Connects to `endpoint` ("host:port") with the default timeouts.
     pub fn connect(endpoint: &str) -> Result<Client, ClientFailure> {
@@ -118,6 +183,17 @@ impl Client {
 
     /// Connects to `endpoint` ("host:port"). Every failure names the endpoint and the cause.
     pub fn connect_with(endpoint: &str, timeouts: ClientTimeouts) -> Result<Client, ClientFailure> {
+        Client::connect_secure(endpoint, timeouts, &ClientSecurity::default())
+    }
+
+    /// Connects to `endpoint` with TLS and/or a token. The TLS handshake (and so a refused
+    /// certificate) completes here, within the connect timeout; the token is sent first and
+    /// judged by the server's answer to the first request.
+    pub fn connect_secure(
+        endpoint: &str,
+        timeouts: ClientTimeouts,
+        security: &ClientSecurity,
+    ) -> Result<Client, ClientFailure> {
         let addrs: Vec<_> = endpoint
             .to_socket_addrs()
             .map_err(|e| ClientFailure::Io(format!("{endpoint}: not a reachable address: {e}")))?
@@ -127,6 +203,26 @@ impl Client {
             match TcpStream::connect_timeout(&a, timeouts.connect) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    let mut stream = match &security.tls {
+                        None => Stream::Plain(stream),
+                        Some(cfg) => {
+                            Stream::Tls(Box::new(tls_handshake(endpoint, cfg, stream, timeouts.connect)?))
+                        }
+                    };
+                    if let Some(token) = &security.token {
+                        let mut buf = Vec::new();
+                        let auth = ClientAuth { token: token.clone().into() };
+                        encode_frame(FrameKind::App(AUTH_KIND), &auth, MAX_CLIENT_FRAME_BYTES, &mut buf)
+                            .map_err(|e| ClientFailure::Protocol(e.to_string()))?;
+                        let _ = stream.sock().set_write_timeout(Some(timeouts.connect));
+                        stream.write_all(&buf).and_then(|()| stream.flush()).map_err(|e| {
+                            ClientFailure::Io(describe_io(
+                                &e,
+                                &format!("{endpoint}: sending the token"),
+                                timeouts.connect,
+                            ))
+                        })?;
+                    }
                     return Ok(Client {
                         stream,
                         decoder: FrameDecoder::new(MAX_CLIENT_FRAME_BYTES),
@@ -171,8 +267,14 @@ impl Client {
         let io = |e: std::io::Error, what: &str| {
             ClientFailure::Io(describe_io(&e, &format!("{ep}: {what}"), limit))
         };
-        self.stream.set_write_timeout(Some(left("sending the request")?)).map_err(|e| io(e, "socket"))?;
-        self.stream.write_all(&buf).map_err(|e| io(e, "sending the request"))?;
+        self.stream
+            .sock()
+            .set_write_timeout(Some(left("sending the request")?))
+            .map_err(|e| io(e, "socket"))?;
+        self.stream
+            .write_all(&buf)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| io(e, "sending the request"))?;
         let resp: ClientResponse = loop {
             match self.decoder.next_frame() {
                 Ok(Some(f)) => {
@@ -188,6 +290,7 @@ impl Client {
                 Err(e) => return Err(ClientFailure::Protocol(format!("{ep}: {e}"))),
             }
             self.stream
+                .sock()
                 .set_read_timeout(Some(left("waiting for the answer")?))
                 .map_err(|e| io(e, "socket"))?;
             let mut chunk = [0u8; 64 * 1024];
@@ -197,6 +300,13 @@ impl Client {
             }
             self.decoder.push(&chunk[..n]);
         };
+        // Id 0 answers the connection, not a request: why it is refused (connection limit,
+        // missing token), sent just before the server closes it.
+        if resp.id == 0
+            && let Some(client_response::Result::Error(e)) = resp.result
+        {
+            return Err(ClientFailure::Server(e));
+        }
         if resp.id != id {
             return Err(ClientFailure::Protocol(format!(
                 "answer for request {} while waiting for {id}",

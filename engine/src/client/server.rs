@@ -25,17 +25,19 @@ use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use phalanx_net::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 use phalanx_proto::{
-    AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientError, ClientErrorCode,
-    ClientPortStats, ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse, KvCommand,
-    MemberChangeResponse, MemberInfo, MemberListResponse, Message, NodeInfo, PartitionInfo, PutResponse,
-    StatusResponse, TransferLeaderResponse, client_request, client_response, kv_command,
+    AppendResponse, AppendValueResponse, CasResponse, CheckpointResponse, ClientAuth, ClientError,
+    ClientErrorCode, ClientPortStats, ClientRequest, ClientResponse, DeleteResponse, GetRequest, GetResponse,
+    KvCommand, MemberChangeResponse, MemberInfo, MemberListResponse, Message, NodeInfo, PartitionInfo,
+    PutResponse, StatusResponse, TransferLeaderResponse, client_request, client_response, kv_command,
 };
 
-use super::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
+use super::security::ClientPortSecurity;
+use super::{AUTH_KIND, MAX_CLIENT_FRAME_BYTES, REQUEST_KIND, RESPONSE_KIND};
 use crate::handle::NodeHandle;
 use crate::kv::{KV_LOG_TYPE, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::raft::{NodeId, Status};
 use crate::runtime::ReplicationResult;
+use phalanx_net::tls::{Conn, TlsStream};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 4096;
@@ -128,6 +130,8 @@ pub struct ServerCounters {
     closed_bad_input: AtomicU64,
     requests: AtomicU64,
     inflight_request_bytes: AtomicU64,
+    closed_unauthenticated: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 impl ServerCounters {
@@ -144,6 +148,8 @@ impl ServerCounters {
             closed_bad_input: g(&self.closed_bad_input),
             requests: g(&self.requests),
             inflight_request_bytes: g(&self.inflight_request_bytes),
+            closed_unauthenticated: g(&self.closed_unauthenticated),
+            tls_failures: g(&self.tls_failures),
         }
     }
 }
@@ -194,12 +200,24 @@ impl ClientServer {
             .map_err(|e| Error::ClientPort { addr: addr.to_string(), source: Arc::new(e) })
     }
 
-    /// Serves a listener from [`ClientServer::bind`] on a new executor thread.
+    /// Serves a listener from [`ClientServer::bind`] on a new executor thread, open to
+    /// anyone who reaches it (see [`ClientServer::serve_secure`]).
     pub fn serve(
         handle: NodeHandle,
         listener: std::net::TcpListener,
         directory: Directory,
         limits: ServerLimits,
+    ) -> Result<ClientServer, Error> {
+        ClientServer::serve_secure(handle, listener, directory, limits, ClientPortSecurity::default())
+    }
+
+    /// [`ClientServer::serve`] with TLS and/or a token required of every connection.
+    pub fn serve_secure(
+        handle: NodeHandle,
+        listener: std::net::TcpListener,
+        directory: Directory,
+        limits: ServerLimits,
+        security: ClientPortSecurity,
     ) -> Result<ClientServer, Error> {
         limits.validate()?;
         let local = listener
@@ -220,6 +238,7 @@ impl ClientServer {
                 let ctx = Rc::new(Ctx {
                     handle,
                     dir,
+                    security,
                     global_bytes: Rc::new(Semaphore::new(limits.max_inflight_bytes as u64)),
                     limits,
                     counters: shared_counters,
@@ -274,6 +293,7 @@ impl Drop for ClientServer {
 struct Ctx {
     handle: NodeHandle,
     dir: Arc<Directory>,
+    security: ClientPortSecurity,
     limits: ServerLimits,
     counters: Arc<ServerCounters>,
     /// Request bytes in flight on all connections.
@@ -319,7 +339,10 @@ async fn accept_loop(ctx: &Rc<Ctx>, listener: &TcpListener, stop: flume::Receive
                         limit = ctx.limits.max_connections,
                         "client port: connection limit reached, refusing"
                     );
-                    glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
+                    // Over TLS a plaintext answer would be garbage to the client: just close.
+                    if ctx.security.tls.is_none() {
+                        glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
+                    }
                     continue;
                 }
                 bump(&ctx.counters.connections_accepted);
@@ -405,21 +428,37 @@ impl Drop for Registered<'_> {
 async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
+    // A TLS handshake counts as a frame begun: the sweeper closes one that does not complete
+    // within the frame timeout, and it holds a connection slot meanwhile.
     let state = Rc::new(ConnState {
         fd: stream.as_raw_fd(),
         peer: peer.clone(),
         last_activity: Cell::new(Instant::now()),
-        frame_started: Cell::new(None),
+        frame_started: Cell::new(ctx.security.tls.as_ref().map(|_| Instant::now())),
         inflight: Cell::new(0),
         closed: Cell::new(None),
     });
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
     let id = ctx.next_conn.get();
     ctx.next_conn.set(id + 1);
     ctx.conns.borrow_mut().insert(id, state.clone());
     ctx.counters.connections_open.fetch_add(1, Ordering::Relaxed);
-    // Declared after the socket halves: dropped (unregistered) before them.
+    // Unregisters on every exit. The socket may close just before (the halves, declared
+    // later, drop first; a failed TLS handshake drops it inside `accept`), but never with an
+    // await in between: the sweeper, on this thread, cannot see a registered closed fd.
     let _registered = Registered { ctx: &ctx, id };
+    let stream = match &ctx.security.tls {
+        None => Conn::Plain(stream),
+        Some((tls, certs)) => match TlsStream::accept(stream, tls.client_port(*certs)).await {
+            Ok(t) => Conn::Tls(t),
+            Err(e) => {
+                bump(&ctx.counters.tls_failures);
+                tracing::info!(%peer, "client port: TLS handshake failed, closing: {e}");
+                return;
+            }
+        },
+    };
+    state.frame_started.set(None);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
     let limits = &ctx.limits;
     let (tx, rx) = flume::bounded::<ClientResponse>(limits.max_inflight_per_connection);
     let writer_state = state.clone();
@@ -444,6 +483,7 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     let count = Rc::new(Semaphore::new(limits.max_inflight_per_connection as u64));
     let conn_bytes = Rc::new(Semaphore::new(limits.max_inflight_bytes_per_connection as u64));
     let mut decoder = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
+    let mut authenticated = ctx.security.token.is_none();
     'conn: loop {
         let mut completed_any = false;
         loop {
@@ -456,6 +496,25 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
                     break 'conn;
                 }
             };
+            if frame.kind == FrameKind::App(AUTH_KIND) || !authenticated {
+                completed_any = true;
+                match check_token(&ctx.security, &frame) {
+                    Ok(()) => {
+                        authenticated = true;
+                        continue;
+                    }
+                    Err(why) => {
+                        bump(&ctx.counters.closed_unauthenticated);
+                        tracing::info!(%peer, "client port: {why}, closing");
+                        let resp = ClientResponse {
+                            id: 0,
+                            result: Some(error(ClientErrorCode::Unauthenticated, why)),
+                        };
+                        let _ = tx.try_send(resp);
+                        break 'conn;
+                    }
+                }
+            }
             let req = match decode_request(&frame) {
                 Ok(r) => r,
                 Err(e) => {
@@ -517,6 +576,19 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
 /// The request a frame received on the client port carries: an error (the connection is
 /// then closed) for a frame of another kind or an undecodable payload.
 ///
+/// Checks a connection's first frame against the port's token (any `ClientAuth` passes when
+/// the port has none, so a client may always send one).
+fn check_token(security: &ClientPortSecurity, frame: &Frame) -> Result<(), String> {
+    if frame.kind != FrameKind::App(AUTH_KIND) {
+        return Err("this client port requires a token, presented first (ctl --token)".into());
+    }
+    let auth: ClientAuth = frame.decode().map_err(|e| format!("undecodable token frame: {e}"))?;
+    match &security.token {
+        Some(t) if !t.matches(&auth.token) => Err("wrong token".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Public, but not part of the API, for the fuzz targets (`tests/fuzz`): they run the
 /// port's decoding on arbitrary bytes without a socket or a node.
 #[doc(hidden)]

@@ -36,6 +36,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
+/// The rustls in use, for crates that build on these configurations (the client port's
+/// blocking client) without naming a version of their own.
+pub use rustls;
 pub use stream::{Conn, TlsStream};
 
 /// How often, at most, a context looks at its files for a change (one `stat` per file, on

@@ -1,0 +1,155 @@
+//! Who the client port lets in (issue 15): TLS with client certificates refuses a client
+//! without one, with one from another CA or expired, and a plaintext client; a token port
+//! refuses a connection without the token or with the wrong one. Each refusal is counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phalanx::client::security::{ClientPortSecurity, ClientToken};
+use phalanx::client::server::{ClientServer, Directory, ServerLimits};
+use phalanx::client::{Client, ClientFailure, ClientSecurity, ClientTimeouts};
+use phalanx::kv::KvStateMachine;
+use phalanx::{Node, NodeConfig, StateMachineFactory};
+use phalanx_net::tls::test_certs::{TestPki, Validity};
+use phalanx_net::tls::{ClientCerts, TlsContext, client_config};
+use phalanx_net::{MemoryConfig, MemoryNetwork};
+use phalanx_proto::{ClientErrorCode, PutRequest, client_request::Op};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    _dir: tempfile::TempDir,
+    node: Option<Node>,
+    server: Option<ClientServer>,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+        if let Some(n) = self.node.take() {
+            n.shutdown();
+        }
+    }
+}
+
+fn serve(security: ClientPortSecurity) -> Server {
+    let net = MemoryNetwork::new(MemoryConfig::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
+    cfg.cores = 1;
+    cfg.pin_cores = false;
+    cfg.initial_cluster = vec![(1, "mem-1".into())];
+    cfg.initial_partitions = 2;
+    cfg.tick_interval_ms = 10;
+    let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
+    let node = Node::start(cfg, net.factory(1), sms).expect("node starts");
+    let listener = ClientServer::bind("127.0.0.1:0".parse().expect("an address")).expect("a free port");
+    let server = ClientServer::serve_secure(
+        node.handle(),
+        listener,
+        Directory::default(),
+        ServerLimits::default(),
+        security,
+    )
+    .expect("serves");
+    let addr = server.local_addr();
+    Server { _dir: dir, node: Some(node), server: Some(server), addr }
+}
+
+impl Server {
+    fn stats(&self) -> phalanx_proto::ClientPortStats {
+        self.server.as_ref().expect("running").stats()
+    }
+
+    fn wait(&self, what: &str, ok: impl Fn(&phalanx_proto::ClientPortStats) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !ok(&self.stats()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One put through a fresh connection with `security`, retried while the partition has
+    /// no leader yet.
+    fn put(&self, security: &ClientSecurity) -> Result<(), ClientFailure> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = Client::connect_secure(&self.addr.to_string(), ClientTimeouts::default(), security)
+                .and_then(|mut c| {
+                    c.call(Op::Put(PutRequest { key: "k".into(), value: b"v".to_vec().into() }))
+                });
+            match r {
+                Err(ClientFailure::Server(e))
+                    if e.code == ClientErrorCode::NotLeader as i32 && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+}
+
+fn unauthenticated(r: &Result<(), ClientFailure>) -> bool {
+    matches!(r, Err(ClientFailure::Server(e)) if e.code == ClientErrorCode::Unauthenticated as i32)
+}
+
+#[test]
+fn tls_with_client_certificates_refuses_clients_without_a_good_one() {
+    let mut pki = TestPki::new("ca").unwrap();
+    let node = pki.issue("node", Validity::Current).unwrap();
+    let client = pki.issue("client", Validity::Current).unwrap();
+    let expired = pki.issue("old-client", Validity::Expired).unwrap();
+    let mut other_pki = TestPki::new("another ca").unwrap();
+    let stranger = other_pki.issue("stranger", Validity::Current).unwrap();
+    let ctx = TlsContext::load(pki.files(&node, Vec::new())).unwrap();
+    let srv = serve(ClientPortSecurity { tls: Some((ctx, ClientCerts::Required)), token: None });
+    let with = |id: Option<(&std::path::Path, &std::path::Path)>| ClientSecurity {
+        tls: Some(client_config(&pki.ca(), id, &[]).unwrap()),
+        token: None,
+    };
+    srv.put(&with(Some((&client.cert, &client.key))))
+        .expect("a client with a certificate from the CA writes");
+    let refused = [
+        srv.put(&with(None)),
+        srv.put(&with(Some((&expired.cert, &expired.key)))),
+        srv.put(&with(Some((&stranger.cert, &stranger.key)))),
+        srv.put(&ClientSecurity::default()),
+    ];
+    for (i, r) in refused.iter().enumerate() {
+        assert!(r.is_err(), "case {i} must be refused: {r:?}");
+    }
+    srv.wait("four TLS failures counted", |s| s.tls_failures >= 4);
+    // A client that does not trust the node's CA refuses the node.
+    let wrong_ca = ClientSecurity {
+        tls: Some(client_config(&other_pki.ca(), Some((&stranger.cert, &stranger.key)), &[]).unwrap()),
+        token: None,
+    };
+    assert!(srv.put(&wrong_ca).is_err());
+}
+
+#[test]
+fn a_token_port_refuses_a_missing_or_wrong_token_and_counts_it() {
+    let token = b"a-token-of-sufficient-length".to_vec();
+    let srv = serve(ClientPortSecurity { tls: None, token: Some(ClientToken::new(&token).unwrap()) });
+    let with = |t: Option<&[u8]>| ClientSecurity { tls: None, token: t.map(<[u8]>::to_vec) };
+    srv.put(&with(Some(&token))).expect("the token lets a client write");
+    assert!(unauthenticated(&srv.put(&with(None))));
+    assert!(unauthenticated(&srv.put(&with(Some(b"a-token-of-sufficient-lengtH")))));
+    srv.wait("two refusals counted", |s| s.closed_unauthenticated == 2);
+    // TLS and a token together (client certificates not asked).
+    let mut pki = TestPki::new("ca").unwrap();
+    let node = pki.issue("node", Validity::Current).unwrap();
+    let ctx = TlsContext::load(pki.files(&node, Vec::new())).unwrap();
+    let srv = serve(ClientPortSecurity {
+        tls: Some((ctx, ClientCerts::NotAsked)),
+        token: Some(ClientToken::new(&token).unwrap()),
+    });
+    let tls = Some(client_config(&pki.ca(), None, &[]).unwrap());
+    srv.put(&ClientSecurity { tls: tls.clone(), token: Some(token.clone()) }).expect("TLS and the token");
+    assert!(unauthenticated(&srv.put(&ClientSecurity { tls, token: None })));
+}
