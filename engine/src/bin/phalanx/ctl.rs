@@ -4,12 +4,13 @@
 //! exit non-zero.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use phalanx::client::{CLIENT_CONNECT_TIMEOUT, Client, ClientFailure, ClientTimeouts};
+use phalanx::client::{CLIENT_CONNECT_TIMEOUT, Client, ClientFailure, ClientSecurity, ClientTimeouts};
 use phalanx_proto::{
     AppendRequest, CasRequest, CheckpointRequest, ClientErrorCode, DeleteRequest, GetRequest, MemberAdd,
     MemberChangeRequest, MemberListRequest, MemberListResponse, PutRequest, StatusRequest, StatusResponse,
@@ -34,8 +35,88 @@ pub struct CtlArgs {
     /// third.
     #[arg(long, default_value_t = 5.0, value_parser = parse_timeout)]
     timeout: f64,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+/// How `ctl` reaches secured client ports.
+#[derive(Args, Debug, Default)]
+pub struct ClientSecurityArgs {
+    /// Connect with TLS, trusting the CA certificates of this PEM file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for ports that require one; needs --tls-key and --tls-ca.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Also require the node's certificate to have one of these SHA-256 fingerprints
+    /// (comma separated; needs --tls-ca).
+    #[arg(long)]
+    tls_pin: Option<String>,
+    /// The client port's token. Visible to other local users in the process list: prefer
+    /// --token-file.
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the token (one trailing newline dropped).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// A secret from a flag or a file (one trailing newline, or CRLF, dropped); `None` if neither.
+pub fn secret_arg(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    flag: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let mut b = std::fs::read(path).map_err(|e| format!("--{flag}-file {}: {e}", path.display()))?;
+            if b.last() == Some(&b'\n') {
+                b.pop();
+                if b.last() == Some(&b'\r') {
+                    b.pop();
+                }
+            }
+            Ok(Some(b))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// What a client needs to reach secured client ports: TLS trusting `ca` (presenting
+/// `identity` when given, requiring `pins` when given) and a token.
+pub fn client_security(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    pins: Option<&str>,
+    token: Option<Vec<u8>>,
+) -> Result<ClientSecurity, String> {
+    let pins = pins.map(phalanx_net::tls::parse_pins).transpose().map_err(|e| format!("--tls-pin: {e}"))?;
+    let tls = match ca {
+        Some(ca) => Some(
+            phalanx_net::tls::client_config(ca, identity, pins.as_deref().unwrap_or(&[]))
+                .map_err(|e| e.to_string())?,
+        ),
+        None if identity.is_some() => {
+            return Err("--tls-cert and --tls-key need --tls-ca (the CA to trust)".into());
+        }
+        None if pins.is_some() => return Err("--tls-pin needs --tls-ca".into()),
+        None => None,
+    };
+    Ok(ClientSecurity { tls, token })
+}
+
+impl ClientSecurityArgs {
+    fn resolve(&self) -> Result<ClientSecurity, String> {
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let token = secret_arg(&self.token, &self.token_file, "token")?;
+        client_security(self.tls_ca.as_deref(), identity, self.tls_pin.as_deref(), token)
+    }
 }
 
 /// `--timeout`: a positive number of seconds, at most a day.
@@ -154,7 +235,14 @@ pub fn run(a: CtlArgs) -> ExitCode {
         eprintln!("error: {bad}");
         return ExitCode::from(2);
     }
-    let mut ctl = Ctl::new(endpoints, Duration::from_secs_f64(a.timeout));
+    let security = match a.security.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut ctl = Ctl::new(endpoints, Duration::from_secs_f64(a.timeout), security);
     let outcome = match a.command {
         CtlCommand::Status { json } => ctl.status(json),
         CtlCommand::Put { key, value } => {
@@ -274,12 +362,13 @@ pub fn join(
     id: u64,
     raft_address: String,
     client_address: String,
+    security: &ClientSecurity,
 ) -> Result<MemberListResponse, String> {
     use phalanx_proto::member_change_request::Change as C;
     if let Some(bad) = endpoints.iter().find_map(|e| check_endpoint(e).err()) {
         return Err(bad.replace("--endpoints", "--join"));
     }
-    let mut ctl = Ctl::new(endpoints, timeout);
+    let mut ctl = Ctl::new(endpoints, timeout, security.clone());
     ctl.change_member_waiting(C::Add(MemberAdd { id, raft_address, client_address }))
         .map_err(|e| format!("the cluster did not add node {id}: {e}"))?;
     ctl.wait_for_roster(|l| l.members.iter().any(|m| m.id == id)).ok_or_else(|| {
@@ -291,9 +380,14 @@ pub fn join(
 /// `id` (waiting while another member is in transition), then waits until the roster no
 /// longer has it — every partition dropped it — all within `timeout`. Returns the roster
 /// version without it.
-pub fn leave(endpoints: Vec<String>, timeout: Duration, id: u64) -> Result<u64, String> {
+pub fn leave(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    id: u64,
+    security: &ClientSecurity,
+) -> Result<u64, String> {
     use phalanx_proto::member_change_request::Change as C;
-    let mut ctl = Ctl::new(endpoints, timeout);
+    let mut ctl = Ctl::new(endpoints, timeout, security.clone());
     ctl.change_member_waiting(C::Remove(id))
         .map_err(|e| format!("the cluster did not take node {id}'s leave: {e}"))?;
     ctl.wait_for_roster(|l| !l.members.iter().any(|m| m.id == id))
@@ -351,11 +445,13 @@ struct Ctl {
     ids: BTreeMap<u64, String>,
     deadline: Instant,
     timeout: Duration,
+    security: ClientSecurity,
 }
 
 impl Ctl {
-    fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+    fn new(endpoints: Vec<String>, timeout: Duration, security: ClientSecurity) -> Self {
         Ctl {
+            security,
             endpoints,
             state: BTreeMap::new(),
             ids: BTreeMap::new(),
@@ -374,7 +470,7 @@ impl Ctl {
         let left = self.left();
         let attempt = (self.timeout / ATTEMPT_SHARE).min(left);
         let timeouts = ClientTimeouts { connect: CLIENT_CONNECT_TIMEOUT.min(attempt), request: attempt };
-        let r = Client::connect_with(endpoint, timeouts).and_then(|mut c| c.call(op));
+        let r = Client::connect_secure(endpoint, timeouts, &self.security).and_then(|mut c| c.call(op));
         let st = self.state.entry(endpoint.to_string()).or_default();
         match &r {
             Ok(_) => st.failed = false,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use phalanx::client::security::ClientPortSecurity;
 use phalanx::client::server::{ClientServer, Directory, ServerLimits};
 use phalanx::kv::KvStateMachine;
 use phalanx::{Node, NodeConfig, StateMachineFactory, derive_node_id};
@@ -139,29 +140,94 @@ pub struct NodeArgs {
     #[arg(long)]
     node_shared_secret_previous_file: Option<PathBuf>,
     /// Start even though a port is bound to a non-loopback address without authentication
-    /// (the Raft port without a shared secret; the client port, which has no authentication
-    /// yet). Without it such a node refuses to start.
+    /// (the Raft port with neither a shared secret nor TLS; the client port without TLS and
+    /// either client certificates or a token). Without it such a node refuses to start.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// This node's certificate (PEM, leaf first), for TLS on both ports: mutual TLS between
+    /// nodes (each presents its certificate and checks the other's against --tls-ca), TLS on
+    /// the client port. Needs --tls-key and --tls-ca. The three files are reloaded when they
+    /// change (checked at most once a second, on a new connection).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) other nodes' certificates, and client certificates, must chain to.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Also require other nodes' certificates to have one of these SHA-256 fingerprints
+    /// (comma separated, as `openssl x509 -noout -fingerprint -sha256` prints them).
+    #[arg(long)]
+    tls_pin: Option<String>,
+    /// Require client certificates from --tls-ca on the client port.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// A token every client-port connection must present first (16 to 1,024 bytes).
+    /// Visible to other local users in the process list: prefer --client-token-file.
+    #[arg(long, conflicts_with = "client_token_file")]
+    client_token: Option<String>,
+    /// File holding the client token (one trailing newline dropped).
+    #[arg(long)]
+    client_token_file: Option<PathBuf>,
 }
 
-/// A secret from a flag or a file (one trailing newline dropped); `None` if neither.
-fn secret(value: &Option<String>, file: &Option<PathBuf>, flag: &str) -> Result<Option<Vec<u8>>, String> {
-    match (value, file) {
-        (Some(v), _) => Ok(Some(v.as_bytes().to_vec())),
-        (None, Some(path)) => {
-            let mut b = std::fs::read(path).map_err(|e| format!("--{flag}-file {}: {e}", path.display()))?;
-            if b.last() == Some(&b'\n') {
-                b.pop();
-                if b.last() == Some(&b'\r') {
-                    b.pop();
-                }
-            }
-            Ok(Some(b))
-        }
-        (None, None) => Ok(None),
-    }
+/// What secures the node's ports, from the flags.
+struct Security {
+    node_auth: Option<Arc<phalanx_net::auth::NodeAuth>>,
+    tls: Option<Arc<phalanx_net::tls::TlsContext>>,
+    client_port: ClientPortSecurity,
+    /// How this node reaches other nodes' client ports (--join, --leave-on-shutdown).
+    as_client: phalanx::client::ClientSecurity,
 }
+
+/// The TLS context from --tls-cert/--tls-key/--tls-ca/--tls-pin: all three files or none.
+fn tls_context(a: &NodeArgs) -> Result<Option<Arc<phalanx_net::tls::TlsContext>>, String> {
+    let files = match (&a.tls_cert, &a.tls_key, &a.tls_ca) {
+        (None, None, None) => {
+            if a.tls_pin.is_some() || a.client_cert_auth {
+                return Err(
+                    "--tls-pin and --client-cert-auth need TLS (--tls-cert, --tls-key, --tls-ca)".into()
+                );
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key), Some(ca)) => phalanx_net::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            pins: match &a.tls_pin {
+                Some(p) => phalanx_net::tls::parse_pins(p).map_err(|e| format!("--tls-pin: {e}"))?,
+                None => Vec::new(),
+            },
+        },
+        _ => {
+            return Err(
+                "TLS needs all of --tls-cert, --tls-key and --tls-ca (mutual TLS between nodes checks both sides)"
+                    .into(),
+            );
+        }
+    };
+    let pins = files.pins.clone();
+    let ctx = phalanx_net::tls::TlsContext::load(files).map_err(|e| format!("TLS: {e}"))?;
+    if !pins.is_empty() {
+        // Nodes usually share one pin list: one that leaves this node's own certificate out
+        // makes every other node refuse it. Said at start, not found later in peers' logs.
+        let own =
+            phalanx_net::tls::load_certs("certificate", &ctx.files().cert).map_err(|e| e.to_string())?;
+        if let Some(leaf) = own.first()
+            && !pins.contains(&phalanx_net::tls::CertPin::of(leaf))
+        {
+            tracing::warn!(
+                own = %phalanx_net::tls::CertPin::of(leaf),
+                "--tls-pin does not list this node's own certificate: other nodes pinning the same list will refuse it"
+            );
+        }
+    }
+    Ok(Some(ctx))
+}
+
+use crate::ctl::secret_arg as secret;
 
 /// Whether every address `host` resolves to is a loopback address.
 fn is_loopback_only(host: &str) -> Result<bool, String> {
@@ -169,9 +235,9 @@ fn is_loopback_only(host: &str) -> Result<bool, String> {
     Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
 }
 
-/// The node's shared secrets, and the fail-closed check: a port bound beyond loopback
-/// without authentication is refused unless --allow-unauthenticated.
-fn node_auth(a: &NodeArgs) -> Result<Option<Arc<phalanx_net::auth::NodeAuth>>, String> {
+/// The node's shared secrets, TLS and client-port token, and the fail-closed check: a port
+/// bound beyond loopback without authentication is refused unless --allow-unauthenticated.
+fn security(a: &NodeArgs) -> Result<Security, String> {
     let current = secret(&a.node_shared_secret, &a.node_shared_secret_file, "node-shared-secret")?;
     let previous = secret(
         &a.node_shared_secret_previous,
@@ -187,25 +253,58 @@ fn node_auth(a: &NodeArgs) -> Result<Option<Arc<phalanx_net::auth::NodeAuth>>, S
         (None, None) => None,
         (Some(c), p) => Some(Arc::new(phalanx_net::auth::NodeAuth::new(c, p).map_err(|e| e.to_string())?)),
     };
+    let tls = tls_context(a)?;
+    let token = secret(&a.client_token, &a.client_token_file, "client-token")?;
+    let client_token = token
+        .as_deref()
+        .map(phalanx::client::security::ClientToken::new)
+        .transpose()
+        .map_err(|e| format!("--client-token: {e}"))?;
     if !a.allow_unauthenticated {
-        if auth.is_none() && !is_loopback_only(&a.raft_host).map_err(|e| format!("--raft-host {e}"))? {
+        if auth.is_none()
+            && tls.is_none()
+            && !is_loopback_only(&a.raft_host).map_err(|e| format!("--raft-host {e}"))?
+        {
             return Err(format!(
-                "--raft-host {} is not a loopback address and no --node-shared-secret is set: any host \
-                 that reaches the port could join the cluster. Set a shared secret, or pass \
-                 --allow-unauthenticated to run open",
+                "--raft-host {} is not a loopback address and neither --node-shared-secret nor TLS \
+                 (--tls-cert/--tls-key/--tls-ca) is set: any host that reaches the port could join the \
+                 cluster. Set one, or pass --allow-unauthenticated to run open",
                 a.raft_host
             ));
         }
-        if !is_loopback_only(&a.client_host).map_err(|e| format!("--client-host {e}"))? {
+        let client_authenticated = tls.is_some() && (a.client_cert_auth || client_token.is_some());
+        if !client_authenticated
+            && !is_loopback_only(&a.client_host).map_err(|e| format!("--client-host {e}"))?
+        {
             return Err(format!(
-                "--client-host {} is not a loopback address and the client port has no \
-                 authentication yet: any host that reaches it could write. Bind it to loopback, or \
-                 pass --allow-unauthenticated to run open",
+                "--client-host {} is not a loopback address and the client port does not authenticate \
+                 clients: it needs TLS and either --client-cert-auth or --client-token (a token over \
+                 plaintext is readable on the way). Bind it to loopback, or pass \
+                 --allow-unauthenticated to run open",
                 a.client_host
             ));
         }
     }
-    Ok(auth)
+    let client_port = ClientPortSecurity {
+        tls: tls.clone().map(|t| {
+            let certs = if a.client_cert_auth {
+                phalanx_net::tls::ClientCerts::Required
+            } else {
+                phalanx_net::tls::ClientCerts::NotAsked
+            };
+            (t, certs)
+        }),
+        token: client_token,
+    };
+    // This node reaches other client ports as a client of the same cluster: trusting its CA,
+    // presenting its own certificate, with the cluster's token.
+    let as_client = crate::ctl::client_security(
+        a.tls_ca.as_deref(),
+        a.tls_cert.as_deref().zip(a.tls_key.as_deref()),
+        a.tls_pin.as_deref(),
+        token,
+    )?;
+    Ok(Security { node_auth: auth, tls, client_port, as_client })
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -218,7 +317,7 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 /// Starts the node and blocks until SIGTERM or SIGINT.
 pub fn run(a: NodeArgs) -> Result<(), String> {
     let raft_addr = format!("{}:{}", a.raft_host, a.raft_port);
-    let auth = node_auth(&a)?;
+    let security = security(&a)?;
     let node_id = match (a.raft_nodeid, &a.raft_nodename) {
         (Some(0), _) => return Err("--raft-nodeid must be non-zero".into()),
         (Some(id), _) => id,
@@ -249,8 +348,15 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         let timeout = std::time::Duration::from_secs(a.join_timeout_secs);
         let endpoints: Vec<String> =
             a.join.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
-        let roster = crate::ctl::join(endpoints, timeout, node_id, raft_addr.clone(), client_addr.clone())
-            .map_err(|e| format!("--join: {e}"))?;
+        let roster = crate::ctl::join(
+            endpoints,
+            timeout,
+            node_id,
+            raft_addr.clone(),
+            client_addr.clone(),
+            &security.as_client,
+        )
+        .map_err(|e| format!("--join: {e}"))?;
         tracing::info!(node_id, version = roster.version, "the cluster added this node");
         if roster.partitions != a.initial_cluster_partitions {
             tracing::info!(partitions = roster.partitions, "taking the cluster's partition count");
@@ -317,7 +423,8 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         DynamicDiscovery::with_nodes(cluster.clone()).map_err(|e| format!("--initial-cluster: {e}"))?,
     );
     let mut tcp_cfg = TcpConfig::new(node_id, a.cluster_id.clone(), raft_addr.clone());
-    tcp_cfg.node_auth = auth;
+    tcp_cfg.node_auth = security.node_auth.clone();
+    tcp_cfg.tls = security.tls.clone();
     let tcp = TcpFactory::bind(tcp_cfg, discovery.clone()).map_err(|e| format!("raft port: {e}"))?;
     let client_sock = resolve(&client_addr).map_err(|e| format!("--client-port: {e}"))?;
     // Both ports are bound before anything starts: a port in use stops the node here.
@@ -332,8 +439,13 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         directory.client.insert(n.id, n.addr.clone());
     }
     directory.client.insert(node_id, client_addr.clone());
-    let server = match ClientServer::serve(node.handle(), client_listener, directory, ServerLimits::default())
-    {
+    let server = match ClientServer::serve_secure(
+        node.handle(),
+        client_listener,
+        directory,
+        ServerLimits::default(),
+        security.client_port.clone(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             node.shutdown();
@@ -358,7 +470,7 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
         return Err(format!("node {node_id} failed: {reason}"));
     }
     if a.leave_on_shutdown {
-        leave(&node.handle(), &client_addr, a.leave_timeout_secs);
+        leave(&node.handle(), &client_addr, a.leave_timeout_secs, &security.as_client);
     }
     tracing::info!(node_id, "stopping: handing over leadership");
     // Stepping down is answered by each shard at once; no timer is needed.
@@ -373,7 +485,12 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
 
 /// `--leave-on-shutdown`: leaves the cluster through the members' client ports (this node's
 /// first) before the node stops; a failure is logged, and the node stops anyway.
-fn leave(node: &phalanx::NodeHandle, own_client: &str, timeout_secs: u64) {
+fn leave(
+    node: &phalanx::NodeHandle,
+    own_client: &str,
+    timeout_secs: u64,
+    security: &phalanx::client::ClientSecurity,
+) {
     let id = node.node_id();
     // The other members' client ports, as the roster and their announcements give them.
     let mut others: std::collections::BTreeSet<String> =
@@ -385,7 +502,7 @@ fn leave(node: &phalanx::NodeHandle, own_client: &str, timeout_secs: u64) {
     others.remove(own_client);
     let endpoints: Vec<String> = std::iter::once(own_client.to_string()).chain(others).collect();
     tracing::info!(node_id = id, "leaving the cluster");
-    match crate::ctl::leave(endpoints, std::time::Duration::from_secs(timeout_secs.max(1)), id) {
+    match crate::ctl::leave(endpoints, std::time::Duration::from_secs(timeout_secs.max(1)), id, security) {
         Ok(version) => tracing::info!(node_id = id, version, "left the cluster"),
         Err(e) => tracing::error!(node_id = id, "leaving: {e}"),
     }
