@@ -60,6 +60,10 @@ pub const FUZZ_HELLO_NONCE: [u8; 16] = [7; 16];
 /// byte: ±127 steps span ±31.75 s, either side of [`MAX_CLOCK_SKEW_MS`].
 const SKEW_STEP_MS: i64 = 250;
 const _: () = assert!(127 * SKEW_STEP_MS > MAX_CLOCK_SKEW_MS as i64);
+/// Latest clock the `handshake` target gives its node: the end of the year 9999, in ms. A
+/// node's clock is its wall clock, which never nears `u64::MAX` whatever timestamp a peer
+/// sends (there the replay cache's expiry saturates: see `tests/fuzz/README.md`).
+const CLOCK_MAX_MS: u64 = 253_402_300_799_999;
 
 /// Splits `data` into the pieces a socket might have delivered: the first byte picks the
 /// pattern (0: all at once; otherwise a pseudo-random walk of sizes up to about twice its
@@ -246,7 +250,8 @@ impl futures_lite::AsyncWrite for Script<'_> {
 
 /// The Raft port's handshake, both sides, with shared-secret authentication. The first byte
 /// sets this node's clock relative to the timestamp of the message being verified
-/// ([`SKEW_STEP_MS`] per step, signed); the rest is what the peer sent.
+/// ([`SKEW_STEP_MS`] per step, signed; a timestamp past [`CLOCK_MAX_MS`] is taken from there);
+/// the rest is what the peer sent.
 ///
 /// The real entry points run first (the acceptor's `accept_hello`, the dialer's `dial`:
 /// frame, decode, checks, then the MAC at the wall clock). Then the first frame is decoded
@@ -263,7 +268,7 @@ pub fn handshake(data: &[u8]) {
     let mut d = FrameDecoder::new(MAX_HANDSHAKE_FRAME_BYTES);
     d.push(stream);
     let Ok(Some(f)) = d.next_frame() else { return };
-    let now = |ts: u64| ts.saturating_add_signed(i64::from(skew as i8) * SKEW_STEP_MS);
+    let now = |ts: u64| ts.min(CLOCK_MAX_MS).saturating_add_signed(i64::from(skew as i8) * SKEW_STEP_MS);
     let auth = fuzz_auth();
     match f.kind {
         FrameKind::Hello => {

@@ -8,6 +8,9 @@
 //! the other tests check that they really are valid, so the fuzzer's starting points do not
 //! rot when a format changes.
 
+// Test code: every value unwrapped is one this file made, and a failed unwrap fails the test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -37,6 +40,8 @@ use phalanx_tests::fuzz_targets::{
 const SIGNED_AT_MS: u64 = 1_800_000_000_000;
 
 type Target = fn(&[u8]);
+/// Named inputs of one target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 const TARGETS: [(&str, Target); 5] = [
     ("frame", fuzz_targets::frame),
@@ -97,7 +102,7 @@ fn msg(group: u64, body: Body) -> RaftMessage {
     RaftMessage { group, from: FUZZ_PEER_NODE, to: FUZZ_LOCAL_NODE, body: Some(body) }
 }
 
-fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn frame_seeds() -> Seeds {
     let batch = MessageBatch {
         messages: vec![
             msg(1, Body::Heartbeat(Heartbeat { term: 3, commit: 7, read_ctx: 1, quiesce: false })),
@@ -161,7 +166,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn handshake_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn handshake_seeds() -> Seeds {
     let hello_frame = |h: &phalanx_proto::Hello| {
         let mut v = Vec::new();
         encode_frame(FrameKind::Hello, h, MAX_HANDSHAKE_FRAME_BYTES, &mut v).unwrap();
@@ -206,7 +211,7 @@ fn handshake_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn client_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn client_request_seeds() -> Seeds {
     use client_request::Op;
     let ops = [
         Op::Put(PutRequest { key: "k".into(), value: Bytes::from_static(b"v1") }),
@@ -267,7 +272,7 @@ fn put_entry(w: &mut RecordWriter<'_>, partition: u64, e: &LogEntry) {
     w.entry(kind::ENTRY, partition, e.index, e.term, proto.len(), |b| b.copy_from_slice(&proto));
 }
 
-fn wal_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn wal_seeds() -> Seeds {
     let hs = HardState { term: 2, vote: 1, commit: 2, recovering: false };
     let first: &dyn Fn(&mut RecordWriter<'_>) = &|w| {
         put_entry(w, 1, &entry(1, 1, b"one"));
@@ -300,7 +305,7 @@ fn wal_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn snapshot_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn snapshot_seeds() -> Seeds {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open(dir.path()).unwrap();
     let kv = KvSnapshot {
@@ -345,7 +350,7 @@ fn snapshot_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![("kv", with(0, &kv_file)), ("system", with(0, &system_file)), ("kv-body", with(1, &body))]
 }
 
-fn seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
+fn seeds() -> Vec<(&'static str, Seeds)> {
     vec![
         ("frame", frame_seeds()),
         ("handshake", handshake_seeds()),
