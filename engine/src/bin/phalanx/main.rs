@@ -35,7 +35,7 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Talk to running nodes through their client ports.
     #[command(allow_negative_numbers = true)]
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
 }
 
 /// Log filter when `RUST_LOG` is unset. glommio's reactor reports at error level that a
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Ctl(args) => ctl::run(args),
+        Command::Ctl(args) => ctl::run(*args),
     }
 }
 
