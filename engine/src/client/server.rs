@@ -573,12 +573,13 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     writer_task.await;
 }
 
-/// The request a frame received on the client port carries: an error (the connection is
-/// then closed) for a frame of another kind or an undecodable payload.
-///
 /// Checks a connection's first frame against the port's token (any `ClientAuth` passes when
 /// the port has none, so a client may always send one).
-fn check_token(security: &ClientPortSecurity, frame: &Frame) -> Result<(), String> {
+///
+/// Public, but not part of the API, for the fuzz targets (`tests/fuzz`), like
+/// [`decode_request`].
+#[doc(hidden)]
+pub fn check_token(security: &ClientPortSecurity, frame: &Frame) -> Result<(), String> {
     if frame.kind != FrameKind::App(AUTH_KIND) {
         return Err("this client port requires a token, presented first (ctl --token)".into());
     }
@@ -589,6 +590,9 @@ fn check_token(security: &ClientPortSecurity, frame: &Frame) -> Result<(), Strin
     }
 }
 
+/// The request a frame received on the client port carries: an error (the connection is
+/// then closed) for a frame of another kind or an undecodable payload.
+///
 /// Public, but not part of the API, for the fuzz targets (`tests/fuzz`): they run the
 /// port's decoding on arbitrary bytes without a socket or a node.
 #[doc(hidden)]
