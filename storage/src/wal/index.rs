@@ -18,9 +18,17 @@ use crate::types::{LogPosition, PartitionId, PartitionState};
 /// relocated copies come later in the log). Real entries have terms ≥ 1.
 const HOLE_TERM: u64 = 0;
 
-/// Most slots a single record may leave unknown below it during recovery. Bounds the memory a
-/// damaged-but-checksummed index can demand.
+/// Most slots a single record may leave unknown below it during recovery.
 const HOLES_MAX: u64 = 1 << 24;
+
+/// Bytes of the smallest record that can fill a hole (an entry record with an empty body).
+/// Every hole must be filled by such a record later in the log, so a log of `n` bytes can
+/// leave at most `n / HOLE_FILLER_BYTES_MIN` holes at once: the bound recovery enforces
+/// ([`Index::limit_holes`]), which keeps the memory of a damaged-but-checksummed log's
+/// holes proportional to the log (24 bytes of index per 36 bytes of log) instead of
+/// [`HOLES_MAX`] slots per record.
+pub(crate) const HOLE_FILLER_BYTES_MIN: u64 =
+    (super::format::RECORD_HEADER_BYTES + super::format::ENTRY_PREFIX_BYTES) as u64;
 
 /// Where an entry's record lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +95,28 @@ impl SegPins {
 }
 
 /// The index of one WAL shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Index {
     parts: BTreeMap<PartitionId, PartIndex>,
     meta: BTreeMap<Bytes, (Bytes, u64)>,
     pins: BTreeMap<u64, SegPins>,
+    /// Unknown slots (holes) across all partitions now.
+    holes: u64,
+    /// Most holes at once (see [`HOLE_FILLER_BYTES_MIN`]); unlimited outside recovery, where
+    /// no record leaves one.
+    holes_max: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            parts: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            holes: 0,
+            holes_max: u64::MAX,
+        }
+    }
 }
 
 fn pin_entry(pins: &mut BTreeMap<u64, SegPins>, l: &EntryLoc) {
@@ -100,8 +125,10 @@ fn pin_entry(pins: &mut BTreeMap<u64, SegPins>, l: &EntryLoc) {
     p.entry_bytes += u64::from(l.len);
 }
 
-fn unpin_entry(pins: &mut BTreeMap<u64, SegPins>, l: &EntryLoc) {
+/// Forgets the slot `l` leaving the index: its segment's pin, or the hole it was.
+fn unpin_entry(pins: &mut BTreeMap<u64, SegPins>, holes: &mut u64, l: &EntryLoc) {
     if l.is_hole() {
+        *holes = holes.saturating_sub(1);
         return;
     }
     if let Some(p) = pins.get_mut(&l.seg) {
@@ -121,10 +148,16 @@ fn unpin_record(pins: &mut BTreeMap<u64, SegPins>, seg: Option<u64>) {
 }
 
 impl Index {
+    /// Refuses, from now on, a record that would leave more holes than a log of `log_bytes`
+    /// bytes could fill (recovery, before replaying a log of that size).
+    pub fn limit_holes(&mut self, log_bytes: u64) {
+        self.holes_max = log_bytes / HOLE_FILLER_BYTES_MIN;
+    }
+
     /// Applies one record found (or just written) at `seg`/`offset`, `len` bytes long.
     /// An error means the log contradicts itself (reported as corruption by the caller).
     pub fn apply(&mut self, rec: &Record<'_>, seg: u64, offset: u32, len: u32) -> Result<(), String> {
-        let pins = &mut self.pins;
+        let (pins, holes) = (&mut self.pins, &mut self.holes);
         match *rec {
             Record::Entry { partition, index, term, relocated, .. } => {
                 let part = self.parts.entry(partition).or_default();
@@ -143,7 +176,8 @@ impl Index {
                     return Err(format!("partition {partition}: entry {index} with term 0"));
                 }
                 let k = index - part.floor.index - 1;
-                if k > part.locs.len() as u64 + HOLES_MAX {
+                let new_holes = k.saturating_sub(part.locs.len() as u64);
+                if new_holes > HOLES_MAX || new_holes > self.holes_max.saturating_sub(*holes) {
                     return Err(format!("partition {partition}: entry {index} far past the log end"));
                 }
                 let k = k as usize;
@@ -156,14 +190,15 @@ impl Index {
                             old.term
                         ));
                     }
-                    unpin_entry(pins, &old);
+                    unpin_entry(pins, holes, &old);
                     part.locs[k] = loc;
                 } else {
                     while part.locs.len() > k {
                         if let Some(old) = part.locs.pop_back() {
-                            unpin_entry(pins, &old);
+                            unpin_entry(pins, holes, &old);
                         }
                     }
+                    *holes += new_holes;
                     part.locs.resize(k, EntryLoc::HOLE);
                     if part.locs.capacity() == 0 {
                         // Most partitions of a large node are idle with one entry (their
@@ -182,17 +217,17 @@ impl Index {
                 part.hard_state = hard_state;
             }
             Record::Snapshot { partition, pos, keep_suffix } => {
-                Self::set_floor(self.parts.entry(partition).or_default(), pins, pos, keep_suffix, seg)
+                Self::set_floor(self.parts.entry(partition).or_default(), pins, holes, pos, keep_suffix, seg)
                     .map_err(|e| format!("partition {partition}: {e}"))?;
             }
             Record::Compact { partition, pos } => {
-                Self::set_floor(self.parts.entry(partition).or_default(), pins, pos, true, seg)
+                Self::set_floor(self.parts.entry(partition).or_default(), pins, holes, pos, true, seg)
                     .map_err(|e| format!("partition {partition}: {e}"))?;
             }
             Record::Remove { partition } => {
                 if let Some(part) = self.parts.remove(&partition) {
                     for l in &part.locs {
-                        unpin_entry(pins, l);
+                        unpin_entry(pins, holes, l);
                     }
                     unpin_record(pins, part.hs_seg);
                     unpin_record(pins, part.floor_seg);
@@ -214,6 +249,7 @@ impl Index {
     fn set_floor(
         part: &mut PartIndex,
         pins: &mut BTreeMap<u64, SegPins>,
+        holes: &mut u64,
         pos: LogPosition,
         keep_suffix: bool,
         seg: u64,
@@ -224,11 +260,11 @@ impl Index {
             }
             let n = ((pos.index - part.floor.index) as usize).min(part.locs.len());
             for l in part.locs.drain(..n) {
-                unpin_entry(pins, &l);
+                unpin_entry(pins, holes, &l);
             }
         } else {
             for l in part.locs.drain(..) {
-                unpin_entry(pins, &l);
+                unpin_entry(pins, holes, &l);
             }
         }
         part.floor = pos;
@@ -349,6 +385,32 @@ mod tests {
         ix.apply(&Record::Remove { partition: 1 }, 3, 0, 20).unwrap();
         assert!(ix.pins(2).is_free());
         assert!(ix.state(1).is_none());
+    }
+
+    /// Regression (found by the `wal` fuzz target): one checksummed entry record far past
+    /// its partition's end made recovery allocate its 2^24 holes (400 MiB), and each further
+    /// record as much again. Holes are now bounded by what the log could fill.
+    #[test]
+    fn holes_are_bounded_by_what_the_log_could_fill() {
+        let mut ix = Index::default();
+        ix.limit_holes(10 * HOLE_FILLER_BYTES_MIN + 35);
+        ix.apply(&entry(1, 8, 1, false), 1, 0, 40).unwrap(); // 7 holes
+        ix.apply(&entry(2, 4, 1, false), 1, 40, 40).unwrap(); // 3 more: 10
+        let e = ix.apply(&entry(3, 2, 1, false), 1, 80, 40).unwrap_err();
+        assert!(e.contains("far past the log end"), "{e}");
+        // Filled, truncated or removed holes make room again.
+        ix.apply(&entry(1, 1, 1, true), 2, 0, 40).unwrap();
+        ix.apply(&entry(3, 2, 1, false), 2, 40, 40).unwrap();
+        ix.apply(&entry(2, 2, 1, false), 2, 80, 40).unwrap(); // truncates 2 of partition 2's 3
+        ix.apply(&Record::Remove { partition: 3 }, 2, 120, 20).unwrap(); // 1 hole of partition 3
+        // Partition 1 is [1, hole × 6, 8]: dropping 1..=4 drops 3 holes.
+        ix.apply(&Record::Compact { partition: 1, pos: LogPosition::new(4, 1) }, 2, 140, 36).unwrap();
+        assert_eq!(ix.holes, 10 - 1 + 1 - 2 - 1 - 3);
+        ix.apply(&entry(4, 7, 1, false), 2, 180, 40).unwrap(); // 6 holes: 10 again
+        assert!(ix.apply(&entry(5, 2, 1, false), 2, 220, 40).is_err());
+        // Outside recovery nothing is limited (and no record leaves a hole).
+        let mut running = Index::default();
+        running.apply(&entry(1, 1000, 1, false), 1, 0, 40).unwrap();
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub(crate) struct Recovered {
 /// Recovers the WAL in `dir`. Spares of another size than `segment_bytes` are deleted.
 pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Result<Recovered> {
     let mut seqs = Vec::new();
+    // Bytes of all segment files: the most a record's holes may ask the index to hold.
+    let mut log_bytes = 0u64;
     let mut spares = Vec::new();
     let listing = std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
     for item in listing {
@@ -71,7 +73,11 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
             });
         };
         match classify(name) {
-            FileKind::Segment(seq) => seqs.push(seq),
+            FileKind::Segment(seq) => {
+                seqs.push(seq);
+                let len = item.metadata().map_err(|e| StorageError::io("stat", &path, e))?.len();
+                log_bytes = log_bytes.saturating_add(len);
+            }
             FileKind::Spare(_) => {
                 let len = item.metadata().map_err(|e| StorageError::io("stat", &path, e))?.len();
                 if len == segment_bytes {
@@ -97,6 +103,7 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     spares.sort();
 
     let mut rec = Recovered { spares, ..Default::default() };
+    rec.index.limit_holes(log_bytes);
     let mut expected: Option<u64> = None;
     // The last segment holding a batch, and where the previous segment's batches ended.
     let mut last_with_batches: Option<usize> = None;
@@ -222,6 +229,7 @@ pub(crate) fn replay_image(path: &Path, data: &[u8]) -> Result<(SegmentHeader, S
     // As `read_segment`: what lies past the header's size is not part of the segment.
     let data = &data[..header.segment_bytes as usize];
     let mut index = Index::default();
+    index.limit_holes(data.len() as u64);
     let scan = scan_segment(&header, path, data, &mut index, &mut None, None)?;
     if let Some((p, index)) = index.find_hole() {
         return Err(StorageError::Corrupt {
