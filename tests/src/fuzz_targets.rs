@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::block_on;
 use phalanx::StateMachine;
-use phalanx::client::MAX_CLIENT_FRAME_BYTES;
-use phalanx::client::server::decode_request;
+use phalanx::client::security::{ClientPortSecurity, ClientToken};
+use phalanx::client::server::{check_token, decode_request};
+use phalanx::client::{AUTH_KIND, MAX_CLIENT_FRAME_BYTES};
 use phalanx::kv::{KV_LOG_TYPE, KvStateMachine, MAX_KEY_BYTES};
 use phalanx::roster::Roster;
 use phalanx_net::auth::{AuthFailure, MAX_CLOCK_SKEW_MS, NodeAuth};
@@ -311,16 +312,33 @@ pub fn handshake(data: &[u8]) {
     }
 }
 
+/// The token the `client_request` target's port requires when it requires one.
+pub const FUZZ_CLIENT_TOKEN: &[u8] = b"phalanx fuzz client token";
+/// The bit of the `client_request` target's first byte that makes its port require
+/// [`FUZZ_CLIENT_TOKEN`]; the other bits are the chunk pattern.
+pub const CLIENT_TOKEN_BIT: u8 = 0x80;
+
 /// The client port's request decoding: arbitrary bytes in arbitrary chunks through a decoder
-/// at the port's limit, every frame through the server's `decode_request` until one is
-/// refused (the server then closes the connection). Each key-value request is then carried
-/// the way the server carries it: encoded as the `KvCommand` the node replicates, applied by
-/// the node's key-value state machine, whose answer must decode as the server decodes it.
+/// at the port's limit; the connection's frames through the server's `check_token` (when the
+/// port requires a token, [`CLIENT_TOKEN_BIT`] of the first byte, or when a token frame
+/// comes) and `decode_request`, as its read loop calls them, until one is refused (the
+/// server then closes the connection). Each key-value request is then carried the way the
+/// server carries it: encoded as the `KvCommand` the node replicates, applied by the node's
+/// key-value state machine, whose answer must decode as the server decodes it.
 pub fn client_request(data: &[u8]) {
-    let (pattern, stream) = split_first(data);
+    let (first, stream) = split_first(data);
+    let token = (first & CLIENT_TOKEN_BIT != 0).then(|| ClientToken::new(FUZZ_CLIENT_TOKEN).ok()).flatten();
+    let security = ClientPortSecurity { tls: None, token };
+    let mut authenticated = security.token.is_none();
     let mut d = FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
     let mut sm = KvStateMachine::new();
-    feed(&mut d, pattern, stream, |f| {
+    feed(&mut d, first & !CLIENT_TOKEN_BIT, stream, |f| {
+        // The server's read loop (`serve_connection`): a token frame, or any first frame
+        // when a token is required, is checked as a token.
+        if f.kind == FrameKind::App(AUTH_KIND) || !authenticated {
+            authenticated = check_token(&security, &f).is_ok();
+            return authenticated;
+        }
         let Ok(req) = decode_request(&f) else { return false };
         if let Some(op) = req.op {
             execute_kv(&mut sm, op);

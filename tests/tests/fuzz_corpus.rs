@@ -14,14 +14,14 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use phalanx::client::{MAX_CLIENT_FRAME_BYTES, REQUEST_KIND};
+use phalanx::client::{AUTH_KIND, MAX_CLIENT_FRAME_BYTES, REQUEST_KIND};
 use phalanx::raft::{Membership, Snapshot, SnapshotMeta};
 use phalanx::runtime::snapshots::SnapshotStore;
 use phalanx_net::frame::{DEFAULT_MAX_FRAME_BYTES, FrameKind, encode_frame};
 use phalanx_net::handshake::{MAX_HANDSHAKE_FRAME_BYTES, unavailable};
 use phalanx_proto::{
-    AppendEntriesRequest, AppendRequest, AppendValueRequest, CasRequest, ClientRequest, ConfState,
-    DeleteRequest, EntryKind, GetRequest, Gossip, HardState, Heartbeat, HelloAck, HlcTimestamp,
+    AppendEntriesRequest, AppendRequest, AppendValueRequest, CasRequest, ClientAuth, ClientRequest,
+    ConfState, DeleteRequest, EntryKind, GetRequest, Gossip, HardState, Heartbeat, HelloAck, HlcTimestamp,
     InstallSnapshotChunk, KvPair, KvSnapshot, LogEntry, Message, MessageBatch, NodeLiveness, PutRequest,
     RaftMessage, Roster, RosterMember, StatusRequest, SystemSnapshot, SystemState, VoteRequest,
     client_request, raft_message::Body,
@@ -32,8 +32,8 @@ use phalanx_storage::wal::format::{
 };
 use phalanx_storage::wal::replay_segment_image;
 use phalanx_tests::fuzz_targets::{
-    self, FUZZ_CLUSTER, FUZZ_LOCAL_NODE, FUZZ_PEER_NODE, FUZZ_PREVIOUS_SECRET, fuzz_auth, fuzz_dialer_hello,
-    fuzz_identity, make_checksums_valid, snapshot_file,
+    self, CLIENT_TOKEN_BIT, FUZZ_CLIENT_TOKEN, FUZZ_CLUSTER, FUZZ_LOCAL_NODE, FUZZ_PEER_NODE,
+    FUZZ_PREVIOUS_SECRET, fuzz_auth, fuzz_dialer_hello, fuzz_identity, make_checksums_valid, snapshot_file,
 };
 
 /// The clock the handshake seeds were signed at (the target verifies relative to it).
@@ -237,7 +237,15 @@ fn client_request_seeds() -> Seeds {
         let req = ClientRequest { id: id as u64 + 1, op: Some(op) };
         encode_frame(FrameKind::App(REQUEST_KIND), &req, MAX_CLIENT_FRAME_BYTES, &mut stream).unwrap();
     }
-    vec![("kv-session", with(0, &stream)), ("kv-session-chunked", with(5, &stream))]
+    let mut with_token = Vec::new();
+    let auth = ClientAuth { token: Bytes::from_static(FUZZ_CLIENT_TOKEN) };
+    encode_frame(FrameKind::App(AUTH_KIND), &auth, MAX_CLIENT_FRAME_BYTES, &mut with_token).unwrap();
+    with_token.extend_from_slice(&stream);
+    vec![
+        ("kv-session", with(0, &stream)),
+        ("kv-session-chunked", with(5, &stream)),
+        ("kv-session-token", with(CLIENT_TOKEN_BIT | 3, &with_token)),
+    ]
 }
 
 /// A segment image of `segment_bytes` (blocks of 512) holding one batch per element of
@@ -411,12 +419,20 @@ fn seeds_are_valid() {
     }
     let kv = &snapshot_seeds()[0].1;
     assert_eq!(snapshot_file(&kv[17..kv.len() - 4]), kv[1..]);
-    // Client requests: every frame is a request the server decodes.
+    // Client requests: every frame is a request the server decodes (after the token the
+    // port requires, when it requires one).
+    let token = phalanx::client::security::ClientToken::new(FUZZ_CLIENT_TOKEN).unwrap();
+    let security = phalanx::client::security::ClientPortSecurity { tls: None, token: Some(token) };
     for (_, s) in client_request_seeds() {
         let mut d = phalanx_net::FrameDecoder::new(MAX_CLIENT_FRAME_BYTES);
         d.push(&s[1..]);
         let mut n = 0;
         while let Some(f) = d.next_frame().unwrap() {
+            if f.kind == FrameKind::App(AUTH_KIND) {
+                assert!(s[0] & CLIENT_TOKEN_BIT != 0);
+                phalanx::client::server::check_token(&security, &f).unwrap();
+                continue;
+            }
             phalanx::client::server::decode_request(&f).unwrap();
             n += 1;
         }
