@@ -21,6 +21,12 @@ const HOLE_TERM: u64 = 0;
 /// Most slots a single record may leave unknown below it during recovery.
 const HOLES_MAX: u64 = 1 << 24;
 
+/// Largest log index a record may carry (an entry's or a floor's): one less than the largest
+/// `u64`, so the index after it, where a partition's next entry or its first one goes, is
+/// still a number. Raft's indexes grow by one from 1 and never come near it; a record beyond
+/// is damage.
+const LAST_INDEX_MAX: u64 = u64::MAX - 1;
+
 /// Bytes of the smallest record that can fill a hole (an entry record with an empty body).
 /// Every hole must be filled by such a record later in the log, so a log of `n` bytes can
 /// leave at most `n / HOLE_FILLER_BYTES_MIN` holes at once: the bound recovery enforces
@@ -175,6 +181,9 @@ impl Index {
                 if term == HOLE_TERM {
                     return Err(format!("partition {partition}: entry {index} with term 0"));
                 }
+                if index > LAST_INDEX_MAX {
+                    return Err(format!("partition {partition}: entry index {index} is out of range"));
+                }
                 let k = index - part.floor.index - 1;
                 let new_holes = k.saturating_sub(part.locs.len() as u64);
                 if new_holes > HOLES_MAX || new_holes > self.holes_max.saturating_sub(*holes) {
@@ -254,6 +263,9 @@ impl Index {
         keep_suffix: bool,
         seg: u64,
     ) -> Result<(), String> {
+        if pos.index > LAST_INDEX_MAX {
+            return Err(format!("floor index {} is out of range", pos.index));
+        }
         if keep_suffix {
             if pos.index < part.floor.index {
                 return Err(format!("floor moves back from {} to {}", part.floor.index, pos.index));
@@ -411,6 +423,23 @@ mod tests {
         // Outside recovery nothing is limited (and no record leaves a hole).
         let mut running = Index::default();
         running.apply(&entry(1, 1000, 1, false), 1, 0, 40).unwrap();
+    }
+
+    /// Regression (found by the `wal` fuzz target): a floor at `u64::MAX` overflowed the
+    /// first index after it when the partition was loaded.
+    #[test]
+    fn indexes_at_the_end_of_the_range_are_damage() {
+        let mut ix = Index::default();
+        assert!(ix.apply(&entry(1, u64::MAX, 1, false), 1, 0, 40).is_err());
+        let floor = LogPosition::new(u64::MAX, 1);
+        assert!(ix.apply(&Record::Compact { partition: 1, pos: floor }, 1, 0, 36).is_err());
+        assert!(
+            ix.apply(&Record::Snapshot { partition: 1, pos: floor, keep_suffix: false }, 1, 0, 37).is_err()
+        );
+        ix.apply(&entry(1, LAST_INDEX_MAX, 1, false), 1, 0, 40).unwrap_err(); // far past the end
+        let last = LogPosition::new(LAST_INDEX_MAX, 1);
+        ix.apply(&Record::Snapshot { partition: 1, pos: last, keep_suffix: false }, 1, 0, 37).unwrap();
+        assert_eq!(ix.state(1).unwrap().first_index(), u64::MAX);
     }
 
     #[test]

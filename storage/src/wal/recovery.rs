@@ -387,7 +387,15 @@ pub(crate) fn scan_segment(
                 format!("batch holds {count} records, its header says {}", h.record_count),
             ));
         }
-        *expected = Some(h.batch_seq + 1);
+        // Sequence numbers count batches from 1: the last one leaves no next (damage).
+        let next = h.batch_seq.checked_add(1).ok_or_else(|| {
+            StorageError::corrupt(
+                path,
+                pos,
+                format!("batch sequence number {} has no successor", h.batch_seq),
+            )
+        })?;
+        *expected = Some(next);
         batches += 1;
         pos = align_up(body_end, block);
     }
@@ -409,4 +417,37 @@ pub(crate) fn scan_segment(
         q += block;
     }
     Ok(SegmentScan { end, batches, damaged_tail: damaged })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::{BatchHeader, RecordWriter};
+    use super::*;
+    use crate::types::LogPosition;
+
+    /// A one-batch segment image (blocks of 512) whose batch carries `batch_seq`.
+    fn image(batch_seq: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 8192];
+        SegmentHeader { version: WAL_FORMAT_VERSION, seq: 1, segment_bytes: 8192, block_bytes: 512 }
+            .encode(&mut img);
+        let body = SEGMENT_HEADER_BYTES as usize + BATCH_HEADER_BYTES;
+        let mut w = RecordWriter::new(&mut img[body..]);
+        w.compact(1, LogPosition::new(3, 1));
+        let (len, record_count) = (w.position(), w.count());
+        let body_crc = crc32c::crc32c(&img[body..body + len]);
+        BatchHeader { segment_seq: 1, batch_seq, body_len: len as u32, record_count, body_crc }
+            .encode(&mut img[SEGMENT_HEADER_BYTES as usize..]);
+        img
+    }
+
+    /// Regression (found by the `wal` fuzz target): a checksummed batch numbered `u64::MAX`
+    /// overflowed the next expected number.
+    #[test]
+    fn a_batch_numbered_u64_max_is_damage() {
+        let (_, scan, index) = replay_image(Path::new("s"), &image(7)).unwrap();
+        assert_eq!(scan.batches, 1);
+        assert_eq!(index.state(1).map(|s| s.floor.index), Some(3));
+        let e = replay_image(Path::new("s"), &image(u64::MAX)).unwrap_err();
+        assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+    }
 }
