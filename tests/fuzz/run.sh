@@ -68,17 +68,20 @@ if [ "${1:-}" = "merge" ] && [ $# -eq 2 ] && is_target "$2"; then
   fresh="$(mktemp -d)"
   trap 'rm -rf "$fresh"' EXIT
   mkdir -p "${WORK_ROOT}/${target}"
-  # Keeps the smallest set of inputs that covers every feature of both.
-  nice -n 19 "$(binary "$target")" -merge=1 -rss_limit_mb="$RSS_LIMIT_MB" -timeout="$TIMEOUT_S" \
-    -max_len="$(max_len "$target")" "$fresh" "corpus/${target}" "${WORK_ROOT}/${target}"
-  # The seeds stay whatever the merge kept (fuzz_corpus.rs regenerates them; they show the
-  # format): a merged copy of one is dropped.
-  for s in corpus/"${target}"/seed-*; do
-    [ -e "$s" ] || continue
+  # Keeps the smallest set of inputs that covers every edge of both. Edges only
+  # (-use_counters=0): the hit-count variants would multiply the committed bytes several
+  # times (WAL inputs are 5 KiB and more each); they stay in the work directory, which later
+  # runs on this machine read too.
+  nice -n 19 "$(binary "$target")" -merge=1 -use_counters=0 -rss_limit_mb="$RSS_LIMIT_MB" -timeout="$TIMEOUT_S" \
+    "$fresh" "corpus/${target}" "${WORK_ROOT}/${target}"
+  # Named inputs (seeds, regressions: anything not named by its SHA-1 as libFuzzer names
+  # them) stay as they are, whatever the merge kept: a merged copy of one is dropped.
+  for s in corpus/"${target}"/*; do
+    [[ "$(basename "$s")" =~ ^[0-9a-f]{40}$ ]] && continue
     rm -f "${fresh}/$(sha1sum "$s" | cut -d' ' -f1)"
     cp "$s" "$fresh/"
   done
-  find "corpus/${target}" -type f ! -name 'seed-*' -delete
+  find "corpus/${target}" -type f -regextype posix-extended -regex '.*/[0-9a-f]{40}' -delete
   cp "$fresh"/* "corpus/${target}/"
   echo "corpus/${target}: $(find "corpus/${target}" -type f | wc -l) files, $(du -sb "corpus/${target}" | cut -f1) bytes"
   exit 0
