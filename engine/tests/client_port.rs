@@ -312,3 +312,31 @@ fn large_values_at_the_limit_are_stored_and_beyond_it_refused() {
     assert!(srv.node.as_ref().expect("running").handle().failure().is_none());
     put("small", 10).expect("the node serves on");
 }
+
+/// Issue 15, a rolling restart with no failed write: stopping the port answers what is in
+/// flight, then tells each client (an id-0 `NOT_LEADER` naming no leader) that nothing it
+/// sent after its last answer was executed, so the client retries elsewhere knowing the
+/// outcome, instead of seeing its connection cut.
+#[test]
+fn stopping_the_port_tells_idle_clients_to_go_elsewhere() {
+    let mut srv = serve(ServerLimits::default());
+    let ep = srv.addr.to_string();
+    let mut c = Client::connect(&ep).expect("connects");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.call(Op::Status(StatusRequest {})) {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+    }
+    let t0 = Instant::now();
+    srv.server.take().expect("running").shutdown();
+    assert!(t0.elapsed() < Duration::from_secs(5), "an idle connection does not hold the drain");
+    match c.call(Op::Status(StatusRequest {})) {
+        Err(ClientFailure::Server(e)) => {
+            assert_eq!(e.code, ClientErrorCode::NotLeader as i32, "{e:?}");
+            assert!(e.leader_address.is_empty() && e.message.contains("shutting down"), "{e:?}");
+        }
+        other => panic!("expected the drain's answer, got {other:?}"),
+    }
+}

@@ -53,6 +53,17 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A frame must arrive whole within this long of its first byte (16 MiB in 30 s is about
 /// 0.5 MiB/s): a half-sent frame does not hold its buffer forever.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping the port waits for requests in flight to be answered before it closes
+/// their connections anyway: above the node's own request timeout, after which every
+/// request has an answer.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long a connection told to go elsewhere waits for its client to close, reading what it
+/// sends (a close with unread bytes would reset the connection and discard that answer).
+const GOAWAY_LINGER: Duration = Duration::from_secs(2);
+/// How often a draining port looks for connections it can close.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Bytes read from a socket at most per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -232,9 +243,11 @@ impl ClientServer {
             .io_memory(1 << 20)
             .spawn(move || async move {
                 use std::os::fd::{FromRawFd, IntoRawFd};
+                // Kept for `accept_pending`: glommio's listener does not expose its fd.
+                let listen_fd = listener.into_raw_fd();
                 // SAFETY: the fd comes from a bound, listening std listener whose ownership is
                 // moved here.
-                let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+                let listener = unsafe { TcpListener::from_raw_fd(listen_fd) };
                 let ctx = Rc::new(Ctx {
                     handle,
                     dir,
@@ -244,9 +257,20 @@ impl ClientServer {
                     counters: shared_counters,
                     conns: RefCell::new(HashMap::new()),
                     next_conn: Cell::new(0),
+                    admitted: Cell::new(0),
                 });
                 let sweeper = glommio::spawn_local(sweep(ctx.clone()));
-                accept_loop(&ctx, &listener, stop_rx).await;
+                accept_until(&ctx, &listener, async {
+                    let _ = stop_rx.recv_async().await;
+                })
+                .await;
+                // The backlog is taken in before the listener closes: a connection left in it
+                // would be reset, after its client may have sent a request (an unknown
+                // outcome); one taken in is told to go elsewhere like the others. After the
+                // close, a client is refused at connect, before it sent anything.
+                accept_pending(&ctx, listen_fd).await;
+                drop(listener);
+                drain(&ctx).await;
                 drop(sweeper);
             })
             .map_err(|e| Error::Executor { thread: "client port".into(), reason: e.to_string() })?;
@@ -271,7 +295,10 @@ impl ClientServer {
         self.counters.clone()
     }
 
-    /// Stops accepting; open connections end with the executor.
+    /// Stops accepting, then drains: every connection is closed once it has no request in
+    /// flight (at most [`DRAIN_TIMEOUT`] after this call), after a last answer (id 0,
+    /// `NOT_LEADER` with no leader named) that tells its client that no request it sent
+    /// after its last answer was or will be executed, so it can retry elsewhere.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
@@ -301,6 +328,8 @@ struct Ctx {
     /// Open connections, for the sweeper.
     conns: RefCell<HashMap<u64, Rc<ConnState>>>,
     next_conn: Cell<u64>,
+    /// Connections accepted whose task has not ended (registered in `conns` or about to be).
+    admitted: Cell<usize>,
 }
 
 /// Why this side closed a connection.
@@ -321,18 +350,64 @@ struct ConnState {
     /// Requests whose answers are not sent yet.
     inflight: Cell<usize>,
     closed: Cell<Option<Closed>>,
+    /// Waiting for bytes with every complete request handed on: a draining port may close
+    /// the connection now without cutting off a request it read.
+    reading: Cell<bool>,
+    /// The port is draining and chose this connection to close: what is read after is not
+    /// executed.
+    goaway: Cell<bool>,
+    /// Wakes the connection's pending read when it is chosen (taken when fired).
+    wake_goaway: RefCell<Option<futures_channel::oneshot::Sender<()>>>,
 }
 
-async fn accept_loop(ctx: &Rc<Ctx>, listener: &TcpListener, stop: flume::Receiver<()>) {
+/// Accepts connections until `until` completes.
+async fn accept_until(ctx: &Rc<Ctx>, listener: &TcpListener, until: impl std::future::Future<Output = ()>) {
+    let accept = async {
+        loop {
+            admit(ctx, listener.accept().await).await;
+        }
+    };
+    futures_lite::future::or(accept, until).await;
+}
+
+/// Accepts every connection waiting in the listener's backlog, without waiting for more.
+/// `listen_fd` is the listener's, open while this runs.
+async fn accept_pending(ctx: &Rc<Ctx>, listen_fd: RawFd) {
+    use std::os::fd::FromRawFd;
+    // The listener is in blocking mode (glommio accepts through io_uring); an empty backlog
+    // must end the loop, not block the executor.
+    // SAFETY: plain fcntl calls on an fd open for their duration.
+    unsafe {
+        let flags = libc::fcntl(listen_fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(listen_fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return;
+        }
+    }
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
+        // SAFETY: the listener's fd is open for the call; null address arguments are allowed.
+        let fd = unsafe {
+            libc::accept4(
+                listen_fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            // EAGAIN: the backlog is empty. Any other error: nothing more to take in here.
+            return;
+        }
+        // SAFETY: `fd` was just returned by accept4: an open, connected TCP socket we own.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        admit(ctx, Ok(stream)).await;
+    }
+}
+
+/// Serves an accepted connection, or refuses it beyond the connection limit.
+async fn admit(ctx: &Rc<Ctx>, accepted: glommio::Result<TcpStream, ()>) {
+    {
         match accepted {
-            None => break,
-            Some(Ok(stream)) => {
+            Ok(stream) => {
                 if ctx.conns.borrow().len() >= ctx.limits.max_connections {
                     bump(&ctx.counters.connections_refused);
                     tracing::warn!(
@@ -343,14 +418,48 @@ async fn accept_loop(ctx: &Rc<Ctx>, listener: &TcpListener, stop: flume::Receive
                     if ctx.security.tls.is_none() {
                         glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
                     }
-                    continue;
+                    return;
                 }
                 bump(&ctx.counters.connections_accepted);
                 let ctx = ctx.clone();
-                glommio::spawn_local(async move { serve_connection(stream, ctx).await }).detach();
+                ctx.admitted.set(ctx.admitted.get() + 1);
+                glommio::spawn_local(async move {
+                    let _admitted = Admitted(ctx.clone());
+                    serve_connection(stream, ctx).await;
+                })
+                .detach();
             }
-            Some(Err(e)) => tracing::warn!("client port accept: {e}"),
+            Err(e) => {
+                // Out of descriptors, say: the condition lasts, so do not spin on it.
+                tracing::warn!("client port accept: {e}");
+                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
         }
+    }
+}
+
+/// Closes every connection once it has nothing in flight and waits for a read (see
+/// [`ClientServer::shutdown`]), until none is left or [`DRAIN_TIMEOUT`] passed: its pending
+/// read is woken, and its task sends the last answer and closes.
+async fn drain(ctx: &Rc<Ctx>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while ctx.admitted.get() > 0 && Instant::now() < deadline {
+        for c in ctx.conns.borrow().values() {
+            if !c.goaway.get() && c.reading.get() && c.inflight.get() == 0 {
+                c.goaway.set(true);
+                if let Some(wake) = c.wake_goaway.borrow_mut().take() {
+                    let _ = wake.send(());
+                }
+            }
+        }
+        glommio::timer::sleep(DRAIN_POLL).await;
+    }
+    let left = ctx.admitted.get();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "client port: requests still in flight after the drain timeout; closing"
+        );
     }
 }
 
@@ -411,6 +520,16 @@ async fn sweep(ctx: Rc<Ctx>) {
     }
 }
 
+/// Counts a connection from its acceptance until its task ends (or is dropped): the drain
+/// waits for every one, including those whose task has not run yet.
+struct Admitted(Rc<Ctx>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.admitted.set(self.0.admitted.get().saturating_sub(1));
+    }
+}
+
 /// Removes a connection from the registry and the open count on every exit path, before
 /// its socket is dropped.
 struct Registered<'a> {
@@ -430,6 +549,7 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
     let _ = stream.set_nodelay(true);
     // A TLS handshake counts as a frame begun: the sweeper closes one that does not complete
     // within the frame timeout, and it holds a connection slot meanwhile.
+    let (goaway_tx, mut goaway_rx) = futures_channel::oneshot::channel::<()>();
     let state = Rc::new(ConnState {
         fd: stream.as_raw_fd(),
         peer: peer.clone(),
@@ -437,6 +557,9 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
         frame_started: Cell::new(ctx.security.tls.as_ref().map(|_| Instant::now())),
         inflight: Cell::new(0),
         closed: Cell::new(None),
+        reading: Cell::new(false),
+        goaway: Cell::new(false),
+        wake_goaway: RefCell::new(Some(goaway_tx)),
     });
     let id = ctx.next_conn.get();
     ctx.next_conn.set(id + 1);
@@ -479,6 +602,9 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
             }
             writer_state.last_activity.set(Instant::now());
         }
+        // A FIN after the last answer (a TLS close_notify first): the client reads every
+        // answer, then the end.
+        let _ = writer.close().await;
     });
     let count = Rc::new(Semaphore::new(limits.max_inflight_per_connection as u64));
     let conn_bytes = Rc::new(Semaphore::new(limits.max_inflight_bytes_per_connection as u64));
@@ -558,7 +684,39 @@ async fn serve_connection(stream: TcpStream, ctx: Rc<Ctx>) {
         } else if completed_any {
             state.frame_started.set(Some(Instant::now()));
         }
-        match decoder.read_from(&mut reader, READ_CHUNK_BYTES).await {
+        state.reading.set(true);
+        // A read dropped unfinished loses nothing: glommio receives only when it is polled.
+        let read = futures_lite::future::or(
+            async { Some(decoder.read_from(&mut reader, READ_CHUNK_BYTES).await) },
+            async {
+                let _ = (&mut goaway_rx).await;
+                None
+            },
+        )
+        .await;
+        state.reading.set(false);
+        // Chosen while bytes arrived: what they hold is not executed (the last answer says so).
+        let read = read.filter(|_| !state.goaway.get());
+        let Some(read) = read else {
+            let why = "this node is shutting down; nothing sent after its last answer was executed: retry on another node";
+            let _ =
+                tx.try_send(ClientResponse { id: 0, result: Some(error(ClientErrorCode::NotLeader, why)) });
+            drop(tx);
+            writer_task.await;
+            // Closing with unread bytes would send a reset, and a reset discards what the
+            // client has not read yet, the last answer included: read (and ignore) what it
+            // sends until it closes, for a bounded time.
+            let mut sink = [0u8; 4096];
+            let _ = futures_lite::future::or(
+                async {
+                    while matches!(futures_lite::AsyncReadExt::read(&mut reader, &mut sink).await, Ok(n) if n > 0) {}
+                },
+                glommio::timer::sleep(GOAWAY_LINGER),
+            )
+            .await;
+            return;
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let now = Instant::now();
@@ -665,7 +823,21 @@ async fn replicate_kv(
     let p = ctx.handle.partition_key(key);
     let payload: Bytes = KvCommand { op: Some(op) }.encode_to_vec().into();
     let r = ctx.handle.replicate(p, KV_LOG_TYPE, payload).await;
-    if r.success() { Ok((p, r)) } else { Err(status_error(ctx, p, r.status)) }
+    if r.success() {
+        return Ok((p, r));
+    }
+    if r.status == Status::ReplicationFailed {
+        // One entry, overwritten by a new leader's: it was not applied and never will be.
+        // Said as NOT_LEADER (with the new leader when known), which clients already retry
+        // at the leader knowing nothing happened, not as an INTERNAL failure of unknown
+        // outcome. (A proposal of several entries could have a prefix applied: not this one.)
+        let mut e = status_error(ctx, p, Status::NodeIsNotLeader);
+        if let client_response::Result::Error(err) = &mut e {
+            err.message = "ReplicationFailed: a new leader overwrote the entry, which was not applied".into();
+        }
+        return Err(e);
+    }
+    Err(status_error(ctx, p, r.status))
 }
 
 async fn handle_request(ctx: &Ctx, req: ClientRequest) -> ClientResponse {

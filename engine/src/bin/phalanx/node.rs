@@ -477,6 +477,11 @@ pub fn run(a: NodeArgs) -> Result<(), String> {
     if let Err(e) = futures_lite::future::block_on(node.handle().hand_over_leadership()) {
         tracing::warn!("leaving: {e}");
     }
+    // Then the client port drains: requests in flight are answered (a proposal the new
+    // leader overwrote as NOT_LEADER, one it committed as done, once applied here), clients
+    // now pointed at the new leaders are told nothing they sent afterwards was executed.
+    // Leadership first, so clients stop coming here while it drains.
+    tracing::info!(node_id, "stopping: draining the client port");
     server.shutdown();
     node.shutdown();
     tracing::info!(node_id, "stopped");
