@@ -82,6 +82,14 @@ pub struct Args {
     /// measure side by side).
     #[arg(long, default_value_t = phalanx::config::DEFAULT_QUIESCE_AFTER_MS, help_heading = "Embedded cluster")]
     pub quiesce_after_ms: u64,
+    /// Mutual TLS between the embedded nodes (certificates from a throwaway CA made for the
+    /// run), to measure its cost side by side with a run without.
+    #[arg(long, help_heading = "Embedded cluster")]
+    pub tls: bool,
+    /// Shared-secret authentication of the embedded nodes' handshakes (a secret made for the
+    /// run).
+    #[arg(long, help_heading = "Embedded cluster")]
+    pub node_secret: bool,
 
     /// Request type [default: append; etcd profiles: put].
     #[arg(long, value_enum, help_heading = "Load")]
@@ -261,6 +269,10 @@ pub struct Settings {
     pub tick_ms: u64,
     /// Idle period before a partition quiesces, ms (0: never).
     pub quiesce_after_ms: u64,
+    /// Mutual TLS between the embedded nodes.
+    pub tls: bool,
+    /// Shared-secret node authentication.
+    pub node_secret: bool,
     /// Workload.
     pub workload: Workload,
     /// Share of gets (mix).
@@ -421,6 +433,9 @@ impl Settings {
             (Some(TransportArg::Tcp), _) | (None, false) => TransportKind::Tcp,
             (Some(TransportArg::Memory), _) | (None, true) => TransportKind::Memory,
         };
+        if (a.tls || a.node_secret) && (transport != TransportKind::Tcp || a.mode == ModeArg::Remote) {
+            return Err("--tls and --node-secret secure the embedded nodes' TCP transport (not --transport memory or --mode remote)".into());
+        }
         let wal_name = a.wal.clone().unwrap_or_else(|| if openraft { "memory".into() } else { "wal".into() });
         let wal =
             StorageKind::parse(&wal_name).filter(|k| StorageKind::built().contains(k)).ok_or_else(|| {
@@ -560,6 +575,8 @@ impl Settings {
             sync_writes: a.sync_writes,
             tick_ms: a.tick_ms,
             quiesce_after_ms: a.quiesce_after_ms,
+            tls: a.tls,
+            node_secret: a.node_secret,
             workload,
             read_ratio: if workload == Workload::Mix {
                 a.read_ratio

@@ -54,6 +54,49 @@ pub struct ClusterOpts {
     pub tick_ms: u64,
     /// Idle period before a partition quiesces, ms (0: never).
     pub quiesce_after_ms: u64,
+    /// Mutual TLS between the nodes.
+    pub tls: bool,
+    /// Shared-secret node authentication.
+    pub node_secret: bool,
+}
+
+/// What secures the nodes' transport for `--tls` / `--node-secret`: one throwaway CA and node
+/// certificate, one secret, shared by every node of the run.
+#[derive(Default)]
+struct NodeSecurity {
+    tls: Option<Arc<phalanx_net::tls::TlsContext>>,
+    auth: Option<Arc<phalanx_net::auth::NodeAuth>>,
+    /// Holds the certificate files while the nodes run (and reload them).
+    _pki: Option<phalanx_net::tls::test_certs::TestPki>,
+}
+
+impl NodeSecurity {
+    fn new(opts: &ClusterOpts) -> Result<NodeSecurity, String> {
+        let mut s = NodeSecurity::default();
+        if opts.tls {
+            let mut pki = phalanx_net::tls::test_certs::TestPki::new("phalanx-bench CA")
+                .map_err(|e| format!("--tls: {e}"))?;
+            s.tls = Some(pki.node_context("node").map_err(|e| format!("--tls: {e}"))?);
+            s._pki = Some(pki);
+        }
+        if opts.node_secret {
+            // A benchmark's secret on loopback: what matters is the cost of the MAC and the
+            // replay cache, the same for any secret of this length.
+            let secret = format!("phalanx-bench secret of run {:>16}", std::process::id()).into_bytes();
+            s.auth = Some(Arc::new(
+                phalanx_net::auth::NodeAuth::new(secret, None).map_err(|e| format!("--node-secret: {e}"))?,
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The transport configuration of node `id` listening on `addr`.
+    fn tcp_config(&self, id: u64, addr: impl Into<String>) -> TcpConfig {
+        let mut c = TcpConfig::new(id, "phalanx-bench", addr);
+        c.tls = self.tls.clone();
+        c.node_auth = self.auth.clone();
+        c
+    }
 }
 
 /// One node slot: running or stopped, with what it needs to start again.
@@ -114,6 +157,7 @@ pub struct EmbeddedCluster {
     sms: StateMachineFactory,
     discovery: Arc<DynamicDiscovery>,
     memory: Arc<MemoryNetwork>,
+    security: NodeSecurity,
     // Declared last: dropped after the nodes, which hold files in it.
     dir: tempfile::TempDir,
 }
@@ -129,16 +173,14 @@ impl EmbeddedCluster {
         let ids: Vec<u64> = (1..=opts.nodes).collect();
         let discovery = Arc::new(DynamicDiscovery::new());
         let memory = MemoryNetwork::new(MemoryConfig::default());
+        let security = NodeSecurity::new(opts)?;
         let mut factories: Vec<AnyFactory> = Vec::new();
         let mut addrs = Vec::new();
         for &id in &ids {
             match opts.transport {
                 TransportKind::Tcp => {
-                    let f = TcpFactory::bind(
-                        TcpConfig::new(id, "phalanx-bench", "127.0.0.1:0"),
-                        discovery.clone(),
-                    )
-                    .map_err(|e| format!("node {id}: {e}"))?;
+                    let f = TcpFactory::bind(security.tcp_config(id, "127.0.0.1:0"), discovery.clone())
+                        .map_err(|e| format!("node {id}: {e}"))?;
                     addrs.push(f.local_addr().to_string());
                     factories.push(f.into());
                 }
@@ -152,8 +194,15 @@ impl EmbeddedCluster {
             let list = ids.iter().zip(&addrs).map(|(id, a)| NodeAddr::new(*id, a.clone())).collect();
             discovery.replace_all(list).map_err(|e| format!("discovery: {e}"))?;
         }
-        let mut cluster =
-            EmbeddedCluster { members: Vec::new(), opts: opts.clone(), sms, discovery, memory, dir };
+        let mut cluster = EmbeddedCluster {
+            members: Vec::new(),
+            opts: opts.clone(),
+            sms,
+            discovery,
+            memory,
+            security,
+            dir,
+        };
         for ((&id, factory), addr) in ids.iter().zip(factories).zip(&addrs) {
             let mut cfg = NodeConfig::new(id, cluster.dir.path().join(format!("node-{id}")));
             cfg.cluster_id = "phalanx-bench".into();
@@ -303,11 +352,8 @@ impl EmbeddedCluster {
         let id = self.members.iter().map(|m| m.cfg.node_id).max().unwrap_or(0) + 1;
         let (factory, addr): (AnyFactory, String) = match self.opts.transport {
             TransportKind::Tcp => {
-                let f = TcpFactory::bind(
-                    TcpConfig::new(id, "phalanx-bench", "127.0.0.1:0"),
-                    self.discovery.clone(),
-                )
-                .map_err(|e| format!("node {id}: {e}"))?;
+                let f = TcpFactory::bind(self.security.tcp_config(id, "127.0.0.1:0"), self.discovery.clone())
+                    .map_err(|e| format!("node {id}: {e}"))?;
                 let addr = f.local_addr().to_string();
                 self.discovery
                     .upsert(NodeAddr::new(id, addr.clone()))
@@ -382,7 +428,7 @@ impl EmbeddedCluster {
                 let mut tries = 0;
                 loop {
                     match TcpFactory::bind(
-                        TcpConfig::new(id, "phalanx-bench", m.addr.clone()),
+                        self.security.tcp_config(id, m.addr.clone()),
                         self.discovery.clone(),
                     ) {
                         Ok(f) => break f.into(),

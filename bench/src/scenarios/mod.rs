@@ -24,6 +24,18 @@ pub fn leader_timeout(partitions: u32) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(u64::from(partitions) * 20)
 }
 
+/// The transport as reports name it: `tcp`, `tcp+tls`, `tcp+secret`, `tcp+tls+secret`, `memory`.
+pub fn transport_name(s: &Settings) -> String {
+    let mut t = s.transport.name().to_string();
+    if s.tls {
+        t.push_str("+tls");
+    }
+    if s.node_secret {
+        t.push_str("+secret");
+    }
+    t
+}
+
 /// Starts the embedded cluster `s` describes (with `partitions`), waits for every leader,
 /// and optionally spreads leadership evenly.
 pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<EmbeddedCluster, String> {
@@ -36,6 +48,8 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
         sync_writes: s.sync_writes,
         tick_ms: s.tick_ms,
         quiesce_after_ms: s.quiesce_after_ms,
+        tls: s.tls,
+        node_secret: s.node_secret,
     };
     let sms: StateMachineFactory = Arc::new(|_| Box::new(KvStateMachine::new()));
     eprintln!(
@@ -43,7 +57,7 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
         s.nodes,
         s.cores_per_node,
         partitions,
-        s.transport.name(),
+        transport_name(s),
         s.wal.name(),
         if s.sync_writes { ", fsync" } else { ", no fsync" }
     );
@@ -101,7 +115,7 @@ pub fn meta(s: &Settings) -> Meta {
         checkpoint_every: s.checkpoint_every,
         pacing: s.pacing.name().into(),
         target_rate: s.pacing.rate(),
-        transport: if remote { "remote".into() } else { s.transport.name().into() },
+        transport: if remote { "remote".into() } else { transport_name(s) },
         wal: if remote { "remote".into() } else { s.wal.name().into() },
         sync_writes: (!remote).then_some(s.sync_writes),
         smoke: s.smoke,
