@@ -67,6 +67,19 @@ impl Write for PollIo<'_, '_> {
         }
     }
 
+    /// Every record rustls holds in one `sendmsg(2)` (rustls hands its records over as one
+    /// vector; `write` alone would cost a syscall per 16 KiB record). When the socket is
+    /// full, the stream's own write registers the wake-up (and may send the first record).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match try_sendmsg(self.tcp.as_raw_fd(), bufs)? {
+            0 => match bufs.iter().find(|b| !b.is_empty()) {
+                Some(first) => self.write(first),
+                None => Ok(0),
+            },
+            n => Ok(n),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -75,10 +88,41 @@ impl Write for PollIo<'_, '_> {
 /// A non-blocking writer on a (duplicate) socket fd, for the write-through path.
 struct FdWriter<'a>(BorrowedFd<'a>);
 
+/// One non-blocking `sendmsg(2)` of `bufs`: the bytes the socket took, 0 when it is full.
+/// Never raises `SIGPIPE`.
+fn try_sendmsg(fd: std::os::fd::RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // At most what one call may pass (`UIO_MAXIOV`); the rest goes with the next call.
+    const MAX_IOV: usize = 1024;
+    let iov = &bufs[..bufs.len().min(MAX_IOV)];
+    // SAFETY: a zeroed msghdr is valid; it points at `iov`, which outlives the call, and
+    // `IoSlice` is ABI-compatible with `iovec`.
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if let Ok(n) = usize::try_from(rc) {
+        return Ok(n);
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(e),
+    }
+}
+
 impl Write for FdWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match crate::tcp::try_send(self.0, buf)? {
             0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match try_sendmsg(self.0.as_raw_fd(), bufs)? {
+            0 if bufs.iter().any(|b| !b.is_empty()) => Err(io::ErrorKind::WouldBlock.into()),
             n => Ok(n),
         }
     }
