@@ -3,69 +3,20 @@
 //! beyond the limit get a clear refusal, a port in use is an error, and each is counted.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use phalanx::client::server::{ClientServer, Directory, ServerLimits};
+use phalanx::client::server::{ClientServer, ServerLimits};
 use phalanx::client::{Client, ClientFailure, MAX_CLIENT_FRAME_BYTES, RESPONSE_KIND};
-use phalanx::kv::KvStateMachine;
-use phalanx::{Node, NodeConfig, StateMachineFactory};
 use phalanx_net::conformance::closed_within;
 use phalanx_net::frame::{FrameDecoder, FrameKind};
-use phalanx_net::{MemoryConfig, MemoryNetwork};
 use phalanx_proto::{ClientErrorCode, ClientResponse, StatusRequest, client_request::Op};
 
-/// How long a test waits for something that should happen quickly.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    _dir: tempfile::TempDir,
-    node: Option<Node>,
-    server: Option<ClientServer>,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown();
-        }
-        if let Some(n) = self.node.take() {
-            n.shutdown();
-        }
-    }
-}
+mod client_support;
+use client_support::{Server, WAIT};
 
 fn serve(limits: ServerLimits) -> Server {
-    let net = MemoryNetwork::new(MemoryConfig::default());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
-    cfg.cores = 1;
-    cfg.pin_cores = false;
-    cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 4;
-    cfg.tick_interval_ms = 10;
-    let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
-    let node = Node::start(cfg, net.factory(1), sms).expect("node starts");
-    let listener = ClientServer::bind("127.0.0.1:0".parse().expect("an address")).expect("a free port");
-    let server = ClientServer::serve(node.handle(), listener, Directory::default(), limits).expect("serves");
-    let addr = server.local_addr();
-    Server { _dir: dir, node: Some(node), server: Some(server), addr }
-}
-
-impl Server {
-    fn stats(&self) -> phalanx_proto::ClientPortStats {
-        self.server.as_ref().expect("running").stats()
-    }
-
-    fn wait(&self, what: &str, ok: impl Fn(&phalanx_proto::ClientPortStats) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !ok(&self.stats()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", self.stats());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    client_support::serve_with(limits, Default::default(), 4)
 }
 
 /// A frame header announcing `len` bytes of a client request, and nothing else.

@@ -2,79 +2,29 @@
 //! without one, with one from another CA or expired, and a plaintext client; a token port
 //! refuses a connection without the token or with the wrong one. Each refusal is counted.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phalanx::client::security::{ClientPortSecurity, ClientToken};
-use phalanx::client::server::{ClientServer, Directory, ServerLimits};
+use phalanx::client::server::ServerLimits;
 use phalanx::client::{Client, ClientFailure, ClientSecurity, ClientTimeouts};
-use phalanx::kv::KvStateMachine;
-use phalanx::{Node, NodeConfig, StateMachineFactory};
 use phalanx_net::tls::test_certs::{TestPki, Validity};
 use phalanx_net::tls::{ClientCerts, TlsContext, client_config};
-use phalanx_net::{MemoryConfig, MemoryNetwork};
 use phalanx_proto::{ClientErrorCode, PutRequest, client_request::Op};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    _dir: tempfile::TempDir,
-    node: Option<Node>,
-    server: Option<ClientServer>,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown();
-        }
-        if let Some(n) = self.node.take() {
-            n.shutdown();
-        }
-    }
-}
+mod client_support;
+use client_support::{Server, WAIT};
 
 fn serve(security: ClientPortSecurity) -> Server {
-    let net = MemoryNetwork::new(MemoryConfig::default());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = NodeConfig::new(1, dir.path().join("n1"));
-    cfg.cores = 1;
-    cfg.pin_cores = false;
-    cfg.initial_cluster = vec![(1, "mem-1".into())];
-    cfg.initial_partitions = 2;
-    cfg.tick_interval_ms = 10;
-    let sms: StateMachineFactory = Arc::new(|_p| Box::new(KvStateMachine::new()));
-    let node = Node::start(cfg, net.factory(1), sms).expect("node starts");
-    let listener = ClientServer::bind("127.0.0.1:0".parse().expect("an address")).expect("a free port");
-    let server = ClientServer::serve_secure(
-        node.handle(),
-        listener,
-        Directory::default(),
-        ServerLimits::default(),
-        security,
-    )
-    .expect("serves");
-    let addr = server.local_addr();
-    Server { _dir: dir, node: Some(node), server: Some(server), addr }
+    client_support::serve_with(ServerLimits::default(), security, 2)
 }
 
-impl Server {
-    fn stats(&self) -> phalanx_proto::ClientPortStats {
-        self.server.as_ref().expect("running").stats()
-    }
+/// One put through a fresh connection with `security`, retried while the partition has no
+/// leader yet.
+trait Put {
+    fn put(&self, security: &ClientSecurity) -> Result<(), ClientFailure>;
+}
 
-    fn wait(&self, what: &str, ok: impl Fn(&phalanx_proto::ClientPortStats) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !ok(&self.stats()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", self.stats());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// One put through a fresh connection with `security`, retried while the partition has
-    /// no leader yet.
+impl Put for Server {
     fn put(&self, security: &ClientSecurity) -> Result<(), ClientFailure> {
         let deadline = Instant::now() + WAIT;
         loop {

@@ -223,25 +223,13 @@ impl Session {
                 return Poll::Ready(Err(e));
             }
             if self.in_at < self.in_len {
-                let mut rest = &self.inb[self.in_at..self.in_len];
-                let n = self.conn.read_tls(&mut rest)?;
-                self.in_at += n;
-                if let Err(e) = self.conn.process_new_packets() {
-                    // rustls queued an alert telling the peer why; best effort.
-                    let _ = self.poll_send(tcp, cx);
-                    return Poll::Ready(Err(tls_error(e)));
-                }
+                self.feed(tcp, cx)?;
                 continue;
             }
             if filled > 0 {
                 return Poll::Ready(Ok(filled));
             }
-            if self.inb.len() < TLS_READ_BYTES {
-                self.inb.resize(TLS_READ_BYTES, 0);
-            }
-            let n = ready!(Pin::new(&mut *tcp).poll_read(cx, &mut self.inb))?;
-            (self.in_at, self.in_len) = (0, n);
-            if n == 0 {
+            if ready!(self.poll_fill(tcp, cx))? == 0 {
                 // The end of the socket: rustls tells a clean close from a truncation.
                 self.conn.read_tls(&mut io::empty())?;
                 self.conn.process_new_packets().map_err(tls_error)?;
@@ -257,27 +245,40 @@ impl Session {
                 return Poll::Ready(Ok(()));
             }
             if self.in_at < self.in_len {
-                let mut rest = &self.inb[self.in_at..self.in_len];
-                let n = self.conn.read_tls(&mut rest)?;
-                self.in_at += n;
-                if let Err(e) = self.conn.process_new_packets() {
-                    let _ = self.poll_send(tcp, cx);
-                    return Poll::Ready(Err(tls_error(e)));
-                }
+                self.feed(tcp, cx)?;
                 continue;
             }
-            if self.inb.len() < TLS_READ_BYTES {
-                self.inb.resize(TLS_READ_BYTES, 0);
-            }
-            let n = ready!(Pin::new(&mut *tcp).poll_read(cx, &mut self.inb))?;
-            if n == 0 {
+            if ready!(self.poll_fill(tcp, cx))? == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed the connection during the TLS handshake",
                 )));
             }
-            (self.in_at, self.in_len) = (0, n);
         }
+    }
+
+    /// Gives the session the socket bytes `inb` holds (as many as it takes) and processes
+    /// them. On a TLS error rustls has queued an alert telling the peer why: sent if the
+    /// socket takes it now.
+    fn feed(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> io::Result<()> {
+        let mut rest = &self.inb[self.in_at..self.in_len];
+        let n = self.conn.read_tls(&mut rest)?;
+        self.in_at += n;
+        if let Err(e) = self.conn.process_new_packets() {
+            let _ = self.poll_send(tcp, cx);
+            return Err(tls_error(e));
+        }
+        Ok(())
+    }
+
+    /// Reads the socket into `inb` (which must be consumed); the bytes read, 0 at its end.
+    fn poll_fill(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.inb.len() < TLS_READ_BYTES {
+            self.inb.resize(TLS_READ_BYTES, 0);
+        }
+        let n = ready!(Pin::new(&mut *tcp).poll_read(cx, &mut self.inb))?;
+        (self.in_at, self.in_len) = (0, n);
+        Poll::Ready(Ok(n))
     }
 }
 
