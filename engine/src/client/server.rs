@@ -260,10 +260,7 @@ impl ClientServer {
                     admitted: Cell::new(0),
                 });
                 let sweeper = glommio::spawn_local(sweep(ctx.clone()));
-                accept_until(&ctx, &listener, async {
-                    let _ = stop_rx.recv_async().await;
-                })
-                .await;
+                accept_until_stopped(&ctx, &listener, local, stop_rx).await;
                 // The backlog is taken in before the listener closes: a connection left in it
                 // would be reset, after its client may have sent a request (an unknown
                 // outcome); one taken in is told to go elsewhere like the others. After the
@@ -361,13 +358,53 @@ struct ConnState {
 }
 
 /// Accepts connections until `until` completes.
-async fn accept_until(ctx: &Rc<Ctx>, listener: &TcpListener, until: impl std::future::Future<Output = ()>) {
+/// How long stopping waits to connect to its own listener (loopback: at once, unless the
+/// backlog is full).
+const SENTINEL_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Accepts connections until `stop`. The accept in flight is not dropped (glommio would
+/// cancel it, and a connection the kernel accepted meanwhile would be lost with its fd, then
+/// reset at exit after its client sent a request): the port connects to itself instead, and
+/// the loop ends when it accepts that connection.
+async fn accept_until_stopped(
+    ctx: &Rc<Ctx>,
+    listener: &TcpListener,
+    local: SocketAddr,
+    stop: flume::Receiver<()>,
+) {
+    let sentinel: Rc<RefCell<Option<std::net::TcpStream>>> = Rc::new(RefCell::new(None));
+    let s2 = sentinel.clone();
+    let (cut_tx, cut_rx) = futures_channel::oneshot::channel::<()>();
+    let stopper = glommio::spawn_local(async move {
+        let _ = stop.recv_async().await;
+        match std::net::TcpStream::connect_timeout(&local, SENTINEL_CONNECT_TIMEOUT) {
+            Ok(s) => *s2.borrow_mut() = Some(s),
+            // No way to end the accept cleanly: drop it (the rare loss above).
+            Err(_) => {
+                let _ = cut_tx.send(());
+            }
+        }
+    });
     let accept = async {
         loop {
-            admit(ctx, listener.accept().await).await;
+            let accepted = listener.accept().await;
+            if let Ok(stream) = &accepted {
+                let ours = sentinel.borrow().as_ref().and_then(|s| s.local_addr().ok());
+                if ours.is_some() && stream.peer_addr().ok() == ours {
+                    return;
+                }
+            }
+            admit(ctx, accepted).await;
         }
     };
-    futures_lite::future::or(accept, until).await;
+    let cut_off = async {
+        if cut_rx.await.is_err() {
+            // The stopper ended without cutting (it connected): the accept loop ends.
+            futures_lite::future::pending::<()>().await;
+        }
+    };
+    futures_lite::future::or(accept, cut_off).await;
+    drop(stopper);
 }
 
 /// Accepts every connection waiting in the listener's backlog, without waiting for more.
