@@ -18,28 +18,20 @@ fn serve(security: ClientPortSecurity) -> Server {
     client_support::serve_with(ServerLimits::default(), security, 2)
 }
 
-/// One put through a fresh connection with `security`, retried while the partition has no
-/// leader yet.
-trait Put {
-    fn put(&self, security: &ClientSecurity) -> Result<(), ClientFailure>;
-}
-
-impl Put for Server {
-    fn put(&self, security: &ClientSecurity) -> Result<(), ClientFailure> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let r = Client::connect_secure(&self.addr.to_string(), ClientTimeouts::default(), security)
-                .and_then(|mut c| {
-                    c.call(Op::Put(PutRequest { key: "k".into(), value: b"v".to_vec().into() }))
-                });
-            match r {
-                Err(ClientFailure::Server(e))
-                    if e.code == ClientErrorCode::NotLeader as i32 && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                r => return r.map(|_| ()),
+/// One put to `srv` through a fresh connection with `security`, retried while the
+/// partition has no leader yet.
+fn put(srv: &Server, security: &ClientSecurity) -> Result<(), ClientFailure> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = Client::connect_secure(&srv.addr.to_string(), ClientTimeouts::default(), security)
+            .and_then(|mut c| c.call(Op::Put(PutRequest { key: "k".into(), value: b"v".to_vec().into() })));
+        match r {
+            Err(ClientFailure::Server(e))
+                if e.code == ClientErrorCode::NotLeader as i32 && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            r => return r.map(|_| ()),
         }
     }
 }
@@ -62,13 +54,13 @@ fn tls_with_client_certificates_refuses_clients_without_a_good_one() {
         tls: Some(client_config(&pki.ca(), id, &[]).unwrap()),
         token: None,
     };
-    srv.put(&with(Some((&client.cert, &client.key))))
+    put(&srv, &with(Some((&client.cert, &client.key))))
         .expect("a client with a certificate from the CA writes");
     let refused = [
-        srv.put(&with(None)),
-        srv.put(&with(Some((&expired.cert, &expired.key)))),
-        srv.put(&with(Some((&stranger.cert, &stranger.key)))),
-        srv.put(&ClientSecurity::default()),
+        put(&srv, &with(None)),
+        put(&srv, &with(Some((&expired.cert, &expired.key)))),
+        put(&srv, &with(Some((&stranger.cert, &stranger.key)))),
+        put(&srv, &ClientSecurity::default()),
     ];
     for (i, r) in refused.iter().enumerate() {
         assert!(r.is_err(), "case {i} must be refused: {r:?}");
@@ -79,7 +71,7 @@ fn tls_with_client_certificates_refuses_clients_without_a_good_one() {
         tls: Some(client_config(&other_pki.ca(), Some((&stranger.cert, &stranger.key)), &[]).unwrap()),
         token: None,
     };
-    assert!(srv.put(&wrong_ca).is_err());
+    assert!(put(&srv, &wrong_ca).is_err());
 }
 
 #[test]
@@ -87,9 +79,9 @@ fn a_token_port_refuses_a_missing_or_wrong_token_and_counts_it() {
     let token = b"a-token-of-sufficient-length".to_vec();
     let srv = serve(ClientPortSecurity { tls: None, token: Some(ClientToken::new(&token).unwrap()) });
     let with = |t: Option<&[u8]>| ClientSecurity { tls: None, token: t.map(<[u8]>::to_vec) };
-    srv.put(&with(Some(&token))).expect("the token lets a client write");
-    assert!(unauthenticated(&srv.put(&with(None))));
-    assert!(unauthenticated(&srv.put(&with(Some(b"a-token-of-sufficient-lengtH")))));
+    put(&srv, &with(Some(&token))).expect("the token lets a client write");
+    assert!(unauthenticated(&put(&srv, &with(None))));
+    assert!(unauthenticated(&put(&srv, &with(Some(b"a-token-of-sufficient-lengtH")))));
     srv.wait("two refusals counted", |s| s.closed_unauthenticated == 2);
     // TLS and a token together (client certificates not asked).
     let mut pki = TestPki::new("ca").unwrap();
@@ -100,6 +92,6 @@ fn a_token_port_refuses_a_missing_or_wrong_token_and_counts_it() {
         token: Some(ClientToken::new(&token).unwrap()),
     });
     let tls = Some(client_config(&pki.ca(), None, &[]).unwrap());
-    srv.put(&ClientSecurity { tls: tls.clone(), token: Some(token.clone()) }).expect("TLS and the token");
-    assert!(unauthenticated(&srv.put(&ClientSecurity { tls, token: None })));
+    put(&srv, &ClientSecurity { tls: tls.clone(), token: Some(token.clone()) }).expect("TLS and the token");
+    assert!(unauthenticated(&put(&srv, &ClientSecurity { tls, token: None })));
 }

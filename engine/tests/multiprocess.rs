@@ -948,15 +948,7 @@ fn mutual_tls_and_a_token_secure_both_ports_and_a_renewed_certificate_is_picked_
 
 /// The pin of the certificate the client port at `endpoint` presents.
 fn presented_pin(endpoint: &str, security: &ClientSecurity) -> Option<phalanx_net::tls::CertPin> {
-    use phalanx_net::tls::rustls;
-    let cfg = security.tls.clone()?;
-    let mut conn = rustls::ClientConnection::new(cfg, phalanx_net::tls::server_name(endpoint).ok()?).ok()?;
-    let mut sock = std::net::TcpStream::connect(endpoint).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).ok()?;
-    }
-    conn.peer_certificates().and_then(|c| c.first()).map(|c| phalanx_net::tls::CertPin::of(c))
+    phalanx_net::tls::test_certs::presented_pin(endpoint, security.tls.clone()?)
 }
 
 /// Issue 15: a shared secret rotates through two rounds of rolling restarts (SIGTERM, then

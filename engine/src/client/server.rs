@@ -442,37 +442,33 @@ async fn accept_pending(ctx: &Rc<Ctx>, listen_fd: RawFd) {
 
 /// Serves an accepted connection, or refuses it beyond the connection limit.
 async fn admit(ctx: &Rc<Ctx>, accepted: glommio::Result<TcpStream, ()>) {
-    {
-        match accepted {
-            Ok(stream) => {
-                if ctx.conns.borrow().len() >= ctx.limits.max_connections {
-                    bump(&ctx.counters.connections_refused);
-                    tracing::warn!(
-                        limit = ctx.limits.max_connections,
-                        "client port: connection limit reached, refusing"
-                    );
-                    // Over TLS a plaintext answer would be garbage to the client: just close.
-                    if ctx.security.tls.is_none() {
-                        glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
-                    }
-                    return;
-                }
-                bump(&ctx.counters.connections_accepted);
-                let ctx = ctx.clone();
-                ctx.admitted.set(ctx.admitted.get() + 1);
-                glommio::spawn_local(async move {
-                    let _admitted = Admitted(ctx.clone());
-                    serve_connection(stream, ctx).await;
-                })
-                .detach();
-            }
-            Err(e) => {
-                // Out of descriptors, say: the condition lasts, so do not spin on it.
-                tracing::warn!("client port accept: {e}");
-                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
+    let stream = match accepted {
+        Ok(stream) => stream,
+        Err(e) => {
+            // Out of descriptors, say: the condition lasts, so do not spin on it.
+            tracing::warn!("client port accept: {e}");
+            glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+            return;
         }
+    };
+    // Counted from acceptance: a connection whose task has not run yet holds a slot too.
+    if ctx.admitted.get() >= ctx.limits.max_connections {
+        bump(&ctx.counters.connections_refused);
+        tracing::warn!(limit = ctx.limits.max_connections, "client port: connection limit reached, refusing");
+        // Over TLS a plaintext answer would be garbage to the client: just close.
+        if ctx.security.tls.is_none() {
+            glommio::spawn_local(refuse(stream, ctx.limits.max_connections)).detach();
+        }
+        return;
     }
+    bump(&ctx.counters.connections_accepted);
+    ctx.admitted.set(ctx.admitted.get() + 1);
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let _admitted = Admitted(ctx.clone());
+        serve_connection(stream, ctx).await;
+    })
+    .detach();
 }
 
 /// Closes every connection once it has nothing in flight and waits for a read (see

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::fixtures::TcpFixture;
 use super::{Delivered, TestNode, WAIT_LIMIT, wait_until};
 use crate::tls::test_certs::{Issued, TestPki, Validity};
-use crate::tls::{CertPin, TlsContext, client_config, server_name};
+use crate::tls::{CertPin, TlsContext};
 
 /// Node `id` with `tls` (`None`: plaintext).
 fn start(
@@ -111,14 +111,7 @@ fn foreign_expired_and_unpinned_certificates_are_refused() {
 
 /// The pin of the certificate the TLS port at `port` presents to a client with `identity`.
 fn presented_pin(pki: &TestPki, identity: &Issued, port: u16) -> Option<CertPin> {
-    let cfg = client_config(&pki.ca(), Some((&identity.cert, &identity.key)), &[]).ok()?;
-    let mut conn = rustls::ClientConnection::new(cfg, server_name("127.0.0.1:0").ok()?).ok()?;
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).ok()?;
-    }
-    conn.peer_certificates().and_then(|c| c.first()).map(|c| CertPin::of(c))
+    crate::tls::test_certs::presented_pin(&format!("127.0.0.1:{port}"), pki.client(identity).ok()?)
 }
 
 #[test]

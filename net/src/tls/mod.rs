@@ -197,10 +197,16 @@ struct FileStamp {
     inode: u64,
 }
 
-fn stamp(path: &Path) -> Option<FileStamp> {
+/// The stamps of the certificate, key and CA files; `None` while one cannot be looked at.
+fn stamps(files: &TlsFiles) -> Option<Vec<FileStamp>> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp { len: m.len(), modified: m.modified().ok(), inode: m.ino() })
+    [&files.cert, &files.key, &files.ca]
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some(FileStamp { len: m.len(), modified: m.modified().ok(), inode: m.ino() })
+        })
+        .collect()
 }
 
 /// A node's TLS configuration, reloaded when its files change. Shared by every shard and the
@@ -265,9 +271,8 @@ impl TlsContext {
             return;
         }
         checked.0 = Instant::now();
-        let now: Vec<FileStamp> = match self.paths().iter().map(|p| stamp(p)).collect::<Option<Vec<_>>>() {
-            Some(s) => s,
-            None => return, // a file is missing mid-rename: look again later
+        let Some(now) = stamps(&self.files) else {
+            return; // a file is missing mid-rename: look again later
         };
         let loaded_stamps = self.loaded.read().unwrap_or_else(PoisonError::into_inner).stamps.clone();
         if now == loaded_stamps || checked.1.as_ref() == Some(&now) {
@@ -286,10 +291,6 @@ impl TlsContext {
                 tracing::warn!(error = %e, "TLS files changed but do not load; the previous ones stay in use");
             }
         }
-    }
-
-    fn paths(&self) -> [&Path; 3] {
-        [&self.files.cert, &self.files.key, &self.files.ca]
     }
 
     /// The Raft port's accepting configuration (peer certificate required).
@@ -381,7 +382,23 @@ pub fn client_config(
     identity: Option<(&Path, &Path)>,
     pins: &[CertPin],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(ca)?;
+    let identity = match identity {
+        Some((cert, key)) => Some((load_certs("certificate", cert)?, load_key(key)?)),
+        None => None,
+    };
+    Ok(Arc::new(client_config_from(load_roots(ca)?, ca, identity, pins)?))
+}
+
+/// A certificate chain and its key, as read.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// [`client_config`] from material already read (`ca` names the CA file in errors).
+fn client_config_from(
+    roots: Arc<RootCertStore>,
+    ca: &Path,
+    identity: Option<Identity>,
+    pins: &[CertPin],
+) -> Result<ClientConfig, TlsError> {
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Config(format!("CA {}: {e}", ca.display())))?;
@@ -390,18 +407,16 @@ pub fn client_config(
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let cfg = match identity {
-        Some((cert, key)) => {
-            builder.with_client_auth_cert(load_certs("certificate", cert)?, load_key(key)?)?
-        }
+    Ok(match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(cfg))
+    })
 }
 
 fn server_config(
     files: &TlsFiles,
     roots: &Arc<RootCertStore>,
+    (chain, key): &Identity,
     client_certs: ClientCerts,
 ) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
@@ -414,31 +429,33 @@ fn server_config(
         }
         ClientCerts::NotAsked => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_single_cert(load_certs("certificate", &files.cert)?, load_key(&files.key)?)?;
+    let mut cfg = builder.with_single_cert(chain.clone(), key.clone_key())?;
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
+/// Every configuration from one reading of the files: each is read once, so the
+/// configurations cannot mix two versions of a file being replaced.
 fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
-    let stamps = [&files.cert, &files.key, &files.ca]
-        .iter()
-        .map(|p| {
-            stamp(p).ok_or_else(|| TlsError::Read {
-                what: "TLS file",
-                path: p.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "cannot stat"),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Stamped before reading: a change after the stamp is seen by the next check.
+    let stamps = stamps(files);
+    // Read first, so that a missing file is named by the error.
     let roots = load_roots(&files.ca)?;
-    let mut peer_client = (*client_config(&files.ca, Some((&files.cert, &files.key)), &files.pins)?).clone();
+    let identity = (load_certs("certificate", &files.cert)?, load_key(&files.key)?);
+    let stamps = stamps.ok_or_else(|| TlsError::Config("a TLS file changed while it was read".into()))?;
+    let mut peer_client = client_config_from(
+        roots.clone(),
+        &files.ca,
+        Some((identity.0.clone(), identity.1.clone_key())),
+        &files.pins,
+    )?;
     peer_client.resumption = rustls::client::Resumption::disabled();
     Ok(Loaded {
         stamps,
-        peer_server: Arc::new(server_config(files, &roots, ClientCerts::Required)?),
+        peer_server: Arc::new(server_config(files, &roots, &identity, ClientCerts::Required)?),
         peer_client: Arc::new(peer_client),
-        client_port_plain: Arc::new(server_config(files, &roots, ClientCerts::NotAsked)?),
+        client_port_plain: Arc::new(server_config(files, &roots, &identity, ClientCerts::NotAsked)?),
     })
 }
 

@@ -29,6 +29,19 @@ pub struct Issued {
     pub pin: CertPin,
 }
 
+/// The pin of the certificate the TLS port at `addr` ("host:port") presents to a client with
+/// `cfg`; `None` when the handshake fails.
+#[must_use]
+pub fn presented_pin(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Option<CertPin> {
+    let mut conn = rustls::ClientConnection::new(cfg, super::server_name(addr).ok()?).ok()?;
+    let mut sock = std::net::TcpStream::connect(addr).ok()?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).ok()?;
+    }
+    conn.peer_certificates().and_then(|c| c.first()).map(|c| CertPin::of(c))
+}
+
 /// How an issued certificate's validity relates to now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Validity {
@@ -94,6 +107,11 @@ impl TestPki {
     #[must_use]
     pub fn files(&self, issued: &Issued, pins: Vec<CertPin>) -> TlsFiles {
         TlsFiles { cert: issued.cert.clone(), key: issued.key.clone(), ca: self.ca(), pins }
+    }
+
+    /// A client configuration trusting this CA and presenting `identity`.
+    pub fn client(&self, identity: &Issued) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        super::client_config(&self.ca(), Some((&identity.cert, &identity.key)), &[]).map_err(fail)
     }
 
     /// A context for a node presenting a fresh current certificate, no pins.

@@ -13,6 +13,8 @@ use phalanx::{Node, NodeConfig, StateMachineFactory, derive_node_id};
 use phalanx_net::{Discovery, DynamicDiscovery, TcpConfig, TcpFactory, parse_node_list};
 use phalanx_storage::StorageKind;
 
+use crate::ctl::secret_arg as secret;
+
 /// Flags of `phalanx node`.
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -226,8 +228,6 @@ fn tls_context(a: &NodeArgs) -> Result<Option<Arc<phalanx_net::tls::TlsContext>>
     }
     Ok(Some(ctx))
 }
-
-use crate::ctl::secret_arg as secret;
 
 /// Whether every address `host` resolves to is a loopback address.
 fn is_loopback_only(host: &str) -> Result<bool, String> {
