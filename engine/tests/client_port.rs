@@ -291,3 +291,59 @@ fn stopping_the_port_tells_idle_clients_to_go_elsewhere() {
         other => panic!("expected the drain's answer, got {other:?}"),
     }
 }
+
+/// Issue 15: clients that connect while the port stops never see their connection cut after
+/// they sent a request. Each is refused at connect (nothing sent), or connects and gets an
+/// answer: its request's, or the drain's go-elsewhere. A connection that completed its
+/// handshake after the port took in its backlog for the last time was reset by the
+/// listener's close, after its client sent a request (an unknown outcome).
+#[test]
+fn clients_connecting_while_the_port_stops_are_answered_or_refused_at_connect() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    /// Stops of the port, each with clients connecting throughout.
+    const ROUNDS: usize = 10;
+    /// Client threads connecting in a loop.
+    const CONNECTORS: usize = 6;
+    let timeouts = phalanx::client::ClientTimeouts {
+        connect: Duration::from_millis(300),
+        request: Duration::from_secs(5),
+    };
+    for round in 0..ROUNDS {
+        let mut srv = serve(ServerLimits::default());
+        let ep = srv.addr.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..CONNECTORS)
+            .map(|_| {
+                let (ep, stop, answered) = (ep.clone(), stop.clone(), answered.clone());
+                std::thread::spawn(move || -> Result<(), String> {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut c) = Client::connect_with(&ep, timeouts) else { continue };
+                        match c.call(Op::Status(StatusRequest {})) {
+                            Ok(_) => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(ClientFailure::Server(e)) if e.code == ClientErrorCode::NotLeader as i32 => {}
+                            Err(e) => return Err(format!("a request sent on an accepted connection: {e}")),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        while answered.load(Ordering::Relaxed) < 200 {
+            assert!(Instant::now() < deadline, "clients are answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        srv.server.take().expect("running").shutdown();
+        // Connect attempts go on against the closed port for a moment (refused at once).
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let outcome = t.join().expect("client thread");
+            assert!(outcome.is_ok(), "round {round}: {}", outcome.unwrap_err());
+        }
+    }
+}

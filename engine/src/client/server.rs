@@ -64,6 +64,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const GOAWAY_LINGER: Duration = Duration::from_secs(2);
 /// How often a draining port looks for connections it can close.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How long a stopping port, refusing new handshakes, waits for those it already answered to
+/// complete before it takes in its backlog and closes: one trip of the client's last handshake
+/// segment, with room for a WAN client (a LAN's is under a millisecond). A client whose
+/// segment comes later (it needed a retransmission) is reset when the listener closes.
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(100);
 /// Bytes read from a socket at most per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -263,8 +268,15 @@ impl ClientServer {
                 accept_until_stopped(&ctx, &listener, local, stop_rx).await;
                 // The backlog is taken in before the listener closes: a connection left in it
                 // would be reset, after its client may have sent a request (an unknown
-                // outcome); one taken in is told to go elsewhere like the others. After the
-                // close, a client is refused at connect, before it sent anything.
+                // outcome); one taken in is told to go elsewhere like the others. New
+                // handshakes are refused first, and those under way get a grace to complete,
+                // so none completes between the last accept and the close: a client whose
+                // SYN is dropped retries it after the close and is refused at connect,
+                // before it sent anything.
+                match refuse_new_handshakes(listen_fd) {
+                    Ok(()) => glommio::timer::sleep(HANDSHAKE_GRACE).await,
+                    Err(e) => tracing::warn!("client port: cannot refuse new handshakes while stopping: {e}"),
+                }
                 accept_pending(&ctx, listen_fd).await;
                 drop(listener);
                 drain(&ctx).await;
@@ -405,6 +417,43 @@ async fn accept_until_stopped(
     };
     futures_lite::future::or(accept, cut_off).await;
     drop(stopper);
+}
+
+/// Makes the listener drop every TCP segment with SYN set, so no new handshake starts, while
+/// those already answered complete (their last segment is a plain ACK) and queue as usual.
+/// A socket filter is used rather than closing the listener because closing resets what is
+/// queued, and `shutdown(2)` on a listener does the same.
+fn refuse_new_handshakes(listen_fd: RawFd) -> std::io::Result<()> {
+    // A TCP socket's filter sees the segment from its TCP header: byte 13 holds the flags.
+    const TCP_FLAGS_OFFSET: u32 = 13;
+    const TCP_FLAG_SYN: u32 = 0x02;
+    // `SO_ATTACH_FILTER` from <asm-generic/socket.h> (not exported by the libc crate here).
+    const SO_ATTACH_FILTER: libc::c_int = 26;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: u16::try_from(code).unwrap_or(u16::MAX),
+        jt,
+        jf,
+        k,
+    };
+    let mut program = [
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, TCP_FLAGS_OFFSET),
+        // SYN set: fall through to the drop; otherwise skip it.
+        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, TCP_FLAG_SYN),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
+    let prog = libc::sock_fprog { len: program.len() as libc::c_ushort, filter: program.as_mut_ptr() };
+    // SAFETY: `prog` points at `program`, alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            listen_fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Accepts every connection waiting in the listener's backlog, without waiting for more.
