@@ -9,6 +9,7 @@
 //! - [`tcp`]: glommio (io_uring) TCP transport, one advertised port per node.
 //! - [`tls`]: TLS and mutual TLS (rustls) on the Raft and client ports, reloaded when its
 //!   files change.
+//! - [`listen`]: binding a port a process that just exited may still hold.
 //! - [`memory`]: in-process transport with fault hooks, for tests and single-process clusters.
 //! - [`discovery`]: where peers are; static and application-controlled lists.
 //! - [`spare`]: how much of a reused buffer's capacity to keep after a burst.
@@ -22,6 +23,7 @@ pub mod discovery;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod listen;
 pub mod memory;
 pub mod spare;
 pub mod stats;

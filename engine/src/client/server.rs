@@ -212,7 +212,7 @@ impl ClientServer {
     /// it starts anything else. std's listener, not glommio's `bind`: that sets SO_REUSEPORT,
     /// which let a second node bind the same port silently and take half the connections.
     pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
-        std::net::TcpListener::bind(addr)
+        phalanx_net::listen::listen(addr)
             .map_err(|e| Error::ClientPort { addr: addr.to_string(), source: Arc::new(e) })
     }
 

@@ -139,7 +139,7 @@ impl TcpFactory {
             .ok_or_else(|| bind_err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
         // std's listener, not glommio's `bind`: glommio sets SO_REUSEPORT, which would let a
         // second node bind the same port silently and share its connections.
-        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        let listener = crate::listen::listen(addr).map_err(bind_err)?;
         let local_addr = listener.local_addr()?;
         Ok(TcpFactory {
             cfg: Arc::new(cfg),
