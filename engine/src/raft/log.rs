@@ -301,6 +301,13 @@ impl RaftLog {
         out
     }
 
+    /// The last entry handed to storage (in a `Ready` taken so far): the highest index a
+    /// write queued now may record as committed, as that write or an earlier one stores it.
+    #[must_use]
+    pub fn handed_last(&self) -> u64 {
+        self.unstable_from - 1
+    }
+
     /// Whether entries wait to be handed to storage.
     #[must_use]
     pub fn has_unstable(&self) -> bool {

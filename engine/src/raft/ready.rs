@@ -176,10 +176,21 @@ impl RaftGroup {
 
     /// The hard state, if it differs from the last one a Ready carried (only in the commit
     /// index, unless a Ready is being collected): what a clean stop writes so that a restart
-    /// knows every commit index this node knew.
+    /// knows every commit index this node knew. Its commit index covers only what storage
+    /// was handed: a clean stop comes after the turn's inputs but before their Ready, so
+    /// entries, or a snapshot, they brought and the commit index may cover are not stored,
+    /// and a commit index past the stored log refuses the restart ("commit index is past the
+    /// last entry").
     #[must_use]
     pub fn unsaved_hard_state(&self) -> Option<HardState> {
-        let hs = self.hard_state();
+        let mut hs = self.hard_state();
+        hs.commit = if self.pipe.as_ref().is_some_and(|p| p.snapshot_to_install.is_some()) {
+            // The install replaced the log in memory only: the stored log is the one before
+            // it, whose commit index is the last one stored.
+            self.ready.last_hard_state.commit
+        } else {
+            hs.commit.min(self.log.handed_last())
+        };
         (hs != self.ready.last_hard_state).then_some(hs)
     }
 

@@ -63,6 +63,10 @@ pub struct SimConfig {
     /// At the heal, crash the node leading the most groups (when the others can do without
     /// it) and hold it down until its groups must have elected again (`check_failover`).
     pub down_at_heal: bool,
+    /// Share of the crashes that lose nothing durable which are clean stops instead (SIGTERM:
+    /// the stop comes among a turn's inputs, the last write is stored, the writer finishes),
+    /// in percent.
+    pub clean_stop_pct: u64,
 }
 
 impl SimConfig {
@@ -103,6 +107,10 @@ impl SimConfig {
             split_cost: [200, 400, 1000, u64::MAX][r.range(0, 4) as usize],
             partition_per_10k: [10, 30, 100][r.range(0, 3) as usize],
             down_at_heal: r.range(0, 3) == 0,
+            // Its own stream: seeds without clean stops keep the traces they had before
+            // clean stops were simulated (and the mutants their regression seeds).
+            clean_stop_pct: [0, 0, 30, 60]
+                [SeededRng::new(mix_seed(&[seed, CLEAN_STOP_STREAM])).range(0, 4) as usize],
             raft: {
                 let mut c = node::base_config();
                 // Small appends split a new leader's no-op from the older entries before it,
@@ -212,7 +220,15 @@ pub struct Sim {
     /// The node crashed at the heal (`SimConfig::down_at_heal`), and the groups it led then
     /// with their terms and whether they were quiesced.
     down_at_heal: Option<(usize, Vec<LedAtHeal>)>,
+    /// Decides which crashes are clean stops (its own stream, see `clean_stop_pct`).
+    stop_rng: SeededRng,
+    /// The node stopping cleanly this tick, after its inputs.
+    stopping: Option<usize>,
 }
+
+/// Salt of the random streams that decide clean stops (apart from the main one, see
+/// `SimConfig::clean_stop_pct`).
+const CLEAN_STOP_STREAM: u64 = 0x570F;
 
 /// Messages one node may send in one round: far above what any run needs (a few groups, a
 /// few peers, appends of at most 8 entries), far below what exhausts memory.
@@ -235,6 +251,8 @@ impl Sim {
             (1..=cfg.nodes).map(|id| SimNode::new(id, Arc::new(node_config(&cfg, id)), base, 0)).collect();
         Sim {
             rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151])),
+            stop_rng: SeededRng::new(mix_seed(&[cfg.seed, 0x5151, CLEAN_STOP_STREAM])),
+            stopping: None,
             net: Network::new(cfg.faults.clone()),
             now: 0,
             nodes,
@@ -332,6 +350,15 @@ impl Sim {
             if !self.nodes[i].up {
                 continue;
             }
+            if self.stopping == Some(i) {
+                self.stopping = None;
+                self.nodes[i].stop_cleanly(now, self.cfg.split_cost, &mut self.fetches);
+                for detail in std::mem::take(&mut self.nodes[i].disk.refused) {
+                    self.checker.on_store_refused(self.nodes[i].id, detail);
+                }
+                self.workload.forget_node(i as u64 + 1);
+                continue;
+            }
             // A slightly slow clock now and then: nodes' ticks need not line up.
             if self.rng.range(0, 100) >= 3 {
                 self.nodes[i].tick(now);
@@ -390,13 +417,18 @@ impl Sim {
                         self.nodes[victim].cut_tails(&groups, k);
                     }
                     self.disk_losses += 1;
+                } else if self.stop_rng.range(0, 100) < self.cfg.clean_stop_pct {
+                    // Stops after this tick's inputs (in `step`), before their Ready.
+                    self.stopping = Some(victim);
                 } else {
                     // Most crashes hit a write in flight: a random prefix of its batches is
                     // durable.
                     let keep = self.rng.range(0, 4) as usize;
                     self.nodes[victim].crash_mid_write(keep);
                 }
-                self.workload.forget_node(victim as u64 + 1);
+                if self.stopping != Some(victim) {
+                    self.workload.forget_node(victim as u64 + 1);
+                }
                 self.crashes += 1;
             }
         }

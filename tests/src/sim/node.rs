@@ -410,6 +410,33 @@ impl SimNode {
         }
     }
 
+    /// Stops cleanly, as the runtime's shard does on SIGTERM: the stop arrives among a turn's
+    /// inputs, which are in (no Ready was collected since), so the core's `shut_down` runs
+    /// with them unprocessed; its last job queues behind what the writer holds, and the writer
+    /// stores everything (the write in flight, the queue, the checkpoint saves) before the
+    /// process exits. Nothing is lost; what the next start finds must restore.
+    pub fn stop_cleanly(&mut self, now: u64, split_cost: u64, counts: &mut FetchCounts) {
+        /// Writer rounds to store everything held: each completes a write or a save.
+        const MAX_DRAIN_ROUNDS: u64 = 10_000;
+        let Some(mut core) = self.core.take() else { return };
+        core.stop();
+        let last = core.shut_down();
+        // What the turn's inputs already queued goes first (the shell's last `execute`);
+        // frames are dropped, as the network may.
+        self.writer.queue.extend(core.output().writes.drain(..));
+        self.writer.queue.extend(last);
+        // The shard's loop has ended: completions reach no core.
+        drop(core);
+        for round in 0..MAX_DRAIN_ROUNDS {
+            if self.writer.is_idle() {
+                break;
+            }
+            self.run_writer(now + round, 0, split_cost, counts);
+        }
+        assert!(self.writer.is_idle(), "node {}: the writer did not drain at a clean stop", self.id);
+        self.crash();
+    }
+
     /// Loses everything not durable.
     pub fn crash(&mut self) {
         self.up = false;
