@@ -198,6 +198,8 @@ pub struct LoadResult {
     pub checkpoints: u64,
     /// Checkpoints that did not succeed (still refused as busy after retrying, failed).
     pub checkpoint_failures: u64,
+    /// When the measured window began.
+    pub started: Instant,
     /// Length of the measured window.
     pub elapsed: Duration,
     /// The measured window second by second.
@@ -612,6 +614,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
         errors,
         checkpoints,
         checkpoint_failures,
+        started,
         elapsed,
         per_second,
     })

@@ -13,6 +13,7 @@ mod cleanup;
 mod cli;
 mod cluster;
 mod driver;
+mod engine_timeline;
 mod isolate;
 mod keys;
 mod load;

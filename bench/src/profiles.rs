@@ -164,6 +164,7 @@ mod tests {
             errors: errors.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
             checkpoints: 0,
             checkpoint_failures: 0,
+            started: std::time::Instant::now(),
             elapsed: Duration::from_secs(secs),
             per_second: Vec::new(),
         }

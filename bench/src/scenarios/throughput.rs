@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::cli::{ModeArg, Settings};
 use crate::cluster::EmbeddedCluster;
+use crate::engine_timeline;
 use crate::keys::KeySpace;
 use crate::load::{self, TargetSpec, Workload};
 use crate::probes;
@@ -79,10 +80,17 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
     let opts = super::load_opts(s, keys);
     let net0 = cluster.map(EmbeddedCluster::net_totals_all);
     let store0 = cluster.map(EmbeddedCluster::store_totals_all);
+    let sampler = cluster.map(|c| engine_timeline::Sampler::start(c.handles()));
     let cpu = CpuMeter::start();
     let l = load::run(spec, &opts)?;
     report.cpu_percent = Some(cpu.percent());
     report.rss_bytes = proc_stats::peak_rss_bytes();
+    if let Some(sampler) = sampler {
+        let engine = sampler.finish(l.started, l.per_second.len());
+        report.extra.insert("engine_timeline".into(), engine_timeline::to_json(&engine));
+        report.lines.push("  slowest seconds, with what each node's engine did in them:".into());
+        report.lines.extend(engine_timeline::worst_seconds(&l.per_second, &engine));
+    }
     if let (Some(c), Some(n0)) = (cluster, net0) {
         let d = c.net_totals_all().since(&n0);
         let t = l.elapsed.as_secs_f64().max(1e-9);
