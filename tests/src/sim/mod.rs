@@ -953,6 +953,15 @@ pub fn run_seed(seed: u64, steps: u64) -> Report {
     Sim::new(SimConfig::from_seed(seed, steps)).run()
 }
 
+/// Runs `seed` as the simulator drew it before clean stops were simulated (no clean stops,
+/// the rest unchanged): the schedule a regression seed was recorded with.
+#[must_use]
+pub fn run_seed_without_clean_stops(seed: u64, steps: u64) -> Report {
+    let mut cfg = SimConfig::from_seed(seed, steps);
+    cfg.clean_stop_pct = 0;
+    Sim::new(cfg).run()
+}
+
 /// The node ids of a run.
 #[must_use]
 pub fn node_ids(cfg: &SimConfig) -> Vec<NodeId> {
