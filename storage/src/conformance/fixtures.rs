@@ -568,14 +568,14 @@ mod wal_specific {
             let dir = tempfile::tempdir().unwrap();
             let bytes = 128 << 10;
             let gone = dir.path().join(crate::wal::segment::spare_name(9));
+            let shape = crate::wal::segment::SegmentShape { bytes, spares_max: 2, dsync: true };
             let p = crate::wal::segment::prepare_next(
                 dir.path().to_path_buf(),
                 1,
-                bytes,
+                shape,
                 Vec::new(),
                 vec![gone],
-                2,
-                true,
+                crate::wal::segment::Urgency::default(),
             )
             .await
             .expect("a vanished spare is no failure");

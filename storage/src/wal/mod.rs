@@ -33,7 +33,7 @@ use self::format::{
 };
 use self::gc::{GcCursor, Relocation};
 use self::index::{EntryLoc, Index};
-use self::segment::{Prepared, Segment, gio, prepare_next};
+use self::segment::{Prepared, Segment, SegmentShape, Urgency, gio, prepare_next};
 use crate::error::{Poison, Result, StorageError};
 use crate::faults::{WriteFault, injected};
 use crate::limits::META_KEYS_MAX;
@@ -187,6 +187,8 @@ pub struct WalStore {
     /// Segments in use, oldest first; the last one is being written.
     segments: VecDeque<Segment>,
     next: NextSegment,
+    /// Whether the segment being prepared is needed soon (see `segment::Urgency`).
+    next_urgency: Urgency,
     spares: Vec<PathBuf>,
     recycle: Vec<Segment>,
     index: Index,
@@ -288,6 +290,7 @@ impl WalStore {
             lock,
             segments: rec.segments,
             next: rec.next.map_or(NextSegment::None, NextSegment::Ready),
+            next_urgency: Urgency::default(),
             spares: rec.spares,
             recycle: rec.recycle,
             index: rec.index,
@@ -302,11 +305,10 @@ impl WalStore {
             let p = prepare_next(
                 store.dir.clone(),
                 1,
-                store.opts.segment_bytes,
+                store.segment_shape(),
                 Vec::new(),
                 std::mem::take(&mut store.spares),
-                store.opts.spare_segments_max,
-                store.opts.store.sync_writes,
+                Urgency::now(),
             )
             .await?;
             let seg = store.finish_prepare(p);
@@ -474,11 +476,14 @@ impl WalStore {
         let seg = match std::mem::replace(&mut self.next, NextSegment::None) {
             NextSegment::Ready(s) => s,
             NextSegment::Pending(task) => {
+                self.next_urgency.set();
                 let p = task.await?;
                 self.finish_prepare(p)
             }
             NextSegment::None => {
-                let p = self.start_prepare().await?;
+                let fut = self.start_prepare();
+                self.next_urgency.set();
+                let p = fut.await?;
                 self.finish_prepare(p)
             }
         };
@@ -496,15 +501,23 @@ impl WalStore {
 
     fn start_prepare(&mut self) -> impl std::future::Future<Output = Result<Prepared>> + 'static {
         let seq = self.segments.back().map_or(1, |s| s.seq + 1);
+        self.next_urgency = Urgency::default();
         prepare_next(
             self.dir.clone(),
             seq,
-            self.opts.segment_bytes,
+            self.segment_shape(),
             std::mem::take(&mut self.recycle),
             std::mem::take(&mut self.spares),
-            self.opts.spare_segments_max,
-            self.opts.store.sync_writes,
+            self.next_urgency.clone(),
         )
+    }
+
+    fn segment_shape(&self) -> SegmentShape {
+        SegmentShape {
+            bytes: self.opts.segment_bytes,
+            spares_max: self.opts.spare_segments_max,
+            dsync: self.opts.store.sync_writes,
+        }
     }
 
     /// After a batch: hand free segments to recycling, start relocating the oldest one if
@@ -538,6 +551,12 @@ impl WalStore {
             if pins.entry_bytes * 100 <= front.bytes * self.opts.gc_live_percent_max {
                 self.gc = Some(GcCursor { seq: front.seq, pos: SEGMENT_HEADER_BYTES });
             }
+        }
+        if matches!(self.next, NextSegment::Pending(_))
+            && let Some(active) = self.segments.back()
+            && active.end.saturating_mul(2) >= active.bytes
+        {
+            self.next_urgency.set();
         }
         if matches!(self.next, NextSegment::None) {
             let fut = self.start_prepare();
@@ -839,6 +858,8 @@ impl LogStore for WalStore {
     async fn close(mut self) -> Result<()> {
         // Let a segment being prepared finish, so a clean close leaves no half-made files.
         let mut segs: Vec<Segment> = self.segments.drain(..).chain(self.recycle.drain(..)).collect();
+        // Without pauses: nothing is written any more, and the close waits for it.
+        self.next_urgency.set();
         let prepared = match std::mem::replace(&mut self.next, NextSegment::None) {
             NextSegment::Pending(task) => task.await.map(|p| segs.push(self.finish_prepare(p))),
             NextSegment::Ready(s) => {
