@@ -363,6 +363,24 @@ mod wal_specific {
         WriteBatch { partitions: vec![w], meta: vec![] }
     }
 
+    /// Issue 16: the next segment's spare is zero-filled gently (leaving the device to the
+    /// log's writes) until the active segment is half full, then at full speed.
+    #[test]
+    fn the_next_segment_hurries_once_the_active_one_is_half_full() {
+        run(|| async {
+            let f = WalFixture::with_segment_bytes(1 << 20);
+            let mut s = f.open(true).await.unwrap();
+            s.write(&batch_of(1, 1, 2, 1000)).await.unwrap();
+            assert!(!s.next_is_urgent(), "the segment in use is nearly empty");
+            // 12 batches of 9 entries of 6,000 bytes: about 650 KB of the 1 MiB segment.
+            for k in 0..12u64 {
+                s.write(&batch_of(1, 3 + k * 9, 3 + k * 9 + 8, 6000)).await.unwrap();
+            }
+            assert!(s.next_is_urgent(), "past half of the segment in use");
+            s.close().await.unwrap();
+        });
+    }
+
     /// Issue 11, item 3: a damaged *last* batch looks like a torn write and is dropped, but
     /// it may have been acknowledged: the store says which file, offset, partitions and
     /// entries, instead of nothing.

@@ -512,6 +512,12 @@ impl WalStore {
         )
     }
 
+    /// Whether the segment being prepared was told to hurry (tests).
+    #[cfg(test)]
+    pub(crate) fn next_is_urgent(&self) -> bool {
+        self.next_urgency.is_set()
+    }
+
     fn segment_shape(&self) -> SegmentShape {
         SegmentShape {
             bytes: self.opts.segment_bytes,

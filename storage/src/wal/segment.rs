@@ -49,7 +49,7 @@ impl Urgency {
         self.0.set(true);
     }
 
-    fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.0.get()
     }
 }
