@@ -48,7 +48,10 @@ const DEFAULT_SEEDS: u64 = 1000;
 /// the crashes in half the seeds) came after all of them: the regression seeds outside the
 /// sweep's range run as recorded, without clean stops (`run_seed_without_clean_stops`);
 /// with them, 5481 and 2894 no longer found their mutants, and none of 1,000..10,000 found
-/// `lease-only-with-check-quorum`.
+/// `lease-only-with-check-quorum`. 50065 no longer finds
+/// `recovering-replica-answers-before-its-floor`, with the same trace at `3b27cc9` (before
+/// clean stops; trace cfe17d2e995e730c) as now: an earlier change moved it, and no seed of
+/// the sweep finds that mutant now (to search for one).
 const REGRESSION_SEEDS: &[u64] = &[
     82, 515, 1033, 1075, 1418, 1446, 1820, 2011, 2096, 2240, 2377, 2395, 2797, 2894, 3378, 4227, 5066, 5232,
     5481, 6479, 6482, 6941, 8770, 9414, 9507, 22475, 50065,
