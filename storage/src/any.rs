@@ -21,6 +21,8 @@ pub enum StorageKind {
     RocksDb,
     /// SQLite (cargo feature `sqlite`).
     Sqlite,
+    /// TiKV's raft-engine (cargo feature `raft-engine`).
+    RaftEngine,
     /// In memory (tests, framework benchmarks): nothing survives the process.
     Memory,
 }
@@ -36,6 +38,9 @@ impl StorageKind {
         if cfg!(feature = "sqlite") {
             v.push(StorageKind::Sqlite);
         }
+        if cfg!(feature = "raft-engine") {
+            v.push(StorageKind::RaftEngine);
+        }
         v.push(StorageKind::Memory);
         v
     }
@@ -47,6 +52,7 @@ impl StorageKind {
             StorageKind::Wal => "wal",
             StorageKind::RocksDb => "rocksdb",
             StorageKind::Sqlite => "sqlite",
+            StorageKind::RaftEngine => "raft-engine",
             StorageKind::Memory => "memory",
         }
     }
@@ -54,9 +60,15 @@ impl StorageKind {
     /// Parses a short name.
     #[must_use]
     pub fn parse(s: &str) -> Option<StorageKind> {
-        [StorageKind::Wal, StorageKind::RocksDb, StorageKind::Sqlite, StorageKind::Memory]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            StorageKind::Wal,
+            StorageKind::RocksDb,
+            StorageKind::Sqlite,
+            StorageKind::RaftEngine,
+            StorageKind::Memory,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 
@@ -73,6 +85,9 @@ pub enum AnyStore {
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(crate::sqlite::SqliteStore),
+    /// raft-engine.
+    #[cfg(feature = "raft-engine")]
+    RaftEngine(crate::raft_engine::RaftEngineStore),
     /// In memory.
     Memory(MemoryStore),
 }
@@ -89,6 +104,10 @@ impl AnyStore {
             StorageKind::RocksDb => Ok(AnyStore::RocksDb(crate::rocks::RocksStore::open(dir, opts).await?)),
             #[cfg(feature = "sqlite")]
             StorageKind::Sqlite => Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::open(dir, opts).await?)),
+            #[cfg(feature = "raft-engine")]
+            StorageKind::RaftEngine => {
+                Ok(AnyStore::RaftEngine(crate::raft_engine::RaftEngineStore::open(dir, opts).await?))
+            }
             StorageKind::Memory => Ok(AnyStore::Memory(MemoryStore::new(opts))),
             #[allow(unreachable_patterns)] // Reachable when a feature is off.
             other => Err(crate::StorageError::Backend {
@@ -107,6 +126,8 @@ macro_rules! dispatch {
             AnyStore::RocksDb($s) => $e,
             #[cfg(feature = "sqlite")]
             AnyStore::Sqlite($s) => $e,
+            #[cfg(feature = "raft-engine")]
+            AnyStore::RaftEngine($s) => $e,
             AnyStore::Memory($s) => $e,
         }
     };

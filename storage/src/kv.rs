@@ -1,4 +1,4 @@
-//! Encodings shared by the key-value adapters (RocksDB, SQLite): checksummed entry values and
+//! Encodings shared by the key-value adapters (RocksDB, SQLite, raft-engine): checksummed entry values and
 //! partition-state records, so that damage inside a backend that does not checksum values
 //! itself is still detected on read.
 
@@ -59,7 +59,9 @@ pub(crate) fn decode_state(b: &[u8]) -> Result<PartitionState, String> {
     })
 }
 
-/// CRC32C of an entry's coordinates and protobuf body: ties the value to its key.
+/// CRC32C of an entry's coordinates and protobuf body: ties the value to its key. (The
+/// raft-engine adapter needs none: raft-engine checksums every batch's entries itself.)
+#[cfg(any(feature = "rocksdb", feature = "sqlite"))]
 pub(crate) fn entry_crc(partition: u64, index: u64, term: u64, proto: &[u8]) -> u32 {
     let mut head = [0u8; 24];
     head[0..8].copy_from_slice(&partition.to_le_bytes());

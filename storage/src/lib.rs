@@ -9,6 +9,8 @@
 //!   write completes, no separate `fdatasync`);
 //! * `rocks::RocksStore` — one RocksDB instance per shard (cargo feature `rocksdb`);
 //! * `sqlite::SqliteStore` — one SQLite database per shard (cargo feature `sqlite`);
+//! * `raft_engine::RaftEngineStore` — one TiKV raft-engine per shard (cargo feature
+//!   `raft-engine`);
 //! * [`memory::MemoryStore`] — in memory, for tests and framework-mode benchmarks.
 //!
 //! [`AnyStore`] wraps whichever adapter a node is configured with. The shared conformance
@@ -20,11 +22,13 @@ mod chunked;
 pub mod conformance;
 mod error;
 mod faults;
-#[cfg(any(feature = "rocksdb", feature = "sqlite"))]
+#[cfg(any(feature = "rocksdb", feature = "sqlite", feature = "raft-engine"))]
 mod kv;
 pub mod limits;
 pub mod memory;
 mod plan;
+#[cfg(feature = "raft-engine")]
+pub mod raft_engine;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 #[cfg(feature = "sqlite")]
