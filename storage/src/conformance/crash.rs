@@ -234,6 +234,12 @@ fn sqlite_survives_sigkill() {
     crash_loop("sqlite", kills(200));
 }
 
+#[cfg(feature = "raft-engine")]
+#[test]
+fn raft_engine_survives_sigkill() {
+    crash_loop("raft-engine", kills(200));
+}
+
 /// Soak: `cargo test -p phalanx-storage --release -- --ignored soak` (about 10 minutes).
 #[test]
 #[ignore]

@@ -264,6 +264,77 @@ mod sqlite_fixture {
     }
 }
 
+#[cfg(feature = "raft-engine")]
+pub(crate) use raft_engine_fixture::RaftEngineFixture;
+
+#[cfg(feature = "raft-engine")]
+mod raft_engine_fixture {
+    use super::*;
+    use crate::raft_engine::{RaftEngineOptions, RaftEngineStore};
+
+    /// raft-engine, with files small enough that the suite rotates them, and purges often
+    /// enough that its rewrite of live entries (its garbage collection) runs too.
+    pub(crate) struct RaftEngineFixture {
+        dir: TempDir,
+        faults: FaultInjector,
+    }
+
+    impl RaftEngineFixture {
+        pub(crate) fn new() -> Self {
+            RaftEngineFixture { dir: tempfile::tempdir().expect("tempdir"), faults: FaultInjector::new() }
+        }
+
+        pub(crate) fn options(&self, sync_writes: bool) -> RaftEngineOptions {
+            RaftEngineOptions {
+                store: StoreOptions { sync_writes, faults: Some(self.faults.clone()) },
+                target_file_bytes: 64 << 10,
+                purge_threshold_bytes: 256 << 10,
+                purge_every_bytes: 32 << 10,
+                ..RaftEngineOptions::default()
+            }
+        }
+    }
+
+    impl Fixture for RaftEngineFixture {
+        type Store = RaftEngineStore;
+
+        async fn open(&self, sync_writes: bool) -> Result<RaftEngineStore> {
+            RaftEngineStore::open_with(self.dir.path(), self.options(sync_writes)).await
+        }
+
+        fn faults(&self) -> &FaultInjector {
+            &self.faults
+        }
+
+        fn dir(&self) -> Option<&Path> {
+            Some(self.dir.path())
+        }
+
+        async fn write_torn(&self, mut store: RaftEngineStore, batch: &WriteBatch) {
+            // Write it whole, crash, then cut the end of raft-engine's newest append file, as a
+            // crash during the append would have. (Dropping the engine trims the zeros it had
+            // preallocated, so the file ends with the batch.)
+            store.write(batch).await.unwrap();
+            drop(store);
+            let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+                .collect();
+            logs.sort();
+            let log = logs.last().expect("a raft-engine log file");
+            let len = std::fs::metadata(log).unwrap().len();
+            assert!(len > 100, "log too short to tear: {len}");
+            std::fs::OpenOptions::new().write(true).open(log).unwrap().set_len(len - 7).unwrap();
+        }
+
+        fn set_format_version(&self, version: u32) {
+            RaftEngineStore::set_format_version(self.dir.path(), version).unwrap();
+        }
+    }
+}
+
 /// Instantiates every conformance check for one fixture.
 macro_rules! conformance_suite {
     ($name:ident, $fixture:expr) => {
@@ -342,6 +413,8 @@ conformance_suite!(wal, WalFixture::new());
 conformance_suite!(rocksdb, RocksFixture::new());
 #[cfg(feature = "sqlite")]
 conformance_suite!(sqlite, SqliteFixture::new());
+#[cfg(feature = "raft-engine")]
+conformance_suite!(raft_engine, RaftEngineFixture::new());
 
 /// Checks only the native WAL can make (its own format, files and counters).
 mod wal_specific {
@@ -911,6 +984,168 @@ mod sqlite_specific {
             let s = SqliteStore::open(&path, StoreOptions::default()).await.expect("reopens");
             assert_eq!(s.partition(5).expect("readable").map(|st| st.hard_state), Some(hs));
             s.close().await.expect("closes");
+        });
+    }
+}
+
+/// Checks of the raft-engine adapter's own behaviour (its files, purge, reserved region).
+#[cfg(feature = "raft-engine")]
+mod raft_engine_specific {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::StorageError;
+    use crate::conformance::model::{Model, entries, verify};
+    use crate::conformance::workload::{Op, Workload};
+    use crate::raft_engine::META_REGION;
+    use crate::types::{MetaWrite, PartitionWrite};
+
+    const MARKER: &[u8] = b"#MARKER-0123456789abcdef-MARKER#";
+
+    /// raft-engine's files of one kind (`.raftlog`, `.rewrite`), in sequence order.
+    fn files(dir: &Path, ext: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(ext))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Writes `n` batches of three 300-byte entries to partition 1; batch `marked` also sets
+    /// a metadata value holding [`MARKER`] (metadata lives in a batch's item footer, not in
+    /// its entries block).
+    async fn write_marked(s: &mut crate::raft_engine::RaftEngineStore, n: u64, marked: u64) {
+        for i in 1..=n {
+            let mut w = PartitionWrite::new(1);
+            w.entries = entries(1, i * 3 - 2, i * 3, 1, 300);
+            let mut b = WriteBatch { partitions: vec![w], meta: vec![] };
+            if i == marked {
+                b.meta.push(MetaWrite {
+                    key: Bytes::from_static(b"k"),
+                    value: Some(Bytes::from_static(MARKER)),
+                });
+            }
+            s.write(&b).await.unwrap();
+        }
+    }
+
+    /// **Not what the contract asks** (a damaged record followed by valid ones must be
+    /// reported as corruption): raft-engine takes a damaged batch in its newest file for a
+    /// torn tail, truncates the file there and opens without an error, losing the
+    /// acknowledged batches after it. Its recovery leaves no way to tell (see the adapter's
+    /// docs); pinned here so the limitation stays known and a change in raft-engine shows.
+    #[test]
+    fn damage_in_the_newest_file_drops_the_batches_after_it() {
+        run(|| async {
+            let f = RaftEngineFixture::new();
+            let mut s = f.open(true).await.unwrap();
+            write_marked(&mut s, 12, 3).await;
+            s.close().await.unwrap();
+            let dir = f.dir().unwrap();
+            assert_eq!(files(dir, ".raftlog").len(), 1, "everything in one (the newest) file");
+            crate::conformance::flip_bit_in(dir, MARKER).expect("marker found");
+            let s = f.open(true).await.expect("raft-engine opens");
+            // Batches 3..=12 are gone: the log ends with batch 2.
+            assert_eq!(s.partition(1).unwrap().unwrap().last.index, 6);
+            assert_eq!(s.get_meta(b"k").unwrap(), None);
+            s.close().await.unwrap();
+        });
+    }
+
+    /// Damage in a file other than the newest one fails the open with a corruption error.
+    #[test]
+    fn damage_in_an_older_file_fails_the_open() {
+        run(|| async {
+            let f = RaftEngineFixture::new();
+            let mut s = f.open(true).await.unwrap();
+            // 64 KiB files: about 60 batches of ~1 KiB fill several.
+            write_marked(&mut s, 200, 3).await;
+            s.close().await.unwrap();
+            let dir = f.dir().unwrap();
+            assert!(files(dir, ".raftlog").len() > 2, "{:?}", files(dir, ""));
+            let flipped = crate::conformance::flip_bit_in(dir, MARKER).expect("marker found");
+            assert!(flipped.ends_with("0000000000000001.raftlog"), "{}", flipped.display());
+            match f.open(true).await {
+                Err(StorageError::Corrupt { file, .. }) => assert!(file.starts_with(dir)),
+                Err(e) => panic!("expected a corruption error, got {e}"),
+                Ok(_) => panic!("a damaged older file was opened"),
+            }
+        });
+    }
+
+    /// raft-engine's purge runs from the write path: past the purge threshold it rewrites the
+    /// live entries of the oldest files (here, a partition written once and never again)
+    /// into its rewrite queue and recycles or deletes those files; everything reads back the
+    /// same, before and after a reopen.
+    #[test]
+    fn purge_rewrites_live_entries_and_reclaims_files() {
+        run(|| async {
+            let f = RaftEngineFixture::new();
+            let dir = f.dir().unwrap().to_path_buf();
+            let mut s = f.open(true).await.unwrap();
+            let mut m = Model::default();
+            let mut w = PartitionWrite::new(100);
+            w.entries = entries(100, 1, 20, 1, 500);
+            let b = WriteBatch { partitions: vec![w], meta: vec![] };
+            s.write(&b).await.unwrap();
+            m.apply(&b);
+            let rewrite_before = std::fs::metadata(dir.join("0000000000000001.rewrite")).unwrap().len();
+            let w = Workload { seed: 11, partitions: 8, compact_above: 60, payload_max: 3000 };
+            for k in 1..=800 {
+                match w.advance(k, &mut m) {
+                    Op::Batch(b) => s.write(&b).await.unwrap(),
+                    Op::Remove(p) => s.remove_partition(p).await.unwrap(),
+                }
+            }
+            verify(&s, &m).await.unwrap();
+            let logs = files(&dir, ".raftlog");
+            assert_ne!(logs.first().map(String::as_str), Some("0000000000000001.raftlog"), "nothing purged");
+            let rewrite_after: u64 =
+                files(&dir, ".rewrite").iter().map(|n| std::fs::metadata(dir.join(n)).unwrap().len()).sum();
+            assert!(
+                rewrite_after > rewrite_before,
+                "nothing rewritten ({rewrite_before} -> {rewrite_after} bytes)"
+            );
+            s.close().await.unwrap();
+            let s = f.open(true).await.unwrap();
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
+    /// The metadata region's id is refused as a partition, without poisoning the store.
+    #[test]
+    fn the_metadata_region_is_not_a_partition() {
+        run(|| async {
+            let f = RaftEngineFixture::new();
+            let mut s = f.open(true).await.unwrap();
+            let mut w = PartitionWrite::new(META_REGION);
+            w.entries = entries(META_REGION, 1, 1, 1, 10);
+            let e = s.write(&WriteBatch { partitions: vec![w], meta: vec![] }).await.expect_err("refused");
+            assert!(matches!(e, StorageError::InvalidBatch { .. }), "{e}");
+            let mut w = PartitionWrite::new(1);
+            w.entries = entries(1, 1, 1, 1, 10);
+            s.write(&WriteBatch { partitions: vec![w], meta: vec![] }).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
+    /// Another adapter's directory is refused before raft-engine touches it.
+    #[test]
+    fn a_foreign_directory_is_refused() {
+        run(|| async {
+            let f = RaftEngineFixture::new();
+            let dir = f.dir().unwrap();
+            std::fs::write(dir.join("wal-0000000000000001.seg"), b"not raft-engine").unwrap();
+            match f.open(true).await {
+                Err(StorageError::Foreign { .. }) => {}
+                Err(e) => panic!("expected Foreign, got {e}"),
+                Ok(_) => panic!("a foreign directory was opened"),
+            }
+            assert_eq!(std::fs::read(dir.join("wal-0000000000000001.seg")).unwrap(), b"not raft-engine");
         });
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each check is a generic `async fn` taking a [`Fixture`] (how to open, crash and damage one
 //! adapter's store). `cfg(test)` instantiates the whole suite for every adapter compiled in
-//! (`cargo test -p phalanx-storage --features rocksdb,sqlite`); other crates can run it
+//! (`cargo test -p phalanx-storage --features rocksdb,sqlite,raft-engine`); other crates can run it
 //! against their own adapters with the `conformance` feature.
 
 // Test-support code: an unwrap that fails is a failed check, reported with its location.
@@ -384,7 +384,7 @@ pub async fn torn_tail_recovered<F: Fixture>(f: &F) {
 /// Finds `marker` in the files under `dir` (the first file, in name order, that holds it)
 /// and flips one bit in the middle of it — in every copy in that file, since a backend may
 /// keep stale copies in free pages, where damage is harmless. Returns the file.
-fn flip_bit_in(dir: &Path, marker: &[u8]) -> Option<PathBuf> {
+pub(crate) fn flip_bit_in(dir: &Path, marker: &[u8]) -> Option<PathBuf> {
     let mut files: Vec<PathBuf> = walk(dir);
     files.sort();
     for path in files {
