@@ -11,6 +11,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/phalanx.v1.rs"));
 }
 
+mod entry_codec;
+
 pub use prost::Message;
 pub use v1::*;
 

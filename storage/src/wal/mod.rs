@@ -157,9 +157,9 @@ impl Rec<'_> {
     fn encode(&self, w: &mut format::RecordWriter<'_>) {
         match self {
             Rec::Entry { p, e, proto_len } => {
-                w.entry(kind::ENTRY, *p, e.index, e.term, *proto_len, |mut b| {
+                w.entry(kind::ENTRY, *p, e.index, e.term, *proto_len, |b| {
                     // The buffer is sized from `encoded_len`, so encoding cannot run out of room.
-                    let _ = e.encode(&mut b);
+                    let _ = e.encode_to_slice(b);
                 })
             }
             Rec::Relocated(r) => {
