@@ -32,6 +32,8 @@ pub struct TransportStats {
     pub connects: u64,
     /// Outgoing connection attempts that failed (connect, timeout, broken handshake).
     pub connect_failures: u64,
+    /// Backoff waits cut short because the peer had just connected to this node (it is up).
+    pub redials: u64,
     /// Outgoing handshakes the peer refused (wrong cluster id, protocol version, node...).
     pub handshakes_refused_by_peer: u64,
     /// Established outgoing connections that ended (peer closed, write error, timeout).
@@ -81,6 +83,7 @@ impl TransportStats {
             batches_dropped_inbox_full: a.batches_dropped_inbox_full + b.batches_dropped_inbox_full,
             connects: a.connects + b.connects,
             connect_failures: a.connect_failures + b.connect_failures,
+            redials: a.redials + b.redials,
             handshakes_refused_by_peer: a.handshakes_refused_by_peer + b.handshakes_refused_by_peer,
             connections_lost: a.connections_lost + b.connections_lost,
             handshakes_rejected: a.handshakes_rejected + b.handshakes_rejected,
@@ -113,6 +116,7 @@ pub(crate) struct Counters {
     pub batches_dropped_inbox_full: Cell<u64>,
     pub connects: Cell<u64>,
     pub connect_failures: Cell<u64>,
+    pub redials: Cell<u64>,
     pub handshakes_refused_by_peer: Cell<u64>,
     pub connections_lost: Cell<u64>,
     pub handshakes_rejected: Cell<u64>,
@@ -158,6 +162,7 @@ impl Counters {
             batches_dropped_inbox_full: self.batches_dropped_inbox_full.get(),
             connects: self.connects.get(),
             connect_failures: self.connect_failures.get(),
+            redials: self.redials.get(),
             handshakes_refused_by_peer: self.handshakes_refused_by_peer.get(),
             connections_lost: self.connections_lost.get(),
             handshakes_rejected: self.handshakes_rejected.get(),

@@ -284,7 +284,8 @@ fn connections_are_handed_to_every_shard_and_counted() {
         assert_eq!(b.stats(s).inbound_accepted, 1, "shard {s} reads one connection");
         assert_eq!(b.stats(s).batches_received, 3);
         assert_eq!(a.stats(s).connects, 1);
-        assert_eq!(a.stats(s).connections_open, 1);
+        // Its own to b, and b's to it (every shard dials the peers it knows at start).
+        assert_eq!(a.stats(s).connections_open, 2);
     }
     assert!(a.shutdown() && b.shutdown());
     assert!(wait_until(WAIT_LIMIT, || fx.leftovers().is_none()), "{:?}", fx.leftovers());
@@ -440,4 +441,39 @@ fn a_secret_rotates_through_two_rounds_of_restarts() {
         }
         assert!(a.shutdown() && b.shutdown());
     }
+}
+
+/// A node that restarts is heard from at once, not when its peers' backoff runs out: the
+/// peer's dialer, backing off after losing it, redials as soon as the restarted node has
+/// connected to the peer (it is up). Here the peer's backoff is a minute, beyond the wait.
+#[test]
+fn a_restarted_peer_that_connects_to_us_is_redialed_without_waiting_out_the_backoff() {
+    let mut fx = TcpFixture::new();
+    let (tx, rx) = flume::unbounded();
+    let slow = |c: &mut crate::tcp::TcpConfig| {
+        c.backoff_initial_ms = 60_000;
+        c.backoff_max_ms = 60_000;
+    };
+    let a = TestNode::start(1, fx.factory_with(1, slow), 1, tx.clone()).unwrap();
+    let b = start(&mut fx, 2, &tx);
+    a.send_seq(0, 2, 1);
+    assert_eq!(collect(&rx, 1, WAIT_LIMIT).len(), 1);
+    assert!(b.shutdown());
+    // A's dialer notices the close and waits out its backoff (30 to 60 s).
+    assert!(wait_until(WAIT_LIMIT, || a.stats(0).connections_lost == 1), "{:?}", a.stats(0));
+    let b = start(&mut fx, 2, &tx);
+    // B reaches A at once (its dialer starts fresh), which tells A that B is back.
+    let heard = wait_until(WAIT_LIMIT, || {
+        b.send_seq(0, 1, 1);
+        rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|d| d.inbound.from == 2)
+    });
+    assert!(heard, "{:?}", b.stats(0));
+    let through = wait_until(WAIT_LIMIT, || {
+        a.send_seq(0, 2, 1);
+        rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|d| d.inbound.from == 1)
+    });
+    assert!(through, "{:?}", a.stats(0));
+    assert!(a.stats(0).redials >= 1, "{:?}", a.stats(0));
+    assert!(a.shutdown() && b.shutdown());
+    assert!(wait_until(WAIT_LIMIT, || fx.leftovers().is_none()), "{:?}", fx.leftovers());
 }

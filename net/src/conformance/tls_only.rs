@@ -55,6 +55,8 @@ fn tls_nodes_talk_and_a_plaintext_peer_is_refused_both_ways_and_counted() {
     let b = start(&mut fx, 2, &tx, Some(ctx(&pki, &cert, Vec::new())));
     assert!(gets_through(&a, 2, &rx), "{:?} {:?}", a.stats(0), b.stats(0));
     assert!(gets_through(&b, 1, &rx));
+    // Checked before the plaintext node starts: it dials every node it knows, a included.
+    assert_eq!(a.stats(0).tls_failures, 0, "{:?}", a.stats(0));
     // A plaintext node: its Hello is not a TLS record (refused by b), and its acceptor reads
     // b's ClientHello as a malformed frame (refused by c).
     let c = start(&mut fx, 3, &tx, None);
@@ -67,7 +69,6 @@ fn tls_nodes_talk_and_a_plaintext_peer_is_refused_both_ways_and_counted() {
     raw.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     raw.write_all(&[0, 0, 0, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     assert!(super::closed_within(&mut raw, WAIT_LIMIT), "a TLS port must close a plaintext peer");
-    assert_eq!(a.stats(0).tls_failures, 0, "{:?}", a.stats(0));
     assert!(a.shutdown() && b.shutdown() && c.shutdown());
 }
 

@@ -191,6 +191,10 @@ async fn serve(
         debug!(node = shard.local.node_id, peer = hello.node_id, error = %e, "ack failed");
         return;
     }
+    // The peer is up: a dialer of ours backing off from it retries now (`dialer::Redial`).
+    if let Some(p) = shard.peers.borrow().get(&hello.node_id) {
+        p.redial.ask();
+    }
     // The serial tells a reader whether its map entry is still its own when it ends.
     let serial = shard.next_conn.get();
     shard.next_conn.set(serial + 1);

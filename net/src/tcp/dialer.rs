@@ -1,7 +1,10 @@
 //! One peer's outgoing connection: connect, handshake, write coalesced frames; on failure,
 //! back off and start over.
 
+use std::cell::Cell;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +23,50 @@ use crate::transport::NodeId;
 /// Bytes read while watching an idle connection for the peer closing it.
 const WATCH_READ_BYTES: usize = 64;
 
+/// A request to cut a dialer's backoff short, made when its peer has just connected to us.
+///
+/// Why: connections are one-way, so a restarted node reaches its peers at once (its dialers
+/// start fresh) but hears from them only when their dialers, backed off while it was down,
+/// try again — up to `backoff_max_ms` later (1 s by default), during which it cannot learn
+/// its leaders. A peer that completed a handshake with us is up: retrying now costs one
+/// connect, and a peer reconnecting in a loop is paced by its own backoff.
+#[derive(Default)]
+pub(super) struct Redial {
+    asked: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Redial {
+    /// Ends the dialer's current (or next) backoff wait and resets its backoff.
+    pub(super) fn ask(&self) {
+        self.asked.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until asked.
+    async fn asked(&self) {
+        poll_fn(|cx| {
+            if self.asked.get() {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
 /// The dialer task of `peer` (runs until cancelled by discovery changes or shutdown).
-pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<PeerQueue>) {
+pub(super) async fn run(
+    shard: Rc<Shard>,
+    peer: NodeId,
+    addr: String,
+    queue: Rc<PeerQueue>,
+    redial: Rc<Redial>,
+) {
     let cfg = shard.cfg.clone();
     let mut backoff_ms = cfg.backoff_initial_ms;
     let mut jitter = Jitter::new(shard.local.node_id ^ peer.rotate_left(17) ^ u64::from(shard.shard) << 48);
@@ -29,6 +74,8 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
     let mut buf = Vec::new();
     let mut spare = Spare::new();
     loop {
+        // A connect attempt answers any earlier request to redial.
+        redial.asked.set(false);
         match connect(&shard, peer, &addr).await {
             Ok(mut stream) => {
                 inc(&shard.counters.connects);
@@ -39,6 +86,8 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
                     pump(&shard, &mut stream, &queue, &mut buf, &mut spare).await
                 };
                 inc(&shard.counters.connections_lost);
+                // The peer connecting to us while we were connected says nothing about now.
+                redial.asked.set(false);
                 info!(node = shard.local.node_id, shard = shard.shard, peer, addr, %reason, "connection lost");
                 // What was handed to the dead connection is gone; nothing is replayed.
                 recycle(&mut buf, &mut spare);
@@ -77,8 +126,29 @@ pub(super) async fn run(shard: Rc<Shard>, peer: NodeId, addr: String, queue: Rc<
             }
         }
         // Also after a lost connection, so that reconnecting is never a hot loop.
-        glommio::timer::sleep(Duration::from_millis(jitter.delay_ms(backoff_ms))).await;
-        if failures_in_row > 0 {
+        let wait = glommio::timer::sleep(Duration::from_millis(jitter.delay_ms(backoff_ms)));
+        let redialed = futures_lite::future::or(
+            async {
+                redial.asked().await;
+                true
+            },
+            async {
+                wait.await;
+                false
+            },
+        )
+        .await;
+        if redialed {
+            debug!(
+                node = shard.local.node_id,
+                shard = shard.shard,
+                peer,
+                "peer connected to us; redialing now"
+            );
+            inc(&shard.counters.redials);
+            failures_in_row = 0;
+            backoff_ms = cfg.backoff_initial_ms;
+        } else if failures_in_row > 0 {
             backoff_ms = backoff_ms.saturating_mul(2).min(cfg.backoff_max_ms);
         }
     }

@@ -217,6 +217,16 @@ impl TransportFactory for TcpFactory {
             acceptor::start_listener(&inner, l)?;
         }
         acceptor::start_handoff_receiver(&inner, rx);
+        // Every known peer is dialed now, with or without anything to send. A restarting node
+        // whose Raft groups are followers sends nothing until an election timeout; dialing
+        // announces it at once, and the peers' dialers that backed off while it was down
+        // redial it (`dialer::Redial`) instead of waiting up to `backoff_max_ms`.
+        inner.refresh_discovery();
+        let known: Vec<NodeId> =
+            inner.addrs.borrow().keys().copied().filter(|&id| id != inner.local.node_id && id != 0).collect();
+        for id in known {
+            let _ = inner.peer_queue(id);
+        }
         debug!(node = inner.local.node_id, shard, shards, "tcp transport started");
         Ok(TcpTransport { inner })
     }
@@ -226,6 +236,7 @@ impl TransportFactory for TcpFactory {
 struct Peer {
     addr: String,
     queue: Rc<PeerQueue>,
+    redial: Rc<dialer::Redial>,
     task: TaskId,
 }
 
@@ -297,8 +308,10 @@ impl Shard {
             self.cfg.max_frame_bytes,
             Duration::from_micros(self.cfg.coalesce_max_us),
         ));
-        let task = self.tasks.spawn(dialer::run(self.clone(), to, addr.clone(), queue.clone()))?;
-        self.peers.borrow_mut().insert(to, Peer { addr, queue: queue.clone(), task });
+        let redial = Rc::new(dialer::Redial::default());
+        let task =
+            self.tasks.spawn(dialer::run(self.clone(), to, addr.clone(), queue.clone(), redial.clone()))?;
+        self.peers.borrow_mut().insert(to, Peer { addr, queue: queue.clone(), redial, task });
         Some(queue)
     }
 
