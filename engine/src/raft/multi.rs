@@ -171,7 +171,9 @@ impl MultiRaft {
     /// campaign when it is no longer alive (`quiesce.rs`).
     pub fn set_peer_alive(&mut self, node: NodeId, alive: bool) {
         if alive {
-            self.unreachable.remove(&node);
+            if self.unreachable.remove(&node) {
+                self.wake_leaders_of(node);
+            }
             return;
         }
         if self.unreachable.insert(node) {
@@ -191,6 +193,26 @@ impl MultiRaft {
             .collect();
         for gid in quiesced {
             self.update(gid, |g| g.leader_suspected(node));
+        }
+    }
+
+    /// Groups this node leads that are quiesced (or quiescing) with `node` among their
+    /// members wake and heartbeat at once: `node` is back — alive again, or restarted at a
+    /// higher incarnation. Its groups then hear their leader now rather than after an election
+    /// timeout (a restarted replica's groups are awake and would each campaign; one the
+    /// leader quiesced without, as dead, may lag and needs its appends).
+    pub fn wake_leaders_of(&mut self, node: NodeId) {
+        let led: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| {
+                let g = &s.group;
+                g.is_leader() && g.quiet != super::quiesce::Quiet::Awake && g.progress(node).is_some()
+            })
+            .map(|(gid, _)| *gid)
+            .collect();
+        for gid in led {
+            self.update(gid, RaftGroup::wake);
         }
     }
 

@@ -199,6 +199,9 @@ impl<R> ShardCore<R> {
     /// and elect (`raft/quiesce.rs`) — a node back faster than a suspicion still leads nothing.
     pub fn on_peer_reincarnated(&mut self, node: NodeId) {
         self.multi.wake_quiesced_under(node);
+        // And the partitions it follows hear their leaders at once, not after its election
+        // timeouts (`MultiRaft::wake_leaders_of`).
+        self.multi.wake_leaders_of(node);
     }
 
     /// Shard 0: the failure detector's view of `node` (`None`: not a member, or this node).
