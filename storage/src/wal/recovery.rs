@@ -36,6 +36,11 @@ use crate::types::{DamagedTail, PartitionId};
 /// Size of one read while replaying a segment.
 const REPLAY_READ_BYTES: usize = 4 << 20;
 
+/// Reads of one segment in flight at once while replaying: enough that the device always has
+/// the next one queued (one at a time left it idle between reads), few enough that the
+/// buffers in flight (this many × [`REPLAY_READ_BYTES`]) stay a fraction of a segment.
+const REPLAY_READS_IN_FLIGHT: u64 = 4;
+
 /// Everything recovered from a shard directory.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
@@ -109,10 +114,23 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     let mut last_with_batches: Option<usize> = None;
     let mut prev_end: Option<(PathBuf, u64)> = None;
     let mut loaded = Vec::with_capacity(seqs.len());
+    // The next segment is read while this one is replayed (see `read_ahead`).
+    let mut ahead: Option<glommio::task::JoinHandle<Result<ReadSegment>>> = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(super::segment::segment_name(seq));
-        let file = open_rw(&path, dsync).await?;
-        let (header, data) = read_segment(&file, &path, seq).await?;
+        let read = match ahead.take() {
+            Some(t) => t.await.unwrap_or_else(|| {
+                Err(StorageError::Backend {
+                    backend: "wal",
+                    reason: "the read-ahead of a segment was cancelled".into(),
+                })
+            }),
+            None => open_and_read(path.clone(), seq, dsync).await,
+        };
+        let ReadSegment { file, header, data } = read?;
+        if let Some(&next) = seqs.get(i + 1) {
+            ahead = Some(read_ahead(dir.join(super::segment::segment_name(next)), next, dsync).await);
+        }
         if i > 0 && seqs[i - 1] + 1 != seq {
             return Err(StorageError::corrupt(path, 0, format!("segment {} is missing", seqs[i - 1] + 1)));
         }
@@ -127,7 +145,7 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
         loaded.push(Segment {
             seq,
             path,
-            file: Rc::new(file),
+            file,
             bytes: header.segment_bytes,
             block: u64::from(header.block_bytes),
             end: scan.end,
@@ -156,8 +174,36 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     Ok(rec)
 }
 
-/// Reads and checks a segment's header, then the whole segment.
-async fn read_segment(file: &DmaFile, path: &Path, seq: u64) -> Result<(SegmentHeader, Vec<u8>)> {
+/// A segment opened and read whole.
+struct ReadSegment {
+    file: Rc<DmaFile>,
+    header: SegmentHeader,
+    data: Vec<u8>,
+}
+
+async fn open_and_read(path: PathBuf, seq: u64, dsync: bool) -> Result<ReadSegment> {
+    let file = Rc::new(open_rw(&path, dsync).await?);
+    let (header, data) = read_segment(&file, &path, seq).await?;
+    Ok(ReadSegment { file, header, data })
+}
+
+/// Starts reading segment `seq` in a task of its own and returns once its reads are
+/// submitted, so that the disk reads it while the caller replays the previous segment (the
+/// replay is CPU: checksums and the index). Memory: one more segment held, so a recovery
+/// holds at most two segments' bytes at a time.
+async fn read_ahead(path: PathBuf, seq: u64, dsync: bool) -> glommio::task::JoinHandle<Result<ReadSegment>> {
+    let task = glommio::spawn_local(open_and_read(path, seq, dsync)).detach();
+    // Lets the task run up to its reads and the reactor submit them: a timer wait parks this
+    // task, so the executor runs the new one and then enters the kernel (a plain yield could
+    // come back here before the reads left the submission queue).
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+    task
+}
+
+/// Reads and checks a segment's header, then the whole segment, with every read of it in
+/// flight at once (the device serves them in parallel; one at a time left it idle between
+/// them).
+async fn read_segment(file: &Rc<DmaFile>, path: &Path, seq: u64) -> Result<(SegmentHeader, Vec<u8>)> {
     let size = file.file_size().await.map_err(|e| gio("stat", path, e))?;
     if size < SEGMENT_HEADER_BYTES {
         return Err(StorageError::corrupt(path, 0, format!("segment file is only {size} bytes")));
@@ -179,17 +225,38 @@ async fn read_segment(file: &DmaFile, path: &Path, seq: u64) -> Result<(SegmentH
             format!("segment is {size} bytes, its header says {}", header.segment_bytes),
         ));
     }
-    let mut data = Vec::with_capacity(header.segment_bytes as usize);
-    while (data.len() as u64) < header.segment_bytes {
-        let pos = data.len() as u64;
-        let n = REPLAY_READ_BYTES.min((header.segment_bytes - pos) as usize);
-        let chunk = file.read_at_aligned(pos, n).await.map_err(|e| gio("read", path, e))?;
-        if chunk.is_empty() {
-            return Err(StorageError::corrupt(path, pos, "segment ends early"));
+    let len = header.segment_bytes;
+    let chunks = len.div_ceil(REPLAY_READ_BYTES as u64);
+    let start = |k: u64| {
+        let pos = k * REPLAY_READ_BYTES as u64;
+        let n = REPLAY_READ_BYTES.min((len - pos) as usize);
+        let f = file.clone();
+        (pos, n, glommio::spawn_local(async move { f.read_at_aligned(pos, n).await }))
+    };
+    let mut reads: VecDeque<_> = (0..chunks.min(REPLAY_READS_IN_FLIGHT)).map(start).collect();
+    let mut next = reads.len() as u64;
+    let mut data = Vec::with_capacity(len as usize);
+    while let Some((pos, n, read)) = reads.pop_front() {
+        if next < chunks {
+            reads.push_back(start(next));
+            next += 1;
         }
+        let chunk = read.await.map_err(|e| gio("read", path, e))?;
         data.extend_from_slice(&chunk);
+        // A short read (not expected of a file this long) is finished one read at a time.
+        while (data.len() as u64) < pos + n as u64 {
+            let at = data.len() as u64;
+            let more = file
+                .read_at_aligned(at, (pos + n as u64 - at) as usize)
+                .await
+                .map_err(|e| gio("read", path, e))?;
+            if more.is_empty() {
+                return Err(StorageError::corrupt(path, at, "segment ends early"));
+            }
+            data.extend_from_slice(&more);
+        }
     }
-    data.truncate(header.segment_bytes as usize);
+    data.truncate(len as usize);
     Ok((header, data))
 }
 
