@@ -9,8 +9,9 @@
 //! partition's slot. Long stretches holding no wanted record are skipped (see
 //! [`BULK_SKIP_BYTES`]).
 //!
-//! Memory: the decoded entries being returned, one position (~40 bytes) per wanted entry, and
-//! one read buffer — entries are decoded into their own allocations, never as views of it.
+//! Memory: the decoded entries being returned, one position (~40 bytes) per wanted entry, one
+//! planned read (~100 bytes) per [`BULK_READ_BYTES`] of them, and [`BULK_READS_IN_FLIGHT`]
+//! read buffers — entries are decoded into their own allocations, never as views of them.
 
 use phalanx_proto::{LogEntry, Message};
 
@@ -50,6 +51,22 @@ impl Want {
     fn end(&self) -> u64 {
         u64::from(self.loc.offset) + u64::from(self.loc.len)
     }
+}
+
+/// Reads of a bulk load in flight at once: the disk reads ahead while entries are decoded.
+/// The buffers in flight are this many × [`BULK_READ_BYTES`].
+pub const BULK_READS_IN_FLIGHT: usize = 4;
+
+/// One read of a bulk load: a stretch of one segment and the wants it covers.
+struct Span {
+    file: std::rc::Rc<glommio::io::DmaFile>,
+    path: std::path::PathBuf,
+    /// Where the read starts (block-aligned) and where the last wanted record ends.
+    start: u64,
+    end: u64,
+    /// Bytes read (`end` rounded up to a block, less `start`).
+    len: usize,
+    wants: std::ops::Range<usize>,
 }
 
 /// A partition being loaded.
@@ -97,9 +114,31 @@ impl WalStore {
             });
         }
         wants.sort_unstable_by_key(|w| (w.loc.seg, w.loc.offset));
+        let mut spans = Vec::new();
         let mut i = 0;
         while i < wants.len() {
-            i = self.read_span(&wants, i, &mut slots).await?;
+            let span = self.plan_span(&wants, i, &slots)?;
+            i = span.wants.end;
+            spans.push(span);
+        }
+        // Reads are issued ahead of the decoding, BULK_READS_IN_FLIGHT at a time, so the disk
+        // reads the next spans while this one's entries are checked and decoded.
+        let start = |s: &Span| {
+            let (file, at, len) = (s.file.clone(), s.start, s.len);
+            glommio::spawn_local(async move { file.read_at_aligned(at, len).await })
+        };
+        let mut reads: std::collections::VecDeque<_> =
+            spans.iter().take(BULK_READS_IN_FLIGHT).map(start).collect();
+        for (k, span) in spans.iter().enumerate() {
+            let read = reads.pop_front().ok_or_else(|| StorageError::Backend {
+                backend: "wal",
+                reason: "bulk load: a planned read was not issued".into(),
+            })?;
+            if let Some(next) = spans.get(k + BULK_READS_IN_FLIGHT) {
+                reads.push_back(start(next));
+            }
+            let data = read.await.map_err(|e| gio("read", &span.path, e))?;
+            self.decode_span(&wants, span, &data, &mut slots)?;
         }
         // Answer in the order asked; an id asked twice gets a copy (walking backwards, so the
         // copies are made before the first occurrence takes the original).
@@ -120,9 +159,8 @@ impl WalStore {
         Ok(out)
     }
 
-    /// Reads the span of one segment starting at `wants[i]` with one read, puts its entries
-    /// in their slots, and returns the position of the first want it did not cover.
-    async fn read_span(&self, wants: &[Want], i: usize, slots: &mut [Slot]) -> Result<usize> {
+    /// The span of one segment starting at `wants[i]` that one read covers.
+    fn plan_span(&self, wants: &[Want], i: usize, slots: &[Slot]) -> Result<Span> {
         let head = wants[i];
         let seq = head.loc.seg;
         let seg = self.segment(seq).ok_or_else(|| {
@@ -151,30 +189,33 @@ impl WalStore {
             end = end.max(w.end());
             j += 1;
         }
-        let len = super::align_up(end, block) - start;
-        let data =
-            seg.file.read_at_aligned(start, len as usize).await.map_err(|e| gio("read", &seg.path, e))?;
+        let len = (super::align_up(end, block) - start) as usize;
+        Ok(Span { file: seg.file.clone(), path: seg.path.clone(), start, end, len, wants: i..j })
+    }
+
+    /// Puts the entries of `span`, whose bytes `data` holds, in their slots.
+    fn decode_span(&self, wants: &[Want], span: &Span, data: &[u8], slots: &mut [Slot]) -> Result<()> {
         self.entry_reads.set(self.entry_reads.get() + 1);
-        if (data.len() as u64) < end - start {
+        if (data.len() as u64) < span.end - span.start {
             return Err(StorageError::corrupt(
-                &seg.path,
-                start + data.len() as u64,
+                &span.path,
+                span.start + data.len() as u64,
                 "segment ends inside a record",
             ));
         }
-        for w in &wants[i..j] {
-            let at = (w.start() - start) as usize;
+        for w in &wants[span.wants.clone()] {
+            let at = (w.start() - span.start) as usize;
             let rec = &data[at..at + w.loc.len as usize];
             let slot = &mut slots[w.slot];
             let index = slot.first + w.k as u64;
             // Decoded from a slice: the entry copies its bytes and does not keep the read
             // buffer (mostly other partitions' records) alive.
             let e = decode_entry(rec, &w.loc, slot.partition, index, |body| LogEntry::decode(&rec[body]))
-                .map_err(|reason| StorageError::corrupt(&seg.path, w.start(), reason))?;
+                .map_err(|reason| StorageError::corrupt(&span.path, w.start(), reason))?;
             if let Some(place) = slot.loaded.as_mut().and_then(|l| l.entries.get_mut(w.k)) {
                 *place = e;
             }
         }
-        Ok(j)
+        Ok(())
     }
 }
