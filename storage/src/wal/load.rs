@@ -13,7 +13,7 @@
 //! planned read (~100 bytes) per [`BULK_READ_BYTES`] of them, and [`BULK_READS_IN_FLIGHT`]
 //! read buffers — entries are decoded into their own allocations, never as views of them.
 
-use phalanx_proto::{LogEntry, Message};
+use phalanx_proto::LogEntry;
 
 use super::index::EntryLoc;
 use super::segment::gio;
@@ -210,8 +210,10 @@ impl WalStore {
             let index = slot.first + w.k as u64;
             // Decoded from a slice: the entry copies its bytes and does not keep the read
             // buffer (mostly other partitions' records) alive.
-            let e = decode_entry(rec, &w.loc, slot.partition, index, |body| LogEntry::decode(&rec[body]))
-                .map_err(|reason| StorageError::corrupt(&span.path, w.start(), reason))?;
+            let e = decode_entry(rec, &w.loc, slot.partition, index, |body| {
+                LogEntry::decode_from_slice(&rec[body])
+            })
+            .map_err(|reason| StorageError::corrupt(&span.path, w.start(), reason))?;
             if let Some(place) = slot.loaded.as_mut().and_then(|l| l.entries.get_mut(w.k)) {
                 *place = e;
             }

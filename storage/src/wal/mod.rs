@@ -674,8 +674,9 @@ pub fn replay_segment_image(path: &Path, data: &[u8]) -> Result<SegmentImage> {
             let rec = data
                 .get(at as usize..at as usize + loc.len as usize)
                 .ok_or_else(|| corrupt("segment ends inside a record".into()))?;
-            let e = decode_entry(rec, loc, p, first + k as u64, |body| LogEntry::decode(&rec[body]))
-                .map_err(corrupt)?;
+            let e =
+                decode_entry(rec, loc, p, first + k as u64, |body| LogEntry::decode_from_slice(&rec[body]))
+                    .map_err(corrupt)?;
             entries.push(e);
         }
         let floor = (state.floor.index, state.floor.term);
