@@ -179,6 +179,44 @@ fn a_lagging_follower_holds_quiescence_unless_the_detector_holds_it_down() {
     assert_eq!(c.raft(3).log().committed(), c.raft(1).log().last_index());
 }
 
+/// Processes and delivers until settled, losing every append to `lossy` on the way: it
+/// hears heartbeats (and can acknowledge a quiescence) but never receives entries.
+fn settle_losing_appends_to(c: &mut Cluster, lossy: NodeId) {
+    for _ in 0..1000 {
+        let any = c.process_all();
+        let _ = c.take_msgs(|m| m.to == lossy && kind(m) == "Append");
+        if c.deliver_queued() == 0 && !any {
+            return;
+        }
+    }
+    panic!("did not settle");
+}
+
+/// The lagging follower is alive and answers heartbeats (no detector verdict, no cut link),
+/// yet its appends are lost: the leader must not quiesce while it lags, or it would stay
+/// behind until the next write (mutant `quiesce-with-a-lagging-follower`, which the
+/// simulator's schedules stopped finding once returning members wake their leaders).
+#[test]
+fn a_follower_that_hears_heartbeats_but_lacks_entries_holds_quiescence() {
+    let mut c = Cluster::new(&[1, 2, 3], quiescing);
+    c.elect(1);
+    c.propose(1, "a").expect("accepted");
+    settle_losing_appends_to(&mut c, 3);
+    assert!(c.raft(3).log().last_index() < c.raft(1).log().last_index(), "3 got the entry");
+    for _ in 0..QUIESCE_AFTER * 4 {
+        for id in c.up_ids() {
+            c.raft_mut(id).tick();
+        }
+        settle_losing_appends_to(&mut c, 3);
+    }
+    assert!(c.raft(3).log().last_index() < c.raft(1).log().last_index(), "3 caught up");
+    assert!(!c.raft(1).is_quiesced(), "quiesced with a follower behind that answers heartbeats");
+    // Once its appends get through, it catches up and the group quiesces.
+    c.ticks(QUIESCE_AFTER * 4);
+    assert_eq!(c.raft(3).log().last_index(), c.raft(1).log().last_index());
+    assert!(c.raft(1).is_quiesced(), "{:?}", c.raft(1).soft_state());
+}
+
 #[test]
 fn a_woken_leader_without_a_quorum_steps_down() {
     let mut c = quiesced_cluster();

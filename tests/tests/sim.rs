@@ -63,7 +63,8 @@ const REGRESSION_SEEDS: &[u64] = &[
 /// `read-ids-reused-after-restart`, 4056 does (the only one of 1,000..6,000); 2894 no longer
 /// finds `quiesce-with-a-lagging-follower` — the wake also brings a lagging follower up to
 /// date once the detector holds it alive again, which is what that mutant breaks — and no
-/// seed of 1,000..6,000 does.
+/// seed of 1,000..20,000 does; `engine/tests/raft_quiesce.rs`
+/// (`a_follower_that_hears_heartbeats_but_lacks_entries_holds_quiescence`) kills it.
 const REGRESSION_SEEDS_WITH_CLEAN_STOPS: &[u64] = &[4056];
 const DEFAULT_STEPS: u64 = 2000;
 
