@@ -324,7 +324,19 @@ type Loaded = (Arc<Engine>, BTreeMap<PartitionId, PartitionState>, BTreeMap<Byte
 
 fn open_engine(dir: &Path, opts: &RaftEngineOptions) -> Result<Engine> {
     let cfg = opts.config(dir)?;
-    let engine = guard_read(dir, "recovering", || Engine::open(cfg))?;
+    // raft-engine's lock is an flock on its `LOCK` file, which a store just closed can still
+    // hold for a moment: a process forked meanwhile (a test spawning a child) holds a copy of
+    // every descriptor until it execs. Waited for as the native WAL waits for its own
+    // (`wal::LOCK_WAIT`, 500 ms; on the blocking pool, so sleeping blocks no executor).
+    let deadline = std::time::Instant::now() + crate::wal::LOCK_WAIT;
+    let engine = loop {
+        match guard_read(dir, "recovering", || Engine::open(cfg.clone())) {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => break r?,
+        }
+    };
     if opts.prefill_bytes > 0 {
         sync_prefilled(dir)?;
     }

@@ -215,7 +215,7 @@ impl std::fmt::Debug for WalStore {
 /// How long `open` waits for the directory lock. A store dropped without `close` (a shard
 /// torn down after a failure) releases it only when its background task has wound down,
 /// which takes a moment; another live store keeps it, and `open` then fails with `Locked`.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Size of the `LOCK` file: one block of zeros, so it can prime glommio's device probe
 /// (see `segment::prime_iopoll_probe`).
