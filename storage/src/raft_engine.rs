@@ -680,14 +680,8 @@ impl LogStore for RaftEngineStore {
     async fn term(&self, partition: PartitionId, index: u64) -> Result<Option<u64>> {
         self.poison.check()?;
         let Some(st) = self.parts.get(&partition).copied() else { return Ok(None) };
-        if index == st.floor.index {
-            return Ok(Some(st.floor.term));
-        }
-        if index == st.last.index {
-            return Ok(Some(st.last.term));
-        }
-        if index < st.floor.index || index > st.last.index {
-            return Ok(None);
+        if let Some(known) = st.known_term(index) {
+            return Ok(known);
         }
         let engine = self.engine()?;
         let dir = self.dir.clone();

@@ -123,6 +123,22 @@ impl PartitionState {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// [`crate::LogStore::term`] of `index` when the state answers it without reading an
+    /// entry (the floor, the last entry, or outside the log: `Some(None)`); `None` when the
+    /// entry must be read.
+    #[must_use]
+    pub fn known_term(&self, index: u64) -> Option<Option<u64>> {
+        if index == self.floor.index {
+            Some(Some(self.floor.term))
+        } else if index == self.last.index {
+            Some(Some(self.last.term))
+        } else if index < self.floor.index || index > self.last.index {
+            Some(None)
+        } else {
+            None
+        }
+    }
 }
 
 /// A partition as recovered from the store: the storage part of the engine's
