@@ -188,17 +188,7 @@ mod rocks_fixture {
             // during the append would have.
             store.write(batch).await.unwrap();
             drop(store);
-            let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                .collect();
-            logs.sort();
-            let log = logs.last().expect("a RocksDB log file");
-            let len = std::fs::metadata(log).unwrap().len();
-            assert!(len > 100, "log too short to tear: {len}");
-            std::fs::OpenOptions::new().write(true).open(log).unwrap().set_len(len - 7).unwrap();
+            cut_short(&newest_with_extension(self.dir.path(), "log"));
         }
 
         fn set_format_version(&self, version: u32) {
@@ -252,10 +242,7 @@ mod sqlite_fixture {
             store.keep_wal_on_close().await.unwrap();
             store.write(batch).await.unwrap();
             drop(store);
-            let wal = self.dir.path().join(format!("{}-wal", crate::sqlite::DB_FILE));
-            let len = std::fs::metadata(&wal).expect("SQLite kept its WAL").len();
-            assert!(len > 100, "WAL too short to tear: {len}");
-            std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 7).unwrap();
+            cut_short(&self.dir.path().join(format!("{}-wal", crate::sqlite::DB_FILE)));
         }
 
         fn set_format_version(&self, version: u32) {
@@ -328,23 +315,34 @@ mod raft_engine_fixture {
             // preallocated, so the file ends with the batch.)
             store.write(batch).await.unwrap();
             drop(store);
-            let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
-                .collect();
-            logs.sort();
-            let log = logs.last().expect("a raft-engine log file");
-            let len = std::fs::metadata(log).unwrap().len();
-            assert!(len > 100, "log too short to tear: {len}");
-            std::fs::OpenOptions::new().write(true).open(log).unwrap().set_len(len - 7).unwrap();
+            cut_short(&newest_with_extension(self.dir.path(), "raftlog"));
         }
 
         fn set_format_version(&self, version: u32) {
             RaftEngineStore::set_format_version(self.dir.path(), version).unwrap();
         }
     }
+}
+
+/// The last (by name) file of `dir` whose extension is `ext`: a log store's newest log file.
+#[cfg(any(feature = "rocksdb", feature = "raft-engine"))]
+fn newest_with_extension(dir: &Path, ext: &str) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    logs.sort();
+    logs.pop().unwrap_or_else(|| panic!("no .{ext} file in {}", dir.display()))
+}
+
+/// Cuts the last 7 bytes off `log`, as a crash in the middle of its last append would.
+#[cfg(any(feature = "rocksdb", feature = "sqlite", feature = "raft-engine"))]
+fn cut_short(log: &Path) {
+    let len = std::fs::metadata(log).unwrap_or_else(|e| panic!("{}: {e}", log.display())).len();
+    assert!(len > 100, "{} too short to tear: {len}", log.display());
+    std::fs::OpenOptions::new().write(true).open(log).unwrap().set_len(len - 7).unwrap();
 }
 
 /// Instantiates every conformance check for one fixture.
