@@ -59,13 +59,12 @@ pub const BULK_READS_IN_FLIGHT: usize = 4;
 
 /// One read of a bulk load: a stretch of one segment and the wants it covers.
 struct Span {
-    file: std::rc::Rc<glommio::io::DmaFile>,
-    path: std::path::PathBuf,
     /// Where the read starts (block-aligned) and where the last wanted record ends.
     start: u64,
     end: u64,
     /// Bytes read (`end` rounded up to a block, less `start`).
     len: usize,
+    /// The wants it covers, all in one segment (their first one's).
     wants: std::ops::Range<usize>,
 }
 
@@ -123,22 +122,25 @@ impl WalStore {
         }
         // Reads are issued ahead of the decoding, BULK_READS_IN_FLIGHT at a time, so the disk
         // reads the next spans while this one's entries are checked and decoded.
-        let start = |s: &Span| {
-            let (file, at, len) = (s.file.clone(), s.start, s.len);
-            glommio::spawn_local(async move { file.read_at_aligned(at, len).await })
+        let start = |s: &Span| -> Result<_> {
+            let (file, at, len) = (self.span_segment(&wants, s)?.file.clone(), s.start, s.len);
+            Ok(glommio::spawn_local(async move { file.read_at_aligned(at, len).await }))
         };
-        let mut reads: std::collections::VecDeque<_> =
-            spans.iter().take(BULK_READS_IN_FLIGHT).map(start).collect();
+        let mut reads = std::collections::VecDeque::new();
+        for s in spans.iter().take(BULK_READS_IN_FLIGHT) {
+            reads.push_back(start(s)?);
+        }
         for (k, span) in spans.iter().enumerate() {
             let read = reads.pop_front().ok_or_else(|| StorageError::Backend {
                 backend: "wal",
                 reason: "bulk load: a planned read was not issued".into(),
             })?;
             if let Some(next) = spans.get(k + BULK_READS_IN_FLIGHT) {
-                reads.push_back(start(next));
+                reads.push_back(start(next)?);
             }
-            let data = read.await.map_err(|e| gio("read", &span.path, e))?;
-            self.decode_span(&wants, span, &data, &mut slots)?;
+            let path = &self.span_segment(&wants, span)?.path;
+            let data = read.await.map_err(|e| gio("read", path, e))?;
+            self.decode_span(&wants, span, path, &data, &mut slots)?;
         }
         // Answer in the order asked; an id asked twice gets a copy (walking backwards, so the
         // copies are made before the first occurrence takes the original).
@@ -190,15 +192,32 @@ impl WalStore {
             j += 1;
         }
         let len = (super::align_up(end, block) - start) as usize;
-        Ok(Span { file: seg.file.clone(), path: seg.path.clone(), start, end, len, wants: i..j })
+        Ok(Span { start, end, len, wants: i..j })
     }
 
-    /// Puts the entries of `span`, whose bytes `data` holds, in their slots.
-    fn decode_span(&self, wants: &[Want], span: &Span, data: &[u8], slots: &mut [Slot]) -> Result<()> {
+    /// The segment `span` reads (checked by `plan_span`; the load holds the store, so it
+    /// cannot have been recycled since).
+    fn span_segment(&self, wants: &[Want], span: &Span) -> Result<&super::segment::Segment> {
+        let seq = wants[span.wants.start].loc.seg;
+        self.segment(seq).ok_or_else(|| StorageError::Backend {
+            backend: "wal",
+            reason: format!("bulk load: segment {seq} is no longer in use"),
+        })
+    }
+
+    /// Puts the entries of `span`, whose bytes `data` holds (read from `path`), in their slots.
+    fn decode_span(
+        &self,
+        wants: &[Want],
+        span: &Span,
+        path: &std::path::Path,
+        data: &[u8],
+        slots: &mut [Slot],
+    ) -> Result<()> {
         self.entry_reads.set(self.entry_reads.get() + 1);
         if (data.len() as u64) < span.end - span.start {
             return Err(StorageError::corrupt(
-                &span.path,
+                path,
                 span.start + data.len() as u64,
                 "segment ends inside a record",
             ));
@@ -213,7 +232,7 @@ impl WalStore {
             let e = decode_entry(rec, &w.loc, slot.partition, index, |body| {
                 LogEntry::decode_from_slice(&rec[body])
             })
-            .map_err(|reason| StorageError::corrupt(&span.path, w.start(), reason))?;
+            .map_err(|reason| StorageError::corrupt(path, w.start(), reason))?;
             if let Some(place) = slot.loaded.as_mut().and_then(|l| l.entries.get_mut(w.k)) {
                 *place = e;
             }
