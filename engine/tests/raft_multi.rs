@@ -233,3 +233,42 @@ fn multi_raft_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// A member the detector held unreachable and now holds alive again wakes the quiesced
+/// groups led here that it belongs to (`MultiRaft::wake_leaders_of`): they heartbeat at once
+/// instead of waiting for the member's election timeouts to wake them.
+#[test]
+fn a_member_back_alive_wakes_the_quiesced_groups_led_here() {
+    let groups: Vec<u64> = (1..=4).collect();
+    let mut s = Shards { nodes: BTreeMap::new(), merged: Vec::new() };
+    for id in NODES {
+        let mut m = MultiRaft::new();
+        for &g in &groups {
+            let mut c = cfg(id, g);
+            c.quiesce_after_ticks = 5;
+            m.add_group(c, restore(&NODES, &[])).expect("valid group");
+        }
+        s.nodes.insert(id, m);
+    }
+    for &g in &groups {
+        s.nodes.get_mut(&1).unwrap().update(g, |r| r.campaign()).unwrap();
+    }
+    s.stabilize();
+    for _ in 0..40 {
+        s.tick();
+    }
+    for &g in &groups {
+        assert!(s.nodes[&1].group(g).unwrap().is_quiesced(), "group {g} did not quiesce");
+    }
+    let leader = s.nodes.get_mut(&1).unwrap();
+    leader.set_peer_alive(3, false);
+    assert!(groups.iter().all(|&g| leader.group(g).unwrap().is_quiesced()), "a doubt wakes no leader");
+    leader.set_peer_alive(3, true);
+    for &g in &groups {
+        assert!(!leader.group(g).unwrap().is_quiesced(), "group {g} stayed quiesced");
+    }
+    let rd = leader.ready().expect("the woken groups have heartbeats to send");
+    let to_3 =
+        rd.groups.iter().flat_map(|(_, r)| r.messages.iter()).filter(|m| m.to == 3 && kind(m) == "Heartbeat");
+    assert_eq!(to_3.count(), groups.len(), "one heartbeat per group to the member back");
+}
