@@ -114,5 +114,5 @@ pub use error::Error;
 pub use events::Event;
 pub use handle::NodeHandle;
 pub use raft::Status;
-pub use runtime::{Node, PartitionStatus, ReplicationResult};
+pub use runtime::{Executors, Node, PartitionStatus, ReplicationResult};
 pub use state_machine::{NoopStateMachine, PartitionId, StateMachine, StateMachineFactory};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::block_on;
 use phalanx::kv::KvStateMachine;
-use phalanx::{Node, NodeConfig, NodeHandle, StateMachineFactory, Status};
+use phalanx::{Executors, Node, NodeConfig, NodeHandle, StateMachineFactory, Status};
 use phalanx_net::{MemoryConfig, MemoryNetwork};
 use phalanx_storage::StorageKind;
 
@@ -42,6 +42,8 @@ struct Cluster {
     cores: Vec<usize>,
     /// Changes every node's configuration (the defaults otherwise).
     tweak: fn(&mut NodeConfig),
+    /// Executors every node's shards share (`Node::start_on`); each node its own if none.
+    executors: Option<Executors>,
 }
 
 impl Cluster {
@@ -74,6 +76,7 @@ impl Cluster {
     ) -> Self {
         let mut c = Cluster {
             tweak,
+            executors: None,
             cores,
             net: MemoryNetwork::new(MemoryConfig::default()),
             dir: tempfile::tempdir().expect("temp dir"),
@@ -105,7 +108,15 @@ impl Cluster {
     }
 
     fn start(&self, id: u64) -> Node {
-        Node::start(self.config(id), self.net.factory(id), kv_factory()).expect("node starts")
+        match &self.executors {
+            None => Node::start(self.config(id), self.net.factory(id), kv_factory()).expect("node starts"),
+            // Node k's shards after node k-1's, round-robin over the pool.
+            Some(pool) => {
+                let cfg = self.config(id);
+                let first = (id as usize - 1) * cfg.cores;
+                Node::start_on(cfg, self.net.factory(id), kv_factory(), pool, first).expect("node starts")
+            }
+        }
     }
 
     fn handle(&self, id: u64) -> NodeHandle {
@@ -287,6 +298,74 @@ fn survives_leader_crash_and_restart_converges() {
         assert_eq!(c.get(victim, &format!("b{i}")).as_deref(), Some("2"));
         assert_eq!(c.get(victim, &format!("c{i}")).as_deref(), Some("3"));
     }
+}
+
+/// This process's threads: name and time spent on a CPU so far (`schedstat`, ns).
+fn threads() -> Vec<(String, u64)> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
+            let ran = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            Some((name, ran.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU time, ns, of the threads whose name starts with `prefix`, and their distinct
+/// executors (glommio names a thread, and its blocking pool's, `{name}-{executor id}`).
+fn pool_threads(prefix: &str) -> (u64, std::collections::BTreeSet<String>) {
+    let mine: Vec<(String, u64)> = threads().into_iter().filter(|(n, _)| n.starts_with(prefix)).collect();
+    let executors = mine.iter().filter_map(|(n, _)| n.rsplit_once('-').map(|(e, _)| e.to_string())).collect();
+    (mine.iter().map(|(_, ns)| ns).sum(), executors)
+}
+
+/// Three nodes of two shards each on one pool of two executors (`Node::start_on`): six
+/// shards on two threads. They replicate, a crashed leader restarts on the same pool and
+/// catches up, and when every node is gone the pool's threads end with the pool.
+#[test]
+fn nodes_sharing_executors_replicate_and_restart_on_the_same_pool() {
+    let pool = Executors::start(2, false, "shared-ex").expect("a pool of two executors");
+    let mut c = Cluster {
+        tweak: |_| {},
+        executors: Some(pool),
+        cores: vec![2, 2, 2],
+        net: MemoryNetwork::new(MemoryConfig::default()),
+        dir: tempfile::tempdir().expect("temp dir"),
+        nodes: Vec::new(),
+        ids: vec![1, 2, 3],
+        partitions: 8,
+        wal: StorageKind::Wal,
+    };
+    for id in 1..=3 {
+        let node = c.start(id);
+        c.nodes.push(Some(node));
+    }
+    // Other tests of this binary run nodes of their own at the same time: what shows that
+    // these nodes run on the pool is the pool's threads doing their work.
+    let (_, executors) = pool_threads("shared-ex");
+    assert_eq!(executors.into_iter().collect::<Vec<_>>(), ["shared-ex0", "shared-ex1"]);
+    c.wait_all_leaders(Duration::from_secs(20));
+    c.put_all("a", 30, "1");
+    let victim = c.leader(1).expect("partition 1 has a leader");
+    c.crash(victim);
+    c.put_all("b", 30, "2");
+    c.restart(victim);
+    c.wait_all_leaders(Duration::from_secs(20));
+    for i in (0..30).step_by(3) {
+        assert_eq!(c.get(victim, &format!("a{i}")).as_deref(), Some("1"));
+        assert_eq!(c.get(victim, &format!("b{i}")).as_deref(), Some("2"));
+    }
+    let (ran_ns, _) = pool_threads("shared-ex");
+    // Six shards electing, ticking every 10 ms, writing 60 keys and recovering a node: far
+    // more than the 10 ms a pool whose executors only wait for jobs could show.
+    assert!(ran_ns > 10_000_000, "the pool's threads ran {ran_ns} ns: the nodes are not on it");
+    // Dropping the nodes waits for their shards; the pool's last clone then stops its threads.
+    c.nodes.clear();
+    c.executors = None;
+    let (_, executors) = pool_threads("shared-ex");
+    assert!(executors.is_empty(), "the pool's threads outlived it: {executors:?}");
 }
 
 #[test]

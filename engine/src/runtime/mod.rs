@@ -1,6 +1,7 @@
 //! The runtime shell around the pure core: shards, the bus, the shard loop, group commit.
 //!
-//! - `node.rs` — starting/stopping a node: one executor per shard
+//! - `node.rs` — starting/stopping a node: its shards placed on executors
+//! - `executors.rs` — the executor threads shards run on (a node's own, or shared by nodes)
 //! - `shard.rs` — the shard's driver: runs its core (`engine/src/shard/`) and does its IO
 //! - `writer.rs` — the WAL writer task: merges queued write jobs into batches (group commit)
 //! - `cpus.rs` — which CPU each shard is pinned to (claimed per host, never stacked)
@@ -14,6 +15,7 @@
 pub mod allocator;
 pub(crate) mod bus;
 pub(crate) mod cpus;
+pub mod executors;
 pub(crate) mod lost_state;
 pub mod node;
 pub mod placement;
@@ -26,6 +28,7 @@ pub(crate) mod writer;
 /// How the WAL writer cuts a write into batches the store takes (the simulator tears its
 /// writes at the same points).
 pub use crate::shard::write::split as split_write;
+pub use executors::Executors;
 pub use node::Node;
 pub use request::{PartitionStatus, ReplicationResult};
 pub use shard::SYSTEM_LOG_TYPE;

@@ -1,16 +1,16 @@
-//! Starting and stopping a node: one glommio executor per shard (pinned to a CPU it claimed,
-//! see `cpus.rs`), the bus between them, and the handle applications use.
+//! Starting and stopping a node: its shards placed on executors (a pool of its own, one
+//! pinned executor per shard, or one the embedder shares between nodes: `executors.rs`),
+//! the bus between them, and the handle applications use.
 
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use phalanx_net::{InboundSink, TransportFactory};
-use std::sync::Arc;
-
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use super::bus::Bus;
-use super::cpus::{self, CpuClaims};
+use super::executors::Executors;
 use super::shard::{Shard, ShardSetup};
 use super::shared::NodeShared;
 use crate::Error;
@@ -18,31 +18,66 @@ use crate::config::NodeConfig;
 use crate::handle::NodeHandle;
 use crate::state_machine::StateMachineFactory;
 
-/// glommio's registered IO memory per shard. Small, so non-root users (8 MiB `ulimit -l` by
-/// default on many systems; 512 KiB minimum) can run several shards (DESIGN.md).
-const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 /// Name of the file that records what wrote a data directory.
 const NODE_META_FILE: &str = "phalanx.node";
 /// Layout version of the data directory.
 const DATA_DIR_FORMAT: u32 = 1;
+/// How often a node waiting for its shards to stop checks that their executors still run
+/// (one that panicked never reports its shards' end).
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A running node.
 pub struct Node {
     handle: NodeHandle,
     bus: Bus,
-    joins: Vec<ExecutorJoinHandle<()>>,
-    /// The CPUs this node's shards are pinned to, held until the node is dropped.
-    _cpus: CpuClaims,
+    /// One message per shard whose task ended (or was dropped).
+    finished: std::sync::mpsc::Receiver<()>,
+    /// The executor of each shard.
+    placed: Vec<usize>,
+    /// Held until every shard of this node has stopped.
+    executors: Executors,
+}
+
+/// Reports the end of a shard's task, however it ends.
+struct Finished(std::sync::mpsc::Sender<()>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 impl Node {
-    /// Starts a node: checks the configuration and data directory, starts one executor per
-    /// shard, restores every partition from its WAL shard and snapshot, and returns once
-    /// every shard is running (or the first error).
+    /// Starts a node on executors of its own, one per shard, pinned to CPUs it claims when
+    /// `cfg.pin_cores` (see [`Node::start_on`] for the rest).
+    ///
+    /// # Errors
+    /// As [`Node::start_on`], and [`Error::Executor`] when a thread cannot be started.
     pub fn start<F: TransportFactory>(
         cfg: NodeConfig,
         transports: F,
         sms: StateMachineFactory,
+    ) -> Result<Node, Error> {
+        cfg.validate()?;
+        let executors = Executors::start(cfg.cores, cfg.pin_cores, &format!("phalanx-n{}-s", cfg.node_id))?;
+        Node::start_on(cfg, transports, sms, &executors, 0)
+    }
+
+    /// Starts a node whose shard *i* runs on executor `(first_executor + i) % executors.len()`
+    /// of a pool that other nodes may share: checks the configuration and data directory,
+    /// restores every partition from its WAL shard and snapshot, and returns once every
+    /// shard is running (or the first error). `cfg.pin_cores` does not apply: the pool's
+    /// executors are pinned (or not) when it starts.
+    ///
+    /// # Errors
+    /// A configuration or data directory this node cannot use, or the first shard's error
+    /// at open (its store, its transport, a partition that cannot recover).
+    pub fn start_on<F: TransportFactory>(
+        cfg: NodeConfig,
+        transports: F,
+        sms: StateMachineFactory,
+        executors: &Executors,
+        first_executor: usize,
     ) -> Result<Node, Error> {
         cfg.validate()?;
         check_data_dir(&cfg)?;
@@ -53,27 +88,10 @@ impl Node {
         let shared = Arc::new(NodeShared::new(cfg.initial_partitions));
         let cfg = Arc::new(cfg);
         let transports = Arc::new(transports);
-        let (pinned, cpu_claims) = if cfg.pin_cores {
-            cpus::claim(shards, &cpus::allowed_cpus(), &cpus::default_lock_dir())
-        } else {
-            (vec![None; shards], CpuClaims::default())
-        };
-        if cfg.pin_cores {
-            let unpinned: Vec<usize> = (0..shards).filter(|&i| pinned[i].is_none()).collect();
-            if unpinned.is_empty() {
-                tracing::info!(node = cfg.node_id, cpus = ?pinned, "shards pinned");
-            } else {
-                tracing::warn!(
-                    node = cfg.node_id,
-                    shards = ?unpinned,
-                    "no free CPU for these shards (other processes on this host hold the rest): they run unpinned"
-                );
-            }
-        }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, Error>>();
-        let mut joins = Vec::with_capacity(shards);
+        let (finished_tx, finished) = std::sync::mpsc::channel();
+        let placed: Vec<usize> = (0..shards).map(|i| (first_executor + i) % executors.len()).collect();
         for (i, inbox) in rxs.into_iter().enumerate() {
-            let placement = pinned[i].map_or(Placement::Unbound, Placement::Fixed);
             let setup = ShardSetup {
                 shard: i,
                 shards,
@@ -85,36 +103,32 @@ impl Node {
             };
             let transports = transports.clone();
             let ready = ready_tx.clone();
-            let spawned = LocalExecutorBuilder::new(placement)
-                .name(&format!("phalanx-n{}-s{i}", cfg.node_id))
-                .io_memory(SHARD_IO_MEMORY_BYTES)
-                .spawn(move || async move {
-                    let bus = setup.bus.clone();
-                    let sink: InboundSink =
-                        Rc::new(move |inbound| bus.deliver_peer(i, inbound.from, inbound.batch.messages));
-                    let transport = match transports.start(i, shards, sink) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = ready.send(Err(Error::Transport { shard: i, source: Arc::new(e) }));
-                            return;
-                        }
-                    };
-                    match Shard::open(setup, transport).await {
-                        Ok(shard) => {
-                            let _ = ready.send(Ok(i));
-                            shard.run().await;
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
+            let finished = Finished(finished_tx.clone());
+            let spawned = executors.spawn(placed[i], move || async move {
+                let _finished = finished;
+                let bus = setup.bus.clone();
+                let sink: InboundSink =
+                    Rc::new(move |inbound| bus.deliver_peer(i, inbound.from, inbound.batch.messages));
+                let transport = match transports.start(i, shards, sink) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = ready.send(Err(Error::Transport { shard: i, source: Arc::new(e) }));
+                        return;
                     }
-                });
-            match spawned {
-                Ok(j) => joins.push(j),
-                Err(e) => {
-                    let reason = format!("starting its executor: {e}");
-                    let _ = ready_tx.send(Err(Error::Executor { thread: format!("shard {i}"), reason }));
+                };
+                match Shard::open(setup, transport).await {
+                    Ok(shard) => {
+                        let _ = ready.send(Ok(i));
+                        shard.run().await;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
                 }
+            });
+            if !spawned {
+                let reason = format!("executor {} is gone", placed[i]);
+                let _ = ready_tx.send(Err(Error::Executor { thread: format!("shard {i}"), reason }));
             }
         }
         drop(ready_tx);
@@ -133,7 +147,7 @@ impl Node {
             }
         }
         let handle = NodeHandle::new(cfg, bus.clone(), shared);
-        let node = Node { handle, bus, joins, _cpus: cpu_claims };
+        let node = Node { handle, bus, finished, placed, executors: executors.clone() };
         if let Some(e) = first_error {
             node.stop();
             return Err(e);
@@ -155,14 +169,28 @@ impl Node {
     fn stop(&self) {
         self.bus.stop_all();
     }
+
+    /// Waits until every shard's task has ended, or its executor is gone.
+    fn wait_for_shards(&self) {
+        let mut running = self.placed.len();
+        while running > 0 {
+            match self.finished.recv_timeout(STOP_CHECK_INTERVAL) {
+                Ok(()) => running -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.placed.iter().any(|&e| !self.executors.alive(e)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
-        for j in self.joins.drain(..) {
-            let _ = j.join();
-        }
+        self.wait_for_shards();
     }
 }
 

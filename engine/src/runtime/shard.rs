@@ -191,7 +191,8 @@ impl<T: Transport> Shard<T> {
                 self.purge.look(now.duration_since(last_look));
                 last_look = now;
             }
-            if now < self.core.next_tick() && self.done.is_empty() {
+            let idle = now < self.core.next_tick() && self.done.is_empty();
+            if idle {
                 let wait = self.core.next_tick() - now;
                 let (inbox, done) = (self.inbox.clone(), self.done.clone());
                 let got = futures_lite::future::or(
@@ -243,6 +244,12 @@ impl<T: Transport> Shard<T> {
             if let Err(e) = self.execute() {
                 failed = self.fatal(e);
                 break;
+            }
+            if !idle {
+                // A turn that found work waiting did not await: without this, a busy shard
+                // would keep its executor to itself (its WAL writer, its transport and any
+                // other shard placed on the same executor wait for it to yield).
+                futures_lite::future::yield_now().await;
             }
         }
         let last = self.core.shut_down();
