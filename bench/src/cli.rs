@@ -62,6 +62,11 @@ pub struct Args {
     /// Shards (cores) per node.
     #[arg(long, default_value_t = 1, help_heading = "Embedded cluster")]
     pub cores_per_node: usize,
+    /// Executor threads every node's shards share (0: each node runs its own, one per
+    /// shard) [default: 0; openraft: 1]. Nodes are placed round-robin: shard i of node k on
+    /// executor (k x cores-per-node + i) mod N.
+    #[arg(long, help_heading = "Embedded cluster")]
+    pub executors: Option<usize>,
     /// User partitions [default: 64; idle: 10000; openraft: 1, its one Raft group; remote: the
     /// cluster's].
     #[arg(long, help_heading = "Embedded cluster")]
@@ -257,6 +262,8 @@ pub struct Settings {
     pub nodes: u64,
     /// Shards per node.
     pub cores_per_node: usize,
+    /// Executor threads the nodes share (0: one per shard, each node its own).
+    pub executors: usize,
     /// User partitions (embedded), or the requested count (remote: from the cluster).
     pub partitions: u32,
     /// Embedded transport.
@@ -394,6 +401,17 @@ impl Settings {
                 a.cores_per_node,
                 phalanx::config::MAX_SHARDS
             ));
+        }
+        if let Some(e) = a.executors {
+            if e > phalanx::runtime::executors::MAX_EXECUTORS {
+                return Err(format!(
+                    "--executors {e}: expected 0..={}",
+                    phalanx::runtime::executors::MAX_EXECUTORS
+                ));
+            }
+            if a.mode == ModeArg::Remote {
+                return Err("--executors places embedded nodes: it needs --mode embedded".into());
+            }
         }
         if a.tick_ms == 0 || a.tick_ms > 60_000 {
             return Err(format!("--tick-ms {}: expected 1..=60000", a.tick_ms));
@@ -569,6 +587,7 @@ impl Settings {
             probes: a.probes,
             nodes: a.nodes,
             cores_per_node: a.cores_per_node,
+            executors: a.executors.unwrap_or(if openraft { profiles::OPENRAFT_EXECUTORS } else { 0 }),
             partitions,
             transport,
             wal,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phalanx::{Node, NodeConfig, NodeHandle, StateMachineFactory};
+use phalanx::{Executors, Node, NodeConfig, NodeHandle, StateMachineFactory};
 use phalanx_net::{
     AnyFactory, DynamicDiscovery, MemoryConfig, MemoryNetwork, NodeAddr, TcpConfig, TcpFactory,
 };
@@ -42,6 +42,8 @@ pub struct ClusterOpts {
     pub nodes: u64,
     /// Shards per node.
     pub cores_per_node: usize,
+    /// Executor threads every node's shards share (0: each node its own, one per shard).
+    pub executors: usize,
     /// User partitions.
     pub partitions: u32,
     /// Transport.
@@ -158,6 +160,8 @@ pub struct EmbeddedCluster {
     discovery: Arc<DynamicDiscovery>,
     memory: Arc<MemoryNetwork>,
     security: NodeSecurity,
+    /// The executors every node's shards share (`--executors`), or none: each node its own.
+    executors: Option<Executors>,
     // Declared last: dropped after the nodes, which hold files in it.
     dir: tempfile::TempDir,
 }
@@ -174,6 +178,10 @@ impl EmbeddedCluster {
         let discovery = Arc::new(DynamicDiscovery::new());
         let memory = MemoryNetwork::new(MemoryConfig::default());
         let security = NodeSecurity::new(opts)?;
+        let executors = match opts.executors {
+            0 => None,
+            n => Some(Executors::start(n, false, "phalanx-exec").map_err(|e| format!("--executors: {e}"))?),
+        };
         let mut factories: Vec<AnyFactory> = Vec::new();
         let mut addrs = Vec::new();
         for &id in &ids {
@@ -201,6 +209,7 @@ impl EmbeddedCluster {
             discovery,
             memory,
             security,
+            executors,
             dir,
         };
         for ((&id, factory), addr) in ids.iter().zip(factories).zip(&addrs) {
@@ -218,16 +227,30 @@ impl EmbeddedCluster {
             cfg.tick_interval_ms = opts.tick_ms;
             cfg.set_quiesce_after_ms(opts.quiesce_after_ms);
             let isolation = Arc::new(Isolation::default());
-            let node = Node::start(
-                cfg.clone(),
-                IsolatingFactory::new(factory, isolation.clone()),
-                cluster.sms.clone(),
-            )
-            .map_err(|e| format!("node {id}: {e}"))?;
+            let node =
+                cluster.start_node(&cfg, factory, &isolation).map_err(|e| format!("node {id}: {e}"))?;
             let handle = node.handle();
             cluster.members.push(Member { cfg, addr: addr.clone(), node: Some(node), handle, isolation });
         }
         Ok(cluster)
+    }
+
+    /// Starts the node `cfg` describes: on the shared executors (its shards after those of
+    /// the nodes with smaller ids, round-robin), or on its own.
+    fn start_node(
+        &self,
+        cfg: &NodeConfig,
+        factory: AnyFactory,
+        isolation: &Arc<Isolation>,
+    ) -> Result<Node, phalanx::Error> {
+        let transports = IsolatingFactory::new(factory, isolation.clone());
+        match &self.executors {
+            None => Node::start(cfg.clone(), transports, self.sms.clone()),
+            Some(pool) => {
+                let first = (cfg.node_id.saturating_sub(1) as usize).wrapping_mul(cfg.cores);
+                Node::start_on(cfg.clone(), transports, self.sms.clone(), pool, first)
+            }
+        }
     }
 
     /// Number of node slots (running or not).
@@ -385,9 +408,7 @@ impl EmbeddedCluster {
         cfg.initial_cluster = voters;
         cfg.joining = true;
         let isolation = Arc::new(Isolation::default());
-        let node =
-            Node::start(cfg.clone(), IsolatingFactory::new(factory, isolation.clone()), self.sms.clone())
-                .map_err(|e| format!("node {id}: {e}"))?;
+        let node = self.start_node(&cfg, factory, &isolation).map_err(|e| format!("node {id}: {e}"))?;
         let handle = node.handle();
         self.members.push(Member { cfg, addr, node: Some(node), handle, isolation });
         Ok((self.members.len() - 1, id))
@@ -445,10 +466,11 @@ impl EmbeddedCluster {
         };
         let isolation = Arc::new(Isolation::default());
         let started = Instant::now();
+        let cfg = m.cfg.clone();
         let node =
-            Node::start(m.cfg.clone(), IsolatingFactory::new(factory, isolation.clone()), self.sms.clone())
-                .map_err(|e| format!("node {id}: restart: {e}"))?;
+            self.start_node(&cfg, factory, &isolation).map_err(|e| format!("node {id}: restart: {e}"))?;
         let took = started.elapsed();
+        let m = &mut self.members[i];
         m.handle = node.handle();
         m.node = Some(node);
         m.isolation = isolation;

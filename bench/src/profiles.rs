@@ -58,6 +58,12 @@ pub const OPENRAFT_BATCHES: [usize; 2] = [1, 4];
 /// openraft's default snapshot policy (`SnapshotPolicy::LogsSinceLast(5000)`): its in-memory
 /// log is purged behind a snapshot every 5,000 entries; the sweep checkpoints as often.
 pub const OPENRAFT_CHECKPOINT_EVERY: u64 = 5_000;
+/// Executors the openraft sweep's three nodes share: one thread runs all three, beside the
+/// driver's (openraft's benchmark: its three nodes on two server worker threads, its clients on
+/// a third). Measured side by side on 2 vCPUs against one executor per node (the default
+/// elsewhere), entries/s: 256 x 1 968k / 871k against 601k / 541k; 4096 x 1 1.19M / 1.31M
+/// against 969k / 843k; 1 x 1 12.1k / 13.1k against 7.2k / 5.8k (`bench/README.md`).
+pub const OPENRAFT_EXECUTORS: usize = 1;
 /// The sweep row the target is about (256 clients, batch 1).
 pub const OPENRAFT_HEADLINE: (usize, usize) = (256, 1);
 

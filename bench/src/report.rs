@@ -19,6 +19,8 @@ pub struct Meta {
     pub nodes: u64,
     /// Shards per node (embedded; 0 when unknown).
     pub cores_per_node: usize,
+    /// Executors the embedded nodes share (0: each node its own, one per shard).
+    pub executors: usize,
     /// User partitions.
     pub partitions: u32,
     /// Concurrent clients.
@@ -87,6 +89,7 @@ impl Report {
             "mode": m.mode,
             "nodes": m.nodes,
             "cores_per_node": m.cores_per_node,
+            "executors": m.executors,
             "partitions": m.partitions,
             "clients": m.clients,
             "drivers": m.drivers,
@@ -167,12 +170,13 @@ impl Report {
             )
         } else {
             format!(
-                "phalanx-bench {} ({}, {}): {} nodes x {} cores, {} partitions, {} transport, {} WAL{}",
+                "phalanx-bench {} ({}, {}): {} nodes x {} cores{}, {} partitions, {} transport, {} WAL{}",
                 m.scenario,
                 m.profile,
                 m.mode,
                 m.nodes,
                 m.cores_per_node,
+                if m.executors > 0 { format!(" on {} shared executors", m.executors) } else { String::new() },
                 m.partitions,
                 m.transport,
                 m.wal,

@@ -42,6 +42,7 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
     let opts = ClusterOpts {
         nodes: s.nodes,
         cores_per_node: s.cores_per_node,
+        executors: s.executors,
         partitions,
         transport: s.transport,
         wal: s.wal,
@@ -53,9 +54,10 @@ pub fn start_cluster(s: &Settings, partitions: u32, balance: bool) -> Result<Emb
     };
     let sms: StateMachineFactory = Arc::new(|_| Box::new(KvStateMachine::new()));
     eprintln!(
-        "starting {} nodes x {} cores, {} partitions ({} transport, {} WAL{})...",
+        "starting {} nodes x {} cores{}, {} partitions ({} transport, {} WAL{})...",
         s.nodes,
         s.cores_per_node,
+        if s.executors > 0 { format!(" on {} shared executors", s.executors) } else { String::new() },
         partitions,
         transport_name(s),
         s.wal.name(),
@@ -104,6 +106,7 @@ pub fn meta(s: &Settings) -> Meta {
         mode: if remote { "remote".into() } else { "embedded".into() },
         nodes: s.nodes,
         cores_per_node: if remote { 0 } else { s.cores_per_node },
+        executors: if remote { 0 } else { s.executors },
         partitions: s.partitions,
         clients: s.clients,
         drivers: s.drivers,
