@@ -63,8 +63,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1, help_heading = "Embedded cluster")]
     pub cores_per_node: usize,
     /// Executor threads every node's shards share (0: each node runs its own, one per
-    /// shard) [default: 0; openraft: 1]. Nodes are placed round-robin: shard i of node k on
-    /// executor (k x cores-per-node + i) mod N.
+    /// shard) [default: one per CPU this process may use, at most one per shard; openraft: 1].
+    /// Nodes are placed round-robin: shard i of node k on executor (k x cores-per-node + i)
+    /// mod N.
     #[arg(long, help_heading = "Embedded cluster")]
     pub executors: Option<usize>,
     /// User partitions [default: 64; idle: 10000; openraft: 1, its one Raft group; remote: the
@@ -342,6 +343,14 @@ const DEFAULT_EMBEDDED_DRIVERS: usize = 1;
 /// Driver threads of a remote run: each drives its own connections to every endpoint.
 const DEFAULT_REMOTE_DRIVERS: usize = 2;
 
+/// Executors of an embedded cluster of `shards` shards unless `--executors` says otherwise:
+/// one per CPU this process may use, at most one per shard. One thread per shard on fewer
+/// CPUs only adds context switches and cross-thread wake-ups (`bench/README.md`, "Nodes
+/// sharing executors").
+fn default_executors(shards: usize) -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(shards).max(1)
+}
+
 fn secs(v: f64, flag: &str) -> Result<Duration, String> {
     if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
         return Err(format!("{flag} {v}: expected seconds between 0 and 86400"));
@@ -587,7 +596,12 @@ impl Settings {
             probes: a.probes,
             nodes: a.nodes,
             cores_per_node: a.cores_per_node,
-            executors: a.executors.unwrap_or(if openraft { profiles::OPENRAFT_EXECUTORS } else { 0 }),
+            executors: match (a.executors, a.mode) {
+                (Some(e), _) => e,
+                (None, ModeArg::Remote) => 0,
+                (None, ModeArg::Embedded) if openraft => profiles::OPENRAFT_EXECUTORS,
+                (None, ModeArg::Embedded) => default_executors(a.nodes as usize * a.cores_per_node),
+            },
             partitions,
             transport,
             wal,
