@@ -686,6 +686,18 @@ mod tests {
     }
 
     #[test]
+    fn embedded_nodes_share_one_executor_per_cpu_unless_told() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(settings(&[]).unwrap().executors, cpus.min(3), "3 nodes x 1 core");
+        assert_eq!(settings(&["--nodes", "1"]).unwrap().executors, 1, "never more than the shards");
+        assert_eq!(settings(&["--profile", "openraft"]).unwrap().executors, 1);
+        assert_eq!(settings(&["--executors", "0"]).unwrap().executors, 0, "each node its own");
+        assert_eq!(settings(&["--executors", "5"]).unwrap().executors, 5);
+        let remote = ["--mode", "remote", "--endpoints", "a:1"];
+        assert_eq!(settings(&remote).unwrap().executors, 0, "remote nodes run where they run");
+    }
+
+    #[test]
     fn bad_input_is_refused_with_the_flag_named() {
         for (args, needle) in [
             (&["--profile", "etcd-xxl"][..], "unknown profile"),
@@ -697,6 +709,8 @@ mod tests {
             (&["--duration-secs", "nan"][..], "--duration-secs"),
             (&["--mode", "remote"][..], "--endpoints"),
             (&["--mode", "remote", "--endpoints", "nohost"][..], "HOST:PORT"),
+            (&["--mode", "remote", "--endpoints", "a:1", "--executors", "2"][..], "--executors"),
+            (&["--executors", "100000"][..], "--executors"),
             (&["--mode", "remote", "--endpoints", "a:1", "--scenario", "failover"][..], "embedded"),
             (&["--profile", "openraft", "--scenario", "idle"][..], "throughput"),
             (&["--wal", "nope"][..], "--wal"),
