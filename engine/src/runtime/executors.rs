@@ -36,9 +36,11 @@ use crate::Error;
 /// by default on many systems; 512 KiB minimum) can run several executors (DESIGN.md).
 const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
 
-/// Most executors one pool starts: more threads than this is a configuration error, not a
-/// machine (glommio allocates rings and registered memory per executor).
-pub const MAX_EXECUTORS: usize = 1024;
+/// Most executors one pool starts: as many as a node may have shards (a node's own pool has
+/// one per shard). A shared pool gains nothing from more threads than CPUs, and the most
+/// shards a node runs is already more CPUs than one machine has; each executor costs rings and
+/// registered memory.
+pub const MAX_EXECUTORS: usize = crate::config::MAX_SHARDS;
 
 /// Work handed to an executor: builds its future on the executor's thread.
 type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -144,6 +146,9 @@ impl Executors {
 
     /// Runs the future `make` builds on executor `executor % len()`, as a detached task.
     /// `false` if that executor's thread is gone (it panicked).
+    ///
+    /// A task here must not stop or drop a node placed on this pool: stopping waits for the
+    /// node's shards, which may need this very executor to finish.
     pub fn spawn<F, Fut>(&self, executor: usize, make: F) -> bool
     where
         F: FnOnce() -> Fut + Send + 'static,

@@ -161,7 +161,9 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Stops every shard (pending requests fail with `Errored`) and waits for them.
+    /// Stops every shard (pending requests fail with `Errored`) and waits for them; so does
+    /// dropping the node. Never from a task on an executor of the node's pool (it would wait
+    /// for shards that need that executor).
     pub fn shutdown(self) {
         self.stop();
     }
