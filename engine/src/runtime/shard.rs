@@ -398,9 +398,65 @@ mod tests {
     //! The shard core's read ids (`shard/waiters.rs`), tested here: the core reads no clock,
     //! not even in its tests.
 
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
-    use crate::shard::waiters::{ReadKind, Waiters};
+    use crate::hlc::Ticket;
+    use crate::raft::Status;
+    use crate::shard::request::Answer;
+    use crate::shard::waiters::{ProposalWaiter, ReadKind, Waiters};
+
+    fn waiter(term: u64, id: u32) -> ProposalWaiter<u32> {
+        ProposalWaiter { term, ticket: Ticket { physical_ms: 1, logical: id, node_id: 1 }, reply: id }
+    }
+
+    /// What each caller was answered, in order: its id and the status.
+    fn answered(w: &mut Waiters<u32>) -> Vec<(u32, Status)> {
+        w.answers
+            .drain(..)
+            .map(|(id, a)| match a {
+                Answer::Replication(r) => (id, r.status),
+                _ => panic!("caller {id}: not a replication answer"),
+            })
+            .collect()
+    }
+
+    /// Proposal waiters are kept per partition in log order. Entries applied in order complete
+    /// them; an index a later term proposed again fails the earlier caller; a proposal below
+    /// the newest (a new term reusing indexes) still finds its entry; a stopped partition fails
+    /// its callers in log order and leaves the others'.
+    #[test]
+    fn proposals_complete_in_log_order_and_survive_reused_indexes() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut w: Waiters<u32> = Waiters::new(1_000);
+        w.add_proposal(1, 5, waiter(1, 1), later);
+        w.add_proposal(1, 7, waiter(1, 2), later);
+        w.add_proposal(2, 3, waiter(1, 3), later);
+        w.add_proposal(1, 9, waiter(1, 4), later);
+        // Term 2 reuses index 7 (overwriting caller 2's entry) and proposes 6 below the newest.
+        w.add_proposal(1, 7, waiter(2, 5), later);
+        w.add_proposal(1, 6, waiter(2, 6), later);
+        assert_eq!(answered(&mut w), [(2, Status::ReplicationFailed)]);
+        assert_eq!(w.len(), 5);
+        for (i, term) in [(5, 1), (6, 2), (7, 2)] {
+            assert!(w.wants(1, i), "index {i}");
+            assert_eq!(w.on_applied(1, i, term, bytes::Bytes::new()), None);
+        }
+        assert!(!w.wants(1, 8));
+        assert_eq!(answered(&mut w), [(1, Status::Success), (6, Status::Success), (5, Status::Success)]);
+        // Index 9 applied with another term than its proposal's: overwritten.
+        assert_eq!(w.on_applied(1, 9, 3, bytes::Bytes::new()), Some(Status::ReplicationFailed));
+        w.add_proposal(1, 12, waiter(3, 7), later);
+        w.add_proposal(1, 11, waiter(3, 8), later);
+        w.fail_partition(1, Status::Errored);
+        assert_eq!(
+            answered(&mut w),
+            [(4, Status::ReplicationFailed), (8, Status::Errored), (7, Status::Errored)]
+        );
+        assert!(w.wants(2, 3) && !w.wants(1, 11), "partition 2's caller is left alone");
+        w.expire(later + Duration::from_secs(1));
+        assert_eq!(answered(&mut w), [(3, Status::ProposalTimeout)]);
+        assert_eq!(w.len(), 0);
+    }
 
     /// Regression (simulator seed 515, the first run through the real shell): read ids
     /// restarted at 1 with every incarnation, so a leader's answer to a read forwarded before

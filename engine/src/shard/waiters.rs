@@ -70,7 +70,12 @@ struct PendingRead<R> {
 
 /// Everything callers wait for on one shard.
 pub(crate) struct Waiters<R> {
-    proposals: IdHashMap<(PartitionId, u64), ProposalWaiter<R>>,
+    /// Per partition, by the index of the proposal's last entry, ascending. Proposals are
+    /// added and their entries applied in log order, so both ends of one short contiguous
+    /// queue do nearly all the work. (A map keyed by partition and index scattered thousands
+    /// of waiters over memory: a cache miss per applied entry, half of `process_readies`
+    /// with 4,096 clients in flight.)
+    proposals: IdHashMap<PartitionId, VecDeque<(u64, ProposalWaiter<R>)>>,
     proposal_deadlines: VecDeque<(Instant, PartitionId, u64, Ticket)>,
     /// Reads asked of the Raft core, by request id.
     reads: IdHashMap<u64, PendingRead<R>>,
@@ -110,7 +115,7 @@ impl<R> Waiters<R> {
 
     /// Callers waiting: proposals and reads.
     pub(crate) fn len(&self) -> usize {
-        self.proposals.len() + self.reads.len() + self.applying_at.len()
+        self.proposals.values().map(VecDeque::len).sum::<usize>() + self.reads.len() + self.applying_at.len()
     }
 
     pub(crate) fn add_proposal(
@@ -121,15 +126,46 @@ impl<R> Waiters<R> {
         deadline: Instant,
     ) {
         self.proposal_deadlines.push_back((deadline, partition, last_index, w.ticket));
-        if let Some(old) = self.proposals.insert((partition, last_index), w) {
-            // The index was reused: the old proposal's entry was overwritten.
-            self.answers.push((old.reply, fail(Status::ReplicationFailed, old.ticket, 0)));
+        let q = self.proposals.entry(partition).or_default();
+        if q.back().is_none_or(|(i, _)| *i < last_index) {
+            q.push_back((last_index, w));
+            return;
         }
+        // Below the newest: a new leader term reusing indexes this node proposed before.
+        match q.binary_search_by_key(&last_index, |(i, _)| *i) {
+            Ok(at) => {
+                // The index was reused: the old proposal's entry was overwritten.
+                let old = std::mem::replace(&mut q[at].1, w);
+                self.answers.push((old.reply, fail(Status::ReplicationFailed, old.ticket, 0)));
+            }
+            Err(at) => q.insert(at, (last_index, w)),
+        }
+    }
+
+    /// Where the waiter for `index` of `partition` is in its queue.
+    fn proposal_at(&self, partition: PartitionId, index: u64) -> Option<usize> {
+        let q = self.proposals.get(&partition)?;
+        // Applied in log order: almost always the oldest.
+        match q.front() {
+            Some((i, _)) if *i == index => Some(0),
+            _ => q.binary_search_by_key(&index, |(i, _)| *i).ok(),
+        }
+    }
+
+    /// Removes the waiter for `index` of `partition`, and the partition's queue once empty.
+    fn remove_proposal(&mut self, partition: PartitionId, index: u64) -> Option<ProposalWaiter<R>> {
+        let at = self.proposal_at(partition, index)?;
+        let q = self.proposals.get_mut(&partition)?;
+        let (_, w) = q.remove(at)?;
+        if q.is_empty() {
+            self.proposals.remove(&partition);
+        }
+        Some(w)
     }
 
     /// Whether someone waits for the entry at `index`.
     pub(crate) fn wants(&self, partition: PartitionId, index: u64) -> bool {
-        self.proposals.contains_key(&(partition, index))
+        self.proposal_at(partition, index).is_some()
     }
 
     /// The entry at `index` with `term` was applied: complete its proposal, if any.
@@ -141,7 +177,7 @@ impl<R> Waiters<R> {
         term: u64,
         response: Bytes,
     ) -> Option<Status> {
-        let w = self.proposals.remove(&(partition, index))?;
+        let w = self.remove_proposal(partition, index)?;
         if w.term == term {
             let done =
                 ReplicationResult { status: Status::Success, ticket: w.ticket, log_index: index, response };
@@ -215,12 +251,15 @@ impl<R> Waiters<R> {
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some(&(d, p, i, ticket)) = self.proposal_deadlines.front() {
             // Lazy deletion: the waiter may be gone (completed) or replaced by a newer one.
-            let live = self.proposals.get(&(p, i)).is_some_and(|w| w.ticket == ticket);
+            let live = self
+                .proposal_at(p, i)
+                .and_then(|at| self.proposals.get(&p)?.get(at))
+                .is_some_and(|(_, w)| w.ticket == ticket);
             if live && d > now {
                 break;
             }
             self.proposal_deadlines.pop_front();
-            if live && let Some(w) = self.proposals.remove(&(p, i)) {
+            if live && let Some(w) = self.remove_proposal(p, i) {
                 self.answers.push((w.reply, fail(Status::ProposalTimeout, w.ticket, i)));
             }
         }
@@ -254,13 +293,8 @@ impl<R> Waiters<R> {
 
     /// Fails every proposal and read of partition `p` (it stops on this node).
     pub(crate) fn fail_partition(&mut self, p: PartitionId, status: Status) {
-        let mut mine: Vec<(PartitionId, u64)> =
-            self.proposals.keys().filter(|(q, _)| *q == p).copied().collect();
-        mine.sort_unstable();
-        for key in mine {
-            if let Some(w) = self.proposals.remove(&key) {
-                self.answers.push((w.reply, fail(status, w.ticket, key.1)));
-            }
+        for (i, w) in self.proposals.remove(&p).unwrap_or_default() {
+            self.answers.push((w.reply, fail(status, w.ticket, i)));
         }
         let mut reads: Vec<u64> =
             self.reads.iter().filter(|(_, r)| r.partition == p).map(|(id, _)| *id).collect();
@@ -282,8 +316,8 @@ impl<R> Waiters<R> {
     /// Fails everything (the shard stops).
     pub(crate) fn fail_all(&mut self, status: Status) {
         let mut proposals: Vec<_> = self.proposals.drain().collect();
-        proposals.sort_unstable_by_key(|(key, _)| *key);
-        for ((_, i), w) in proposals {
+        proposals.sort_unstable_by_key(|(p, _)| *p);
+        for (i, w) in proposals.into_iter().flat_map(|(_, q)| q) {
             self.answers.push((w.reply, fail(status, w.ticket, i)));
         }
         let mut reads: Vec<_> = self.reads.drain().collect();
