@@ -142,9 +142,8 @@ impl<R> Waiters<R> {
         }
     }
 
-    /// Where the waiter for `index` of `partition` is in its queue.
-    fn proposal_at(&self, partition: PartitionId, index: u64) -> Option<usize> {
-        let q = self.proposals.get(&partition)?;
+    /// Where the waiter for `index` is in queue `q`.
+    fn position(q: &VecDeque<(u64, ProposalWaiter<R>)>, index: u64) -> Option<usize> {
         // Applied in log order: almost always the oldest.
         match q.front() {
             Some((i, _)) if *i == index => Some(0),
@@ -152,11 +151,17 @@ impl<R> Waiters<R> {
         }
     }
 
-    /// Removes the waiter for `index` of `partition`, and the partition's queue once empty.
+    /// The waiter for `index` of `partition`.
+    fn proposal(&self, partition: PartitionId, index: u64) -> Option<&ProposalWaiter<R>> {
+        let q = self.proposals.get(&partition)?;
+        q.get(Self::position(q, index)?).map(|(_, w)| w)
+    }
+
+    /// Removes the waiter for `index` of `partition`, and the partition's queue once empty
+    /// (a shard of 100,000 partitions keeps no queue for those nobody waits on).
     fn remove_proposal(&mut self, partition: PartitionId, index: u64) -> Option<ProposalWaiter<R>> {
-        let at = self.proposal_at(partition, index)?;
         let q = self.proposals.get_mut(&partition)?;
-        let (_, w) = q.remove(at)?;
+        let (_, w) = q.remove(Self::position(q, index)?)?;
         if q.is_empty() {
             self.proposals.remove(&partition);
         }
@@ -165,7 +170,7 @@ impl<R> Waiters<R> {
 
     /// Whether someone waits for the entry at `index`.
     pub(crate) fn wants(&self, partition: PartitionId, index: u64) -> bool {
-        self.proposal_at(partition, index).is_some()
+        self.proposal(partition, index).is_some()
     }
 
     /// The entry at `index` with `term` was applied: complete its proposal, if any.
@@ -251,10 +256,7 @@ impl<R> Waiters<R> {
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some(&(d, p, i, ticket)) = self.proposal_deadlines.front() {
             // Lazy deletion: the waiter may be gone (completed) or replaced by a newer one.
-            let live = self
-                .proposal_at(p, i)
-                .and_then(|at| self.proposals.get(&p)?.get(at))
-                .is_some_and(|(_, w)| w.ticket == ticket);
+            let live = self.proposal(p, i).is_some_and(|w| w.ticket == ticket);
             if live && d > now {
                 break;
             }
