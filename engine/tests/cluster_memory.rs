@@ -59,12 +59,17 @@ impl Cluster {
     }
 
     fn with_cores(n: u64, partitions: u32, wal: StorageKind, cores: Vec<usize>) -> Self {
-        Self::build(n, partitions, wal, cores, |_| {})
+        Self::build(n, partitions, wal, cores, |_| {}, None)
     }
 
     /// A cluster whose nodes' configuration `tweak` changes.
     fn with_tweak(n: u64, partitions: u32, wal: StorageKind, tweak: fn(&mut NodeConfig)) -> Self {
-        Self::build(n, partitions, wal, Vec::new(), tweak)
+        Self::build(n, partitions, wal, Vec::new(), tweak, None)
+    }
+
+    /// A cluster whose nodes' shards all run on `pool` (`Node::start_on`).
+    fn on_pool(n: u64, partitions: u32, wal: StorageKind, cores: Vec<usize>, pool: Executors) -> Self {
+        Self::build(n, partitions, wal, cores, |_| {}, Some(pool))
     }
 
     fn build(
@@ -73,10 +78,11 @@ impl Cluster {
         wal: StorageKind,
         cores: Vec<usize>,
         tweak: fn(&mut NodeConfig),
+        executors: Option<Executors>,
     ) -> Self {
         let mut c = Cluster {
             tweak,
-            executors: None,
+            executors,
             cores,
             net: MemoryNetwork::new(MemoryConfig::default()),
             dir: tempfile::tempdir().expect("temp dir"),
@@ -238,6 +244,25 @@ impl Cluster {
         self.nodes.push(Some(node));
     }
 
+    /// Writes `{a}i`, crashes the leader of partition 1, writes `{b}i` without it, restarts
+    /// it, writes `{c}i`, and reads every key back on the restarted node (it restored its
+    /// WAL and caught up). Returns the node it crashed.
+    fn crash_the_leader_and_read_back_after_restart(&mut self, keys: usize) -> u64 {
+        self.put_all("a", keys, "1");
+        let victim = self.leader(1).expect("partition 1 has a leader");
+        self.crash(victim);
+        self.put_all("b", keys, "2");
+        self.restart(victim);
+        self.wait_all_leaders(Duration::from_secs(20));
+        self.put_all("c", keys, "3");
+        for i in (0..keys).step_by(3) {
+            assert_eq!(self.get(victim, &format!("a{i}")).as_deref(), Some("1"));
+            assert_eq!(self.get(victim, &format!("b{i}")).as_deref(), Some("2"));
+            assert_eq!(self.get(victim, &format!("c{i}")).as_deref(), Some("3"));
+        }
+        victim
+    }
+
     fn restart(&mut self, id: u64) {
         self.net.rejoin(id);
         let node = self.start(id);
@@ -284,20 +309,7 @@ fn a_read_barrier_returns_the_read_index() {
 #[test]
 fn survives_leader_crash_and_restart_converges() {
     let mut c = Cluster::with_leaders(3, 64, StorageKind::Wal);
-    c.put_all("a", 40, "1");
-    let victim = c.leader(1).expect("partition 1 has a leader");
-    c.crash(victim);
-    c.put_all("b", 40, "2");
-    c.restart(victim);
-    c.wait_all_leaders(Duration::from_secs(20));
-    c.put_all("c", 40, "3");
-    // Every write, including those made while it was down, is readable on the restarted
-    // node (it restored its WAL and caught up).
-    for i in (0..40).step_by(3) {
-        assert_eq!(c.get(victim, &format!("a{i}")).as_deref(), Some("1"));
-        assert_eq!(c.get(victim, &format!("b{i}")).as_deref(), Some("2"));
-        assert_eq!(c.get(victim, &format!("c{i}")).as_deref(), Some("3"));
-    }
+    c.crash_the_leader_and_read_back_after_restart(40);
 }
 
 /// This process's threads: name and time spent on a CPU so far (`schedstat`, ns).
@@ -327,38 +339,15 @@ fn pool_threads(prefix: &str) -> (u64, std::collections::BTreeSet<String>) {
 #[test]
 fn nodes_sharing_executors_replicate_and_restart_on_the_same_pool() {
     let pool = Executors::start(2, false, "shared-ex").expect("a pool of two executors");
-    let mut c = Cluster {
-        tweak: |_| {},
-        executors: Some(pool),
-        cores: vec![2, 2, 2],
-        net: MemoryNetwork::new(MemoryConfig::default()),
-        dir: tempfile::tempdir().expect("temp dir"),
-        nodes: Vec::new(),
-        ids: vec![1, 2, 3],
-        partitions: 8,
-        wal: StorageKind::Wal,
-    };
-    for id in 1..=3 {
-        let node = c.start(id);
-        c.nodes.push(Some(node));
-    }
+    let mut c = Cluster::on_pool(3, 8, StorageKind::Wal, vec![2, 2, 2], pool);
     // Other tests of this binary run nodes of their own at the same time: what shows that
     // these nodes run on the pool is the pool's threads doing their work.
     let (_, executors) = pool_threads("shared-ex");
     assert_eq!(executors.into_iter().collect::<Vec<_>>(), ["shared-ex0", "shared-ex1"]);
     c.wait_all_leaders(Duration::from_secs(20));
-    c.put_all("a", 30, "1");
-    let victim = c.leader(1).expect("partition 1 has a leader");
-    c.crash(victim);
-    c.put_all("b", 30, "2");
-    c.restart(victim);
-    c.wait_all_leaders(Duration::from_secs(20));
-    for i in (0..30).step_by(3) {
-        assert_eq!(c.get(victim, &format!("a{i}")).as_deref(), Some("1"));
-        assert_eq!(c.get(victim, &format!("b{i}")).as_deref(), Some("2"));
-    }
+    c.crash_the_leader_and_read_back_after_restart(30);
     let (ran_ns, _) = pool_threads("shared-ex");
-    // Six shards electing, ticking every 10 ms, writing 60 keys and recovering a node: far
+    // Six shards electing, ticking every 10 ms, writing 90 keys and recovering a node: far
     // more than the 10 ms a pool whose executors only wait for jobs could show.
     assert!(ran_ns > 10_000_000, "the pool's threads ran {ran_ns} ns: the nodes are not on it");
     // Dropping the nodes waits for their shards; the pool's last clone then stops its threads.
