@@ -445,6 +445,13 @@ fn make_target(spec: &TargetSpec) -> Target {
 
 /// Runs the load against `spec`, printing live ops/s to stderr each second.
 pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
+    run_with(spec, opts, || {})
+}
+
+/// [`run`], calling `at_start` once the warm-up is over, as the measured window begins: a
+/// caller reading counters of its own (messages, log writes, CPU) reads them there, so that
+/// they cover the same window as the requests they are divided by.
+pub fn run_with(spec: &TargetSpec, opts: &LoadOpts, at_start: impl FnOnce()) -> Result<LoadResult, String> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         recording: AtomicBool::new(false),
@@ -515,6 +522,7 @@ pub fn run(spec: &TargetSpec, opts: &LoadOpts) -> Result<LoadResult, String> {
             Duration::from_millis(20).min(warm_until.saturating_duration_since(Instant::now())),
         );
     }
+    at_start();
     let started = Instant::now();
     let _ = shared.started.set(started);
     shared.recording.store(true, Ordering::SeqCst);

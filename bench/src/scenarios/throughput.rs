@@ -78,12 +78,18 @@ fn measure(s: &Settings, spec: &TargetSpec, cluster: Option<&EmbeddedCluster>) -
         ));
     }
     let opts = super::load_opts(s, keys);
-    let net0 = cluster.map(EmbeddedCluster::net_totals_all);
-    let store0 = cluster.map(EmbeddedCluster::store_totals_all);
+    // The counters are read as the measured window starts, after the warm-up: per-request
+    // ratios (messages, log writes, CPU) divide them by the window's requests.
+    let mut net0 = None;
+    let mut store0 = None;
+    let mut cpu = None;
     let sampler = cluster.map(|c| engine_timeline::Sampler::start(c.handles()));
-    let cpu = CpuMeter::start();
-    let l = load::run(spec, &opts)?;
-    report.cpu_percent = Some(cpu.percent());
+    let l = load::run_with(spec, &opts, || {
+        net0 = cluster.map(EmbeddedCluster::net_totals_all);
+        store0 = cluster.map(EmbeddedCluster::store_totals_all);
+        cpu = Some(CpuMeter::start());
+    })?;
+    report.cpu_percent = cpu.map(|c| c.percent());
     report.rss_bytes = proc_stats::peak_rss_bytes();
     if let Some(sampler) = sampler {
         let engine = sampler.finish(l.started, l.per_second.len());
