@@ -159,7 +159,9 @@ fn ticket_from(buf: &[u8]) -> Option<HlcTimestamp> {
     (i.pos == buf.len()).then_some(t)
 }
 
-fn canonical_from(buf: &[u8]) -> Option<LogEntry> {
+/// [`LogEntry::decode_from_slice`]'s canonical reader; `bytes` makes a byte field's value
+/// from its bytes in `buf` (a copy, or a view of the buffer `buf` is).
+fn canonical_from(buf: &[u8], bytes: impl Fn(&[u8]) -> bytes::Bytes) -> Option<LogEntry> {
     let mut i = In { buf, pos: 0 };
     let mut e = LogEntry::default();
     if i.key_is(1, VARINT) {
@@ -173,10 +175,10 @@ fn canonical_from(buf: &[u8]) -> Option<LogEntry> {
         e.kind = i.varint()? as i32;
     }
     if i.key_is(4, LEN) {
-        e.log_type = bytes::Bytes::copy_from_slice(i.bytes()?);
+        e.log_type = bytes(i.bytes()?);
     }
     if i.key_is(5, LEN) {
-        e.payload = bytes::Bytes::copy_from_slice(i.bytes()?);
+        e.payload = bytes(i.bytes()?);
     }
     if i.key_is(6, LEN) {
         e.ticket = Some(ticket_from(i.bytes()?)?);
@@ -195,9 +197,21 @@ impl LogEntry {
     /// # Errors
     /// What prost reports for input it cannot decode.
     pub fn decode_from_slice(buf: &[u8]) -> Result<LogEntry, prost::DecodeError> {
-        match canonical_from(buf) {
+        match canonical_from(buf, bytes::Bytes::copy_from_slice) {
             Some(e) => Ok(e),
             None => <LogEntry as prost::Message>::decode(buf),
+        }
+    }
+
+    /// [`LogEntry::decode_from_slice`] of the bytes `buf` holds, whose byte fields are views
+    /// of `buf` (no copy: they keep all of `buf` alive).
+    ///
+    /// # Errors
+    /// What prost reports for input it cannot decode.
+    pub fn decode_from_bytes(buf: &bytes::Bytes) -> Result<LogEntry, prost::DecodeError> {
+        match canonical_from(buf, |b| buf.slice_ref(b)) {
+            Some(e) => Ok(e),
+            None => <LogEntry as prost::Message>::decode(buf.clone()),
         }
     }
 }
@@ -217,15 +231,22 @@ mod tests {
         assert_eq!(got, want, "{e:?}");
         assert_eq!(LogEntry::decode(&got[..]).ok().as_ref(), Some(e));
         assert_eq!(LogEntry::decode_from_slice(&got).ok().as_ref(), Some(e));
-        assert!(canonical_from(&got).is_some(), "the fast path reads what is written: {e:?}");
+        assert_eq!(LogEntry::decode_from_bytes(&Bytes::from(got.clone())).ok().as_ref(), Some(e));
+        assert!(
+            canonical_from(&got, Bytes::copy_from_slice).is_some(),
+            "the fast path reads what is written: {e:?}"
+        );
     }
 
     /// Whatever the bytes, the result is prost's: the same entry or an error (any error).
     fn decodes_as_prost(b: &[u8]) {
-        match (LogEntry::decode(b), LogEntry::decode_from_slice(b)) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b),
-            (Err(_), Err(_)) => {}
-            (a, b) => panic!("{b:?} where prost gives {a:?}"),
+        let views = LogEntry::decode_from_bytes(&Bytes::copy_from_slice(b));
+        for ours in [LogEntry::decode_from_slice(b), views] {
+            match (LogEntry::decode(b), ours) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{b:?} where prost gives {a:?}"),
+            }
         }
     }
 
