@@ -59,6 +59,7 @@ pub(crate) struct WalFixture {
     dir: TempDir,
     faults: FaultInjector,
     segment_bytes: u64,
+    preload_bytes_max: u64,
 }
 
 impl WalFixture {
@@ -67,7 +68,19 @@ impl WalFixture {
     }
 
     pub(crate) fn with_segment_bytes(segment_bytes: u64) -> Self {
-        WalFixture { dir: tempfile::tempdir().expect("tempdir"), faults: FaultInjector::new(), segment_bytes }
+        WalFixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+            faults: FaultInjector::new(),
+            segment_bytes,
+            preload_bytes_max: crate::wal::PRELOAD_BYTES_MAX,
+        }
+    }
+
+    /// Opens decode at most `bytes` of entries for the bulk load; the rest is read (0: the
+    /// load reads every entry, the path these tests are about).
+    pub(crate) fn preloading(mut self, bytes: u64) -> Self {
+        self.preload_bytes_max = bytes;
+        self
     }
 
     pub(crate) fn options(&self, sync_writes: bool) -> WalOptions {
@@ -76,6 +89,7 @@ impl WalFixture {
             segment_bytes: self.segment_bytes,
             segments_soft_max: 4,
             gc_bytes_per_batch: 16 << 10,
+            preload_bytes_max: self.preload_bytes_max,
             ..WalOptions::default()
         }
     }
@@ -813,7 +827,7 @@ mod wal_specific {
         run(|| async {
             // 64 interleaved partitions: reading one partition at a time costs a read per
             // entry; the bulk load reads each segment once in large reads.
-            let f = WalFixture::with_segment_bytes(4 << 20);
+            let f = WalFixture::with_segment_bytes(4 << 20).preloading(0);
             let mut s = f.open(true).await.unwrap();
             let mut m = Model::default();
             let (parts, batches) = (64u64, 150u64);
@@ -846,13 +860,98 @@ mod wal_specific {
         });
     }
 
+    /// A log whose entries span several segments, with a suffix overwritten at a higher term
+    /// and a compaction, written, closed and reopened.
+    async fn reopened_log_with_overwrites(f: &WalFixture) -> (WalStore, Model) {
+        let mut s = f.open(true).await.unwrap();
+        let mut m = Model::default();
+        write_interleaved(&mut s, &mut m, 16, 200, 256).await;
+        let mut w5 = PartitionWrite::new(5);
+        w5.entries = entries(5, 150, 170, 2, 300);
+        let mut w7 = PartitionWrite::new(7);
+        w7.compact_to = Some(120);
+        let b = WriteBatch { partitions: vec![w5, w7], meta: vec![] };
+        s.write(&b).await.unwrap();
+        m.apply(&b);
+        // More batches after them: partition 5 goes on from its new end, at its new term.
+        for i in 201..=220u64 {
+            let b = WriteBatch {
+                partitions: (1..=16)
+                    .map(|p| {
+                        let mut w = PartitionWrite::new(p);
+                        w.entries = if p == 5 {
+                            entries(p, i - 30, i - 30, 2, 256)
+                        } else {
+                            entries(p, i, i, 1, 256)
+                        };
+                        w
+                    })
+                    .collect(),
+                meta: vec![],
+            };
+            s.write(&b).await.unwrap();
+            m.apply(&b);
+        }
+        assert!(s.segment_seqs().len() >= 3, "the test wants several segments");
+        s.close().await.unwrap();
+        (f.open(true).await.unwrap(), m)
+    }
+
+    #[test]
+    fn bulk_load_takes_the_entries_the_replay_decoded() {
+        run(|| async {
+            let f = WalFixture::with_segment_bytes(512 << 10);
+            let (s, m) = reopened_log_with_overwrites(&f).await;
+            let ids = s.partitions().unwrap();
+            let r0 = s.stats().entry_reads;
+            let bulk = s.load_partitions(&ids).await.unwrap();
+            assert_eq!(s.stats().entry_reads, r0, "a restart's bulk load reads nothing again");
+            // The same as reading each partition (which reads and checks every record).
+            let mut one_by_one = Vec::new();
+            for &p in &ids {
+                one_by_one.push((p, s.load_partition(p).await.unwrap()));
+            }
+            assert!(bulk == one_by_one, "bulk load from the replay differs from load_partition");
+            // A second bulk load has nothing decoded left: it reads, and gets the same.
+            assert!(s.load_partitions(&ids).await.unwrap() == one_by_one);
+            assert!(s.stats().entry_reads > r0);
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn bulk_load_reads_what_the_replay_did_not_decode() {
+        run(|| async {
+            // Room for less than a segment's entries: the segments already handed to the
+            // decoder when the limit is reached are decoded, the later ones read.
+            let f = WalFixture::with_segment_bytes(512 << 10).preloading(64 << 10);
+            let (s, m) = reopened_log_with_overwrites(&f).await;
+            let ids = s.partitions().unwrap();
+            let r0 = s.stats().entry_reads;
+            let bulk = s.load_partitions(&ids).await.unwrap();
+            assert!(
+                s.stats().entry_reads > r0,
+                "the entries past the limit are read: {:?}",
+                s.segment_seqs()
+            );
+            let mut one_by_one = Vec::new();
+            for &p in &ids {
+                one_by_one.push((p, s.load_partition(p).await.unwrap()));
+            }
+            assert!(bulk == one_by_one, "bulk load differs from load_partition");
+            verify(&s, &m).await.unwrap();
+            s.close().await.unwrap();
+        });
+    }
+
     #[test]
     fn bulk_load_skips_dead_stretches() {
         run(|| async {
             // Partition 1's few entries lie ~2 MiB apart, between partition 2's entries,
             // which are then compacted away: a mostly dead segment. The load reads around
             // each live record instead of the whole segment.
-            let f = WalFixture::with_segment_bytes(16 << 20);
+            let f = WalFixture::with_segment_bytes(16 << 20).preloading(0);
             let mut s = f.open(true).await.unwrap();
             let mut m = Model::default();
             let mut p2_last = 0;
@@ -892,7 +991,7 @@ mod wal_specific {
         run(|| async {
             // A record damaged after open (recovery checked it): the bulk load fails with
             // the same `Corrupt` error, naming the same file and offset, as `entries`.
-            let f = WalFixture::new();
+            let f = WalFixture::new().preloading(0);
             let mut s = f.open(true).await.unwrap();
             let mut m = Model::default();
             write_interleaved(&mut s, &mut m, 3, 20, 300).await;

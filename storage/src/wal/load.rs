@@ -9,6 +9,9 @@
 //! partition's slot. Long stretches holding no wanted record are skipped (see
 //! [`BULK_SKIP_BYTES`]).
 //!
+//! Entries the replay already decoded (`preload`) are taken from there and not read: at a
+//! restart, usually all of them.
+//!
 //! Memory: the decoded entries being returned, one position (~40 bytes) per wanted entry, one
 //! planned read (~100 bytes) per [`BULK_READ_BYTES`] of them, and [`BULK_READS_IN_FLIGHT`]
 //! read buffers — entries are decoded into their own allocations, never as views of them.
@@ -86,31 +89,52 @@ impl WalStore {
         // One slot per distinct id, in first-seen order.
         let mut slot_of = std::collections::HashMap::with_capacity(partitions.len());
         let mut slots: Vec<Slot> = Vec::with_capacity(partitions.len());
-        let mut wants = Vec::new();
         for &p in partitions {
             if slot_of.contains_key(&p) {
                 continue;
             }
-            let slot = slots.len();
-            slot_of.insert(p, slot);
+            slot_of.insert(p, slots.len());
             let Some(state) = self.index.state(p) else {
                 slots.push(Slot { partition: p, first: 0, loaded: None });
                 continue;
             };
-            let (first, end) = (state.first_index(), state.last.index + 1);
-            let locs = self.index.locs(p, first, end);
-            wants.extend(locs.enumerate().map(|(k, loc)| Want { loc: *loc, slot, k }));
             slots.push(Slot {
                 partition: p,
-                first,
+                first: state.first_index(),
                 loaded: Some(RecoveredPartition {
                     hard_state: state.hard_state,
                     floor: (state.floor.index, state.floor.term),
-                    // Placeholders, each overwritten by its entry below (the index maps every
-                    // slot to exactly one record).
+                    // Placeholders (index 0, which no entry has), each overwritten by its
+                    // entry below (the index maps every slot to exactly one record).
                     entries: vec![LogEntry::default(); state.len() as usize],
                 }),
             });
+        }
+        // Entries the replay decoded go to their slots first, in log order: a record is
+        // replaced (overwritten, relocated) only by a later one, so the last copy of each
+        // index that lands is the one the index points at. A copy of a compacted index, or
+        // one past a partition's end (truncated), has no slot.
+        for (_, entries) in self.preloaded.take().into_segments() {
+            for e in entries {
+                let Some(slot) = slot_of.get(&e.partition).map(|&s| &mut slots[s]) else { continue };
+                let k = e.entry.index.checked_sub(slot.first).and_then(|k| usize::try_from(k).ok());
+                if let Some(place) = slot.loaded.as_mut().zip(k).and_then(|(l, k)| l.entries.get_mut(k)) {
+                    *place = e.entry;
+                }
+            }
+        }
+        // Only what is missing, or not of the term the index holds, is read.
+        let mut wants = Vec::new();
+        for (slot, s) in slots.iter().enumerate() {
+            let Some(loaded) = &s.loaded else { continue };
+            let end = s.first + loaded.entries.len() as u64;
+            let locs = self.index.locs(s.partition, s.first, end);
+            wants.extend(
+                locs.zip(&loaded.entries)
+                    .enumerate()
+                    .filter(|(_, (loc, e))| e.index == 0 || e.term != loc.term)
+                    .map(|(k, (loc, _))| Want { loc: *loc, slot, k }),
+            );
         }
         wants.sort_unstable_by_key(|w| (w.loc.seg, w.loc.offset));
         let mut spans = Vec::new();

@@ -5,14 +5,15 @@
 //! one batch — one aligned `O_DSYNC` write, durable when it completes — holding all records of all partitions
 //! (entries, hard states, snapshot/compaction floors, removals, metadata), so the group commit
 //! of a shard's loop turn costs a single sync. See [`format`] for the layout, `recovery` for
-//! what `open` accepts, `gc` for how segments are reclaimed, and `load` for how a restart
-//! reads every partition's entries in one sequential pass.
+//! what `open` accepts, `gc` for how segments are reclaimed, and `load` (with `preload`) for
+//! how a restart gets every partition's entries without reading each one apart.
 
 pub mod format;
 mod gc;
 mod index;
 pub mod inspect;
 mod load;
+mod preload;
 mod recovery;
 pub(crate) mod segment;
 
@@ -44,6 +45,7 @@ use crate::types::{LogPosition, PartitionId, PartitionState, RecoveredPartition,
 
 pub use self::format::WAL_FORMAT_VERSION;
 pub use self::load::BULK_READ_BYTES;
+pub use self::preload::PRELOAD_BYTES_MAX;
 
 // The shared cost model (`limits::batch_cost`) must cover this format's records.
 const _: () = assert!(
@@ -83,6 +85,9 @@ pub struct WalOptions {
     pub gc_bytes_per_batch: u64,
     /// Spare (recycled, fully written) segment files kept for reuse.
     pub spare_segments_max: usize,
+    /// Entries decoded while the log is replayed at open, for the first bulk load, in bytes
+    /// at most (see `preload`; beyond it the load reads them). 0: none, every entry is read.
+    pub preload_bytes_max: u64,
 }
 
 impl Default for WalOptions {
@@ -94,6 +99,7 @@ impl Default for WalOptions {
             gc_live_percent_max: 25,
             gc_bytes_per_batch: 256 << 10,
             spare_segments_max: 2,
+            preload_bytes_max: preload::PRELOAD_BYTES_MAX,
         }
     }
 }
@@ -200,6 +206,9 @@ pub struct WalStore {
     entry_reads: Cell<u64>,
     /// The last batch dropped at open because it may have been acknowledged.
     damaged_tail: Option<crate::types::DamagedTail>,
+    /// Entries the replay decoded, until the first bulk load (or write) takes them
+    /// (`preload`).
+    preloaded: Cell<preload::Preloaded>,
 }
 
 impl std::fmt::Debug for WalStore {
@@ -283,7 +292,8 @@ impl WalStore {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
         let lock = Rc::new(lock_dir(&dir).await?);
-        let rec = recovery::recover(&dir, opts.segment_bytes, opts.store.sync_writes).await?;
+        let rec = recovery::recover(&dir, opts.segment_bytes, opts.store.sync_writes, opts.preload_bytes_max)
+            .await?;
         let mut store = WalStore {
             dir,
             opts,
@@ -300,6 +310,7 @@ impl WalStore {
             stats: StoreStats::default(),
             entry_reads: Cell::new(0),
             damaged_tail: rec.damaged_tail,
+            preloaded: Cell::new(rec.preloaded),
         };
         if store.segments.is_empty() {
             let p = prepare_next(
@@ -720,6 +731,8 @@ impl LogStore for WalStore {
 
     async fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         self.poison.check()?;
+        // Decoded at open for a bulk load that has not come: not worth their memory any more.
+        self.preloaded.take();
         if batch.is_empty() {
             return Ok(());
         }

@@ -29,6 +29,7 @@ use super::format::{
     SegmentHeaderError, WAL_FORMAT_VERSION, align_up, get_u32, get_u64, parse_record,
 };
 use super::index::Index;
+use super::preload::{PRELOAD_SEGMENTS_IN_FLIGHT, Preloaded, PreloadedEntry, decode_segment};
 use super::segment::{FileKind, Segment, classify, gio, open_rw};
 use crate::error::{Result, StorageError};
 use crate::types::{DamagedTail, PartitionId};
@@ -58,10 +59,18 @@ pub(crate) struct Recovered {
     pub next_batch_seq: u64,
     /// The dropped last batch, when it may have been acknowledged.
     pub damaged_tail: Option<DamagedTail>,
+    /// Entries decoded from the replayed segments, for the bulk load (`preload`).
+    pub preloaded: Preloaded,
 }
 
 /// Recovers the WAL in `dir`. Spares of another size than `segment_bytes` are deleted.
-pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Result<Recovered> {
+/// Entries are decoded for the bulk load up to `preload_bytes_max` (`preload`).
+pub(crate) async fn recover(
+    dir: &Path,
+    segment_bytes: u64,
+    dsync: bool,
+    preload_bytes_max: u64,
+) -> Result<Recovered> {
     let mut seqs = Vec::new();
     // Bytes of all segment files: the most a record's holes may ask the index to hold.
     let mut log_bytes = 0u64;
@@ -107,7 +116,7 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     seqs.sort_unstable();
     spares.sort();
 
-    let mut rec = Recovered { spares, ..Default::default() };
+    let mut rec = Recovered { spares, preloaded: Preloaded::up_to(preload_bytes_max), ..Default::default() };
     rec.index.limit_holes(log_bytes);
     let mut expected: Option<u64> = None;
     // The last segment holding a batch, and where the previous segment's batches ended.
@@ -116,6 +125,8 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     let mut loaded = Vec::with_capacity(seqs.len());
     // The next segment is read while this one is replayed (see `read_ahead`).
     let mut ahead: Option<glommio::task::JoinHandle<Result<ReadSegment>>> = None;
+    // Replayed segments whose entries the blocking thread decodes (`preload`), oldest first.
+    let mut decoding: VecDeque<(u64, glommio::task::JoinHandle<Vec<PreloadedEntry>>)> = VecDeque::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(super::segment::segment_name(seq));
         let read = match ahead.take() {
@@ -141,6 +152,14 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
         if let Some(d) = scan.damaged_tail {
             rec.damaged_tail = Some(d);
         }
+        if decoding.len() >= PRELOAD_SEGMENTS_IN_FLIGHT
+            && let Some((s, task)) = decoding.pop_front()
+        {
+            rec.preloaded.add(s, task.await.unwrap_or_default());
+        }
+        if scan.batches > 0 && rec.preloaded.has_room() {
+            decoding.push_back((seq, decode_in_background(data, scan.end, u64::from(header.block_bytes))));
+        }
         prev_end = Some((path.clone(), scan.end));
         loaded.push(Segment {
             seq,
@@ -150,6 +169,9 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
             block: u64::from(header.block_bytes),
             end: scan.end,
         });
+    }
+    for (s, task) in decoding {
+        rec.preloaded.add(s, task.await.unwrap_or_default());
     }
     if let Some((p, index)) = rec.index.find_hole() {
         return Err(StorageError::Corrupt {
@@ -172,6 +194,21 @@ pub(crate) async fn recover(dir: &Path, segment_bytes: u64, dsync: bool) -> Resu
     }
     rec.next_batch_seq = expected.unwrap_or(1);
     Ok(rec)
+}
+
+/// Decodes the entry records of a replayed segment (`data`, valid up to `end`) on the
+/// executor's blocking thread, off the replay's core (`preload`).
+fn decode_in_background(
+    data: Vec<u8>,
+    end: u64,
+    block: u64,
+) -> glommio::task::JoinHandle<Vec<PreloadedEntry>> {
+    glommio::spawn_local(async move {
+        glommio::executor()
+            .spawn_blocking(move || decode_segment(&bytes::Bytes::from(data), end, block))
+            .await
+    })
+    .detach()
 }
 
 /// A segment opened and read whole.
