@@ -27,7 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use super::cpus::{self, CpuClaims};
 use crate::Error;
@@ -104,6 +104,10 @@ impl Executors {
             let spawned = LocalExecutorBuilder::new(cpu.map_or(Placement::Unbound, Placement::Fixed))
                 .name(&thread)
                 .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+                // The blocking thread (snapshot saves, file operations, decoding the WAL at a
+                // restart) may run on any CPU: bound to its executor's, as glommio does for a
+                // pinned executor, it only took turns with the shard it was meant to relieve.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
                 .spawn(move || async move {
                     // Until every clone of the pool is gone.
                     while let Ok(job) = rx.recv_async().await {
