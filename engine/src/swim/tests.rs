@@ -195,6 +195,33 @@ fn a_restarted_member_refutes_its_death_even_at_its_old_incarnation() {
 }
 
 #[test]
+fn a_member_restarted_before_any_suspicion_is_known_restarted_everywhere_at_once() {
+    let mut net = Net::new(3);
+    net.run(Duration::from_millis(300));
+    for n in [1, 3] {
+        net.node(n).take_reincarnations();
+    }
+    // Node 2 restarts at a higher incarnation before anyone suspected it.
+    let now = net.now;
+    let mut d = Detector::new(2, cfg(), 2_000, 99, now);
+    d.set_members(&[1, 2, 3], 1, now);
+    net.nodes[1] = Some(d);
+    // Its first step sends its greeting; the next delivers it: well within one probe
+    // interval, whatever the probe order.
+    net.step();
+    net.step();
+    for n in [1, 3] {
+        assert_eq!(net.node(n).take_reincarnations(), vec![2], "node {n}");
+        assert_eq!(net.node(n).table().get(2).map(|e| e.view.incarnation), Some(2_000), "node {n}");
+    }
+    // Only the first roster is a start: a later one sends no greeting.
+    let now = net.now;
+    net.node(2).take_messages();
+    net.node(2).set_members(&[1, 2, 3], 2, now);
+    assert!(net.node(2).take_messages().is_empty());
+}
+
+#[test]
 fn members_that_leave_are_forgotten_and_their_verdict_withdrawn() {
     let mut net = Net::new(3);
     net.isolate(3);
@@ -270,6 +297,9 @@ fn a_stalled_loop_gives_answers_a_turn_before_judging() {
     let now = Instant::now();
     let mut d = Detector::new(1, cfg(), 1_000, 1, now);
     d.set_members(&[1, 2], 1, now);
+    let greeting = d.take_messages();
+    assert_eq!(greeting.len(), 1);
+    assert_eq!(greeting[0].1.kind, GossipKind::GossipOnly as i32);
     d.tick(now);
     let ping = d.take_messages();
     assert_eq!(ping.len(), 1);
