@@ -1,6 +1,9 @@
 //! `--scenario recovery`: fill the cluster's logs with N entries, crash one node (a
 //! follower of some partitions, leader of others), optionally write more while it is down,
-//! then restart it from its data directory and time:
+//! wait until the others have replaced it as leader everywhere (timed as **failover**: the
+//! failover scenario's subject, kept out of the restart's times below, which it otherwise
+//! dominated when the restart was quicker than the elections), then restart it from its
+//! data directory and time:
 //!
 //! - **open**: `Node::start` — the WAL shards read back and every partition restored;
 //! - **ready**: the restarted node knows a leader for every partition (it can route);
@@ -21,6 +24,9 @@ use crate::report::Report;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most time a fill may take.
 const FILL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Give up waiting for the surviving nodes to elect leaders in the crashed one's place after
+/// this long (elections take a few election timeouts, a second or two).
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn fill(s: &Settings, spec: &TargetSpec, entries: u64) -> Result<u64, String> {
     if entries == 0 {
@@ -62,7 +68,23 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     let fill_secs = t.elapsed().as_secs_f64();
     eprintln!("wrote {written} entries in {fill_secs:.1} s; crashing node {victim_id}...");
     cluster.kill(victim)?;
+    let crashed = Instant::now();
     let lagged = fill(s, &TargetSpec::embedded(cluster.handles()), s.lag_entries)?;
+    // The survivors replace it as leader where it led.
+    let failover = loop {
+        let led_elsewhere = cluster.handles().iter().all(|h| {
+            (0..=u64::from(s.partitions)).all(|p| h.leader_of(p).is_some_and(|(l, _)| l != victim_id))
+        });
+        if led_elsewhere {
+            break crashed.elapsed();
+        }
+        if crashed.elapsed() > FAILOVER_TIMEOUT {
+            return Err(format!(
+                "the other nodes did not replace node {victim_id} as leader within {FAILOVER_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     // What the restarted node must reach: each partition's commit index on its leader now.
     let mut target = vec![0u64; s.partitions as usize + 1];
     for h in cluster.handles() {
@@ -116,6 +138,7 @@ pub fn run(s: &Settings) -> Result<Report, String> {
         ("entries_committed", json!(committed)),
         ("fill_secs", json!(fill_secs)),
         ("wal_bytes", json!(wal_bytes)),
+        ("failover_ms", json!(ms(failover))),
         ("open_ms", json!(ms(open))),
         ("ready_ms", json!(ms(ready))),
         ("caught_up_ms", json!(ms(caught_up))),
@@ -126,6 +149,11 @@ pub fn run(s: &Settings) -> Result<Report, String> {
     r.lines.push(format!(
         "  node {victim_id} restarted with {committed} committed entries ({:.1} MiB) in its data directory; {lagged} written while it was down",
         wal_bytes as f64 / (1 << 20) as f64
+    ));
+    r.lines.push(format!(
+        "{:>40} {:>10.1} ms  (from the crash, before the restart)",
+        "failover (led elsewhere everywhere)",
+        ms(failover)
     ));
     r.lines.push(format!(
         "{:>40} {:>10.1} ms  ({replay_rate:.0} entries/s)",
