@@ -53,10 +53,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A frame must arrive whole within this long of its first byte (16 MiB in 30 s is about
 /// 0.5 MiB/s): a half-sent frame does not hold its buffer forever.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long stopping the port waits for requests in flight to be answered before it closes
-/// their connections anyway: above the node's own request timeout, after which every
-/// request has an answer.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How far past the node's own request timeout (`NodeConfig::request_timeout_ms`, after
+/// which every request has an answer) stopping the port waits for requests in flight before
+/// it closes their connections anyway: the shard answers an expired request at its next tick,
+/// and the answer still has to reach the port and be written.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long stopping the port waits for requests in flight to be answered: the request
+/// timeout and [`DRAIN_MARGIN`]. A fixed 15 s used to cut off requests of a node configured
+/// with a request timeout above it.
+#[must_use]
+pub fn drain_timeout(request_timeout_ms: u64) -> Duration {
+    Duration::from_millis(request_timeout_ms).saturating_add(DRAIN_MARGIN)
+}
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long a connection told to go elsewhere waits for its client to close, reading what it
@@ -305,7 +314,7 @@ impl ClientServer {
     }
 
     /// Stops accepting, then drains: every connection is closed once it has no request in
-    /// flight (at most [`DRAIN_TIMEOUT`] after this call), after a last answer (id 0,
+    /// flight (at most [`drain_timeout`] after this call), after a last answer (id 0,
     /// `NOT_LEADER` with no leader named) that tells its client that no request it sent
     /// after its last answer was or will be executed, so it can retry elsewhere.
     pub fn shutdown(mut self) {
@@ -521,10 +530,10 @@ async fn admit(ctx: &Rc<Ctx>, accepted: glommio::Result<TcpStream, ()>) {
 }
 
 /// Closes every connection once it has nothing in flight and waits for a read (see
-/// [`ClientServer::shutdown`]), until none is left or [`DRAIN_TIMEOUT`] passed: its pending
+/// [`ClientServer::shutdown`]), until none is left or [`drain_timeout`] passed: its pending
 /// read is woken, and its task sends the last answer and closes.
 async fn drain(ctx: &Rc<Ctx>) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let deadline = Instant::now() + drain_timeout(ctx.handle.config().request_timeout_ms);
     while ctx.admitted.get() > 0 && Instant::now() < deadline {
         for c in ctx.conns.borrow().values() {
             if !c.goaway.get() && c.reading.get() && c.inflight.get() == 0 {
@@ -1132,4 +1141,20 @@ async fn dispatch(
             R::TransferLeader(TransferLeaderResponse {})
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_outlasts_the_request_timeout_whatever_it_is() {
+        let default = crate::NodeConfig::new(1, "unused").request_timeout_ms;
+        for ms in [1, default, 30_000, 600_000, u64::MAX] {
+            let d = drain_timeout(ms);
+            assert!(d > Duration::from_millis(ms) || ms == u64::MAX, "{ms} ms: drain {d:?}");
+            assert!(d >= DRAIN_MARGIN);
+        }
+        assert_eq!(drain_timeout(default), Duration::from_millis(default) + DRAIN_MARGIN);
+    }
 }
