@@ -114,13 +114,11 @@ impl WalStore {
         // replaced (overwritten, relocated) only by a later one, so the last copy of each
         // index that lands is the one the index points at. A copy of a compacted index, or
         // one past a partition's end (truncated), has no slot.
-        for (_, entries) in self.preloaded.take().into_segments() {
-            for e in entries {
-                let Some(slot) = slot_of.get(&e.partition).map(|&s| &mut slots[s]) else { continue };
-                let k = e.entry.index.checked_sub(slot.first).and_then(|k| usize::try_from(k).ok());
-                if let Some(place) = slot.loaded.as_mut().zip(k).and_then(|(l, k)| l.entries.get_mut(k)) {
-                    *place = e.entry;
-                }
+        for e in self.preloaded.take().into_entries() {
+            let Some(slot) = slot_of.get(&e.partition).map(|&s| &mut slots[s]) else { continue };
+            let k = e.entry.index.checked_sub(slot.first).and_then(|k| usize::try_from(k).ok());
+            if let Some(place) = slot.loaded.as_mut().zip(k).and_then(|(l, k)| l.entries.get_mut(k)) {
+                *place = e.entry;
             }
         }
         // Only what is missing, or not of the term the index holds, is read.
