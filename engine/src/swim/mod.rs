@@ -365,16 +365,18 @@ impl Detector {
             }
         }
         if first {
-            let me = self.me;
-            let alive = update(me, View { incarnation: self.incarnation, state: Liveness::Alive });
-            for to in others {
-                let mut hello = self.message(to, GossipKind::GossipOnly, 0, 0, 0, None);
-                if hello.updates.len() >= MAX_UPDATES_PER_MESSAGE {
-                    hello.updates.pop();
-                }
-                hello.updates.push(alive);
-                self.out.push((to, hello));
-            }
+            // Only the news of this node: the greeting is no place for queued news, which
+            // rides on probes as usual.
+            let hello = Gossip {
+                kind: GossipKind::GossipOnly as i32,
+                roster_version: version,
+                updates: vec![update(
+                    self.me,
+                    View { incarnation: self.incarnation, state: Liveness::Alive },
+                )],
+                ..Gossip::default()
+            };
+            self.out.extend(others.into_iter().map(|to| (to, hello.clone())));
         }
     }
 
