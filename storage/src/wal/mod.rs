@@ -696,7 +696,7 @@ pub fn replay_segment_image(path: &Path, data: &[u8]) -> Result<SegmentImage> {
     Ok(SegmentImage {
         header,
         end: scan.end,
-        batches: scan.bodies.len() as u64,
+        batches: scan.batches,
         damaged_tail: scan.damaged_tail,
         partitions,
     })

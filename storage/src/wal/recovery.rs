@@ -145,8 +145,8 @@ pub(crate) async fn recover(
         if i > 0 && seqs[i - 1] + 1 != seq {
             return Err(StorageError::corrupt(path, 0, format!("segment {} is missing", seqs[i - 1] + 1)));
         }
-        let mut scan = scan_segment(&header, &path, &data, &mut rec.index, &mut expected, prev_end.as_ref())?;
-        if !scan.bodies.is_empty() {
+        let scan = scan_segment(&header, &path, &data, &mut rec.index, &mut expected, prev_end.as_ref())?;
+        if scan.batches > 0 {
             last_with_batches = Some(i);
         }
         if let Some(d) = scan.damaged_tail {
@@ -157,8 +157,8 @@ pub(crate) async fn recover(
         {
             rec.preloaded.add(task.await.unwrap_or_default());
         }
-        if !scan.bodies.is_empty() && rec.preloaded.has_room() {
-            decoding.push_back(decode_in_background(data, std::mem::take(&mut scan.bodies), scan.records));
+        if scan.batches > 0 && rec.preloaded.has_room() {
+            decoding.push_back(decode_in_background(data, scan.end, u64::from(header.block_bytes)));
         }
         prev_end = Some((path.clone(), scan.end));
         loaded.push(Segment {
@@ -196,17 +196,16 @@ pub(crate) async fn recover(
     Ok(rec)
 }
 
-/// Decodes the entry records of a replayed segment (`data`; `bodies` and `records` are its
-/// valid batches' records, from the scan) on the executor's blocking thread, off the
-/// replay's core (`preload`).
+/// Decodes the entry records of a replayed segment (`data`, valid up to `end`) on the
+/// executor's blocking thread, off the replay's core (`preload`).
 fn decode_in_background(
     data: Vec<u8>,
-    bodies: Vec<std::ops::Range<usize>>,
-    records: usize,
+    end: u64,
+    block: u64,
 ) -> glommio::task::JoinHandle<Vec<PreloadedEntry>> {
     glommio::spawn_local(async move {
         glommio::executor()
-            .spawn_blocking(move || decode_segment(&bytes::Bytes::from(data), &bodies, records))
+            .spawn_blocking(move || decode_segment(&bytes::Bytes::from(data), end, block))
             .await
     })
     .detach()
@@ -351,10 +350,8 @@ pub(crate) fn replay_image(path: &Path, data: &[u8]) -> Result<(SegmentHeader, S
 pub(crate) struct SegmentScan {
     /// Offset just past the last valid batch.
     pub end: u64,
-    /// Where each valid batch's records lie, in order (what the preload decodes).
-    pub bodies: Vec<std::ops::Range<usize>>,
-    /// Records in the valid batches.
-    pub records: usize,
+    /// Valid batches.
+    pub batches: u64,
     /// The batch at `end`, dropped, when its header says it came next (see the module docs).
     pub damaged_tail: Option<DamagedTail>,
 }
@@ -408,8 +405,7 @@ pub(crate) fn scan_segment(
     let block = u64::from(header.block_bytes);
     let len = data.len() as u64;
     let mut pos = SEGMENT_HEADER_BYTES;
-    let mut bodies = Vec::new();
-    let mut records = 0usize;
+    let mut batches = 0u64;
     let mut damaged: Option<DamagedTail> = None;
     while pos + BATCH_HEADER_BYTES as u64 <= len {
         let at = &data[pos as usize..];
@@ -438,7 +434,7 @@ pub(crate) fn scan_segment(
         if let Some(e) = *expected
             && h.batch_seq != e
         {
-            return Err(match (bodies.len(), prev_end) {
+            return Err(match (batches, prev_end) {
                 (0, Some((prev, end))) if h.batch_seq > e => StorageError::corrupt(
                     prev,
                     *end,
@@ -507,8 +503,7 @@ pub(crate) fn scan_segment(
             )
         })?;
         *expected = Some(next);
-        bodies.push(body_start as usize..body_end as usize);
-        records += count as usize;
+        batches += 1;
         pos = align_up(body_end, block);
     }
     let end = pos.min(len);
@@ -528,7 +523,7 @@ pub(crate) fn scan_segment(
         }
         q += block;
     }
-    Ok(SegmentScan { end, bodies, records, damaged_tail: damaged })
+    Ok(SegmentScan { end, batches, damaged_tail: damaged })
 }
 
 #[cfg(test)]
@@ -557,7 +552,7 @@ mod tests {
     #[test]
     fn a_batch_numbered_u64_max_is_damage() {
         let (_, scan, index) = replay_image(Path::new("s"), &image(7)).unwrap();
-        assert_eq!(scan.bodies.len(), 1);
+        assert_eq!(scan.batches, 1);
         assert_eq!(index.state(1).map(|s| s.floor.index), Some(3));
         let e = replay_image(Path::new("s"), &image(u64::MAX)).unwrap_err();
         assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
