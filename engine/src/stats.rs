@@ -113,6 +113,9 @@ pub struct CoreStats {
     /// Checkpoints not compacted because the state machine's snapshot exceeded
     /// `raft.max_snapshot_bytes` (the log below them is kept).
     pub snapshots_too_large: u64,
+    /// Proposals held while their partition's leadership was handed over (`shard/held.rs`),
+    /// then proposed or answered `NodeIsNotLeader`.
+    pub proposals_held: u64,
     /// Depth: write jobs handed to the writer and not yet complete.
     pub writes_in_flight: usize,
     /// Depth: callers waiting for a proposal or a read.
@@ -132,6 +135,7 @@ impl CoreStats {
             unknown_group_messages: self.unknown_group_messages + o.unknown_group_messages,
             messages_refused: self.messages_refused + o.messages_refused,
             snapshots_too_large: self.snapshots_too_large + o.snapshots_too_large,
+            proposals_held: self.proposals_held + o.proposals_held,
             writes_in_flight: self.writes_in_flight + o.writes_in_flight,
             waiting_callers: self.waiting_callers + o.waiting_callers,
         }

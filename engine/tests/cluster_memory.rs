@@ -306,6 +306,94 @@ fn a_read_barrier_returns_the_read_index() {
     }
 }
 
+/// A cluster for the leadership-transfer tests: one partition, no balancer (no transfer but
+/// the test's), and an election timeout of 1–1.5 s (100–150 ticks of 10 ms), so a transfer
+/// the test starts stays pending for a second whatever the machine's load.
+fn transfer_cluster() -> Cluster {
+    let c = Cluster::with_tweak(3, 1, StorageKind::Memory, |cfg| {
+        cfg.leader_balance_interval_ms = 0;
+        cfg.raft.election_ticks_min = 100;
+        cfg.raft.election_ticks_max = 150;
+    });
+    c.wait_all_leaders(Duration::from_secs(30));
+    c
+}
+
+fn kv_put(key: &str, value: &str) -> Bytes {
+    let cmd = phalanx_proto::KvCommand {
+        op: Some(phalanx_proto::kv_command::Op::Put(phalanx_proto::PutRequest {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        })),
+    };
+    prost::Message::encode_to_vec(&cmd).into()
+}
+
+/// Waits until node `id` has held `n` proposals for a leadership transfer.
+fn wait_held(c: &Cluster, id: u64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while block_on(c.handle(id).stats()).core().proposals_held < n {
+        assert!(Instant::now() < deadline, "node {id} held no proposal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A write that reaches a leader while it hands its leadership to a follower that cannot
+/// take it (cut off) waits for the transfer to give up and then commits there. It used to be
+/// refused `Busy`, as if the node were overloaded: every cluster start showed a few, when the
+/// balancer moved leaderships to their preferred nodes.
+#[test]
+fn a_write_during_a_transfer_that_gives_up_commits_on_the_leader() {
+    let c = transfer_cluster();
+    c.put("before", "1");
+    let leader = c.leader(1).expect("partition 1 has a leader");
+    let target = c.up().into_iter().find(|i| *i != leader).expect("a follower");
+    c.net.isolate(target);
+    c.put("lagging", "1");
+    block_on(c.handle(leader).transfer_leadership(1, target)).expect("transfer starts");
+    let p = c.handle(leader).partition_key("during");
+    let r = block_on(c.handle(leader).replicate(p, phalanx::kv::KV_LOG_TYPE, kv_put("during", "1")));
+    assert!(r.success(), "a write during a transfer that gave up: {:?}", r.status);
+    assert_eq!(c.leader(1), Some(leader), "the transfer gave up: the leader still leads");
+    assert!(block_on(c.handle(leader).stats()).core().proposals_held >= 1, "the write was held");
+    c.net.rejoin(target);
+    assert_eq!(c.get(leader, "during").as_deref(), Some("1"));
+}
+
+/// A write held while the leader hands over, when the handover succeeds, is answered
+/// `NodeIsNotLeader` and was never appended: the client retries at the new leader knowing
+/// nothing happened. (The target's acknowledgements are cut, so the leader thinks it lags and
+/// the transfer waits; healing them lets it take over while the write is held.)
+#[test]
+fn a_write_held_during_a_transfer_that_succeeds_is_refused_unappended() {
+    let c = transfer_cluster();
+    c.put("before", "1");
+    let leader = c.leader(1).expect("partition 1 has a leader");
+    let target = c.up().into_iter().find(|i| *i != leader).expect("a follower");
+    c.net.cut(target, leader);
+    c.put("lagging", "1");
+    block_on(c.handle(leader).transfer_leadership(1, target)).expect("transfer starts");
+    let h = c.handle(leader);
+    let p = h.partition_key("held");
+    let write = std::thread::spawn(move || {
+        block_on(h.replicate(p, phalanx::kv::KV_LOG_TYPE, kv_put("held", "1"))).status
+    });
+    wait_held(&c, leader, 1);
+    c.net.heal(target, leader);
+    let status = write.join().expect("writer thread");
+    assert_eq!(status, Status::NodeIsNotLeader, "the held write after the leadership moved");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.leader(1) != Some(target) {
+        assert!(Instant::now() < deadline, "node {target} did not take over partition 1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.put("after", "1");
+    for id in c.up() {
+        assert_eq!(c.get(id, "held"), None, "node {id} applied the refused write");
+        assert_eq!(c.get(id, "after").as_deref(), Some("1"));
+    }
+}
+
 #[test]
 fn survives_leader_crash_and_restart_converges() {
     let mut c = Cluster::with_leaders(3, 64, StorageKind::Wal);

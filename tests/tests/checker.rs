@@ -119,6 +119,19 @@ fn acknowledged_write_never_delivered_is_lost() {
 }
 
 #[test]
+fn refused_proposal_in_a_log_is_caught() {
+    let mut c = Checker::new();
+    let (e, other) = (entry(1, 1, "a"), entry(2, 1, "b"));
+    c.on_append(1, 1, &e, Some(0));
+    c.on_refused(1, Ticket::default(), &[entry_id(&other)]);
+    c.finish();
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    c.on_refused(1, Ticket::default(), &[entry_id(&e)]);
+    c.finish();
+    assert!(matches!(c.violations[..], [Violation::RefusedAppended { group: 1, .. }]));
+}
+
+#[test]
 fn acknowledged_write_delivered_twice_is_caught() {
     let mut c = Checker::new();
     let e = entry(1, 1, "a");

@@ -144,6 +144,7 @@ fn simulator_sweep() {
         println!("{}", r.final_state);
     }
     let acked: u64 = reports.iter().map(|r| r.acked).sum();
+    let refused: u64 = reports.iter().map(|r| r.refused).sum();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let disk_losses: u64 = reports.iter().map(|r| r.disk_losses).sum();
     let snapshots: u64 = reports.iter().map(|r| r.snapshots).sum();
@@ -153,7 +154,7 @@ fn simulator_sweep() {
     let rosters: u64 = reports.iter().map(|r| r.roster_versions).sum();
     let quiesced: u64 = reports.iter().map(|r| r.quiesced_ticks).sum();
     println!(
-        "sim: seeds={} steps={} violations={} (acked={acked} crashes={crashes} disk-losses={disk_losses} snapshots={snapshots} \
+        "sim: seeds={} steps={} violations={} (acked={acked} refused={refused} crashes={crashes} disk-losses={disk_losses} snapshots={snapshots} \
          liveness-checked={live} fetches={fetches} fetches-overtaken={overtaken} roster-versions={rosters} \
          quiesced-leader-ticks={quiesced} wall={:.1}s)",
         seeds.len(),

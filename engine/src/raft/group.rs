@@ -292,6 +292,13 @@ impl RaftGroup {
         self.role == Role::Leader
     }
 
+    /// Leader only: the voter a leadership transfer in progress hands over to. Proposals are
+    /// refused (`Busy`) until the transfer ends, within an election timeout.
+    #[must_use]
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.transfer.as_deref().map(|&(target, _)| target)
+    }
+
     /// The log.
     #[must_use]
     pub fn log(&self) -> &RaftLog {

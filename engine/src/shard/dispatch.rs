@@ -7,6 +7,7 @@ use bytes::Bytes;
 use phalanx_storage::limits::ENTRY_RECORD_OVERHEAD_BYTES;
 
 use super::ShardCore;
+use super::held::Proposing;
 use super::request::{Answer, ControlOp, Op, PartitionStatus, ReplicationResult, Request};
 use super::system_duties::SYSTEM_LOG_TYPE;
 use super::waiters::{ProposalWaiter, ReadKind};
@@ -83,19 +84,14 @@ impl<R> ShardCore<R> {
                     ProposalKind::TwoStep
                 };
                 let proposal = Proposal { kind, log_type, payloads, ticket };
-                let outcome = self.multi.update(partition, |g| g.propose(proposal));
-                self.track_proposal(partition, ticket, outcome, reply, deadline);
+                self.submit(partition, Proposing::Entries(proposal), reply, deadline);
             }
             Op::Marker { partition, ticket, commit } => {
-                let outcome = self.multi.update(partition, |g| {
-                    if commit { g.commit_logs(ticket) } else { g.rollback_logs(ticket) }
-                });
-                self.track_proposal(partition, ticket, outcome, reply, deadline);
+                self.submit(partition, Proposing::Marker { ticket, commit }, reply, deadline);
             }
             Op::Checkpoint { partition } => {
                 let ticket = self.hlc.now(self.wall_ms);
-                let outcome = self.multi.update(partition, |g| g.propose_checkpoint(ticket));
-                self.track_proposal(partition, ticket, outcome, reply, deadline);
+                self.submit(partition, Proposing::Checkpoint(ticket), reply, deadline);
             }
             Op::ReadBarrier { partition } => self.start_read(partition, ReadKind::Barrier, reply, deadline),
             Op::Query { partition, query } => {
@@ -166,7 +162,7 @@ impl<R> ShardCore<R> {
         if total > self.limits.request_bytes_max { Err(Status::TooLarge) } else { Ok(()) }
     }
 
-    fn track_proposal(
+    pub(super) fn track_proposal(
         &mut self,
         partition: PartitionId,
         ticket: Ticket,
@@ -300,7 +296,7 @@ impl<R> ShardCore<R> {
             // The core counts every refusal; the unknown groups' are in both counts.
             messages_refused: self.counters.messages_refused.saturating_sub(unknown),
             writes_in_flight: self.writes_in_flight,
-            waiting_callers: self.waiters.len() + self.leader_waiters.len(),
+            waiting_callers: self.waiters.len() + self.leader_waiters.len() + self.held.len(),
             ..self.counters
         }
     }

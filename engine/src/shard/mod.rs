@@ -30,6 +30,7 @@
 //! | `mod.rs` | the core's state, its inputs and its output |
 //! | `request.rs` | what callers ask and what the core answers |
 //! | `dispatch.rs` | requests: the door's checks, proposals, reads, controls, leader waits |
+//! | `held.rs` | proposals held while their partition's leadership is handed over |
 //! | `pipeline.rs` | the Ready pipeline: Readies into write jobs, applying, completions |
 //! | `waiters.rs` | callers waiting for commits and reads, and their deadlines |
 //! | `limits.rs` | the byte limits, derived from the store's and the transport's |
@@ -48,6 +49,7 @@ mod balance;
 pub mod checkpoint_saves;
 mod checkpoints;
 mod dispatch;
+mod held;
 pub mod limits;
 pub mod lost_state;
 pub mod membership;
@@ -170,6 +172,8 @@ pub struct ShardCore<R> {
     sms: IdHashMap<PartitionId, Box<dyn StateMachine>>,
     waiters: Waiters<R>,
     leader_waiters: Vec<LeaderWaiter<R>>,
+    /// Proposals waiting for their partition's leadership transfer to end (`held.rs`).
+    held: held::Held<R>,
     hlc: HybridLogicalClock,
     /// Per partition: the commit index found at restart; entries up to it are replays.
     replay_until: IdHashMap<PartitionId, u64>,
@@ -329,6 +333,7 @@ impl<R> ShardCore<R> {
             self.next_tick = now + self.tick;
         }
         self.waiters.expire(now);
+        self.expire_held(now);
         self.check_leader_waiters(now);
         let seen = std::mem::take(&mut self.peers_seen);
         if self.system.is_some() {

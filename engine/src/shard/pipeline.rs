@@ -27,6 +27,7 @@ impl<R> ShardCore<R> {
     /// applied and callers answered, the persistent part into write jobs; then the turn's
     /// messages are cut into frames.
     pub fn process_readies(&mut self) {
+        self.release_held();
         for _ in 0..MAX_READY_ROUNDS_PER_TURN {
             if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT {
                 break;

@@ -114,6 +114,7 @@ impl<R> ShardCore<R> {
             writes_in_flight: 0,
             sms,
             waiters: Waiters::new(wall_ms),
+            held: Default::default(),
             leader_waiters: Vec::new(),
             replay_until,
             compact_wanted: Vec::new(),

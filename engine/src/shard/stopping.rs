@@ -28,6 +28,7 @@ impl<R> ShardCore<R> {
         self.multi.remove_group(p);
         self.sms.remove(&p);
         self.waiters.fail_partition(p, Status::Errored);
+        self.fail_held(Some(p), Status::Errored);
         self.fail_leader_waiters(Some(p), Status::Errored);
         self.replay_until.remove(&p);
         self.compact_wanted.retain(|q| *q != p);
@@ -46,6 +47,7 @@ impl<R> ShardCore<R> {
     /// The job acknowledges nothing (number 0): nothing acts on its completion.
     pub fn shut_down(&mut self) -> Option<WriteJob> {
         self.waiters.fail_all(Status::Errored);
+        self.fail_held(None, Status::Errored);
         self.fail_leader_waiters(None, Status::Errored);
         let groups: Vec<PartitionId> = self.multi.group_ids().collect();
         let mut partitions = Vec::new();

@@ -73,6 +73,15 @@ pub enum Violation {
         /// The proposal's ticket.
         ticket: String,
     },
+    /// A proposal its client was told was never appended (refused as `NodeIsNotLeader` or
+    /// `Busy`: retry elsewhere or later, nothing happened) is in a log: a retry would apply it
+    /// twice.
+    RefusedAppended {
+        /// Group.
+        group: GroupId,
+        /// The proposal's ticket.
+        ticket: String,
+    },
     /// One entry delivered twice to one state machine.
     DuplicateApply {
         /// Group.
@@ -207,6 +216,8 @@ struct GroupRegistry {
     resolution: HashMap<Ticket, bool>,
     /// Content ids of acknowledged entries, with their ticket.
     acked: Vec<(u64, Ticket)>,
+    /// Content ids of entries whose proposal was refused as never appended, with its ticket.
+    refused: Vec<(u64, Ticket)>,
     /// Highest index of an acknowledged write.
     max_acked_index: u64,
 }
@@ -383,6 +394,12 @@ impl Checker {
         reg.max_acked_index = reg.max_acked_index.max(index);
     }
 
+    /// A client was told its proposal (entries with `ids`, ticket `ticket`) was never
+    /// appended and never will be.
+    pub fn on_refused(&mut self, group: GroupId, ticket: Ticket, ids: &[u64]) {
+        self.g(group).refused.extend(ids.iter().map(|&i| (i, ticket)));
+    }
+
     /// The highest index any replica of `group` was seen to commit.
     #[must_use]
     pub fn highest_commit(&self, group: GroupId) -> u64 {
@@ -476,10 +493,21 @@ impl Checker {
         self.violations.push(Violation::Liveness { group, detail });
     }
 
-    /// End of run: every acknowledged write is in the state machine input exactly once, and
-    /// no rolled-back two-step entry is.
+    /// End of run: every acknowledged write is in the state machine input exactly once, no
+    /// rolled-back two-step entry is, and no refused proposal is in any log.
     pub fn finish(&mut self) {
         for (&group, reg) in &self.groups {
+            if !reg.refused.is_empty() {
+                let appended: std::collections::HashSet<u64> =
+                    reg.entries.values().map(|(id, _)| *id).collect();
+                let mut reported = BTreeSet::new();
+                for (id, ticket) in &reg.refused {
+                    if appended.contains(id) && reported.insert(*ticket) {
+                        self.violations
+                            .push(Violation::RefusedAppended { group, ticket: ticket.to_string() });
+                    }
+                }
+            }
             let mut count: HashMap<u64, usize> = HashMap::new();
             for id in &reg.deliveries {
                 *count.entry(*id).or_default() += 1;

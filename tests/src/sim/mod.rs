@@ -167,6 +167,9 @@ pub struct Report {
     pub messages: u64,
     /// Client writes acknowledged.
     pub acked: u64,
+    /// Client writes refused, never appended, after their proposal got a ticket (mostly held
+    /// through a leadership transfer that moved the leadership: `shard/held.rs`).
+    pub refused: u64,
     /// Leaders elected (distinct group/term pairs).
     pub elections: u64,
     /// Snapshots sent.
@@ -296,6 +299,7 @@ impl Sim {
             trace_hash: self.trace.finish(),
             messages: self.net.sent,
             acked: self.workload.acked,
+            refused: self.workload.refused,
             elections: self.workload.leaders_seen,
             snapshots: self.nodes.iter().map(|n| snapshots_sent(n, &self.groups)).sum(),
             crashes: self.crashes,

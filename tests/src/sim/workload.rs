@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use phalanx::hlc::Ticket;
-use phalanx::raft::{GroupId, NodeId, Proposal, ProposalKind, SeededRng};
+use phalanx::raft::{GroupId, NodeId, Proposal, ProposalKind, SeededRng, Status};
 use phalanx::shard::request::{Answer, ControlOp, Op, Request};
 use phalanx_proto::{EntryKind, LogEntry};
 
@@ -63,6 +63,9 @@ pub struct Workload {
     leaders: HashSet<(GroupId, u64)>,
     /// Acknowledged writes.
     pub acked: u64,
+    /// Writes refused after a ticket was assigned (held through a leadership transfer that
+    /// moved the leadership, or over a leader's uncommitted limit), none of them appended.
+    pub refused: u64,
     /// Distinct (group, term) leaders seen.
     pub leaders_seen: u64,
     /// When faults stopped.
@@ -336,6 +339,18 @@ impl Workload {
                     if probe && self.heal_at.is_some() {
                         self.live.insert(p.group);
                     }
+                }
+                // Refused before anything was appended: none of it may ever be in a log. (A
+                // refusal at the door carries the zero ticket, an id no entry has.)
+                (What::Write { payloads, .. }, Answer::Replication(r))
+                    if matches!(r.status, Status::NodeIsNotLeader | Status::Busy) =>
+                {
+                    self.refused += u64::from(!r.ticket.is_zero());
+                    checker.on_refused(
+                        p.group,
+                        r.ticket,
+                        &ids(EntryKind::Normal, LOG_TYPE, &payloads, r.ticket),
+                    );
                 }
                 (What::TwoStep { payloads }, Answer::Replication(r)) if r.success() => {
                     let commit = self.next_id % 10 < 7;
