@@ -10,10 +10,13 @@
 //! So the shard holds such proposals, in arrival order, and proposes them when the transfer
 //! ends: here, if the transfer gave up and this node still leads; otherwise they are answered
 //! `NodeIsNotLeader`, never having been appended, and the client retries at the new leader,
-//! which the answer names. A proposal arriving while others of its partition are held waits
-//! behind them, so a partition's proposals keep their order. A transfer ends within an
-//! election timeout (the group gives up then), so nothing waits long; a held proposal past its
-//! caller's deadline is answered `ProposalTimeout`, also never appended.
+//! which the answer names. (A leader hands over by stepping down at its successor's vote
+//! request, before it knows who won: so they wait for the new leader's first message too.)
+//! A proposal arriving while others of its partition are held waits behind them, so a
+//! partition's proposals keep their order. A transfer ends within an election timeout (the
+//! group gives up then), and a partition holds proposals at most
+//! [`HOLD_MAX_ELECTION_TIMEOUTS`] election timeouts; a held proposal past its caller's
+//! deadline is answered `ProposalTimeout`, also never appended.
 //!
 //! What one partition holds is bounded by what its leader accepts uncommitted
 //! (`raft.max_uncommitted_entries` and `raft.max_uncommitted_bytes`): released at once, more
@@ -29,6 +32,11 @@ use super::request::{Answer, ReplicationResult};
 use crate::hlc::Ticket;
 use crate::raft::{Proposal, Proposed, RaftGroup, Status};
 use crate::state_machine::PartitionId;
+
+/// Longest a partition holds proposals, in (longest) election timeouts: the transfer ends
+/// within one, and the winner of the election it started announces itself within the next.
+/// Past it, they are proposed or refused even if no leader is known.
+const HOLD_MAX_ELECTION_TIMEOUTS: u32 = 2;
 
 /// A proposal on its way into a group's log.
 pub(super) enum Proposing {
@@ -91,6 +99,8 @@ struct HeldProposal<R> {
 /// One partition's held proposals, in arrival order, and what they add up to.
 struct Queue<R> {
     items: VecDeque<HeldProposal<R>>,
+    /// When the partition started holding.
+    since: Instant,
     entries: usize,
     bytes: u64,
 }
@@ -131,8 +141,10 @@ impl<R> ShardCore<R> {
         }
         let (entries_max, bytes_max) =
             (self.cfg.raft.max_uncommitted_entries, self.cfg.raft.max_uncommitted_bytes);
+        let since = self.now;
         let q = self.held.by_partition.entry(partition).or_insert_with(|| Queue {
             items: VecDeque::new(),
+            since,
             entries: 0,
             bytes: 0,
         });
@@ -149,17 +161,28 @@ impl<R> ShardCore<R> {
     }
 
     /// Step 3's start: proposes what partitions whose transfer ended hold — here if this node
-    /// still leads, else it is refused `NodeIsNotLeader` (nothing was appended).
+    /// still leads, else it is refused `NodeIsNotLeader` (nothing was appended) once the new
+    /// leader is known.
     pub(super) fn release_held(&mut self) {
         if self.held.by_partition.is_empty() {
             return;
         }
+        let hold_max = self
+            .tick
+            .saturating_mul(u32::try_from(self.cfg.raft.election_ticks_max).unwrap_or(u32::MAX))
+            .saturating_mul(HOLD_MAX_ELECTION_TIMEOUTS);
+        let now = self.now;
         let ended: Vec<PartitionId> = self
             .held
             .by_partition
-            .keys()
-            .copied()
-            .filter(|p| self.multi.group(*p).is_none_or(|g| g.transferring_to().is_none()))
+            .iter()
+            .filter(|(p, q)| {
+                self.multi.group(**p).is_none_or(|g| {
+                    g.transferring_to().is_none() && (g.is_leader() || g.leader().is_some())
+                        || now.saturating_duration_since(q.since) >= hold_max
+                })
+            })
+            .map(|(p, _)| *p)
             .collect();
         for p in ended {
             let Some(q) = self.held.by_partition.remove(&p) else { continue };
