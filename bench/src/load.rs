@@ -237,7 +237,8 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// Pause after a `Busy` answer: the node asked us to back off.
 const BUSY_PAUSE: Duration = Duration::from_micros(200);
 /// How long a checkpoint the node refused as `Busy` stays due: longer than a leadership
-/// transfer (at most an election timeout), during which a leader refuses proposals.
+/// transfer (at most an election timeout, during which a leader holds proposals) and the
+/// wait for the next leader that may follow it.
 const CHECKPOINT_BUSY_RETRY: Duration = Duration::from_secs(2);
 /// Pause between those retries.
 const CHECKPOINT_BUSY_PAUSE: Duration = Duration::from_millis(1);
@@ -415,7 +416,7 @@ async fn client(
             && outcome.success()
             && shared.checkpoint_due(p, opts.batch as u64, opts.checkpoint_every)
         {
-            // Refused as Busy (a leadership transfer, a full inbox), it is still due: an
+            // Refused as Busy (a full inbox, the uncommitted limit), it is still due: an
             // application retries it rather than skip a compaction.
             let give_up = Instant::now() + CHECKPOINT_BUSY_RETRY;
             let mut done = target.exec(OpKind::Checkpoint, p, &[], &value, 1).await;
