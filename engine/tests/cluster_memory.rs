@@ -155,13 +155,7 @@ impl Cluster {
     fn put(&self, key: &str, value: &str) -> u64 {
         let h = self.handle(self.up()[0]);
         let p = h.partition_key(key);
-        let cmd = phalanx_proto::KvCommand {
-            op: Some(phalanx_proto::kv_command::Op::Put(phalanx_proto::PutRequest {
-                key: key.into(),
-                value: Bytes::copy_from_slice(value.as_bytes()),
-            })),
-        };
-        let payload: Bytes = prost::Message::encode_to_vec(&cmd).into();
+        let payload = kv_put(key, value);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(l) = self.leader(p) {
@@ -319,6 +313,7 @@ fn transfer_cluster() -> Cluster {
     c
 }
 
+/// The payload of a KV put of `key = value`.
 fn kv_put(key: &str, value: &str) -> Bytes {
     let cmd = phalanx_proto::KvCommand {
         op: Some(phalanx_proto::kv_command::Op::Put(phalanx_proto::PutRequest {
@@ -327,6 +322,19 @@ fn kv_put(key: &str, value: &str) -> Bytes {
         })),
     };
     prost::Message::encode_to_vec(&cmd).into()
+}
+
+/// Writes to partition 1, cuts the network with `cut(leader, target)` so the transfer to
+/// `target` cannot end at once, writes again (the target lags), and starts that transfer.
+/// Returns (leader, target).
+fn start_a_stuck_transfer(c: &Cluster, cut: impl Fn(&MemoryNetwork, u64, u64)) -> (u64, u64) {
+    c.put("before", "1");
+    let leader = c.leader(1).expect("partition 1 has a leader");
+    let target = c.up().into_iter().find(|i| *i != leader).expect("a follower");
+    cut(&c.net, leader, target);
+    c.put("lagging", "1");
+    block_on(c.handle(leader).transfer_leadership(1, target)).expect("transfer starts");
+    (leader, target)
 }
 
 /// Waits until node `id` has held `n` proposals for a leadership transfer.
@@ -345,12 +353,7 @@ fn wait_held(c: &Cluster, id: u64, n: u64) {
 #[test]
 fn a_write_during_a_transfer_that_gives_up_commits_on_the_leader() {
     let c = transfer_cluster();
-    c.put("before", "1");
-    let leader = c.leader(1).expect("partition 1 has a leader");
-    let target = c.up().into_iter().find(|i| *i != leader).expect("a follower");
-    c.net.isolate(target);
-    c.put("lagging", "1");
-    block_on(c.handle(leader).transfer_leadership(1, target)).expect("transfer starts");
+    let (leader, target) = start_a_stuck_transfer(&c, |net, _, target| net.isolate(target));
     let p = c.handle(leader).partition_key("during");
     let r = block_on(c.handle(leader).replicate(p, phalanx::kv::KV_LOG_TYPE, kv_put("during", "1")));
     assert!(r.success(), "a write during a transfer that gave up: {:?}", r.status);
@@ -367,12 +370,7 @@ fn a_write_during_a_transfer_that_gives_up_commits_on_the_leader() {
 #[test]
 fn a_write_held_during_a_transfer_that_succeeds_is_refused_unappended() {
     let c = transfer_cluster();
-    c.put("before", "1");
-    let leader = c.leader(1).expect("partition 1 has a leader");
-    let target = c.up().into_iter().find(|i| *i != leader).expect("a follower");
-    c.net.cut(target, leader);
-    c.put("lagging", "1");
-    block_on(c.handle(leader).transfer_leadership(1, target)).expect("transfer starts");
+    let (leader, target) = start_a_stuck_transfer(&c, |net, leader, target| net.cut(target, leader));
     let h = c.handle(leader);
     let p = h.partition_key("held");
     let write = std::thread::spawn(move || {

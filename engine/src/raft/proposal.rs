@@ -26,7 +26,7 @@ impl RaftGroup {
             ProposalKind::System => EntryKind::System,
         };
         self.check_can_propose(p.payloads.len())?;
-        let bytes: u64 = p.payloads.iter().map(|b| (b.len() + p.log_type.len()) as u64).sum();
+        let bytes = p.bytes();
         // Like etcd's MaxUncommittedEntriesSize: a leader whose followers cannot keep up
         // holds back new proposals instead of its memory growing with them; one proposal
         // always passes an empty tail, so no single proposal is refused forever.

@@ -146,6 +146,15 @@ pub struct Proposal {
     pub ticket: Ticket,
 }
 
+impl Proposal {
+    /// Bytes it adds to a leader's uncommitted tail (`Config::max_uncommitted_bytes`): each
+    /// entry's payload and log type.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.payloads.iter().map(|b| (b.len() + self.log_type.len()) as u64).sum()
+    }
+}
+
 /// Where a proposal landed in the log: entries `first_index..=last_index` of `term`. The
 /// proposal succeeded when the entry at `last_index` is applied with the same `term`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

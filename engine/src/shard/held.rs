@@ -73,7 +73,7 @@ impl Proposing {
     /// Bytes it appends, counted as the leader counts its uncommitted tail.
     fn bytes(&self) -> u64 {
         match self {
-            Proposing::Entries(p) => p.payloads.iter().map(|b| (b.len() + p.log_type.len()) as u64).sum(),
+            Proposing::Entries(p) => p.bytes(),
             Proposing::Marker { .. } | Proposing::Checkpoint(_) => 0,
         }
     }
