@@ -15,7 +15,8 @@
 //!    `membership.promote_max_lag_entries`); voters the roster has as learners stop voting;
 //! 4. members that left the roster (or are leaving) are removed; a leader that is one hands
 //!    its leadership to the voter furthest along first. The system partition removes a
-//!    leaving voter last, so it learns the roster until it has handed over everything.
+//!    leaving member last (a voter, or a learner it has not promoted yet), so the member
+//!    learns the roster until it has handed over everything.
 //!
 //! A change of voters waits until the configuration it makes has a quorum of active members
 //! (`RaftGroup::quorum_active_in`), so following the roster never strands a partition that
@@ -69,7 +70,14 @@ pub fn next_step(
 ) -> Option<Step> {
     let role = |id: NodeId| roster.members.get(&id).map(|m| m.role);
     let kept = |id: NodeId| matches!(role(id), Some(Role::Voter | Role::Learner));
-    if let Some(l) = conf.learners.iter().find(|l| !kept(**l)) {
+    // The system partition drops a leaving member last, voter or still a learner there (a
+    // partition may not have promoted it yet when it is asked to leave): until then the
+    // member still learns the roster there, and so hands over the other partitions it leads.
+    // Dropped first, it never learns it is leaving, and leads on where it votes.
+    let others_done = || roster.partition_ids().skip(1).all(|p| roster.progress.contains(&p));
+    let drop_now =
+        |id: NodeId| !kept(id) && (partition != 0 || role(id) != Some(Role::Leaving) || others_done());
+    if let Some(l) = conf.learners.iter().find(|l| drop_now(**l)) {
         return Some(Step::Remove(*l));
     }
     if let Some(m) = roster.members.values().find(|m| m.role != Role::Leaving && !conf.contains(m.id)) {
@@ -97,14 +105,7 @@ pub fn next_step(
             .min_by_key(|v| lag(*v).unwrap_or(u64::MAX))
             .map(Step::HandOver);
     }
-    // The system partition drops a leaving voter last: until then the member still learns
-    // the roster there, and so hands over the other partitions it leads.
-    let others_done = || roster.partition_ids().skip(1).all(|p| roster.progress.contains(&p));
-    conf.voters
-        .iter()
-        .copied()
-        .find(|v| !kept(*v) && (partition != 0 || role(*v) != Some(Role::Leaving) || others_done()))
-        .map(Step::Remove)
+    conf.voters.iter().copied().find(|v| drop_now(*v)).map(Step::Remove)
 }
 
 impl Step {
@@ -418,6 +419,22 @@ mod tests {
         assert_eq!(next_step(0, &c, 3, &r, CAUGHT_UP, 10), Some(Step::HandOver(1)));
         assert_eq!(r.note_progress(2, 3, &[1]), None);
         assert_eq!(next_step(0, &c, 1, &r, CAUGHT_UP, 10), Some(Step::Remove(3)));
+    }
+
+    #[test]
+    fn the_system_partition_drops_a_leaving_member_it_has_not_promoted_yet_last_too() {
+        // 4 joined and was promoted by the roster; partition 1 made it a voter, the system
+        // partition not yet, when it was asked to leave. It leads partition 1, so it must go
+        // on learning the roster to hand partition 1 over.
+        let mut r = roster(&[1, 2, 3]);
+        r.apply(1, &Change::Add(4, "h:4".into(), String::new())).expect("adds");
+        assert_eq!(r.note_progress(2, 4, &[0, 1]), Some(Change::Promote(4)));
+        r.apply(3, &Change::Remove(4)).expect("4 leaves");
+        let system = conf(&[1, 2, 3], &[4]);
+        assert_eq!(next_step(0, &system, 1, &r, CAUGHT_UP, 10), None);
+        assert_eq!(next_step(1, &conf(&[1, 2, 3, 4], &[]), 4, &r, CAUGHT_UP, 10), Some(Step::HandOver(1)));
+        assert_eq!(r.note_progress(4, 4, &[1]), None);
+        assert_eq!(next_step(0, &system, 1, &r, CAUGHT_UP, 10), Some(Step::Remove(4)));
     }
 
     #[test]
