@@ -347,3 +347,78 @@ fn clients_connecting_while_the_port_stops_are_answered_or_refused_at_connect() 
         }
     }
 }
+
+/// Issue 15: clients sending on their connection without pause while the port stops never
+/// see it cut. Each request gets its answer, or the connection gets the drain's go-elsewhere
+/// (an id-0 `NOT_LEADER` naming no leader) as the answer to the next request: a request that
+/// arrives just as the drain chose the connection is not executed, and the client is told.
+/// Writes and reads alternate, so some are in flight through the drain.
+#[test]
+fn clients_sending_without_pause_while_the_port_stops_get_an_answer_or_the_go_elsewhere() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Stops of the port, each with every client sending throughout.
+    const ROUNDS: usize = 10;
+    /// Client threads, each on one connection.
+    const SENDERS: usize = 8;
+    let timeouts =
+        phalanx::client::ClientTimeouts { connect: Duration::from_secs(2), request: Duration::from_secs(10) };
+    for round in 0..ROUNDS {
+        let mut srv = serve(ServerLimits::default());
+        let ep = srv.addr.to_string();
+        let answered = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..SENDERS)
+            .map(|t| {
+                let (ep, answered) = (ep.clone(), answered.clone());
+                std::thread::spawn(move || -> Result<u64, String> {
+                    let mut c = Client::connect_with(&ep, timeouts).map_err(|e| format!("connect: {e}"))?;
+                    let mut started = false;
+                    for n in 0u64.. {
+                        let op = if n % 2 == 0 {
+                            Op::Put(phalanx_proto::PutRequest {
+                                key: format!("k{t}"),
+                                value: bytes::Bytes::from(format!("{n}")),
+                            })
+                        } else {
+                            Op::Status(StatusRequest {})
+                        };
+                        match c.call(op) {
+                            Ok(_) => {
+                                started |= n % 2 == 0;
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(ClientFailure::Server(e))
+                                if e.code == ClientErrorCode::NotLeader as i32
+                                    && e.message.contains("shutting down") =>
+                            {
+                                return Ok(n);
+                            }
+                            // Before its first write is answered, the node may not lead the key's
+                            // partition yet (a status is answered either way).
+                            Err(ClientFailure::Server(e))
+                                if !started && e.code == ClientErrorCode::NotLeader as i32 =>
+                            {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            Err(e) => return Err(format!("request {n}: {e}")),
+                        }
+                    }
+                    Err("unreachable".into())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        // Until enough answers, or a sender is done early (its error is reported below).
+        while answered.load(Ordering::Relaxed) < 400
+            && !threads.iter().any(std::thread::JoinHandle::is_finished)
+        {
+            assert!(Instant::now() < deadline, "clients are answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        srv.server.take().expect("running").shutdown();
+        for t in threads {
+            let outcome = t.join().expect("client thread");
+            assert!(outcome.is_ok(), "round {round}: {}", outcome.unwrap_err());
+        }
+    }
+}
