@@ -332,11 +332,7 @@ fn clients_connecting_while_the_port_stops_are_answered_or_refused_at_connect() 
                 })
             })
             .collect();
-        let deadline = Instant::now() + WAIT;
-        while answered.load(Ordering::Relaxed) < 200 {
-            assert!(Instant::now() < deadline, "clients are answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_answers(&answered, 200, &threads);
         srv.server.take().expect("running").shutdown();
         // Connect attempts go on against the closed port for a moment (refused at once).
         std::thread::sleep(Duration::from_millis(50));
@@ -373,7 +369,8 @@ fn clients_sending_without_pause_while_the_port_stops_get_an_answer_or_the_go_el
                 std::thread::spawn(move || -> Result<u64, String> {
                     let mut c = Client::connect_with(&ep, timeouts).map_err(|e| format!("connect: {e}"))?;
                     let mut started = false;
-                    for n in 0u64.. {
+                    let mut n = 0u64;
+                    loop {
                         let op = if n % 2 == 0 {
                             Op::Put(phalanx_proto::PutRequest {
                                 key: format!("k{t}"),
@@ -402,23 +399,32 @@ fn clients_sending_without_pause_while_the_port_stops_get_an_answer_or_the_go_el
                             }
                             Err(e) => return Err(format!("request {n}: {e}")),
                         }
+                        n += 1;
                     }
-                    Err("unreachable".into())
                 })
             })
             .collect();
-        let deadline = Instant::now() + WAIT;
-        // Until enough answers, or a sender is done early (its error is reported below).
-        while answered.load(Ordering::Relaxed) < 400
-            && !threads.iter().any(std::thread::JoinHandle::is_finished)
-        {
-            assert!(Instant::now() < deadline, "clients are answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_answers(&answered, 400, &threads);
         srv.server.take().expect("running").shutdown();
         for t in threads {
             let outcome = t.join().expect("client thread");
             assert!(outcome.is_ok(), "round {round}: {}", outcome.unwrap_err());
         }
+    }
+}
+
+/// Waits until the clients had `n` answers, or one of their threads ended early (the caller
+/// reports its error when it joins them).
+fn wait_for_answers<T>(
+    answered: &std::sync::atomic::AtomicU64,
+    n: u64,
+    threads: &[std::thread::JoinHandle<T>],
+) {
+    let deadline = Instant::now() + WAIT;
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < n
+        && !threads.iter().any(std::thread::JoinHandle::is_finished)
+    {
+        assert!(Instant::now() < deadline, "clients are answered");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
