@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use phalanx::raft::{Config, NodeId, Role};
+use phalanx::raft::{Config, NodeId, Role, preferred_leader};
 
 /// Ticks of idleness before a leader quiesces, in these tests.
 const QUIESCE_AFTER: u64 = 10;
@@ -18,9 +18,14 @@ fn quiescing(c: &mut Config) {
 
 /// A three-voter group led by 1 with one committed write, quiesced.
 fn quiesced_cluster() -> Cluster {
+    quiesced_cluster_led_by(1)
+}
+
+/// A three-voter group led by `leader` with one committed write, quiesced.
+fn quiesced_cluster_led_by(leader: NodeId) -> Cluster {
     let mut c = Cluster::new(&[1, 2, 3], quiescing);
-    c.elect(1);
-    c.propose(1, "a").expect("accepted");
+    c.elect(leader);
+    c.propose(leader, "a").expect("accepted");
     c.stabilize();
     c.ticks(QUIESCE_AFTER + 3 * 2);
     for id in [1, 2, 3] {
@@ -104,7 +109,7 @@ fn a_read_wakes_the_leader_and_needs_a_quorum() {
 }
 
 #[test]
-fn quiesced_followers_wait_for_the_detector_then_elect_at_once() {
+fn quiesced_followers_wait_for_the_detector_then_elect() {
     let mut c = quiesced_cluster();
     c.crash(1);
     c.ticks(200);
@@ -112,18 +117,69 @@ fn quiesced_followers_wait_for_the_detector_then_elect_at_once() {
     for id in [2, 3] {
         assert_eq!(c.raft(id).role(), Role::Follower, "node {id} campaigned while its leader was alive");
     }
-    // The detector suspects 1 on node 2 first: it campaigns at once, node 3 (still trusting
-    // its leader) refuses.
+    // The detector suspects 1 on node 2 first. Node 2 is the group's preferred leader (voter
+    // 1 % 3 of [1, 2, 3]), so it campaigns at once; node 3, still trusting its leader, refuses.
+    assert_eq!(preferred_leader(GROUP, [1, 2, 3].into_iter()), Some(2));
     c.raft_mut(2).leader_suspected(1);
     c.stabilize();
     assert!(c.raft(3).is_quiesced(), "a quiesced follower followed a challenger of a live leader");
-    // Node 3 suspects it too: it campaigns at once and node 2, awake, grants.
+    // Node 3 suspects it too: it campaigns in its turn, one heartbeat interval later, and
+    // node 2, awake, grants.
     c.raft_mut(3).leader_suspected(1);
     c.stabilize();
+    c.ticks(config(3).heartbeat_ticks);
     let new = c.leader().filter(|l| *l != 1);
-    assert!(new.is_some(), "no new leader after both suspected the old one");
-    c.propose(new.unwrap_or(2), "after").expect("accepted");
+    assert_eq!(new, Some(3), "no new leader after both suspected the old one");
+    c.propose(3, "after").expect("accepted");
     c.stabilize();
+}
+
+/// The followers of a lost leader hear the detector's verdict in the same tick. They
+/// campaign in turns from the preferred leader on, not together: together, each would grant
+/// the other's PreVote, run in the same term and split the vote, and nobody would lead until
+/// an election timeout later.
+#[test]
+fn followers_suspecting_their_lost_leader_together_campaign_in_turns() {
+    // Node 2 is the preferred leader, and the one lost: node 3 (next in turn) goes first.
+    let mut c = quiesced_cluster_led_by(2);
+    let term = c.raft(1).term();
+    c.crash(2);
+    c.raft_mut(1).leader_suspected(2);
+    c.raft_mut(3).leader_suspected(2);
+    c.stabilize();
+    for id in [1, 3] {
+        assert_eq!(c.raft(id).role(), Role::Follower, "node {id} campaigned out of turn");
+        assert!(!c.raft(id).is_quiesced(), "node {id} still quiesced under a suspected leader");
+    }
+    let turn = config(1).heartbeat_ticks;
+    c.ticks(turn);
+    assert_eq!(c.leader(), Some(3), "node 3's turn came");
+    for id in [1, 3] {
+        assert_eq!(c.raft(id).term(), term + 1, "node {id}: a split vote cost a term");
+    }
+    // Node 1's turn passes without a second election: it follows node 3.
+    c.ticks(2 * turn);
+    assert_eq!(c.leader(), Some(3));
+    assert_eq!(c.raft(1).term(), term + 1);
+}
+
+/// The recovery bench's split vote, at the core: a restarted preferred leader campaigns at
+/// once (its pacer's dormant group, `pacer.rs`) in the same moment as a follower suspects the
+/// leader it quiesced under (a starved one: it does not answer). The follower waits its turn
+/// and grants: the restarted replica leads in the next term.
+#[test]
+fn a_restarted_preferred_leader_and_a_suspicious_follower_do_not_split_the_vote() {
+    let mut c = quiesced_cluster();
+    let term = c.raft(3).term();
+    c.crash(2);
+    c.restart(2);
+    // Node 1 is alive but answers nobody for now.
+    c.crash(1);
+    c.raft_mut(2).campaign();
+    c.raft_mut(3).leader_suspected(1);
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2), "the restarted preferred leader did not win");
+    assert_eq!(c.raft(3).term(), term + 1, "a split vote cost a term");
 }
 
 #[test]

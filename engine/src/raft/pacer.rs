@@ -61,6 +61,20 @@ pub fn preferred_leader(group: GroupId, mut voters: impl ExactSizeIterator<Item 
     voters.nth((group % n) as usize)
 }
 
+/// Where `id` stands in `group`'s order of preference among `voters` (ascending): 0 for the
+/// preferred leader, then the voters after it in turn, wrapping around. `None` if `id` is not
+/// a voter. Replicas that would all campaign at the same moment take their turns in this
+/// order, so they do not split the vote (`quiesce.rs`).
+fn preference_rank(
+    group: GroupId,
+    mut voters: impl ExactSizeIterator<Item = NodeId>,
+    id: NodeId,
+) -> Option<u64> {
+    let n = voters.len() as u64;
+    let at = voters.position(|v| v == id)? as u64;
+    Some((at + n - group % n) % n)
+}
+
 /// What the pacer needs to know of a group.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PaceView {
@@ -159,7 +173,12 @@ impl RaftGroup {
 
     /// Whether this node is the group's preferred leader.
     fn prefers_itself(&self) -> bool {
-        preferred_leader(self.group, self.conf.current().voters.iter().copied()) == Some(self.cfg.id)
+        self.preference_rank() == Some(0)
+    }
+
+    /// This node's place in the group's order of preference (`preference_rank`).
+    pub(super) fn preference_rank(&self) -> Option<u64> {
+        preference_rank(self.group, self.conf.current().voters.iter().copied(), self.cfg.id)
     }
 
     /// What the pacer needs to know of this group (see the module).
