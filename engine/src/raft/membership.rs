@@ -68,8 +68,8 @@ impl ConfHistory {
     /// Notes the configuration entries among `entries` (appended in index order). Entries
     /// whose change does not apply (malformed, or a no-op) leave the configuration as it is,
     /// identically on every node, so the history stays deterministic.
-    pub fn on_append(&mut self, entries: &[LogEntry]) {
-        for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange as i32) {
+    pub fn on_append<'a>(&mut self, entries: impl IntoIterator<Item = &'a LogEntry>) {
+        for e in entries.into_iter().filter(|e| e.kind == EntryKind::ConfChange as i32) {
             if let Ok(next) = decode(e).and_then(|cc| apply_change(self.current(), &cc)) {
                 self.changes.push((e.index, next));
             }
