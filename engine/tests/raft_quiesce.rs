@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use phalanx::raft::{Config, NodeId, Role, preferred_leader};
+use phalanx_proto::{VoteRequest, VoteResponse, raft_message::Body};
 
 /// Ticks of idleness before a leader quiesces, in these tests.
 const QUIESCE_AFTER: u64 = 10;
@@ -18,17 +19,17 @@ fn quiescing(c: &mut Config) {
 
 /// A three-voter group led by 1 with one committed write, quiesced.
 fn quiesced_cluster() -> Cluster {
-    quiesced_cluster_led_by(1)
+    quiesced_cluster_led_by(&[1, 2, 3], 1)
 }
 
-/// A three-voter group led by `leader` with one committed write, quiesced.
-fn quiesced_cluster_led_by(leader: NodeId) -> Cluster {
-    let mut c = Cluster::new(&[1, 2, 3], quiescing);
+/// A group of `voters` led by `leader` with one committed write, quiesced.
+fn quiesced_cluster_led_by(voters: &[NodeId], leader: NodeId) -> Cluster {
+    let mut c = Cluster::new(voters, quiescing);
     c.elect(leader);
     c.propose(leader, "a").expect("accepted");
     c.stabilize();
     c.ticks(QUIESCE_AFTER + 3 * 2);
-    for id in [1, 2, 3] {
+    for &id in voters {
         assert!(c.raft(id).is_quiesced(), "node {id} did not quiesce: {:?}", c.raft(id).soft_state());
     }
     c
@@ -109,7 +110,7 @@ fn a_read_wakes_the_leader_and_needs_a_quorum() {
 }
 
 #[test]
-fn quiesced_followers_wait_for_the_detector_then_elect() {
+fn quiesced_followers_wait_for_the_detector_then_elect_at_once() {
     let mut c = quiesced_cluster();
     c.crash(1);
     c.ticks(200);
@@ -117,56 +118,64 @@ fn quiesced_followers_wait_for_the_detector_then_elect() {
     for id in [2, 3] {
         assert_eq!(c.raft(id).role(), Role::Follower, "node {id} campaigned while its leader was alive");
     }
-    // The detector suspects 1 on node 2 first. Node 2 is the group's preferred leader (voter
-    // 1 % 3 of [1, 2, 3]), so it campaigns at once; node 3, still trusting its leader, refuses.
-    assert_eq!(preferred_leader(GROUP, [1, 2, 3].into_iter()), Some(2));
+    // The detector suspects 1 on node 2 first: it campaigns at once, node 3 (still trusting
+    // its leader) refuses.
     c.raft_mut(2).leader_suspected(1);
     c.stabilize();
     assert!(c.raft(3).is_quiesced(), "a quiesced follower followed a challenger of a live leader");
-    // Node 3 suspects it too: it campaigns in its turn, one heartbeat interval later, and
-    // node 2, awake, grants.
+    // Node 3 suspects it too and campaigns at once. Node 2, still a pre-candidate and first
+    // in the group's order of preference (its preferred leader: voter 1 % 3 of [1, 2, 3]),
+    // takes the tie: it refuses node 3's PreVote and asks node 3, awake now, for its own.
+    assert_eq!(preferred_leader(GROUP, [1, 2, 3].into_iter()), Some(2));
+    let term = c.raft(2).term();
     c.raft_mut(3).leader_suspected(1);
     c.stabilize();
-    c.ticks(config(3).heartbeat_ticks);
-    let new = c.leader().filter(|l| *l != 1);
-    assert_eq!(new, Some(3), "no new leader after both suspected the old one");
-    c.propose(3, "after").expect("accepted");
+    assert_eq!(c.leader(), Some(2), "no new leader after both suspected the old one");
+    assert_eq!(c.raft(3).term(), term + 1, "a split vote cost a term");
+    c.propose(2, "after").expect("accepted");
     c.stabilize();
 }
 
-/// The followers of a lost leader hear the detector's verdict in the same tick. They
-/// campaign in turns from the preferred leader on, not together: together, each would grant
-/// the other's PreVote, run in the same term and split the vote, and nobody would lead until
-/// an election timeout later.
+/// The followers of a lost leader hear the detector's verdict in the same tick and campaign
+/// together. Each would grant the other's PreVote, run in the same term and split the vote,
+/// and nobody would lead until an election timeout later; instead the one earlier in the
+/// order of preference wins at once, in the next term.
 #[test]
-fn followers_suspecting_their_lost_leader_together_campaign_in_turns() {
-    // Node 2 is the preferred leader, and the one lost: node 3 (next in turn) goes first.
-    let mut c = quiesced_cluster_led_by(2);
+fn followers_suspecting_their_lost_leader_together_do_not_split_the_vote() {
+    // Group 1's order of preference among [1, 2, 3]: 2, 3, 1. Node 2 is lost.
+    let mut c = quiesced_cluster_led_by(&[1, 2, 3], 2);
     let term = c.raft(1).term();
     c.crash(2);
     c.raft_mut(1).leader_suspected(2);
     c.raft_mut(3).leader_suspected(2);
     c.stabilize();
-    for id in [1, 3] {
-        assert_eq!(c.raft(id).role(), Role::Follower, "node {id} campaigned out of turn");
-        assert!(!c.raft(id).is_quiesced(), "node {id} still quiesced under a suspected leader");
-    }
-    let turn = config(1).heartbeat_ticks;
-    c.ticks(turn);
-    assert_eq!(c.leader(), Some(3), "node 3's turn came");
+    assert_eq!(c.leader(), Some(3));
     for id in [1, 3] {
         assert_eq!(c.raft(id).term(), term + 1, "node {id}: a split vote cost a term");
     }
-    // Node 1's turn passes without a second election: it follows node 3.
-    c.ticks(2 * turn);
-    assert_eq!(c.leader(), Some(3));
-    assert_eq!(c.raft(1).term(), term + 1);
+}
+
+/// Five voters, two lost (the leader and the next in the order of preference): of the three
+/// that campaign together, the first in the order that is up wins at once.
+#[test]
+fn three_followers_campaigning_together_elect_the_first_in_the_order() {
+    // Group 1's order of preference among [1, 2, 3, 4, 5]: 2, 3, 4, 5, 1.
+    let mut c = quiesced_cluster_led_by(&[1, 2, 3, 4, 5], 2);
+    let term = c.raft(4).term();
+    c.crash(2);
+    c.crash(3);
+    for id in [5, 1, 4] {
+        c.raft_mut(id).leader_suspected(2);
+    }
+    c.stabilize();
+    assert_eq!(c.leader(), Some(4));
+    assert_eq!(c.raft(5).term(), term + 1, "a split vote cost a term");
 }
 
 /// The recovery bench's split vote, at the core: a restarted preferred leader campaigns at
 /// once (its pacer's dormant group, `pacer.rs`) in the same moment as a follower suspects the
-/// leader it quiesced under (a starved one: it does not answer). The follower waits its turn
-/// and grants: the restarted replica leads in the next term.
+/// leader it quiesced under (a starved one: it does not answer). The restarted replica, first
+/// in the order of preference, leads in the next term.
 #[test]
 fn a_restarted_preferred_leader_and_a_suspicious_follower_do_not_split_the_vote() {
     let mut c = quiesced_cluster();
@@ -180,6 +189,70 @@ fn a_restarted_preferred_leader_and_a_suspicious_follower_do_not_split_the_vote(
     c.stabilize();
     assert_eq!(c.leader(), Some(2), "the restarted preferred leader did not win");
     assert_eq!(c.raft(3).term(), term + 1, "a split vote cost a term");
+}
+
+/// A pre-candidate takes a tie only from a replica later in the order of preference whose
+/// log is no more up to date, in the same election, and only once a round: otherwise it
+/// grants the PreVote as usual.
+#[test]
+fn a_pre_candidate_takes_a_tie_only_when_it_could_win_it() {
+    // Five voters, so that one grant does not decide node 2's round; 1 (the leader), 4 and 5
+    // are down. Group 1's order of preference: 2, 3, 4, 5, 1.
+    let mut c = quiesced_cluster_led_by(&[1, 2, 3, 4, 5], 1);
+    for id in [1, 4, 5] {
+        c.crash(id);
+    }
+    // Node 2 campaigns; node 3, still in its leader's lease, refuses.
+    c.raft_mut(2).leader_suspected(1);
+    c.stabilize();
+    assert_eq!(c.raft(2).role(), Role::PreCandidate);
+    let term = c.raft(2).term();
+    let last = (c.raft(2).log().last_index(), c.raft(2).log().last_term());
+    let pre_vote = |term: u64, last: (u64, u64)| {
+        msg(
+            3,
+            2,
+            Body::VoteRequest(VoteRequest {
+                term,
+                last_log_index: last.0,
+                last_log_term: last.1,
+                pre_vote: true,
+                leader_transfer: false,
+            }),
+        )
+    };
+    let answers = |c: &mut Cluster| {
+        c.process(2);
+        c.take_msgs(|m| m.from == 2 && m.to == 3)
+            .into_iter()
+            .map(|m| match m.body {
+                Some(Body::VoteResponse(r)) => format!("granted={}", r.granted),
+                Some(Body::VoteRequest(r)) => format!("asks pre_vote={} term={}", r.pre_vote, r.term),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    // A longer log: node 3 could win and node 2 could not; node 2 grants.
+    c.deliver(pre_vote(term + 1, (last.0 + 1, last.1)));
+    assert_eq!(answers(&mut c), ["granted=true"]);
+    // A later election than node 2's: it grants as usual.
+    c.deliver(pre_vote(term + 2, last));
+    assert_eq!(answers(&mut c), ["granted=true"]);
+    // The same election, the same log: node 2 takes the tie and asks node 3 for its PreVote.
+    c.deliver(pre_vote(term + 1, last));
+    assert_eq!(
+        answers(&mut c),
+        ["granted=false".to_string(), format!("asks pre_vote=true term={}", term + 1)]
+    );
+    // Node 3 grants it; two of five is no quorum, so node 2 campaigns on, and node 3's next
+    // PreVote in this round is granted as usual: a replica that cannot win does not hold
+    // the election up for longer than one round of the other's.
+    c.deliver(msg(3, 2, Body::VoteResponse(VoteResponse { term: term + 1, granted: true, pre_vote: true })));
+    c.process(2);
+    c.clear_net();
+    assert_eq!(c.raft(2).role(), Role::PreCandidate);
+    c.deliver(pre_vote(term + 1, last));
+    assert_eq!(answers(&mut c), ["granted=true"]);
 }
 
 #[test]

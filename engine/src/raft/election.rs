@@ -4,6 +4,7 @@
 use phalanx_proto::{VoteRequest, VoteResponse, raft_message::Body};
 
 use super::group::RaftGroup;
+use super::pacer::preference_rank;
 use super::quorum::{VoteResult, vote_result};
 use super::types::{NodeId, Role};
 
@@ -85,6 +86,35 @@ impl RaftGroup {
                 || self.leader_contact.is_some_and(|t| self.now < t + self.cfg.election_ticks_min))
     }
 
+    /// Whether this pre-candidate takes precedence over `from`, which asks for a PreVote in
+    /// the same election (`req`): two replicas that start campaigning at the same moment —
+    /// both followers of a leader the failure detector just suspected, or one of them and a
+    /// restarted preferred leader whose dormant group campaigns at once (`pacer.rs`) — would
+    /// each grant the other's PreVote (neither has a leader), run in the same term, vote for
+    /// themselves and split it, and nobody would lead until an election timeout later
+    /// (`bench/README.md`: the failover scenario's partitions, and half of the recovery runs).
+    /// So of two such pre-candidates, the one earlier in the group's order of preference
+    /// (`pacer::preference_rank`, the balancer's choice first) refuses the other's PreVote
+    /// and asks it again for its own: the other is campaigning, so it no longer holds the
+    /// lease that may have refused us a moment before, and it grants. Only when our log is at
+    /// least as up to date as `from`'s (otherwise we could not win and it could), and only
+    /// until `from` has granted us once in this round: if we still cannot win (a partial
+    /// partition keeps a quorum from us), its next round finds us granting as usual.
+    ///
+    /// Safe: a PreVote changes no term and no vote; refusing one only ever delays an
+    /// election, and the conditions above bound the delay to one round of `from`'s.
+    fn wins_tie_with(&self, from: NodeId, req: &VoteRequest) -> bool {
+        let voters = || self.conf.current().voters.iter().copied();
+        self.role == Role::PreCandidate
+            && req.term == self.term + 1
+            && (self.log.last_term(), self.log.last_index()) >= (req.last_log_term, req.last_log_index)
+            && self.votes.as_ref().is_none_or(|v| v.get(&from) != Some(&true))
+            && matches!(
+                (preference_rank(self.group, voters(), self.cfg.id), preference_rank(self.group, voters(), from)),
+                (Some(mine), Some(theirs)) if mine < theirs
+            )
+    }
+
     /// Answers a vote request whose term is at least ours (term handling done by `step`).
     pub(super) fn handle_vote_request(&mut self, from: NodeId, req: VoteRequest) {
         let log_ok = self.log.is_up_to_date(req.last_log_index, req.last_log_term);
@@ -96,6 +126,24 @@ impl RaftGroup {
                 // A PreVote for a future term: we would be free to vote in that term.
                 || (req.pre_vote && req.term > self.term));
         let granted = can_vote && log_ok;
+        if req.pre_vote && granted && self.wins_tie_with(from, &req) {
+            // Refused, and asked again for its PreVote: see `wins_tie_with`.
+            self.send(
+                from,
+                Body::VoteResponse(VoteResponse { term: self.term, granted: false, pre_vote: true }),
+            );
+            self.send(
+                from,
+                Body::VoteRequest(VoteRequest {
+                    term: self.term + 1,
+                    last_log_index: self.log.last_index(),
+                    last_log_term: self.log.last_term(),
+                    pre_vote: true,
+                    leader_transfer: false,
+                }),
+            );
+            return;
+        }
         if req.pre_vote {
             // A granted PreVote answers in the requested term, so the pre-candidate can tell
             // it from a stale one; a refusal carries our term so it learns where we are.

@@ -63,9 +63,9 @@ pub fn preferred_leader(group: GroupId, mut voters: impl ExactSizeIterator<Item 
 
 /// Where `id` stands in `group`'s order of preference among `voters` (ascending): 0 for the
 /// preferred leader, then the voters after it in turn, wrapping around. `None` if `id` is not
-/// a voter. Replicas that would all campaign at the same moment take their turns in this
-/// order, so they do not split the vote (`quiesce.rs`).
-fn preference_rank(
+/// a voter. Of two replicas that campaign at the same moment, the one earlier in this order
+/// wins (`election.rs`, `wins_tie_with`).
+pub(super) fn preference_rank(
     group: GroupId,
     mut voters: impl ExactSizeIterator<Item = NodeId>,
     id: NodeId,
@@ -173,12 +173,7 @@ impl RaftGroup {
 
     /// Whether this node is the group's preferred leader.
     fn prefers_itself(&self) -> bool {
-        self.preference_rank() == Some(0)
-    }
-
-    /// This node's place in the group's order of preference (`preference_rank`).
-    pub(super) fn preference_rank(&self) -> Option<u64> {
-        preference_rank(self.group, self.conf.current().voters.iter().copied(), self.cfg.id)
+        preference_rank(self.group, self.conf.current().voters.iter().copied(), self.cfg.id) == Some(0)
     }
 
     /// What the pacer needs to know of this group (see the module).

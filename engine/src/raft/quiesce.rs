@@ -10,18 +10,16 @@
 //! it waits for acknowledged; then it stops both and drops its entry cache.
 //!
 //! **Follower.** A heartbeat with `quiesce` stops its election timer and it answers
-//! `quiesced`. While quiesced it treats vote requests as one in its leader's lease: the leader
-//! is alive for as long as the failure detector says so, and the shell calls
-//! [`RaftGroup::leader_suspected`] when it no longer does — the follower then campaigns in its
-//! turn: at once if it is the group's preferred leader, the others one heartbeat interval
-//! apart in the order of preference, so replicas that hear the verdict together do not split
-//! the vote. Any other message of its leader (an append, a heartbeat without `quiesce`) wakes
-//! it; so does one a leader does not send — a vote request, a recovery probe: the leader
+//! `quiesced`. While quiesced it treats vote requests as one in its leader's lease: the
+//! leader is alive for as long as the failure detector says so, and the shell calls
+//! [`RaftGroup::leader_suspected`] when it no longer does — the follower then campaigns at
+//! once. Any other message of its leader (an append, a heartbeat without `quiesce`) wakes it;
+//! so does one a leader does not send — a vote request, a recovery probe: the leader
 //! restarted, campaigns or recovers lost state, and leads no more. A restart faster than a
-//! suspicion shows in the detector as a higher incarnation; the shell then wakes the followers
-//! quiesced under that node and they campaign in their turns (a leader that lost its disk
-//! probes only the voters of its bootstrap configuration: a member added since would wait for
-//! it forever — the simulator, seeds 4785 and 7623).
+//! suspicion shows in the detector as a higher incarnation; the shell then wakes the
+//! followers quiesced under that node and they campaign at once (a leader that lost its disk
+//! probes only the voters of its bootstrap configuration: a member added since would wait
+//! for it forever — the simulator, seeds 4785 and 7623).
 //!
 //! **Waking the leader.** A proposal, a read, a transfer, a vote request, or any message other
 //! than an acknowledgement of its quiescence wakes it: it heartbeats at once (which wakes its
@@ -66,26 +64,10 @@ impl RaftGroup {
     }
 
     /// The failure detector no longer holds `node` alive: a follower quiesced under it wakes
-    /// (its leader stopped heartbeating, so no timer would notice) and campaigns in its turn:
-    /// at once if it is the group's preferred leader, otherwise `heartbeat_ticks` later per
-    /// place behind it in the order of preference (`pacer::preference_rank`).
-    ///
-    /// Why turns: every replica hears the detector's verdict at about the same moment, and
-    /// so does a restarted preferred leader's dormant group (`pacer.rs`). Two that campaigned
-    /// together would each grant the other's PreVote (neither has a leader), run in the same
-    /// term, vote for themselves and split it; nobody would win until an election timeout
-    /// later (the recovery bench lost ~1 s of its readiness to that, `bench/README.md`). A
-    /// turn of `heartbeat_ticks` — below the election timeout by configuration, well above a
-    /// PreVote and vote round trip — lets the one before finish: its vote request then reaches
-    /// a follower awake outside any lease, which grants it and restarts its own timer. The
-    /// turns cost a failover at most `(voters - 1) × heartbeat_ticks`, and only when the
-    /// preferred replica does not campaign itself (it is the one lost, or down too).
+    /// and campaigns at once (its leader stopped heartbeating, so no timer would notice).
     pub fn leader_suspected(&mut self, node: NodeId) {
         if self.leader_restarted(node) {
-            match self.preference_rank() {
-                Some(rank) if rank > 0 => self.election_deadline = self.now + rank * self.cfg.heartbeat_ticks,
-                _ => self.hup(false),
-            }
+            self.hup(false);
         }
     }
 
