@@ -37,14 +37,18 @@ impl RaftGroup {
         if self.poll() != VoteResult::Pending {
             return;
         }
-        let req = VoteRequest {
+        self.request_votes(self.pre_vote_request());
+    }
+
+    /// This pre-candidate's PreVote request: for the next term, with its log's end.
+    fn pre_vote_request(&self) -> VoteRequest {
+        VoteRequest {
             term: self.term + 1,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote: true,
             leader_transfer: false,
-        };
-        self.request_votes(req);
+        }
     }
 
     fn run_election(&mut self, transfer: bool) {
@@ -92,7 +96,7 @@ impl RaftGroup {
     /// restarted preferred leader whose dormant group campaigns at once (`pacer.rs`) — would
     /// each grant the other's PreVote (neither has a leader), run in the same term, vote for
     /// themselves and split it, and nobody would lead until an election timeout later
-    /// (`bench/README.md`: the failover scenario's partitions, and half of the recovery runs).
+    /// (`bench/README.md`: the failover scenario's partitions, and some of the recovery runs).
     /// So of two such pre-candidates, the one earlier in the group's order of preference
     /// (`pacer::preference_rank`, the balancer's choice first) refuses the other's PreVote
     /// and asks it again for its own: the other is campaigning, so it no longer holds the
@@ -132,16 +136,7 @@ impl RaftGroup {
                 from,
                 Body::VoteResponse(VoteResponse { term: self.term, granted: false, pre_vote: true }),
             );
-            self.send(
-                from,
-                Body::VoteRequest(VoteRequest {
-                    term: self.term + 1,
-                    last_log_index: self.log.last_index(),
-                    last_log_term: self.log.last_term(),
-                    pre_vote: true,
-                    leader_transfer: false,
-                }),
-            );
+            self.send(from, Body::VoteRequest(self.pre_vote_request()));
             return;
         }
         if req.pre_vote {

@@ -173,7 +173,7 @@ impl RaftGroup {
 
     /// Whether this node is the group's preferred leader.
     fn prefers_itself(&self) -> bool {
-        preference_rank(self.group, self.conf.current().voters.iter().copied(), self.cfg.id) == Some(0)
+        preferred_leader(self.group, self.conf.current().voters.iter().copied()) == Some(self.cfg.id)
     }
 
     /// What the pacer needs to know of this group (see the module).
