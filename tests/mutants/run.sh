@@ -34,15 +34,16 @@ for patch in "$root"/tests/mutants/*.patch; do
     tail -n 20 <<<"$out"
     survived=1
   elif [ -z "$failing" ]; then
-    # The simulator missed it; the core's deterministic tests (engine/tests/raft_*.rs) may
-    # not. Either way the miss is reported: the sweep should find every mutant.
+    # The simulator missed it; the core's deterministic tests (the Raft core's conformance
+    # tests, engine/tests/raft_*.rs, and the engine's unit tests, the shard core's among
+    # them) may not. Either way the miss is reported: the sweep should find every mutant.
     raft_tests=$(cd "$work" && ls engine/tests/raft_*.rs | xargs -n1 basename | sed 's/\.rs$//; s/^/--test /')
     # shellcheck disable=SC2086
-    if (cd "$work" && cargo test -q --release -p phalanx $raft_tests > /dev/null 2>&1); then
+    if (cd "$work" && cargo test -q --release -p phalanx --lib $raft_tests > /dev/null 2>&1); then
       echo "mutant $name SURVIVED: $line"
       survived=1
     else
-      echo "mutant $name killed by the core's tests only (engine/tests/raft_*.rs), the simulator missed it: $line"
+      echo "mutant $name killed by the core's tests only (engine unit tests, engine/tests/raft_*.rs), the simulator missed it: $line"
     fi
   else
     first=$(head -n1 <<<"$failing")
