@@ -191,8 +191,8 @@ impl RaftGroup {
         let mut conf = ConfHistory::new(base);
         // Entries at or below the snapshot index are reflected in its membership already.
         // Looked at in place: a restart's log can be a million entries, and a copy of them
-        // (each entry's buffers shared, so two atomic counts up and down apiece) was a
-        // quarter of a recovery's open (`bench/README.md`, "Recovery").
+        // (each entry's buffers shared, so two atomic counts up and down apiece, and the
+        // list regrowing) was a fifth of a restart's profile (`bench/README.md`, "Recovery").
         conf.on_append(log.entries().filter(|e| e.index > applied));
         let seed = mix_seed(&[seed, cfg.id, group]);
         let mut g = RaftGroup {
