@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use phalanx::raft::{ProgressState, Status};
+use phalanx::raft::{ProgressState, Proposal, ProposalKind, Status};
+use phalanx_proto::RaftMessage;
 use phalanx_proto::raft_message::Body;
 
 fn append_answers(rd: &phalanx::raft::Ready) -> Vec<(bool, u64)> {
@@ -410,6 +411,77 @@ fn forwarded_proposal_is_appended_by_the_leader() {
         Err(Status::NodeIsNotLeader)
     );
     assert_eq!(c.raft(3).log().last_index(), last);
+}
+
+/// A system command nobody waits on (a node's reports, repeated every membership round until
+/// it sees them applied) is not appended again while an identical copy is the last system
+/// entry of the leader's uncommitted tail, whether the leader proposes it or a follower
+/// forwards it: a reporter lagging behind the system partition's log filled the uncommitted
+/// window with copies of one report, and the clients' writes were refused (simulator seeds
+/// 15877, 18214, 21641). A repeat is appended as before once another system command follows
+/// the copy (one node's announcements A1, A2, A1 do not end where A1, A2 does), once the copy
+/// is committed, and when a caller waits on it (`propose`: it waits on its own entry).
+#[test]
+fn a_repeated_system_command_lands_on_its_uncommitted_copy() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        plain(cfg);
+        cfg.group = 0;
+    });
+    c.elect(1);
+    c.stabilize();
+    let system = |payload: &str, t: u64| Proposal {
+        log_type: "_RaftSystem".into(),
+        ..proposal_n(ProposalKind::System, &[payload], t)
+    };
+    let forwarded = |payload: &'static str, t: u64| {
+        let f = phalanx_proto::ForwardedProposal {
+            term: 1,
+            kind: phalanx_proto::EntryKind::System as i32,
+            log_type: bytes::Bytes::from_static(b"_RaftSystem"),
+            payloads: vec![bytes::Bytes::from_static(payload.as_bytes())],
+            ticket: Some(ticket(t).into()),
+        };
+        RaftMessage { group: 0, ..msg(2, 1, Body::ForwardedProposal(Box::new(f))) }
+    };
+    // The followers are cut off: nothing commits, as when the commit waits on a lagging one.
+    c.isolate(2);
+    c.isolate(3);
+    let committed = c.raft(1).log().committed();
+    let at = c.raft_mut(1).propose_or_forward(system("report", 1)).unwrap().expect("leads");
+    let last = c.raft(1).log().last_index();
+    assert_eq!(at.last_index, last);
+    assert_eq!(c.raft(1).log().committed(), committed, "uncommitted");
+    assert_eq!(c.raft_mut(1).propose_or_forward(system("report", 2)).unwrap(), Some(at), "lands on the copy");
+    c.raft_mut(1).step(forwarded("report", 3)).unwrap();
+    // Non-system entries between do not matter.
+    c.propose(1, "client write").unwrap();
+    assert_eq!(c.raft_mut(1).propose_or_forward(system("report", 4)).unwrap(), Some(at));
+    c.raft_mut(1).step(forwarded("report", 5)).unwrap();
+    assert_eq!(c.raft(1).log().last_index(), last + 1, "one copy of the report, one client write");
+
+    // Another system command after the copy: the repeat is appended.
+    let other = c.raft_mut(1).propose_or_forward(system("other", 6)).unwrap().expect("leads");
+    assert_eq!(other.last_index, last + 2);
+    c.raft_mut(1).step(forwarded("report", 7)).unwrap();
+    assert_eq!(c.raft(1).log().last_index(), last + 3);
+    // A proposal its caller waits on is appended whatever the tail holds.
+    let answered = c.raft_mut(1).propose(system("report", 8)).unwrap();
+    assert_eq!(answered.last_index, last + 4);
+
+    // Committed, a copy is not looked at: the repeat is appended (its proposer will see it).
+    c.heal();
+    c.stabilize();
+    assert_eq!(c.raft(1).log().committed(), last + 4);
+    let again = c.raft_mut(1).propose_or_forward(system("report", 9)).unwrap().expect("leads");
+    assert_eq!(again.last_index, last + 5);
+    c.stabilize();
+    for id in [1, 2, 3] {
+        let payloads: Vec<Vec<u8>> = (last..=last + 5)
+            .map(|i| c.raft(id).log().entry(i).expect("replicated").payload.to_vec())
+            .collect();
+        let expected: [&[u8]; 6] = [b"report", b"client write", b"other", b"report", b"report", b"report"];
+        assert_eq!(payloads, expected.map(<[u8]>::to_vec), "node {id}");
+    }
 }
 
 /// Node 3 of a 3-node cluster misses `entries` proposals while the leader keeps only a two-entry

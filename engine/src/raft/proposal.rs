@@ -57,10 +57,11 @@ impl RaftGroup {
 
     /// Proposes on the leader, or passes the proposal to the leader this node knows (fire and
     /// forget). Returns where it landed when this node leads, `None` when it was forwarded;
-    /// `NodeIsNotLeader` when no leader is known.
+    /// `NodeIsNotLeader` when no leader is known. Nobody waits on it, so a repeated system
+    /// command may land on its earlier copy (see [`Self::propose_unanswered`]).
     pub fn propose_or_forward(&mut self, p: Proposal) -> Result<Option<Proposed>, Status> {
         if self.role == Role::Leader {
-            return self.propose(p).map(Some);
+            return self.propose_unanswered(p).map(Some);
         }
         let Some(leader) = self.leader else { return Err(Status::NodeIsNotLeader) };
         if p.payloads.is_empty() {
@@ -105,7 +106,42 @@ impl RaftGroup {
             return Ok(());
         }
         let p = Proposal { kind, log_type: f.log_type, payloads: f.payloads, ticket };
-        self.propose(p).map(|_| ())
+        self.propose_unanswered(p).map(|_| ())
+    }
+
+    /// Proposes what nobody waits on (its proposer learns the outcome by seeing it applied):
+    /// a system command identical to the last system entry of the uncommitted tail is not
+    /// appended again, and lands on that copy.
+    ///
+    /// The system partition's proposers repeat their commands every membership round until
+    /// they see them applied (`shard/membership.rs`, `shard/system_duties.rs`). A proposer
+    /// lagging behind partition 0's log sees nothing applied, and while the commit waited on
+    /// that very replica, its copies of one report filled the leader's uncommitted window and
+    /// the clients' writes were refused (simulator seeds 15877, 18214, 21641).
+    ///
+    /// Only the *last* system entry: every system command applied twice in a row does what it
+    /// did once (an announcement again, a roster change against the version it moved, a
+    /// progress report already recorded), and the non-system entries between do not touch the
+    /// system state. With another system command after the copy, a repeat is appended: one
+    /// node's announcements A1, A2, A1 end at A1, which A1, A2 does not. A committed copy is
+    /// not looked at either: its proposer sees it soon, and the scan stays in the tail
+    /// (`Config::max_uncommitted_entries` bounds it).
+    fn propose_unanswered(&mut self, p: Proposal) -> Result<Proposed, Status> {
+        if p.kind == ProposalKind::System
+            && self.role == Role::Leader
+            && let [payload] = p.payloads.as_slice()
+        {
+            let tail = self.log.committed() + 1..=self.log.last_index();
+            let last_system =
+                tail.rev().map_while(|i| self.log.entry(i)).find(|e| e.kind == EntryKind::System as i32);
+            if let Some(e) = last_system
+                && e.payload == *payload
+                && e.log_type == p.log_type
+            {
+                return Ok(Proposed { term: e.term, first_index: e.index, last_index: e.index });
+            }
+        }
+        self.propose(p)
     }
 
     /// Proposes the commit marker of a two-step proposal: once it commits, the proposal's
