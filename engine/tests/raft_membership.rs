@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use phalanx::raft::{Membership, Role, Status};
-use phalanx_proto::{ConfChangeType, EntryKind, LogEntry, Message};
+use phalanx_proto::raft_message::Body;
+use phalanx_proto::{ConfChangeType, EntryKind, LogEntry, Message, VoteRequest};
 
 fn learners(voters: &[u64], learners: &[u64]) -> Membership {
     Membership { voters: voters.iter().copied().collect(), learners: learners.iter().copied().collect() }
@@ -302,4 +303,64 @@ fn a_new_leader_counts_only_followers_that_answered_as_active() {
     c.ticks(config(1).heartbeat_ticks * 2);
     c.stabilize();
     assert!(c.raft(1).is_active(3), "node 3 answered once healed");
+}
+
+/// §5.1 (Figure 2, RequestVote: "reply false if term < currentTerm"), for a voter of the
+/// group: a candidate in an older term learns the receiver's term from the refusal. Voters
+/// {1, 2}: the leader appended 2's promotion but 2 never got it, so 2 is a learner in its own
+/// view and never campaigns; a removed member keeps campaigning, one term per election
+/// timeout, and raises 2's term. Ignored, node 1's campaigns, which count up from the lost
+/// leadership's term no faster, were all stale at node 2, and the group never elected again
+/// (simulator seed 28262). A server outside the configuration is still ignored: knowing our
+/// term would only let it disrupt us sooner.
+#[test]
+fn a_voter_campaigning_in_an_older_term_learns_ours() {
+    let mut c = Cluster::with_membership(learners(&[1], &[2]), &[], plain);
+    c.elect(1);
+    c.stabilize();
+    c.cut_pair(1, 2);
+    c.raft_mut(1).propose_conf_change(conf_change(ConfChangeType::AddVoter, 2)).unwrap();
+    c.stabilize();
+    assert_eq!(c.raft(1).membership().voters.len(), 2, "node 1 counts on node 2 now");
+    assert!(c.raft(2).membership().learners.contains(&2), "node 2 does not know");
+    // A removed member (3) campaigns in a higher term: node 2 follows no leader it still
+    // hears, so it moves to that term.
+    let mut outsider = c.raft(1).term() + 20;
+    let campaign = |term: u64| {
+        let req = VoteRequest {
+            term,
+            last_log_index: 0,
+            last_log_term: 0,
+            pre_vote: false,
+            leader_transfer: false,
+        };
+        msg(3, 2, Body::VoteRequest(req))
+    };
+    c.deliver(campaign(outsider));
+    c.process(2);
+    assert_eq!(c.raft(2).term(), outsider);
+    c.clear_net();
+    // A stale request of the outsider's gets no answer.
+    c.deliver(campaign(outsider - 1));
+    c.process(2);
+    assert!(c.take_msgs(|m| m.from == 2).is_empty(), "an outsider learns nothing");
+
+    // Node 1 lost its leadership (a restart): it campaigns, learns node 2's term from a
+    // refusal, and wins in it or the next, while the outsider goes on campaigning.
+    c.heal();
+    c.raft_mut(1).step_down().unwrap();
+    let min = config(1).election_ticks_min;
+    let mut ticks = 0;
+    while !c.raft(1).is_leader() {
+        ticks += 1;
+        assert!(ticks <= 20 * config(1).election_ticks_max, "node 1 never won: {:?}", c.raft(1).soft_state());
+        if ticks % min == 0 {
+            outsider += 1;
+            c.deliver(campaign(outsider));
+        }
+        c.tick_all();
+    }
+    assert!(c.raft(1).term() + 1 >= outsider, "elected in node 2's term (or the next)");
+    c.stabilize();
+    assert!(c.raft(2).membership().voters.contains(&2), "and node 2 learned its promotion");
 }

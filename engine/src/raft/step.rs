@@ -132,6 +132,19 @@ impl RaftGroup {
                         Body::VoteResponse(VoteResponse { term: self.term, granted: false, pre_vote: true }),
                     );
                 }
+                // §5.1 (Figure 2: "reply false if term < currentTerm"): a voter of our
+                // configuration campaigning in an older term learns ours from the refusal.
+                // Ignored, a candidate whose only other voter cannot campaign (a learner in
+                // its own view, its promotion not in its log yet) never learned that replica's
+                // term, which removed members' campaigns had raised: it campaigned in terms
+                // that were all stale there, for good. A server outside the configuration is
+                // still ignored: knowing our term would only let it disrupt us sooner.
+                Body::VoteRequest(_) if self.conf.current().voters.contains(&from) => {
+                    self.send(
+                        from,
+                        Body::VoteResponse(VoteResponse { term: self.term, granted: false, pre_vote: false }),
+                    );
+                }
                 _ => {}
             }
             return Ok(());
