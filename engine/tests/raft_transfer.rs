@@ -104,6 +104,118 @@ fn transfer_aborts_after_election_timeout() {
     assert_eq!(c.node(2).applied_strings(), vec!["after"]);
 }
 
+/// A target that catches up late in the transfer still gets its chance: the transfer's
+/// deadline moves to an election timeout after the first TimeoutNow, so the leader takes no
+/// proposal before the target's campaign arrives. Voters {1, 2}, node 2 lagging: it catches up
+/// an election timeout less one tick into the transfer, its VoteRequest arrives two ticks
+/// later. When the transfer expired in between, the leader appended a proposal, refused the
+/// successor it had chosen (its log was now longer) and won the next election itself; a
+/// leaving member handed a partition over like this a dozen times in a row (simulator seed
+/// 11589).
+#[test]
+fn a_late_timeout_now_holds_proposals_until_the_target_campaigns() {
+    let mut c = Cluster::new(&[1, 2], plain);
+    c.elect(1);
+    c.stabilize();
+    c.cut_pair(1, 2);
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.heal();
+    c.raft_mut(1).transfer_leadership(2).unwrap();
+    c.process(1);
+    // Node 2 gets the entries now; the answer that shows it caught up reaches the leader an
+    // election timeout less one tick after the transfer started.
+    let last = c.raft(1).log().last_index();
+    let mut rounds = 0;
+    let answers = loop {
+        rounds += 1;
+        assert!(rounds <= 10, "node 2 did not catch up");
+        for m in c.take_msgs(|m| m.to == 2) {
+            c.deliver(m);
+        }
+        c.process(2);
+        let answers = c.take_msgs(|m| m.from == 2);
+        if c.raft(2).log().last_index() == last {
+            break answers;
+        }
+        assert!(!answers.is_empty(), "node 2 answers until it caught up");
+        for m in answers {
+            c.deliver(m);
+        }
+        c.process(1);
+    };
+    let min = config(1).election_ticks_min;
+    for _ in 0..min - 1 {
+        c.raft_mut(1).tick();
+    }
+    c.process(1);
+    c.clear_net();
+    for m in answers {
+        c.deliver(m);
+    }
+    c.process(1);
+    let timeout_now = c.take_msgs(|m| m.to == 2 && kind(m) == "TimeoutNow");
+    assert!(!timeout_now.is_empty(), "node 2 caught up: TimeoutNow");
+    c.clear_net();
+    for m in timeout_now {
+        c.deliver(m);
+    }
+    c.process(2);
+    let campaign = c.take_msgs(|m| m.from == 2);
+    // Past the transfer's first deadline: the leader still waits for its target.
+    c.raft_mut(1).tick();
+    c.raft_mut(1).tick();
+    assert_eq!(c.propose(1, "y"), Err(Status::Busy), "still transferring");
+    for m in campaign {
+        c.deliver(m);
+    }
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2), "the target won");
+}
+
+/// The deadline moves once: a target that never campaigns (each TimeoutNow lost, though the
+/// leader sends another at each of its answers while it keeps up) holds the proposals back
+/// until an election timeout after the first TimeoutNow, not for good.
+#[test]
+fn a_target_that_never_campaigns_holds_proposals_one_election_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3], plain);
+    c.elect(1);
+    c.stabilize();
+    c.cut_pair(1, 3);
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.raft_mut(1).transfer_leadership(3).unwrap();
+    let min = config(1).election_ticks_min;
+    // Node 3 catches up a few ticks into the transfer; every TimeoutNow is lost.
+    c.ticks(3);
+    c.heal();
+    let mut first = None;
+    let mut sent = 0;
+    let mut ticks = 0;
+    while c.propose(1, "after") == Err(Status::Busy) {
+        ticks += 1;
+        assert!(ticks <= 3 * min, "the transfer never ended");
+        c.raft_mut(1).tick();
+        for _ in 0..10 {
+            c.process_all();
+            let lost = c.take_msgs(|m| kind(m) == "TimeoutNow").len();
+            if lost > 0 && first.is_none() {
+                first = Some(c.raft(1).now());
+            }
+            sent += lost;
+            if c.deliver_queued() == 0 {
+                break;
+            }
+        }
+    }
+    let first = first.expect("node 3 caught up: TimeoutNow");
+    assert!(sent > 1, "TimeoutNow went out again and again ({sent})");
+    assert_eq!(c.raft(1).now(), first + min, "proposals taken again an election timeout after the first");
+    assert!(c.raft(1).is_leader());
+    c.stabilize();
+    assert!(c.node(3).applied_strings().contains(&"after".to_string()));
+}
+
 /// Transfer preconditions: only a leader transfers (`NodeIsNotLeader`), only to a voter
 /// (`InvalidRequest`), one transfer at a time (`ActiveProposal` for another target, a repeat
 /// for the same target is accepted), and a transfer to itself changes nothing.

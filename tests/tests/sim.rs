@@ -86,7 +86,15 @@ const REGRESSION_SEEDS: &[u64] = &[
 /// every membership round and its copies filled the leader's uncommitted window, so the
 /// clients' writes were refused until the run's end. A repeat now lands on its uncommitted
 /// copy (`RaftGroup::propose_unanswered`); the three find `system-command-repeats-appended`.
-const REGRESSION_SEEDS_WITH_CLEAN_STOPS: &[u64] = &[2755, 4056, 4398, 9275, 15877, 18214, 21641];
+/// With that, two more of 10,000..30,000 broke liveness, each an engine bug: 28262 a group
+/// that never elected again (a candidate's only other voter, a learner in its own view whose
+/// term removed members had raised, ignored its stale requests: it finds
+/// `stale-vote-request-of-a-voter-ignored`), 11589 a leaving member that handed a partition
+/// over a dozen times in vain (the transfer expired before the target's campaign came, the
+/// leader took a proposal and refused its successor: it finds
+/// `transfer-deadline-ignores-a-late-timeout-now`).
+const REGRESSION_SEEDS_WITH_CLEAN_STOPS: &[u64] =
+    &[2755, 4056, 4398, 9275, 11589, 15877, 18214, 21641, 28262];
 const DEFAULT_STEPS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -67,8 +67,8 @@ pub struct RaftGroup {
     pub(super) check_quorum_deadline: u64,
     /// Tick at which this node last heard from a leader of its term (for the vote lease).
     pub(super) leader_contact: Option<u64>,
-    /// Leader only: a leadership transfer in progress (target, deadline).
-    pub(super) transfer: Option<Box<(NodeId, u64)>>,
+    /// Leader only: a leadership transfer in progress.
+    pub(super) transfer: Option<Box<Transfer>>,
     pub(super) heartbeats_suspended: bool,
     pub(super) rng: SeededRng,
     pub(super) reads: ReadIndexState,
@@ -103,6 +103,17 @@ pub struct RaftGroup {
 
 /// Forwarded proposals a leader remembers to drop duplicates.
 pub const RECENT_FORWARDS_MAX: usize = 4096;
+
+/// A leadership transfer in progress (§3.10).
+#[derive(Debug)]
+pub(super) struct Transfer {
+    /// The voter it hands over to.
+    pub(super) target: NodeId,
+    /// Tick at which the leader gives up and takes proposals again.
+    pub(super) deadline: u64,
+    /// Whether the target was sent TimeoutNow (`RaftGroup::send_timeout_now`).
+    pub(super) handed: bool,
+}
 
 /// A bounded set of recently seen tickets (oldest forgotten first).
 #[derive(Debug, Default)]
@@ -295,10 +306,10 @@ impl RaftGroup {
     }
 
     /// Leader only: the voter a leadership transfer in progress hands over to. Proposals are
-    /// refused (`Busy`) until the transfer ends, within an election timeout.
+    /// refused (`Busy`) until the transfer ends, within two election timeouts.
     #[must_use]
     pub fn transferring_to(&self) -> Option<NodeId> {
-        self.transfer.as_deref().map(|&(target, _)| target)
+        self.transfer.as_deref().map(|t| t.target)
     }
 
     /// The log.

@@ -4,7 +4,7 @@
 
 use phalanx_proto::{ConfChange, EntryKind, LogEntry, Message, TimeoutNow, raft_message::Body};
 
-use super::group::RaftGroup;
+use super::group::{RaftGroup, Transfer};
 use super::membership::apply_change;
 use super::replication::IfEmpty;
 use super::status::Status;
@@ -238,7 +238,8 @@ impl RaftGroup {
 
     /// Starts handing leadership to `target` (§3.10): once its log is caught up it receives
     /// TimeoutNow and campaigns at once. Proposals are refused (`Busy`) until the transfer
-    /// completes or times out after an election timeout.
+    /// completes or times out: an election timeout after it started, or after the target was
+    /// first sent TimeoutNow if that is later (`send_timeout_now`).
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), Status> {
         if self.role != Role::Leader {
             return Err(Status::NodeIsNotLeader);
@@ -254,17 +255,18 @@ impl RaftGroup {
             // would only hold proposals back until it timed out.
             return Err(Status::Busy);
         }
-        if let Some(&(t, _)) = self.transfer.as_deref() {
-            if t == target {
+        if let Some(t) = self.transfer.as_deref() {
+            if t.target == target {
                 return Ok(());
             }
             return Err(Status::ActiveProposal);
         }
         self.note_activity();
-        self.transfer = Some(Box::new((target, self.now + self.cfg.election_ticks_min)));
+        let deadline = self.now + self.cfg.election_ticks_min;
+        self.transfer = Some(Box::new(Transfer { target, deadline, handed: false }));
         let caught_up = self.progress.get(&target).is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
-            self.send(target, Body::TimeoutNow(TimeoutNow { term: self.term }));
+            self.send_timeout_now(target);
         } else {
             self.send_appends(target, IfEmpty::Send);
         }

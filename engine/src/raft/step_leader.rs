@@ -130,11 +130,30 @@ impl RaftGroup {
 
     /// Hands over leadership once the transfer target has caught up.
     pub(super) fn maybe_send_timeout_now(&mut self, to: NodeId) {
-        if let Some(&(target, _)) = self.transfer.as_deref()
-            && target == to
+        if self.transfer.as_deref().is_some_and(|t| t.target == to)
             && self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index())
         {
-            self.send(to, Body::TimeoutNow(TimeoutNow { term: self.term }));
+            self.send_timeout_now(to);
         }
+    }
+
+    /// Tells the transfer's target to campaign at once. The first time, the transfer's
+    /// deadline moves to an election timeout from now: the target's campaign reaches us a
+    /// round trip later (within an election timeout, §5.6), and a leader that took proposals
+    /// again before it came held a longer log than the successor it chose, refused it its
+    /// vote and won the next election itself (a leaving member handing over a partition did
+    /// so a dozen times in a row in simulator seed 11589). Only the first: the target answers
+    /// every heartbeat, and each answer sends TimeoutNow again while it keeps up, so a target
+    /// that never campaigns would otherwise hold the proposals back for good.
+    pub(super) fn send_timeout_now(&mut self, to: NodeId) {
+        let now = self.now;
+        let election = self.cfg.election_ticks_min;
+        if let Some(t) = self.transfer.as_deref_mut()
+            && !t.handed
+        {
+            t.handed = true;
+            t.deadline = t.deadline.max(now + election);
+        }
+        self.send(to, Body::TimeoutNow(TimeoutNow { term: self.term }));
     }
 }

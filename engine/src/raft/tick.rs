@@ -58,8 +58,8 @@ impl RaftGroup {
                 if !self.heartbeats_suspended {
                     d = d.min(self.heartbeat_deadline);
                 }
-                if let Some(&(_, t)) = self.transfer.as_deref() {
-                    d = d.min(t);
+                if let Some(t) = self.transfer.as_deref() {
+                    d = d.min(t.deadline);
                 }
                 d
             }
@@ -103,8 +103,8 @@ impl RaftGroup {
             self.check_quorum_deadline = heard + self.cfg.election_ticks_min;
             self.leader_contact = Some(heard);
         }
-        if let Some(&(_, deadline)) = self.transfer.as_deref()
-            && deadline <= now
+        if let Some(t) = self.transfer.as_deref()
+            && t.deadline <= now
         {
             // The target did not take over within an election timeout: give up so the
             // leader accepts proposals again.
