@@ -195,6 +195,29 @@ fn simulator_sweep() {
     assert!(failing.is_empty(), "violations in seeds {failing:?}; replay with PHALANX_SIM_SEED=<seed>");
 }
 
+/// A seed whose liveness the run's bound does not hold, kept to measure against:
+/// `cargo test --release -p phalanx-tests --test sim -- --ignored known_liveness_limits`.
+/// 29447 (found in 1,000..30,000 with every fix above): partition 1 commits no new write
+/// within 1,000 ticks after the heal. Its leader needs node 1 (voters 1, 3), which is ~125
+/// entries behind, and the seed's configuration moves it ~0.12 entries a tick: one entry per
+/// append, entries read back from disk, and a network that reorders, so half the pipelined
+/// appends arrive ahead of a gap and are refused. With 2,000 ticks after the heal it passes
+/// (checked by hand), so it is the catch-up's speed, not a stuck group. Faster catch-up over
+/// a reordering link (a follower keeping appends that arrive ahead of a gap, or a leader
+/// not resending what is still in flight) would make it pass.
+#[test]
+#[ignore = "the catch-up is slower than the liveness bound in this configuration: run by hand"]
+fn known_liveness_limits() {
+    let steps = env_u64("PHALANX_SIM_STEPS").unwrap_or(DEFAULT_STEPS);
+    let reports = run_many(vec![29447], &[], steps);
+    let failing: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .map(|r| format!("{}: {:?}", r.seed, r.violations))
+        .collect();
+    assert!(failing.is_empty(), "{failing:#?}");
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 17, 4242] {
