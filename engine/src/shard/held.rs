@@ -13,7 +13,7 @@
 //! which the answer names. (A leader hands over by stepping down at its successor's vote
 //! request, before it knows who won: so they wait for the new leader's first message too.)
 //! A proposal arriving while others of its partition are held waits behind them, so a
-//! partition's proposals keep their order. A transfer ends within an election timeout (the
+//! partition's proposals keep their order. A transfer ends within two election timeouts (the
 //! group gives up then), and a partition holds proposals at most
 //! [`HOLD_MAX_ELECTION_TIMEOUTS`] election timeouts; a held proposal past its caller's
 //! deadline is answered `ProposalTimeout`, also never appended.
@@ -34,9 +34,11 @@ use crate::raft::{Proposal, Proposed, RaftGroup, Status};
 use crate::state_machine::PartitionId;
 
 /// Longest a partition holds proposals, in (longest) election timeouts: the transfer ends
-/// within one, and the winner of the election it started announces itself within the next.
-/// Past it, they are proposed or refused even if no leader is known.
-const HOLD_MAX_ELECTION_TIMEOUTS: u32 = 2;
+/// within two (one to catch its target up, one for the target's campaign after the first
+/// TimeoutNow: `RaftGroup::transfer_leadership`), and the winner of the election it started
+/// announces itself within the next. Past it, they are proposed or refused even if no leader
+/// is known.
+const HOLD_MAX_ELECTION_TIMEOUTS: u32 = 3;
 
 /// A proposal on its way into a group's log.
 pub(super) enum Proposing {
