@@ -127,8 +127,8 @@ impl RaftGroup {
     /// not looked at either: its proposer sees it soon, and the scan stays in the tail
     /// (`Config::max_uncommitted_entries` bounds it).
     fn propose_unanswered(&mut self, p: Proposal) -> Result<Proposed, Status> {
+        // Both callers lead (`propose` checks again).
         if p.kind == ProposalKind::System
-            && self.role == Role::Leader
             && let [payload] = p.payloads.as_slice()
         {
             let tail = self.log.committed() + 1..=self.log.last_index();
